@@ -1,0 +1,1 @@
+"""One module per `station` subcommand; each exposes `register(subparsers)`. Discovered by `station.cli`."""
