@@ -1,0 +1,1003 @@
+"""Unit identities: key pairs, certificates, certificate ids, imports, and AWS IoT's acceptance rules.
+
+What it does:
+- makes key pairs (EC P-256 by default, EC P-384, RSA 2048/3072) and certificates for them, self-signed or
+  signed by a factory CA (`LoadedIssuer`), with CN = thing name, a random serial and the clientAuth EKU;
+- signs certificate requests (CSRs) from units that make their own key (a factory CA is required then);
+- imports existing identities: PEM, DER (.cer/.der) and PKCS#12 (.p12/.pfx), with or without a password and
+  with or without the private key (also as a separate key file); the format is detected by content;
+- computes the certificate id AWS uses (lowercase hex SHA-256 of the DER) before any AWS call;
+- checks a certificate against AWS IoT's acceptance rules (`check_aws_acceptance`) so a bad one is refused
+  with a plain reason and the next action, and checks that a private key belongs to its certificate.
+
+What it must not do: write anything (keys least of all), log, talk to AWS, or let key bytes escape. Keys are
+held in `station.model.Secret` (PKCS#8 PEM, unencrypted, in memory only). Error texts are built from
+certificate facts and file names only, and library exceptions are not chained into ours (`from None`), so a
+traceback cannot carry key material either. Every failure is a `StationError`: malformed input of any kind
+gives an `InputError` (or `CertificateRejected`), never a library exception.
+
+Decision on EC P-521: rejected. AWS lists P-256 and P-384 as the safe curves for client certificates; P-521
+is not something the lab can prove against AWS, and many device TLS stacks (mbedTLS builds, secure
+elements) do not have it. Refusing before registration is cheaper than a unit that registers and then fails
+verify on the line. Re-issue with P-256 or P-384.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
+    PrivateKeyTypes,
+    PublicKeyTypes,
+)
+from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorithmOID
+
+from station.errors import CertificateRejected, InputError, StationError, UnitFault
+from station.model import Identity, Issuer, Secret
+
+KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072")
+DEFAULT_KEY_TYPE = "ec-p256"
+MAX_PEM_CHARS = 65536  # AWS IoT's limit for certificatePem
+MAX_INPUT_BYTES = 1 << 20  # a certificate file is a few KB; anything near a megabyte is the wrong file
+MAX_DAYS = 100 * 366
+COMMON_NAME_MAX = 64  # X.509 upper bound for a CN (ub-common-name)
+# Certificates start an hour in the past: AWS (and a unit) may run a clock slightly behind the station's,
+# and a certificate that is "not yet valid" for a few seconds fails registration for no good reason.
+BACKDATE = timedelta(hours=1)
+
+_SAFE_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384"}
+_CURVE_NAMES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
+_ACCEPTED_SIGNATURES = {
+    SignatureAlgorithmOID.RSA_WITH_SHA256,
+    SignatureAlgorithmOID.RSA_WITH_SHA384,
+    SignatureAlgorithmOID.RSA_WITH_SHA512,
+    SignatureAlgorithmOID.ECDSA_WITH_SHA256,
+    SignatureAlgorithmOID.ECDSA_WITH_SHA384,
+    SignatureAlgorithmOID.ECDSA_WITH_SHA512,
+}
+_SIGNATURE_NAMES = {
+    SignatureAlgorithmOID.RSA_WITH_MD5: "MD5 with RSA",
+    SignatureAlgorithmOID.RSA_WITH_SHA1: "SHA-1 with RSA",
+    SignatureAlgorithmOID.RSA_WITH_SHA224: "SHA-224 with RSA",
+    SignatureAlgorithmOID.RSA_WITH_SHA256: "SHA-256 with RSA",
+    SignatureAlgorithmOID.RSA_WITH_SHA384: "SHA-384 with RSA",
+    SignatureAlgorithmOID.RSA_WITH_SHA512: "SHA-512 with RSA",
+    SignatureAlgorithmOID.RSASSA_PSS: "RSA-PSS",
+    SignatureAlgorithmOID.ECDSA_WITH_SHA1: "SHA-1 with ECDSA",
+    SignatureAlgorithmOID.ECDSA_WITH_SHA224: "SHA-224 with ECDSA",
+    SignatureAlgorithmOID.ECDSA_WITH_SHA256: "SHA-256 with ECDSA",
+    SignatureAlgorithmOID.ECDSA_WITH_SHA384: "SHA-384 with ECDSA",
+    SignatureAlgorithmOID.ECDSA_WITH_SHA512: "SHA-512 with ECDSA",
+    SignatureAlgorithmOID.DSA_WITH_SHA1: "SHA-1 with DSA",
+    SignatureAlgorithmOID.DSA_WITH_SHA256: "SHA-256 with DSA",
+    SignatureAlgorithmOID.ED25519: "Ed25519",
+    SignatureAlgorithmOID.ED448: "Ed448",
+}
+_STRONG_HASHES = ("sha256", "sha384", "sha512")
+
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]{1,40})-----(.*?)-----END \1-----", re.DOTALL)
+_CERT_LABELS = {b"CERTIFICATE", b"X509 CERTIFICATE"}
+_KEY_LABELS = {
+    b"PRIVATE KEY",
+    b"ENCRYPTED PRIVATE KEY",
+    b"RSA PRIVATE KEY",
+    b"EC PRIVATE KEY",
+    b"DSA PRIVATE KEY",
+}
+# DER of the PKCS#7 content types a PKCS#12 PFX's authSafe starts with (data, signedData).
+_P7_DATA_OIDS = (bytes.fromhex("06092a864886f70d010701"), bytes.fromhex("06092a864886f70d010702"))
+
+_FIX_FILE = "Export the certificate again as PEM, DER (.cer) or PKCS#12 (.p12) and retry."
+_REISSUE = "Issue a new certificate (EC P-256 or RSA 2048+, signed with SHA-256) and register that one."
+
+
+# --------------------------------------------------------------------------------------------------------
+# Small helpers
+
+
+@dataclass(frozen=True)
+class LoadedIssuer:
+    """A factory CA ready to sign: its certificate and its private key (in memory; never shown)."""
+
+    certificate: x509.Certificate = field(repr=False)
+    private_key: CertificateIssuerPrivateKeyTypes = field(repr=False)
+    certificate_pem: str = field(repr=False)
+    subject: str = ""
+
+    def __repr__(self) -> str:
+        return f"LoadedIssuer(subject={self.subject!r})"
+
+
+def _now(now: datetime | None) -> datetime:
+    if now is None:
+        return datetime.now(UTC)
+    return now if now.tzinfo else now.replace(tzinfo=UTC)
+
+
+def _as_bytes(data: str | bytes, what: str) -> bytes:
+    if isinstance(data, bytes | bytearray | memoryview):
+        return bytes(data)
+    if isinstance(data, str):
+        # PEM blocks are ASCII; text around them (openssl's "Bag Attributes", a dump) may not be.
+        return data.encode("utf-8", "replace")
+    raise InputError(f"Unreadable {what}", f"The {what} is neither text nor bytes.", _FIX_FILE)
+
+
+def _password_bytes(password: str | bytes | None) -> bytes | None:
+    if password is None or isinstance(password, bytes):
+        return password
+    return password.encode("utf-8")
+
+
+def _key_description(key: PublicKeyTypes | PrivateKeyTypes) -> str:
+    if isinstance(key, rsa.RSAPublicKey | rsa.RSAPrivateKey):
+        return f"RSA {key.key_size}"
+    if isinstance(key, ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey):
+        return f"EC {_CURVE_NAMES.get(key.curve.name, key.curve.name)}"
+    if isinstance(key, ed25519.Ed25519PublicKey | ed25519.Ed25519PrivateKey):
+        return "Ed25519"
+    if isinstance(key, ed448.Ed448PublicKey | ed448.Ed448PrivateKey):
+        return "Ed448"
+    if isinstance(key, dsa.DSAPublicKey | dsa.DSAPrivateKey):
+        return f"DSA {key.key_size}"
+    return type(key).__name__
+
+
+def _key_problem(key: PublicKeyTypes) -> tuple[str, str] | None:
+    """(title, message) if AWS IoT would refuse a certificate with this public key."""
+    if isinstance(key, rsa.RSAPublicKey):
+        if key.key_size < 2048:
+            return (
+                "Certificate key too small",
+                f"RSA key is {key.key_size} bits; AWS IoT needs at least 2048.",
+            )
+        return None
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        if key.curve.name in _SAFE_CURVES:
+            return None
+        curve = _CURVE_NAMES.get(key.curve.name, key.curve.name)
+        return (
+            "Certificate curve not accepted",
+            f"EC key is on curve {curve}; the station accepts only P-256 or P-384 for AWS IoT.",
+        )
+    if isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+        name = _key_description(key)
+        return (
+            "Certificate key type not accepted",
+            f"Key is {name}; AWS IoT does not accept {name} certificates (RSA 2048+ or EC P-256/P-384 only).",
+        )
+    return (
+        "Certificate key type not accepted",
+        f"Key is {_key_description(key)}; AWS IoT accepts RSA (2048 bits or more) or EC P-256/P-384 keys.",
+    )
+
+
+def _signature_problem(cert: x509.Certificate | x509.CertificateSigningRequest) -> tuple[str, str] | None:
+    oid = cert.signature_algorithm_oid
+    if oid in _ACCEPTED_SIGNATURES:
+        return None
+    name = _SIGNATURE_NAMES.get(oid, oid.dotted_string)
+    if oid == SignatureAlgorithmOID.RSASSA_PSS:
+        try:
+            digest = cert.signature_hash_algorithm
+        except Exception:  # unknown PSS parameters: cryptography raises UnsupportedAlgorithm
+            digest = None
+        if digest is not None and digest.name in _STRONG_HASHES:
+            return None
+        name = f"RSA-PSS with {digest.name.upper() if digest else 'an unknown hash'}"
+    return (
+        "Weak certificate signature",
+        f"The certificate is signed with {name}; AWS IoT needs a SHA-256, SHA-384 or SHA-512 signature "
+        "with RSA or ECDSA.",
+    )
+
+
+def _spki(key: PublicKeyTypes) -> bytes:
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _key_matches(cert: x509.Certificate, key: PrivateKeyTypes) -> bool:
+    try:
+        return _spki(cert.public_key()) == _spki(key.public_key())
+    except Exception:  # a key type cryptography cannot serialize cannot be matched either
+        return False
+
+
+def _secret_of(key: PrivateKeyTypes) -> Secret:
+    try:
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    except Exception:
+        raise InputError(
+            "Unusable private key",
+            f"The {_key_description(key)} private key cannot be converted to PKCS#8.",
+            "Supply an RSA or EC private key.",
+        ) from None
+    return Secret(pem)
+
+
+def _identity(cert: x509.Certificate, key: PrivateKeyTypes | None) -> Identity:
+    der = cert.public_bytes(serialization.Encoding.DER)
+    return Identity(
+        certificate_pem=cert.public_bytes(serialization.Encoding.PEM).decode("ascii"),
+        certificate_id=hashlib.sha256(der).hexdigest(),
+        private_key=_secret_of(key) if key is not None else None,
+    )
+
+
+def _common_name(cert: x509.Certificate) -> str:
+    try:
+        attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    except Exception:
+        return ""
+    if not attrs:
+        return ""
+    value = attrs[0].value
+    return value if isinstance(value, str) else value.decode("utf-8", "replace")
+
+
+def _check_common_name(common_name: str) -> str:
+    if not isinstance(common_name, str) or not common_name.strip():
+        raise InputError(
+            "No common name", "A certificate needs a common name (the thing name).", "Give the thing name."
+        )
+    if len(common_name) > COMMON_NAME_MAX:
+        raise InputError(
+            "Thing name too long for a certificate",
+            f"The common name is {len(common_name)} characters; a certificate's CN holds at most "
+            f"{COMMON_NAME_MAX} (thing names may be longer, certificates may not).",
+            "Shorten the target's thing_name_template so names stay within 64 characters.",
+        )
+    return common_name
+
+
+def _check_days(days: int) -> int:
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_DAYS:
+        raise InputError(
+            "Invalid validity",
+            f"Certificate validity must be 1 to {MAX_DAYS} days, not {days!r}.",
+            "Fix certificate_days in station.toml.",
+        )
+    return days
+
+
+# --------------------------------------------------------------------------------------------------------
+# Certificate id and parsing
+
+
+def _pem_blocks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(label, whole block) for each complete PEM block, in order."""
+    return [(m.group(1), m.group(0)) for m in _PEM_BLOCK.finditer(data)]
+
+
+def _looks_like_pem(data: bytes) -> bool:
+    # Anywhere, not only at the start: `openssl x509 -text` and `openssl pkcs12 -nodes` put text first.
+    return b"-----BEGIN " in data
+
+
+def _der_header(data: bytes, pos: int) -> tuple[int, int] | None:
+    """(tag, offset of the content) of the DER/BER element at `pos`; None when there is none."""
+    if pos + 2 > len(data):
+        return None
+    first = data[pos + 1]
+    if first < 0x80 or first == 0x80:  # short form, or BER indefinite length (some PKCS#12 writers)
+        return data[pos], pos + 2
+    n = first & 0x7F
+    if n > 4 or pos + 2 + n > len(data):
+        return None
+    return data[pos], pos + 2 + n
+
+
+def _looks_like_pkcs12(data: bytes) -> bool:
+    """PFX ::= SEQUENCE { version INTEGER 3, authSafe ContentInfo { contentType data|signedData, … }, … }."""
+    outer = _der_header(data, 0)
+    if outer is None or outer[0] != 0x30:
+        return False
+    pos = outer[1]
+    if data[pos : pos + 3] != b"\x02\x01\x03":
+        return False
+    inner = _der_header(data, pos + 3)
+    if inner is None or inner[0] != 0x30:
+        return False
+    return data[inner[1] : inner[1] + 11] in _P7_DATA_OIDS
+
+
+def _load_cert_pem_block(block: bytes) -> x509.Certificate | None:
+    try:
+        return x509.load_pem_x509_certificate(block)
+    except Exception:  # cryptography raises ValueError and friends for damaged blocks
+        return None
+
+
+def _load_cert_der(data: bytes) -> x509.Certificate | None:
+    try:
+        return x509.load_der_x509_certificate(data)
+    except Exception:
+        return None
+
+
+def _parse_certificates(data: bytes, what: str) -> list[x509.Certificate]:
+    """Every certificate in PEM text, or the one DER certificate; `InputError` when there is none."""
+    if _looks_like_pem(data):
+        blocks = _pem_blocks(data)
+        certs = []
+        for label, block in blocks:
+            if label in _CERT_LABELS:
+                cert = _load_cert_pem_block(block)
+                if cert is None:
+                    raise InputError(
+                        "Damaged certificate",
+                        f"The {what} has a CERTIFICATE block that cannot be decoded (damaged or edited).",
+                        _FIX_FILE,
+                    )
+                certs.append(cert)
+        if certs:
+            return certs
+        _raise_no_certificate_in_pem(data, blocks, what)
+    cert = _load_cert_der(data)
+    if cert is None:
+        raise InputError(
+            "Not a certificate",
+            f"The {what} is neither PEM text nor a DER certificate.",
+            _FIX_FILE,
+        )
+    return [cert]
+
+
+def _raise_no_certificate_in_pem(data: bytes, blocks: list[tuple[bytes, bytes]], what: str) -> None:
+    labels = {label for label, _ in blocks}
+    if not blocks:
+        message = f"The {what} starts a PEM block that never ends: the file is truncated or damaged."
+    elif b"CERTIFICATE REQUEST" in labels or b"NEW CERTIFICATE REQUEST" in labels:
+        message = f"The {what} is a certificate request (CSR), not a certificate."
+    elif labels & _KEY_LABELS:
+        message = f"The {what} holds a private key but no certificate."
+    elif b"PKCS7" in labels:
+        message = f"The {what} is a PKCS#7 bundle; the station needs the certificate itself."
+    else:
+        shown = ", ".join(sorted(label.decode("ascii") for label in labels))
+        message = f"The {what} holds PEM blocks of type {shown}, but no CERTIFICATE."
+    raise InputError("No certificate found", message, _FIX_FILE)
+
+
+def certificate_der(cert: str | bytes) -> bytes:
+    """The DER bytes of one certificate given as PEM (text or bytes) or DER."""
+    data = _as_bytes(cert, "certificate")
+    certs = _parse_certificates(data, "certificate data")
+    return certs[0].public_bytes(serialization.Encoding.DER)
+
+
+def certificate_id(cert: str | bytes) -> str:
+    """AWS IoT's certificate id: lowercase hex SHA-256 of the certificate's DER (PEM or DER accepted)."""
+    try:
+        return hashlib.sha256(certificate_der(cert)).hexdigest()
+    except StationError:
+        raise
+    except Exception as error:  # safety net: malformed input must end as a StationError
+        raise InputError(
+            "Unreadable certificate", f"The certificate cannot be read ({type(error).__name__}).", _FIX_FILE
+        ) from None
+
+
+# --------------------------------------------------------------------------------------------------------
+# AWS acceptance
+
+
+def _validity_problems(cert: x509.Certificate, when: datetime) -> list[tuple[str, str, str]]:
+    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    fmt = "%Y-%m-%d %H:%M UTC"
+    if end < start:
+        return [
+            (
+                "Certificate validity empty",
+                f"The certificate's validity ends ({end:{fmt}}) before it starts ({start:{fmt}}).",
+                _REISSUE,
+            )
+        ]
+    if when < start:
+        return [
+            (
+                "Certificate not yet valid",
+                f"The certificate is not valid until {start:{fmt}} (now {when:{fmt}}).",
+                "Check the station's clock; if it is right, issue a certificate valid from today.",
+            )
+        ]
+    if when > end:
+        return [
+            (
+                "Certificate expired",
+                f"The certificate expired on {end:{fmt}}.",
+                "Issue a new certificate for this unit and register that one.",
+            )
+        ]
+    return []
+
+
+def acceptance_problems(cert: x509.Certificate, *, now: datetime | None = None) -> list[tuple[str, str, str]]:
+    """Every reason AWS IoT would refuse this certificate, as (title, message, next action); [] if none."""
+    problems: list[tuple[str, str, str]] = []
+    try:
+        public_key = cert.public_key()
+    except Exception:
+        problems.append(
+            (
+                "Certificate key type not accepted",
+                f"The certificate's key type ({cert.public_key_algorithm_oid.dotted_string}) is not supported; "
+                "AWS IoT accepts RSA (2048 bits or more) or EC P-256/P-384 keys.",
+                _REISSUE,
+            )
+        )
+    else:
+        key_problem = _key_problem(public_key)
+        if key_problem:
+            problems.append((*key_problem, _REISSUE))
+    signature_problem = _signature_problem(cert)
+    if signature_problem:
+        problems.append((*signature_problem, _REISSUE))
+    problems.extend(_validity_problems(cert, _now(now)))
+    pem_length = len(cert.public_bytes(serialization.Encoding.PEM))
+    if pem_length > MAX_PEM_CHARS:
+        problems.append(
+            (
+                "Certificate too large",
+                f"The certificate is {pem_length} characters as PEM; AWS IoT accepts at most {MAX_PEM_CHARS}.",
+                "Issue a certificate without the oversized extensions.",
+            )
+        )
+    return problems
+
+
+def check_aws_acceptance(cert_pem: str | bytes, *, now: datetime | None = None) -> None:
+    """Raise `CertificateRejected` unless AWS IoT would accept this certificate for registration.
+
+    Checks (AWS IoT's rules, see docs): exactly one X.509 certificate; RSA ≥ 2048 or EC P-256/P-384 key
+    (Ed25519/Ed448/DSA/P-521 refused); SHA-256/384/512 signature with RSA (PKCS#1 v1.5 or PSS) or ECDSA;
+    within its validity dates at `now`; at most 65536 characters as PEM (the normalized PEM the station
+    sends). All problems found are reported in one message. The private key is not involved.
+    """
+    try:
+        data = _as_bytes(cert_pem, "certificate")
+        certs = _parse_certificates(data, "certificate data")
+    except CertificateRejected:
+        raise
+    except InputError as error:
+        raise CertificateRejected(error.title, error.message, error.next_action) from None
+    except Exception as error:  # safety net: anything unparseable is "not a certificate"
+        raise CertificateRejected(
+            "Not a certificate", f"The data is not a certificate ({type(error).__name__}).", _FIX_FILE
+        ) from None
+    if len(certs) != 1:
+        raise CertificateRejected(
+            "More than one certificate",
+            f"The PEM holds {len(certs)} certificates; AWS IoT registers one device certificate at a time.",
+            "Keep only the device's own certificate (the first one, not the CA chain) and retry.",
+        )
+    try:
+        problems = acceptance_problems(certs[0], now=now)
+    except Exception as error:  # a certificate too odd to inspect is not one AWS would take
+        raise CertificateRejected(
+            "Certificate cannot be checked",
+            f"The certificate could not be inspected ({type(error).__name__}).",
+            _REISSUE,
+        ) from None
+    if not problems:
+        return
+    if len(problems) == 1:
+        title, message, next_action = problems[0]
+    else:
+        title = f"Certificate not accepted by AWS IoT ({len(problems)} problems)"
+        message = " ".join(p[1] for p in problems)
+        next_action = " ".join(dict.fromkeys(p[2] for p in problems))
+    raise CertificateRejected(title, message, next_action)
+
+
+def check_identity(identity: Identity, *, now: datetime | None = None) -> None:
+    """`check_aws_acceptance`, plus: the private key (when held) belongs to the certificate."""
+    check_aws_acceptance(identity.certificate_pem, now=now)
+    if identity.private_key is not None:
+        cert = _parse_certificates(_as_bytes(identity.certificate_pem, "certificate"), "identity")[0]
+        key = _load_private_key(identity.private_key.reveal(), None, "private key")
+        if not _key_matches(cert, key):
+            raise _mismatch(cert, key, "the identity")
+
+
+def _mismatch(cert: x509.Certificate, key: PrivateKeyTypes, what: str) -> InputError:
+    try:
+        cert_key = _key_description(cert.public_key())
+    except Exception:  # an unsupported key type still deserves the mismatch message
+        cert_key = cert.public_key_algorithm_oid.dotted_string
+    return InputError(
+        "Key does not match certificate",
+        f"The private key ({_key_description(key)}) does not belong to the certificate "
+        f"(CN {_common_name(cert)!r}, {cert_key}) in {what}.",
+        "Supply the key file exported together with this certificate.",
+    )
+
+
+def describe(cert: str | bytes) -> dict[str, str]:
+    """Plain facts about a certificate for screens and `station show` (never anything secret)."""
+    der = certificate_der(cert)
+    parsed = x509.load_der_x509_certificate(der)
+    try:
+        key = _key_description(parsed.public_key())
+    except Exception:
+        key = parsed.public_key_algorithm_oid.dotted_string
+    oid = parsed.signature_algorithm_oid
+    return {
+        "certificate_id": hashlib.sha256(der).hexdigest(),
+        "common_name": _common_name(parsed),
+        "subject": parsed.subject.rfc4514_string(),
+        "issuer": parsed.issuer.rfc4514_string(),
+        "serial": format(parsed.serial_number, "x"),
+        "not_before": parsed.not_valid_before_utc.isoformat(),
+        "not_after": parsed.not_valid_after_utc.isoformat(),
+        "key": key,
+        "signature": _SIGNATURE_NAMES.get(oid, oid.dotted_string),
+    }
+
+
+# --------------------------------------------------------------------------------------------------------
+# Keys
+
+
+def _load_private_key(data: bytes, password: bytes | None, what: str) -> PrivateKeyTypes:
+    """A private key from PEM (PKCS#8, traditional, encrypted) or DER; `InputError` with a plain reason."""
+    encrypted = False
+    if _looks_like_pem(data):
+        blocks = [(label, block) for label, block in _pem_blocks(data) if label in _KEY_LABELS]
+        if not blocks:
+            raise InputError(
+                f"No private key in {what}",
+                f"The {what} holds no PRIVATE KEY block (or it is truncated).",
+                "Supply the private key file exported with the certificate.",
+            )
+        label, block = blocks[0]
+        encrypted = label == b"ENCRYPTED PRIVATE KEY" or b"Proc-Type: 4,ENCRYPTED" in block
+        loader: Any = serialization.load_pem_private_key
+        data = block
+    else:
+        loader = serialization.load_der_private_key
+        if data.startswith(b"\x30"):
+            # DER PKCS#8 EncryptedPrivateKeyInfo starts with SEQUENCE { SEQUENCE { OID pbes2/pbe… } }.
+            header = _der_header(data, 0)
+            encrypted = header is not None and data[header[1] : header[1] + 1] == b"\x30"
+    if encrypted and not password:
+        raise InputError(
+            f"Password needed for {what}",
+            f"The {what} is encrypted and no password was given.",
+            "Give the key's password (for example with --password-stdin).",
+        )
+    try:
+        return loader(data, password if encrypted else None)  # type: ignore[no-any-return]
+    except Exception as error:  # cryptography raises ValueError, TypeError, UnsupportedAlgorithm …
+        if encrypted:
+            # A wrong password and a damaged encrypted key cannot be told apart; the password is likelier.
+            raise InputError(
+                f"Wrong password for {what}",
+                f"The password given does not open the {what} (wrong password, or the key is damaged).",
+                "Type the password again; it is the one set when the key was exported.",
+            ) from None
+        unsupported = type(error).__name__ == "UnsupportedAlgorithm"
+        reason = "of an unsupported kind" if unsupported else "damaged, truncated or not a private key"
+    raise InputError(
+        f"Unreadable {what}",
+        f"The {what} cannot be read: it is {reason}.",
+        "Supply the private key as PEM (PKCS#8 or traditional) or DER.",
+    )
+
+
+def generate_private_key(key_type: str = DEFAULT_KEY_TYPE) -> CertificateIssuerPrivateKeyTypes:
+    """A new private key of one of `KEY_TYPES`."""
+    if key_type == "ec-p256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if key_type == "ec-p384":
+        return ec.generate_private_key(ec.SECP384R1())
+    if key_type == "rsa-2048":
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    if key_type == "rsa-3072":
+        return rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    raise InputError(
+        "Unknown key type",
+        f"Key type {key_type!r} is not one of {', '.join(KEY_TYPES)}.",
+        "Fix key_type in station.toml.",
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Making certificates
+
+
+def _sign(builder: x509.CertificateBuilder, key: CertificateIssuerPrivateKeyTypes) -> x509.Certificate:
+    if isinstance(key, rsa.RSAPrivateKey):
+        return builder.sign(key, hashes.SHA256(), rsa_padding=padding.PKCS1v15())
+    return builder.sign(key, hashes.SHA256())
+
+
+def _unit_certificate(
+    public_key: PublicKeyTypes,
+    common_name: str,
+    days: int,
+    issuer: LoadedIssuer | None,
+    self_key: CertificateIssuerPrivateKeyTypes | None,
+    now: datetime | None,
+) -> x509.Certificate:
+    """A unit certificate: CN = thing name, random serial, clientAuth EKU, SHA-256, `days` of validity."""
+    _check_common_name(common_name)
+    _check_days(days)
+    start = _now(now) - BACKDATE
+    end = start + BACKDATE + timedelta(days=days)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    if issuer is not None:
+        signer = issuer.private_key
+        issuer_name = issuer.certificate.subject
+        # A leaf that outlives its CA is pointless and trips strict validators; stay inside the CA's dates.
+        start = max(start, issuer.certificate.not_valid_before_utc)
+        end = min(end, issuer.certificate.not_valid_after_utc)
+        try:
+            ski = issuer.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+            aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+        except x509.ExtensionNotFound:
+            aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.private_key.public_key())
+    else:
+        assert self_key is not None
+        signer = self_key
+        issuer_name = subject
+        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(self_key.public_key())
+    is_rsa = isinstance(public_key, rsa.RSAPublicKey)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name)
+        .public_key(public_key)  # type: ignore[arg-type]
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=is_rsa,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)  # type: ignore[arg-type]
+        .add_extension(aki, critical=False)
+    )
+    return _sign(builder, signer)
+
+
+def new_identity(
+    common_name: str,
+    *,
+    key_type: str = DEFAULT_KEY_TYPE,
+    days: int = 3650,
+    issuer: LoadedIssuer | None = None,
+    now: datetime | None = None,
+) -> Identity:
+    """A fresh key pair and certificate for one unit (self-signed unless a factory CA is given)."""
+    _check_common_name(common_name)
+    _check_days(days)
+    key = generate_private_key(key_type)
+    cert = _unit_certificate(key.public_key(), common_name, days, issuer, key, now)
+    return _identity(cert, key)
+
+
+def _load_csr(csr: bytes | str) -> x509.CertificateSigningRequest:
+    data = csr.encode("utf-8", "replace") if isinstance(csr, str) else bytes(csr)
+    try:
+        if _looks_like_pem(data):
+            blocks = [b for label, b in _pem_blocks(data) if label.endswith(b"CERTIFICATE REQUEST")]
+            if not blocks:
+                raise ValueError("no CERTIFICATE REQUEST block")
+            return x509.load_pem_x509_csr(blocks[0])
+        return x509.load_der_x509_csr(data)
+    except Exception:
+        raise UnitFault(
+            "Unit sent a bad certificate request",
+            "The certificate request (CSR) from the unit cannot be decoded.",
+            "Retry once; if it happens again, put the unit in the rework bin.",
+        ) from None
+
+
+def sign_csr(
+    csr: bytes | str,
+    issuer: LoadedIssuer | None,
+    *,
+    common_name: str,
+    days: int = 3650,
+    now: datetime | None = None,
+) -> str:
+    """Sign a unit-made key's CSR with the factory CA; returns the certificate PEM.
+
+    The CSR's signature must verify (the unit holds the key) and its key must be one AWS accepts. Only the
+    public key is taken from the CSR: the subject is CN = `common_name` and the extensions are the station's
+    own, so a unit cannot ask for CA rights. A bad CSR is the unit's fault (`UnitFault` → FAIL); no issuer
+    is a configuration problem (`InputError`).
+    """
+    if issuer is None:
+        raise InputError(
+            "No factory CA for a unit-made key",
+            "This unit makes its own key, and a key the station does not hold can only be certified by a "
+            "factory CA; the target has no issuer.",
+            "Add an issuer (factory CA) to the target in station.toml, or use a flasher that takes a "
+            "station-made key.",
+        )
+    _check_common_name(common_name)
+    _check_days(days)
+    request = _load_csr(csr)
+    try:
+        valid = request.is_signature_valid
+        public_key: PublicKeyTypes | None = request.public_key()
+    except Exception:  # an unknown key algorithm in the CSR: cryptography raises UnsupportedAlgorithm
+        valid, public_key = False, None
+    if not valid or public_key is None:
+        raise UnitFault(
+            "Unit's certificate request is not signed by its key",
+            "The signature on the unit's certificate request (CSR) does not verify.",
+            "Retry once; if it happens again, put the unit in the rework bin.",
+        )
+    problem = _key_problem(public_key)
+    if problem:
+        raise UnitFault(
+            "Unit made a key AWS IoT refuses",
+            f"The unit's certificate request carries a key AWS IoT would refuse: {problem[1]}",
+            "Check the unit's firmware key settings; put the unit in the rework bin.",
+        )
+    cert = _unit_certificate(public_key, common_name, days, issuer, None, now)
+    return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Factory CA
+
+
+def _read_file(path: str | os.PathLike[str], what: str) -> bytes:
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        if size > MAX_INPUT_BYTES:
+            raise InputError(
+                f"{what.capitalize()} too large",
+                f"{p} is {size} bytes; a {what} is a few kilobytes.",
+                f"Check that {p} is the right file.",
+            )
+        return p.read_bytes()
+    except FileNotFoundError:
+        raise InputError(
+            f"{what.capitalize()} not found", f"There is no file {p}.", "Check the path."
+        ) from None
+    except IsADirectoryError:
+        raise InputError(
+            f"{what.capitalize()} is a folder", f"{p} is a folder, not a file.", "Give the file's path."
+        ) from None
+    except PermissionError:
+        raise InputError(
+            f"{what.capitalize()} not readable",
+            f"The station may not read {p}.",
+            "Fix the file's permissions for the station's user.",
+        ) from None
+    except OSError as error:
+        raise InputError(
+            f"{what.capitalize()} not readable", f"{p} cannot be read ({error.strerror}).", "Check the file."
+        ) from None
+
+
+def load_issuer(issuer: Issuer, *, now: datetime | None = None) -> LoadedIssuer:
+    """Read a factory CA: its certificate and (possibly passphrase-protected) key, and check both.
+
+    The passphrase comes from the environment variable named by `issuer.passphrase_env`, never from the
+    config file itself.
+    """
+    cert_data = _read_file(issuer.certificate_file, "factory CA certificate")
+    key_data = _read_file(issuer.key_file, "factory CA key")
+    certs = _parse_certificates(cert_data, f"factory CA certificate {issuer.certificate_file}")
+    cert = certs[0]
+    password: bytes | None = None
+    if issuer.passphrase_env:
+        value = os.environ.get(issuer.passphrase_env)
+        if value is None:
+            raise InputError(
+                "Factory CA passphrase missing",
+                f"The factory CA key's passphrase is expected in the environment variable "
+                f"{issuer.passphrase_env}, which is not set.",
+                f"Set {issuer.passphrase_env} for the station's session and start again.",
+            )
+        password = value.encode("utf-8")
+    what = f"factory CA key {issuer.key_file}"
+    try:
+        key = _load_private_key(key_data, password, what)
+    except InputError as error:
+        if issuer.passphrase_env or not error.title.startswith("Password needed"):
+            raise
+        raise InputError(
+            "Factory CA passphrase not configured",
+            f"The factory CA key {issuer.key_file} is passphrase-protected, and the target's issuer names no "
+            "passphrase_env.",
+            'Add passphrase_env = "NAME" to the target\'s [issuer] table and set that environment variable.',
+        ) from None
+    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+        raise InputError(
+            "Factory CA key not usable",
+            f"The factory CA key is {_key_description(key)}; unit certificates signed by it would be refused "
+            "by AWS IoT.",
+            "Use a factory CA with an RSA (2048+) or EC P-256/P-384 key.",
+        )
+    problem = _key_problem(key.public_key())
+    if problem:
+        raise InputError(
+            "Factory CA key not usable",
+            f"Unit certificates signed by this CA would be refused: {problem[1]}",
+            "Use a factory CA with an RSA (2048+) or EC P-256/P-384 key.",
+        )
+    if not _key_matches(cert, key):
+        raise _mismatch(cert, key, f"the factory CA ({issuer.certificate_file}, {issuer.key_file})")
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        is_ca = constraints.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if not is_ca:
+        raise InputError(
+            "Not a CA certificate",
+            f"{issuer.certificate_file} is not a CA certificate (no basicConstraints CA:TRUE).",
+            "Point the target's issuer at the factory CA's certificate.",
+        )
+    validity = _validity_problems(cert, _now(now))
+    if validity:
+        raise InputError(f"Factory CA: {validity[0][0].lower()}", validity[0][1], "Renew the factory CA.")
+    return LoadedIssuer(
+        certificate=cert,
+        private_key=key,
+        certificate_pem=cert.public_bytes(serialization.Encoding.PEM).decode("ascii"),
+        subject=cert.subject.rfc4514_string(),
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Import
+
+
+def _pick_certificate(
+    certs: list[x509.Certificate], key: PrivateKeyTypes | None, what: str
+) -> x509.Certificate:
+    if key is None:
+        return certs[0]
+    for cert in certs:
+        if _key_matches(cert, key):
+            return cert
+    raise _mismatch(certs[0], key, what)
+
+
+def _load_pkcs12(data: bytes, password: bytes | None, what: str) -> tuple[list[x509.Certificate], Any]:
+    attempts = [password] if password else [None, b""]
+    for attempt in attempts:
+        try:
+            bundle = pkcs12.load_pkcs12(data, attempt)
+            break
+        except Exception:  # wrong password and damaged data look the same from here
+            continue
+    else:
+        if password:
+            raise InputError(
+                f"Cannot open {what}",
+                f"The password given does not open the PKCS#12 {what} (wrong password or damaged file).",
+                "Type the password again; it is the one set when the file was exported.",
+            )
+        raise InputError(
+            f"Password needed for {what}",
+            f"The PKCS#12 {what} is password-protected (or damaged).",
+            "Give the password set when it was exported (for example with --password-stdin).",
+        )
+    certs = []
+    if bundle.cert is not None:
+        certs.append(bundle.cert.certificate)
+    certs.extend(c.certificate for c in bundle.additional_certs)
+    if not certs:
+        raise InputError(
+            "No certificate found",
+            f"The PKCS#12 {what} holds no certificate.",
+            "Export the certificate together with its key as PKCS#12 again.",
+        )
+    return certs, bundle.key
+
+
+def _load(data: bytes, password: bytes | None, key_data: bytes | None, what: str) -> Identity:
+    if len(data) > MAX_INPUT_BYTES:
+        raise InputError(
+            f"{what.capitalize()} too large",
+            f"The {what} is {len(data)} bytes; a certificate file is a few kilobytes.",
+            "Check that this is the right file.",
+        )
+    if not data.strip():
+        raise InputError(f"Empty {what}", f"The {what} is empty.", _FIX_FILE)
+    key: PrivateKeyTypes | None = None
+    if _looks_like_pem(data):
+        certs = _parse_certificates(data, what)
+        if any(label in _KEY_LABELS for label, _ in _pem_blocks(data)):
+            key = _load_private_key(data, password, what)
+    elif _looks_like_pkcs12(data):
+        certs, key = _load_pkcs12(data, password, what)
+    else:
+        der_cert = _load_cert_der(data)
+        if der_cert is None and data.startswith(b"\x30"):
+            # A PKCS#12 file our sniffing missed (odd BER from some exporters): give it one chance.
+            try:
+                certs, key = _load_pkcs12(data, password, what)
+            except InputError:
+                certs = _parse_certificates(data, what)  # raises "not a certificate"
+        else:
+            certs = _parse_certificates(data, what)
+    if key_data is not None:
+        # A separate key file wins over a key found in the bundle; it must still match a certificate.
+        if not _looks_like_pem(key_data) and _looks_like_pkcs12(key_data):
+            # The keychain pair: certificate as .cer, key inside the .p12 exported with it.
+            _, key = _load_pkcs12(key_data, password, "key file (PKCS#12)")
+            if key is None:
+                raise InputError(
+                    "No private key found",
+                    "The PKCS#12 key file holds no private key.",
+                    "Export the PKCS#12 again with its private key.",
+                )
+        else:
+            key = _load_private_key(key_data, password, "key file")
+    cert = _pick_certificate(certs, key, what)
+    return _identity(cert, key)
+
+
+def _safe_load(data: bytes, password: bytes | None, key_data: bytes | None, what: str) -> Identity:
+    try:
+        return _load(data, password, key_data, what)
+    except StationError:
+        raise
+    except Exception as error:  # safety net: the contract is "an Identity or a StationError"
+        raise InputError(
+            f"Unreadable {what}",
+            f"The {what} cannot be read ({type(error).__name__}).",
+            _FIX_FILE,
+        ) from None
+
+
+def load_identity_bytes(
+    data: bytes, *, password: bytes | str | None = None, key_data: bytes | str | None = None
+) -> Identity:
+    """An identity from PEM (certificate, optionally with its key), DER or PKCS#12 bytes; format by content.
+
+    `password` opens a PKCS#12 file or an encrypted key; `key_data` is a separate key (PEM or DER). When a
+    key is present it must belong to the certificate. Acceptance by AWS is a separate check
+    (`check_aws_acceptance`), so an unacceptable certificate can still be shown and explained.
+    """
+    raw = _as_bytes(data, "certificate data")
+    key_raw = _as_bytes(key_data, "key data") if key_data is not None else None
+    return _safe_load(raw, _password_bytes(password), key_raw, "certificate data")
+
+
+def load_identity_file(
+    path: str | os.PathLike[str],
+    *,
+    key_path: str | os.PathLike[str] | None = None,
+    password: bytes | str | None = None,
+) -> Identity:
+    """`load_identity_bytes` on a file (.pem/.crt/.cer/.der/.p12/.pfx; the content decides, not the name)."""
+    data = _read_file(path, "certificate file")
+    key_data = _read_file(key_path, "key file") if key_path is not None else None
+    return _safe_load(data, _password_bytes(password), key_data, f"file {Path(path).name}")
