@@ -1,0 +1,110 @@
+"""The station's ledger: attempt records, a hash-chained event log and the crash journal.
+
+`open_ledger(location)` picks the backend from the location: `dynamodb://TABLE?region=R&endpoint_url=U` for
+DynamoDB, anything else is a path to an SQLite file (the default). `ledger_location(...)` resolves where the
+ledger is for a command: `--ledger`, then `--config` (station.toml), then `STATION_LEDGER`.
+
+This package records what happened; it must not talk to AWS IoT, run any step of the pipeline, or hold keys.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any
+
+from station.errors import InputError
+from station.ledger.base import (
+    AttemptRecord,
+    AuditResult,
+    JournalEntry,
+    Ledger,
+    LedgerEvent,
+    LedgerMissing,
+    LedgerUnavailable,
+    RowRef,
+    UnitSummary,
+)
+
+__all__ = [
+    "ENV_VAR",
+    "AttemptRecord",
+    "AuditResult",
+    "JournalEntry",
+    "Ledger",
+    "LedgerEvent",
+    "LedgerMissing",
+    "LedgerUnavailable",
+    "RowRef",
+    "UnitSummary",
+    "add_location_arguments",
+    "ledger_location",
+    "open_ledger",
+]
+
+ENV_VAR = "STATION_LEDGER"
+
+
+def open_ledger(location: str | os.PathLike[str], *, create: bool = True) -> Ledger:
+    """Open (or, with `create`, make) the ledger at `location`."""
+    text = os.fspath(location)
+    if text.startswith("dynamodb://"):
+        from station.ledger.dynamodb import DynamoLedger
+
+        return DynamoLedger.from_url(text, create=create)
+    from station.ledger.sqlite import SqliteLedger
+
+    return SqliteLedger(text, create=create)
+
+
+def add_location_arguments(parser: Any) -> None:
+    """The options every ledger command takes to find its ledger (an argparse parser)."""
+    parser.add_argument("--ledger", metavar="PATH", help=f"the ledger file (default: ${ENV_VAR})")
+    parser.add_argument("--config", metavar="FILE", help="station.toml to read the ledger location from")
+
+
+def ledger_location(ledger: str | None = None, config: str | None = None) -> str:
+    """Where the ledger is: an explicit `--ledger`, else the config's ledger, else $STATION_LEDGER."""
+    if ledger:
+        return ledger
+    if config:
+        return _from_config(config)
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return env
+    if Path("station.toml").is_file() and _config_loader() is not None:
+        return _from_config("station.toml")
+    raise InputError(
+        "No ledger given",
+        "This command needs to know which ledger to read.",
+        f"Pass --ledger PATH or --config station.toml, or set {ENV_VAR}.",
+    )
+
+
+def _config_loader() -> Any:
+    # station.config is written separately; until it exists, --config cannot work but --ledger still does.
+    try:
+        return importlib.import_module("station.config").load_config
+    except (ImportError, AttributeError):
+        return None
+
+
+def _from_config(path: str) -> str:
+    load_config = _config_loader()
+    if load_config is None:
+        raise InputError(
+            "Config not supported yet",
+            "This station cannot read station.toml yet.",
+            f"Pass --ledger PATH or set {ENV_VAR}.",
+        )
+    config = load_config(path)
+    for name in ("ledger", "ledger_path"):
+        value = getattr(config, name, None)
+        if value:
+            return os.fspath(value)
+    raise InputError(
+        "No ledger in config",
+        f"{path} does not say where the ledger is.",
+        "Add the ledger setting to station.toml, or pass --ledger PATH.",
+    )

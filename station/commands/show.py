@@ -1,0 +1,120 @@
+"""`station show SN`: one unit's attempt records, its events and any unfinished journal entry.
+
+SN may be a serial, a thing name, an attempt id or a certificate id (or its first 8+ hex characters).
+Exit 4 when the ledger knows nothing about it. Read-only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from station.cli import EXIT_NOT_FOUND, EXIT_OK
+from station.commands.units import when
+from station.ledger import add_location_arguments, ledger_location, open_ledger
+
+EXAMPLES = """examples:
+  station show SN00001234
+  station show prov1-SN00001234 --json
+  station show 3f2a9c1e          (a certificate id prefix)
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "show",
+        help="show one unit's records and events",
+        description="Show a unit's attempt records, its events and any open journal entry.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("query", metavar="SN", help="serial, thing name, attempt id or certificate id (prefix)")
+    add_location_arguments(p)
+    p.add_argument("--json", action="store_true", help="print the unit as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    query = args.query.strip()
+    with open_ledger(ledger_location(args.ledger, args.config), create=False) as ledger:
+        records = ledger.find(query)
+        serials = sorted({r.serial for r in records} or {query})
+        events = [e for serial in serials for e in ledger.events(serial)]
+        events.sort(key=lambda e: e.seq)
+        pending = [
+            j
+            for j in ledger.journal_pending()
+            if j.serial in serials or (query and query in (j.thing_name, j.certificate_id, j.attempt_id))
+        ]
+    if not records and not events and not pending:
+        if args.json:
+            print(json.dumps({"error": {"kind": "NotFound", "title": "Unknown unit", "query": query}}))
+        else:
+            print(f"Unknown unit: the ledger has nothing for {query!r}.")
+            print("Next: check the serial, or search by thing name or certificate id.")
+        return EXIT_NOT_FOUND
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "query": query,
+                    "records": [r.to_dict() for r in records],
+                    "events": [e.to_dict() for e in events],
+                    "pending_journal": [j.to_dict() for j in pending],
+                }
+            )
+        )
+        return EXIT_OK
+    for record in records:
+        print(f"Attempt {record.attempt_id}: {record.outcome}  {record.title}".rstrip())
+        _lines(
+            [
+                ("serial", record.serial),
+                ("device id", record.device_id),
+                ("product", record.product),
+                ("thing", record.thing_name),
+                ("certificate", record.certificate_id),
+                ("target", f"{record.target} ({record.account_id}/{record.region})"),
+                ("station/slot", f"{record.station_id}/{record.slot}"),
+                ("operator", record.operator),
+                ("message", record.message),
+                ("next", record.next_action),
+                ("started", when(record.started_at)),
+                ("finished", when(record.finished_at)),
+                (
+                    "timings",
+                    ", ".join(f"{k} {v:.0f} ms" for k, v in record.timings_ms.items() if v is not None),
+                ),
+                ("rolled back", "; ".join(_compensation(c) for c in record.compensations)),
+            ]
+        )
+        print()
+    if pending:
+        for entry in pending:
+            print(
+                f"Unfinished attempt {entry.attempt_id or '?'} (journal {entry.id}): stage {entry.stage or '?'}"
+            )
+            print("  Next: run `station reconcile` to roll it back or complete it.")
+        print()
+    if events:
+        print("Events:")
+        for item in events:
+            e = item.event
+            took = f" {e.duration_ms:.0f} ms" if e.duration_ms is not None else ""
+            text = " ".join(x for x in (e.kind, e.step, e.outcome) if x)
+            print(f"  {item.seq:>6}  {when(e.at or 0)}  {text}{took}  {e.title or e.message}".rstrip())
+    return EXIT_OK
+
+
+def _lines(pairs: list[tuple[str, Any]]) -> None:
+    for label, value in pairs:
+        if value not in (None, "", "/", " (/)"):
+            print(f"  {label:<12} {value}")
+
+
+def _compensation(item: Any) -> str:
+    if isinstance(item, dict):
+        state = "ok" if item.get("ok") else "FAILED"
+        return f"{item.get('action', '?')} {state}"
+    return str(item)

@@ -1,0 +1,140 @@
+"""The DynamoDB backend against moto's in-process DynamoDB: the shared contract, plus the conditional-write
+race (a writer whose head is stale retries instead of forking the chain) and its location URL."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from ledger_contract import BackendUnderTest, LedgerContract, make_record, note
+from moto import mock_aws
+
+from station.ledger import LedgerMissing, open_ledger
+from station.ledger.base import canonical_json
+from station.ledger.dynamodb import CHAIN, RECORD, DynamoLedger, seq_key
+
+REGION = "eu-west-1"
+
+
+@pytest.fixture(scope="module")
+def aws() -> Iterator[Any]:
+    """One in-process mock AWS for the module (starting one costs more than most tests); tables differ."""
+    saved = {k: os.environ.get(k) for k in _ENV}
+    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
+        os.environ.pop(name, None)
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION=REGION)
+    try:
+        with mock_aws():
+            yield boto3.client("dynamodb", region_name=REGION)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+_ENV = (
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_DEFAULT_REGION",
+)
+
+
+@pytest.fixture
+def table() -> str:
+    return f"ledger-{uuid.uuid4().hex[:12]}"
+
+
+class DynamoTamperer:
+    """Edits items directly with the DynamoDB API, as anyone with write access to the table could."""
+
+    def __init__(self, client: Any, table: str) -> None:
+        self.client = client
+        self.table = table
+
+    def _key(self, pk: str, sk: str) -> dict[str, Any]:
+        return {"pk": {"S": pk}, "sk": {"S": sk}}
+
+    def _get(self, pk: str, sk: str) -> dict[str, Any]:
+        return self.client.get_item(TableName=self.table, Key=self._key(pk, sk))["Item"]
+
+    def _edit_body(self, pk: str, sk: str, columns: dict[str, Any]) -> None:
+        item = self._get(pk, sk)
+        body = json.loads(item["body"]["S"])
+        body.update(columns)
+        item["body"] = {"S": json.dumps(body)}
+        self.client.put_item(TableName=self.table, Item=item)
+
+    def edit_event(self, seq: int, **columns: Any) -> None:
+        self._edit_body(CHAIN, seq_key(seq), columns)
+
+    def delete_event(self, seq: int) -> None:
+        self.client.delete_item(TableName=self.table, Key=self._key(CHAIN, seq_key(seq)))
+
+    def swap_events(self, a: int, b: int) -> None:
+        item_a, item_b = self._get(CHAIN, seq_key(a)), self._get(CHAIN, seq_key(b))
+        for item, seq in ((item_a, b), (item_b, a)):
+            item.update({"sk": {"S": seq_key(seq)}, "seq": {"N": str(seq)}})
+            self.client.put_item(TableName=self.table, Item=item)
+
+    def edit_record(self, attempt_id: str, **columns: Any) -> None:
+        self._edit_body(RECORD, attempt_id, columns)
+
+    def delete_record(self, attempt_id: str) -> None:
+        self.client.delete_item(TableName=self.table, Key=self._key(RECORD, attempt_id))
+
+    def insert_record(self, record: Any) -> None:
+        item = {**self._key(RECORD, record.attempt_id), "body": {"S": canonical_json(record.to_dict())}}
+        self.client.put_item(TableName=self.table, Item=item)
+
+
+class TestDynamoContract(LedgerContract):
+    # moto answers in milliseconds per call; the SQLite suite carries the full 8 × 50 load.
+    CONCURRENT_THREADS = 4
+    CONCURRENT_PER_THREAD = 10
+
+    @pytest.fixture
+    def backend(self, aws: Any, table: str) -> BackendUnderTest:
+        return BackendUnderTest(
+            open=lambda: DynamoLedger(table, client=aws), tamper=DynamoTamperer(aws, table)
+        )
+
+
+def test_a_writer_with_a_stale_head_retries_instead_of_forking(aws: Any, table: str) -> None:
+    first = DynamoLedger(table, client=aws)
+    second = DynamoLedger(table, client=aws)  # another station on the same table
+    first.append_event(note(i=0))
+    real_head = first._head
+    raced: list[int] = []
+
+    def stale_head() -> tuple[int, str]:
+        head = real_head()
+        if not raced:  # between our read and our write, the other station appends
+            raced.append(second.append_event(note("OTHER", 1)))
+        return head
+
+    first._head = stale_head  # type: ignore[method-assign]
+    assert first.append_event(note(i=2)) == 3  # lost the race for seq 2, took seq 3
+    first.record_attempt(make_record())
+    assert raced == [2]
+    result = second.audit()
+    assert result.ok and result.head_seq == 4
+    assert [e.event.serial for e in second.events()] == ["SN0001", "OTHER", "SN0001", "SN0001"]
+
+
+def test_open_by_url_and_missing_table(aws: Any) -> None:
+    with pytest.raises(LedgerMissing):
+        open_ledger(f"dynamodb://nope?region={REGION}", create=False)
+    ledger = open_ledger(f"dynamodb://made?region={REGION}")
+    assert isinstance(ledger, DynamoLedger)
+    ledger.append_event(note())
+    again = open_ledger(f"dynamodb://made?region={REGION}", create=False)
+    assert again.audit().ok and again.audit().head_seq == 1

@@ -1,0 +1,325 @@
+"""The SQLite backend: the shared contract, plus what only SQLite has (WAL, schema version, triggers,
+busy waits, several connections and processes on one file, surviving a killed process)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from ledger_contract import BackendUnderTest, LedgerContract, make_record, note
+
+from station.ledger import LedgerMissing, LedgerUnavailable, open_ledger
+from station.ledger.base import RECORD_JSON_FIELDS, SCHEMA_VERSION, canonical_json
+from station.ledger.sqlite import SqliteLedger
+from station.model import Event
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class SqliteTamperer:
+    """Edits the file with a raw connection, after dropping the append-only triggers as an attacker would."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _run(self, *statements: tuple[str, tuple[Any, ...]]) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            for name in (
+                "events_append_only_update",
+                "events_append_only_delete",
+                "records_append_only_update",
+                "records_append_only_delete",
+            ):
+                conn.execute(f"DROP TRIGGER IF EXISTS {name}")
+            for sql, params in statements:
+                conn.execute(sql, params)
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _encode(columns: dict[str, Any], json_fields: tuple[str, ...]) -> dict[str, Any]:
+        return {k: canonical_json(v) if k in json_fields else v for k, v in columns.items()}
+
+    def edit_event(self, seq: int, **columns: Any) -> None:
+        cols = self._encode(columns, ("data",))
+        sets = ", ".join(f"{k} = ?" for k in cols)
+        self._run((f"UPDATE events SET {sets} WHERE seq = ?", (*cols.values(), seq)))
+
+    def delete_event(self, seq: int) -> None:
+        self._run(("DELETE FROM events WHERE seq = ?", (seq,)))
+
+    def swap_events(self, a: int, b: int) -> None:
+        self._run(
+            ("UPDATE events SET seq = -1 WHERE seq = ?", (a,)),
+            ("UPDATE events SET seq = ? WHERE seq = ?", (a, b)),
+            ("UPDATE events SET seq = ? WHERE seq = -1", (b,)),
+        )
+
+    def edit_record(self, attempt_id: str, **columns: Any) -> None:
+        cols = self._encode(columns, RECORD_JSON_FIELDS)
+        sets = ", ".join(f"{k} = ?" for k in cols)
+        self._run((f"UPDATE records SET {sets} WHERE attempt_id = ?", (*cols.values(), attempt_id)))
+
+    def delete_record(self, attempt_id: str) -> None:
+        self._run(("DELETE FROM records WHERE attempt_id = ?", (attempt_id,)))
+
+    def insert_record(self, record: Any) -> None:
+        cols = self._encode(record.to_dict(), RECORD_JSON_FIELDS)
+        names = ", ".join(cols)
+        marks = ", ".join("?" * len(cols))
+        self._run((f"INSERT INTO records ({names}) VALUES ({marks})", tuple(cols.values())))
+
+
+class TestSqliteContract(LedgerContract):
+    @pytest.fixture
+    def backend(self, tmp_path: Path) -> BackendUnderTest:
+        path = tmp_path / "ledger.sqlite"
+        return BackendUnderTest(open=lambda: open_ledger(path), tamper=SqliteTamperer(path))
+
+
+# -------------------------------------------------------------------------------------------------------
+# SQLite only
+# -------------------------------------------------------------------------------------------------------
+
+
+def test_file_is_in_wal_mode_with_a_schema_version(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "dir" / "ledger.sqlite"
+    with SqliteLedger(path) as ledger:
+        assert ledger.schema_version == SCHEMA_VERSION
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+    finally:
+        conn.close()
+
+
+def test_missing_ledger_is_not_created_when_asked_not_to(tmp_path: Path) -> None:
+    path = tmp_path / "nope.sqlite"
+    with pytest.raises(LedgerMissing) as caught:
+        open_ledger(path, create=False)
+    assert str(path) in caught.value.message
+    assert not path.exists()
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    SqliteLedger(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+    conn.commit()
+    conn.close()
+    with pytest.raises(LedgerUnavailable, match="newer"):
+        SqliteLedger(path)
+
+
+@pytest.mark.parametrize("content", ["other-sqlite", "garbage"])
+def test_a_file_that_is_not_a_ledger_is_refused(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "x.sqlite"
+    if content == "garbage":
+        path.write_bytes(b"this is not a database at all" * 200)
+    else:
+        conn = sqlite3.connect(path)
+        conn.execute("CREATE TABLE invoices (id INTEGER)")
+        conn.commit()
+        conn.close()
+    with pytest.raises(LedgerUnavailable):
+        SqliteLedger(path)
+
+
+def test_triggers_refuse_updates_and_deletes(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    with SqliteLedger(path) as ledger:
+        ledger.append_event(note())
+        ledger.record_attempt(make_record())
+    conn = sqlite3.connect(path)
+    try:
+        for sql in (
+            "UPDATE events SET message = 'x'",
+            "DELETE FROM events",
+            "UPDATE records SET outcome = 'PASS'",
+            "DELETE FROM records",
+        ):
+            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+                conn.execute(sql)
+    finally:
+        conn.close()
+
+
+def test_no_key_material_reaches_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    key = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----"
+    with SqliteLedger(path) as ledger:
+        ledger.record_attempt(make_record())
+        for attempt in (
+            lambda: ledger.record_attempt(make_record(certificate_pem=key)),
+            lambda: ledger.append_event(note(message=key)),
+            lambda: ledger.journal_open(serial="SN1", thing_name=key),
+        ):
+            with pytest.raises(ValueError):
+                attempt()
+    blob = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("ledger.sqlite"))
+    assert b"BEGIN CERTIFICATE" in blob  # the certificate is there …
+    assert b"PRIVATE KEY" not in blob  # … the key never is
+
+
+def test_a_busy_ledger_waits_then_fails_as_a_station_fault(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    SqliteLedger(path).close()
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # another process holding the write lock
+    try:
+        with SqliteLedger(path, busy_timeout_s=0.05) as impatient, pytest.raises(LedgerUnavailable):
+            impatient.append_event(note())
+        with SqliteLedger(path, busy_timeout_s=10) as patient:
+            done: list[int] = []
+            writer = threading.Thread(target=lambda: done.append(patient.append_event(note())))
+            writer.start()
+            writer.join(timeout=0.3)
+            assert writer.is_alive()  # still waiting for the lock, not failed
+            holder.execute("COMMIT")
+            writer.join(timeout=10)
+            assert done == [1]
+            assert patient.audit().ok
+    finally:
+        holder.close()
+
+
+def test_several_connections_on_one_file_share_one_chain(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    handles = [SqliteLedger(path) for _ in range(4)]
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            for i in range(50):
+                handles[n].append_event(note(f"C{n}", i))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors
+    result = handles[0].audit()
+    assert result.ok and result.head_seq == 200
+    for h in handles:
+        h.close()
+
+
+_WRITER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from station.ledger import open_ledger
+    from station.model import Event
+    ledger = open_ledger(sys.argv[1])
+    mode = sys.argv[2]
+    if mode == "append":
+        for i in range(int(sys.argv[3])):
+            ledger.append_event(Event(kind="note", serial=sys.argv[4], data={"i": i}))
+    else:
+        ledger.append_event(Event(kind="unit_started", serial="SN-K"))
+        jid = ledger.journal_open(serial="SN-K", certificate_id="ab" * 32, state="registering")
+        ledger.journal_update(jid, state="registered", certificate_created=True)
+        print(jid, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)  # no close, no atexit, no flush: a station killed mid-unit
+    """
+)
+
+
+def _python(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", _WRITER, *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_journal_and_events_survive_a_killed_process(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    proc = _python(str(path), "kill")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, err
+    with SqliteLedger(path) as ledger:
+        (entry,) = ledger.journal_pending()
+        assert (entry.id, entry.serial, entry.stage, entry.certificate_created) == (
+            int(out),
+            "SN-K",
+            "registered",
+            True,
+        )
+        assert [e.event.kind for e in ledger.events()] == ["unit_started"]
+        assert ledger.audit().ok
+
+
+def test_two_processes_append_to_one_chain(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    SqliteLedger(path).close()  # create first so the two do not race on the schema
+    procs = [_python(str(path), "append", "150", f"P{n}") for n in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    with SqliteLedger(path) as ledger:
+        result = ledger.audit()
+        assert result.ok and result.head_seq == 300
+        for n in range(2):
+            assert [e.event.data["i"] for e in ledger.events(f"P{n}")] == list(range(150))
+
+
+def test_in_memory_ledger_works_for_throwaway_use() -> None:
+    with SqliteLedger(":memory:") as ledger:
+        ledger.append_event(note())
+        ledger.record_attempt(make_record())
+        assert ledger.audit().ok and len(list(ledger.records())) == 1
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+_finite = st.floats(allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    texts=st.lists(st.text(max_size=40), min_size=6, max_size=6),
+    duration=st.none() | _finite,
+    at=_finite,
+    data=st.dictionaries(st.text(max_size=10), _json, max_size=5),
+    timings=st.dictionaries(st.text(min_size=1, max_size=10), _finite, max_size=4),
+)
+def test_any_event_and_record_round_trips_and_audits(
+    texts: list[str], duration: float | None, at: float, data: dict[str, Any], timings: dict[str, float]
+) -> None:
+    blob = json.dumps([texts, data, timings])
+    assume("PRIVATE KEY" not in blob.upper())
+    kind, serial, step, title, message, operator = texts
+    assume(kind != "record" and serial)
+    event = Event(
+        kind, serial, step=step, title=title, message=message, duration_ms=duration, data=data, at=at
+    )
+    record = make_record(serial=serial, operator=operator, title=title, timings_ms=timings, extra={"d": data})
+    with SqliteLedger(":memory:") as ledger:
+        ledger.append_event(event)
+        digest = ledger.record_attempt(record)
+        (stored,) = ledger.events(serial)[:1]
+        assert stored.event == Event(**{**event.__dict__, "data": json.loads(json.dumps(data))})
+        (back,) = ledger.find(record.attempt_id)
+        assert back == record and back.canonical_hash() == digest
+        assert ledger.audit().ok
