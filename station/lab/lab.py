@@ -1,0 +1,280 @@
+"""The whole lab: control plane + data plane, wired, with `lab.json` and a ready `station.toml`.
+
+`Lab` is what `station lab`, `station demo` and the tests start. It owns nothing clever: it picks the
+(account, region) registries, starts moto's control plane and one TLS data endpoint per registry, and writes
+two files into its state dir:
+
+- `lab.json`: how a script outside the project reaches the lab (control-plane URL and keys, the CA file, per
+  account its role ARN and per region the data endpoint, port and the matching target name);
+- `station.toml`: a station configuration whose targets point at the lab (lab = true, least-privilege policy).
+
+It must not be imported by the station's core; only wiring (demo, tests, `station lab`) uses it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from station.errors import InputError
+from station.lab.control import (
+    DEFAULT_ACCOUNT_ID,
+    DEFAULT_REGION,
+    LAB_ACCESS_KEY_ID,
+    LAB_SECRET_ACCESS_KEY,
+    SECOND_ACCOUNT_ID,
+    ControlPlane,
+)
+from station.lab.dataplane import DataPlane
+from station.model import Target
+
+DEFAULT_REGIONS = (DEFAULT_REGION, "us-east-1")
+LAB_POLICY_NAME = "station-lab-device"
+LAB_SERIAL_PATTERN = "SIM[0-9]{4,8}"
+
+
+def lab_account_ids(count: int) -> tuple[str, ...]:
+    """`count` distinct 12-digit account ids: moto's default first (the static keys land there)."""
+    if count < 1 or count > 9:
+        raise InputError(
+            "Bad account count", f"The lab can run 1 to 9 accounts, not {count}.", "Use --accounts 1..9."
+        )
+    fixed = [DEFAULT_ACCOUNT_ID, SECOND_ACCOUNT_ID]
+    extra = [str(n) * 12 for n in range(3, 10)]
+    return tuple((fixed + extra)[:count])
+
+
+def target_name(account_index: int, region: str) -> str:
+    """The station target name for the lab registry (account n, region): `lab1-ap-northeast-1`."""
+    return f"lab{account_index + 1}-{region}"
+
+
+@dataclass(frozen=True)
+class LabRegistry:
+    """One (account, region) of the lab: its data endpoint and the station target pointing at it."""
+
+    account_id: str
+    region: str
+    role_arn: str | None
+    data_port: int
+    target: Target
+
+
+class Lab:
+    """Control plane + data plane on 127.0.0.1, as a context manager (ready in well under 3 s).
+
+    >>> with Lab(tmp_path) as lab:
+    ...     target = lab.target()          # the first account's first region
+    ...     lab.control.client("iot", account_id=lab.accounts[1], region="us-east-1")
+    """
+
+    def __init__(
+        self,
+        state_dir: str | os.PathLike[str],
+        *,
+        accounts: int = 2,
+        regions: Sequence[str] = DEFAULT_REGIONS,
+        throttling: bool = True,
+        control_port: int = 0,
+        data_ports: dict[tuple[str, str], int] | None = None,
+    ) -> None:
+        if not regions:
+            raise InputError("No region", "The lab needs at least one region.", "Give --regions R1[,R2…].")
+        self.state_dir = Path(state_dir).expanduser().resolve()
+        self.accounts = lab_account_ids(accounts)
+        self.regions = tuple(regions)
+        self.control = ControlPlane(
+            port=control_port,
+            accounts=self.accounts,
+            default_region=self.regions[0],
+            throttling=throttling,
+        )
+        endpoints = {(a, r): (data_ports or {}).get((a, r), 0) for a in self.accounts for r in self.regions}
+        self._endpoints = endpoints
+        self.data: DataPlane | None = None
+        self.registries: list[LabRegistry] = []
+        self.start_seconds: float | None = None
+
+    # -- lifecycle
+
+    def start(self) -> Lab:
+        started = time.perf_counter()
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.state_dir / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as error:
+            raise InputError(
+                "Lab state dir not writable",
+                f"The lab cannot write to {self.state_dir} ({error.strerror or error}).",
+                "Give a folder you can write to with --state-dir.",
+            ) from None
+        self.control.start()
+        try:
+            self.data = DataPlane(self._endpoints, self.state_dir)
+            self.data.start()
+            self.registries = [self._registry(i, a, r) for i, a in enumerate(self.accounts) for r in self.regions]
+            self.write_files()
+        except BaseException:
+            self.stop()
+            raise
+        self.start_seconds = time.perf_counter() - started
+        return self
+
+    def stop(self) -> None:
+        if self.data is not None:
+            self.data.stop()
+            self.data = None
+        self.control.stop()
+
+    def __enter__(self) -> Lab:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # -- what the lab offers
+
+    @property
+    def ca_file(self) -> Path:
+        assert self.data is not None, "the lab is not started"
+        return Path(self.data.ca_file)
+
+    @property
+    def ca_bytes(self) -> bytes:
+        return self.ca_file.read_bytes()
+
+    @property
+    def lab_json_path(self) -> Path:
+        return self.state_dir / "lab.json"
+
+    @property
+    def config_path(self) -> Path:
+        return self.state_dir / "station.toml"
+
+    def registry(self, account_id: str | None = None, region: str | None = None) -> LabRegistry:
+        account_id = account_id or self.accounts[0]
+        region = region or self.regions[0]
+        for registry in self.registries:
+            if registry.account_id == account_id and registry.region == region:
+                return registry
+        raise InputError(
+            "Unknown lab registry",
+            f"The lab has no registry for account {account_id} in {region}.",
+            f"Use one of accounts {', '.join(self.accounts)} and regions {', '.join(self.regions)}.",
+        )
+
+    def target(self, account_id: str | None = None, region: str | None = None) -> Target:
+        """The station target for a lab registry (default: first account, first region)."""
+        return self.registry(account_id, region).target
+
+    @property
+    def targets(self) -> dict[str, Target]:
+        return {r.target.name: r.target for r in self.registries}
+
+    def iot(self, account_id: str | None = None, region: str | None = None) -> Any:
+        """A boto3 IoT client acting in that lab registry (for tests and QA scripts)."""
+        return self.control.client("iot", account_id=account_id, region=region or self.regions[0])
+
+    # -- files
+
+    def _registry(self, index: int, account_id: str, region: str) -> LabRegistry:
+        assert self.data is not None
+        port = self.data.port_for(account_id, region)
+        role_arn = None if account_id == DEFAULT_ACCOUNT_ID else self.control.role_arn(account_id)
+        from station.config import LEAST_PRIVILEGE_POLICY_JSON
+
+        target = Target(
+            name=target_name(index, region),
+            region=region,
+            policy_name=LAB_POLICY_NAME,
+            policy_document=LEAST_PRIVILEGE_POLICY_JSON,
+            account_id=account_id,
+            role_arn=role_arn,
+            endpoint="localhost",
+            port=port,
+            ca_file=str(self.ca_file),
+            endpoint_url=self.control.endpoint_url,
+            aws_access_key_id=LAB_ACCESS_KEY_ID,
+            aws_secret_access_key=LAB_SECRET_ACCESS_KEY,
+            lab=True,
+        )
+        return LabRegistry(account_id, region, role_arn, port, target)
+
+    def description(self) -> dict[str, Any]:
+        """The content of lab.json (the interface scripts outside the project depend on)."""
+        accounts = []
+        for account_id in self.accounts:
+            regions = {
+                r.region: {"data_endpoint": "localhost", "data_port": r.data_port, "target": r.target.name}
+                for r in self.registries
+                if r.account_id == account_id
+            }
+            accounts.append(
+                {"account_id": account_id, "role_arn": self.control.role_arn(account_id), "regions": regions}
+            )
+        return {
+            "control_plane": {
+                "endpoint_url": self.control.endpoint_url,
+                "aws_access_key_id": LAB_ACCESS_KEY_ID,
+                "aws_secret_access_key": LAB_SECRET_ACCESS_KEY,
+            },
+            "ca_file": str(self.ca_file),
+            "accounts": accounts,
+        }
+
+    def station_toml(self, *, ledger: str = "ledger.sqlite", slots: dict[str, str] | None = None) -> str:
+        """A ready station.toml pointing at this lab; `slots` maps slot name → port URL (product `sim`)."""
+        lines = [
+            "# Written by the lab: every target points at the local AWS IoT (lab = true).",
+            "[station]",
+            'id = "lab-station"',
+            f"ledger = {json.dumps(ledger)}",
+            'operator = "trainee"',
+            'qa_pin = "0000"',
+            "",
+        ]
+        for registry in self.registries:
+            t = registry.target
+            lines += [
+                f"[targets.{t.name}]",
+                "lab = true",
+                f'region = "{t.region}"',
+                f'account_id = "{t.account_id}"',
+            ]
+            if t.role_arn:
+                lines.append(f'role_arn = "{t.role_arn}"')
+            lines += [
+                f'endpoint_url = "{t.endpoint_url}"',
+                f'endpoint = "{t.endpoint}"',
+                f"port = {t.port}",
+                f"ca_file = {json.dumps(t.ca_file)}",
+                f'aws_access_key_id = "{t.aws_access_key_id}"',
+                f'aws_secret_access_key = "{t.aws_secret_access_key}"',
+                f'policy_name = "{t.policy_name}"',
+                f"policy_document = '''{t.policy_document}'''",
+                "",
+            ]
+        lines += [
+            "[products.sim]",
+            f'serial_pattern = "{LAB_SERIAL_PATTERN}"',
+            'flasher = "prov1"',
+            f'target = "{self.registries[0].target.name}"',
+            "",
+        ]
+        for name, port in (slots or {}).items():
+            lines += [f"[slots.{name}]", f"port = {json.dumps(port)}", 'product = "sim"', ""]
+        return "\n".join(lines)
+
+    def write_files(self) -> None:
+        self.lab_json_path.write_text(json.dumps(self.description(), indent=2) + "\n")
+        self.config_path.write_text(self.station_toml())
