@@ -1,0 +1,118 @@
+"""`station sim <family>`: run one simulated unit on a new pseudo-terminal, for training and trying the station.
+
+    station sim prov1
+    station sim prov1 --device-id SIM000123 --state-dir sim --fault corrupt=0.05 --fault lose=0.05
+    station sim prov1 --ca-file lab/ca.pem          # the lab's CA, for the device-side connectivity check
+
+The FIRST line on stdout is the port path (flushed at once), so a script can read it and open the port; the
+unit's flash file goes to stderr. It serves until Ctrl-C or SIGTERM, then releases the pty and exits 0.
+Faults (repeat --fault): corrupt=P, lose=P, disconnect=N (at the Nth DATA frame), slow=SECONDS, silent, garbage,
+flood, bad_store, seed=N. A thin layer over `flashers.simulators`: no device behaviour lives here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from types import FrameType
+
+from station.errors import InputError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sim",
+        help="run a simulated unit on a new pty (prints the port first)",
+        description="Start one simulated device on a new pseudo-terminal and serve it until interrupted.",
+    )
+    families = p.add_subparsers(dest="family", metavar="FAMILY")
+    q = families.add_parser(
+        "prov1",
+        help="the PROV/1 reference device",
+        description="A PROV/1 unit whose flash is a JSON file under --state-dir.",
+        epilog="Example: station sim prov1 --device-id SIM000001 --fault corrupt=0.05 --fault lose=0.05",
+    )
+    q.add_argument("--baud", type=int, default=115200, help="baud rate to pace the line at (default 115200)")
+    q.add_argument("--no-pace", action="store_true", help="answer at pty speed instead of wire speed")
+    q.add_argument(
+        "--state-dir", default="sim-state", help="where the unit's flash file lives (default ./sim-state)"
+    )
+    q.add_argument("--device-id", help="the unit's device id (default: random SIMxxxxxxxx)")
+    q.add_argument("--ca-file", help="server CA (PEM) for the device-side connectivity check (the lab's CA)")
+    q.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="NAME[=VALUE]",
+        help="inject a fault (repeatable): corrupt=P lose=P disconnect=N slow=S silent garbage flood bad_store seed=N",
+    )
+    q.set_defaults(func=run_prov1)
+    p.set_defaults(func=lambda args: _usage(p))
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def run_prov1(args: argparse.Namespace) -> int:
+    from flashers.simulators.prov1 import Faults, Prov1Device
+    from flashers.simulators.pty import PtyDevice
+
+    try:
+        faults = Faults.parse(args.fault)
+    except ValueError as exc:
+        raise InputError(
+            "Bad fault", f"{exc}.", "Run `station sim prov1 --help` for the fault names."
+        ) from None
+    if args.baud <= 0:
+        raise InputError(
+            "Bad baud rate", f"{args.baud} is not a baud rate.", "Give a positive number, e.g. 115200."
+        )
+    try:
+        model = Prov1Device(args.state_dir, device_id=args.device_id, ca_file=args.ca_file, faults=faults)
+    except ValueError as exc:
+        raise InputError("Bad device id", f"{exc}.", "Give a device id without spaces.") from None
+    except FileNotFoundError:
+        raise InputError(
+            "CA file not found",
+            f"There is no file {args.ca_file} to use as the server CA.",
+            "Give the path of the lab's CA certificate, or leave --ca-file out.",
+        ) from None
+    except OSError as exc:
+        raise InputError(
+            "State directory not usable",
+            f"The flash file cannot be written under {args.state_dir} ({exc.strerror}).",
+            "Give a writable --state-dir.",
+        ) from None
+    return serve(PtyDevice(model, baudrate=args.baud, pace=not args.no_pace), str(model.flash_path))
+
+
+def serve(device: object, flash: str) -> int:
+    """Print the port, serve until SIGINT/SIGTERM (or the unit disconnects itself), stop, return 0."""
+    from flashers.simulators.pty import PtyDevice
+
+    assert isinstance(device, PtyDevice)
+    done = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        done.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    device.start()
+    try:
+        print(device.port, flush=True)
+        print(f"simulated unit on {device.port}; flash {flash}; Ctrl-C to stop", file=sys.stderr, flush=True)
+        while not done.wait(0.2):
+            if not device.connected:
+                print(
+                    "the simulated unit disconnected (fault injection); stopping", file=sys.stderr, flush=True
+                )
+                break
+    finally:
+        device.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
