@@ -21,7 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="run the local AWS IoT (moto control plane + TLS data plane) until Ctrl-C",
         description="Run the local AWS IoT until Ctrl-C or SIGTERM. Example: station lab --state-dir ./lab --accounts 2 --regions ap-northeast-1,us-east-1",
     )
-    p.add_argument("--state-dir", default="./lab-state", help="where lab.json, station.toml and the lab CA go")
+    p.add_argument(
+        "--state-dir", default="./lab-state", help="where lab.json, station.toml and the lab CA go"
+    )
     p.add_argument("--accounts", type=int, default=2, help="number of AWS accounts (1-9, default 2)")
     p.add_argument(
         "--regions", default="ap-northeast-1,us-east-1", help="comma-separated regions (default: %(default)s)"

@@ -120,7 +120,9 @@ class Lab:
         try:
             self.data = DataPlane(self._endpoints, self.state_dir)
             self.data.start()
-            self.registries = [self._registry(i, a, r) for i, a in enumerate(self.accounts) for r in self.regions]
+            self.registries = [
+                self._registry(i, a, r) for i, a in enumerate(self.accounts) for r in self.regions
+            ]
             self.write_files()
         except BaseException:
             self.stop()
