@@ -1,0 +1,265 @@
+"""The line: N slots provisioning units at the same time, one worker thread per slot.
+
+    line = Line(config, ledger=ledger, on_event=screen.post)   # one worker per configured slot
+    slot = line.scan("SN00001234")            # → "slot-1": validated and queued on the next free slot
+    line.scan("SN00001235", slot="slot-3")    # or on a named slot
+    line.slots()                              # → [SlotState(name, port, state, serial, step, last), …]
+    line.wait_idle(timeout=60)                # True once every slot is idle
+    line.results()                            # every UnitResult so far, in finishing order
+    line.stop()                               # finish the units in progress, then end the workers
+
+That is the whole API (the TUI is a thin view over it plus the events). `scan` validates the serial against
+the product's pattern on the spot and raises `InputError` — nothing is started — for a bad scan, an unknown
+or busy slot, or when no slot is free. Each slot runs one unit at a time through `station.pipeline`; slots
+never wait for each other: they share only the per-(account, region) rate budget (inside the registry) and
+the ledger. Events from every slot go to `on_event` (called from worker threads, one event at a time).
+
+It must not: know the step order (that is the pipeline's), talk to AWS, serial ports or the lab itself, or
+block the caller of `scan` on a unit's work.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from station.errors import InputError
+from station.model import Event
+from station.pipeline import FlasherLike, Pipeline, UnitRequest, UnitResult
+
+log = logging.getLogger(__name__)
+
+IDLE, BUSY, STOPPED = "idle", "busy", "stopped"
+
+
+@dataclass(frozen=True)
+class SlotState:
+    """What one slot is doing, for a screen: `state` is idle, busy or stopped."""
+
+    name: str
+    port: str
+    state: str = IDLE
+    serial: str = ""
+    step: str = ""  # the step in progress while busy
+    last: UnitResult | None = None  # the slot's previous unit
+    units: int = 0  # units this slot has finished
+
+
+class LineContext(Protocol):
+    """What the line needs from the wiring (`station.context.StationContext` provides it)."""
+
+    pipeline: Pipeline
+    on_event: Callable[[Event], None] | None  # the line sets this to receive the pipeline's events
+
+    def slot_ports(self) -> dict[str, str]: ...
+    def prepare(self, serial: str, *, slot: str, product: str | None, target: str | None) -> UnitRequest: ...
+    def open_flasher(self, slot: str, port: str, request: UnitRequest) -> FlasherLike: ...
+
+
+@dataclass(frozen=True)
+class _Job:
+    request: UnitRequest
+    port: str
+
+
+_STOP = object()
+
+
+class Line:
+    """N slots at once; see the module docstring for the API."""
+
+    def __init__(
+        self,
+        config: Any,
+        *,
+        ledger: Any,
+        on_event: Callable[[Event], None] | None = None,
+        flasher_factory: Callable[..., FlasherLike] | None = None,
+        registry_factory: Callable[..., Any] | None = None,
+        verifier: Callable[..., Any] | None = None,
+        station_id: str | None = None,
+        context: LineContext | None = None,
+    ) -> None:
+        """Build the line from a `StationConfig` (or from a ready `context`, for tests).
+
+        `flasher_factory(slot, port, family)`, `registry_factory(target)` and `verifier(...)` replace the real
+        drivers (openhtf style: the lab, the demo and the tests inject their own).
+        """
+        self._on_event = on_event
+        if context is None:
+            from station.context import StationContext  # the wiring imports every real part
+
+            context = StationContext(
+                config,
+                ledger=ledger,
+                flasher_factory=flasher_factory,
+                registry_factory=registry_factory,
+                verifier=verifier,
+                station_id=station_id,
+            )
+        self._ctx = context
+        context.on_event = self._event
+        self._lock = threading.Condition()
+        self._states: dict[str, SlotState] = {}
+        self._queues: dict[str, queue.SimpleQueue[Any]] = {}
+        self._workers: dict[str, threading.Thread] = {}
+        self._results: list[UnitResult] = []
+        self._stopping = False
+        ports = context.slot_ports()
+        if not ports:
+            raise InputError(
+                "No slots", "The station configuration has no slots.", "Add at least one [[slots]] entry."
+            )
+        for name, port in ports.items():
+            self._states[name] = SlotState(name=name, port=port)
+            self._queues[name] = queue.SimpleQueue()
+            worker = threading.Thread(target=self._work, args=(name,), name=f"slot-{name}", daemon=True)
+            self._workers[name] = worker
+            worker.start()
+
+    @classmethod
+    def from_context(cls, context: LineContext, *, on_event: Callable[[Event], None] | None = None) -> Line:
+        """A line over a ready context (tests, or a caller that built its own wiring)."""
+        return cls(None, ledger=None, on_event=on_event, context=context)
+
+    # ------------------------------------------------------------------------------------------ the API
+    def scan(
+        self,
+        serial: str,
+        slot: str | None = None,
+        *,
+        product: str | None = None,
+        target: str | None = None,
+        port: str | None = None,
+    ) -> str:
+        """Queue a scanned unit on `slot` (or the next free one) and return the slot's name.
+
+        The serial is checked against the product's pattern first; a bad scan, an unknown or busy slot, or
+        no free slot raises `InputError` and starts nothing. `product`/`target` override the slot's defaults;
+        `port` overrides the slot's port for this unit (the demo gives each simulated unit its own pty).
+        """
+        with self._lock:
+            if self._stopping:
+                raise InputError("Line stopped", "The line is shutting down.", "Start the station again.")
+            name = self._pick(slot)
+            request = self._ctx.prepare(serial, slot=name, product=product, target=target)
+            state = self._states[name]
+            self._states[name] = replace(state, state=BUSY, serial=request.serial, step="")
+            self._queues[name].put(_Job(request, port or state.port))
+            self._lock.notify_all()
+        return name
+
+    def slots(self) -> list[SlotState]:
+        """Every slot's state, in configuration order."""
+        with self._lock:
+            return list(self._states.values())
+
+    def results(self) -> list[UnitResult]:
+        """Every unit's result so far, in the order they finished."""
+        with self._lock:
+            return list(self._results)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until every slot is idle (True) or `timeout` seconds pass (False)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while any(s.state == BUSY for s in self._states.values()):
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._lock.wait(remaining)
+            return True
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Refuse new scans, let the units in progress finish, and end the workers."""
+        with self._lock:
+            self._stopping = True
+            for q in self._queues.values():
+                q.put(_STOP)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for worker in self._workers.values():
+            worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+
+    def __enter__(self) -> Line:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------------------------------ inside
+    def _event(self, event: Event) -> None:
+        """Where the pipeline's events arrive (from worker threads): track each slot's step, pass them on."""
+        if event.kind == "step_started" and event.slot:
+            with self._lock:
+                state = self._states.get(event.slot)
+                if state is not None and state.state == BUSY:
+                    self._states[event.slot] = replace(state, step=event.step)
+        if self._on_event is not None:
+            self._on_event(event)
+
+    def _pick(self, slot: str | None) -> str:
+        if slot is not None:
+            state = self._states.get(slot)
+            if state is None:
+                raise InputError(
+                    "No such slot",
+                    f"There is no slot {slot!r}; the slots are {', '.join(self._states)}.",
+                    "Pick one of the station's slots.",
+                )
+            if state.state != IDLE:
+                raise InputError(
+                    "Slot busy",
+                    f"Slot {slot} is still working on {state.serial}.",
+                    "Wait for it to finish, or use another slot.",
+                )
+            return slot
+        for name, state in self._states.items():
+            if state.state == IDLE:
+                return name
+        raise InputError(
+            "No free slot",
+            "Every slot is busy with a unit.",
+            "Wait for a slot to finish, then scan the unit again.",
+        )
+
+    def _work(self, name: str) -> None:
+        q = self._queues[name]
+        while True:
+            job = q.get()
+            if job is _STOP:
+                break
+            result: UnitResult | None = None
+            request: UnitRequest = job.request
+            port: str = job.port
+
+            def open_flasher(request: UnitRequest = request, port: str = port) -> FlasherLike:
+                return self._ctx.open_flasher(name, port, request)
+
+            try:
+                result = self._ctx.pipeline.run(request, open_flasher=open_flasher)
+            except BaseException:
+                # The pipeline records every outcome itself; reaching here means the worker was told to
+                # stop (SystemExit / KeyboardInterrupt) — leave the slot usable and keep the line alive.
+                log.exception("slot %s: unit %s aborted", name, request.serial)
+            finally:
+                with self._lock:
+                    state = self._states[name]
+                    if result is not None:
+                        self._results.append(result)
+                    self._states[name] = replace(
+                        state,
+                        state=IDLE,
+                        serial="",
+                        step="",
+                        last=result if result is not None else state.last,
+                        units=state.units + 1,
+                    )
+                    self._lock.notify_all()
+        with self._lock:
+            self._states[name] = replace(self._states[name], state=STOPPED)
+            self._lock.notify_all()

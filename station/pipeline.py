@@ -1,0 +1,1022 @@
+"""The provisioning pipeline for one unit: the step order, the overlap, the rollback and the journal.
+
+    identify → identity → { write to device ‖ register in target } → verify → record
+
+This is the only place that knows that order. Everything the pipeline touches is injected through the small
+Protocols below (openhtf style): a flasher for the unit's device family, a registry for the target, a verifier,
+the ledger, and the identity functions. The wiring (`station.context`) hands it the real parts; tests hand it
+in-process fakes.
+
+Rules it keeps:
+- Writing to the device and registering in the target run at the same time (the cloud side on a helper
+  thread), so a unit takes max(serial, cloud) + verify, not their sum.
+- The journal entry is opened before the first AWS side effect and updated after each AWS step, so a station
+  killed at any moment leaves enough behind for `reconcile` to resolve it.
+- Any failure after registration rolls back in AWS (only what this attempt created) and wipes the device's
+  staged credentials; every compensation becomes an event and a line in the attempt record.
+- The outcome follows the exception's family: `UnitFault` → FAIL, any other `StationError` → ERROR, anything
+  unexpected → ERROR with a generic operator message (the traceback goes to the log, key material redacted).
+- The journal closes only after the attempt record is written, and only when AWS holds nothing unaccounted for.
+- The private key lives in memory only, inside a `Secret`, and the pipeline drops its reference after verify.
+
+It must not: import boto3, serial, awscrt or the lab; print; read configuration files; hold a key beyond
+verify; put key material in an event, a record, a log line or an exception; decide an outcome by matching text.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from station.errors import StationError, StationFault, UnitFault
+from station.model import Event, Identity, Outcome, Target
+
+log = logging.getLogger(__name__)
+
+# Step names, in order. "write" and "register" run side by side.
+STEPS = ("identify", "identity", "write", "register", "verify", "record")
+
+KEY_SOURCES = ("station", "device", "auto")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The seams, as the pipeline sees them (structural: the real classes need not inherit from these).
+# ---------------------------------------------------------------------------------------------------------
+
+
+class CapabilitiesLike(Protocol):
+    @property
+    def writes_key(self) -> bool: ...
+    @property
+    def device_keygen(self) -> bool: ...
+    @property
+    def device_verify(self) -> bool: ...
+    @property
+    def reads_certificate(self) -> bool: ...
+
+
+class DeviceInfoLike(Protocol):
+    @property
+    def device_id(self) -> str | None: ...
+    @property
+    def firmware(self) -> str | None: ...
+
+
+class FlasherLike(Protocol):
+    """The host side of one device family on one port (`flashers.base.Flasher`)."""
+
+    @property
+    def family(self) -> str: ...
+    @property
+    def capabilities(self) -> CapabilitiesLike: ...
+    def identify(self) -> DeviceInfoLike: ...
+    def write_identity(self, identity: Identity, *, ca_pem: str | None = None) -> Any: ...
+    def keygen(self, common_name: str) -> str: ...
+    def read_certificate(self) -> str: ...
+    def device_verify(self, host: str, port: int, thing_name: str) -> None: ...
+    def wipe(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class RegistrationLike(Protocol):
+    @property
+    def certificate_id(self) -> str: ...
+
+
+class RegistryLike(Protocol):
+    """One target's AWS IoT registry (`station.registry.Registry`)."""
+
+    def register(self, identity: Identity, *, origin: str = "unit") -> Any: ...
+    def create_thing(self, name: str) -> bool: ...
+    def attach(self, registration: Any, thing_name: str) -> None: ...
+    def rollback(self, registration: Any) -> None: ...
+    def revoke(self, certificate_id: str, *, delete_thing: str | None = None) -> bool: ...
+    def describe(self, certificate_id: str) -> dict[str, Any] | None: ...
+    def data_endpoint(self) -> tuple[str, int]: ...
+
+
+class LedgerLike(Protocol):
+    """The station's records and its crash journal (`station.ledger.Ledger`)."""
+
+    def record_attempt(self, record: Any) -> Any: ...
+    def append_event(self, event: Event) -> Any: ...
+    def journal_open(self, **fields: Any) -> Any: ...
+    def journal_update(self, journal_id: Any, **fields: Any) -> Any: ...
+    def journal_close(self, journal_id: Any, outcome: str | None = None) -> Any: ...
+
+
+class Verifier(Protocol):
+    """Host-side MQTT verify with the unit's own identity (`station.verify.verify`)."""
+
+    def __call__(
+        self,
+        identity: Identity,
+        *,
+        thing_name: str,
+        host: str,
+        port: int,
+        ca_bytes: bytes | None,
+        where: str | None = None,
+    ) -> Any: ...
+
+
+RecordFactory = Callable[["UnitResult"], Any]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What goes in and what comes out.
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UnitRequest:
+    """One unit to provision, resolved from the configuration by the wiring.
+
+    `thing_name` is a function of the device id because some templates use it (known only after identify).
+    `key_source`: "station" (the station makes the key), "device" (device keygen → CSR signed by `issuer`),
+    "auto" (device keygen when the family has it and an issuer is configured, else the station's key).
+    A family that keeps its own key and certificate (`reads_certificate`) ignores it.
+    """
+
+    serial: str
+    target: Target
+    thing_name: Callable[[str | None], str]
+    slot: str = ""
+    product: str = ""
+    station_id: str = ""
+    key_source: str = "station"
+    issuer: Any = None  # a loaded issuer (station.identity.LoadedIssuer) or None
+    ca_bytes: bytes | None = None  # server CA for host verify (None = system trust store)
+    check_device_id: bool = True  # cross-check the scan against the device id where the family has one
+
+
+@dataclass
+class Compensation:
+    """One undo the pipeline ran after a failure: what, whether it worked, and why not."""
+
+    action: str  # "rollback" | "revoke" | "wipe"
+    ok: bool
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"action": self.action, "ok": self.ok, "detail": self.detail}
+
+
+@dataclass
+class UnitResult:
+    """The outcome of one attempt, as recorded (no key material)."""
+
+    attempt_id: str
+    serial: str
+    slot: str
+    product: str
+    target: str
+    station_id: str
+    registry: tuple[str, str]
+    outcome: Outcome = Outcome.ERROR
+    title: str = ""
+    message: str = ""
+    next_action: str = ""
+    error_kind: str = ""
+    device_id: str | None = None
+    firmware: str | None = None
+    family: str = ""
+    thing_name: str = ""
+    certificate_id: str = ""
+    certificate_arn: str = ""
+    certificate_pem: str = ""
+    key_source: str = ""
+    verify_mode: str = ""  # "host" | "device"
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    compensations: list[Compensation] = field(default_factory=list)
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    journal_closed: bool = False
+    recorded: bool = False
+
+    @property
+    def rolled_back(self) -> bool:
+        return any(c.action in ("rollback", "revoke") and c.ok for c in self.compensations)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready view for the CLI, the TUI and the unit_finished event."""
+        return {
+            "attempt_id": self.attempt_id,
+            "serial": self.serial,
+            "slot": self.slot,
+            "product": self.product,
+            "target": self.target,
+            "outcome": str(self.outcome),
+            "title": self.title,
+            "message": self.message,
+            "next_action": self.next_action,
+            "device_id": self.device_id,
+            "thing_name": self.thing_name,
+            "certificate_id": self.certificate_id,
+            "timings_ms": dict(self.timings_ms),
+            "compensations": [c.as_dict() for c in self.compensations],
+        }
+
+
+# Operator words for the cases the pipeline itself decides.
+def wrong_unit(scanned: str, device_id: str) -> UnitFault:
+    return UnitFault(
+        "Wrong unit in the jig",
+        f"wrong unit in the jig: scanned {scanned}, device says {device_id}.",
+        "Put the right unit in the jig and scan again.",
+    )
+
+
+def unexpected_fault() -> StationFault:
+    return StationFault(
+        "Station error",
+        "An unexpected error stopped this unit; the details are in the station log.",
+        "Call a technician; scan the unit again once the station is fixed.",
+    )
+
+
+def interrupted_fault() -> StationFault:
+    return StationFault(
+        "Station interrupted",
+        "The station was stopped while provisioning this unit; what was done in AWS was rolled back.",
+        "Scan the unit again when the station is running.",
+    )
+
+
+_PEM_KEY = re.compile(
+    r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|\Z)", re.DOTALL
+)
+
+
+def redact(text: str) -> str:
+    """Remove any private key PEM block from a text meant for a log."""
+    return _PEM_KEY.sub("<private key redacted>", text)
+
+
+def classify(exc: BaseException) -> StationError:
+    """The outcome by exception family: a StationError keeps its own; anything else is a station fault."""
+    if isinstance(exc, StationError):
+        return exc
+    if isinstance(exc, Exception):
+        return unexpected_fault()
+    return interrupted_fault()
+
+
+def outcome_of(error: StationError | None) -> Outcome:
+    if error is None:
+        return Outcome.PASS
+    return Outcome.FAIL if isinstance(error, UnitFault) else Outcome.ERROR
+
+
+class _Attempt:
+    """Mutable working state of one run; never leaves this module (it may hold the unit's key)."""
+
+    def __init__(self, request: UnitRequest, result: UnitResult) -> None:
+        self.request = request
+        self.result = result
+        self.identity: Identity | None = None
+        self.flasher: FlasherLike | None = None
+        self.registration: Any = None
+        self.journal_id: Any = None
+        self.register_started = False
+        self.register_done = False
+        self.thing_created = False
+        self.write_started = False
+        self.device_verified = False
+
+
+class Pipeline:
+    """Runs units through the steps. One instance can serve many units and slots (it keeps no unit state).
+
+    `registry_for(target)` returns the registry of a target; the wiring caches one per registry key so
+    that every slot shares its rate budget.
+    """
+
+    def __init__(
+        self,
+        *,
+        ledger: LedgerLike,
+        registry_for: Callable[[Target], RegistryLike],
+        verifier: Verifier,
+        new_identity: Callable[..., Identity],
+        sign_csr: Callable[..., str],
+        certificate_id: Callable[[str], str],
+        record_factory: RecordFactory,
+        on_event: Callable[[Event], None] | None = None,
+        device_id_matches: Callable[[str, str], bool] | None = None,
+        check_certificate: Callable[[str], None] | None = None,
+    ) -> None:
+        self._ledger = ledger
+        self._registry_for = registry_for
+        self._verifier = verifier
+        self._new_identity = new_identity
+        self._sign_csr = sign_csr
+        self._certificate_id = certificate_id
+        self._record_factory = record_factory
+        self._on_event = on_event
+        self._device_id_matches = device_id_matches or _same_id
+        self._check_certificate = check_certificate
+        self._emit_lock = threading.Lock()
+
+    # ----------------------------------------------------------------------------------------- events
+    def _emit(self, request: UnitRequest, kind: str, **fields: Any) -> None:
+        event = Event(kind=kind, serial=request.serial, slot=request.slot, **fields)
+        # One lock: the write and register threads emit at the same time, and consumers (a TUI, a sqlite
+        # ledger) want events one after another, in the order they happened.
+        with self._emit_lock:
+            try:
+                self._ledger.append_event(event)
+            except Exception:  # the attempt record is what counts; a lost event must not stop the unit
+                log.exception("could not append event %s for %s to the ledger", kind, request.serial)
+            if self._on_event is not None:
+                try:
+                    self._on_event(event)
+                except Exception:  # a broken screen must not break provisioning
+                    log.exception("event consumer failed on %s", kind)
+
+    def _step(self, attempt: _Attempt, name: str, fn: Callable[[], Any]) -> Any:
+        request = attempt.request
+        self._emit(request, "step_started", step=name)
+        start = time.perf_counter()
+        ok = False
+        try:
+            value = fn()
+            ok = True
+            return value
+        finally:
+            ms = (time.perf_counter() - start) * 1000.0
+            attempt.result.timings_ms[name] = round(ms, 3)
+            self._emit(request, "step_finished", step=name, outcome="ok" if ok else "failed", duration_ms=ms)
+
+    # --------------------------------------------------------------------------------------------- run
+    def run(
+        self,
+        request: UnitRequest,
+        flasher: FlasherLike | None = None,
+        *,
+        open_flasher: Callable[[], FlasherLike] | None = None,
+    ) -> UnitResult:
+        """Provision one unit, on `flasher` or on one opened by `open_flasher` (then closed afterwards;
+        a port that will not open is part of the attempt: an ERROR, recorded like any other outcome).
+
+        Returns the result; re-raises only KeyboardInterrupt/SystemExit, after compensating and recording,
+        so an interrupted station leaves nothing behind that it could have cleaned up itself.
+        """
+        if flasher is None and open_flasher is None:
+            raise TypeError("run() needs a flasher or open_flasher")
+        target = request.target
+        result = UnitResult(
+            attempt_id=uuid.uuid4().hex,
+            serial=request.serial,
+            slot=request.slot,
+            product=request.product,
+            target=target.name,
+            station_id=request.station_id,
+            registry=target.registry_key,
+            started_at=time.time(),
+        )
+        attempt = _Attempt(request, result)
+        attempt.flasher = flasher
+        self._emit(
+            request,
+            "unit_started",
+            data={"attempt_id": result.attempt_id, "target": target.name, "product": request.product},
+        )
+        t0 = time.perf_counter()
+        error: StationError | None = None
+        abort: BaseException | None = None
+        try:
+            try:
+                self._run_steps(attempt, open_flasher)
+            except BaseException as exc:
+                error = classify(exc)
+                if not isinstance(exc, Exception):
+                    abort = exc  # KeyboardInterrupt / SystemExit: clean up, then let it go on
+                elif not isinstance(exc, StationError):
+                    log.error(
+                        "unexpected error provisioning %s:\n%s",
+                        request.serial,
+                        redact("".join(traceback.format_exception(exc))),
+                    )
+                self._compensate(attempt)
+                if error is exc:
+                    # Its traceback's frames still reference the identity (and so the key); the operator
+                    # needs only the title, message and next action from here on.
+                    exc.__traceback__ = None
+            finally:
+                # The key is needed by nobody after verify (or after a failure): drop our only reference.
+                attempt.identity = None
+            result.timings_ms["total"] = round((time.perf_counter() - t0) * 1000.0, 3)
+            self._finish(attempt, error)
+        finally:
+            if flasher is None and attempt.flasher is not None:
+                try:
+                    attempt.flasher.close()
+                except Exception:
+                    log.exception("closing the port of %s failed", request.serial)
+        if abort is not None:
+            raise abort
+        return result
+
+    def _run_steps(self, attempt: _Attempt, open_flasher: Callable[[], FlasherLike] | None) -> None:
+        request = attempt.request
+        result = attempt.result
+
+        def identify() -> DeviceInfoLike:
+            if attempt.flasher is None:
+                assert open_flasher is not None
+                attempt.flasher = open_flasher()
+            result.family = _safe_family(attempt.flasher)
+            return attempt.flasher.identify()
+
+        info = self._step(attempt, "identify", identify)
+        flasher = attempt.flasher
+        assert flasher is not None
+        result.device_id = info.device_id or None
+        result.firmware = info.firmware or None
+        # Decide the flow before anything is made or sent: an impossible plan costs nothing.
+        caps = flasher.capabilities
+        key_source = _plan_key_source(request, caps)
+        verify_mode = _plan_verify(key_source, caps)
+        result.key_source = key_source
+        result.verify_mode = verify_mode
+        if (
+            request.check_device_id
+            and result.device_id
+            and not self._device_id_matches(request.serial, result.device_id)
+        ):
+            raise wrong_unit(request.serial, result.device_id)
+        thing_name = request.thing_name(result.device_id)
+        result.thing_name = thing_name
+
+        identity = self._step(
+            attempt, "identity", lambda: self._make_identity(request, flasher, key_source, thing_name)
+        )
+        attempt.identity = identity
+        result.certificate_id = identity.certificate_id
+        result.certificate_pem = identity.certificate_pem
+
+        self._write_and_register(attempt, flasher, thing_name)
+
+        if verify_mode == "host":
+            self._step(attempt, "verify", lambda: self._host_verify(attempt, thing_name))
+        else:
+            self._step(attempt, "verify", lambda: self._device_verify(attempt, flasher, thing_name))
+        # Verified: nobody needs the key any more.
+        attempt.identity = None
+
+    # ---------------------------------------------------------------------------------------- identity
+    def _make_identity(
+        self, request: UnitRequest, flasher: FlasherLike, key_source: str, thing_name: str
+    ) -> Identity:
+        target = request.target
+        if key_source == "read":
+            pem = flasher.read_certificate()
+            if self._check_certificate is not None:
+                try:
+                    self._check_certificate(pem)
+                except StationError as exc:
+                    # The unit's own certificate breaks AWS's rules: the unit is bad, not the station.
+                    raise UnitFault(
+                        "Device certificate rejected", exc.message, "Put the unit in the rework bin."
+                    ) from None
+            return Identity(certificate_pem=pem, certificate_id=self._certificate_id(pem))
+        if key_source == "device":
+            csr = flasher.keygen(thing_name)
+            pem = self._sign_csr(csr, request.issuer, common_name=thing_name, days=target.certificate_days)
+            return Identity(certificate_pem=pem, certificate_id=self._certificate_id(pem))
+        return self._new_identity(
+            thing_name, key_type=target.key_type, days=target.certificate_days, issuer=request.issuer
+        )
+
+    # ------------------------------------------------------------------------------- write ‖ register
+    def _write_and_register(self, attempt: _Attempt, flasher: FlasherLike, thing_name: str) -> None:
+        request = attempt.request
+        result = attempt.result
+        identity = attempt.identity
+        assert identity is not None
+        registry = self._registry_for(request.target)
+        # Open the journal before the first AWS side effect: the certificate id is known already (SHA-256
+        # of the DER), so a station killed during register still leaves enough for reconcile to find it.
+        attempt.journal_id = self._ledger.journal_open(
+            attempt_id=result.attempt_id,
+            serial=request.serial,
+            slot=request.slot,
+            product=request.product,
+            target=request.target.name,
+            account=result.registry[0],
+            region=result.registry[1],
+            certificate_id=identity.certificate_id,
+            certificate_pem=identity.certificate_pem,
+            thing_name=thing_name,
+            state="registering",
+        )
+        cloud_error: list[BaseException] = []
+
+        def cloud() -> None:
+            try:
+                self._step(attempt, "register", lambda: self._register(attempt, registry, thing_name))
+            except BaseException as exc:
+                cloud_error.append(exc)
+
+        writes = result.key_source != "read"
+        # The unit gets the server CA the target names (the lab's own CA; None on AWS, whose root the
+        # firmware carries), so it can connect by itself later — and for a device-side verify now.
+        ca_pem = request.ca_bytes.decode("ascii", "replace") if request.ca_bytes else None
+        cloud_thread = threading.Thread(
+            target=cloud, name=f"register-{request.slot or request.serial}", daemon=True
+        )
+        attempt.register_started = True
+        cloud_thread.start()
+        write_error: BaseException | None = None
+        try:
+            if writes:
+                attempt.write_started = True
+                self._step(attempt, "write", lambda: flasher.write_identity(identity, ca_pem=ca_pem))
+        except BaseException as exc:
+            write_error = exc
+        finally:
+            # Always wait for the cloud side: what it did decides what has to be undone.
+            cloud_thread.join()
+        if result.timings_ms.get("write") is not None or result.timings_ms.get("register") is not None:
+            result.timings_ms["write_register"] = round(
+                max(result.timings_ms.get("write", 0.0), result.timings_ms.get("register", 0.0)), 3
+            )
+        # A station fault on either side wins over a unit fault on the other: if the cloud is down the
+        # unit may be fine, and calling a technician is the safer instruction. Interrupts win over all.
+        errors = [e for e in (write_error, *cloud_error) if e is not None]
+        if errors:
+            raise _most_serious(errors)
+
+    def _register(self, attempt: _Attempt, registry: RegistryLike, thing_name: str) -> None:
+        identity = attempt.identity
+        assert identity is not None
+        ledger = self._ledger
+        jid = attempt.journal_id
+        # Whose certificate AWS would be refusing decides the fault: one the station made is the station's.
+        origin = "station" if attempt.result.key_source == "station" else "unit"
+        registration = registry.register(identity, origin=origin)
+        attempt.registration = registration
+        attempt.register_done = True
+        created = bool(getattr(registration, "created", True))
+        arn = str(getattr(registration, "certificate_arn", "") or "")
+        attempt.result.certificate_arn = arn
+        ledger.journal_update(jid, state="registered", certificate_created=created, certificate_arn=arn)
+        thing_created = registry.create_thing(thing_name)
+        attempt.thing_created = bool(thing_created)
+        _note_thing(registration, thing_name, attempt.thing_created)
+        ledger.journal_update(jid, state="thing", thing_created=attempt.thing_created)
+        registry.attach(registration, thing_name)
+        ledger.journal_update(jid, state="attached")
+
+    # ------------------------------------------------------------------------------------------ verify
+    def _host_verify(self, attempt: _Attempt, thing_name: str) -> None:
+        identity = attempt.identity
+        assert identity is not None
+        registry = self._registry_for(attempt.request.target)
+        host, port = registry.data_endpoint()
+        self._verifier(
+            identity,
+            thing_name=thing_name,
+            host=host,
+            port=port,
+            ca_bytes=attempt.request.ca_bytes,
+            where=_where(registry, attempt.request.target),
+        )
+        self._ledger.journal_update(attempt.journal_id, state="verified")
+
+    def _device_verify(self, attempt: _Attempt, flasher: FlasherLike, thing_name: str) -> None:
+        registry = self._registry_for(attempt.request.target)
+        host, port = registry.data_endpoint()
+        flasher.device_verify(host, port, thing_name)
+        self._ledger.journal_update(attempt.journal_id, state="verified")
+
+    # ------------------------------------------------------------------------------------ compensation
+    def _compensate(self, attempt: _Attempt) -> None:
+        """Undo what this attempt did, AWS first (a live certificate is the worse leftover), then the device."""
+        request = attempt.request
+        result = attempt.result
+        if attempt.register_started:
+            registry = self._registry_for(request.target)
+            if attempt.registration is not None:
+                self._undo(attempt, "rollback", lambda: registry.rollback(attempt.registration))
+            else:
+                # register itself failed: normally nothing was made, but a timeout can hide a success.
+                # Only a certificate this attempt made can be deleted; a device's own certificate may
+                # belong to an earlier PASS, so it is left for reconcile's stricter rule.
+                if result.key_source != "read":
+                    self._undo(
+                        attempt,
+                        "revoke",
+                        lambda: (
+                            bool(result.certificate_id)
+                            and registry.revoke(result.certificate_id, delete_thing=None)
+                        ),
+                        skip_if_false=True,
+                    )
+        flasher = attempt.flasher
+        if attempt.write_started and flasher is not None:
+            self._undo(attempt, "wipe", flasher.wipe)
+
+    def _undo(
+        self, attempt: _Attempt, action: str, fn: Callable[[], Any], *, skip_if_false: bool = False
+    ) -> None:
+        request = attempt.request
+        start = time.perf_counter()
+        try:
+            value = fn()
+        except BaseException as exc:
+            detail = exc.message if isinstance(exc, StationError) else type(exc).__name__
+            if not isinstance(exc, StationError):
+                log.error(
+                    "compensation %s failed for %s:\n%s",
+                    action,
+                    request.serial,
+                    redact("".join(traceback.format_exception(exc))),
+                )
+            comp = Compensation(action, False, detail)
+        else:
+            if skip_if_false and value is False:
+                return  # nothing was there to undo
+            comp = Compensation(action, True, _compensation_text(action))
+        attempt.result.compensations.append(comp)
+        if action in ("rollback", "revoke") and comp.ok and attempt.journal_id is not None:
+            try:
+                self._ledger.journal_update(attempt.journal_id, state="rolled_back")
+            except Exception:
+                log.exception("could not mark the journal of %s rolled back", request.serial)
+        self._emit(
+            request,
+            "compensation",
+            step=action,
+            outcome="ok" if comp.ok else "failed",
+            duration_ms=(time.perf_counter() - start) * 1000.0,
+            message=comp.detail,
+            data={"certificate_id": attempt.result.certificate_id, "thing_name": attempt.result.thing_name},
+        )
+
+    # ------------------------------------------------------------------------------------------ record
+    def _finish(self, attempt: _Attempt, error: StationError | None) -> None:
+        result = attempt.result
+        request = attempt.request
+        self._set_outcome(result, error)
+        result.finished_at = time.time()
+        try:
+            self._step(attempt, "record", lambda: self._ledger.record_attempt(self._record_factory(result)))
+            result.recorded = True
+        except BaseException as exc:
+            # No record → a registered certificate would have no PASS record: undo it like any failure.
+            log.error("could not record the attempt for %s: %s", request.serial, type(exc).__name__)
+            if error is None:
+                self._compensate(attempt)
+            self._set_outcome(
+                result,
+                StationFault(
+                    "Ledger unavailable",
+                    "The station could not write this unit's record, so the unit was not passed.",
+                    "Call a technician to check the ledger; then scan the unit again.",
+                ),
+            )
+        # Close the journal only when the record is written and AWS holds nothing unaccounted for: a
+        # failed rollback keeps it open for `station reconcile`.
+        aws_clean = result.outcome == Outcome.PASS or not any(
+            c.action in ("rollback", "revoke") and not c.ok for c in result.compensations
+        )
+        if attempt.journal_id is not None and result.recorded and aws_clean:
+            try:
+                self._ledger.journal_close(attempt.journal_id, outcome=str(result.outcome))
+                result.journal_closed = True
+            except Exception:
+                log.exception("could not close the journal of %s", request.serial)
+        self._emit(
+            request,
+            "unit_finished",
+            outcome=str(result.outcome),
+            title=result.title,
+            message=result.message,
+            next_action=result.next_action,
+            duration_ms=result.timings_ms.get("total"),
+            data=result.summary(),
+        )
+
+    @staticmethod
+    def _set_outcome(result: UnitResult, error: StationError | None) -> None:
+        result.outcome = outcome_of(error)
+        if error is None:
+            result.title = "Provisioned"
+            result.message = f"{result.thing_name} is registered in {result.target} and verified."
+            result.next_action = "Put the unit in the good bin."
+            result.error_kind = ""
+        else:
+            result.title = error.title
+            result.message = error.message
+            result.next_action = error.next_action
+            result.error_kind = type(error).__name__
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _where(registry: RegistryLike, target: Target) -> str:
+    """ "<account>/<region>" for the verify's messages."""
+    where = getattr(registry, "where", None)
+    if isinstance(where, str) and where:
+        return where
+    account, region = target.registry_key
+    return f"{account}/{region}"
+
+
+def _same_id(serial: str, device_id: str) -> bool:
+    return serial.strip().casefold() == device_id.strip().casefold()
+
+
+def _safe_family(flasher: FlasherLike) -> str:
+    try:
+        return str(flasher.family)
+    except Exception:
+        return ""
+
+
+def _plan_key_source(request: UnitRequest, caps: CapabilitiesLike) -> str:
+    """Which identity flow this unit gets, decided before anything is done to it."""
+    if caps.reads_certificate and not caps.writes_key and not caps.device_keygen:
+        return "read"
+    wanted = request.key_source
+    if wanted not in KEY_SOURCES:
+        raise StationFault(
+            "Bad key source",
+            f"The product asks for key source {wanted!r}; the station knows {', '.join(KEY_SOURCES)}.",
+            "Call a technician to fix the station configuration.",
+        )
+    if wanted == "auto":
+        wanted = "device" if caps.device_keygen and request.issuer is not None else "station"
+    if wanted == "device":
+        if not caps.device_keygen:
+            raise StationFault(
+                "Device cannot make keys",
+                "The product asks for device-made keys but this device family cannot generate a key.",
+                "Call a technician to fix the product's key source.",
+            )
+        if request.issuer is None:
+            raise StationFault(
+                "No issuer for device keys",
+                f"Target {request.target.name} has no issuer to sign the device's certificate request.",
+                "Call a technician to configure an issuer for this target.",
+            )
+        return "device"
+    if not caps.writes_key:
+        if caps.reads_certificate:
+            return "read"
+        raise StationFault(
+            "Device cannot take a key",
+            "The product asks for station-made keys but this device family cannot store one.",
+            "Call a technician to fix the product's key source.",
+        )
+    return "station"
+
+
+def _plan_verify(key_source: str, caps: CapabilitiesLike) -> str:
+    if key_source == "station":
+        return "host"  # the station holds the key until verify is done
+    if caps.device_verify:
+        return "device"
+    raise StationFault(
+        "Cannot verify",
+        "This device keeps its own key and cannot check its own connection, so the station cannot prove it.",
+        "Call a technician: this product needs a family with device-side verify.",
+    )
+
+
+def _note_thing(registration: Any, thing_name: str, created: bool) -> None:
+    """Tell the registration which thing this attempt made, so rollback deletes it and only it."""
+    for name, value in (("thing_name", thing_name), ("thing_created", created)):
+        if hasattr(registration, name):
+            try:
+                setattr(registration, name, value)
+            except (AttributeError, TypeError):
+                object.__setattr__(registration, name, value)
+
+
+def _compensation_text(action: str) -> str:
+    return {
+        "rollback": "What this attempt made in AWS was deleted.",
+        "revoke": "The certificate found registered after a failed register was deleted.",
+        "wipe": "The device's staged credentials were wiped.",
+    }.get(action, "done")
+
+
+def _most_serious(errors: list[BaseException]) -> BaseException:
+    def rank(exc: BaseException) -> int:
+        if not isinstance(exc, Exception):
+            return 0
+        if isinstance(exc, UnitFault):
+            return 2
+        return 1  # station faults and unexpected errors
+
+    return sorted(errors, key=rank)[0]
+
+
+def record_fields(result: UnitResult) -> Mapping[str, Any]:
+    """The attempt record's content as plain fields (the ledger's record type is built from these)."""
+    return {
+        "attempt_id": result.attempt_id,
+        "serial": result.serial,
+        "slot": result.slot,
+        "product": result.product,
+        "target": result.target,
+        "account": result.registry[0],
+        "region": result.registry[1],
+        "station_id": result.station_id,
+        "outcome": str(result.outcome),
+        "title": result.title,
+        "message": result.message,
+        "next_action": result.next_action,
+        "error_kind": result.error_kind,
+        "device_id": result.device_id,
+        "firmware": result.firmware,
+        "family": result.family,
+        "thing_name": result.thing_name,
+        "certificate_id": result.certificate_id,
+        "certificate_arn": result.certificate_arn,
+        "certificate_pem": result.certificate_pem,
+        "key_source": result.key_source,
+        "verify_mode": result.verify_mode,
+        "timings_ms": dict(result.timings_ms),
+        "compensations": [c.as_dict() for c in result.compensations],
+        "started_at": result.started_at,
+        "finished_at": result.finished_at,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reconcile: resolve what a stopped station left in its journal.
+# ---------------------------------------------------------------------------------------------------------
+
+RECONCILE_MESSAGE = "station stopped mid-provisioning; rolled back by reconcile"
+
+
+class ReconcileLedger(LedgerLike, Protocol):
+    def journal_pending(self) -> list[Any]: ...
+    def find(self, query: str) -> list[Any]: ...
+
+
+@dataclass
+class ReconcileItem:
+    """What reconcile did with one pending journal entry."""
+
+    journal_id: Any
+    serial: str
+    target: str
+    certificate_id: str
+    action: str  # "kept" (a PASS record exists) | "rolled_back" | "nothing_registered" | "skipped" | "failed"
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "journal_id": self.journal_id,
+            "serial": self.serial,
+            "target": self.target,
+            "certificate_id": self.certificate_id,
+            "action": self.action,
+            "detail": self.detail,
+        }
+
+
+def _field(entry: Any, name: str, default: Any = None) -> Any:
+    if isinstance(entry, Mapping):
+        return entry.get(name, default)
+    return getattr(entry, name, default)
+
+
+def reconcile(
+    ledger: ReconcileLedger,
+    *,
+    targets: Mapping[str, Target],
+    registry_for: Callable[[Target], RegistryLike],
+    record_factory: RecordFactory,
+    only_target: str | None = None,
+    min_age_s: float = 0.0,
+    station_id: str = "",
+    on_event: Callable[[Event], None] | None = None,
+    now: Callable[[], float] = time.time,
+) -> list[ReconcileItem]:
+    """Resolve every pending journal entry so that no certificate stays registered without a PASS record.
+
+    For each entry: if the ledger holds a PASS record for its certificate in its target, the journal is just
+    closed. Otherwise whatever AWS still holds for it is removed (detach, deactivate, delete, and the thing
+    if the journal says this attempt made it), an ERROR record is written if the attempt has none, and the
+    journal is closed. An entry that cannot be resolved (target unknown, AWS unreachable) stays open and is
+    reported as "failed". Run it when no station is provisioning on this ledger (or use `min_age_s`), since
+    an in-flight unit also has an open journal.
+    """
+    items: list[ReconcileItem] = []
+    for entry in ledger.journal_pending():
+        jid = _field(entry, "id", _field(entry, "journal_id"))
+        item = ReconcileItem(
+            journal_id=jid,
+            serial=str(_field(entry, "serial", "") or ""),
+            target=str(_field(entry, "target", "") or ""),
+            certificate_id=str(_field(entry, "certificate_id", "") or ""),
+            action="failed",
+        )
+        if only_target is not None and item.target != only_target:
+            continue
+        opened = _field(entry, "opened_at")
+        if min_age_s > 0 and isinstance(opened, int | float) and now() - float(opened) < min_age_s:
+            item.action, item.detail = "skipped", "opened too recently (a unit may still be in progress)"
+            items.append(item)
+            continue
+        try:
+            _reconcile_one(ledger, entry, item, targets, registry_for, record_factory, station_id)
+        except StationError as exc:
+            item.action, item.detail = "failed", f"{exc.title}: {exc.message}"
+        except Exception as exc:
+            log.error(
+                "reconcile of %s failed:\n%s", item.serial, redact("".join(traceback.format_exception(exc)))
+            )
+            item.action, item.detail = "failed", type(exc).__name__
+        items.append(item)
+        event = Event(
+            kind="compensation",
+            serial=item.serial,
+            slot=str(_field(entry, "slot", "") or ""),
+            step="reconcile",
+            outcome="failed" if item.action == "failed" else "ok",
+            message=item.detail,
+            data=item.as_dict(),
+        )
+        try:
+            ledger.append_event(event)
+        except Exception:
+            log.exception("could not append the reconcile event of %s", item.serial)
+        if on_event is not None:
+            try:
+                on_event(event)
+            except Exception:
+                log.exception("event consumer failed on reconcile")
+    return items
+
+
+def _reconcile_one(
+    ledger: ReconcileLedger,
+    entry: Any,
+    item: ReconcileItem,
+    targets: Mapping[str, Target],
+    registry_for: Callable[[Target], RegistryLike],
+    record_factory: RecordFactory,
+    station_id: str,
+) -> None:
+    target = targets.get(item.target)
+    if target is None:
+        item.detail = f"target {item.target!r} is not in the station configuration; nothing was touched"
+        return
+    records = ledger.find(item.certificate_id) if item.certificate_id else []
+    attempt_id = _field(entry, "attempt_id")
+    passed = [
+        r for r in records if str(_field(r, "outcome")) == Outcome.PASS and _field(r, "target") == target.name
+    ]
+    if passed:
+        ledger.journal_close(item.journal_id, outcome=str(Outcome.PASS))
+        item.action, item.detail = "kept", "a PASS record exists for this certificate"
+        return
+    registry = registry_for(target)
+    thing = _field(entry, "thing_name") if _field(entry, "thing_created") else None
+    # revoke detaches, deactivates and deletes in AWS's order, and says whether the certificate was there.
+    if item.certificate_id and registry.revoke(item.certificate_id, delete_thing=thing):
+        item.action, item.detail = "rolled_back", RECONCILE_MESSAGE
+    else:
+        item.action, item.detail = "nothing_registered", "the certificate is not registered in the target"
+    has_record = attempt_id is not None and any(_field(r, "attempt_id") == attempt_id for r in records)
+    if not has_record:
+        result = UnitResult(
+            attempt_id=str(attempt_id or uuid.uuid4().hex),
+            serial=item.serial,
+            slot=str(_field(entry, "slot", "") or ""),
+            product=str(_field(entry, "product", "") or ""),
+            target=target.name,
+            station_id=station_id,
+            registry=target.registry_key,
+            outcome=Outcome.ERROR,
+            title="Rolled back by reconcile",
+            message=RECONCILE_MESSAGE,
+            next_action="Scan the unit again to provision it.",
+            error_kind="StationFault",
+            thing_name=str(_field(entry, "thing_name", "") or ""),
+            certificate_id=item.certificate_id,
+            compensations=[
+                Compensation("revoke" if item.action == "rolled_back" else "reconcile", True, item.detail)
+            ],
+            started_at=float(_field(entry, "opened_at", 0.0) or 0.0),
+            finished_at=time.time(),
+        )
+        ledger.record_attempt(record_factory(result))
+    ledger.journal_close(item.journal_id, outcome=str(Outcome.ERROR))
