@@ -79,7 +79,9 @@ def plain(value: Any) -> Any:
 
     Anything JSON cannot hold becomes its str(); tuples become lists; NaN/inf are refused (no canonical form).
     """
-    return json.loads(json.dumps(value, default=str, allow_nan=False))
+    # -0.0 + 0.0 is +0.0: SQLite stores an integral REAL such as -0.0 as the integer 0, so a negative zero
+    # would hash differently once read back.
+    return json.loads(json.dumps(value, default=str, allow_nan=False), parse_float=lambda s: float(s) + 0.0)
 
 
 def reject_key_material(text: str, what: str) -> None:
@@ -122,7 +124,7 @@ def _opt_float(value: Any) -> float | None:
     number = float(value)
     if not math.isfinite(number):
         raise ValueError("timings and timestamps must be finite numbers")
-    return number
+    return number + 0.0  # -0.0 → +0.0, as `plain` does
 
 
 def event_fields(event: Event) -> dict[str, Any]:
