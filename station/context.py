@@ -47,29 +47,14 @@ FlasherFactory = Callable[..., FlasherLike]  # (port, *, family, baud, options) 
 
 
 def default_flasher_factory(port: str, *, family: str, baud: int, options: dict[str, Any]) -> FlasherLike:
-    """Open the real flasher of `family` on `port`: the `Flasher` subclass in `flashers.<family>` whose
-    `family` matches (imported lazily: only a station that provisions needs serial drivers)."""
-    import importlib
+    """Open the real flasher of `family` on `port`, found through the `station.flashers` entry-point group
+    (imported lazily: only a station that provisions needs serial drivers; a third-party family plugs in the
+    same way as the built-in ones)."""
+    import flashers
 
-    from flashers.base import Flasher
-
+    cls = flashers.load(family)
     try:
-        module = importlib.import_module(f"flashers.{family}")
-    except ModuleNotFoundError:
-        module = None
-    found: list[Any] = [
-        obj
-        for obj in (vars(module).values() if module is not None else ())
-        if isinstance(obj, type) and issubclass(obj, Flasher) and getattr(obj, "family", "") == family
-    ]
-    if not found:
-        raise StationFault(
-            "No driver for this device family",
-            f"This station has no flasher for device family {family!r}.",
-            "Call a technician: install the family's flasher or fix the product's flasher in station.toml.",
-        )
-    try:
-        flasher: FlasherLike = found[0](port, baudrate=baud, **options)
+        flasher: FlasherLike = cls(port, baudrate=baud, **options)
     except TypeError as error:
         # An option in [products.NAME.options] the family's flasher does not take.
         raise StationFault(
