@@ -289,6 +289,7 @@ class _Attempt:
         self.register_done = False
         self.thing_created = False
         self.write_started = False
+        self.device_pointed = False  # a device-side verify pointed the unit at the target's endpoint
         self.device_verified = False
 
 
@@ -595,6 +596,7 @@ class Pipeline:
     def _device_verify(self, attempt: _Attempt, flasher: FlasherLike, thing_name: str) -> None:
         registry = self._registry_for(attempt.request.target)
         host, port = registry.data_endpoint()
+        attempt.device_pointed = True
         flasher.device_verify(host, port, thing_name)
         self._ledger.journal_update(attempt.journal_id, state="verified")
 
@@ -622,7 +624,9 @@ class Pipeline:
                         skip_if_false=True,
                     )
         flasher = attempt.flasher
-        if attempt.write_started and flasher is not None:
+        # A unit that verified from its own side was pointed at the target even though nothing was written:
+        # wiping puts it back (ExpressLink: its previous endpoint) so a failed unit never keeps a live setup.
+        if (attempt.write_started or attempt.device_pointed) and flasher is not None:
             self._undo(attempt, "wipe", flasher.wipe)
 
     def _undo(

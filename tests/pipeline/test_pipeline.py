@@ -383,7 +383,7 @@ def test_device_that_keeps_its_key_is_read_registered_and_verified_on_device() -
     assert rig.registry.certificates.keys() == {result.certificate_id}
 
 
-def test_device_verify_failure_on_a_read_certificate_rolls_back_but_does_not_wipe() -> None:
+def test_device_verify_failure_on_a_read_certificate_rolls_back_and_points_the_unit_back() -> None:
     log = Log()
     flasher = FakeFlasher(
         log,
@@ -396,7 +396,8 @@ def test_device_verify_failure_on_a_read_certificate_rolls_back_but_does_not_wip
     result = rig.pipeline.run(rig.request(), flasher)
     assert result.outcome == Outcome.FAIL
     assert_nothing_left(rig)
-    assert [c.action for c in result.compensations] == ["rollback"]  # nothing staged on the device
+    # Nothing was written, but the unit was pointed at the target: the wipe puts it back.
+    assert [c.action for c in result.compensations] == ["rollback", "wipe"]
 
 
 def test_impossible_plan_is_an_error_before_anything_happens() -> None:
