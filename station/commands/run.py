@@ -1,0 +1,55 @@
+"""`station run --config station.toml`: the operator screen over this station's line.
+
+Opens the ledger, builds the line (one worker per configured slot) and shows the operator screen until the
+operator quits (Ctrl+Q); then lets the units in progress finish and stops the line. Thin: the wiring is
+`station.context`, the screen is `station.tui`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from station.cli import EXIT_OK
+
+EXAMPLES = """examples:
+  station run --config station.toml
+  station run --config station.toml --operator "night-shift"
+
+keys: type or scan a serial + Enter (2:SERIAL sends it to slot 2), F2 log, F3 QA desk (PIN), Ctrl+Q quit
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="open the operator screen over this station's line",
+        description="Open the operator screen: scan units, watch each slot, read the outcome.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", required=True, metavar="FILE", help="the station's station.toml")
+    p.add_argument("--operator", help="who is at the station (default: the config's operator)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from station.config import load_config
+    from station.context import StationContext
+    from station.ledger import open_ledger
+    from station.line import Line
+    from station.tui import EventRelay, run_app
+
+    config = load_config(args.config)
+    relay = EventRelay()
+    with open_ledger(config.ledger_path) as ledger:
+        context = StationContext(config, ledger=ledger, operator=args.operator)
+        line = Line.from_context(context, on_event=relay)
+        try:
+            run_app(config, line, ledger, relay=relay, operator=args.operator)
+        finally:
+            busy = [s.serial for s in line.slots() if s.state == "busy"]
+            if busy:
+                print(f"Finishing the units in progress ({', '.join(busy)})…", file=sys.stderr)
+            line.stop()
+    return EXIT_OK

@@ -1,0 +1,104 @@
+"""What the screens need from the core, as small Protocols, and the station facts shown in the header.
+
+The TUI is a thin view: it calls `LineAPI.scan/slots` and reads the line's events; the QA desk calls the
+functions in `station.tui.services`. The Protocols are structural, so the real `station.line.Line` and the
+test fakes fit without inheriting from anything. `StationInfo` is the header's content, built once from a
+`StationConfig` by `station_info`.
+
+It must not import textual (it is shared with plain code and tests) nor any AWS, serial or crypto library.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class SlotLike(Protocol):
+    """One slot as the line reports it (`station.line.SlotState`)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def port(self) -> str: ...
+    @property
+    def state(self) -> str: ...  # idle | busy | stopped
+    @property
+    def serial(self) -> str: ...
+    @property
+    def step(self) -> str: ...
+
+
+class LineAPI(Protocol):
+    """The part of `station.line.Line` the operator screen uses."""
+
+    def scan(self, serial: str, slot: str | None = None) -> str: ...
+    def slots(self) -> Sequence[SlotLike]: ...
+
+
+@dataclass(frozen=True)
+class TargetInfo:
+    """Where a slot's units go, as the header shows it."""
+
+    name: str
+    account: str  # account id, role or profile: whatever names the account
+    region: str
+    lab: bool
+
+
+@dataclass(frozen=True)
+class StationInfo:
+    """The header's facts and the slots' defaults; never holds a secret except the QA PIN, kept out of repr."""
+
+    station_id: str
+    operator: str
+    products: tuple[str, ...] = ()
+    targets: tuple[TargetInfo, ...] = ()
+    slot_products: dict[str, str] = field(default_factory=dict)  # slot name → product
+    qa_pin: str | None = field(default=None, repr=False)
+
+    @property
+    def lab(self) -> bool:
+        """Lab mode: every target this station writes to is a lab target."""
+        return bool(self.targets) and all(t.lab for t in self.targets)
+
+    @property
+    def production(self) -> bool:
+        return any(not t.lab for t in self.targets)
+
+
+def _account_of(target: Any) -> str:
+    if getattr(target, "account_id", None):
+        return str(target.account_id)
+    role = getattr(target, "role_arn", None)
+    if role:
+        parts = str(role).split(":")
+        return parts[4] if len(parts) > 4 and parts[4] else str(role)
+    if getattr(target, "profile", None):
+        return f"profile {target.profile}"
+    return "default credentials"
+
+
+def station_info(config: Any, *, operator: str | None = None) -> StationInfo:
+    """The header facts of a `station.config.StationConfig`: the products and targets its slots use."""
+    products: dict[str, Any] = dict(getattr(config, "products", {}) or {})
+    targets: dict[str, Any] = dict(getattr(config, "targets", {}) or {})
+    slots: dict[str, Any] = dict(getattr(config, "slots", {}) or {})
+    default_product = next(iter(products), "") if len(products) == 1 else ""
+    slot_products = {
+        name: (getattr(slot, "product", None) or default_product) for name, slot in slots.items()
+    }
+    used_products = [p for p in dict.fromkeys(slot_products.values()) if p] or list(products)
+    used_targets = [products[p].target for p in used_products if p in products]
+    shown = [targets[name] for name in dict.fromkeys(used_targets) if name in targets]
+    return StationInfo(
+        station_id=str(getattr(config, "station_id", "station")),
+        operator=operator or getattr(config, "operator", None) or "operator",
+        products=tuple(used_products),
+        targets=tuple(
+            TargetInfo(name=t.name, account=_account_of(t), region=t.region, lab=bool(t.lab)) for t in shown
+        ),
+        slot_products=slot_products,
+        qa_pin=getattr(config, "qa_pin", None),
+    )

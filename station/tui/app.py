@@ -1,0 +1,178 @@
+"""The station's Textual app: the operator screen over a line, and the QA desk behind a PIN.
+
+Wiring (what `station run` and `station demo` do):
+
+    relay = EventRelay()
+    line = Line(config, ledger=ledger, on_event=relay)
+    run_app(config, line, ledger, relay=relay)      # returns when the operator quits
+    line.stop()
+
+The app never runs a unit itself: the line does, on its own threads; the relay turns the line's events into
+messages for the operator screen. The QA desk calls `station.tui.services.QaServices`.
+
+It must not import boto3, serial, awscrt or cryptography (import-linter checks), nor call the core on the
+UI thread.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from textual.app import App
+from textual.binding import Binding, BindingType
+from textual.notifications import SeverityLevel
+
+from station.tui.api import LineAPI, StationInfo, station_info
+from station.tui.operator.screen import OperatorScreen
+from station.tui.qa.desk import QaDeskScreen
+from station.tui.qa.pin import PinScreen
+from station.tui.relay import EventRelay
+from station.tui.services import QaServices
+
+QUIT_CONFIRM_S = 4.0  # a second quit key within this many seconds quits even with units in progress
+
+
+class StationApp(App[None]):
+    """The operator screen is the default screen; the QA desk is pushed on top of it."""
+
+    CSS_PATH = "station.tcss"
+    TITLE = "station"
+    # No command palette: every action has its own key, and an operator should not browse app commands.
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("ctrl+q", "quit", "Quit", priority=True)]
+
+    def __init__(
+        self,
+        *,
+        line: LineAPI,
+        info: StationInfo,
+        relay: EventRelay | None = None,
+        qa: QaServices | None = None,
+        clock: Callable[[], float] = time.time,
+        poll_interval: float | None = 1.0,
+    ) -> None:
+        super().__init__()
+        self.line = line
+        self.info = info
+        self.relay = relay
+        self.qa = qa
+        self.clock = clock
+        # Read once, before the app runs: the screen needs the slot list to lay out its cards.
+        self.operator = OperatorScreen(
+            line, info, line.slots(), relay=relay, clock=clock, poll_interval=poll_interval
+        )
+        self._quit_armed_at: float | None = None
+        self.title = f"station {info.station_id}"
+
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = True,
+    ) -> None:
+        """Every notification as plain text: they carry scanned text and file names, never markup."""
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=False)
+
+    def get_default_screen(self) -> OperatorScreen:
+        return self.operator
+
+    def on_unmount(self) -> None:
+        if self.relay is not None:
+            self.relay.detach()
+
+    async def action_quit(self) -> None:
+        """Quit; with units still in progress, only on a second press (they finish in the line regardless)."""
+        now = time.monotonic()
+        armed = self._quit_armed_at is not None and now - self._quit_armed_at < QUIT_CONFIRM_S
+        if self.operator.busy and not armed:
+            self._quit_armed_at = now
+            self.notify(
+                "Units are still in progress; press Ctrl+Q again to quit (they finish first).",
+                title="Units in progress",
+                severity="warning",
+            )
+            return
+        if self.relay is not None:
+            self.relay.detach()
+        self.exit()
+
+    def action_open_qa(self) -> None:
+        if self.qa is None:
+            self.notify(
+                "This station has no QA desk (no ledger was given).", title="QA desk", severity="warning"
+            )
+            return
+        pin = self.info.qa_pin
+        if not pin:
+            self.notify(
+                "No QA PIN is configured, so the QA desk stays closed.",
+                title="QA desk closed",
+                severity="warning",
+            )
+            return
+        qa = self.qa
+
+        def opened(ok: bool | None) -> None:
+            if ok:
+                self.push_screen(QaDeskScreen(qa, self.info))
+
+        self.push_screen(PinScreen(pin), opened)
+
+
+def build_app(
+    config: Any,
+    line: LineAPI,
+    ledger: Any = None,
+    *,
+    relay: EventRelay | None = None,
+    operator: str | None = None,
+    registry_factory: Callable[..., Any] | None = None,
+    flasher_factory: Callable[..., Any] | None = None,
+    clock: Callable[[], float] = time.time,
+    poll_interval: float | None = 1.0,
+) -> StationApp:
+    """The app over `line` for a `StationConfig`; the QA desk works when a ledger is given."""
+    info = station_info(config, operator=operator)
+    qa = None
+    if ledger is not None:
+        qa = QaServices(
+            config,
+            ledger,
+            operator=info.operator,
+            line=line,
+            registry_factory=registry_factory,
+            flasher_factory=flasher_factory,
+        )
+    return StationApp(line=line, info=info, relay=relay, qa=qa, clock=clock, poll_interval=poll_interval)
+
+
+def run_app(
+    config: Any,
+    line: LineAPI,
+    ledger: Any = None,
+    *,
+    relay: EventRelay | None = None,
+    operator: str | None = None,
+    registry_factory: Callable[..., Any] | None = None,
+    flasher_factory: Callable[..., Any] | None = None,
+) -> int:
+    """Run the operator screen until the operator quits; 0. The caller stops the line afterwards.
+
+    `relay` must be the `on_event` the line was built with, or the cards will not move.
+    """
+    app = build_app(
+        config,
+        line,
+        ledger,
+        relay=relay,
+        operator=operator,
+        registry_factory=registry_factory,
+        flasher_factory=flasher_factory,
+    )
+    app.run()
+    return 0

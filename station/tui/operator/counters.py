@@ -1,0 +1,35 @@
+"""The counters bar: pass / fail / error, first-pass yield and units per hour, each with its word.
+
+It must not compute anything itself beyond formatting: the figures come from `station.tui.state.Counters`.
+"""
+
+from __future__ import annotations
+
+from textual.content import Content
+from textual.widgets import Static
+
+from station.tui.state import Counters
+
+
+def counters_text(counters: Counters, now: float) -> Content:
+    fpy = counters.first_pass_yield
+    uph = counters.units_per_hour(now)
+    return Content.assemble(
+        ("✔ PASS ", "bold $success"),
+        (str(counters.passed), "bold"),
+        ("   ✘ FAIL ", "bold $error"),
+        (str(counters.failed), "bold"),
+        ("   ⚠ ERROR ", "bold $warning"),
+        (str(counters.errored), "bold"),
+        "   first-pass yield ",
+        ("–" if fpy is None else f"{fpy * 100:.0f}%", "bold"),
+        "   units/h ",
+        ("–" if uph is None else f"{uph:.0f}", "bold"),
+    )
+
+
+class CountersBar(Static):
+    """One line of figures; `show` redraws it."""
+
+    def show(self, counters: Counters, now: float) -> None:
+        self.update(counters_text(counters, now))

@@ -1,0 +1,53 @@
+"""The header: which station, who is at it, what product, and — impossible to miss — where identities go.
+
+A lab station says LAB on a warning stripe; a station writing to a real (production) account says
+PRODUCTION on an error-coloured stripe, with the account and region. The words carry the meaning; the
+colours only repeat it.
+
+It must not fetch anything: it draws a `StationInfo` it is given.
+"""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.content import Content
+from textual.widgets import Static
+
+from station.tui.api import StationInfo
+
+
+def target_line(info: StationInfo) -> Content:
+    """The target stripe's text: mode word first, then each target as name → account · region."""
+    if not info.targets:
+        return Content("⚠ NO TARGET  this station has no target configured")
+    mode = "▲ PRODUCTION" if info.production else "◆ LAB"
+    parts = [f"{t.name} → account {t.account} · {t.region}" for t in info.targets]
+    tail = "  (local lab, not AWS)" if info.lab else ""
+    return Content.assemble((mode, "bold"), "  target ", ", ".join(parts), tail)
+
+
+def station_line(info: StationInfo) -> Content:
+    products = ", ".join(info.products) or "none"
+    return Content.assemble(
+        ("Station ", "dim"),
+        (info.station_id, "bold"),
+        ("  ·  Operator ", "dim"),
+        (info.operator, "bold"),
+        ("  ·  Product ", "dim"),
+        (products, "bold"),
+    )
+
+
+class StationHeader(Vertical):
+    """Two lines: the station line and the target stripe (class -lab or -production)."""
+
+    def __init__(self, info: StationInfo, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.info = info
+
+    def compose(self) -> ComposeResult:
+        yield Static(station_line(self.info), id="station-line")
+        stripe = Static(target_line(self.info), id="target-line")
+        stripe.add_class("-production" if self.info.production else "-lab")
+        yield stripe

@@ -1,0 +1,365 @@
+"""The QA desk: look a unit up, read its records and audit trail, and act on it.
+
+Search by serial, thing name or certificate id (or its first 8+ hex characters). The records table shows
+every attempt (newest first); the trail below shows the unit's events from the ledger's hash-chained log,
+QA actions included. Actions work on the record under the cursor: re-verify (F5), revoke (F6), transfer
+(F7); register an imported certificate (F8), export records (F9) and check the ledger (F4) need no record.
+Revoke and transfer ask for confirmation; every action is written to the ledger with the operator by
+`station.tui.services.QaServices`.
+
+All ledger and cloud calls run in thread workers; results come back as messages. It must not call boto3,
+serial, awscrt or cryptography, nor the core on the UI thread.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.content import Content
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Input, Label, Static
+
+from station.errors import StationError
+from station.tui.api import StationInfo
+from station.tui.qa.dialogs import (
+    ConfirmScreen,
+    ExportChoice,
+    ExportScreen,
+    ImportChoice,
+    ImportScreen,
+    ReverifyScreen,
+    TransferChoice,
+    TransferScreen,
+)
+from station.tui.services import ActionResult, QaServices
+from station.tui.state import OUTCOME_LABEL
+
+RECORD_COLUMNS = ("When", "Serial", "Outcome", "Thing", "Certificate", "Target", "Slot", "Operator")
+TRAIL_COLUMNS = ("#", "When", "Event", "Step", "Result", "Message")
+
+
+class RecordsFound(Message):
+    """A search finished: the records (newest first) and their serials' audit trail."""
+
+    def __init__(self, query: str, records: list[Any], trail: list[Any]) -> None:
+        super().__init__()
+        self.query = query
+        self.records = records
+        self.trail = trail
+
+
+class QaActionDone(Message):
+    def __init__(self, action: str, result: ActionResult) -> None:
+        super().__init__()
+        self.action = action
+        self.result = result
+
+
+class QaActionFailed(Message):
+    def __init__(self, action: str, title: str, message: str, next_action: str) -> None:
+        super().__init__()
+        self.action = action
+        self.title = title
+        self.message = message
+        self.next_action = next_action
+
+
+def _when(at: float | None) -> str:
+    if not at:
+        return ""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+
+
+def _cell(value: object) -> Text:
+    """A table cell as plain text (a str cell would be read as markup, and serials are not markup)."""
+    return Text("" if value is None else str(value))
+
+
+def _outcome_label(outcome: str) -> str:
+    for key, label in OUTCOME_LABEL.items():
+        if key.value == outcome:
+            return label
+    return outcome
+
+
+class QaDeskScreen(Screen[None]):
+    AUTO_FOCUS = "#qa-search"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "close", "Back"),
+        Binding("f4", "audit", "Audit"),
+        Binding("f5", "reverify", "Re-verify"),
+        Binding("f6", "revoke", "Revoke"),
+        Binding("f7", "transfer", "Transfer"),
+        Binding("f8", "import_certificate", "Import"),
+        Binding("f9", "export", "Export"),
+    ]
+
+    def __init__(self, services: QaServices, info: StationInfo) -> None:
+        super().__init__(id="qa-desk")
+        self.services = services
+        self.info = info
+        self.records: dict[str, Any] = {}  # attempt id → record, for the row under the cursor
+        self.last_query = ""
+        self.busy_action: str | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static(
+            f"QA DESK  ·  station {self.info.station_id}  ·  actions are recorded as {self.services.operator}",
+            id="qa-title",
+        )
+        search = Input(id="qa-search", placeholder="serial, thing name or certificate id — Enter to search")
+        search.border_title = "Find a unit"
+        yield search
+        records: DataTable[str] = DataTable(id="qa-records", cursor_type="row", zebra_stripes=True)
+        records.border_title = "Records (Tab here, ↑↓ to pick one)"
+        yield records
+        yield Label("", id="qa-detail")
+        trail: DataTable[str] = DataTable(id="qa-trail", cursor_type="row")
+        trail.border_title = "Audit trail"
+        yield trail
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#qa-records", DataTable).add_columns(*RECORD_COLUMNS)
+        self.query_one("#qa-trail", DataTable).add_columns(*TRAIL_COLUMNS)
+
+    # ------------------------------------------------------------------------------------------ search
+    @on(Input.Submitted, "#qa-search")
+    def _search(self, event: Input.Submitted) -> None:
+        query = event.value.strip()
+        if not query:
+            return
+        self.last_query = query
+        self.search_in_thread(query)
+
+    @work(thread=True, group="qa-search", exclusive=True, exit_on_error=False)
+    def search_in_thread(self, query: str) -> None:
+        try:
+            records = self.services.find(query)
+            trail = self.services.events([r.serial for r in records] or [query])
+        except StationError as error:
+            self.post_message(QaActionFailed("search", error.title, error.message, error.next_action))
+            return
+        except Exception as error:
+            self.post_message(
+                QaActionFailed(
+                    "search",
+                    "Search failed",
+                    f"The ledger could not be read ({type(error).__name__}).",
+                    "Try again; if it fails again, call a technician.",
+                )
+            )
+            return
+        self.post_message(RecordsFound(query, records, trail))
+
+    def on_records_found(self, message: RecordsFound) -> None:
+        table = self.query_one("#qa-records", DataTable)
+        table.clear()
+        self.records = {}
+        for record in message.records:
+            self.records[record.attempt_id] = record
+            cells = (
+                _when(record.finished_at or record.started_at),
+                record.serial,
+                _outcome_label(record.outcome),
+                record.thing_name,
+                (record.certificate_id[:12] + "…") if record.certificate_id else "",
+                record.target,
+                record.slot,
+                record.operator,
+            )
+            table.add_row(*map(_cell, cells), key=record.attempt_id)
+        trail = self.query_one("#qa-trail", DataTable)
+        trail.clear()
+        for item in message.trail:
+            event = item.event
+            text = f"{event.title}: {event.message}".strip(": ") if event.title else event.message
+            trail.add_row(
+                *map(_cell, (item.seq, _when(event.at), event.kind, event.step, event.outcome, text))
+            )
+        if not message.records:
+            self.notify(
+                f"The ledger has no record for {message.query!r}.", title="Not found", severity="warning"
+            )
+        self._show_detail()
+
+    @on(DataTable.RowHighlighted, "#qa-records")
+    def _highlighted(self) -> None:
+        self._show_detail()
+
+    def _show_detail(self) -> None:
+        record = self.selected()
+        label = self.query_one("#qa-detail", Label)
+        if record is None:
+            label.update(Content(""))
+            return
+        cert = record.certificate_id or "no certificate"
+        label.update(
+            Content(
+                f"{_outcome_label(record.outcome)}  {record.serial}  {record.title}: {record.message}\n"
+                f"certificate {cert}  ·  thing {record.thing_name or '-'}  ·  target {record.target}"
+            )
+        )
+
+    def selected(self) -> Any:
+        table = self.query_one("#qa-records", DataTable)
+        if table.row_count == 0:
+            return None
+        try:
+            key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key
+        except Exception:
+            return None
+        return self.records.get(str(key.value))
+
+    def _need_record(self) -> Any:
+        record = self.selected()
+        if record is None:
+            self.notify(
+                "Search for a unit and pick one of its records first.", title="No record", severity="warning"
+            )
+        return record
+
+    # ------------------------------------------------------------------------------------------ actions
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+    def action_audit(self) -> None:
+        self._start("audit", self.services.audit)
+
+    def action_revoke(self) -> None:
+        record = self._need_record()
+        if record is None:
+            return
+        if not record.certificate_id:
+            self.notify(
+                f"The record of {record.serial} has no certificate.",
+                title="Nothing to revoke",
+                severity="warning",
+            )
+            return
+
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                self._start("revoke", lambda: self.services.revoke(record))
+
+        self.app.push_screen(
+            ConfirmScreen(
+                f"Revoke {record.serial}?",
+                f"Certificate {record.certificate_id[:16]}… will be deactivated and deleted in {record.target}; "
+                f"the unit will no longer connect. Recorded as {self.services.operator}.",
+                "Revoke",
+            ),
+            confirmed,
+        )
+
+    def action_transfer(self) -> None:
+        record = self._need_record()
+        if record is None:
+            return
+
+        def chosen(choice: object) -> None:
+            if not isinstance(choice, TransferChoice):
+                return
+
+            def confirmed(yes: bool | None) -> None:
+                if yes:
+                    self._start(
+                        "transfer",
+                        lambda: self.services.transfer(
+                            record, choice.destination, revoke_source=choice.revoke_source
+                        ),
+                    )
+
+            tail = f" and revoked in {record.target}" if choice.revoke_source else ""
+            self.app.push_screen(
+                ConfirmScreen(
+                    f"Transfer {record.serial} to {choice.destination}?",
+                    f"Its certificate will be registered in {choice.destination}{tail}. "
+                    f"Recorded as {self.services.operator}.",
+                    "Transfer",
+                ),
+                confirmed,
+            )
+
+        self.app.push_screen(
+            TransferScreen(record.serial, record.target, self.services.target_names()), chosen
+        )
+
+    def action_import_certificate(self) -> None:
+        def chosen(choice: object) -> None:
+            if isinstance(choice, ImportChoice):
+                self._start(
+                    "import",
+                    lambda: self.services.import_certificate(
+                        choice.path, password=choice.password, serial=choice.serial, target=choice.target
+                    ),
+                )
+
+        self.app.push_screen(ImportScreen(self.services.target_names()), chosen)
+
+    def action_export(self) -> None:
+        def chosen(choice: object) -> None:
+            if isinstance(choice, ExportChoice):
+                self._start("export", lambda: self.services.export(choice.fmt, choice.path))
+
+        self.app.push_screen(ExportScreen(id="export-screen"), chosen)
+
+    def action_reverify(self) -> None:
+        record = self._need_record()
+        if record is None:
+            return
+
+        def chosen(slot: object) -> None:
+            if isinstance(slot, str):
+                self._start("reverify", lambda: self.services.reverify(record, slot))
+
+        self.app.push_screen(ReverifyScreen(record.serial, self.services.slot_names()), chosen)
+
+    def _start(self, action: str, call: Callable[[], ActionResult]) -> None:
+        if self.busy_action is not None:
+            self.notify(f"Wait for {self.busy_action} to finish.", title="Busy", severity="warning")
+            return
+        self.busy_action = action
+        self.notify(f"{action.capitalize()} in progress…", title="QA desk", timeout=3)
+        self.act_in_thread(action, call)
+
+    @work(thread=True, group="qa-action", exit_on_error=False)
+    def act_in_thread(self, action: str, call: Callable[[], ActionResult]) -> None:
+        try:
+            result = call()
+        except StationError as error:
+            self.post_message(QaActionFailed(action, error.title, error.message, error.next_action))
+            return
+        except Exception as error:
+            self.post_message(
+                QaActionFailed(
+                    action,
+                    f"{action.capitalize()} failed",
+                    f"Unexpected {type(error).__name__}.",
+                    "Call a technician; the details are in the station log.",
+                )
+            )
+            return
+        self.post_message(QaActionDone(action, result))
+
+    def on_qa_action_done(self, message: QaActionDone) -> None:
+        self.busy_action = None
+        self.notify(message.result.message, title=message.result.title)
+        if self.last_query:
+            self.search_in_thread(self.last_query)  # show the action in the audit trail
+
+    def on_qa_action_failed(self, message: QaActionFailed) -> None:
+        if message.action != "search":
+            self.busy_action = None
+        self.notify(
+            f"{message.message} {message.next_action}", title=message.title, severity="error", timeout=10
+        )
+        if message.action != "search" and self.last_query:
+            self.search_in_thread(self.last_query)

@@ -1,0 +1,193 @@
+"""The operator screen over the real line: `station.line.Line` + `station.context.StationContext` + the real
+pipeline, identity functions and SQLite ledger. Only the device, the registry and the MQTT verify are
+in-test stand-ins (the lab-backed end-to-end runs live with the demo)."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from qa_fixtures import make_config
+from textual.widgets import Static
+from tui_fakes import type_scan, wait_until
+
+from station.context import StationContext
+from station.errors import UnitFault
+from station.ledger import open_ledger
+from station.line import Line
+from station.model import Identity, Outcome, Target
+from station.tui.app import build_app
+from station.tui.relay import EventRelay
+
+BAD_UNIT = "SN00000066"  # its certificate "is not accepted" at verify
+
+
+@dataclass(frozen=True)
+class Caps:
+    writes_key: bool = True
+    device_keygen: bool = False
+    device_verify: bool = False
+    reads_certificate: bool = False
+
+
+@dataclass(frozen=True)
+class Info:
+    device_id: str | None = None
+    firmware: str | None = "sim-1.0"
+
+
+class Device:
+    """A unit in the jig that takes its key and says nothing about itself."""
+
+    family = "prov1"
+    capabilities = Caps()
+
+    def __init__(self, port: str) -> None:
+        self.port = port
+
+    def identify(self) -> Info:
+        return Info()
+
+    def write_identity(self, identity: Identity, **_: Any) -> dict[str, str]:
+        return {"certificate_id": identity.certificate_id}
+
+    def keygen(self, common_name: str) -> str:
+        raise AssertionError("this unit takes the station's key")
+
+    def read_certificate(self) -> str:
+        raise AssertionError("this unit takes the station's key")
+
+    def device_verify(self, host: str, port: int, thing_name: str) -> None:
+        raise AssertionError("the station verifies this unit itself")
+
+    def wipe(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class Reg:
+    certificate_id: str
+    certificate_arn: str
+    created: bool = True
+    thing_name: str | None = None
+    thing_created: bool = False
+
+
+@dataclass
+class Cloud:
+    """One registry's state: registered certificates, things; every rollback is noted."""
+
+    target: Target
+    certificates: dict[str, str] = field(default_factory=dict)
+    things: set[str] = field(default_factory=set)
+    rolled_back: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def register(self, identity: Identity, *, origin: str = "unit") -> Reg:
+        with self.lock:
+            self.certificates[identity.certificate_id] = "ACTIVE"
+        return Reg(
+            identity.certificate_id,
+            f"arn:aws:iot:{self.target.region}:123456789012:cert/{identity.certificate_id}",
+        )
+
+    def create_thing(self, name: str) -> bool:
+        with self.lock:
+            created = name not in self.things
+            self.things.add(name)
+        return created
+
+    def attach(self, registration: Any, thing_name: str) -> None:
+        pass
+
+    def rollback(self, registration: Any) -> None:
+        with self.lock:
+            self.certificates.pop(registration.certificate_id, None)
+            if registration.thing_created and registration.thing_name:
+                self.things.discard(registration.thing_name)
+            self.rolled_back.append(registration.certificate_id)
+
+    def revoke(self, certificate_id: str, *, delete_thing: str | None = None) -> bool:
+        with self.lock:
+            return self.certificates.pop(certificate_id, None) is not None
+
+    def describe(self, certificate_id: str) -> dict[str, Any] | None:
+        with self.lock:
+            status = self.certificates.get(certificate_id)
+        return None if status is None else {"certificateId": certificate_id, "status": status}
+
+    def data_endpoint(self) -> tuple[str, int]:
+        return ("127.0.0.1", 8883)
+
+
+def verifier(identity: Identity, *, thing_name: str, **_: Any) -> None:
+    if thing_name.endswith(BAD_UNIT):
+        raise UnitFault(
+            "Certificate not accepted",
+            "The unit's certificate was not accepted by 123456789012/eu-west-1.",
+            "Put the unit in the rework bin.",
+        )
+
+
+async def test_operator_screen_over_the_real_line(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    config = replace(
+        config, products={"widget": replace(config.products["widget"], options={"check_device_id": False})}
+    )
+    clouds: dict[str, Cloud] = {}
+
+    def registry_factory(target: Target) -> Cloud:
+        return clouds.setdefault(target.name, Cloud(target))
+
+    relay = EventRelay()
+    with open_ledger(tmp_path / "ledger.sqlite") as ledger:
+        context = StationContext(
+            config,
+            ledger=ledger,
+            flasher_factory=lambda port, **_: Device(port),
+            registry_factory=registry_factory,
+            verifier=verifier,
+        )
+        line = Line.from_context(context, on_event=relay)
+        try:
+            app = build_app(
+                config, line, ledger, relay=relay, registry_factory=registry_factory, poll_interval=0.1
+            )
+            async with app.run_test(size=(80, 24)) as pilot:
+                # A fast unit frees its slot at once, so pin each unit to its own slot.
+                await type_scan(pilot, "1:SN00000001")
+                await type_scan(pilot, f"2:{BAD_UNIT}")
+                cards = app.operator.cards
+                await wait_until(
+                    pilot,
+                    lambda: (
+                        {c.serial: c.outcome for c in cards.values()}
+                        == {"SN00000001": Outcome.PASS, BAD_UNIT: Outcome.FAIL}
+                    ),
+                    timeout=15,
+                    what="one PASS and one FAIL",
+                )
+                bad = next(c for c in cards.values() if c.serial == BAD_UNIT)
+                assert bad.next_action == "Put the unit in the rework bin."
+                assert [a for a, ok in bad.compensations if ok][:1] == ["rollback"]
+                good = next(c for c in cards.values() if c.serial == "SN00000001")
+                assert good.title == "Provisioned" and all(v.ms is not None for v in good.steps.values())
+                assert "✔ PASS 1" in str(app.query_one("#counters", Static).render())
+                # A scan the product's pattern refuses never reaches a slot.
+                await type_scan(pilot, "SN123")
+                await pilot.pause(0.2)
+                assert {c.serial for c in cards.values() if c.serial} == {"SN00000001", BAD_UNIT}
+            assert line.wait_idle(10)
+        finally:
+            line.stop(timeout=10)
+        records = {r.serial: r for r in ledger.records()}
+        assert records["SN00000001"].outcome == "PASS" and records[BAD_UNIT].outcome == "FAIL"
+        assert records["SN00000001"].operator == "day-shift"
+        cloud = clouds["lab-eu"]
+        assert set(cloud.certificates) == {records["SN00000001"].certificate_id}
+        assert cloud.rolled_back == [records[BAD_UNIT].certificate_id]
