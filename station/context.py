@@ -52,7 +52,7 @@ def default_flasher_factory(port: str, *, family: str, baud: int, options: dict[
     same way as the built-in ones)."""
     import flashers
 
-    cls = flashers.load(family)
+    cls: Any = flashers.load(family)  # each family's constructor takes (port, baudrate=, **its options)
     try:
         flasher: FlasherLike = cls(port, baudrate=baud, **options)
     except TypeError as error:
