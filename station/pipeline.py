@@ -192,6 +192,7 @@ class UnitResult:
     certificate_id: str = ""
     certificate_arn: str = ""
     certificate_pem: str = ""
+    thing_created: bool = False  # this attempt made the thing (so a later revoke may delete it)
     key_source: str = ""
     verify_mode: str = ""  # "host" | "device"
     timings_ms: dict[str, float] = field(default_factory=dict)
@@ -571,7 +572,7 @@ class Pipeline:
         attempt.result.certificate_arn = arn
         ledger.journal_update(jid, state="registered", certificate_created=created, certificate_arn=arn)
         thing_created = registry.create_thing(thing_name)
-        attempt.thing_created = bool(thing_created)
+        attempt.thing_created = attempt.result.thing_created = bool(thing_created)
         _note_thing(registration, thing_name, attempt.thing_created)
         ledger.journal_update(jid, state="thing", thing_created=attempt.thing_created)
         registry.attach(registration, thing_name)
@@ -852,6 +853,7 @@ def record_fields(result: UnitResult) -> Mapping[str, Any]:
         "certificate_id": result.certificate_id,
         "certificate_arn": result.certificate_arn,
         "certificate_pem": result.certificate_pem,
+        "thing_created": result.thing_created,
         "key_source": result.key_source,
         "verify_mode": result.verify_mode,
         "timings_ms": dict(result.timings_ms),

@@ -346,3 +346,20 @@ def test_device_made_key_signed_by_the_factory_ca_and_device_side_verify(
         assert_clean(lab, station, result, "PASS")
     finally:
         station.close()
+
+
+def test_a_line_provisioned_unit_is_revoked_with_the_thing_the_station_made(
+    station: Station, lab: Lab
+) -> None:
+    unit = station.unit()
+    result = station.provision(unit)
+    assert result.outcome == Outcome.PASS
+    (record,) = station.ledger.find(unit.serial)
+    assert record.certificate_pem and record.extra.get("thing_created") is True
+    assert result.thing_name in registry_truth(lab.plane)["things"]
+
+    code = station_main(["revoke", unit.serial, "--config", str(station.config_path), "--yes", "--json"])
+    assert code == 0
+    truth = registry_truth(lab.plane)
+    assert record.certificate_id not in truth["certificates"]
+    assert result.thing_name not in truth["things"], "the station made this thing, so revoke removes it"
