@@ -3,6 +3,8 @@
     station sim prov1
     station sim prov1 --device-id SIM000123 --state-dir sim --fault corrupt=0.05 --fault lose=0.05
     station sim prov1 --ca-file lab/ca.pem          # the lab's CA, for the device-side connectivity check
+    station sim expresslink --ca-file lab/ca.pem --port 8883   # an ExpressLink module (options: --help)
+    station sim nrf91 --endpoint localhost:8883 --ca-file lab/ca.pem   # an nRF91 modem (options: --help)
 
 The FIRST line on stdout is the port path (flushed at once), so a script can read it and open the port; the
 unit's flash file goes to stderr. It serves until Ctrl-C or SIGTERM, then releases the pty and exits 0.
@@ -49,7 +51,73 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="inject a fault (repeatable): corrupt=P lose=P disconnect=N slow=S silent garbage flood bad_store seed=N",
     )
     q.set_defaults(func=run_prov1)
+    _register_expresslink(families)
+    _register_nrf91(families)
     p.set_defaults(func=lambda args: _usage(p))
+
+
+def _register_expresslink(families: argparse._SubParsersAction) -> None:
+    from flashers.simulators.expresslink import add_sim_arguments
+
+    e = families.add_parser(
+        "expresslink",
+        help="an AWS IoT ExpressLink module",
+        description="An ExpressLink module whose key, birth certificate and settings live in a JSON file "
+        "under --state-dir. It really connects to its endpoint (give the lab's CA and port).",
+        epilog="Example: station sim expresslink --ca-file lab/ca.pem --port 40123 --fault slow=0.2",
+    )
+    add_sim_arguments(e)
+    e.set_defaults(func=run_expresslink)
+
+
+def run_expresslink(args: argparse.Namespace) -> int:
+    from flashers.simulators.expresslink import build_sim
+
+    try:
+        device, flash = build_sim(args)
+    except ValueError as exc:
+        raise InputError(
+            "Bad simulator option", f"{exc}.", "Run `station sim expresslink --help` for the options."
+        ) from None
+    except OSError as exc:
+        raise InputError(
+            "State directory not usable",
+            f"The module's flash file cannot be used under {args.state_dir} ({exc.strerror}).",
+            "Give a writable --state-dir.",
+        ) from None
+    return serve(device, flash)
+
+
+def _register_nrf91(families: argparse._SubParsersAction) -> None:
+    from flashers.simulators.nrf91 import add_sim_arguments
+
+    n = families.add_parser(
+        "nrf91",
+        help="a Nordic nRF91 modem (AT %%CMNG / %%KEYGEN)",
+        description="An nRF91 modem behind the SDK's AT host, credentials in a JSON file under --state-dir. "
+        "With --endpoint it connects and publishes a hello after AT+CFUN=1.",
+        epilog="Example: station sim nrf91 --endpoint localhost:40123 --ca-file lab/ca.pem --fault corrupt=0.05",
+    )
+    add_sim_arguments(n)
+    n.set_defaults(func=run_nrf91)
+
+
+def run_nrf91(args: argparse.Namespace) -> int:
+    from flashers.simulators.nrf91 import build_sim
+
+    try:
+        device, flash = build_sim(args)
+    except (ValueError, FileNotFoundError) as exc:
+        raise InputError(
+            "Bad simulator option", f"{exc}.", "Run `station sim nrf91 --help` for the options."
+        ) from None
+    except OSError as exc:
+        raise InputError(
+            "State directory not usable",
+            f"The modem's flash file cannot be used under {args.state_dir} ({exc.strerror}).",
+            "Give a writable --state-dir.",
+        ) from None
+    return serve(device, flash)
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
