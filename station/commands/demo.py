@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import tempfile
 from typing import Any
 
 from station.errors import StationFault
@@ -58,8 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--state-dir",
-        default="demo-state",
-        help="where the lab, the station.toml, the ledger and the units' flash files go (default ./demo-state)",
+        default=None,
+        help="where the lab, the station.toml, the ledger and the units' flash files go (default: a new "
+        "temporary folder; headless runs keep it and print it, the interactive demo removes it on exit)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON document instead of text (headless)")
     p.add_argument(
@@ -96,6 +99,13 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(
             "Bad unit count", f"Feed at least one unit, not {args.units}.", "Use --units 1 or more."
         )
+    if args.state_dir is None:
+        args.state_dir = tempfile.mkdtemp(prefix="station-demo-")
+        if not args.headless:
+            try:
+                return run_interactive(args)
+            finally:
+                shutil.rmtree(args.state_dir, ignore_errors=True)
     if not args.headless:
         return run_interactive(args)
     return run_headless(args)
@@ -229,10 +239,10 @@ def run_interactive(args: argparse.Namespace) -> int:
     )
     with demo:
         assert demo.config is not None
-        print(
-            f"Demo line ready in {demo.state_dir}: type a serial such as SIM0001 and Enter.",
-            file=sys.stderr,
-            flush=True,
+        welcome = (
+            "This is the lab, not AWS. Type a serial such as SIM0001 and press Enter to provision the unit "
+            f"in the next free jig. Every {args.fault_every or 3}rd unit is a faulty demo unit: watch it FAIL "
+            "and roll back. F3 opens the QA desk (PIN 0000); Ctrl+Q quits."
         )
-        run_app(demo.config, demo.line, demo.ledger, relay=relay)
+        run_app(demo.config, demo.line, demo.ledger, relay=relay, welcome=welcome)
     return 0

@@ -52,8 +52,10 @@ class StationApp(App[None]):
         qa: QaServices | None = None,
         clock: Callable[[], float] = time.time,
         poll_interval: float | None = 1.0,
+        welcome: str | None = None,
     ) -> None:
         super().__init__()
+        self.welcome = welcome  # shown once when the screen opens (the demo says what to type)
         self.line = line
         self.info = info
         self.relay = relay
@@ -80,6 +82,10 @@ class StationApp(App[None]):
 
     def get_default_screen(self) -> OperatorScreen:
         return self.operator
+
+    def on_mount(self) -> None:
+        if self.welcome:
+            self.notify(self.welcome, title="Welcome", timeout=20)
 
     def on_unmount(self) -> None:
         if self.relay is not None:
@@ -135,6 +141,7 @@ def build_app(
     flasher_factory: Callable[..., Any] | None = None,
     clock: Callable[[], float] = time.time,
     poll_interval: float | None = 1.0,
+    welcome: str | None = None,
 ) -> StationApp:
     """The app over `line` for a `StationConfig`; the QA desk works when a ledger is given."""
     info = station_info(config, operator=operator)
@@ -148,7 +155,9 @@ def build_app(
             registry_factory=registry_factory,
             flasher_factory=flasher_factory,
         )
-    return StationApp(line=line, info=info, relay=relay, qa=qa, clock=clock, poll_interval=poll_interval)
+    return StationApp(
+        line=line, info=info, relay=relay, qa=qa, clock=clock, poll_interval=poll_interval, welcome=welcome
+    )
 
 
 def run_app(
@@ -160,6 +169,7 @@ def run_app(
     operator: str | None = None,
     registry_factory: Callable[..., Any] | None = None,
     flasher_factory: Callable[..., Any] | None = None,
+    welcome: str | None = None,
 ) -> int:
     """Run the operator screen until the operator quits; 0. The caller stops the line afterwards.
 
@@ -173,6 +183,7 @@ def run_app(
         operator=operator,
         registry_factory=registry_factory,
         flasher_factory=flasher_factory,
+        welcome=welcome,
     )
     app.run()
     return 0

@@ -234,3 +234,15 @@ async def test_events_from_before_the_screen_opened_are_shown() -> None:
             pilot, lambda: app.operator.cards["s1"].outcome is not None, what="the early outcome"
         )
         assert str(app.query_one("#card-1 #card-banner", Static).render()) == "⚠ ERROR  Port gone"
+
+
+async def test_a_welcome_is_shown_once_and_the_scan_keeps_focus() -> None:
+    relay = EventRelay()
+    line = ScriptedLine(PORTS, on_event=relay)
+    app = StationApp(line=line, info=LAB_INFO, relay=relay, poll_interval=None, welcome="Type SIM0001 here.")
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:
+        await pilot.pause()
+        toasts = [str(t.render()) for t in app.screen.query("Toast")]
+        assert any("Type SIM0001 here." in t for t in toasts)
+        focused = app.focused
+        assert isinstance(focused, Input) and focused.id == "scan"
