@@ -4,7 +4,9 @@ A flasher drives one unit on one serial port: it identifies the unit, writes an 
 optional CA) and proves what it wrote, or lets the unit make its own key (CSR) and installs the certificate
 for it, reads a unit's own certificate, asks the unit to check its own connection, and wipes credentials the
 station staged. `Capabilities` tells the pipeline which of those flows a family supports; an unsupported
-call raises `NotSupported` (a station fault: the product was configured for a flow the family lacks).
+call raises `NotSupported` (a station fault: the product was configured for a flow the family lacks). A unit
+whose key the station never held and that cannot check its own connection is verified by observing: it is told
+to go online (`go_online`) and the station watches for its hello (`Capabilities.observable`).
 
 Device errors are `UnitFault` (the unit is bad: garbage, silence, a hash that does not match, a unit that
 drops off the line) or `StationFault` (the port cannot be opened or is taken, a plan the family cannot run).
@@ -36,6 +38,13 @@ class Capabilities:
     device_keygen: bool = False  # the unit can make its own key and return a CSR
     device_verify: bool = False  # the unit can prove its own MQTT connection (device-side verify)
     reads_certificate: bool = False  # the unit's own certificate can be read (birth certificate)
+    # Told to go online (`go_online`), the unit connects with its own credentials and announces itself with
+    # one hello, JSON {"certificate_id", ...} on `things/<thing>/hello`: the station verifies a key it never
+    # held by observing that hello with its own identity ("verify by observing").
+    observable: bool = False
+    # A write is staged and becomes live all at once on commit: a failed proof or a unit that drops off the
+    # line mid-write keeps its previous credentials. False for families whose writes are live at once.
+    atomic_commit: bool = False
 
 
 @dataclass(frozen=True)
@@ -229,6 +238,10 @@ class Flasher(ABC):
     def device_verify(self, host: str, port: int, thing_name: str, timeout_s: float = 20.0) -> None:
         """Have the unit connect to `host:port` with its own credentials and prove an MQTT round trip."""
         raise NotSupported(self.family, "check its own connection")
+
+    def go_online(self) -> None:
+        """Let the unit go online with what it holds now; it then announces itself (see `observable`)."""
+        raise NotSupported(self.family, "go online and announce itself")
 
     @abstractmethod
     def wipe(self) -> None:

@@ -198,7 +198,11 @@ class Nrf91Flasher(Flasher):
 
     family = "nrf91"
     capabilities = Capabilities(
-        writes_key=True, device_keygen=True, device_verify=False, reads_certificate=False
+        writes_key=True,
+        device_keygen=True,
+        device_verify=False,
+        reads_certificate=False,
+        observable=True,  # go_online() + a hello on things/<thing>/hello (see the module docstring)
     )
 
     def __init__(

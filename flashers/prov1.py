@@ -214,7 +214,11 @@ class Prov1Flasher(Flasher):
 
     family = "prov1"
     capabilities = Capabilities(
-        writes_key=True, device_keygen=True, device_verify=True, reads_certificate=True
+        writes_key=True,
+        device_keygen=True,
+        device_verify=True,
+        reads_certificate=True,
+        atomic_commit=True,  # COMMIT makes every staged slot live at once
     )
 
     def __init__(

@@ -8,16 +8,32 @@
   thing-name template, the key source, the target's factory CA (loaded once) and server CA bytes (read once);
 - a flasher per unit (`open_flasher`) from the product's device family, on the slot's port.
 
-Every real part can be replaced (openhtf style): `flasher_factory`, `registry_factory` and `verifier` are
-what the lab, the demo and the tests inject. Product options the pipeline reads (`key_source`,
-`check_device_id`) are taken out before the rest reaches the flasher.
+Every real part can be replaced (openhtf style): `flasher_factory`, `registry_factory`, `verifier` and
+`observer_factory` are what the lab, the demo and the tests inject. Product options the pipeline reads are taken
+out before the rest reaches the flasher:
+- `key_source` ("station" | "device" | "auto", default "auto");
+- `check_device_id` (default true): cross-check the scanned serial against the unit's own id. Set it false
+  when the label does not carry that id — e.g. an ExpressLink module, whose id is the vendor's ThingName (a
+  random UID); such a product names its things `thing_name_template = "{device_id}"` because the module
+  connects with its ThingName as client id. A product whose label does carry the module's ThingName keeps
+  the check (its serial_pattern then matches ThingNames);
+- `hello_timeout_s` (default 60): verify by observing — how long to wait for the unit's hello once it is told
+  to go online (an LTE-M/NB-IoT modem may need most of a minute to attach).
+
+Observers (verify by observing, `station.observe`): the station's own identity in a target is made on first
+use, one per target, and shared by every slot. It lives as long as the context is held: `with context:` (or
+until `close()`); a bare `provision()` outside any `with` is a station run of its own and releases (revokes)
+the observer before it returns. A long-lived user (a line, `station run`, the demo) should hold the context
+and close it when the station stops, so the observer is revoked then.
 
 It must not: hold a unit's key, decide the step order (that is `station.pipeline`), import the lab, or print.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,11 +41,12 @@ from typing import Any
 from station import identity as identity_mod
 from station import naming
 from station.config import DEFAULT_BAUD, StationConfig
-from station.errors import ConfigError, InputError, StationFault
+from station.errors import ConfigError, InputError, StationError, StationFault
 from station.model import Event, Target
 from station.pipeline import (
     KEY_SOURCES,
     FlasherLike,
+    ObserverLike,
     Pipeline,
     ReconcileItem,
     RegistryLike,
@@ -40,8 +57,11 @@ from station.pipeline import (
     record_fields,
 )
 
+log = logging.getLogger(__name__)
+
 # Product options read by the pipeline, not passed to the flasher.
-PIPELINE_OPTIONS = ("key_source", "check_device_id")
+PIPELINE_OPTIONS = ("key_source", "check_device_id", "hello_timeout_s")
+DEFAULT_HELLO_TIMEOUT_S = 60.0
 
 FlasherFactory = Callable[..., FlasherLike]  # (port, *, family, baud, options) -> FlasherLike
 
@@ -86,6 +106,24 @@ def default_verifier(
     return verify(identity, thing_name=thing_name, host=host, port=port, ca_bytes=ca_bytes, where=where)
 
 
+def default_observer_factory(
+    target: Target, *, registry: RegistryLike, station_id: str, ca_bytes: bytes | None
+) -> ObserverLike:
+    """The real observer: registered in `target` by its registry and connected (awscrt loaded on first use)."""
+    from station.observe import Observer
+
+    host, port = registry.data_endpoint()
+    where = getattr(registry, "where", None) or "{}/{}".format(*target.registry_key)
+    return Observer.start(
+        registry,  # type: ignore[arg-type]  # the real Registry has provision_observer/remove_observer
+        station_id=station_id,
+        host=host,
+        port=port,
+        ca_bytes=ca_bytes,
+        where=str(where),
+    )
+
+
 def make_record(result: UnitResult, *, operator: str = "") -> Any:
     """The ledger's record type for one attempt."""
     from station.ledger.base import AttemptRecord
@@ -109,6 +147,7 @@ class StationContext:
         verifier: Verifier | None = None,
         station_id: str | None = None,
         operator: str | None = None,
+        observer_factory: Callable[[Target], ObserverLike] | None = None,
     ) -> None:
         self.config = config
         self.ledger = ledger
@@ -123,6 +162,18 @@ class StationContext:
         self._registries: dict[str, RegistryLike] = {}
         self._issuers: dict[str, Any] = {}
         self._ca: dict[str, bytes | None] = {}
+        self._observer_factory = observer_factory or (
+            lambda target: default_observer_factory(
+                target,
+                registry=self.registry(target),
+                station_id=self.station_id,
+                ca_bytes=self.ca_bytes(target),
+            )
+        )
+        self._observer_lock = threading.Lock()  # one observer is made at a time (first use per target)
+        self._observers: dict[str, ObserverLike] = {}
+        self._retired: list[ObserverLike] = []  # replaced before expiry, released once no watch is open
+        self._holds = 0
         self.pipeline = Pipeline(
             ledger=ledger,
             registry_for=self.registry,
@@ -133,12 +184,65 @@ class StationContext:
             record_factory=lambda result: make_record(result, operator=self.operator),
             on_event=self._emit,
             check_certificate=identity_mod.check_aws_acceptance,
+            observer_for=self.observer,
         )
 
     def _emit(self, event: Event) -> None:
         sink = self.on_event
         if sink is not None:
             sink(event)
+
+    def _note(self, step: str, ok: bool, message: str, **data: Any) -> None:
+        """A station-level event (not a unit's): into the ledger's event log and to the event sink."""
+        event = Event(
+            kind="note", serial="", step=step, outcome="ok" if ok else "failed", message=message, data=data
+        )
+        try:
+            self.ledger.append_event(event)
+        except Exception:
+            log.exception("could not append the %s note to the ledger", step)
+        try:
+            self._emit(event)
+        except Exception:
+            log.exception("event consumer failed on the %s note", step)
+
+    # ------------------------------------------------------------------------------------- lifetime
+    def __enter__(self) -> StationContext:
+        with self._lock:
+            self._holds += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._holds = max(0, self._holds - 1)
+            last = self._holds == 0
+        if last:
+            self.close()
+
+    def close(self) -> list[str]:
+        """Release (revoke) every observer this station made; returns what could not be removed (messages).
+
+        Call it when the station stops, after the last unit. Idempotent.
+        """
+        with self._observer_lock:
+            observers = list(self._observers.values()) + self._retired
+            self._observers.clear()
+            self._retired = []
+        return [problem for observer in observers if (problem := self._release(observer))]
+
+    def _release(self, observer: ObserverLike) -> str:
+        info = _observer_data(observer)
+        try:
+            release = getattr(observer, "release", None)
+            if callable(release):
+                release()
+        except Exception as error:
+            message = error.message if isinstance(error, StationError) else type(error).__name__
+            log.error("could not remove the observer %s: %s", info.get("name"), message)
+            self._note("observer_released", False, message, **info)
+            return message
+        self._note("observer_released", True, f"observer {info.get('name')} removed", **info)
+        return ""
 
     # ------------------------------------------------------------------------------------------ parts
     def registry(self, target: Target) -> RegistryLike:
@@ -149,6 +253,45 @@ class StationContext:
                 registry = self._registry_factory(target)
                 self._registries[target.name] = registry
             return registry
+
+    def observer(self, target: Target) -> ObserverLike:
+        """The station's observer in `target` (made and connected on first use; renewed before it expires)."""
+        with self._observer_lock:
+            self._sweep_retired()
+            observer = self._observers.get(target.name)
+            if observer is not None:
+                expires_soon = getattr(observer, "expires_soon", None)
+                if not (callable(expires_soon) and expires_soon()):
+                    return observer
+                del self._observers[target.name]
+                self._retired.append(observer)
+                self._sweep_retired()
+            started = time.perf_counter()
+            try:
+                observer = self._observer_factory(target)
+            except StationError as error:
+                self._note("observer_started", False, error.message, target=target.name)
+                raise
+            self._observers[target.name] = observer
+        self._note(
+            "observer_started",
+            True,
+            f"observer registered and connected in {observer.where}",
+            duration_ms=round((time.perf_counter() - started) * 1000.0, 3),
+            target=target.name,
+            **_observer_data(observer),
+        )
+        return observer
+
+    def _sweep_retired(self) -> None:
+        """Release replaced observers that no unit is watching with any more (under `_observer_lock`)."""
+        keep: list[ObserverLike] = []
+        for observer in self._retired:
+            if int(getattr(observer, "active_watches", 0)) > 0:
+                keep.append(observer)
+            else:
+                self._release(observer)
+        self._retired = keep
 
     def issuer(self, target: Target) -> Any:
         """The target's factory CA, loaded once (None when the target has none)."""
@@ -225,6 +368,18 @@ class StationContext:
                 slot=slot,
             )
 
+        hello_timeout = options.get("hello_timeout_s", DEFAULT_HELLO_TIMEOUT_S)
+        if (
+            isinstance(hello_timeout, bool)
+            or not isinstance(hello_timeout, int | float)
+            or hello_timeout <= 0
+        ):
+            raise ConfigError(
+                "Invalid hello timeout",
+                f"Product {product_cfg.name!r} has hello_timeout_s {hello_timeout!r}; expected a number of "
+                "seconds above 0.",
+                "Fix [products.NAME.options] hello_timeout_s in station.toml.",
+            )
         return UnitRequest(
             serial=serial,
             target=target_cfg,
@@ -236,6 +391,7 @@ class StationContext:
             issuer=self.issuer(target_cfg),
             ca_bytes=self.ca_bytes(target_cfg),
             check_device_id=bool(options.get("check_device_id", True)),
+            hello_timeout_s=float(hello_timeout),
         )
 
     def open_flasher(self, slot: str, port: str, request: UnitRequest) -> FlasherLike:
@@ -255,9 +411,14 @@ class StationContext:
         target: str | None = None,
         slot: str = "",
     ) -> UnitResult:
-        """One unit on `port` without a line (what `station provision` does)."""
-        request = self.prepare(serial, slot=slot, product=product, target=target)
-        return self.pipeline.run(request, open_flasher=lambda: self.open_flasher(slot, port, request))
+        """One unit on `port` without a line (what `station provision` does).
+
+        Unless the caller holds the context (`with context:`), this is a station run of its own: an observer
+        made for this unit is released before it returns.
+        """
+        with self:
+            request = self.prepare(serial, slot=slot, product=product, target=target)
+            return self.pipeline.run(request, open_flasher=lambda: self.open_flasher(slot, port, request))
 
     def reconcile(self, *, only_target: str | None = None, min_age_s: float = 0.0) -> list[ReconcileItem]:
         """Resolve the journal's pending entries (see `station.pipeline.reconcile`)."""
@@ -273,3 +434,12 @@ class StationContext:
             station_id=self.station_id,
             on_event=self._emit,
         )
+
+
+def _observer_data(observer: Any) -> dict[str, Any]:
+    """What may be recorded about an observer: name, certificate id, registry (never its key)."""
+    return {
+        "name": str(getattr(observer, "name", "") or ""),
+        "certificate_id": str(getattr(observer, "certificate_id", "") or ""),
+        "where": str(getattr(observer, "where", "") or ""),
+    }

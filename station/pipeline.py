@@ -18,6 +18,12 @@ Rules it keeps:
   unexpected → ERROR with a generic operator message (the traceback goes to the log, key material redacted).
 - The journal closes only after the attempt record is written, and only when AWS holds nothing unaccounted for.
 - The private key lives in memory only, inside a `Secret`, and the pipeline drops its reference after verify.
+- Verify has three modes, planned from the family's capabilities before anything is done to the unit: "host"
+  (the station holds the key and connects as the unit), "device" (the unit proves its own connection) and
+  "observe" (the unit's key is its own and it cannot check itself: the station watches the unit's hello on
+  `things/<thing>/hello` with its own observer identity, subscribed before the unit is told to go online, and
+  requires the registered certificate id in it within the request's `hello_timeout_s`). Observing needs the
+  family's `observable` capability and an `observer_for` from the wiring.
 
 It must not: import boto3, serial, awscrt or the lab; print; read configuration files; hold a key beyond
 verify; put key material in an event, a record, a log line or an exception; decide an outcome by matching text.
@@ -60,6 +66,23 @@ class CapabilitiesLike(Protocol):
     def device_verify(self) -> bool: ...
     @property
     def reads_certificate(self) -> bool: ...
+
+
+class HelloWatchLike(Protocol):
+    """One unit's hello topic, subscribed (`station.observe.HelloWatch`)."""
+
+    @property
+    def topic(self) -> str: ...
+    def wait(self, timeout_s: float) -> Mapping[str, str] | None: ...
+    def close(self) -> None: ...
+
+
+class ObserverLike(Protocol):
+    """The station's own observer in one target (`station.observe.Observer`)."""
+
+    @property
+    def where(self) -> str: ...
+    def watch(self, thing_name: str) -> HelloWatchLike: ...
 
 
 class DeviceInfoLike(Protocol):
@@ -155,6 +178,7 @@ class UnitRequest:
     issuer: Any = None  # a loaded issuer (station.identity.LoadedIssuer) or None
     ca_bytes: bytes | None = None  # server CA for host verify (None = system trust store)
     check_device_id: bool = True  # cross-check the scan against the device id where the family has one
+    hello_timeout_s: float = 60.0  # verify by observing: how long to wait for the unit's hello once online
 
 
 @dataclass
@@ -194,7 +218,7 @@ class UnitResult:
     certificate_pem: str = ""
     thing_created: bool = False  # this attempt made the thing (so a later revoke may delete it)
     key_source: str = ""
-    verify_mode: str = ""  # "host" | "device"
+    verify_mode: str = ""  # "host" | "device" | "observe"
     timings_ms: dict[str, float] = field(default_factory=dict)
     compensations: list[Compensation] = field(default_factory=list)
     started_at: float = 0.0
@@ -314,6 +338,7 @@ class Pipeline:
         on_event: Callable[[Event], None] | None = None,
         device_id_matches: Callable[[str, str], bool] | None = None,
         check_certificate: Callable[[str], None] | None = None,
+        observer_for: Callable[[Target], ObserverLike] | None = None,
     ) -> None:
         self._ledger = ledger
         self._registry_for = registry_for
@@ -325,6 +350,7 @@ class Pipeline:
         self._on_event = on_event
         self._device_id_matches = device_id_matches or _same_id
         self._check_certificate = check_certificate
+        self._observer_for = observer_for
         self._emit_lock = threading.Lock()
 
     # ----------------------------------------------------------------------------------------- events
@@ -446,7 +472,7 @@ class Pipeline:
         # Decide the flow before anything is made or sent: an impossible plan costs nothing.
         caps = flasher.capabilities
         key_source = _plan_key_source(request, caps)
-        verify_mode = _plan_verify(key_source, caps)
+        verify_mode = _plan_verify(key_source, caps, can_observe=self._observer_for is not None)
         result.key_source = key_source
         result.verify_mode = verify_mode
         if (
@@ -469,6 +495,8 @@ class Pipeline:
 
         if verify_mode == "host":
             self._step(attempt, "verify", lambda: self._host_verify(attempt, thing_name))
+        elif verify_mode == "observe":
+            self._step(attempt, "verify", lambda: self._observe_verify(attempt, flasher, thing_name))
         else:
             self._step(attempt, "verify", lambda: self._device_verify(attempt, flasher, thing_name))
         # Verified: nobody needs the key any more.
@@ -599,6 +627,42 @@ class Pipeline:
         host, port = registry.data_endpoint()
         attempt.device_pointed = True
         flasher.device_verify(host, port, thing_name)
+        self._ledger.journal_update(attempt.journal_id, state="verified")
+
+    def _observe_verify(self, attempt: _Attempt, flasher: FlasherLike, thing_name: str) -> None:
+        """Watch the unit's hello with the station's observer: subscribe first, then tell the unit to go
+        online, then wait (bounded) for a hello carrying the certificate id that was registered."""
+        request = attempt.request
+        go_online = getattr(flasher, "go_online", None)
+        if self._observer_for is None or not callable(go_online):
+            raise _cannot_verify()
+        observer = self._observer_for(request.target)  # StationFault when it cannot be made or connect
+        watch = observer.watch(thing_name)  # subscribed before the unit can say anything
+        try:
+            # From here the unit may be live on the target: a failure wipes it like a device-side verify.
+            attempt.device_pointed = True
+            go_online()
+            hello = watch.wait(request.hello_timeout_s)
+        finally:
+            watch.close()
+        expected = attempt.result.certificate_id
+        if hello is None:
+            raise UnitFault(
+                "No hello from the unit",
+                f"{thing_name} did not announce itself on {watch.topic} within "
+                f"{request.hello_timeout_s:g} s of going online: {observer.where} did not accept its "
+                "certificate, or the unit cannot reach the target's endpoint.",
+                "Put the unit in the rework bin; if every unit fails like this, call a technician to check "
+                "the target's endpoint and policy.",
+            )
+        announced = str(hello.get("certificate_id", ""))
+        if announced.lower() != expected.lower():
+            raise UnitFault(
+                "Unit announced another certificate",
+                f"{thing_name} connected with certificate {announced[:12] or '(none)'}…, not the one the "
+                f"station registered ({expected[:12]}…).",
+                "Put the unit in the rework bin.",
+            )
         self._ledger.journal_update(attempt.journal_id, state="verified")
 
     # ------------------------------------------------------------------------------------ compensation
@@ -789,15 +853,22 @@ def _plan_key_source(request: UnitRequest, caps: CapabilitiesLike) -> str:
     return "station"
 
 
-def _plan_verify(key_source: str, caps: CapabilitiesLike) -> str:
+def _plan_verify(key_source: str, caps: CapabilitiesLike, *, can_observe: bool = False) -> str:
     if key_source == "station":
         return "host"  # the station holds the key until verify is done
     if caps.device_verify:
         return "device"
-    raise StationFault(
+    if can_observe and bool(getattr(caps, "observable", False)):
+        return "observe"  # the unit announces itself; the station watches with its own identity
+    raise _cannot_verify()
+
+
+def _cannot_verify() -> StationFault:
+    return StationFault(
         "Cannot verify",
         "This device keeps its own key and cannot check its own connection, so the station cannot prove it.",
-        "Call a technician: this product needs a family with device-side verify.",
+        "Call a technician: this product needs a family with device-side verify or one the station can "
+        "observe.",
     )
 
 

@@ -13,7 +13,12 @@ What it does:
 - meters every HTTP request through one shared `RateBudget` per (account, region) and botocore's adaptive
   retry mode, and waits out throttling (bounded) so the operator never sees it as a failure;
 - translates AWS errors by error code and exception type into `UnitFault` / `StationFault` / `InputError`
-  with operator words.
+  with operator words;
+- makes and removes the station's own observer (`provision_observer` / `remove_observer`): a certificate, a
+  thing and a policy of its own that may connect as that one client id and subscribe to / receive the topics
+  it is given (the hellos of units whose key the station never holds; see `station.observe`). It is never
+  journaled as a unit and uses neither the target's device policy, thing type nor thing group, so reconcile,
+  preflight and fleet operations never meet it as a unit.
 
 It must not: import the lab (the lab is reached only through `Target.endpoint_url` and credentials); decide
 anything by matching error message text; send a certificate to AWS before checking it locally; ever use
@@ -24,6 +29,7 @@ handle private keys (only certificates go to AWS).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import random
 import re
@@ -63,7 +69,9 @@ from station.ratelimit import DEFAULT_QUOTAS, RateBudget, shared_budget_for, thr
 
 __all__ = [
     "DEFAULT_QUOTAS",
+    "OBSERVER_PREFIX",
     "Check",
+    "ObserverRegistration",
     "RateBudget",
     "Registration",
     "Registry",
@@ -149,6 +157,56 @@ class Registration:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class ObserverRegistration:
+    """The station's observer in one registry: all three things `remove_observer` deletes."""
+
+    name: str  # client id = thing name = policy name
+    certificate_id: str
+    certificate_arn: str
+    policy_document: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# Every observer's name starts with this: a person looking at the registry can tell it from a unit.
+OBSERVER_PREFIX = "station-observer-"
+
+
+def _partition(region: str) -> str:
+    if region.startswith("cn-"):
+        return "aws-cn"
+    if region.startswith("us-gov-"):
+        return "aws-us-gov"
+    return "aws"
+
+
+def observer_policy_document(region: str, account_id: str, client_id: str, topics: Collection[str]) -> str:
+    """Connect as `client_id` only; subscribe to and receive `topics` (AWS wildcards, e.g. things/*/hello).
+
+    No publish, no other client id: the observer can watch, never act as a unit.
+    """
+    arn = f"arn:{_partition(region)}:iot:{region}:{account_id}"
+    document = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": "iot:Connect", "Resource": f"{arn}:client/{client_id}"},
+            {
+                "Effect": "Allow",
+                "Action": "iot:Subscribe",
+                "Resource": [f"{arn}:topicfilter/{topic}" for topic in topics],
+            },
+            {
+                "Effect": "Allow",
+                "Action": "iot:Receive",
+                "Resource": [f"{arn}:topic/{topic}" for topic in topics],
+            },
+        ],
+    }
+    return json.dumps(document, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -735,6 +793,89 @@ class Registry:
         result["account_id"] = _account_from_arn(result.get("certificateArn")) or self._account_id
         result["region"] = self.target.region
         return result
+
+    # ------------------------------------------------------------------------------------------ observer
+    def provision_observer(
+        self, identity: Identity, name: str, *, topics: Collection[str]
+    ) -> ObserverRegistration:
+        """Register the station's observer: certificate (ACTIVE), a policy of its own, a thing of its own.
+
+        `name` is the observer's client id, thing name and policy name (it must start with `OBSERVER_PREFIX`);
+        `topics` are what it may subscribe to and receive. The thing gets no thing type or group (it is not a
+        unit). On any failure what this call made is removed again before the error is raised.
+        """
+        if not name.startswith(OBSERVER_PREFIX):
+            raise ValueError(f"an observer's name starts with {OBSERVER_PREFIX!r}")
+        if not topics:
+            raise ValueError("an observer needs at least one topic to watch")
+        registration = self.register(identity, origin="station")
+        document = observer_policy_document(self.target.region, self.account_id, name, topics)
+        observer = ObserverRegistration(
+            name=name,
+            certificate_id=registration.certificate_id,
+            certificate_arn=registration.certificate_arn,
+            policy_document=document,
+        )
+        try:
+            self._call("create_policy", policyName=name, policyDocument=document)
+            self._call("attach_policy", policyName=name, target=registration.certificate_arn)
+            self._call("create_thing", thingName=name)
+            self._call("attach_thing_principal", thingName=name, principal=registration.certificate_arn)
+        except BaseException:
+            try:
+                self.remove_observer(observer)
+            except StationError:
+                log.warning("could not remove a half-made observer %s in %s", name, self.where, exc_info=True)
+            raise
+        return observer
+
+    def remove_observer(self, observer: ObserverRegistration) -> None:
+        """Delete the observer's certificate (AWS's order), its thing and its policy. Each part that is already
+        gone counts as removed; a StationFault lists what is left."""
+        left: list[str] = []
+        first_error: StationError | None = None
+        try:
+            self._delete_certificate(observer.certificate_id, None)
+        except StationError as error:
+            first_error = error
+            left.append(f"certificate {observer.certificate_id[:12]}…")
+        for what, remove in (
+            (f"thing {observer.name!r}", lambda: self._delete_thing(observer.name)),
+            (f"policy {observer.name!r}", lambda: self._delete_policy(observer.name)),
+        ):
+            try:
+                remove()
+            except StationError as error:
+                first_error = first_error or error
+                left.append(what)
+        if left:
+            raise StationFault(
+                "Observer not removed",
+                f"Could not remove the station's observer in {self.where}: {', '.join(left)} remain"
+                + (f" ({first_error.message})" if first_error else "")
+                + ".",
+                f"Delete what is left (named {observer.name}) in the AWS IoT console, or call a technician.",
+            )
+
+    def _delete_policy(self, name: str) -> None:
+        # A policy cannot be deleted while attached; detaching is asynchronous in AWS (409 until settled).
+        deadline = time.monotonic() + self.delete_wait_s
+        delay = 0.1
+        while True:
+            try:
+                self._call("delete_policy", passthrough=(_NOT_FOUND, _DELETE_CONFLICT), policyName=name)
+                return
+            except ClientError as error:
+                if error_code(error) == _NOT_FOUND:
+                    return
+                if time.monotonic() + delay > deadline:
+                    raise StationFault(
+                        "Policy still attached",
+                        f"AWS IoT in {self.where} would not delete policy {name!r} ({error_code(error)}).",
+                        _RECONCILE,
+                    ) from error
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     # ------------------------------------------------------------------------------------------ undo
     def rollback(self, registration: Registration) -> None:

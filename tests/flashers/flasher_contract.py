@@ -11,6 +11,10 @@ A family's test module subclasses `FlasherContract` and supplies only fixtures:
 Shared fault vocabulary: corrupt=P and lose=P (per frame), disconnect_mid_write, slow=S, silent, garbage, flood,
 bad_store (the unit keeps a damaged copy, so the proof must fail).
 
+Tests run or skip by capability, never by family name: the two that promise the previous credentials survive a
+failed proof or a drop-out mid-write need `atomic_commit`; families whose writes are live at once (nRF91,
+ESP32) assert what they do instead in their own modules.
+
 Every test ends by itself: simulators stop in fixture teardown, every wait is bounded, and elapsed-time
 assertions hold the "never hang" promises.
 """
@@ -76,6 +80,14 @@ def _key_body(identity: Identity) -> str:
     return lines[0][10:40]
 
 
+def _need_atomic_writes(flasher_class: type[Flasher]) -> None:
+    caps = flasher_class.capabilities
+    if not caps.writes_key:
+        pytest.skip("this family does not take a station-made key")
+    if not caps.atomic_commit:
+        pytest.skip("this family's writes are live at once (no atomic commit): its own tests cover it")
+
+
 class FlasherContract:
     """The shared suite. Not collected by itself (no `Test` prefix); subclasses are."""
 
@@ -92,8 +104,32 @@ class FlasherContract:
     def test_capabilities_are_declared(self, flasher_class: type[Flasher]) -> None:
         caps = flasher_class.capabilities
         assert any((caps.writes_key, caps.device_keygen, caps.reads_certificate))
-        for flag in (caps.writes_key, caps.device_keygen, caps.device_verify, caps.reads_certificate):
+        flags = (
+            caps.writes_key,
+            caps.device_keygen,
+            caps.device_verify,
+            caps.reads_certificate,
+            caps.observable,
+            caps.atomic_commit,
+        )
+        for flag in flags:
             assert isinstance(flag, bool)
+        # An atomic commit is a promise about writes; a family that takes no key cannot make it.
+        assert not caps.atomic_commit or caps.writes_key or caps.device_keygen
+        # Observing needs a unit that connects with credentials the station gave it or had it make.
+        assert not caps.observable or caps.writes_key or caps.device_keygen
+
+    def test_go_online_matches_the_capability(
+        self, make_device: MakeDevice, open_flasher: OpenFlasher, flasher_class: type[Flasher]
+    ) -> None:
+        device = make_device()
+        with open_flasher(device.port) as flasher:
+            flasher.identify()
+            if flasher_class.capabilities.observable:
+                flasher.go_online()  # no endpoint configured in the simulator: it just goes online
+            else:
+                with pytest.raises(NotSupported):
+                    flasher.go_online()
 
     # -------------------------------------------------------------------------------------- identify
     def test_identify(self, make_device: MakeDevice, open_flasher: OpenFlasher) -> None:
@@ -158,8 +194,7 @@ class FlasherContract:
         new_identity: Callable[[], Identity],
         flasher_class: type[Flasher],
     ) -> None:
-        if not flasher_class.capabilities.writes_key:
-            pytest.skip("this family does not take a station-made key")
+        _need_atomic_writes(flasher_class)
         device = make_device()
         with open_flasher(device.port) as flasher:
             flasher.write_identity(identity)
@@ -270,8 +305,7 @@ class FlasherContract:
         new_identity: Callable[[], Identity],
         flasher_class: type[Flasher],
     ) -> None:
-        if not flasher_class.capabilities.writes_key:
-            pytest.skip("this family does not take a station-made key")
+        _need_atomic_writes(flasher_class)
         device = make_device()
         with open_flasher(device.port) as flasher:
             flasher.write_identity(identity)

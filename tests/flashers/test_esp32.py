@@ -6,8 +6,9 @@ esptool's own error texts), and the images are real: built by Espressif's genera
 independent NVS reader, and compared byte for byte with the generator's CLI output. `EsptoolLink` itself is
 exercised on real ptys where esptool can run: opening ports, and its failure paths (silence, garbage).
 
-Two contract tests are replaced: a flash write is not atomic and has no staging, so a failed verify or a
-drop-out mid-write cannot leave the old credentials; the overrides assert what the family does instead.
+A flash write is not atomic and has no staging, so a failed verify or a drop-out mid-write cannot leave the
+old credentials: the family does not declare `atomic_commit`, the contract skips its two atomic-commit tests by
+capability, and two tests of its own in `TestEsp32Contract` assert what the family does instead.
 """
 
 from __future__ import annotations
@@ -143,18 +144,21 @@ def _sign_csr() -> Callable[[str], str]:
 
 
 class TestEsp32Contract(FlasherContract):
-    """ESP32 passes the shared contract through the fake link (two tests replaced, see the docstring)."""
+    """ESP32 passes the shared contract through the fake link, plus what it does instead of an atomic commit
+    (see the docstring)."""
 
-    def test_failed_proof_keeps_old_credentials_and_wipes_staging(
+    def test_no_atomic_commit_is_declared(self, flasher_class: type[Flasher]) -> None:
+        assert flasher_class.capabilities.atomic_commit is False
+
+    def test_failed_verify_erases_the_partition(
         self,
         make_device: Callable[..., Any],
         open_flasher: Callable[..., Any],
         identity: Identity,
         new_identity: Callable[[], Identity],
-        flasher_class: type[Flasher],
     ) -> None:
-        """Replaces the contract's: a failed verify means the flash holds a damaged image; it is written once
-        more, then erased, so the firmware finds no half-credentials."""
+        """A failed verify means the flash holds a damaged image; it is written once more, then erased, so
+        the firmware finds no half-credentials."""
         device = make_device()
         with open_flasher(device.port) as flasher:
             flasher.write_identity(identity)
@@ -168,16 +172,15 @@ class TestEsp32Contract(FlasherContract):
         assert device.live() == {"cert": None, "key": None, "ca": None}
         assert _key_body(second) not in str(caught.value)
 
-    def test_disconnect_mid_write_keeps_old_credentials(
+    def test_disconnect_mid_write_says_the_partition_may_be_partly_written(
         self,
         make_device: Callable[..., Any],
         open_flasher: Callable[..., Any],
         identity: Identity,
         new_identity: Callable[[], Identity],
-        flasher_class: type[Flasher],
     ) -> None:
-        """Replaces the contract's: a flash write is not atomic. The operator is told the partition may be
-        partly written; after a power cycle the unit is provisioned afresh."""
+        """A flash write is not atomic. The operator is told the partition may be partly written; after a
+        power cycle the unit is provisioned afresh."""
         device = make_device()
         with open_flasher(device.port) as flasher:
             flasher.write_identity(identity)

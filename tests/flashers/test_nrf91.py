@@ -5,9 +5,9 @@ a hash proof that keeps differing, +CME error codes and 518 recovery, whole-line
 quoted multi-line text containing "OK"), the AT host's 4096-byte buffer, wipe, `station sim nrf91`, and the
 verify-by-observing hello against the lab (skipped when the lab is not importable).
 
-Two contract tests are overridden here because this modem cannot keep them: it has no staging, each %CMNG write
-is live at once, so a failed proof or a drop-out mid-write cannot leave the old credentials intact. The
-overrides assert what the family does instead (report, delete what failed its proof, re-provision cleanly).
+This modem has no staging: each %CMNG write is live at once, so it does not declare `atomic_commit` and the
+contract skips its two atomic-commit tests by capability. What the family does instead (report, delete what
+failed its proof, re-provision cleanly) is asserted by two tests of its own in `TestNrf91Contract`.
 """
 
 from __future__ import annotations
@@ -201,18 +201,20 @@ def _sign_csr(issuer: Any) -> Callable[[str], str]:
 
 
 class TestNrf91Contract(FlasherContract):
-    """nRF91 passes the shared contract (two tests replaced: no staging on this modem, see the docstring)."""
+    """nRF91 passes the shared contract, plus what it does instead of an atomic commit (see the docstring)."""
 
-    def test_failed_proof_keeps_old_credentials_and_wipes_staging(
+    def test_no_atomic_commit_is_declared(self, flasher_class: type[Flasher]) -> None:
+        assert flasher_class.capabilities.atomic_commit is False
+
+    def test_failed_proof_deletes_what_failed_it(
         self,
         make_device: Callable[..., Any],
         open_flasher: Callable[..., Any],
         identity: Identity,
         new_identity: Callable[[], Identity],
-        flasher_class: type[Flasher],
     ) -> None:
-        """Replaces the contract's: a write is live at once, so the old credentials are gone; what failed its
-        proof is deleted instead of left for the unit's firmware to try."""
+        """A write is live at once, so the old credentials are gone; what failed its proof is deleted instead
+        of left for the unit's firmware to try."""
         device = make_device()
         with open_flasher(device.port) as flasher:
             flasher.write_identity(identity)
@@ -224,16 +226,15 @@ class TestNrf91Contract(FlasherContract):
         assert device.live() == {"ca": None, "cert": None, "key": None}
         assert _key_body(second) not in str(caught.value)
 
-    def test_disconnect_mid_write_keeps_old_credentials(
+    def test_disconnect_mid_write_leaves_a_mix_and_says_so(
         self,
         make_device: Callable[..., Any],
         open_flasher: Callable[..., Any],
         identity: Identity,
         new_identity: Callable[[], Identity],
-        flasher_class: type[Flasher],
     ) -> None:
-        """Replaces the contract's: the unit keeps what reached its NVM (new certificate, old key); the
-        operator is told so, and provisioning it again after a power cycle works."""
+        """The unit keeps what reached its NVM (new certificate, old key); the operator is told so, and
+        provisioning it again after a power cycle works."""
         device = make_device()
         with open_flasher(device.port) as flasher:
             flasher.write_identity(identity)
