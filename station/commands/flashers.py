@@ -32,12 +32,21 @@ def run(args: argparse.Namespace) -> int:
                 "device_keygen": caps.device_keygen,
                 "device_verify": caps.device_verify,
                 "reads_certificate": caps.reads_certificate,
+                "observable": caps.observable,
+                "atomic_commit": caps.atomic_commit,
             }
         )
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    flags = ("writes_key", "device_keygen", "device_verify", "reads_certificate")
+    flags = (
+        "writes_key",
+        "device_keygen",
+        "device_verify",
+        "reads_certificate",
+        "observable",
+        "atomic_commit",
+    )
     print(f"{'family':<12} " + " ".join(f"{f:<17}" for f in flags))
     for row in rows:
         print(f"{row['family']:<12} " + " ".join(f"{'yes' if row[f] else '-':<17}" for f in flags))

@@ -20,6 +20,9 @@ def test_flashers_lists_installed_families_with_capabilities(capsys: pytest.Capt
     assert rows["expresslink"]["writes_key"] is False
     assert rows["expresslink"]["reads_certificate"] is True
     assert rows["expresslink"]["device_verify"] is True
+    # Only PROV/1 commits atomically; only nRF91 announces itself with a hello the station can observe.
+    assert [f for f, r in rows.items() if r["atomic_commit"]] == ["prov1"]
+    assert [f for f, r in rows.items() if r["observable"]] == ["nrf91"]
 
 
 def test_the_default_flasher_factory_resolves_families_through_entry_points() -> None:
