@@ -4,15 +4,19 @@
     slot = line.scan("SN00001234")            # → "slot-1": validated and queued on the next free slot
     line.scan("SN00001235", slot="slot-3")    # or on a named slot
     line.slots()                              # → [SlotState(name, port, state, serial, step, last), …]
-    line.wait_idle(timeout=60)                # True once every slot is idle
+    line.wait_idle(timeout=60)                # True once no slot is working on a unit
     line.results()                            # every UnitResult so far, in finishing order
+    with line.reserve("slot-2", serial="SN00001234", purpose="qa:reverify"):
+        ...                                   # the slot is yours: the line starts no unit on it
     line.stop()                               # finish the units in progress, then end the workers
 
 That is the whole API (the TUI is a thin view over it plus the events). `scan` validates the serial against
-the product's pattern on the spot and raises `InputError` — nothing is started — for a bad scan, an unknown
-or busy slot, or when no slot is free. Each slot runs one unit at a time through `station.pipeline`; slots
-never wait for each other: they share only the per-(account, region) rate budget (inside the registry) and
-the ledger. Events from every slot go to `on_event` (called from worker threads, one event at a time).
+the product's pattern on the spot and raises `InputError` — nothing is started — for a bad scan, an unknown,
+busy or reserved slot, or when no slot is free. `reserve` lends an idle slot to someone else for a while
+(the QA desk's re-verify opens the slot's port itself): the slot shows `reserved` and scans skip it. Each
+slot runs one unit at a time through `station.pipeline`; slots never wait for each other: they share only
+the per-(account, region) rate budget (inside the registry) and the ledger. Events from every slot go to
+`on_event` (called from worker threads, one event at a time).
 
 It must not: know the step order (that is the pipeline's), talk to AWS, serial ports or the lab itself, or
 block the caller of `scan` on a unit's work.
@@ -35,17 +39,18 @@ from station.pipeline import FlasherLike, Pipeline, UnitRequest, UnitResult
 log = logging.getLogger(__name__)
 
 IDLE, BUSY, STOPPED = "idle", "busy", "stopped"
+RESERVED = "reserved"  # lent out by `Line.reserve` (e.g. QA re-verifying a unit on it): no unit starts here
 
 
 @dataclass(frozen=True)
 class SlotState:
-    """What one slot is doing, for a screen: `state` is idle, busy or stopped."""
+    """What one slot is doing, for a screen: `state` is idle, busy, reserved or stopped."""
 
     name: str
     port: str
     state: str = IDLE
-    serial: str = ""
-    step: str = ""  # the step in progress while busy
+    serial: str = ""  # the unit in progress while busy; the unit it is reserved for while reserved
+    step: str = ""  # the step in progress while busy; what the slot is reserved for while reserved
     last: UnitResult | None = None  # the slot's previous unit
     units: int = 0  # units this slot has finished
 
@@ -68,6 +73,27 @@ class _Job:
 
 
 _STOP = object()
+
+
+class _Reservation:
+    """`Line.reserve`'s context manager: takes the slot on entering (so a refusal reserves nothing), gives
+    it back on leaving, whatever happened inside."""
+
+    def __init__(self, line: Line, slot: str, serial: str, purpose: str) -> None:
+        self._line = line
+        self.slot = slot
+        self._serial = serial
+        self._purpose = purpose
+        self._held: SlotState | None = None
+
+    def __enter__(self) -> SlotState:
+        self._held = self._line._take(self.slot, self._serial, self._purpose)
+        return self._held
+
+    def __exit__(self, *exc: object) -> None:
+        if self._held is not None:
+            held, self._held = self._held, None
+            self._line._give_back(self.slot, held)
 
 
 class Line:
@@ -164,8 +190,40 @@ class Line:
         with self._lock:
             return list(self._results)
 
+    def reserve(self, slot: str, *, serial: str = "", purpose: str = "reserved") -> _Reservation:
+        """Hold the idle `slot` for the length of a `with` block: the line starts no unit on it meanwhile.
+
+        For work on a slot's port that is not a unit through the pipeline (the QA desk's re-verify). The
+        slot reads `reserved` (its `serial` and `step` say for whom and what); `scan` refuses it by name and
+        skips it when picking a free slot. Entering the block raises `InputError` — nothing reserved — for an
+        unknown, busy or already reserved slot, or a stopping line. On leaving it the slot is idle again.
+        """
+        return _Reservation(self, slot, serial, purpose)
+
+    def _take(self, slot: str, serial: str, purpose: str) -> SlotState:
+        with self._lock:
+            if self._stopping:
+                raise InputError("Line stopped", "The line is shutting down.", "Start the station again.")
+            self._pick(slot)  # the same refusals as a scan on that slot
+            held = replace(self._states[slot], state=RESERVED, serial=serial, step=purpose)
+            self._states[slot] = held
+            self._lock.notify_all()
+            return held
+
+    def _give_back(self, slot: str, held: SlotState) -> None:
+        with self._lock:
+            state = self._states[slot]
+            if state.state == RESERVED:
+                self._states[slot] = replace(state, state=IDLE, serial="", step="")
+            elif (state.serial, state.step) == (held.serial, held.step):
+                # The line stopped meanwhile (its worker said STOPPED): keep that, forget the reservation.
+                self._states[slot] = replace(state, serial="", step="")
+            self._lock.notify_all()
+
     def wait_idle(self, timeout: float | None = None) -> bool:
-        """Block until every slot is idle (True) or `timeout` seconds pass (False)."""
+        """Block until no slot is working on a unit (True) or `timeout` seconds pass (False).
+
+        A reserved slot does not count: it runs no unit, and whoever holds it decides when it ends."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             while any(s.state == BUSY for s in self._states.values()):
@@ -210,6 +268,13 @@ class Line:
                     "No such slot",
                     f"There is no slot {slot!r}; the slots are {', '.join(self._states)}.",
                     "Pick one of the station's slots.",
+                )
+            if state.state == RESERVED:
+                what = f" ({state.step} of {state.serial})" if state.serial else ""
+                raise InputError(
+                    "Slot reserved",
+                    f"Slot {slot} is reserved for QA{what}; the line starts no unit on it meanwhile.",
+                    "Wait for QA to finish on this slot, or use another slot.",
                 )
             if state.state != IDLE:
                 raise InputError(

@@ -1,6 +1,7 @@
-"""QA actions on single units: register an existing certificate, revoke, transfer, preflight — each recorded.
+"""QA actions on single units: register a certificate, revoke, transfer, re-verify, preflight — each recorded.
 
-The library behind `station register | revoke | transfer | preflight` and the TUI's QA desk. What it does:
+The library behind `station register | revoke | transfer | preflight` and the TUI's QA desk (which calls
+nothing else to change AWS or a unit). What it does:
 
 - `load_certificate` imports a certificate (PEM, DER, PKCS#12; key optional: separate file or inside the
   .p12) and checks it against AWS IoT's rules; `register_certificate` registers it without a CA (ACTIVE) in
@@ -14,12 +15,16 @@ The library behind `station register | revoke | transfer | preflight` and the TU
   target (the seed's re-registration in another region or account), with thing and policy; optionally
   revoke it at the source afterwards, so the unit always has somewhere to connect.
 - `preflight` runs every target's read-only checks and refuses `iot:*` on `*` for any target not marked lab.
+- `reverify_unit` checks a unit put back on a slot (the slot reserved on the line meanwhile): the unit's
+  flasher, opened through the wiring, identifies it against its record, the registry still holds its
+  certificate ACTIVE, and the device proves its own connection (device-side verify). A family without
+  device-side verify is refused: the station never keeps a unit's key, so only the device can prove it.
 
 Every action appends a `note` event (step `qa:<action>`) with the operator, what it acted on and whether it
 worked, also when it failed; register and transfer also write an attempt record (PASS, or FAIL/ERROR with
 what was rolled back) and keep a crash journal open while AWS is touched, so `station reconcile` can undo a
-half-done registration. A plan is computed from the ledger alone, so a person can confirm it before any AWS
-call.
+half-done registration; re-verify writes an attempt record once the unit has answered on the slot (it changes
+nothing in AWS). A plan is computed from the ledger alone, so a person can confirm it before any AWS call.
 
 It must not: print or prompt (the CLI and the TUI talk to people), import the lab, write or record a private
 key (a key given for verify is used in memory and dropped), decide anything by message text, or touch AWS
@@ -29,6 +34,7 @@ before every local check (certificate rules, serial, thing name, target) has pas
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import getpass
 import logging
 import os
@@ -37,15 +43,17 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from station import naming
 from station.config import Product, StationConfig, is_over_broad
+from station.context import StationContext
 from station.errors import ConfigError, InputError, StationError, StationFault, UnitFault
 from station.identity import certificate_id as local_certificate_id
 from station.identity import check_aws_acceptance, load_identity_file
 from station.ledger import AttemptRecord, Ledger
 from station.model import Event, Identity, Outcome, Target
+from station.pipeline import FlasherLike, UnitRequest
 from station.registry import Check, Registration, Registry
 
 log = logging.getLogger(__name__)
@@ -1409,3 +1417,339 @@ def preflight(
         except StationError as error:
             station.append(Check("ledger", False, error.message, error.next_action))
     return PreflightReport(reports, tuple(station))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Re-verify (the unit back on a slot)
+# ---------------------------------------------------------------------------------------------------------
+
+
+class SlotReserver(Protocol):
+    """What re-verify needs from the line (`station.line.Line.reserve`): the slot, held for a `with` block."""
+
+    def reserve(
+        self, slot: str, *, serial: str = "", purpose: str = ""
+    ) -> contextlib.AbstractContextManager[Any]: ...
+
+
+class ReverifyWiring(Protocol):
+    """What re-verify needs from the wiring (`station.context.StationContext` provides it)."""
+
+    def open_flasher(self, slot: str, port: str, request: UnitRequest) -> FlasherLike: ...
+    def registry(self, target: Target) -> Any: ...
+
+
+@dataclass(frozen=True)
+class ReverifyResult:
+    """A re-verify that passed: the unit on `slot` proved its own connection to `target` again."""
+
+    attempt_id: str
+    serial: str
+    slot: str
+    target: str
+    thing_name: str
+    certificate_id: str
+    device_id: str | None
+    family: str
+    operator: str
+    reverified_attempt_id: str  # the PASS record whose identity was checked
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    message: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": True, **asdict(self)}
+
+
+def _reverify_record(
+    config: StationConfig, ledger: Ledger, query: str, *, target: str | None, certificate_id: str | None
+) -> AttemptRecord:
+    """The PASS record to re-verify: the unit's latest, or its latest in `target` / with that certificate."""
+    serial, records = unit_records(ledger, query)
+    passed = _passed(serial, records)
+    if target is not None:
+        name = find_target(config, target).name
+        passed = [r for r in passed if r.target == name]
+    if certificate_id:
+        passed = [r for r in passed if r.certificate_id.startswith(certificate_id.strip().lower())]
+    if not passed:
+        where = f" in {target}" if target else ""
+        which = f" with certificate {certificate_id[:12]}…" if certificate_id else ""
+        raise NotFound(
+            "Nothing to re-verify",
+            f"The ledger holds no PASS record of {serial}{where}{which}: it was never registered there.",
+            "Pick a PASS record of the unit (`station show` lists them).",
+        )
+    return passed[-1]
+
+
+def _expected_device_id(config: StationConfig, record: AttemptRecord) -> str | None:
+    """The id the unit must say: the recorded one; else its serial where the product cross-checks ids."""
+    if record.device_id:
+        return record.device_id
+    product = config.products.get(record.product)
+    if product is not None and bool(product.options.get("check_device_id", True)):
+        return record.serial
+    return None
+
+
+def _reverify_product(config: StationConfig, record: AttemptRecord, slot_product: str | None) -> str:
+    """The product (hence the flasher family) of the unit: as recorded, else the slot's, else the only one."""
+    for name in (record.product, slot_product):
+        if name and name in config.products:
+            return name
+    if len(config.products) == 1:
+        return next(iter(config.products))
+    raise InputError(
+        "Which product?",
+        f"The record of {record.serial} names no product this station knows, and the slot has none.",
+        "Choose a slot configured for the unit's product (its flasher family).",
+    )
+
+
+def _same_device(expected: str, seen: str) -> bool:
+    return expected.strip().casefold() == seen.strip().casefold()  # as the pipeline compares a scan
+
+
+def reverify_unit(
+    config: StationConfig,
+    ledger: Ledger,
+    query: str,
+    *,
+    slot: str,
+    operator: str,
+    target: str | None = None,
+    certificate_id: str | None = None,
+    port: str | None = None,
+    line: SlotReserver | None = None,
+    context: ReverifyWiring | None = None,
+    flasher_factory: Callable[..., FlasherLike] | None = None,
+    registry_for: RegistryFactory | None = None,
+    on_event: EventSink | None = None,
+) -> ReverifyResult:
+    """With the unit back on `slot`: it is the recorded unit, and it still connects with its own identity.
+
+    The record is the unit's latest PASS record (in `target`, with `certificate_id`, when given). Steps:
+    reserve the slot on the `line` (when one runs, so it starts no unit there meanwhile), open the slot's
+    flasher through the wiring (`context`, else a `StationContext` with `flasher_factory`/`registry_for`),
+    refuse a family without device-side verify (`InputError`: the station never keeps a unit's key, so
+    only the device can prove its connection), identify the unit and compare its id with the record's
+    (`UnitFault` for another unit), check the certificate is still ACTIVE in the target (`UnitFault`
+    otherwise, before the device is pointed anywhere), then let the device connect (`flasher.device_verify`).
+
+    Recorded like the other QA actions: local refusals (unknown unit, slot or target; a slot in use) write
+    nothing; from the slot on, every outcome is a `qa:reverify` note with the operator. Once the recorded
+    unit has answered, an attempt record is written too (PASS, FAIL or ERROR, `extra.qa_action =
+    "reverify"`, the physical slot, `verify_mode="device"`), so the unit's latest outcome says whether it
+    still works. Nothing in AWS changes; the device keeps its credentials whatever the outcome.
+    """
+    record = _reverify_record(config, ledger, query, target=target, certificate_id=certificate_id)
+    serial = record.serial
+    dest = find_target(config, record.target)
+    slot_cfg = config.slots.get(slot) if isinstance(slot, str) else None
+    if slot_cfg is None:
+        raise InputError(
+            "No such slot",
+            f"There is no slot {slot!r}; the slots are {', '.join(config.slots) or 'none'}.",
+            "Put the unit on one of the station's slots and choose that one.",
+        )
+    wiring: ReverifyWiring = context or StationContext(
+        config,
+        ledger=ledger,
+        flasher_factory=flasher_factory,
+        registry_factory=registry_for,
+        operator=operator,
+    )
+    # The request only names the unit and its family for the wiring; re-verify makes no identity, so it
+    # needs no issuer (whose passphrase may not even be set on this shift).
+    request = UnitRequest(
+        serial=serial,
+        target=dest,
+        thing_name=lambda _device_id: record.thing_name,
+        slot=slot,
+        product=_reverify_product(config, record, slot_cfg.product),
+        station_id=config.station_id,
+    )
+    registry = registry_for(dest) if registry_for is not None else wiring.registry(dest)
+    reservation = (
+        line.reserve(slot, serial=serial, purpose=f"{QA_STEP_PREFIX}reverify")
+        if line is not None
+        else contextlib.nullcontext()
+    )
+    data: dict[str, Any] = {
+        "target": dest.name,
+        "certificate_id": record.certificate_id,
+        "thing_name": record.thing_name,
+        "slot": slot,
+        "reverified_attempt_id": record.attempt_id,
+    }
+    attempt_id = uuid.uuid4().hex
+    started = time.time()
+    timings: dict[str, float] = {}
+    seen: dict[str, Any] = {}  # what the unit said: device_id, firmware, family
+
+    def step(name: str, fn: Callable[[], Any]) -> Any:
+        began = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            timings[name] = round((time.perf_counter() - began) * 1000.0, 3)
+
+    def note(ok: bool, title: str, message: str, next_action: str = "", **more: Any) -> None:
+        _note(
+            ledger,
+            on_event,
+            action="reverify",
+            serial=serial,
+            ok=ok,
+            operator=operator,
+            station_id=config.station_id,
+            title=title,
+            message=message,
+            next_action=next_action,
+            quiet=True,  # on an error path the error matters more; on success the record holds the evidence
+            **data,
+            **more,
+        )
+
+    def write_record(outcome: Outcome, title: str, message: str, next_action: str, error_kind: str) -> None:
+        timings["total"] = round((time.time() - started) * 1000.0, 3)
+        ledger.record_attempt(
+            AttemptRecord(
+                attempt_id=attempt_id,
+                serial=serial,
+                outcome=str(outcome),
+                device_id=seen.get("device_id") or record.device_id,
+                product=record.product,
+                thing_name=record.thing_name,
+                certificate_id=record.certificate_id,
+                certificate_pem=record.certificate_pem,
+                certificate_arn=record.certificate_arn,
+                target=dest.name,
+                account_id=record.account_id or dest.registry_key[0],
+                region=dest.region,
+                station_id=config.station_id,
+                slot=slot,
+                operator=operator,
+                title=title,
+                message=message,
+                next_action=next_action,
+                error_kind=error_kind,
+                firmware=seen.get("firmware") or record.firmware,
+                family=seen.get("family") or record.family,
+                key_source=record.key_source,  # whose certificate it is does not change
+                verify_mode="device",
+                timings_ms=dict(timings),
+                started_at=started,
+                finished_at=time.time(),
+                # No thing_created/certificate_created: this attempt made nothing, and a revoke must keep
+                # deciding about the thing from the records that did.
+                extra={"qa_action": "reverify", "reverified_attempt_id": record.attempt_id},
+            )
+        )
+
+    with reservation:
+        reached = False  # the recorded unit answered on the slot: from here on the attempt is recorded
+        try:
+            flasher = step("open", lambda: wiring.open_flasher(slot, port or slot_cfg.port, request))
+            try:
+                seen["family"] = _flasher_family(flasher)
+                if not flasher.capabilities.device_verify:
+                    family = seen["family"] or "this"
+                    raise InputError(
+                        "Re-verify needs the device's own check",
+                        # Not "private key": the ledger refuses any text with that marker in it.
+                        f"{serial} is a {family} unit, which cannot prove its own connection, and the station "
+                        "never keeps a unit's key, so it cannot connect as the unit either.",
+                        f"Run the unit's own connectivity check (its self-test) to prove it; to have the "
+                        f"station prove it, provision {serial} again on the line (scan it).",
+                    )
+                info = step("identify", flasher.identify)
+                seen["device_id"] = info.device_id or None
+                seen["firmware"] = info.firmware or None
+                expected = _expected_device_id(config, record)
+                if expected and seen["device_id"] and not _same_device(expected, str(seen["device_id"])):
+                    raise UnitFault(
+                        "Wrong unit in the jig",
+                        f"The record of {serial} is for device {expected}; slot {slot} holds device "
+                        f"{seen['device_id']}.",
+                        f"Put {serial} on slot {slot} and re-verify again.",
+                    )
+                reached = True
+                described = step("registry", lambda: registry.describe(record.certificate_id))
+                if described is None:
+                    raise UnitFault(
+                        "Not registered",
+                        f"{serial}'s certificate {record.certificate_id[:12]}… is not registered in "
+                        f"{dest.name} any more (revoked or never there).",
+                        f"Provision {serial} again on the line, or register its certificate, as QA decides.",
+                    )
+                status = str(described.get("status", "ACTIVE"))
+                if status != "ACTIVE":
+                    raise UnitFault(
+                        "Certificate not active",
+                        f"{serial}'s certificate {record.certificate_id[:12]}… is {status} in {dest.name}.",
+                        f"Provision {serial} again on the line, or transfer it, as QA decides.",
+                    )
+                host, mqtt_port = registry.data_endpoint()
+                step("verify", lambda: flasher.device_verify(host, mqtt_port, record.thing_name))
+            finally:
+                try:
+                    flasher.close()
+                except Exception:
+                    log.warning(
+                        "closing slot %s after the re-verify of %s failed", slot, serial, exc_info=True
+                    )
+        except BaseException as exc:
+            error = _as_station_error(exc)
+            if error is not exc and isinstance(exc, Exception):
+                log.error("re-verify of %s failed unexpectedly", serial, exc_info=True)
+            if reached:
+                outcome = Outcome.FAIL if isinstance(error, UnitFault) else Outcome.ERROR
+                try:
+                    write_record(outcome, error.title, error.message, error.next_action, type(error).__name__)
+                except (StationError, ValueError):
+                    log.error("could not record the failed re-verify of %s", serial)
+            note(
+                False,
+                error.title,
+                error.message,
+                error.next_action,
+                attempt_id=attempt_id if reached else "",
+                device_id=seen.get("device_id"),
+            )
+            if error is exc or not isinstance(exc, Exception):
+                raise
+            raise error from None
+    where = f"{dest.name} ({record.account_id or dest.registry_key[0]}/{dest.region})"
+    message = f"{serial} connected to {where} as {record.thing_name} with its own identity, from slot {slot}."
+    try:
+        write_record(Outcome.PASS, "Re-verified", message, "", "")
+    except (StationError, ValueError) as error:
+        detail = error.message if isinstance(error, StationError) else type(error).__name__
+        raise StationFault(
+            "Re-verified but not recorded",
+            f"{message[:-1]}, but the ledger could not record it ({detail}).",
+            "Call a technician to check the ledger, then re-verify again.",
+        ) from None
+    note(True, "Re-verified", message, attempt_id=attempt_id, device_id=seen.get("device_id"))
+    return ReverifyResult(
+        attempt_id=attempt_id,
+        serial=serial,
+        slot=slot,
+        target=dest.name,
+        thing_name=record.thing_name,
+        certificate_id=record.certificate_id,
+        device_id=seen.get("device_id"),
+        family=str(seen.get("family") or ""),
+        operator=operator,
+        reverified_attempt_id=record.attempt_id,
+        timings_ms=dict(timings),
+        message=message,
+    )
+
+
+def _flasher_family(flasher: FlasherLike) -> str:
+    try:
+        return str(flasher.family)
+    except Exception:  # a family name is for the record only
+        return ""

@@ -1,32 +1,38 @@
-"""The QA desk's actions, as calls into the station's core: find, audit trail, revoke, transfer, import,
-export, re-verify. Each is a plain blocking function meant to run in a thread worker, never on the UI thread.
+"""The QA desk's actions, as a thin adapter over the station's QA library (`station.qa`) and the ledger.
 
-Every action that changes something is written to the ledger's event log as a `note` event carrying the
-action, the operator, what it acted on and whether it worked (also when it failed), so the audit trail
-says who revoked or moved a certificate and when.
+Each method is a plain blocking function meant to run in a thread worker, never on the UI thread. What
+changes AWS or a unit goes through `station.qa`, exactly as `station register | revoke | transfer` do, so the
+desk and the CLI record the same things the same way: an attempt record where the library writes one
+(register, transfer, re-verify) and a `qa:<action>` note event with the operator for every action, also a
+failed one. Search, audit trail, ledger check and export are the ledger's own API, unrecorded as in the CLI.
+What this module adds is only what a desk needs: the record under the cursor turned into the library's
+query, a plan turned into the sentence a person confirms, a result turned into a title and one sentence.
 
-Gaps in the core this module fills (and that belong in the core later):
-- re-verify: there is no core function yet; `reverify` asks the line's slot to be idle, then uses the
-  wiring (`station.context.StationContext`) to open the unit's flasher and the registry to check the
-  certificate and run the device's own verify. The line does not reserve the slot meanwhile.
-- QA actions have no record type of their own: they are `note` events (step `qa:<action>`).
+Re-verify reserves the slot on the line (`Line.reserve`) so no unit starts there meanwhile; a line without
+reservations (a test stand-in) is only asked whether the slot is idle.
 
-It imports only station core modules (never boto3, serial, awscrt or cryptography directly, nor textual)
-and never holds a private key: an imported file's key is dropped before anything is registered.
+It imports only station core modules, and those lazily (boto3 and cryptography load when QA first acts, not
+when the operator screen starts); never boto3, serial, awscrt or cryptography directly, nor textual. It never
+holds a private key: an imported file's key is dropped before anything is registered.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from station.errors import InputError, StationError, StationFault, UnitFault
-from station.model import Event, Identity, Target
+from station.model import Identity, Target
 
-QA_STEP_PREFIX = "qa:"
+if TYPE_CHECKING:
+    from station.qa import RevokeDone, RevokePlan, TransferPlan
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -37,15 +43,46 @@ class ActionResult:
     message: str
 
 
-def _text(value: Any) -> str:
-    return "" if value is None else str(value)
+@dataclass(frozen=True)
+class Prepared:
+    """An action planned from the ledger alone, with what the person is asked before anything is done."""
+
+    title: str
+    body: str
+    confirm_label: str
+    plan: Any  # the library's plan (RevokePlan, TransferPlan), handed back unchanged once confirmed
+
+
+def _short(certificate_id: str) -> str:
+    return f"{certificate_id[:12]}…" if certificate_id else "(none)"
+
+
+class _IdleCheck:
+    """A stand-in for `Line.reserve` on a line without reservations: refuses a slot that is not idle, and
+    cannot hold it (documented gap: only the real line keeps units off the slot meanwhile)."""
+
+    def __init__(self, line: Any) -> None:
+        self._line = line
+
+    def reserve(
+        self, slot: str, *, serial: str = "", purpose: str = ""
+    ) -> contextlib.AbstractContextManager[Any]:
+        state = {s.name: s for s in self._line.slots()}.get(slot)
+        if state is not None and state.state != "idle":
+            raise InputError(
+                "Slot busy",
+                f"Slot {slot} is {state.state}" + (f" with {state.serial}." if state.serial else "."),
+                "Wait for it, or put the unit on a free slot.",
+            )
+        return contextlib.nullcontext()
 
 
 class QaServices:
-    """The QA desk's view of the core. Thread-safe enough for one desk: registries are made once per target.
+    """The QA desk's view of the core. Registries are made once per target and shared by every action.
 
     `registry_factory(target)` and `flasher_factory(port, *, family, baud, options)` replace the real ones
-    (the lab, the demo and tests inject theirs); `line` is asked whether a slot is free before re-verify.
+    (the lab, the demo and tests inject theirs); `line` lends re-verify its slot. `station_id` names the
+    station to the registries it makes (default: the config's); the ledger's notes use the config's.
     """
 
     def __init__(
@@ -63,7 +100,7 @@ class QaServices:
         self.ledger = ledger
         self.operator = operator
         self.line = line
-        self.station_id = station_id or _text(getattr(config, "station_id", "")) or "station"
+        self.station_id = station_id or str(getattr(config, "station_id", "") or "") or "station"
         self._registry_factory = registry_factory
         self._flasher_factory = flasher_factory
         self._lock = threading.Lock()
@@ -96,7 +133,9 @@ class QaServices:
         found.sort(key=lambda e: getattr(e, "seq", 0))
         return found
 
+    # ------------------------------------------------------------------------------------------ ledger
     def audit(self) -> ActionResult:
+        """`station audit verify` at the desk: the hash chain is intact, or StationFault naming the bad row."""
         result = self.ledger.audit()
         if result.ok:
             return ActionResult(
@@ -105,194 +144,11 @@ class QaServices:
         raise StationFault(
             "Ledger tampered",
             f"The hash chain breaks at {result.first_bad_row}: {result.reason}.",
-            "Do not ship; call the quality lead with this message.",
+            "Do not ship; keep a copy of the ledger as evidence and call the quality lead with this message.",
         )
-
-    # ------------------------------------------------------------------------------------------ parts
-    def registry(self, target: Target) -> Any:
-        with self._lock:
-            registry = self._registries.get(target.name)
-            if registry is None:
-                if self._registry_factory is not None:
-                    registry = self._registry_factory(target)
-                else:
-                    from station.registry import Registry  # boto3 is loaded only when QA acts
-
-                    registry = Registry(target, station_id=self.station_id)
-                self._registries[target.name] = registry
-            return registry
-
-    def _target(self, name: str) -> Target:
-        target: Target = self.config.target(name)
-        return target
-
-    def _wiring(self) -> Any:
-        with self._lock:
-            if self._context is None:
-                from station.context import StationContext
-
-                self._context = StationContext(
-                    self.config,
-                    ledger=self.ledger,
-                    flasher_factory=self._flasher_factory,
-                    registry_factory=self._registry_factory,
-                    station_id=self.station_id,
-                    operator=self.operator,
-                )
-            return self._context
-
-    # ------------------------------------------------------------------------------------------ record
-    def _note(self, action: str, serial: str, ok: bool, message: str, **data: Any) -> None:
-        """Write the action to the ledger's event log, with the operator (also when the action failed)."""
-        event = Event(
-            kind="note",
-            serial=serial or "-",
-            step=f"{QA_STEP_PREFIX}{action}",
-            outcome="ok" if ok else "failed",
-            title=f"QA {action}",
-            message=message,
-            data={"operator": self.operator, "action": action, "station_id": self.station_id, **data},
-        )
-        self.ledger.append_event(event)
-
-    def _run(
-        self, action: str, serial: str, data: dict[str, Any], fn: Callable[[], ActionResult]
-    ) -> ActionResult:
-        try:
-            result = fn()
-        except StationError as error:
-            self._note(action, serial, False, f"{error.title}: {error.message}", **data)
-            raise
-        except Exception as error:
-            self._note(action, serial, False, type(error).__name__, **data)
-            raise StationFault(
-                f"{action.capitalize()} failed",
-                f"The station could not {action} ({type(error).__name__}); the details are in the station log.",
-                "Try again; if it fails again, call a technician.",
-            ) from error
-        self._note(action, serial, True, result.message, **data)
-        return result
-
-    # ------------------------------------------------------------------------------------------ actions
-    def revoke(self, record: Any) -> ActionResult:
-        """Remove the unit's certificate from its target's registry: the unit can no longer connect."""
-        cert_id = _text(record.certificate_id)
-        if not cert_id:
-            raise InputError(
-                "Nothing to revoke",
-                f"The record of {record.serial} has no certificate (the attempt never got that far).",
-                "Pick a record with a certificate id.",
-            )
-        target = self._target(record.target)
-        data = {"certificate_id": cert_id, "target": target.name, "thing_name": _text(record.thing_name)}
-
-        def act() -> ActionResult:
-            existed = self.registry(target).revoke(cert_id, delete_thing=None)
-            where = f"{target.name} ({target.region})"
-            if existed is False:
-                return ActionResult(
-                    "Already revoked", f"Certificate {cert_id[:12]}… was not registered in {where}."
-                )
-            return ActionResult(
-                "Certificate revoked",
-                f"Certificate {cert_id[:12]}… of {record.serial} is revoked in {where}.",
-            )
-
-        return self._run("revoke", record.serial, data, act)
-
-    def transfer(self, record: Any, destination: str, *, revoke_source: bool) -> ActionResult:
-        """Register the unit's certificate in another target (thing + policy); optionally revoke it at the source."""
-        pem = _text(getattr(record, "certificate_pem", ""))
-        if not pem:
-            raise InputError(
-                "Nothing to transfer",
-                f"The record of {record.serial} holds no certificate.",
-                "Pick a record of a unit that was provisioned.",
-            )
-        source = self._target(record.target)
-        dest = self._target(destination)
-        from station import naming
-
-        thing = naming.render_thing_name(
-            dest.thing_name_template,
-            product=_text(record.product),
-            serial=_text(record.serial),
-            device_id=_text(record.device_id),
-            station=self.station_id,
-            slot=_text(record.slot),
-        )
-        data = {
-            "certificate_id": _text(record.certificate_id),
-            "source": source.name,
-            "destination": dest.name,
-            "thing_name": thing,
-            "revoke_source": revoke_source,
-        }
-
-        def act() -> ActionResult:
-            from station.registry import transfer
-
-            transfer(pem, self.registry(source), self.registry(dest), thing, revoke_source=revoke_source)
-            tail = f", revoked in {source.name}" if revoke_source else f", still registered in {source.name}"
-            return ActionResult(
-                "Certificate transferred", f"{record.serial} now works in {dest.name} as {thing}{tail}."
-            )
-
-        return self._run("transfer", record.serial, data, act)
-
-    def import_certificate(
-        self, path: str, *, password: str | None, serial: str, target: str, product: str | None = None
-    ) -> ActionResult:
-        """Register a certificate from a PEM, DER or PKCS#12 file in `target`, with a thing for `serial`.
-
-        A key in the file (PKCS#12) is dropped at once: the desk registers the certificate, never the key.
-        """
-        from station import naming
-        from station.identity import load_identity_file
-
-        if not path.strip():
-            raise InputError(
-                "No file",
-                "The certificate file path is empty.",
-                "Type the path of a .pem, .der or .p12 file.",
-            )
-        dest = self._target(target)
-        products = dict(getattr(self.config, "products", {}) or {})
-        product_name = product or (next(iter(products)) if len(products) == 1 else "")
-        if serial.strip() and product_name in products:
-            serial = products[product_name].validate_serial(serial)
-        if not serial.strip():
-            raise InputError(
-                "No serial", "The imported certificate needs the unit's serial.", "Type the serial."
-            )
-        loaded = load_identity_file(Path(path).expanduser(), password=password or None)
-        identity = Identity(certificate_pem=loaded.certificate_pem, certificate_id=loaded.certificate_id)
-        del loaded  # the key (if any) goes no further
-        thing = naming.render_thing_name(
-            dest.thing_name_template,
-            product=product_name or "unit",
-            serial=serial,
-            device_id=serial,
-            station=self.station_id,
-            slot="qa",
-        )
-        data = {
-            "certificate_id": identity.certificate_id,
-            "target": dest.name,
-            "thing_name": thing,
-            "file": Path(path).name,
-        }
-
-        def act() -> ActionResult:
-            self.registry(dest).provision(identity, thing, origin="file")
-            return ActionResult(
-                "Certificate registered",
-                f"Certificate {identity.certificate_id[:12]}… is registered in {dest.name} as {thing}.",
-            )
-
-        return self._run("import", serial, data, act)
 
     def export(self, fmt: str, path: str) -> ActionResult:
+        """`station export --format FMT --out PATH` at the desk: every attempt record, CSV or JSON."""
         if fmt not in ("csv", "json"):
             raise InputError("Unknown format", f"{fmt!r} is not an export format.", "Choose csv or json.")
         out = Path(path).expanduser()
@@ -306,73 +162,281 @@ class QaServices:
                 f"The folder {out.parent} does not exist.",
                 "Type a path in an existing folder.",
             )
-
-        def act() -> ActionResult:
+        try:
             count = self.ledger.export(fmt, out)
-            return ActionResult("Records exported", f"{count} records written to {out} ({fmt}).")
-
-        return self._run("export", "", {"format": fmt, "path": str(out)}, act)
-
-    def reverify(self, record: Any, slot: str) -> ActionResult:
-        """With the unit back on `slot`: its certificate is active in the target and the device connects with it."""
-        slots = dict(getattr(self.config, "slots", {}) or {})
-        if slot not in slots:
+        except OSError as error:
             raise InputError(
-                "No such slot", f"There is no slot {slot!r}.", f"Choose one of {', '.join(slots)}."
-            )
-        if self.line is not None:
-            state = {s.name: s for s in self.line.slots()}.get(slot)
-            if state is not None and state.state != "idle":
-                raise InputError(
-                    "Slot busy",
-                    f"Slot {slot} is working on {state.serial}.",
-                    "Wait for it, or choose a free slot.",
-                )
-        target = self._target(record.target)
-        cert_id = _text(record.certificate_id)
-        data = {"certificate_id": cert_id, "target": target.name, "slot": slot}
+                "Cannot write the file",
+                f"{out} cannot be written ({error.strerror or type(error).__name__}).",
+                "Choose a path you may write to.",
+            ) from None
+        return ActionResult("Records exported", f"{count} records written to {out} ({fmt}).")
 
-        def act() -> ActionResult:
-            registry = self.registry(target)
-            described = registry.describe(cert_id) if cert_id else None
-            if described is None:
-                raise UnitFault(
-                    "Not registered",
-                    f"{record.serial}'s certificate is not registered in {target.name}.",
-                    "Provision the unit again: scan it on the line.",
+    # ------------------------------------------------------------------------------------------ parts
+    def registry(self, target: Target) -> Any:
+        """The one registry of `target` for this desk (made on first use)."""
+        with self._lock:
+            registry = self._registries.get(target.name)
+            if registry is None:
+                if self._registry_factory is not None:
+                    registry = self._registry_factory(target)
+                else:
+                    from station.registry import Registry  # boto3 is loaded only when QA acts
+
+                    registry = Registry(target, station_id=self.station_id)
+                self._registries[target.name] = registry
+            return registry
+
+    def _wiring(self) -> Any:
+        """The station's wiring for re-verify: the slot's flasher through the configured (or injected) factory."""
+        with self._lock:
+            if self._context is None:
+                from station.context import StationContext
+
+                self._context = StationContext(
+                    self.config,
+                    ledger=self.ledger,
+                    flasher_factory=self._flasher_factory,
+                    registry_factory=self.registry,
+                    station_id=self.station_id,
+                    operator=self.operator,
                 )
-            if str(described.get("status", "ACTIVE")) != "ACTIVE":
-                raise UnitFault(
-                    "Certificate not active",
-                    f"{record.serial}'s certificate is {described.get('status')} in {target.name}.",
-                    "Provision the unit again, or transfer it, as QA decides.",
-                )
-            wiring = self._wiring()
-            request = wiring.prepare(
-                record.serial, slot=slot, product=_text(record.product) or None, target=target.name
+            return self._context
+
+    def _reserver(self) -> Any:
+        if self.line is None:
+            return None
+        if callable(getattr(self.line, "reserve", None)):
+            return self.line
+        return _IdleCheck(self.line)
+
+    @staticmethod
+    def _guard(action: str, call: Callable[[], Any]) -> Any:
+        """A StationError passes as is; anything else becomes an ERROR the desk can show (details logged)."""
+        try:
+            return call()
+        except StationError:
+            raise
+        except Exception as error:
+            log.exception("QA %s failed unexpectedly", action)
+            raise StationFault(
+                f"{action.capitalize()} failed",
+                f"The station could not {action} ({type(error).__name__}); the details are in the station log.",
+                "Try again; if it fails again, call a technician.",
+            ) from error
+
+    # ------------------------------------------------------------------------------------------ revoke
+    def prepare_revoke(self, record: Any) -> Prepared:
+        """What revoking the record's certificate in its target means (from the ledger), to be confirmed."""
+        if not getattr(record, "certificate_id", ""):
+            raise InputError(
+                "Nothing to revoke",
+                f"The record of {record.serial} has no certificate (the attempt never got that far).",
+                "Pick a record with a certificate id.",
             )
-            flasher = wiring.open_flasher(slot, slots[slot].port, request)
-            try:
-                info = flasher.identify()
-                device_id = getattr(info, "device_id", None)
-                if record.device_id and device_id and str(device_id) != str(record.device_id):
-                    raise UnitFault(
-                        "Wrong unit in the jig",
-                        f"The record is for device {record.device_id}, the jig holds {device_id}.",
-                        "Put the right unit on the slot and re-verify again.",
-                    )
-                if not flasher.capabilities.device_verify:
-                    raise StationFault(
-                        "Cannot re-verify this family",
-                        "This device family cannot prove its own connection and the station never keeps a unit's key.",
-                        "Provision the unit again instead (scan it on the line).",
-                    )
-                host, port = registry.data_endpoint()
-                flasher.device_verify(host, port, _text(record.thing_name))
-            finally:
-                flasher.close()
+        from station import qa  # loads boto3 and cryptography: only once QA acts
+
+        plan: RevokePlan = self._guard(
+            "plan the revoke",
+            lambda: qa.plan_revoke(
+                self.config,
+                self.ledger,
+                record.serial,
+                target=record.target,
+                certificate_id=record.certificate_id,
+            ),
+        )
+        parts = []
+        for item in plan.items:
+            text = f"Certificate {_short(item.certificate_id)} will be detached, deactivated and deleted in {item.target}"
+            if item.delete_thing:
+                text += f", and thing {item.delete_thing} deleted (the station made it)"
+            elif item.thing_name:
+                text += f"; thing {item.thing_name} is kept ({item.keep_reason or 'not made by the station'})"
+            parts.append(text + ".")
+        body = " ".join(parts) + (
+            f" The unit will no longer connect to {', '.join(plan.targets)}. Recorded as {self.operator}."
+        )
+        return Prepared(f"Revoke {plan.serial}?", body, "Revoke", plan)
+
+    def revoke(self, record: Any, *, plan: RevokePlan | None = None) -> ActionResult:
+        """Revoke the record's certificate in its target through `station.qa.revoke_unit` (the plan, once
+        confirmed); each item is recorded as a `qa:revoke` note with the operator by the library."""
+        from station import qa  # loads boto3 and cryptography: only once QA acts
+
+        if plan is None:
+            plan = self.prepare_revoke(record).plan
+        assert plan is not None
+        confirmed = plan
+        result = self._guard(
+            "revoke",
+            lambda: qa.revoke_unit(
+                self.config,
+                self.ledger,
+                confirmed.serial,
+                operator=self.operator,
+                plan=confirmed,
+                registry_for=self.registry,
+            ),
+        )
+        failed = [d for d in result.done if not d.ok]
+        if failed:
+            raise _revoke_failure(failed[0], [d for d in result.done if d.ok])
+        if result.revoked == 0:
+            where = ", ".join(d.item.target for d in result.done)
             return ActionResult(
-                "Re-verified", f"{record.serial} connected to {target.name} with its own identity."
+                "Already revoked", f"{result.serial}'s certificate was not registered in {where} any more."
             )
+        return ActionResult(
+            "Certificate revoked", " ".join(_revoked_text(result.serial, d) for d in result.done)
+        )
 
-        return self._run("reverify", record.serial, data, act)
+    # ------------------------------------------------------------------------------------------ transfer
+    def prepare_transfer(self, record: Any, destination: str, *, revoke_source: bool) -> Prepared:
+        """What moving the record's certificate to `destination` means (from the ledger), to be confirmed."""
+        from station import qa  # loads boto3 and cryptography: only once QA acts
+
+        plan: TransferPlan = self._guard(
+            "plan the transfer",
+            lambda: qa.plan_transfer(
+                self.config,
+                self.ledger,
+                record.serial,
+                to=destination,
+                source=record.target or None,
+                revoke_source=revoke_source,
+            ),
+        )
+        dest = self.config.target(plan.destination)
+        account, region = dest.registry_key
+        body = (
+            f"Certificate {_short(plan.certificate_id)} will be registered in {plan.destination} "
+            f"({account}/{region}) as thing {plan.thing_name}, with the target's policy"
+        )
+        if plan.revoke_source:
+            body += f"; then it is revoked in {plan.source_target}."
+        else:
+            body += f"; it stays registered in {plan.source_target}."
+        body += f" Recorded as {self.operator}."
+        return Prepared(f"Transfer {plan.serial} to {plan.destination}?", body, "Transfer", plan)
+
+    def transfer(
+        self, record: Any, destination: str, *, revoke_source: bool, plan: TransferPlan | None = None
+    ) -> ActionResult:
+        """Register the record's certificate in `destination` (thing + policy) through
+        `station.qa.transfer_unit`; optionally revoke it at the source. Recorded by the library."""
+        from station import qa  # loads boto3 and cryptography: only once QA acts
+
+        if plan is None:
+            plan = self.prepare_transfer(record, destination, revoke_source=revoke_source).plan
+        assert plan is not None
+        confirmed = plan
+        result = self._guard(
+            "transfer",
+            lambda: qa.transfer_unit(
+                self.config,
+                self.ledger,
+                confirmed.serial,
+                to=confirmed.destination,
+                operator=self.operator,
+                plan=confirmed,
+                registry_for=self.registry,
+            ),
+        )
+        reg = result.registration
+        if confirmed.revoke_source:
+            tail = f"; revoked in {confirmed.source_target}"
+        else:
+            tail = f"; still registered in {confirmed.source_target}"
+        return ActionResult(
+            "Certificate transferred",
+            f"{confirmed.serial} now works in {reg.target} ({reg.account_id}/{reg.region}) as {reg.thing_name}{tail}.",
+        )
+
+    # ------------------------------------------------------------------------------------------ import
+    def import_certificate(
+        self, path: str, *, password: str | None, serial: str, target: str, product: str | None = None
+    ) -> ActionResult:
+        """Register a certificate from a PEM, DER or PKCS#12 file for unit `serial` in `target`, through
+        `station.qa.register_certificate` (record + `qa:register` note, as `station register` writes them).
+
+        A key in the file (PKCS#12) is dropped at once: the desk registers the certificate, never the key.
+        """
+        if not path.strip():
+            raise InputError(
+                "No file",
+                "The certificate file path is empty.",
+                "Type the path of a .pem, .der, .cer or .p12 file.",
+            )
+        from station import qa  # loads boto3 and cryptography: only once QA acts
+
+        file = Path(path.strip()).expanduser()
+        loaded = self._guard("read the file", lambda: qa.load_certificate(file, password=password or None))
+        identity = Identity(certificate_pem=loaded.certificate_pem, certificate_id=loaded.certificate_id)
+        del loaded  # the key (if any) goes no further
+        result = self._guard(
+            "register",
+            lambda: qa.register_certificate(
+                self.config,
+                self.ledger,
+                identity,
+                serial=serial,
+                target=target,
+                operator=self.operator,
+                product=product,
+                source=file.name,
+                registry_for=self.registry,
+            ),
+        )
+        title = "Certificate registered" if result.changed else "Already registered"
+        return ActionResult(title, result.message)
+
+    # ------------------------------------------------------------------------------------------ re-verify
+    def reverify(self, record: Any, slot: str) -> ActionResult:
+        """With the unit back on `slot` (reserved on the line meanwhile): `station.qa.reverify_unit` on the
+        record's certificate and target, through the station's wiring. Recorded by the library."""
+        from station import qa  # loads boto3 and cryptography: only once QA acts
+
+        result = self._guard(
+            "re-verify",
+            lambda: qa.reverify_unit(
+                self.config,
+                self.ledger,
+                record.serial,
+                slot=slot,
+                operator=self.operator,
+                target=record.target or None,
+                certificate_id=record.certificate_id or None,
+                line=self._reserver(),
+                context=self._wiring(),
+                registry_for=self.registry,
+            ),
+        )
+        return ActionResult("Re-verified", result.message)
+
+
+def _revoked_text(serial: str, done: RevokeDone) -> str:
+    item = done.item
+    if not done.existed:
+        text = f"Certificate {_short(item.certificate_id)} was not registered in {item.target} any more"
+    else:
+        text = f"Certificate {_short(item.certificate_id)} of {serial} is revoked in {item.target}"
+    if done.thing_deleted:
+        text += f"; thing {done.thing_deleted} deleted"
+    elif item.thing_name:
+        text += f"; thing {item.thing_name} kept"
+    return text + "."
+
+
+def _revoke_failure(first: RevokeDone, done_ok: list[RevokeDone]) -> StationError:
+    """The first failed item as the error the desk shows (its own family), naming what did succeed."""
+    problem = first.error or {}
+    message = problem.get("message", "") or f"Revoking in {first.item.target} failed."
+    if done_ok:
+        message += " Done meanwhile: " + ", ".join(d.item.target for d in done_ok) + "."
+    cls = UnitFault if problem.get("kind") == "UnitFault" else StationFault
+    return cls(
+        problem.get("title", "") or "Revoke failed",
+        message,
+        problem.get("next_action", "") or "Try again; if it fails again, call a technician.",
+    )

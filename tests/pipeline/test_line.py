@@ -11,7 +11,7 @@ from pipeline_fakes import TARGET, FakeFlasher, FakeRegistry, Log, make_rig
 
 from station import naming
 from station.errors import InputError
-from station.line import BUSY, IDLE, STOPPED, Line
+from station.line import BUSY, IDLE, RESERVED, STOPPED, Line
 from station.model import Event, Outcome
 from station.pipeline import FlasherLike, Pipeline, UnitRequest
 
@@ -182,3 +182,60 @@ def test_wait_idle_times_out_and_stop_finishes_the_unit_in_progress(ctx: FakeCon
     stopper.join(10)
     assert [r.serial for r in line.results()] == ["SN00000001"]
     assert [s.state for s in line.slots()] == [STOPPED, STOPPED]
+
+
+def test_a_reserved_slot_gets_no_unit_until_it_is_given_back(ctx: FakeContext) -> None:
+    ctx.gates = {"SN00000001": threading.Event()}
+    line = Line.from_context(ctx)
+    try:
+        with line.reserve("s1", serial="SN00000009", purpose="qa:reverify") as held:
+            assert held.state == RESERVED
+            assert [(s.name, s.state, s.serial, s.step) for s in line.slots()] == [
+                ("s1", RESERVED, "SN00000009", "qa:reverify"),
+                ("s2", IDLE, "", ""),
+            ]
+            with pytest.raises(InputError) as error:
+                line.scan("SN00000001", slot="s1")
+            assert error.value.title == "Slot reserved" and "SN00000009" in error.value.message
+            assert line.wait_idle(0.05), "a reservation is not a unit in progress"
+            assert line.scan("SN00000001") == "s2"  # the next free slot skips the reserved one
+            with pytest.raises(InputError) as error:
+                line.scan("SN00000002")
+            assert error.value.title == "No free slot"
+            with pytest.raises(InputError) as error, line.reserve("s2"):
+                pass
+            assert error.value.title == "Slot busy"  # a slot with a unit cannot be reserved
+            with pytest.raises(InputError) as error, line.reserve("s1"):
+                pass
+            assert error.value.title == "Slot reserved"  # nor one reserved already
+        s1 = line.slots()[0]
+        assert (s1.state, s1.serial, s1.step) == (IDLE, "", "")
+        assert line.scan("SN00000003", slot="s1") == "s1"  # given back: units start there again
+        ctx.gates["SN00000001"].set()
+        assert line.wait_idle(10)
+        assert sorted((r.serial, r.slot) for r in line.results()) == [
+            ("SN00000001", "s2"),
+            ("SN00000003", "s1"),
+        ]
+        assert ctx.opened.count(("s1", "loop://s1")) == 1  # nothing opened s1 while it was reserved
+    finally:
+        line.stop(timeout=10)
+
+
+def test_a_reservation_is_given_back_after_an_error_and_refused_for_unknown_slots(ctx: FakeContext) -> None:
+    line = Line.from_context(ctx)
+    try:
+        with pytest.raises(InputError) as error, line.reserve("s9"):
+            pass
+        assert error.value.title == "No such slot"
+        with pytest.raises(RuntimeError), line.reserve("s2", serial="SN00000009"):
+            raise RuntimeError("the port went away")
+        assert [s.state for s in line.slots()] == [IDLE, IDLE]
+        with line.reserve("s1"):
+            line.stop(timeout=10)  # the line stops while QA still holds s1
+        assert [(s.state, s.serial, s.step) for s in line.slots()] == [(STOPPED, "", "")] * 2
+        with pytest.raises(InputError) as error, line.reserve("s1"):
+            pass
+        assert error.value.title == "Line stopped"
+    finally:
+        line.stop(timeout=10)

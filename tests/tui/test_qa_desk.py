@@ -1,30 +1,44 @@
-"""The QA desk: behind the PIN, search, revoke with confirmation (recorded with the operator), export;
-and the services it calls, against a real SQLite ledger and a fake registry."""
+"""The QA desk through its screens, over the real line: behind the PIN, search, revoke, transfer, register an
+imported certificate, re-verify a unit back on a slot, export — asserting what the desk shows and what the
+ledger and the (in-memory) registry then hold. The services on their own: test_qa_services.py."""
 
 from __future__ import annotations
 
 import csv
+import threading
+import unicodedata
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from qa_fixtures import CERT_ID, FIXTURES, PIN, FakeRegistry, make_config, make_ledger
+from qa_fixtures import (
+    CERT_ID,
+    CERTS,
+    PIN,
+    REAL_ID,
+    FakeCloud,
+    FakeRegistry,
+    Jig,
+    make_config,
+    make_ledger,
+    record_unit,
+)
+from textual import events
 from textual.pilot import Pilot
-from textual.widgets import DataTable, Input
-from tui_fakes import ScriptedLine, type_scan, wait_until
+from textual.widgets import Button, Checkbox, DataTable, Input, Label, Select
+from tui_fakes import type_scan, wait_until
 
-from station.errors import InputError, StationFault, UnitFault
+from station.errors import InputError
 from station.ledger.base import Ledger
-from station.model import Target
+from station.line import RESERVED, Line
 from station.tui.app import StationApp, build_app
 from station.tui.operator.screen import OperatorScreen
 from station.tui.qa.desk import QaDeskScreen
-from station.tui.qa.dialogs import ConfirmScreen, ExportScreen
+from station.tui.qa.dialogs import ConfirmScreen, ExportScreen, ImportScreen, ReverifyScreen, TransferScreen
 from station.tui.qa.pin import PinScreen
 from station.tui.relay import EventRelay
-from station.tui.services import QaServices
 
 
 @dataclass
@@ -32,34 +46,57 @@ class Desk:
     app: StationApp
     pilot: Pilot[None]
     ledger: Ledger
+    line: Line
+    cloud: FakeCloud
+    jig: Jig
     calls: list[tuple[str, str, Any]]
 
     def toasts(self) -> list[str]:
         return [str(t.render()) for t in self.app.screen.query("Toast")]
 
-    def qa_notes(self) -> list[Any]:
-        return [e.event for e in self.ledger.events("SN00000001") if e.event.step.startswith("qa:")]
+    def toast(self, title: str) -> str:
+        """The text of the toast with this title ("" if none)."""
+        return next((t for t in self.toasts() if title in t), "")
+
+    def qa_notes(self, serial: str = "SN00000001") -> list[Any]:
+        return [e.event for e in self.ledger.events(serial) if e.event.step.startswith("qa:")]
+
+    def records(self, serial: str, action: str) -> list[Any]:
+        return [r for r in self.ledger.find(serial) if r.extra.get("qa_action") == action]
 
 
 @pytest.fixture
 async def desk(tmp_path: Path) -> AsyncIterator[Desk]:
     calls: list[tuple[str, str, Any]] = []
+    cloud = FakeCloud()
+    cloud.seed("lab-eu", CERT_ID, "widget-SN00000001")
+    jig = Jig("SN00000001")
     config = make_config(tmp_path)
     ledger = make_ledger(tmp_path)
     relay = EventRelay()
-    line = ScriptedLine({"s1": "/dev/ttyUSB0", "s2": "/dev/ttyUSB1"}, on_event=relay)
+
+    def registries(target: Any) -> FakeRegistry:
+        return FakeRegistry(target, calls, cloud=cloud)
+
+    line = Line(
+        config, ledger=ledger, on_event=relay, flasher_factory=jig.factory, registry_factory=registries
+    )
     app = build_app(
         config,
         line,
         ledger,
         relay=relay,
-        registry_factory=lambda target: FakeRegistry(target, calls),
+        registry_factory=registries,
+        flasher_factory=jig.factory,
         poll_interval=None,
     )
     try:
         async with app.run_test(size=(100, 32), notifications=True) as pilot:
-            yield Desk(app, pilot, ledger, calls)
+            yield Desk(app, pilot, ledger, line, cloud, jig, calls)
     finally:
+        if jig.gate is not None:
+            jig.gate.set()
+        line.stop(timeout=10)
         ledger.close()
 
 
@@ -126,6 +163,11 @@ async def test_revoke_asks_for_confirmation_then_calls_the_core_and_is_recorded(
     await wait_until(desk.pilot, lambda: isinstance(desk.app.screen, ConfirmScreen), what="confirmation")
     assert desk.app.focused is not None and desk.app.focused.id == "cancel"
     assert "SN00000001" in str(desk.app.screen.query_one(".dialog-title").render())
+    # The plan `station revoke` would print: the certificate, and the thing kept (the ledger of this unit
+    # does not say the station made it).
+    body = confirm_body(desk)
+    assert f"Certificate {CERT_ID[:12]}… will be detached, deactivated and deleted in lab-eu" in body
+    assert "thing widget-SN00000001 is kept" in body and "Recorded as day-shift" in body
     await desk.pilot.press("enter")
     await wait_until(desk.pilot, lambda: isinstance(desk.app.screen, QaDeskScreen), what="back at the desk")
     await desk.pilot.pause(0.1)
@@ -141,6 +183,7 @@ async def test_revoke_asks_for_confirmation_then_calls_the_core_and_is_recorded(
         desk.pilot, lambda: any("Certificate revoked" in t for t in desk.toasts()), what="revoked"
     )
     assert desk.calls == [("revoke", "lab-eu", (CERT_ID, None))]
+    assert desk.cloud.status("lab-eu", CERT_ID) is None and "widget-SN00000001" in desk.cloud.things["lab-eu"]
     notes = desk.qa_notes()
     assert len(notes) == 1
     note = notes[0]
@@ -169,151 +212,216 @@ async def test_export_writes_the_records_to_a_file(desk: Desk, tmp_path: Path) -
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The services on their own (no screen)
+# The dialogs, keyboard only, as a person at the desk works them
 
 
-@pytest.fixture
-def services(tmp_path: Path) -> Any:
-    calls: list[tuple[str, str, Any]] = []
-    ledger = make_ledger(tmp_path)
-    failing: dict[str, str] = {}
-
-    def factory(target: Target) -> FakeRegistry:
-        return FakeRegistry(target, calls, fail=failing.get(target.name, ""))
-
-    qa = QaServices(make_config(tmp_path), ledger, operator="qa-anna", registry_factory=factory)
-    qa.calls, qa.failing = calls, failing  # type: ignore[attr-defined]
-    yield qa
-    ledger.close()
+async def type_text(pilot: Pilot[None], text: str) -> None:
+    """Type into the focused field (no Enter), as fast as a person pasting."""
+    for char in text:
+        name = char if char.isalnum() else unicodedata.name(char).lower().replace("-", "_").replace(" ", "_")
+        pilot.app.post_message(events.Key(name, char))
+    await pilot.pause()
 
 
-def test_a_failed_revoke_is_raised_and_still_recorded(services: Any) -> None:
-    services.failing["lab-eu"] = "revoke"
-    record = services.find("SN00000001")[0]
-    with pytest.raises(StationFault) as error:
-        services.revoke(record)
-    assert error.value.title == "AWS IoT unreachable"
-    notes = [e.event for e in services.ledger.events("SN00000001") if e.event.step == "qa:revoke"]
-    assert [(n.outcome, n.data["operator"]) for n in notes] == [("failed", "qa-anna")]
+async def choose(desk: Desk, selector: str, value: str) -> None:
+    """Open the Select with Enter, go down to `value` with the arrow key, take it with Enter."""
+    select = desk.app.screen.query_one(selector, Select)
+    select.focus()
+    for _ in range(10):
+        await desk.pilot.press("enter", "down", "enter")
+        if select.value == value:
+            return
+    raise AssertionError(f"{value!r} is not an option of {selector}")
 
 
-def test_transfer_registers_the_certificate_at_the_destination_and_revokes_the_source(services: Any) -> None:
-    record = services.find("widget-SN00000001")[0]
-    result = services.transfer(record, "lab-us", revoke_source=True)
-    assert result.title == "Certificate transferred"
-    ops = [(op, target) for op, target, _ in services.calls]
-    # registry.transfer provisions the destination first, then revokes the source.
-    assert ops[-1] == ("revoke", "lab-eu")
-    notes = [e.event for e in services.ledger.events("SN00000001") if e.event.step == "qa:transfer"]
-    assert notes and notes[0].data["destination"] == "lab-us" and notes[0].data["revoke_source"] is True
+async def press_button(desk: Desk, selector: str) -> None:
+    desk.app.screen.query_one(selector, Button).focus()
+    await desk.pilot.press("enter")
+
+
+async def find_unit(desk: Desk, screen: QaDeskScreen, serial: str) -> Any:
+    screen.query_one("#qa-search", Input).focus()
+    await type_scan(desk.pilot, serial)
+    await wait_until(
+        desk.pilot,
+        lambda: screen.selected() is not None and screen.selected().serial == serial,
+        what=f"the record of {serial}",
+    )
+    return screen.selected()
+
+
+def confirm_body(desk: Desk) -> str:
+    return str(desk.app.screen.query_one("#confirm-body", Label).render())
+
+
+def trail_steps(screen: QaDeskScreen) -> list[str]:
+    trail = screen.query_one("#qa-trail", DataTable)
+    return [str(trail.get_row_at(i)[3]) for i in range(trail.row_count)]
+
+
+async def test_transfer_dialog_confirms_the_plan_then_moves_the_unit(desk: Desk) -> None:
+    record_unit(desk.ledger, "SN00000002")
+    desk.cloud.seed("lab-eu", REAL_ID, "widget-SN00000002")
+    screen = await open_desk(desk)
+    await find_unit(desk, screen, "SN00000002")
+
+    async def plan_transfer() -> None:
+        await desk.pilot.press("f7")
+        await wait_until(
+            desk.pilot, lambda: isinstance(desk.app.screen, TransferScreen), what="transfer dialog"
+        )
+        dialog = desk.app.screen
+        assert "Transfer SN00000002 from lab-eu" in str(dialog.query_one(".dialog-title", Label).render())
+        assert dialog.query_one("#revoke-source", Checkbox).value is True  # moving is the default
+        await choose(desk, "#destination", "lab-us")
+        await press_button(desk, "#ok")
+        await wait_until(desk.pilot, lambda: isinstance(desk.app.screen, ConfirmScreen), what="the plan")
+
+    # The plan, from the ledger alone: where it goes, as which thing, and that the source loses it.
+    await plan_transfer()
+    body = confirm_body(desk)
+    assert "registered in lab-us (210987654321/us-east-1) as thing widget-SN00000002" in body
+    assert "then it is revoked in lab-eu" in body and "Recorded as day-shift" in body
+    assert desk.app.focused is not None and desk.app.focused.id == "cancel"
+    await desk.pilot.press("enter")  # cancel: nothing happens
+    await wait_until(desk.pilot, lambda: bool(desk.toast("Transfer cancelled")), what="cancelled")
+    assert desk.calls == [] and desk.records("SN00000002", "transfer") == []
+
+    await plan_transfer()
+    await desk.pilot.press("left", "enter")
+    await wait_until(desk.pilot, lambda: bool(desk.toast("Certificate transferred")), what="transferred")
+    assert "SN00000002 now works in lab-us (210987654321/us-east-1) as widget-SN00000002" in desk.toast(
+        "Certificate transferred"
+    )
+    # The registry: registered at the destination with thing and policy, gone at the source.
+    assert desk.cloud.status("lab-us", REAL_ID) == "ACTIVE"
+    assert desk.cloud.attached("lab-us", "widget-SN00000002") == {REAL_ID}
+    assert desk.cloud.status("lab-eu", REAL_ID) is None
+    # The ledger: what `station transfer --revoke-source` records, with the desk's operator.
+    (moved,) = desk.records("SN00000002", "transfer")
+    assert (moved.outcome, moved.target, moved.operator, moved.certificate_id) == (
+        "PASS",
+        "lab-us",
+        "day-shift",
+        REAL_ID,
+    )
+    notes = [(n.step, n.outcome, n.data["operator"]) for n in desk.qa_notes("SN00000002")]
+    assert notes == [("qa:transfer", "ok", "day-shift"), ("qa:revoke", "ok", "day-shift")]
+    await wait_until(desk.pilot, lambda: "qa:transfer" in trail_steps(screen), what="the trail")
+    assert screen.query_one("#qa-records", DataTable).row_count == 2
 
 
 @pytest.mark.parametrize(
     ("name", "password"),
-    [("ec-p256.pem", None), ("ec-p256-secret.p12", "secret"), ("keychain-client.cer", None)],
+    [("ec-p256.pem", ""), ("keychain-client.cer", ""), ("ec-p256-secret.p12", "secret")],
+    ids=["pem", "der", "p12-with-password"],
 )
-def test_import_registers_the_certificate_without_its_key(
-    services: Any, name: str, password: str | None
+async def test_import_dialog_registers_the_certificate_and_records_it(
+    desk: Desk, name: str, password: str
 ) -> None:
-    result = services.import_certificate(
-        str(FIXTURES / "certs" / name), password=password, serial="SN00000077", target="lab-us"
+    await open_desk(desk)
+    await desk.pilot.press("f8")
+    await wait_until(desk.pilot, lambda: isinstance(desk.app.screen, ImportScreen), what="import dialog")
+    assert desk.app.focused is desk.app.screen.query_one("#import-path", Input)
+    await type_text(desk.pilot, str(CERTS / name))
+    if password:
+        desk.app.screen.query_one("#import-password", Input).focus()
+        await type_text(desk.pilot, password)
+        assert desk.app.screen.query_one("#import-password", Input).password  # not shown as typed
+    await choose(desk, "#import-target", "lab-us")
+    desk.app.screen.query_one("#import-serial", Input).focus()
+    await type_scan(desk.pilot, "SN00000077")  # Enter in the last field registers
+
+    await wait_until(desk.pilot, lambda: bool(desk.toast("Certificate registered")), what="registered")
+    assert "as widget-SN00000077" in desk.toast("Certificate registered")
+    (record,) = desk.ledger.find("SN00000077")
+    assert (record.outcome, record.target, record.operator, record.key_source) == (
+        "PASS",
+        "lab-us",
+        "day-shift",
+        "file",
     )
-    assert result.title == "Certificate registered"
-    provisioned = [args for op, target, args in services.calls if op == "provision" and target == "lab-us"]
-    assert len(provisioned) == 1 and provisioned[0][1] == "widget-SN00000077" and provisioned[0][2] == "file"
-    notes = [e.event for e in services.ledger.events("SN00000077") if e.event.step == "qa:import"]
-    assert notes and notes[0].data["operator"] == "qa-anna"
-    assert "PRIVATE KEY" not in repr(notes[0])
-
-
-def test_import_refuses_a_serial_that_is_not_the_products(services: Any) -> None:
-    with pytest.raises(InputError):
-        services.import_certificate(
-            str(FIXTURES / "certs" / "ec-p256.pem"), password=None, serial="bogus", target="lab-us"
-        )
-    assert services.calls == []
-
-
-class _Jig:
-    """A unit back on a slot for re-verify: says its id, proves its own connection."""
-
-    family = "prov1"
-
-    def __init__(
-        self, device_id: str, verified: list[tuple[str, int, str]], *, can_verify: bool = True
-    ) -> None:
-        from types import SimpleNamespace
-
-        self.device_id = device_id
-        self.verified = verified
-        self.capabilities = SimpleNamespace(
-            writes_key=True, device_keygen=False, device_verify=can_verify, reads_certificate=False
-        )
-        self.closed = False
-
-    def identify(self) -> Any:
-        from types import SimpleNamespace
-
-        return SimpleNamespace(device_id=self.device_id, firmware="1.0")
-
-    def device_verify(self, host: str, port: int, thing_name: str) -> None:
-        self.verified.append((host, port, thing_name))
-
-    def close(self) -> None:
-        self.closed = True
-
-
-def _reverify_services(tmp_path: Path, jig_id: str, *, can_verify: bool = True, busy: bool = False) -> Any:
-    from types import SimpleNamespace
-
-    calls: list[tuple[str, str, Any]] = []
-    verified: list[tuple[str, int, str]] = []
-    ledger = make_ledger(tmp_path)
-    line = SimpleNamespace(
-        slots=lambda: [SimpleNamespace(name="s2", state="busy" if busy else "idle", serial="SN00000005")]
+    assert record.extra["qa_action"] == "register" and record.extra["source"] == name
+    assert desk.cloud.status("lab-us", record.certificate_id) == "ACTIVE"
+    assert desk.cloud.attached("lab-us", "widget-SN00000077") == {record.certificate_id}
+    (note,) = desk.qa_notes("SN00000077")
+    assert (note.step, note.outcome, note.data["operator"], note.data["file"]) == (
+        "qa:register",
+        "ok",
+        "day-shift",
+        name,
     )
-    qa = QaServices(
-        make_config(tmp_path),
-        ledger,
-        operator="qa-anna",
-        line=line,
-        registry_factory=lambda target: FakeRegistry(target, calls),
-        flasher_factory=lambda port, **_: _Jig(jig_id, verified, can_verify=can_verify),
+    assert "PRIVATE KEY" not in repr(record) and "password" not in note.data
+
+
+async def test_import_dialog_shows_why_a_file_is_refused_and_registers_nothing(desk: Desk) -> None:
+    await open_desk(desk)
+    await desk.pilot.press("f8")
+    await wait_until(desk.pilot, lambda: isinstance(desk.app.screen, ImportScreen), what="import dialog")
+    await type_text(desk.pilot, str(CERTS / "ec-p256-secret.p12"))
+    desk.app.screen.query_one("#import-password", Input).focus()
+    await type_text(desk.pilot, "wrong")
+    await choose(desk, "#import-target", "lab-us")
+    desk.app.screen.query_one("#import-serial", Input).focus()
+    await type_scan(desk.pilot, "SN00000077")
+    await wait_until(desk.pilot, lambda: bool(desk.toast("Cannot open file")), what="the refusal")
+    assert "wrong password" in desk.toast("Cannot open file") and "Type the password again" in desk.toast(
+        "Cannot open file"
     )
-    qa.verified = verified  # type: ignore[attr-defined]
-    return qa
+    assert desk.calls == [] and desk.ledger.find("SN00000077") == []
 
 
-def test_reverify_checks_the_registry_and_lets_the_device_prove_its_connection(tmp_path: Path) -> None:
-    qa = _reverify_services(tmp_path, "SN00000001")
-    record = qa.find("SN00000001")[0]
-    assert qa.reverify(record, "s2").title == "Re-verified"
-    assert qa.verified == [("127.0.0.1", 8883, "widget-SN00000001")]
-    notes = [e.event for e in qa.ledger.events("SN00000001") if e.event.step == "qa:reverify"]
-    assert [(n.outcome, n.data["slot"]) for n in notes] == [("ok", "s2")]
-    qa.ledger.close()
+async def test_reverify_dialog_holds_the_slot_then_records_the_units_own_check(desk: Desk) -> None:
+    desk.jig.gate = threading.Event()
+    screen = await open_desk(desk)
+    await find_unit(desk, screen, "SN00000001")
+    await desk.pilot.press("f5")
+    await wait_until(desk.pilot, lambda: isinstance(desk.app.screen, ReverifyScreen), what="re-verify dialog")
+    assert "line starts no unit on it" in str(desk.app.screen.query_one("#reverify-help", Label).render())
+    await choose(desk, "#reverify-slot", "s2")
+    await press_button(desk, "#ok")
+
+    await wait_until(desk.pilot, desk.jig.waiting.is_set, what="the unit's own check")
+    assert desk.toast("Re-verify in progress")
+    s2 = {s.name: s for s in desk.line.slots()}["s2"]
+    assert (s2.state, s2.serial) == (RESERVED, "SN00000001")
+    with pytest.raises(InputError) as refused:  # the line starts no unit there meanwhile
+        desk.line.scan("SN00000002", slot="s2")
+    assert refused.value.title == "Slot reserved"
+    desk.jig.gate.set()
+
+    await wait_until(desk.pilot, lambda: bool(desk.toast("Re-verified")), what="re-verified")
+    assert "SN00000001 connected to lab-eu (123456789012/eu-west-1)" in desk.toast("Re-verified")
+    assert desk.jig.opened == ["/dev/ttyUSB1"] and desk.jig.verified == [
+        ("127.0.0.1", 8883, "widget-SN00000001")
+    ]
+    assert {s.name: s.state for s in desk.line.slots()}["s2"] == "idle"
+    (checked,) = desk.records("SN00000001", "reverify")
+    assert (checked.outcome, checked.slot, checked.operator, checked.verify_mode) == (
+        "PASS",
+        "s2",
+        "day-shift",
+        "device",
+    )
+    assert [(n.step, n.outcome, n.data["slot"]) for n in desk.qa_notes()] == [("qa:reverify", "ok", "s2")]
+    await wait_until(desk.pilot, lambda: "qa:reverify" in trail_steps(screen), what="the trail")
+    assert desk.cloud.status("lab-eu", CERT_ID) == "ACTIVE"  # re-verify changes nothing in AWS
 
 
-@pytest.mark.parametrize(
-    ("jig_id", "can_verify", "busy", "title"),
-    [
-        ("SN00000999", True, False, "Wrong unit in the jig"),
-        ("SN00000001", False, False, "Cannot re-verify this family"),
-        ("SN00000001", True, True, "Slot busy"),
-    ],
-)
-def test_reverify_refuses_the_wrong_unit_a_family_without_device_verify_and_a_busy_slot(
-    tmp_path: Path, jig_id: str, can_verify: bool, busy: bool, title: str
-) -> None:
-    qa = _reverify_services(tmp_path, jig_id, can_verify=can_verify, busy=busy)
-    record = qa.find("SN00000001")[0]
-    with pytest.raises((InputError, StationFault, UnitFault)) as error:
-        qa.reverify(record, "s2")
-    assert error.value.title == title
-    assert qa.verified == []
-    qa.ledger.close()
-
-
-def test_audit_reports_an_intact_ledger(services: Any) -> None:
-    result = services.audit()
-    assert result.title == "Ledger intact" and "rows checked" in result.message
+async def test_reverify_of_a_family_without_device_side_verify_says_what_to_do(desk: Desk) -> None:
+    desk.jig.capabilities.device_verify = False
+    screen = await open_desk(desk)
+    await find_unit(desk, screen, "SN00000001")
+    await desk.pilot.press("f5")
+    await wait_until(desk.pilot, lambda: isinstance(desk.app.screen, ReverifyScreen), what="re-verify dialog")
+    await choose(desk, "#reverify-slot", "s1")
+    await press_button(desk, "#ok")
+    title = "Re-verify needs the device's own check"
+    await wait_until(desk.pilot, lambda: bool(desk.toast(title)), what="the refusal")
+    text = desk.toast(title)
+    assert "never keeps a unit's key" in text and "own connectivity check" in text
+    assert desk.jig.verified == [] and desk.records("SN00000001", "reverify") == []
+    assert [(n.step, n.outcome, n.data["operator"]) for n in desk.qa_notes()] == [
+        ("qa:reverify", "failed", "day-shift")
+    ]
+    assert {s.name: s.state for s in desk.line.slots()}["s1"] == "idle"

@@ -4,11 +4,12 @@ Search by serial, thing name or certificate id (or its first 8+ hex characters).
 every attempt (newest first); the trail below shows the unit's events from the ledger's hash-chained log,
 QA actions included. Actions work on the record under the cursor: re-verify (F5), revoke (F6), transfer
 (F7); register an imported certificate (F8), export records (F9) and check the ledger (F4) need no record.
-Revoke and transfer ask for confirmation; every action is written to the ledger with the operator by
-`station.tui.services.QaServices`.
+Revoke and transfer are planned from the ledger first and ask for confirmation with that plan (what will be
+deleted, where the certificate goes, which thing is kept); `station.tui.services.QaServices` carries them
+out through `station.qa`, which records every action with the operator as the CLI does.
 
-All ledger and cloud calls run in thread workers; results come back as messages. It must not call boto3,
-serial, awscrt or cryptography, nor the core on the UI thread.
+All ledger and cloud calls, plans included, run in thread workers; results come back as messages. It must
+not call boto3, serial, awscrt or cryptography, nor the core on the UI thread.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from station.tui.qa.dialogs import (
     TransferChoice,
     TransferScreen,
 )
-from station.tui.services import ActionResult, QaServices
+from station.tui.services import ActionResult, Prepared, QaServices
 from station.tui.state import OUTCOME_LABEL
 
 RECORD_COLUMNS = ("When", "Serial", "Outcome", "Thing", "Certificate", "Target", "Slot", "Operator")
@@ -62,6 +63,16 @@ class QaActionDone(Message):
         self.result = result
 
 
+class PlanReady(Message):
+    """An action was planned from the ledger; `then` asks the person to confirm it (on the UI thread)."""
+
+    def __init__(self, action: str, prepared: Prepared, then: Callable[[Prepared], None]) -> None:
+        super().__init__()
+        self.action = action
+        self.prepared = prepared
+        self.then = then
+
+
 class QaActionFailed(Message):
     def __init__(self, action: str, title: str, message: str, next_action: str) -> None:
         super().__init__()
@@ -80,6 +91,11 @@ def _when(at: float | None) -> str:
 def _cell(value: object) -> Text:
     """A table cell as plain text (a str cell would be read as markup, and serials are not markup)."""
     return Text("" if value is None else str(value))
+
+
+def _label(action: str) -> str:
+    """An action's name as a person reads it in a notification."""
+    return {"reverify": "Re-verify"}.get(action, action.capitalize())
 
 
 def _outcome_label(outcome: str) -> str:
@@ -244,19 +260,10 @@ class QaDeskScreen(Screen[None]):
                 severity="warning",
             )
             return
-
-        def confirmed(yes: bool | None) -> None:
-            if yes:
-                self._start("revoke", lambda: self.services.revoke(record))
-
-        self.app.push_screen(
-            ConfirmScreen(
-                f"Revoke {record.serial}?",
-                f"Certificate {record.certificate_id[:16]}… will be deactivated and deleted in {record.target}; "
-                f"the unit will no longer connect. Recorded as {self.services.operator}.",
-                "Revoke",
-            ),
-            confirmed,
+        self._plan(
+            "revoke",
+            lambda: self.services.prepare_revoke(record),
+            lambda prepared: self.services.revoke(record, plan=prepared.plan),
         )
 
     def action_transfer(self) -> None:
@@ -265,28 +272,16 @@ class QaDeskScreen(Screen[None]):
             return
 
         def chosen(choice: object) -> None:
-            if not isinstance(choice, TransferChoice):
-                return
-
-            def confirmed(yes: bool | None) -> None:
-                if yes:
-                    self._start(
-                        "transfer",
-                        lambda: self.services.transfer(
-                            record, choice.destination, revoke_source=choice.revoke_source
-                        ),
-                    )
-
-            tail = f" and revoked in {record.target}" if choice.revoke_source else ""
-            self.app.push_screen(
-                ConfirmScreen(
-                    f"Transfer {record.serial} to {choice.destination}?",
-                    f"Its certificate will be registered in {choice.destination}{tail}. "
-                    f"Recorded as {self.services.operator}.",
-                    "Transfer",
-                ),
-                confirmed,
-            )
+            if isinstance(choice, TransferChoice):
+                self._plan(
+                    "transfer",
+                    lambda: self.services.prepare_transfer(
+                        record, choice.destination, revoke_source=choice.revoke_source
+                    ),
+                    lambda prepared: self.services.transfer(
+                        record, choice.destination, revoke_source=choice.revoke_source, plan=prepared.plan
+                    ),
+                )
 
         self.app.push_screen(
             TransferScreen(record.serial, record.target, self.services.target_names()), chosen
@@ -322,13 +317,67 @@ class QaDeskScreen(Screen[None]):
 
         self.app.push_screen(ReverifyScreen(record.serial, self.services.slot_names()), chosen)
 
-    def _start(self, action: str, call: Callable[[], ActionResult]) -> None:
+    # ------------------------------------------------------------------------------------------ workers
+    def _claim(self, action: str) -> bool:
+        """One action at a time: False (and a word to the person) while another is planned or running."""
         if self.busy_action is not None:
             self.notify(f"Wait for {self.busy_action} to finish.", title="Busy", severity="warning")
-            return
+            return False
         self.busy_action = action
-        self.notify(f"{action.capitalize()} in progress…", title="QA desk", timeout=3)
+        return True
+
+    def _start(self, action: str, call: Callable[[], ActionResult]) -> None:
+        if self._claim(action):
+            self._run(action, call)
+
+    def _run(self, action: str, call: Callable[[], ActionResult]) -> None:
+        self.notify(f"{_label(action)} in progress…", title="QA desk", timeout=3)
         self.act_in_thread(action, call)
+
+    def _plan(
+        self, action: str, plan: Callable[[], Prepared], act: Callable[[Prepared], ActionResult]
+    ) -> None:
+        """Plan in a worker, ask the person with the plan, then act on exactly that plan (or on nothing)."""
+        if not self._claim(action):
+            return
+
+        def ask(prepared: Prepared) -> None:
+            def confirmed(yes: bool | None) -> None:
+                if yes:
+                    self._run(action, lambda: act(prepared))
+                else:
+                    self.busy_action = None
+                    self.notify("Nothing was changed.", title=f"{_label(action)} cancelled", timeout=3)
+
+            self.app.push_screen(
+                ConfirmScreen(prepared.title, prepared.body, prepared.confirm_label), confirmed
+            )
+
+        self.plan_in_thread(action, plan, ask)
+
+    @work(thread=True, group="qa-plan", exit_on_error=False)
+    def plan_in_thread(
+        self, action: str, plan: Callable[[], Prepared], then: Callable[[Prepared], None]
+    ) -> None:
+        try:
+            prepared = plan()
+        except StationError as error:
+            self.post_message(QaActionFailed(action, error.title, error.message, error.next_action))
+            return
+        except Exception as error:
+            self.post_message(
+                QaActionFailed(
+                    action,
+                    f"{_label(action)} failed",
+                    f"Unexpected {type(error).__name__} while planning.",
+                    "Call a technician; the details are in the station log.",
+                )
+            )
+            return
+        self.post_message(PlanReady(action, prepared, then))
+
+    def on_plan_ready(self, message: PlanReady) -> None:
+        message.then(message.prepared)
 
     @work(thread=True, group="qa-action", exit_on_error=False)
     def act_in_thread(self, action: str, call: Callable[[], ActionResult]) -> None:
@@ -341,7 +390,7 @@ class QaDeskScreen(Screen[None]):
             self.post_message(
                 QaActionFailed(
                     action,
-                    f"{action.capitalize()} failed",
+                    f"{_label(action)} failed",
                     f"Unexpected {type(error).__name__}.",
                     "Call a technician; the details are in the station log.",
                 )

@@ -134,6 +134,7 @@ class ImportScreen(_Dialog):
                 yield Button("Register", id="ok", variant="warning")
                 yield Button("Cancel", id="cancel")
 
+    @on(Input.Submitted, "#import-serial")
     @on(Button.Pressed, "#ok")
     def _ok(self) -> None:
         target = self.query_one("#import-target", Select).value
@@ -190,6 +191,11 @@ class ReverifyScreen(_Dialog):
         with Vertical(classes="dialog"):
             yield Label(
                 Content(f"Re-verify {self._serial}: put the unit on a free slot"), classes="dialog-title"
+            )
+            yield Label(
+                "The station holds that slot (the line starts no unit on it), checks the unit's id against "
+                "its record, then lets the unit connect with its own identity.",
+                id="reverify-help",
             )
             yield Select([(s, s) for s in self._slots], id="reverify-slot", prompt="slot")
             with Horizontal(classes="buttons"):
