@@ -117,6 +117,9 @@ class Line:
         drivers (openhtf style: the lab, the demo and the tests inject their own).
         """
         self._on_event = on_event
+        # A line that built its own wiring also ends it (stop() releases the observer identities it made);
+        # a caller that passed a ready context closes that context itself.
+        self._owns_context = context is None
         if context is None:
             from station.context import StationContext  # the wiring imports every real part
 
@@ -242,6 +245,10 @@ class Line:
         deadline = None if timeout is None else time.monotonic() + timeout
         for worker in self._workers.values():
             worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        if self._owns_context and not any(w.is_alive() for w in self._workers.values()):
+            close = getattr(self._ctx, "close", None)
+            if close is not None:
+                close()
 
     def __enter__(self) -> Line:
         return self

@@ -52,4 +52,7 @@ def run(args: argparse.Namespace) -> int:
             if busy:
                 print(f"Finishing the units in progress ({', '.join(busy)})…", file=sys.stderr)
             line.stop()
+            # The station's own identities (observers for verify-by-observing) end with the station.
+            for problem in context.close():
+                print(f"Could not remove an observer identity: {problem}", file=sys.stderr)
     return EXIT_OK

@@ -23,7 +23,7 @@ class SlotLike(Protocol):
     @property
     def port(self) -> str: ...
     @property
-    def state(self) -> str: ...  # idle | busy | stopped
+    def state(self) -> str: ...  # idle | busy | reserved | stopped
     @property
     def serial(self) -> str: ...
     @property

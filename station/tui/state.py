@@ -88,7 +88,7 @@ class CardState:
     slot: str
     port: str = ""
     product: str = ""
-    state: str = "idle"  # the line's view: idle | busy | stopped
+    state: str = "idle"  # the line's view: idle | busy | reserved | stopped
     step: str = ""
     serial: str = ""
     steps: dict[str, StepView] = field(default_factory=_fresh_steps)

@@ -239,3 +239,33 @@ def test_a_reservation_is_given_back_after_an_error_and_refused_for_unknown_slot
         assert error.value.title == "Line stopped"
     finally:
         line.stop(timeout=10)
+
+
+def test_a_line_that_built_its_wiring_closes_it_on_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Observer identities made for verify-by-observing must end with the line, not live on in AWS."""
+    import station.context
+
+    closed: list[bool] = []
+
+    class Context:
+        on_event: Any = None
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def slot_ports(self) -> dict[str, str]:
+            return {"s1": "loop://"}
+
+        def close(self) -> list[str]:
+            closed.append(True)
+            return []
+
+    monkeypatch.setattr(station.context, "StationContext", Context)
+    line = Line(object(), ledger=None)
+    line.stop(timeout=5)
+    assert closed == [True]
+
+    given = Context()
+    other = Line.from_context(given)  # type: ignore[arg-type]
+    other.stop(timeout=5)
+    assert closed == [True], "a context the caller passed in is the caller's to close"

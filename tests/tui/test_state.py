@@ -197,3 +197,12 @@ def test_header_says_lab_or_production_in_words() -> None:
     assert prod.production and not prod.lab and prod.operator == "night-shift"
     text = target_line(prod).plain
     assert text.startswith("▲ PRODUCTION") and "111122223333" in text and "lab" not in text.lower()
+
+
+def test_a_reserved_slot_says_so_instead_of_ready() -> None:
+    from station.tui.operator.slot_card import banner_text
+    from station.tui.state import CardState
+
+    assert "READY" in str(banner_text(CardState(slot="s1")))
+    reserved = str(banner_text(CardState(slot="s1", state="reserved")))
+    assert "RESERVED" in reserved and "READY" not in reserved

@@ -64,6 +64,8 @@ def banner_text(card: CardState) -> Content:
         return Content(f"▶ WORKING  {card.step or 'queued'}")
     if card.state == "stopped":
         return Content("■ STOPPED")
+    if card.state == "reserved":
+        return Content("◇ RESERVED  QA is checking a unit here")
     return Content("○ READY  scan a unit")
 
 
