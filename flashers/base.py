@@ -275,3 +275,30 @@ class WireStats:
     @property
     def wire_bytes(self) -> int:
         return self.bytes_out + self.bytes_in
+
+
+def check_certificate_fits_csr(cert_pem: str, csr_pem: str | None, *, device: str = "device") -> None:
+    """Refuse a certificate whose public key is not the one in the CSR the unit made (`StationFault`).
+
+    A device-made key never leaves the unit, so installing a certificate for another key would brick its
+    identity; the station signed the wrong request, which is a station problem, not the unit's.
+    """
+    if csr_pem is None:
+        return
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem.encode("ascii"))
+        csr = x509.load_pem_x509_csr(csr_pem.encode("ascii"))
+        spki = serialization.PublicFormat.SubjectPublicKeyInfo
+        der = serialization.Encoding.DER
+        same = cert.public_key().public_bytes(der, spki) == csr.public_key().public_bytes(der, spki)
+    except (ValueError, UnicodeEncodeError):
+        same = False
+    if not same:
+        raise StationFault(
+            "Certificate does not fit the device key",
+            f"The certificate to install is not for the key the {device} made.",
+            "Call a technician: the certificate was signed for a different request.",
+        )

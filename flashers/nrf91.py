@@ -80,6 +80,7 @@ from flashers.base import (
     ProofMismatch,
     WireStats,
     WriteProof,
+    check_certificate_fits_csr,
 )
 from flashers.serialio import OVERFLOW, LineIO, open_port, wire_time
 from station.errors import StationError, StationFault, UnitFault
@@ -466,25 +467,7 @@ class Nrf91Flasher(Flasher):
                 return
 
     def _check_matches_csr(self, cert_pem: str) -> None:
-        if self._csr_pem is None:
-            return
-        from cryptography import x509
-        from cryptography.hazmat.primitives import serialization
-
-        try:
-            cert = x509.load_pem_x509_certificate(cert_pem.encode("ascii"))
-            csr = x509.load_pem_x509_csr(self._csr_pem.encode("ascii"))
-            spki = serialization.PublicFormat.SubjectPublicKeyInfo
-            der = serialization.Encoding.DER
-            same = cert.public_key().public_bytes(der, spki) == csr.public_key().public_bytes(der, spki)
-        except (ValueError, UnicodeEncodeError):
-            same = False
-        if not same:
-            raise StationFault(
-                "Certificate does not fit the device key",
-                "The certificate to install is not for the key the modem made.",
-                "Call a technician: the certificate was signed for a different request.",
-            )
+        check_certificate_fits_csr(cert_pem, self._csr_pem, device="modem")
 
     # --------------------------------------------------------------------------------------- session
     def _ensure_session(self) -> None:

@@ -59,6 +59,7 @@ from flashers.base import (
     ProofMismatch,
     WireStats,
     WriteProof,
+    check_certificate_fits_csr,
 )
 from flashers.serialio import OVERFLOW, LineIO, open_port, wire_time
 from station.errors import StationError, StationFault, UnitFault
@@ -504,25 +505,7 @@ class Prov1Flasher(Flasher):
             pass  # the original failure is what the operator needs to see
 
     def _check_matches_csr(self, cert_pem: str) -> None:
-        if self._csr_pem is None:
-            return
-        try:
-            from cryptography import x509
-            from cryptography.hazmat.primitives import serialization
-
-            cert = x509.load_pem_x509_certificate(cert_pem.encode("ascii"))
-            csr = x509.load_pem_x509_csr(self._csr_pem.encode("ascii"))
-            spki = serialization.PublicFormat.SubjectPublicKeyInfo
-            enc = serialization.Encoding.DER
-            same = cert.public_key().public_bytes(enc, spki) == csr.public_key().public_bytes(enc, spki)
-        except ValueError:
-            same = False
-        if not same:
-            raise StationFault(
-                "Certificate does not fit the device key",
-                "The certificate to install is not for the key the device made.",
-                "Call a technician: the certificate was signed for a different request.",
-            )
+        check_certificate_fits_csr(cert_pem, self._csr_pem, device="device")
 
     # ---------------------------------------------------------------------------------------- session
     def _ensure_session(self) -> None:
