@@ -1,14 +1,20 @@
-"""`station demo`: the station over a simulated line (the lab + one simulated PROV/1 unit per slot on a pty).
+"""`station demo`: the station over a simulated line (the lab + one simulated unit per slot).
 
-    station demo                                    # the operator screen over 4 simulated slots
-    station demo --headless --slots 4 --units 40    # feed 40 fresh units through the line, print a summary
+    station demo                                    # the operator screen: 4 slots, one per device family
+    station demo --headless --slots 4 --units 40    # feed 40 fresh PROV/1 units through the line, print a summary
+    station demo --headless --families prov1,expresslink,nrf91,esp32 --units 8    # a mixed line
     station demo --headless --units 20 --fault-every 5 --json     # every 5th unit is a bad one (FAIL + rollback)
     station demo --headless --paced --slots 8 --units 80          # devices answer at 115200 baud wire time
 
-Headless, every unit is a fresh simulated device (new device id, new flash file) whose printed serial is its
-device id, so the station's cross-check passes; a demo fault (`--fault-every K`, `--fault KIND`) makes every
-K-th unit a bad one that must come out FAIL with what it registered rolled back. The summary gives per unit the
-serial, outcome, thing name, certificate id, target, step timings and the unit's flash file; then the totals.
+Slots take the `--families` round-robin (default: every family for the interactive demo, PROV/1 only headless).
+Headless, every unit is a fresh simulated device of its slot's family (new device id, new store). A PROV/1
+unit's printed serial is its device id, so the station's cross-check passes; ExpressLink, nRF91 and ESP32 units
+carry family serials (`EL####`, `NRF####`, `ESP####`) that are not their device ids (ThingName, IMEI, MAC), so
+the demo's products turn the cross-check off (see `station.demo`). On a mixed line every slot takes an even
+share of the units. A demo fault (`--fault-every K`, `--fault KIND`) makes every K-th unit a bad one that must
+come out FAIL with what it registered rolled back (a family gets only the faults its simulator can act out).
+The summary gives per unit the family, serial, outcome, thing name, device id, certificate id, target, step
+timings and the unit's store; then the totals, per family too.
 
 Exit codes: 0 when every unit PASSed, or every non-PASS was an injected demo fault that came out as expected;
 otherwise 1 (a unit FAILed unexpectedly) or 3 (an ERROR). A thin layer over `station.demo.DemoLine`.
@@ -27,12 +33,16 @@ from station.errors import StationFault
 
 EXAMPLES = """examples:
   station demo
+  station demo --families prov1,esp32
   station demo --headless --slots 4 --units 40
+  station demo --headless --families all --slots 4 --units 8
   station demo --headless --units 20 --fault-every 5 --fault disconnect --json
   station demo --headless --paced --slots 8 --units 80 --state-dir /tmp/demo
 
-demo faults: disconnect (drops off mid-write), bad-store (flash corrupts what it keeps),
-             wrong-unit (not the unit that was scanned), mixed (each in turn; the default)
+families:    prov1 (serials SIM####), expresslink (EL####), nrf91 (NRF####), esp32 (ESP####; in-process
+             only: esptool cannot run against a pty), or all
+demo faults: disconnect (drops off part-way), bad-store (its store corrupts what it keeps; not ExpressLink),
+             wrong-unit (not the unit that was scanned; PROV/1 only), mixed (each in turn; the default)
 """
 
 STEP_ORDER = ("identify", "identity", "write", "register", "write_register", "verify", "record", "total")
@@ -54,6 +64,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--slots", type=int, default=4, help="slots on the line, one simulated unit each (default 4)"
+    )
+    p.add_argument(
+        "--families",
+        default=None,
+        metavar="F1,F2,…",
+        help="device families of the slots, round-robin (prov1, expresslink, nrf91, esp32, or all; default: "
+        "all for the interactive demo, prov1 headless)",
     )
     p.add_argument(
         "--units", type=int, default=20, help="units to feed through the line (headless; default 20)"
@@ -89,8 +106,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from station.demo import FAMILIES, parse_families
     from station.errors import InputError
 
+    if args.families is not None:
+        args.families = parse_families(args.families)
+    else:
+        args.families = ["prov1"] if args.headless else list(FAMILIES)
     if args.baud <= 0:
         raise InputError(
             "Bad baud rate", f"{args.baud} is not a baud rate.", "Give a positive number, e.g. 115200."
@@ -114,22 +136,35 @@ def run(args: argparse.Namespace) -> int:
 def run_headless(args: argparse.Namespace) -> int:
     from station.demo import DemoLine
 
-    progress = None if args.json else _progress
+    families_of: dict[str, str] = {}  # slot → family, once the demo has assigned them
+
+    def progress(event: Any) -> None:
+        if event.kind == "unit_finished":
+            print(
+                f"  {event.slot:<8} {families_of.get(event.slot, ''):<11} {event.serial:<12} "
+                f"{event.outcome:<5} {event.title}",
+                file=sys.stderr,
+                flush=True,
+            )
+
     demo = DemoLine(
         args.state_dir,
         slots=args.slots,
+        families=args.families,
         paced=args.paced,
         baud=args.baud,
         lab_throttling=not args.no_throttling,
         fault_every=args.fault_every,
         fault=args.fault,
-        on_event=progress,
+        on_event=None if args.json else progress,
     )
+    families_of.update(demo.slot_families)
     with demo:
         if not args.json:
             target = demo.lab.target()
             print(
-                f"Demo line: {args.slots} slots, {args.units} units, target {target.name} "
+                f"Demo line: {args.slots} slots ({', '.join(demo.families)}), {args.units} units, "
+                f"target {target.name} "
                 f"({target.account_id}/{target.region}); state in {demo.state_dir}",
                 file=sys.stderr,
                 flush=True,
@@ -144,6 +179,7 @@ def run_headless(args: argparse.Namespace) -> int:
             "paced": args.paced,
             "baud": args.baud,
             "throttling": not args.no_throttling,
+            "slot_families": dict(demo.slot_families),
         }
     if args.json:
         print(json.dumps(document))
@@ -165,15 +201,6 @@ def exit_code(report: Any) -> int:
     return EXIT_FAIL
 
 
-def _progress(event: Any) -> None:
-    if event.kind == "unit_finished":
-        print(
-            f"  {event.slot:<8} {event.serial:<12} {event.outcome:<5} {event.title}",
-            file=sys.stderr,
-            flush=True,
-        )
-
-
 def _timings(timings: dict[str, float]) -> str:
     names = sorted(timings, key=lambda k: STEP_ORDER.index(k) if k in STEP_ORDER else len(STEP_ORDER))
     return "  ".join(f"{k} {timings[k]:.0f} ms" for k in names)
@@ -186,10 +213,13 @@ def print_summary(document: dict[str, Any]) -> None:
             verdict = "as expected" if unit["as_expected"] else f"expected {unit['expected']}"
             fault = f"  [demo fault: {unit['fault']}, {verdict}]"
         print(
-            f"#{unit['unit']:<4} {unit['slot']:<8} {unit['serial']:<12} {unit['outcome']:<5} {unit['title']}{fault}"
+            f"#{unit['unit']:<4} {unit['slot']:<8} {unit['family']:<11} {unit['serial']:<12} "
+            f"{unit['outcome']:<5} {unit['title']}{fault}"
         )
         if unit["outcome"] != "PASS":
             print(f"       {unit['message']}  Next: {unit['next_action']}")
+        if unit["device_id"] and unit["device_id"] != unit["serial"]:
+            print(f"       device id {unit['device_id']}")
         if unit["thing_name"]:
             print(f"       thing {unit['thing_name']}  target {unit['target']}")
         if unit["certificate_id"]:
@@ -198,19 +228,27 @@ def print_summary(document: dict[str, Any]) -> None:
             print(f"       undo {comp['action']}: {'ok' if comp['ok'] else 'FAILED'} — {comp['detail']}")
         if unit["timings_ms"]:
             print(f"       {_timings(unit['timings_ms'])}")
-        print(f"       flash {unit['flash_file']}")
+        print(f"       flash {unit['store']}")
     t = document["totals"]
     injected = f" ({t['injected_faults']} injected demo faults)" if t["injected_faults"] else ""
     print(
         f"Totals: {t['units']} units on {t['slots']} slots — {t['pass']} PASS, {t['fail']} FAIL, "
         f"{t['error']} ERROR{injected}; {t['unexpected']} unexpected"
     )
+    if len(t["families"]) > 1:
+        order = list(dict.fromkeys(document.get("slot_families", {}).values()))  # the line's slot order
+        names = sorted(t["families"], key=lambda n: order.index(n) if n in order else len(order))
+        rows = [(n, t["families"][n]) for n in names]
+        print(
+            "        by family: "
+            + "; ".join(f"{n} {r['pass']} PASS, {r['fail']} FAIL, {r['error']} ERROR" for n, r in rows)
+        )
     print(f"        wall {t['wall_s']:.2f} s, {t['units_per_hour']:.0f} units/hour")
     print(f"        station.toml {document['config']}  ledger {document['ledger']}")
 
 
 def run_interactive(args: argparse.Namespace) -> int:
-    """The operator screen over the demo line (issue 6 builds on this)."""
+    """The operator screen over the demo line (issue 6): by default 4 slots, one per device family."""
     try:
         from station.tui import EventRelay, run_app
     except ImportError:
@@ -222,16 +260,18 @@ def run_interactive(args: argparse.Namespace) -> int:
     from station.demo import DemoLine
 
     relay = EventRelay()
-    # An operator types any serial the product accepts: without the device-id cross-check the unit in the
-    # jig takes it, so a newcomer need not know the simulated unit's id. A fresh unit goes into a jig after
+    # An operator types any serial the slot's product accepts: without the device-id cross-check the unit in
+    # the jig takes it, so a newcomer need not know the simulated unit's id. A fresh unit goes into a jig after
     # each unit; every third is a faulty demo unit (FAIL and its rollback).
+    every = args.fault_every or 3
     demo = DemoLine(
         args.state_dir,
         slots=args.slots,
+        families=args.families,
         paced=args.paced,
         baud=args.baud,
         lab_throttling=not args.no_throttling,
-        fault_every=args.fault_every or 3,
+        fault_every=every,
         fault=args.fault,
         on_event=relay,
         auto_replace=True,
@@ -239,10 +279,42 @@ def run_interactive(args: argparse.Namespace) -> int:
     )
     with demo:
         assert demo.config is not None
-        welcome = (
-            "This is the lab, not AWS. Type a serial such as SIM0001 and press Enter to provision the unit "
-            f"in the next free jig. Every {args.fault_every or 3}rd unit is a faulty demo unit: watch it FAIL "
-            "and roll back. F3 opens the QA desk (PIN 0000); Ctrl+Q quits."
-        )
-        run_app(demo.config, demo.line, demo.ledger, relay=relay, welcome=welcome)
+        run_app(demo.config, demo.operator_line(), demo.ledger, relay=relay, welcome=welcome(demo, every))
     return 0
+
+
+def welcome(demo: Any, every: int) -> str:
+    """What the newcomer reads first: what each slot holds and what to type."""
+    from station.demo import FAMILIES
+
+    if demo.mixed:
+        first_of: dict[str, str] = {}
+        for slot, family in demo.slot_families.items():
+            first_of.setdefault(family, slot)
+        jigs = ", ".join(
+            f"{FAMILIES[f].label} in {slot} (type {FAMILIES[f].example_serial})"
+            for f, slot in first_of.items()
+        )
+        what = (
+            f"Each jig holds a simulated unit: {jigs}. Type a serial and press Enter: it goes to the next free "
+            "jig of its family (or put the slot number first, e.g. 2:"
+            f"{FAMILIES[demo.slot_families[demo.slot_names[1]]].example_serial})."
+        )
+    else:
+        family = FAMILIES[demo.families[0]]
+        what = (
+            f"Type a serial such as {family.example_serial} and press Enter to provision the {family.label} unit "
+            "in the next free jig."
+        )
+    return (
+        f"This is the lab, not AWS. {what} Every {_nth(every)}unit is a faulty demo unit: watch it FAIL and "
+        "roll back. F3 opens the QA desk (PIN 0000); Ctrl+Q quits."
+    )
+
+
+def _nth(n: int) -> str:
+    """'3rd ', '11th ' … and '' for 1 ("every unit")."""
+    if n == 1:
+        return ""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix} "

@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -53,6 +53,29 @@ def lab_account_ids(count: int) -> tuple[str, ...]:
 def target_name(account_index: int, region: str) -> str:
     """The station target name for the lab registry (account n, region): `lab1-ap-northeast-1`."""
     return f"lab{account_index + 1}-{region}"
+
+
+@dataclass(frozen=True)
+class LabProduct:
+    """A product for `Lab.station_toml`: its device family, serial pattern and `[products.NAME.options]`.
+
+    `thing_name_template` is a target setting in station.toml; a product that needs its own (an ExpressLink
+    module must be named by its ThingName, `{device_id}`) goes to a target of its own, `<first target>-<product>`,
+    on the same lab registry as the first target.
+    """
+
+    flasher: str = "prov1"
+    serial_pattern: str = LAB_SERIAL_PATTERN
+    options: Mapping[str, bool | int | float | str] = field(default_factory=dict)
+    thing_name_template: str | None = None
+
+
+def _toml_value(value: bool | int | float | str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(value)  # a JSON string is a valid TOML basic string
 
 
 @dataclass(frozen=True)
@@ -234,8 +257,24 @@ class Lab:
             "accounts": accounts,
         }
 
-    def station_toml(self, *, ledger: str = "ledger.sqlite", slots: dict[str, str] | None = None) -> str:
-        """A ready station.toml pointing at this lab; `slots` maps slot name → port URL (product `sim`)."""
+    def station_toml(
+        self,
+        *,
+        ledger: str = "ledger.sqlite",
+        slots: dict[str, str] | None = None,
+        products: Mapping[str, LabProduct] | None = None,
+        slot_products: Mapping[str, str] | None = None,
+    ) -> str:
+        """A ready station.toml pointing at this lab; `slots` maps slot name → port URL.
+
+        By default there is one product, `sim` (PROV/1, serials `SIM####`). `products` replaces it (name →
+        `LabProduct`); `slot_products` names each slot's product (default: `sim` if there is one, else the
+        first product).
+        """
+        products = dict(products) if products is not None else {"sim": LabProduct()}
+        if not products:
+            raise InputError("No product", "The lab's station.toml needs at least one product.", "Give one.")
+        default_product = "sim" if "sim" in products else next(iter(products))
         lines = [
             "# Written by the lab: every target points at the local AWS IoT (lab = true).",
             "[station]",
@@ -245,37 +284,57 @@ class Lab:
             'qa_pin = "0000"',
             "",
         ]
+        first = self.registries[0].target
         for registry in self.registries:
-            t = registry.target
+            lines += self._target_toml(registry.target.name, registry.target)
+        product_targets: dict[str, str] = {}
+        for name, product in products.items():
+            product_targets[name] = first.name
+            if product.thing_name_template is not None:
+                product_targets[name] = f"{first.name}-{name}"
+                lines += self._target_toml(
+                    product_targets[name], first, thing_name_template=product.thing_name_template
+                )
+        for name, product in products.items():
             lines += [
-                f"[targets.{t.name}]",
-                "lab = true",
-                f'region = "{t.region}"',
-                f'account_id = "{t.account_id}"',
-            ]
-            if t.role_arn:
-                lines.append(f'role_arn = "{t.role_arn}"')
-            lines += [
-                f'endpoint_url = "{t.endpoint_url}"',
-                f'endpoint = "{t.endpoint}"',
-                f"port = {t.port}",
-                f"ca_file = {json.dumps(t.ca_file)}",
-                f'aws_access_key_id = "{t.aws_access_key_id}"',
-                f'aws_secret_access_key = "{t.aws_secret_access_key}"',
-                f'policy_name = "{t.policy_name}"',
-                f"policy_document = '''{t.policy_document}'''",
+                f"[products.{name}]",
+                f"serial_pattern = {json.dumps(product.serial_pattern)}",
+                f"flasher = {json.dumps(product.flasher)}",
+                f'target = "{product_targets[name]}"',
                 "",
             ]
-        lines += [
-            "[products.sim]",
-            f'serial_pattern = "{LAB_SERIAL_PATTERN}"',
-            'flasher = "prov1"',
-            f'target = "{self.registries[0].target.name}"',
-            "",
-        ]
+            if product.options:
+                lines.append(f"[products.{name}.options]")
+                lines += [f"{key} = {_toml_value(value)}" for key, value in product.options.items()]
+                lines.append("")
         for name, port in (slots or {}).items():
-            lines += [f"[slots.{name}]", f"port = {json.dumps(port)}", 'product = "sim"', ""]
+            product_name = (slot_products or {}).get(name, default_product)
+            lines += [f"[slots.{name}]", f"port = {json.dumps(port)}", f'product = "{product_name}"', ""]
         return "\n".join(lines)
+
+    @staticmethod
+    def _target_toml(name: str, t: Target, *, thing_name_template: str | None = None) -> list[str]:
+        lines = [
+            f"[targets.{name}]",
+            "lab = true",
+            f'region = "{t.region}"',
+            f'account_id = "{t.account_id}"',
+        ]
+        if t.role_arn:
+            lines.append(f'role_arn = "{t.role_arn}"')
+        lines += [
+            f'endpoint_url = "{t.endpoint_url}"',
+            f'endpoint = "{t.endpoint}"',
+            f"port = {t.port}",
+            f"ca_file = {json.dumps(t.ca_file)}",
+            f'aws_access_key_id = "{t.aws_access_key_id}"',
+            f'aws_secret_access_key = "{t.aws_secret_access_key}"',
+            f'policy_name = "{t.policy_name}"',
+            f"policy_document = '''{t.policy_document}'''",
+        ]
+        if thing_name_template is not None:
+            lines.append(f"thing_name_template = {json.dumps(thing_name_template)}")
+        return [*lines, ""]
 
     def write_files(self) -> None:
         self.lab_json_path.write_text(json.dumps(self.description(), indent=2) + "\n")
