@@ -628,59 +628,6 @@ class DemoReport:
 # ------------------------------------------------------------------------------------ the operator's scan
 
 
-class ScanRouter:
-    """The demo line as the operator screen drives it (`station.tui.api.LineAPI`, the rest passed through).
-
-    On a mixed line the slots take different serials (`SIM####` in a PROV/1 jig, `EL####` in an ExpressLink
-    one), and the line's own "next free slot" does not look at the serial. A scan without a slot therefore goes
-    to the next free slot whose product takes that serial; a scan that fits no product, or only busy slots, is
-    refused on the spot with the reason. A scan for a named slot goes to the line as it is.
-    """
-
-    def __init__(self, line: Line, config: StationConfig) -> None:
-        self._line = line
-        self._config = config
-
-    def scan(self, serial: str, slot: str | None = None) -> str:
-        products = {s.product for s in self._config.slots.values() if s.product}
-        if slot is not None or len(products) <= 1:
-            return self._line.scan(serial, slot)
-        fitting = [
-            name for name, s in self._config.slots.items() if s.product and self._fits(s.product, serial)
-        ]
-        if not fitting:
-            wanted = "; ".join(
-                f"{p.serial_pattern} ({p.name})" for p in self._config.products.values() if p.name in products
-            )
-            raise InputError(
-                "Serial not for this line",
-                f"{serial.strip()!r} fits none of this line's products: {wanted}.",
-                "Scan the unit's label again, or type a serial one of the slots takes.",
-            )
-        idle = {s.name for s in self._line.slots() if s.state == IDLE}
-        for name in fitting:
-            if name in idle:
-                return self._line.scan(serial, name)
-        raise InputError(
-            "No free slot for this unit",
-            f"Every slot that takes {serial.strip()} ({', '.join(fitting)}) is busy.",
-            "Wait for one of them to finish, then scan the unit again.",
-        )
-
-    def _fits(self, product: str, serial: str) -> bool:
-        try:
-            self._config.product(product).validate_serial(serial)
-        except InputError:
-            return False
-        return True
-
-    def slots(self) -> Sequence[Any]:
-        return self._line.slots()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._line, name)
-
-
 # ------------------------------------------------------------------------------------------- the line
 
 
@@ -872,11 +819,6 @@ class DemoLine:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-    def operator_line(self) -> ScanRouter:
-        """The line for the operator screen: a scan goes to the next free slot that takes its serial."""
-        assert self.config is not None, "start the demo first"
-        return ScanRouter(self.line, self.config)
 
     # --------------------------------------------------------------------------------------------- units
     def next_fault(self, family: str = DEFAULT_FAMILY) -> str | None:

@@ -175,8 +175,11 @@ class Line:
         with self._lock:
             if self._stopping:
                 raise InputError("Line stopped", "The line is shutting down.", "Start the station again.")
-            name = self._pick(slot)
-            request = self._ctx.prepare(serial, slot=name, product=product, target=target)
+            if slot is not None:
+                name = self._pick(slot)
+                request = self._ctx.prepare(serial, slot=name, product=product, target=target)
+            else:
+                name, request = self._pick_for(serial, product=product, target=target)
             state = self._states[name]
             self._states[name] = replace(state, state=BUSY, serial=request.serial, step="")
             self._queues[name].put(_Job(request, port or state.port))
@@ -297,6 +300,35 @@ class Line:
             "No free slot",
             "Every slot is busy with a unit.",
             "Wait for a slot to finish, then scan the unit again.",
+        )
+
+    def _pick_for(self, serial: str, *, product: str | None, target: str | None) -> tuple[str, Any]:
+        """The next free slot whose product takes this serial (a mixed line routes by the serial's pattern)."""
+        refusals: dict[str, InputError] = {}  # by message: one per product that refused the serial
+        takers: list[str] = []
+        for name, state in self._states.items():
+            try:
+                request = self._ctx.prepare(serial, slot=name, product=product, target=target)
+            except InputError as error:
+                refusals.setdefault(error.message, error)
+                continue
+            if state.state == IDLE:
+                return name, request
+            takers.append(name)
+        if takers:
+            if not any(state.state == IDLE for state in self._states.values()):
+                self._pick(None)  # every slot is taken: the plain "No free slot"
+            raise InputError(
+                "No free slot for this unit",
+                f"Every slot that takes {serial.strip()!r} ({', '.join(takers)}) is busy.",
+                "Wait for one of them to finish, then scan the unit again.",
+            )
+        if len(refusals) == 1:
+            raise next(iter(refusals.values()))
+        raise InputError(
+            "Serial not for this line",
+            f"{serial.strip()!r} fits none of this line's products: " + " / ".join(refusals),
+            "Scan the unit's label again, or type a serial one of the slots takes.",
         )
 
     def _work(self, name: str) -> None:

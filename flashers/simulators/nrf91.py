@@ -1,7 +1,8 @@
 """The nRF91 modem behind an nRF Connect SDK AT host, simulated on a pty: what `flashers.nrf91` talks to.
 
 `Nrf91Modem` is a device model for `flashers.simulators.pty.PtyDevice`. It follows Nordic's AT command reference
-and the SDK's `lib/at_host` closely enough that Nordic's own host tools (nrfcredstore) work against it:
+and the SDK's `lib/at_host` closely enough that Nordic's own host tools work against it unmodified (nrfcredstore
+and nrfcloud-utils' device_credentials_installer, both run in tests/flashers/test_vendor_tools.py):
 
 - the AT host: bytes collect in a 4096-byte buffer; CR/LF end a command only outside double quotes (so a PEM
   goes inside quotes as is); past the buffer, bytes are dropped (a command cut inside a quote leaves the host
@@ -17,8 +18,9 @@ and the SDK's `lib/at_host` closely enough that Nordic's own host tools (nrfcred
   online (CFUN 1, 2 or 21);
 - `AT%KEYGEN=<sec_tag>,2,<0|1>[,"<attributes>"]`: a P-256 key made "in the modem" replaces the tag's key, and
   the answer is `%KEYGEN: "<base64url(CSR DER)>.<base64url(COSE_Sign1)>"` (format 1: the public key DER
-  instead of the CSR). The COSE part is a well-formed COSE_Sign1 over the CSR's SHA-256, signed by a per-unit
-  attestation key; it is not Nordic's exact attestation payload.
+  instead of the CSR). The COSE part has a real modem's layout (COSE_Sign1, ES256, kid = identity key, payload
+  [message type 9 CSR / 8 public key, device UUID, sec_tag, SHA-256 of the body, nonce]), so nrfcloud-utils'
+  parser reads it; only its signing key is the simulator's own per-unit key, not a Nordic identity key.
 
 Flash: a JSON file `nrf91-<imei>.json` under the state dir with the IMEI, firmware and credentials per tag
 (rewritten atomically on each change, like the modem's NVM write per command), so a test can act as the
@@ -70,6 +72,12 @@ _ATTRIBUTES = {"CN": "COMMON_NAME", "O": "ORGANIZATION_NAME", "OU": "ORGANIZATIO
                "L": "LOCALITY_NAME", "ST": "STATE_OR_PROVINCE_NAME", "C": "COUNTRY_NAME"}  # fmt: skip
 _NOTIFICATIONS = ("+CEREG: 0", "%XMODEMSLEEP: 1,0", "+CSCON: 0", "%XSIM: 1")
 _UNTOUCHABLE = b'"\r\n'  # bytes line noise in the simulator never hits (see the module docstring)
+# The %KEYGEN attestation (what nrfcloud-utils' modem_credentials_parser reads): message types, kid, CBOR tags.
+_MSG_PUBKEY = 8  # public key message v2 (<response_content> 1)
+_MSG_CSR = 9  # CSR message v1 (<response_content> 0)
+_KID_IDENTITY_KEY = -2
+_CBOR_TAG_COSE_SIGN1 = b"\xd2"  # tag 18
+_CBOR_SELF_DESCRIBED = b"\xd9\xd9\xf7"  # tag 55799
 
 
 @dataclass
@@ -512,30 +520,34 @@ class Nrf91Modem:
                 serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
             )
         self.flash.put(tag, 2, pem)  # the new key replaces the tag's old one at once
-        return [f'%KEYGEN: "{_b64url(body)}.{_b64url(self._cose_sign1(body))}"']
+        cose = self._cose_sign1(body, tag, _MSG_CSR if form == 0 else _MSG_PUBKEY)
+        return [f'%KEYGEN: "{_b64url(body)}.{_b64url(cose)}"']
 
-    def _cose_sign1(self, body: bytes) -> bytes:
-        """A minimal COSE_Sign1 (tag 18): protected {alg: ES256}, no unprotected, payload SHA-256(body)."""
+    def _cose_sign1(self, body: bytes, sec_tag: int, message_type: int) -> bytes:
+        """The attestation COSE_Sign1 (tag 18) laid out as a real modem's: protected {alg: ES256},
+        unprotected {kid: the identity key}, payload a self-described CBOR array [message type, device UUID
+        (16 bytes), CBOR-encoded sec_tag, SHA-256(body), 16-byte nonce], signature r||s over the COSE
+        Sig_structure. Only the signing key is the simulator's own (per unit, not Nordic's identity key)."""
         from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.asymmetric import ec
         from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
         if self._attestation_key is None:
             self._attestation_key = ec.generate_private_key(ec.SECP256R1())
-        digest = hashlib.sha256(body).digest()
-        r, s = decode_dss_signature(self._attestation_key.sign(digest, ec.ECDSA(hashes.SHA256())))
-        signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
-        protected = b"\xa1\x01\x26"  # {1: -7}
-        return (
-            b"\xd2\x84"
-            + bytes([0x40 | len(protected)])
-            + protected
-            + b"\xa0"
-            + b"\x58\x20"
-            + digest
-            + b"\x58\x40"
-            + signature
+        protected = _cbor({1: -7})
+        payload = _CBOR_SELF_DESCRIBED + _cbor(
+            [
+                message_type,
+                uuid.UUID(self.flash.uuid).bytes,
+                _cbor(sec_tag),
+                hashlib.sha256(body).digest(),
+                secrets.token_bytes(16),
+            ]
         )
+        to_sign = _cbor(["Signature1", protected, b"", payload])
+        r, s = decode_dss_signature(self._attestation_key.sign(to_sign, ec.ECDSA(hashes.SHA256())))
+        signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        return _CBOR_TAG_COSE_SIGN1 + _cbor([protected, {4: _cbor(_KID_IDENTITY_KEY)}, payload, signature])
 
     # --------------------------------------------------------------------------------------------- hello
     def _start_hello(self, link: Link) -> None:
@@ -651,6 +663,34 @@ def _subject(attributes: str) -> Any:
 
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _cbor(value: int | bytes | str | list[Any] | dict[int, Any]) -> bytes:
+    """CBOR (RFC 8949, shortest heads) of the few types the attestation needs: ints, byte and text strings,
+    arrays, maps with int keys (in the order given)."""
+
+    def head(major: int, n: int) -> bytes:
+        if n < 24:
+            return bytes([major << 5 | n])
+        for extra, size in ((24, 1), (25, 2), (26, 4), (27, 8)):
+            if n < 1 << (8 * size):
+                return bytes([major << 5 | extra]) + n.to_bytes(size, "big")
+        raise ValueError("CBOR integer too large")
+
+    if isinstance(value, bool):
+        raise TypeError("no booleans in the attestation")
+    if isinstance(value, int):
+        return head(0, value) if value >= 0 else head(1, -1 - value)
+    if isinstance(value, bytes):
+        return head(2, len(value)) + value
+    if isinstance(value, str):
+        raw = value.encode("utf-8")
+        return head(3, len(raw)) + raw
+    if isinstance(value, list):
+        return head(4, len(value)) + b"".join(_cbor(item) for item in value)
+    if isinstance(value, dict):
+        return head(5, len(value)) + b"".join(_cbor(k) + _cbor(v) for k, v in value.items())
+    raise TypeError(f"cannot encode {type(value).__name__} as CBOR")
 
 
 # ------------------------------------------------------------------------------- the unit's own hello

@@ -279,7 +279,7 @@ def run_interactive(args: argparse.Namespace) -> int:
     )
     with demo:
         assert demo.config is not None
-        run_app(demo.config, demo.operator_line(), demo.ledger, relay=relay, welcome=welcome(demo, every))
+        run_app(demo.config, demo.line, demo.ledger, relay=relay, welcome=welcome(demo, every))
     return 0
 
 

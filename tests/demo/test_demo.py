@@ -612,7 +612,9 @@ def test_interactive_demo_is_a_mixed_line_and_a_scan_goes_to_a_slot_of_its_famil
         seen["slots"], Outcome.PASS
     )
     assert {r.family for r in seen["results"].values()} == set(ALL_FAMILIES)
-    assert seen["busy"] == "No free slot for this unit"
+    # Which refusal depends on whether the other families' units have finished yet: all slots busy, or only
+    # the PROV/1 one.
+    assert seen["busy"] in ("No free slot", "No free slot for this unit")
     assert seen["foreign"][0] == "Serial not for this line" and "EL[0-9]{4,8}" in seen["foreign"][1]
     for family in FAMILIES.values():
         assert f"{family.label} in slot-" in seen["welcome"] and family.example_serial in seen["welcome"]

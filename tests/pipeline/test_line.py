@@ -269,3 +269,52 @@ def test_a_line_that_built_its_wiring_closes_it_on_stop(monkeypatch: pytest.Monk
     other = Line.from_context(given)  # type: ignore[arg-type]
     other.stop(timeout=5)
     assert closed == [True], "a context the caller passed in is the caller's to close"
+
+
+class _RoutingContext:
+    """Two products on two slots: s1 takes SIM serials, s2 takes EL serials; units block until released."""
+
+    on_event: Any = None
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.started: list[tuple[str, str]] = []
+        self.pipeline = self
+
+    def slot_ports(self) -> dict[str, str]:
+        return {"s1": "loop://", "s2": "loop://"}
+
+    def prepare(self, serial: str, *, slot: str, product: Any, target: Any) -> Any:
+        pattern = {"s1": "SIM[0-9]{4}", "s2": "EL[0-9]{4}"}[slot]
+        return UnitRequest(
+            serial=naming.validate_serial(serial, pattern, product=slot),
+            slot=slot,
+            product=slot,
+            target=TARGET,
+            thing_name=lambda device_id: f"{slot}-{serial}",
+        )
+
+    def open_flasher(self, slot: str, port: str, request: Any) -> Any:
+        return None
+
+    def run(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        self.started.append(request)
+        self.release.wait(5)
+        raise RuntimeError("not provisioning in this test")
+
+
+def test_a_scan_without_a_slot_goes_to_a_free_slot_of_its_product() -> None:
+    ctx = _RoutingContext()
+    line = Line.from_context(ctx)  # type: ignore[arg-type]
+    try:
+        assert line.scan("EL0001") == "s2"  # s1 is free, but it is for another product
+        with pytest.raises(InputError) as busy:
+            line.scan("EL0002")
+        assert busy.value.title == "No free slot for this unit"
+        with pytest.raises(InputError) as wrong:
+            line.scan("XX0001")  # fits no product at all: the pattern's own refusal
+        assert "does not match" in wrong.value.message
+        assert line.scan("SIM0001") == "s1"
+    finally:
+        ctx.release.set()
+        line.stop(timeout=5)
