@@ -92,3 +92,50 @@ async def test_scan_pass_then_qa_revoke_and_the_unit_can_no_longer_connect(tmp_p
                     line.stop(timeout=30)
         finally:
             pty.stop()
+
+
+async def test_lab_control_plane_down_shows_error_with_a_technician_action(tmp_path: Path) -> None:
+    with Lab(tmp_path / "lab") as lab:
+        device = Prov1Device(tmp_path / "devices", device_id="SIM0002")
+        pty = PtyDevice(device).start()
+        try:
+            toml = tmp_path / "station.toml"
+            toml.write_text(lab.station_toml(ledger=str(tmp_path / "ledger.sqlite"), slots={"s1": pty.port}))
+            config = load_config(toml)
+            relay = EventRelay()
+            lab.control.faults.set("down", service="iot")
+            with open_ledger(config.ledger_path) as ledger:
+                line = Line.from_context(StationContext(config, ledger=ledger), on_event=relay)
+                try:
+                    app = build_app(config, line, ledger, relay=relay, poll_interval=0.5)
+                    async with app.run_test(size=(100, 32), notifications=True) as pilot:
+                        await type_scan(pilot, "SIM0002")
+                        card = app.operator.cards["s1"]
+                        await wait_until(
+                            pilot, lambda: card.outcome is not None, timeout=90, what="an outcome"
+                        )
+                        assert card.outcome == Outcome.ERROR, (card.title, card.message)
+                        # A station problem, in words: what happened and what to check, on the card itself.
+                        assert (
+                            "network" in card.next_action.lower() or "technician" in card.next_action.lower()
+                        )
+                        await pilot.pause()
+                        assert "⚠ ERROR" in str(app.query_one("#card-1 #card-banner").render())
+                        assert card.next_action in str(app.query_one("#card-1 #card-next").render())
+                finally:
+                    line.stop(timeout=30)
+                (record,) = ledger.find("SIM0002")
+                assert record.outcome == "ERROR"
+                # AWS could not be asked whether the register landed, so the attempt stays in the journal
+                # for `station reconcile`, which resolves it once AWS answers again.
+                assert [e.serial for e in ledger.journal_pending()] == ["SIM0002"]
+            lab.control.faults.clear()
+            from station.cli import main as station_main
+
+            assert station_main(["reconcile", "--config", str(toml)]) == 0
+            with open_ledger(config.ledger_path) as ledger:
+                assert ledger.journal_pending() == []
+            certificates = lab.iot().list_certificates()["certificates"]
+            assert record.certificate_id not in {c["certificateId"] for c in certificates}
+        finally:
+            pty.stop()
