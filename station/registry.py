@@ -859,21 +859,39 @@ class Registry:
 
     def _delete_policy(self, name: str) -> None:
         # A policy cannot be deleted while attached; detaching is asynchronous in AWS (409 until settled).
+        self._delete_when_settled(
+            "delete_policy",
+            (_DELETE_CONFLICT,),
+            lambda code: StationFault(
+                "Policy still attached",
+                f"AWS IoT in {self.where} would not delete policy {name!r} ({code}).",
+                _RECONCILE,
+            ),
+            policyName=name,
+        )
+
+    def _delete_when_settled(
+        self,
+        op: str,
+        retry_codes: tuple[str, ...],
+        give_up: Callable[[str], StationFault],
+        **kwargs: Any,
+    ) -> None:
+        """Call the delete `op` until it succeeds or the resource is gone (NotFound: the goal is reached),
+        retrying `retry_codes` with back-off for `delete_wait_s`: a detach is asynchronous in AWS and the
+        delete is refused until it has settled. Past the bound, raise `give_up(code)`."""
         deadline = time.monotonic() + self.delete_wait_s
         delay = 0.1
         while True:
             try:
-                self._call("delete_policy", passthrough=(_NOT_FOUND, _DELETE_CONFLICT), policyName=name)
+                self._call(op, passthrough=(*retry_codes, _NOT_FOUND), **kwargs)
                 return
             except ClientError as error:
-                if error_code(error) == _NOT_FOUND:
-                    return
+                code = error_code(error)
+                if code == _NOT_FOUND:
+                    return  # gone meanwhile (e.g. another station's revoke)
                 if time.monotonic() + delay > deadline:
-                    raise StationFault(
-                        "Policy still attached",
-                        f"AWS IoT in {self.where} would not delete policy {name!r} ({error_code(error)}).",
-                        _RECONCILE,
-                    ) from error
+                    raise give_up(code) from error
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
@@ -990,31 +1008,18 @@ class Registry:
                     return False
                 # CertificateStateException: REVOKED (or in transfer) cannot go INACTIVE; delete decides.
         # Detaching is asynchronous in AWS: the delete answers 409 DeleteConflict until it has settled.
-        deadline = time.monotonic() + self.delete_wait_s
-        delay = 0.1
-        while True:
-            try:
-                self._call(
-                    "delete_certificate",
-                    passthrough=(_DELETE_CONFLICT, _CERT_STATE, _NOT_FOUND),
-                    certificateId=certificate_id,
-                )
-                return True
-            except ClientError as error:
-                code = error_code(error)
-                if code == _NOT_FOUND:
-                    return True  # gone meanwhile (another station's revoke): the goal is reached
-                if time.monotonic() + delay > deadline:
-                    raise StationFault(
-                        "Certificate still attached"
-                        if code == _DELETE_CONFLICT
-                        else "Certificate still active",
-                        f"AWS IoT in {self.where} would not delete certificate {certificate_id[:12]}… "
-                        f"({code}) within {self.delete_wait_s:.0f} s.",
-                        _RECONCILE,
-                    ) from error
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
+        self._delete_when_settled(
+            "delete_certificate",
+            (_DELETE_CONFLICT, _CERT_STATE),
+            lambda code: StationFault(
+                "Certificate still attached" if code == _DELETE_CONFLICT else "Certificate still active",
+                f"AWS IoT in {self.where} would not delete certificate {certificate_id[:12]}… "
+                f"({code}) within {self.delete_wait_s:.0f} s.",
+                _RECONCILE,
+            ),
+            certificateId=certificate_id,
+        )
+        return True  # deleted, or gone meanwhile (another station's revoke): the goal is reached
 
     def _detach_policy(self, policy: str, arn: str) -> None:
         # Already detached or gone: the goal is reached.
@@ -1037,23 +1042,16 @@ class Registry:
     def _delete_thing(self, name: str) -> None:
         # A thing cannot be deleted while a principal is still attached; detach is asynchronous in AWS,
         # so InvalidRequest from DeleteThing is retried within the same bound as certificate deletes.
-        deadline = time.monotonic() + self.delete_wait_s
-        delay = 0.1
-        while True:
-            try:
-                self._call("delete_thing", passthrough=(_NOT_FOUND, _INVALID_REQUEST), thingName=name)
-                return
-            except ClientError as error:
-                if error_code(error) == _NOT_FOUND:
-                    return
-                if time.monotonic() + delay > deadline:
-                    raise StationFault(
-                        "Thing still in use",
-                        f"AWS IoT in {self.where} would not delete thing {name!r} ({error_code(error)}).",
-                        _RECONCILE,
-                    ) from error
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
+        self._delete_when_settled(
+            "delete_thing",
+            (_INVALID_REQUEST,),
+            lambda code: StationFault(
+                "Thing still in use",
+                f"AWS IoT in {self.where} would not delete thing {name!r} ({code}).",
+                _RECONCILE,
+            ),
+            thingName=name,
+        )
 
     def _quietly(self, fn: Callable[[], None]) -> None:
         try:

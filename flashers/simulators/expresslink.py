@@ -90,6 +90,7 @@ from flashers.expresslink import (
     escape,
     unescape,
 )
+from flashers.simulators._common import flood, line_noise, write_json_atomic
 from flashers.simulators.pty import Link
 
 log = logging.getLogger(__name__)
@@ -276,14 +277,7 @@ class Flash:
             self._write()
 
     def _write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(self._data, out, indent=2)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, self.path)  # the rename is the commit point
+        write_json_atomic(self.path, self._data)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -849,20 +843,18 @@ class ExpressLinkDevice:
         return text[:i] + replacement + text[i + 1 :]
 
     def _noise(self, n: int) -> bytes:
-        return bytes(self._rng.randrange(256) for _ in range(n)).replace(b"\n", b".").replace(b"\r", b".")
+        return line_noise(self._rng, n)
 
     def _flood(self, link: Link) -> None:
         """Talk forever (until stopped): boot-log lines, binary noise and lines far longer than a reply."""
         self._flooding = True
-        counter = 0
-        while not link.stopping:
-            counter += 1
+
+        def chunk(counter: int) -> bytes:
             if counter % 5 == 0:
-                chunk = self._noise(700)
-            else:
-                chunk = b"[boot] %08d " % counter + self._rng.randbytes(24).hex().encode() + b"\r\n"
-            if not link.send(chunk):
-                return
+                return self._noise(700)
+            return b"[boot] %08d " % counter + self._rng.randbytes(24).hex().encode() + b"\r\n"
+
+        flood(link, chunk)
 
 
 def server_untrusted(host: str, port: int, ca: bytes | None, *, timeout_s: float) -> bool:

@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from flashers.nrf91 import DEFAULT_SEC_TAG, MAX_COMMAND, MAX_SEC_TAG, hello_topic, luhn_ok
+from flashers.simulators._common import flood, line_noise, write_json_atomic
 from flashers.simulators.pty import Link
 
 log = logging.getLogger(__name__)
@@ -192,14 +193,7 @@ class ModemFlash:
         return sum(len(v) for types in self._data["credentials"].values() for v in types.values())
 
     def _write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(self._data, out, indent=2)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, self.path)
+        write_json_atomic(self.path, self._data)
 
 
 class _Error(Exception):
@@ -590,20 +584,18 @@ class Nrf91Modem:
         return data[:i] + bytes([replacement]) + data[i + 1 :]
 
     def _noise(self, n: int) -> bytes:
-        return bytes(self._rng.randrange(256) for _ in range(n)).replace(b"\n", b".").replace(b"\r", b".")
+        return line_noise(self._rng, n)
 
     def _flood(self, link: Link) -> None:
         """Talk forever (until stopped): application log lines, binary noise, lines longer than any answer."""
         self._flooding = True
-        counter = 0
-        while not link.stopping:
-            counter += 1
+
+        def chunk(counter: int) -> bytes:
             if counter % 5 == 0:
-                chunk = self._noise(5000)
-            else:
-                chunk = b"[00:00:%02d.%03d] <inf> app: OK %d\r\n" % (counter % 60, counter % 1000, counter)
-            if not link.send(chunk):
-                return
+                return self._noise(5000)
+            return b"[00:00:%02d.%03d] <inf> app: OK %d\r\n" % (counter % 60, counter % 1000, counter)
+
+        flood(link, chunk)
 
 
 # ------------------------------------------------------------------------------------------------ params

@@ -61,6 +61,7 @@ from flashers.prov1 import (
     encode_frame,
     sha256_hex,
 )
+from flashers.simulators._common import flood, line_noise, write_json_atomic
 from flashers.simulators.pty import LineModel, Link
 
 log = logging.getLogger(__name__)
@@ -154,14 +155,7 @@ class Flash:
         return dict(self._data)
 
     def _write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(self._data, out, indent=2)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, self.path)  # the rename is the commit point: a power cut leaves old or new, whole
+        write_json_atomic(self.path, self._data)
 
 
 def flash_path(state_dir: str | os.PathLike[str], device_id: str) -> Path:
@@ -483,20 +477,18 @@ class Prov1Device(LineModel):
         return data[:i] + bytes([replacement]) + data[i + 1 :]
 
     def _noise(self, n: int) -> bytes:
-        return bytes(self._rng.randrange(256) for _ in range(n)).replace(b"\n", b".")
+        return line_noise(self._rng, n, line_ends=b"\n")  # frames end at LF; a stray CR is fair noise
 
     def _flood(self, link: Link) -> None:
         """Talk forever (until stopped): log lines, binary noise and lines far longer than a frame."""
         self._flooding = True
-        counter = 0
-        while not link.stopping:
-            counter += 1
+
+        def chunk(counter: int) -> bytes:
             if counter % 5 == 0:
-                chunk = self._noise(700)  # no line end for a long stretch
-            else:
-                chunk = b"[boot] %08d " % counter + self._rng.randbytes(24).hex().encode() + b"\n"
-            if not link.send(chunk):
-                return
+                return self._noise(700)  # no line end for a long stretch
+            return b"[boot] %08d " % counter + self._rng.randbytes(24).hex().encode() + b"\n"
+
+        flood(link, chunk)
 
 
 class _Syntax(Exception):

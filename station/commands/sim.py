@@ -18,7 +18,9 @@ import argparse
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 from station.errors import InputError
 
@@ -73,19 +75,7 @@ def _register_expresslink(families: argparse._SubParsersAction) -> None:
 def run_expresslink(args: argparse.Namespace) -> int:
     from flashers.simulators.expresslink import build_sim
 
-    try:
-        device, flash = build_sim(args)
-    except ValueError as exc:
-        raise InputError(
-            "Bad simulator option", f"{exc}.", "Run `station sim expresslink --help` for the options."
-        ) from None
-    except OSError as exc:
-        raise InputError(
-            "State directory not usable",
-            f"The module's flash file cannot be used under {args.state_dir} ({exc.strerror}).",
-            "Give a writable --state-dir.",
-        ) from None
-    return serve(device, flash)
+    return _build_and_serve(args, build_sim, family="expresslink", unit="module", bad_option=(ValueError,))
 
 
 def _register_nrf91(families: argparse._SubParsersAction) -> None:
@@ -105,16 +95,32 @@ def _register_nrf91(families: argparse._SubParsersAction) -> None:
 def run_nrf91(args: argparse.Namespace) -> int:
     from flashers.simulators.nrf91 import build_sim
 
+    # A missing --ca-file is a bad option, not an unusable state dir (FileNotFoundError is an OSError).
+    return _build_and_serve(
+        args, build_sim, family="nrf91", unit="modem", bad_option=(ValueError, FileNotFoundError)
+    )
+
+
+def _build_and_serve(
+    args: argparse.Namespace,
+    build_sim: Callable[[Any], tuple[Any, str]],
+    *,
+    family: str,
+    unit: str,
+    bad_option: tuple[type[Exception], ...],
+) -> int:
+    """Build a family's simulator from its options and serve it; a bad option or an unusable state dir is
+    an InputError the person can fix (the family module is imported by the caller, only when asked for)."""
     try:
         device, flash = build_sim(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except bad_option as exc:
         raise InputError(
-            "Bad simulator option", f"{exc}.", "Run `station sim nrf91 --help` for the options."
+            "Bad simulator option", f"{exc}.", f"Run `station sim {family} --help` for the options."
         ) from None
     except OSError as exc:
         raise InputError(
             "State directory not usable",
-            f"The modem's flash file cannot be used under {args.state_dir} ({exc.strerror}).",
+            f"The {unit}'s flash file cannot be used under {args.state_dir} ({exc.strerror}).",
             "Give a writable --state-dir.",
         ) from None
     return serve(device, flash)

@@ -156,6 +156,28 @@ def event_from_fields(fields: Mapping[str, Any]) -> Event:
     return Event(**{name: fields[name] for name in EVENT_FIELDS})
 
 
+def encode_appended_event(event: Event) -> tuple[dict[str, Any], str]:
+    """`encode_event` for an event a caller appends: the `record` kind is the ledger's own and is refused,
+    so nobody can forge the entry that seals a record."""
+    if event.kind == RECORD_EVENT:
+        raise ValueError(f"event kind {RECORD_EVENT!r} is reserved for the ledger's own record entries")
+    return encode_event(event)
+
+
+def encode_record_seal(record: AttemptRecord, digest: str) -> tuple[dict[str, Any], str]:
+    """The encoded `record` event a backend appends with `record` (same transaction): it carries the record's
+    canonical hash `digest`, which `audit_chain` compares with the stored record."""
+    return encode_event(
+        Event(
+            kind=RECORD_EVENT,
+            serial=record.serial,
+            slot=record.slot,
+            outcome=record.outcome,
+            data={"attempt_id": record.attempt_id, "record_hash": digest},
+        )
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Records
 # ---------------------------------------------------------------------------------------------------------

@@ -37,7 +37,6 @@ from urllib.parse import parse_qs, urlparse
 
 from station.ledger.base import (
     GENESIS_HASH,
-    RECORD_EVENT,
     SCHEMA_VERSION,
     AttemptRecord,
     AuditResult,
@@ -53,7 +52,8 @@ from station.ledger.base import (
     audit_chain,
     canonical_json,
     chain_hash_json,
-    encode_event,
+    encode_appended_event,
+    encode_record_seal,
     event_from_fields,
     journal_columns,
     matches_query,
@@ -243,23 +243,13 @@ class DynamoLedger(Ledger):
             raise self._unavailable(exc) from exc
 
     def append_event(self, event: Event) -> int:
-        if event.kind == RECORD_EVENT:
-            raise ValueError(f"event kind {RECORD_EVENT!r} is reserved for the ledger's own record entries")
-        _, fields_json = encode_event(event)
+        _, fields_json = encode_appended_event(event)
         return self._call(lambda: self._append(fields_json))
 
     def record_attempt(self, record: AttemptRecord | Mapping[str, Any]) -> str:
         rec = as_record(record)
         digest = rec.canonical_hash()
-        _, fields_json = encode_event(
-            Event(
-                kind=RECORD_EVENT,
-                serial=rec.serial,
-                slot=rec.slot,
-                outcome=rec.outcome,
-                data={"attempt_id": rec.attempt_id, "record_hash": digest},
-            )
-        )
+        _, fields_json = encode_record_seal(rec, digest)
         body = canonical_json(rec.to_dict())
 
         def record_put(seq: int) -> list[dict[str, Any]]:

@@ -35,7 +35,6 @@ from station.ledger.base import (
     EVENT_FIELDS,
     GENESIS_HASH,
     JOURNAL_FIELDS,
-    RECORD_EVENT,
     RECORD_FIELDS,
     RECORD_JSON_FIELDS,
     SCHEMA_VERSION,
@@ -53,7 +52,8 @@ from station.ledger.base import (
     audit_chain,
     canonical_json,
     chain_hash_json,
-    encode_event,
+    encode_appended_event,
+    encode_record_seal,
     event_from_fields,
     is_cert_prefix,
     journal_columns,
@@ -286,9 +286,7 @@ class SqliteLedger(Ledger):
 
     # ------------------------------------------------------------------------------------------- chain
     def append_event(self, event: Event) -> int:
-        if event.kind == RECORD_EVENT:
-            raise ValueError(f"event kind {RECORD_EVENT!r} is reserved for the ledger's own record entries")
-        fields, fields_json = encode_event(event)  # outside the lock: serialising is the slow part
+        fields, fields_json = encode_appended_event(event)  # outside the lock: serialising is the slow part
         return self._write(lambda conn: self._append(conn, fields, fields_json))
 
     def record_attempt(self, record: AttemptRecord | Mapping[str, Any]) -> str:
@@ -296,15 +294,7 @@ class SqliteLedger(Ledger):
         row = rec.to_dict()
         digest = rec.canonical_hash()
         values = [canonical_json(row[n]) if n in RECORD_JSON_FIELDS else row[n] for n in RECORD_FIELDS]
-        fields, fields_json = encode_event(
-            Event(
-                kind=RECORD_EVENT,
-                serial=rec.serial,
-                slot=rec.slot,
-                outcome=rec.outcome,
-                data={"attempt_id": rec.attempt_id, "record_hash": digest},
-            )
-        )
+        fields, fields_json = encode_record_seal(rec, digest)
 
         def work(conn: sqlite3.Connection) -> None:
             conn.execute(_RECORD_INSERT, values)
