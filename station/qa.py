@@ -1753,3 +1753,32 @@ def _flasher_family(flasher: FlasherLike) -> str:
         return str(flasher.family)
     except Exception:  # a family name is for the record only
         return ""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What QA did to a unit since its latest attempt (for listings)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def revocation_of(ledger: Ledger, record: AttemptRecord) -> Event | None:
+    """The successful revoke of `record`'s certificate in `record`'s target after the attempt, if any.
+
+    A revoke is a QA note, not a new attempt, so a listing that shows only the latest attempt's outcome would
+    still say PASS for a unit whose identity no longer works; listings ask this to say "revoked" instead.
+    A later attempt or transfer that registered the certificate again is a newer record, so it wins.
+    """
+    if not record.certificate_id:
+        return None
+    found: Event | None = None
+    for stored in ledger.events(record.serial):
+        event = stored.event
+        if (
+            event.kind == "note"
+            and event.step == f"{QA_STEP_PREFIX}revoke"
+            and event.outcome == "ok"
+            and event.at >= record.finished_at
+            and event.data.get("certificate_id") == record.certificate_id
+            and event.data.get("target") == record.target
+        ):
+            found = event
+    return found

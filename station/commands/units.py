@@ -44,10 +44,14 @@ def when(epoch: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from station.qa import revocation_of
+
     with open_ledger(ledger_location(args.ledger, args.config), create=False) as ledger:
         units = ledger.units(args.outcome)
+        # A revoke is a QA note after the attempt: a PASS whose certificate QA revoked no longer works.
+        revoked = {u.serial: revocation_of(ledger, u.latest) is not None for u in units}
     if args.json:
-        print(json.dumps([u.to_dict() for u in units]))
+        print(json.dumps([{**u.to_dict(), "revoked": revoked[u.serial]} for u in units]))
         return EXIT_OK
     if not units:
         print("No units" + (f" with outcome {args.outcome}." if args.outcome else " in the ledger."))
@@ -56,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     rows = [
         (
             u.serial,
-            u.outcome,
+            f"{u.outcome} (revoked)" if revoked[u.serial] else u.outcome,
             str(u.attempts),
             u.latest.thing_name or "-",
             u.latest.certificate_id[:12] or "-",

@@ -349,7 +349,7 @@ def test_device_made_key_signed_by_the_factory_ca_and_device_side_verify(
 
 
 def test_a_line_provisioned_unit_is_revoked_with_the_thing_the_station_made(
-    station: Station, lab: Lab
+    station: Station, lab: Lab, capsys: pytest.CaptureFixture[str]
 ) -> None:
     unit = station.unit()
     result = station.provision(unit)
@@ -358,8 +358,17 @@ def test_a_line_provisioned_unit_is_revoked_with_the_thing_the_station_made(
     assert record.certificate_pem and record.extra.get("thing_created") is True
     assert result.thing_name in registry_truth(lab.plane)["things"]
 
+    def listed() -> dict[str, Any]:
+        capsys.readouterr()
+        assert station_main(["units", "--config", str(station.config_path), "--json"]) == 0
+        return {u["serial"]: u for u in json.loads(capsys.readouterr().out)}
+
+    assert listed()[unit.serial]["revoked"] is False
     code = station_main(["revoke", unit.serial, "--config", str(station.config_path), "--yes", "--json"])
     assert code == 0
+    # The latest attempt is still the PASS, but the listing must not let QA believe the identity works.
+    after = listed()[unit.serial]
+    assert after["outcome"] == "PASS" and after["revoked"] is True
     truth = registry_truth(lab.plane)
     assert record.certificate_id not in truth["certificates"]
     assert result.thing_name not in truth["things"], "the station made this thing, so revoke removes it"
