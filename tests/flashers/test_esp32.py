@@ -125,16 +125,6 @@ def flasher_class() -> type[Flasher]:
     return Esp32Flasher
 
 
-@pytest.fixture(name="new_identity")
-def _new_identity() -> Callable[[], Identity]:
-    return lambda: new_identity(f"unit-{uuid.uuid4().hex[:10]}")
-
-
-@pytest.fixture
-def identity(new_identity: Callable[[], Identity]) -> Identity:
-    return new_identity()
-
-
 @pytest.fixture(name="sign_csr")
 def _sign_csr() -> Callable[[str], str]:
     def refuse(csr: str) -> str:

@@ -72,7 +72,7 @@ from flashers.simulators.expresslink import (
 )
 from flashers.simulators.pty import Link, PtyDevice
 from station.errors import StationFault, UnitFault
-from station.identity import check_aws_acceptance, new_identity
+from station.identity import check_aws_acceptance
 from station.model import Identity
 
 # ------------------------------------------------------------------------------------------------ harness
@@ -164,16 +164,6 @@ def open_flasher() -> Iterator[Callable[..., ExpressLinkFlasher]]:
 @pytest.fixture
 def flasher_class() -> type[Flasher]:
     return ExpressLinkFlasher
-
-
-@pytest.fixture(name="new_identity")
-def _new_identity() -> Callable[[], Identity]:
-    return lambda: new_identity(f"unit-{uuid.uuid4().hex[:10]}")
-
-
-@pytest.fixture
-def identity(new_identity: Callable[[], Identity]) -> Identity:
-    return new_identity()
 
 
 @pytest.fixture(name="sign_csr")

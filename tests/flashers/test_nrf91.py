@@ -12,7 +12,6 @@ failed its proof, re-provision cleanly) is asserted by two tests of its own in `
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import os
@@ -56,7 +55,7 @@ from flashers.nrf91 import (
 from flashers.simulators.nrf91 import Faults, Nrf91Modem, flash_path, new_imei
 from flashers.simulators.pty import LineModel, Link, PtyDevice
 from station.errors import StationFault, UnitFault
-from station.identity import Issuer, load_issuer, new_identity, sign_csr
+from station.identity import new_identity, sign_csr
 from station.model import Identity
 
 # Test-short timeouts; AT answers carry no sequence number, so the floor stays above the slow unit's 0.08 s.
@@ -152,52 +151,6 @@ def open_flasher() -> Iterator[Callable[..., Nrf91Flasher]]:
 @pytest.fixture
 def flasher_class() -> type[Flasher]:
     return Nrf91Flasher
-
-
-@pytest.fixture(name="new_identity")
-def _new_identity() -> Callable[[], Identity]:
-    return lambda: new_identity(f"unit-{uuid.uuid4().hex[:10]}")
-
-
-@pytest.fixture
-def identity(new_identity: Callable[[], Identity]) -> Identity:
-    return new_identity()
-
-
-@pytest.fixture(scope="module")
-def issuer(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """A throwaway factory CA (test files only), loaded the way the station loads one."""
-    directory = tmp_path_factory.mktemp("factory-ca")
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Test Factory CA")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    (directory / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (directory / "ca.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return load_issuer(Issuer(str(directory / "ca.pem"), str(directory / "ca.key")))
-
-
-@pytest.fixture(name="sign_csr")
-def _sign_csr(issuer: Any) -> Callable[[str], str]:
-    return lambda csr: sign_csr(csr, issuer, common_name="unit-1", days=30)
 
 
 class TestNrf91Contract(FlasherContract):

@@ -8,7 +8,6 @@ and the device-side CHECK against the lab (skipped when the lab is not importabl
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import json
 import signal
 import subprocess
@@ -41,7 +40,7 @@ from flashers.serialio import wire_time
 from flashers.simulators.prov1 import Faults, Prov1Device, flash_path
 from flashers.simulators.pty import PtyDevice
 from station.errors import StationFault
-from station.identity import Issuer, load_issuer, new_identity, sign_csr
+from station.identity import new_identity, sign_csr
 from station.model import Identity
 
 QUICK = Timing(floor_s=0.05)  # test-short timeouts: a spurious one only costs a replayed answer
@@ -133,57 +132,6 @@ def open_flasher() -> Iterator[Callable[..., Prov1Flasher]]:
 @pytest.fixture
 def flasher_class() -> type[Flasher]:
     return Prov1Flasher
-
-
-@pytest.fixture
-def new_identity_factory() -> Callable[[], Identity]:
-    return lambda: new_identity(f"unit-{uuid.uuid4().hex[:10]}")
-
-
-@pytest.fixture(name="new_identity")
-def _new_identity(new_identity_factory: Callable[[], Identity]) -> Callable[[], Identity]:
-    return new_identity_factory
-
-
-@pytest.fixture
-def identity(new_identity_factory: Callable[[], Identity]) -> Identity:
-    return new_identity_factory()
-
-
-@pytest.fixture(scope="module")
-def issuer(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """A throwaway factory CA (test files only), loaded the way the station loads one."""
-    directory = tmp_path_factory.mktemp("factory-ca")
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Test Factory CA")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    (directory / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (directory / "ca.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return load_issuer(Issuer(str(directory / "ca.pem"), str(directory / "ca.key")))
-
-
-@pytest.fixture(name="sign_csr")
-def _sign_csr(issuer: Any) -> Callable[[str], str]:
-    return lambda csr: sign_csr(csr, issuer, common_name="unit-1", days=30)
 
 
 class TestProv1Contract(FlasherContract):
