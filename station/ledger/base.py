@@ -192,7 +192,7 @@ class AttemptRecord:
 
     attempt_id: str
     serial: str
-    outcome: str  # PASS / FAIL / ERROR
+    outcome: str  # PASS / FAIL / ERROR / DONE (a QA action that proved nothing about the identity)
     device_id: str | None = None
     product: str = ""
     thing_name: str = ""
@@ -218,6 +218,7 @@ class AttemptRecord:
     finished_at: float = 0.0
     compensations: list[Any] = field(default_factory=list)  # what was rolled back, in order
     extra: dict[str, Any] = field(default_factory=dict)  # fields a newer caller added; kept and hashed
+    action: str = "provision"  # station.units.Action: what the attempt did to the unit
 
     def __post_init__(self) -> None:
         # Normalise so that what is stored, read back and hashed is byte-for-byte the same data.
