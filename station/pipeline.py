@@ -32,7 +32,6 @@ verify; put key material in an event, a record, a log line or an exception; deci
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 import traceback
@@ -41,8 +40,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from station.attempt import (
+    Attempt,
+    Compensation,
+    classify,
+    interrupted_fault,
+    outcome_of,
+    redact,
+    unexpected_fault,
+)
 from station.errors import StationError, StationFault, UnitFault
 from station.model import Event, Identity, Outcome, Target
+from station.units import Action
 
 log = logging.getLogger(__name__)
 
@@ -182,18 +191,6 @@ class UnitRequest:
 
 
 @dataclass
-class Compensation:
-    """One undo the pipeline ran after a failure: what, whether it worked, and why not."""
-
-    action: str  # "rollback" | "revoke" | "wipe"
-    ok: bool
-    detail: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"action": self.action, "ok": self.ok, "detail": self.detail}
-
-
-@dataclass
 class UnitResult:
     """The outcome of one attempt, as recorded (no key material)."""
 
@@ -259,63 +256,25 @@ def wrong_unit(scanned: str, device_id: str) -> UnitFault:
     )
 
 
-def unexpected_fault() -> StationFault:
-    return StationFault(
-        "Station error",
-        "An unexpected error stopped this unit; the details are in the station log.",
-        "Call a technician; scan the unit again once the station is fixed.",
-    )
+__all__ = ["Compensation", "classify", "interrupted_fault", "outcome_of", "redact", "unexpected_fault"]
 
 
-def interrupted_fault() -> StationFault:
-    return StationFault(
-        "Station interrupted",
-        "The station was stopped while provisioning this unit; what was done in AWS was rolled back.",
-        "Scan the unit again when the station is running.",
-    )
+class _Run:
+    """Mutable working state of one run; never leaves this module (it may hold the unit's key). The
+    bookkeeping every attempt shares (events, steps, journal, compensations, record) is `attempt`."""
 
-
-_PEM_KEY = re.compile(
-    r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|\Z)", re.DOTALL
-)
-
-
-def redact(text: str) -> str:
-    """Remove any private key PEM block from a text meant for a log."""
-    return _PEM_KEY.sub("<private key redacted>", text)
-
-
-def classify(exc: BaseException) -> StationError:
-    """The outcome by exception family: a StationError keeps its own; anything else is a station fault."""
-    if isinstance(exc, StationError):
-        return exc
-    if isinstance(exc, Exception):
-        return unexpected_fault()
-    return interrupted_fault()
-
-
-def outcome_of(error: StationError | None) -> Outcome:
-    if error is None:
-        return Outcome.PASS
-    return Outcome.FAIL if isinstance(error, UnitFault) else Outcome.ERROR
-
-
-class _Attempt:
-    """Mutable working state of one run; never leaves this module (it may hold the unit's key)."""
-
-    def __init__(self, request: UnitRequest, result: UnitResult) -> None:
+    def __init__(self, request: UnitRequest, result: UnitResult, attempt: Attempt) -> None:
         self.request = request
         self.result = result
+        self.attempt = attempt
         self.identity: Identity | None = None
         self.flasher: FlasherLike | None = None
         self.registration: Any = None
-        self.journal_id: Any = None
-        self.register_started = False
-        self.register_done = False
         self.thing_created = False
-        self.write_started = False
-        self.device_pointed = False  # a device-side verify pointed the unit at the target's endpoint
-        self.device_verified = False
+
+    @property
+    def journal_id(self) -> Any:
+        return self.attempt.journal_id
 
 
 class Pipeline:
@@ -354,34 +313,14 @@ class Pipeline:
         self._emit_lock = threading.Lock()
 
     # ----------------------------------------------------------------------------------------- events
-    def _emit(self, request: UnitRequest, kind: str, **fields: Any) -> None:
-        event = Event(kind=kind, serial=request.serial, slot=request.slot, **fields)
-        # One lock: the write and register threads emit at the same time, and consumers (a TUI, a sqlite
-        # ledger) want events one after another, in the order they happened.
-        with self._emit_lock:
-            try:
-                self._ledger.append_event(event)
-            except Exception:  # the attempt record is what counts; a lost event must not stop the unit
-                log.exception("could not append event %s for %s to the ledger", kind, request.serial)
-            if self._on_event is not None:
-                try:
-                    self._on_event(event)
-                except Exception:  # a broken screen must not break provisioning
-                    log.exception("event consumer failed on %s", kind)
+    def _publish(self, event: Event) -> None:
+        # One lock for every slot: consumers (a screen, the demo's feeder) take events one after another.
+        if self._on_event is not None:
+            with self._emit_lock:
+                self._on_event(event)
 
-    def _step(self, attempt: _Attempt, name: str, fn: Callable[[], Any]) -> Any:
-        request = attempt.request
-        self._emit(request, "step_started", step=name)
-        start = time.perf_counter()
-        ok = False
-        try:
-            value = fn()
-            ok = True
-            return value
-        finally:
-            ms = (time.perf_counter() - start) * 1000.0
-            attempt.result.timings_ms[name] = round(ms, 3)
-            self._emit(request, "step_finished", step=name, outcome="ok" if ok else "failed", duration_ms=ms)
+    def _step(self, run: _Run, name: str, fn: Callable[[], Any]) -> Any:
+        return run.attempt.step(name, fn)
 
     # --------------------------------------------------------------------------------------------- run
     def run(
@@ -400,29 +339,38 @@ class Pipeline:
         if flasher is None and open_flasher is None:
             raise TypeError("run() needs a flasher or open_flasher")
         target = request.target
+        attempt = Attempt(
+            self._ledger,
+            serial=request.serial,
+            action=Action.PROVISION,
+            slot=request.slot,
+            station_id=request.station_id,
+            on_event=self._publish,
+        )
         result = UnitResult(
-            attempt_id=uuid.uuid4().hex,
+            attempt_id=attempt.attempt_id,
             serial=request.serial,
             slot=request.slot,
             product=request.product,
             target=target.name,
             station_id=request.station_id,
             registry=target.registry_key,
-            started_at=time.time(),
+            started_at=attempt.started_at,
         )
-        attempt = _Attempt(request, result)
-        attempt.flasher = flasher
-        self._emit(
-            request,
+        # One list and one dict: what the attempt timed and undid is the result's.
+        result.compensations = attempt.compensations
+        result.timings_ms = attempt.timings_ms
+        run = _Run(request, result, attempt)
+        run.flasher = flasher
+        attempt.emit(
             "unit_started",
             data={"attempt_id": result.attempt_id, "target": target.name, "product": request.product},
         )
-        t0 = time.perf_counter()
         error: StationError | None = None
         abort: BaseException | None = None
         try:
             try:
-                self._run_steps(attempt, open_flasher)
+                self._run_steps(run, open_flasher)
             except BaseException as exc:
                 error = classify(exc)
                 if not isinstance(exc, Exception):
@@ -433,39 +381,39 @@ class Pipeline:
                         request.serial,
                         redact("".join(traceback.format_exception(exc))),
                     )
-                self._compensate(attempt)
+                attempt.compensate()
                 if error is exc:
                     # Its traceback's frames still reference the identity (and so the key); the operator
                     # needs only the title, message and next action from here on.
                     exc.__traceback__ = None
             finally:
                 # The key is needed by nobody after verify (or after a failure): drop our only reference.
-                attempt.identity = None
-            result.timings_ms["total"] = round((time.perf_counter() - t0) * 1000.0, 3)
-            self._finish(attempt, error)
+                run.identity = None
+            attempt.total()
+            self._finish(run, error)
         finally:
-            if flasher is None and attempt.flasher is not None:
+            if flasher is None and run.flasher is not None:
                 try:
-                    attempt.flasher.close()
+                    run.flasher.close()
                 except Exception:
                     log.exception("closing the port of %s failed", request.serial)
         if abort is not None:
             raise abort
         return result
 
-    def _run_steps(self, attempt: _Attempt, open_flasher: Callable[[], FlasherLike] | None) -> None:
-        request = attempt.request
-        result = attempt.result
+    def _run_steps(self, run: _Run, open_flasher: Callable[[], FlasherLike] | None) -> None:
+        request = run.request
+        result = run.result
 
         def identify() -> DeviceInfoLike:
-            if attempt.flasher is None:
+            if run.flasher is None:
                 assert open_flasher is not None
-                attempt.flasher = open_flasher()
-            result.family = _safe_family(attempt.flasher)
-            return attempt.flasher.identify()
+                run.flasher = open_flasher()
+            result.family = _safe_family(run.flasher)
+            return run.flasher.identify()
 
-        info = self._step(attempt, "identify", identify)
-        flasher = attempt.flasher
+        info = self._step(run, "identify", identify)
+        flasher = run.flasher
         assert flasher is not None
         result.device_id = info.device_id or None
         result.firmware = info.firmware or None
@@ -485,22 +433,22 @@ class Pipeline:
         result.thing_name = thing_name
 
         identity = self._step(
-            attempt, "identity", lambda: self._make_identity(request, flasher, key_source, thing_name)
+            run, "identity", lambda: self._make_identity(request, flasher, key_source, thing_name)
         )
-        attempt.identity = identity
+        run.identity = identity
         result.certificate_id = identity.certificate_id
         result.certificate_pem = identity.certificate_pem
 
-        self._write_and_register(attempt, flasher, thing_name)
+        self._write_and_register(run, flasher, thing_name)
 
         if verify_mode == "host":
-            self._step(attempt, "verify", lambda: self._host_verify(attempt, thing_name))
+            self._step(run, "verify", lambda: self._host_verify(run, thing_name))
         elif verify_mode == "observe":
-            self._step(attempt, "verify", lambda: self._observe_verify(attempt, flasher, thing_name))
+            self._step(run, "verify", lambda: self._observe_verify(run, flasher, thing_name))
         else:
-            self._step(attempt, "verify", lambda: self._device_verify(attempt, flasher, thing_name))
+            self._step(run, "verify", lambda: self._device_verify(run, flasher, thing_name))
         # Verified: nobody needs the key any more.
-        attempt.identity = None
+        run.identity = None
 
     # ---------------------------------------------------------------------------------------- identity
     def _make_identity(
@@ -527,18 +475,15 @@ class Pipeline:
         )
 
     # ------------------------------------------------------------------------------- write ‖ register
-    def _write_and_register(self, attempt: _Attempt, flasher: FlasherLike, thing_name: str) -> None:
-        request = attempt.request
-        result = attempt.result
-        identity = attempt.identity
+    def _write_and_register(self, run: _Run, flasher: FlasherLike, thing_name: str) -> None:
+        request = run.request
+        result = run.result
+        identity = run.identity
         assert identity is not None
         registry = self._registry_for(request.target)
         # Open the journal before the first AWS side effect: the certificate id is known already (SHA-256
         # of the DER), so a station killed during register still leaves enough for reconcile to find it.
-        attempt.journal_id = self._ledger.journal_open(
-            attempt_id=result.attempt_id,
-            serial=request.serial,
-            slot=request.slot,
+        run.attempt.journal_open(
             product=request.product,
             target=request.target.name,
             account=result.registry[0],
@@ -552,7 +497,7 @@ class Pipeline:
 
         def cloud() -> None:
             try:
-                self._step(attempt, "register", lambda: self._register(attempt, registry, thing_name))
+                self._step(run, "register", lambda: self._register(run, registry, thing_name))
             except BaseException as exc:
                 cloud_error.append(exc)
 
@@ -563,13 +508,31 @@ class Pipeline:
         cloud_thread = threading.Thread(
             target=cloud, name=f"register-{request.slot or request.serial}", daemon=True
         )
-        attempt.register_started = True
+        if result.key_source != "read":
+            # register may fail yet have made the certificate (a lost answer): a certificate this attempt
+            # made can only be in AWS because of it, so it is removed if it is there. A device's own
+            # certificate may belong to an earlier PASS: it is left for reconcile's stricter rule.
+            cert_id = identity.certificate_id
+            run.attempt.undo(
+                "aws",
+                "revoke",
+                lambda: bool(cert_id) and registry.revoke(cert_id, delete_thing=None),
+                skip_if_false=True,
+                certificate_id=cert_id,
+                thing_name=thing_name,
+            )
         cloud_thread.start()
         write_error: BaseException | None = None
         try:
             if writes:
-                attempt.write_started = True
-                self._step(attempt, "write", lambda: flasher.write_identity(identity, ca_pem=ca_pem))
+                run.attempt.undo(
+                    "device",
+                    "wipe",
+                    flasher.wipe,
+                    certificate_id=identity.certificate_id,
+                    thing_name=thing_name,
+                )
+                self._step(run, "write", lambda: flasher.write_identity(identity, ca_pem=ca_pem))
         except BaseException as exc:
             write_error = exc
         finally:
@@ -585,54 +548,67 @@ class Pipeline:
         if errors:
             raise _most_serious(errors)
 
-    def _register(self, attempt: _Attempt, registry: RegistryLike, thing_name: str) -> None:
-        identity = attempt.identity
+    def _register(self, run: _Run, registry: RegistryLike, thing_name: str) -> None:
+        identity = run.identity
         assert identity is not None
-        ledger = self._ledger
-        jid = attempt.journal_id
         # Whose certificate AWS would be refusing decides the fault: one the station made is the station's.
-        origin = "station" if attempt.result.key_source == "station" else "unit"
+        origin = "station" if run.result.key_source == "station" else "unit"
         registration = registry.register(identity, origin=origin)
-        attempt.registration = registration
-        attempt.register_done = True
+        run.registration = registration
+        run.attempt.undo(
+            "aws",
+            "rollback",
+            lambda: registry.rollback(registration),
+            certificate_id=identity.certificate_id,
+            thing_name=thing_name,
+        )
         created = bool(getattr(registration, "created", True))
         arn = str(getattr(registration, "certificate_arn", "") or "")
-        attempt.result.certificate_arn = arn
-        ledger.journal_update(jid, state="registered", certificate_created=created, certificate_arn=arn)
+        run.result.certificate_arn = arn
+        run.attempt.journal(state="registered", certificate_created=created, certificate_arn=arn)
         thing_created = registry.create_thing(thing_name)
-        attempt.thing_created = attempt.result.thing_created = bool(thing_created)
-        _note_thing(registration, thing_name, attempt.thing_created)
-        ledger.journal_update(jid, state="thing", thing_created=attempt.thing_created)
+        run.thing_created = run.result.thing_created = bool(thing_created)
+        _note_thing(registration, thing_name, run.thing_created)
+        run.attempt.journal(state="thing", thing_created=run.thing_created)
         registry.attach(registration, thing_name)
-        ledger.journal_update(jid, state="attached")
+        run.attempt.journal(state="attached")
 
     # ------------------------------------------------------------------------------------------ verify
-    def _host_verify(self, attempt: _Attempt, thing_name: str) -> None:
-        identity = attempt.identity
+    def _host_verify(self, run: _Run, thing_name: str) -> None:
+        identity = run.identity
         assert identity is not None
-        registry = self._registry_for(attempt.request.target)
+        registry = self._registry_for(run.request.target)
         host, port = registry.data_endpoint()
         self._verifier(
             identity,
             thing_name=thing_name,
             host=host,
             port=port,
-            ca_bytes=attempt.request.ca_bytes,
-            where=_where(registry, attempt.request.target),
+            ca_bytes=run.request.ca_bytes,
+            where=_where(registry, run.request.target),
         )
-        self._ledger.journal_update(attempt.journal_id, state="verified")
+        run.attempt.journal(state="verified")
 
-    def _device_verify(self, attempt: _Attempt, flasher: FlasherLike, thing_name: str) -> None:
-        registry = self._registry_for(attempt.request.target)
+    def _device_verify(self, run: _Run, flasher: FlasherLike, thing_name: str) -> None:
+        registry = self._registry_for(run.request.target)
         host, port = registry.data_endpoint()
-        attempt.device_pointed = True
+        self._point_device(run, flasher, thing_name)
         flasher.device_verify(host, port, thing_name)
-        self._ledger.journal_update(attempt.journal_id, state="verified")
+        run.attempt.journal(state="verified")
 
-    def _observe_verify(self, attempt: _Attempt, flasher: FlasherLike, thing_name: str) -> None:
+    @staticmethod
+    def _point_device(run: _Run, flasher: FlasherLike, thing_name: str) -> None:
+        """A unit that verifies from its own side is pointed at the target even though nothing was written:
+        a failure from here wipes it (ExpressLink: back to its previous endpoint), so a failed unit never
+        keeps a live setup."""
+        run.attempt.undo(
+            "device", "wipe", flasher.wipe, certificate_id=run.result.certificate_id, thing_name=thing_name
+        )
+
+    def _observe_verify(self, run: _Run, flasher: FlasherLike, thing_name: str) -> None:
         """Watch the unit's hello with the station's observer: subscribe first, then tell the unit to go
         online, then wait (bounded) for a hello carrying the certificate id that was registered."""
-        request = attempt.request
+        request = run.request
         go_online = getattr(flasher, "go_online", None)
         if self._observer_for is None or not callable(go_online):
             raise _cannot_verify()
@@ -640,12 +616,12 @@ class Pipeline:
         watch = observer.watch(thing_name)  # subscribed before the unit can say anything
         try:
             # From here the unit may be live on the target: a failure wipes it like a device-side verify.
-            attempt.device_pointed = True
+            self._point_device(run, flasher, thing_name)
             go_online()
             hello = watch.wait(request.hello_timeout_s)
         finally:
             watch.close()
-        expected = attempt.result.certificate_id
+        expected = run.result.certificate_id
         if hello is None:
             raise UnitFault(
                 "No hello from the unit",
@@ -663,88 +639,30 @@ class Pipeline:
                 f"station registered ({expected[:12]}…).",
                 "Put the unit in the rework bin.",
             )
-        self._ledger.journal_update(attempt.journal_id, state="verified")
-
-    # ------------------------------------------------------------------------------------ compensation
-    def _compensate(self, attempt: _Attempt) -> None:
-        """Undo what this attempt did, AWS first (a live certificate is the worse leftover), then the device."""
-        request = attempt.request
-        result = attempt.result
-        if attempt.register_started:
-            registry = self._registry_for(request.target)
-            if attempt.registration is not None:
-                self._undo(attempt, "rollback", lambda: registry.rollback(attempt.registration))
-            else:
-                # register itself failed: normally nothing was made, but a timeout can hide a success.
-                # Only a certificate this attempt made can be deleted; a device's own certificate may
-                # belong to an earlier PASS, so it is left for reconcile's stricter rule.
-                if result.key_source != "read":
-                    self._undo(
-                        attempt,
-                        "revoke",
-                        lambda: (
-                            bool(result.certificate_id)
-                            and registry.revoke(result.certificate_id, delete_thing=None)
-                        ),
-                        skip_if_false=True,
-                    )
-        flasher = attempt.flasher
-        # A unit that verified from its own side was pointed at the target even though nothing was written:
-        # wiping puts it back (ExpressLink: its previous endpoint) so a failed unit never keeps a live setup.
-        if (attempt.write_started or attempt.device_pointed) and flasher is not None:
-            self._undo(attempt, "wipe", flasher.wipe)
-
-    def _undo(
-        self, attempt: _Attempt, action: str, fn: Callable[[], Any], *, skip_if_false: bool = False
-    ) -> None:
-        request = attempt.request
-        start = time.perf_counter()
-        try:
-            value = fn()
-        except BaseException as exc:
-            detail = exc.message if isinstance(exc, StationError) else type(exc).__name__
-            if not isinstance(exc, StationError):
-                log.error(
-                    "compensation %s failed for %s:\n%s",
-                    action,
-                    request.serial,
-                    redact("".join(traceback.format_exception(exc))),
-                )
-            comp = Compensation(action, False, detail)
-        else:
-            if skip_if_false and value is False:
-                return  # nothing was there to undo
-            comp = Compensation(action, True, _compensation_text(action))
-        attempt.result.compensations.append(comp)
-        if action in ("rollback", "revoke") and comp.ok and attempt.journal_id is not None:
-            try:
-                self._ledger.journal_update(attempt.journal_id, state="rolled_back")
-            except Exception:
-                log.exception("could not mark the journal of %s rolled back", request.serial)
-        self._emit(
-            request,
-            "compensation",
-            step=action,
-            outcome="ok" if comp.ok else "failed",
-            duration_ms=(time.perf_counter() - start) * 1000.0,
-            message=comp.detail,
-            data={"certificate_id": attempt.result.certificate_id, "thing_name": attempt.result.thing_name},
-        )
+        run.attempt.journal(state="verified")
 
     # ------------------------------------------------------------------------------------------ record
-    def _finish(self, attempt: _Attempt, error: StationError | None) -> None:
-        result = attempt.result
-        request = attempt.request
+    def _finish(self, run: _Run, error: StationError | None) -> None:
+        result = run.result
+        attempt = run.attempt
         self._set_outcome(result, error)
         result.finished_at = time.time()
+
+        def record() -> Any:
+            # unit_finished goes to the ledger with the record; listeners get it once the record is written.
+            nonlocal finished
+            finished = self._finished_event(run, publish=False)
+            return attempt.record(self._record_factory(result))
+
+        finished: Event | None = None
         try:
-            self._step(attempt, "record", lambda: self._ledger.record_attempt(self._record_factory(result)))
+            attempt.step("record", record, keep_finish=False)
             result.recorded = True
         except BaseException as exc:
             # No record → a registered certificate would have no PASS record: undo it like any failure.
-            log.error("could not record the attempt for %s: %s", request.serial, type(exc).__name__)
+            log.error("could not record the attempt for %s: %s", result.serial, type(exc).__name__)
             if error is None:
-                self._compensate(attempt)
+                attempt.compensate()
             self._set_outcome(
                 result,
                 StationFault(
@@ -753,20 +671,20 @@ class Pipeline:
                     "Call a technician to check the ledger; then scan the unit again.",
                 ),
             )
+            finished = self._finished_event(run, keep=False)
         # Close the journal only when the record is written and AWS holds nothing unaccounted for: a
         # failed rollback keeps it open for `station reconcile`.
-        aws_clean = result.outcome == Outcome.PASS or not any(
-            c.action in ("rollback", "revoke") and not c.ok for c in result.compensations
-        )
-        if attempt.journal_id is not None and result.recorded and aws_clean:
-            try:
-                self._ledger.journal_close(attempt.journal_id, outcome=str(result.outcome))
-                result.journal_closed = True
-            except Exception:
-                log.exception("could not close the journal of %s", request.serial)
-        self._emit(
-            request,
+        result.journal_closed = attempt.journal_close(str(result.outcome))
+        if result.recorded and finished is not None:
+            attempt.publish(finished)
+
+    @staticmethod
+    def _finished_event(run: _Run, *, keep: bool = True, publish: bool = True) -> Event:
+        result = run.result
+        return run.attempt.emit(
             "unit_finished",
+            keep=keep,
+            publish=publish,
             outcome=str(result.outcome),
             title=result.title,
             message=result.message,
@@ -880,14 +798,6 @@ def _note_thing(registration: Any, thing_name: str, created: bool) -> None:
                 setattr(registration, name, value)
             except (AttributeError, TypeError):
                 object.__setattr__(registration, name, value)
-
-
-def _compensation_text(action: str) -> str:
-    return {
-        "rollback": "What this attempt made in AWS was deleted.",
-        "revoke": "The certificate found registered after a failed register was deleted.",
-        "wipe": "The device's staged credentials were wiped.",
-    }.get(action, "done")
 
 
 def _most_serious(errors: list[BaseException]) -> BaseException:
@@ -1012,8 +922,17 @@ def reconcile(
             item.action, item.detail = "skipped", "opened too recently (a unit may still be in progress)"
             items.append(item)
             continue
+        attempt = Attempt(
+            ledger,
+            serial=item.serial,
+            action=Action.PROVISION,  # the record reconcile may write is the stopped provision's
+            slot=str(_field(entry, "slot", "") or ""),
+            station_id=station_id,
+            on_event=on_event,
+            attempt_id=str(_field(entry, "attempt_id", "") or "") or None,
+        )
         try:
-            _reconcile_one(ledger, entry, item, targets, registry_for, record_factory, station_id)
+            _reconcile_one(ledger, entry, item, targets, registry_for, record_factory, attempt)
         except StationError as exc:
             item.action, item.detail = "failed", f"{exc.title}: {exc.message}"
         except Exception as exc:
@@ -1022,25 +941,20 @@ def reconcile(
             )
             item.action, item.detail = "failed", type(exc).__name__
         items.append(item)
-        event = Event(
-            kind="compensation",
-            serial=item.serial,
-            slot=str(_field(entry, "slot", "") or ""),
-            step="reconcile",
-            outcome="failed" if item.action == "failed" else "ok",
-            message=item.detail,
-            data=item.as_dict(),
-        )
-        try:
-            ledger.append_event(event)
-        except Exception:
-            log.exception("could not append the reconcile event of %s", item.serial)
-        if on_event is not None:
-            try:
-                on_event(event)
-            except Exception:
-                log.exception("event consumer failed on reconcile")
+        if not attempt.recorded:
+            _reconcile_event(attempt, item)
+            attempt.flush_events()
     return items
+
+
+def _reconcile_event(attempt: Attempt, item: ReconcileItem) -> Event:
+    return attempt.emit(
+        "compensation",
+        step="reconcile",
+        outcome="failed" if item.action == "failed" else "ok",
+        message=item.detail,
+        data=item.as_dict(),
+    )
 
 
 def _reconcile_one(
@@ -1050,8 +964,9 @@ def _reconcile_one(
     targets: Mapping[str, Target],
     registry_for: Callable[[Target], RegistryLike],
     record_factory: RecordFactory,
-    station_id: str,
+    attempt: Attempt,
 ) -> None:
+    station_id = attempt.station_id
     target = targets.get(item.target)
     if target is None:
         item.detail = f"target {item.target!r} is not in the station configuration; nothing was touched"
@@ -1095,5 +1010,6 @@ def _reconcile_one(
             started_at=float(_field(entry, "opened_at", 0.0) or 0.0),
             finished_at=time.time(),
         )
-        ledger.record_attempt(record_factory(result))
+        _reconcile_event(attempt, item)
+        attempt.record(record_factory(result))
     ledger.journal_close(item.journal_id, outcome=str(Outcome.ERROR))
