@@ -85,10 +85,50 @@ def default_flasher_factory(port: str, *, family: str, baud: int, options: dict[
     return flasher
 
 
-def default_registry_factory(target: Target, *, station_id: str) -> RegistryLike:
+def default_registry_factory(target: Target, *, station_id: str, quick: bool = False) -> RegistryLike:
+    """The real registry of `target`. `quick`: few retries and short timeouts (preflight answers in seconds
+    even when a target is unreachable)."""
     from station.registry import Registry
 
+    if quick:
+        return Registry(
+            target, station_id=station_id, max_attempts=2, connect_timeout_s=3.0, read_timeout_s=10.0
+        )
     return Registry(target, station_id=station_id)
+
+
+def registry_factory(
+    station_id: str, *, make: Callable[[Target], RegistryLike] | None = None, quick: bool = False
+) -> Callable[[Target], RegistryLike]:
+    """One registry per target for as long as the factory is held (`make` replaces the real one)."""
+    lock = threading.Lock()
+    made: dict[str, RegistryLike] = {}
+
+    def factory(target: Target) -> RegistryLike:
+        with lock:
+            if target.name not in made:
+                made[target.name] = (
+                    make(target)
+                    if make is not None
+                    else default_registry_factory(target, station_id=station_id, quick=quick)
+                )
+            return made[target.name]
+
+    return factory
+
+
+def server_ca(target: Target) -> bytes | None:
+    """The server CA the verify trusts for `target`, read from its `ca_file` (None: the system's store)."""
+    if target.ca_file is None:
+        return None
+    try:
+        return Path(target.ca_file).read_bytes()
+    except OSError as error:
+        raise ConfigError(
+            "Server CA not readable",
+            f"The CA file {target.ca_file} of target {target.name!r} cannot be read ({error.strerror}).",
+            "Fix ca_file of this target in station.toml.",
+        ) from None
 
 
 def default_verifier(
@@ -308,15 +348,7 @@ class StationContext:
             return None
         with self._lock:
             if target.name not in self._ca:
-                try:
-                    self._ca[target.name] = Path(target.ca_file).read_bytes()
-                except OSError as error:
-                    raise ConfigError(
-                        "Server CA not readable",
-                        f"The CA file {target.ca_file} of target {target.name!r} cannot be read "
-                        f"({error.strerror}).",
-                        "Fix ca_file of this target in station.toml.",
-                    ) from None
+                self._ca[target.name] = server_ca(target)
             return self._ca[target.name]
 
     def slot_ports(self) -> dict[str, str]:

@@ -553,25 +553,12 @@ class Pipeline:
         assert identity is not None
         # Whose certificate AWS would be refusing decides the fault: one the station made is the station's.
         origin = "station" if run.result.key_source == "station" else "unit"
-        registration = registry.register(identity, origin=origin)
-        run.registration = registration
-        run.attempt.undo(
-            "aws",
-            "rollback",
-            lambda: registry.rollback(registration),
-            certificate_id=identity.certificate_id,
-            thing_name=thing_name,
+        registration, thing_created = register_in_target(
+            run.attempt, registry, identity, thing_name, origin=origin
         )
-        created = bool(getattr(registration, "created", True))
-        arn = str(getattr(registration, "certificate_arn", "") or "")
-        run.result.certificate_arn = arn
-        run.attempt.journal(state="registered", certificate_created=created, certificate_arn=arn)
-        thing_created = registry.create_thing(thing_name)
-        run.thing_created = run.result.thing_created = bool(thing_created)
-        _note_thing(registration, thing_name, run.thing_created)
-        run.attempt.journal(state="thing", thing_created=run.thing_created)
-        registry.attach(registration, thing_name)
-        run.attempt.journal(state="attached")
+        run.registration = registration
+        run.result.certificate_arn = str(getattr(registration, "certificate_arn", "") or "")
+        run.thing_created = run.result.thing_created = thing_created
 
     # ------------------------------------------------------------------------------------------ verify
     def _host_verify(self, run: _Run, thing_name: str) -> None:
@@ -647,6 +634,7 @@ class Pipeline:
         attempt = run.attempt
         self._set_outcome(result, error)
         result.finished_at = time.time()
+        finished: Event | None = None
 
         def record() -> Any:
             # unit_finished goes to the ledger with the record; listeners get it once the record is written.
@@ -654,7 +642,6 @@ class Pipeline:
             finished = self._finished_event(run, publish=False)
             return attempt.record(self._record_factory(result))
 
-        finished: Event | None = None
         try:
             attempt.step("record", record, keep_finish=False)
             result.recorded = True
@@ -711,6 +698,35 @@ class Pipeline:
 # ---------------------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------------------
+
+
+def register_in_target(
+    attempt: Attempt, registry: RegistryLike, identity: Identity, thing_name: str, *, origin: str
+) -> tuple[Any, bool]:
+    """The cloud half of the step order: register the certificate, make the thing, attach policy and thing.
+
+    The journal is updated after each AWS step and the undo (roll back only what this call made) is
+    registered with the attempt as soon as there is something to undo. The pipeline runs it on its helper
+    thread; QA register and transfer run it too, so this order lives here only. Returns the registration
+    and whether this call made the thing.
+    """
+    registration = registry.register(identity, origin=origin)
+    attempt.undo(
+        "aws",
+        "rollback",
+        lambda: registry.rollback(registration),
+        certificate_id=identity.certificate_id,
+        thing_name=thing_name,
+    )
+    created = bool(getattr(registration, "created", True))
+    arn = str(getattr(registration, "certificate_arn", "") or "")
+    attempt.journal(state="registered", certificate_created=created, certificate_arn=arn)
+    thing_created = bool(registry.create_thing(thing_name))
+    _note_thing(registration, thing_name, thing_created)
+    attempt.journal(state="thing", thing_created=thing_created)
+    registry.attach(registration, thing_name)
+    attempt.journal(state="attached")
+    return registration, thing_created
 
 
 def _where(registry: RegistryLike, target: Target) -> str:

@@ -61,7 +61,7 @@ from botocore.exceptions import (
 )
 
 from station.config import is_over_broad, render_policy
-from station.errors import CertificateRejected, InputError, StationError, StationFault, UnitFault
+from station.errors import CertificateRejected, StationError, StationFault, UnitFault
 from station.identity import certificate_id as local_certificate_id
 from station.identity import check_aws_acceptance
 from station.model import Identity, Target
@@ -76,7 +76,6 @@ __all__ = [
     "Registration",
     "Registry",
     "shared_budget",
-    "transfer",
 ]
 
 log = logging.getLogger(__name__)
@@ -732,22 +731,6 @@ class Registry:
         if registration.thing_name is None:
             registration.thing_name = thing_name
 
-    def provision(self, identity: Identity, thing_name: str, *, origin: str = "unit") -> Registration:
-        """register + create_thing + attach; on any failure, roll back what this call made, then re-raise."""
-        registration = self.register(identity, origin=origin)
-        try:
-            created = self.create_thing(thing_name)
-            registration.thing_name = thing_name
-            registration.thing_created = created
-            self.attach(registration, thing_name)
-        except BaseException as error:
-            try:
-                self.rollback(registration)
-            except StationError as rollback_error:
-                raise rollback_error from error
-            raise
-        return registration
-
     # ------------------------------------------------------------------------------------------ listings
     def _attached_policies(self, arn: str) -> list[str]:
         names: list[str] = []
@@ -1187,53 +1170,6 @@ class Registry:
         except StationError as error:
             return Check(label, False, error.message, error.next_action)
         return Check(label, True, f"The {label} {name!r} exists.")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Transfer
-# ---------------------------------------------------------------------------------------------------------
-
-
-def transfer(
-    certificate_pem: str,
-    source: Registry,
-    dest: Registry,
-    thing_name: str,
-    *,
-    revoke_source: bool,
-    delete_source_thing: str | None = None,
-    origin: str = "unit",
-) -> Registration:
-    """Register the same certificate (plus thing and policy) in `dest`; optionally revoke it at `source`.
-
-    The destination is provisioned first, so the unit never has nowhere to connect. When the source revoke
-    fails after that, the StationFault says so: the unit already works at the destination.
-    """
-    if source.target.registry_key == dest.target.registry_key:
-        raise InputError(
-            "Same registry",
-            f"Target {dest.target.name!r} is the same account and region as {source.target.name!r}.",
-            "Choose a destination target in another account or region.",
-        )
-    try:
-        check_aws_acceptance(certificate_pem)
-        cert_id = local_certificate_id(certificate_pem)
-    except StationError as error:
-        raise _rejected(error, origin) from None
-    identity = Identity(certificate_pem=certificate_pem, certificate_id=cert_id)
-    registration = dest.provision(identity, thing_name, origin=origin)
-    if revoke_source:
-        try:
-            source.revoke(cert_id, delete_thing=delete_source_thing)
-        except StationError as error:
-            raise StationFault(
-                "Transfer half done",
-                f"The certificate now works in {dest.where}, but revoking it in {source.where} failed: "
-                f"{error.message}",
-                f"Run `station revoke` for this unit on target {source.target.name!r} again; if it keeps "
-                "failing, call a technician.",
-            ) from error
-    return registration
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -93,3 +93,47 @@ def make_target(endpoint_url: str, **overrides: Any) -> Target:
 
 def with_changes(target: Target, **changes: Any) -> Target:
     return dataclasses.replace(target, **changes)
+
+
+class _JournalOnly:
+    """The least ledger an `Attempt` needs to journal and compensate (nothing is recorded here)."""
+
+    def __init__(self) -> None:
+        self.journal: dict[int, dict[str, Any]] = {}
+
+    def journal_open(self, **fields: Any) -> int:
+        self.journal[len(self.journal) + 1] = dict(fields)
+        return len(self.journal)
+
+    def journal_update(self, journal_id: int, **fields: Any) -> None:
+        self.journal[journal_id].update(fields)
+
+    def journal_close(self, journal_id: int, outcome: str | None = None) -> None:
+        self.journal.pop(journal_id, None)
+
+    def record_attempt(self, record: Any) -> str:
+        return ""
+
+    def append_event(self, event: Any) -> int:
+        return 0
+
+
+def provision(registry: Any, identity: Any, thing: str, *, origin: str = "unit") -> Any:
+    """register → thing → attach as the station does it (`station.pipeline.register_in_target`, the one
+    copy of that order), undone by the attempt's compensation when a step fails; returns the registration."""
+    from station.attempt import Attempt
+    from station.pipeline import register_in_target
+
+    attempt = Attempt(_JournalOnly(), serial=thing)
+    attempt.journal_open(certificate_id=identity.certificate_id, thing_name=thing)
+    try:
+        registration, _ = register_in_target(attempt, registry, identity, thing, origin=origin)
+    except BaseException:
+        attempt.compensate()
+        failed = [c for c in attempt.compensations if not c.ok]
+        if failed:
+            from station.errors import StationFault
+
+            raise StationFault("Rollback failed", failed[0].detail, "") from None
+        raise
+    return registration

@@ -27,6 +27,7 @@ from cloud_fixtures import (
     lab_control_plane,
     make_target,
     moto_server,
+    provision,
     unique,
 )
 
@@ -35,7 +36,7 @@ from station.identity import new_identity
 from station.lab.control import ControlPlane
 from station.model import Identity, Target
 from station.ratelimit import RateBudget
-from station.registry import Registration, Registry, session_for, shared_budget, transfer
+from station.registry import Registration, Registry, session_for, shared_budget
 
 pytestmark = pytest.mark.lab
 
@@ -135,8 +136,8 @@ def test_register_makes_an_active_certificate_named_by_its_der_hash(
 def test_registering_twice_is_harmless(registry: Registry, moto_url: str) -> None:
     thing = unique("unit")
     identity = new_identity(thing)
-    first = registry.provision(identity, thing)
-    second = registry.provision(identity, thing)
+    first = provision(registry, identity, thing)
+    second = provision(registry, identity, thing)
     assert first.created and first.thing_created and first.policy_attached and first.thing_attached
     assert second.certificate_id == first.certificate_id
     assert second.certificate_arn == first.certificate_arn
@@ -213,7 +214,7 @@ def test_an_identity_whose_id_does_not_match_its_certificate_is_refused(registry
 def test_rollback_leaves_nothing(registry: Registry, moto_url: str) -> None:
     thing = unique("unit")
     identity = new_identity(thing)
-    registration = registry.provision(identity, thing)
+    registration = provision(registry, identity, thing)
     iot = iot_client(moto_url)
     assert identity.certificate_id in certificate_ids(iot)
     assert thing in thing_names(iot)
@@ -232,7 +233,7 @@ def test_rollback_keeps_a_thing_this_attempt_did_not_make(registry: Registry, mo
     iot = iot_client(moto_url)
     iot.create_thing(thingName=thing)
     identity = new_identity(thing)
-    registration = registry.provision(identity, thing)
+    registration = provision(registry, identity, thing)
     assert registration.thing_created is False and registration.created is True
     registry.rollback(registration)
     assert thing in thing_names(iot)
@@ -245,7 +246,7 @@ def test_a_failed_provision_rolls_back_what_it_made(target: Target, moto_url: st
     thing = unique("unit")
     identity = new_identity(thing)
     with pytest.raises(StationFault, match="thing type"):
-        registry.provision(identity, thing)
+        provision(registry, identity, thing)
     iot = iot_client(moto_url)
     assert identity.certificate_id not in certificate_ids(iot)
     assert thing not in thing_names(iot)
@@ -274,7 +275,7 @@ def test_a_rollback_that_cannot_reach_aws_says_what_is_left_and_what_to_do(targe
 def test_revoke_leaves_nothing(registry: Registry, moto_url: str) -> None:
     thing = unique("unit")
     identity = new_identity(thing)
-    registry.provision(identity, thing)
+    provision(registry, identity, thing)
     assert registry.revoke(identity.certificate_id, delete_thing=thing) is True
     iot = iot_client(moto_url)
     assert identity.certificate_id not in certificate_ids(iot)
@@ -287,7 +288,7 @@ def test_revoke_leaves_nothing(registry: Registry, moto_url: str) -> None:
 def test_revoke_keeps_the_thing_unless_asked(registry: Registry, moto_url: str) -> None:
     thing = unique("unit")
     identity = new_identity(thing)
-    registry.provision(identity, thing)
+    provision(registry, identity, thing)
     registry.revoke(identity.certificate_id)
     iot = iot_client(moto_url)
     assert thing in thing_names(iot)
@@ -332,7 +333,7 @@ def test_a_missing_policy_without_a_document_is_a_station_fault(moto_url: str) -
     thing = unique("unit")
     identity = new_identity(thing)
     with pytest.raises(StationFault, match="policy"):
-        registry.provision(identity, thing)
+        provision(registry, identity, thing)
     assert identity.certificate_id not in certificate_ids(iot_client(moto_url))
 
 
@@ -424,9 +425,11 @@ def test_transfer_registers_the_same_certificate_in_another_registry(
     dest = Registry(dest_target, budget=RateBudget(), station_id="test")
     thing = unique("unit")
     identity = new_identity(thing)
-    source.provision(identity, thing)
+    provision(source, identity, thing)
 
-    registration = transfer(identity.certificate_pem, source, dest, thing, revoke_source=False)
+    # QA's transfer: the same certificate (no key) registered at the destination with thing and policy.
+    public = Identity(identity.certificate_pem, identity.certificate_id)
+    registration = provision(dest, public, thing)
     assert registration.certificate_id == der_sha256(identity.certificate_pem)
     src_iot = iot_client(moto_url)
     dst_iot = iot_client(moto_url, region=region, account=account)
@@ -436,21 +439,12 @@ def test_transfer_registers_the_same_certificate_in_another_registry(
     assert registration.certificate_arn.split(":")[3:5] == [region, account or "123456789012"]
 
     # Again with the source revoked: idempotent at the destination, gone at the source.
-    again = transfer(
-        identity.certificate_pem, source, dest, thing, revoke_source=True, delete_source_thing=thing
-    )
+    again = provision(dest, public, thing)
+    assert source.revoke(identity.certificate_id, delete_thing=thing)
     assert again.created is False
     assert identity.certificate_id not in certificate_ids(src_iot)
     assert thing not in thing_names(src_iot)
     assert identity.certificate_id in certificate_ids(dst_iot)
-
-
-def test_transfer_to_the_same_registry_is_refused(moto_url: str) -> None:
-    target = make_target(moto_url)
-    registry = Registry(target, budget=RateBudget())
-    with pytest.raises(CertificateRejected.__mro__[1]):  # InputError
-        transfer(new_identity("x").certificate_pem, registry, registry, "x", revoke_source=True)
-    assert registry.budget.stats() == {}
 
 
 # ---------------------------------------------------------------------------------------------- errors, throttling
@@ -531,7 +525,7 @@ def provision_many(registries: list[Registry], count: int, threads: int = 8) -> 
                 return
             thing = unique(f"bulk{n}")
             try:
-                registry.provision(new_identity(thing), thing)
+                provision(registry, new_identity(thing), thing)
             except BaseException as error:
                 with lock:
                     errors.append(error)
@@ -648,6 +642,6 @@ def test_rollback_through_the_lab_control_plane(control_plane: ControlPlane) -> 
     registry = Registry(plane_target(control_plane), budget=RateBudget())
     thing = unique("unit")
     identity = new_identity(thing)
-    registration = registry.provision(identity, thing)
+    registration = provision(registry, identity, thing)
     registry.rollback(registration)
     assert registry.describe(identity.certificate_id) is None

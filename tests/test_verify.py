@@ -23,6 +23,7 @@ from cloud_fixtures import (
     REGION,
     make_target,
     moto_server,
+    provision,
     unique,
 )
 
@@ -31,7 +32,7 @@ from station.identity import new_identity
 from station.lab.dataplane import DataPlane
 from station.model import Identity, Target
 from station.ratelimit import RateBudget
-from station.registry import Registry, transfer
+from station.registry import Registry
 from station.verify import VerifyResult, _ConnectPacer, verify
 
 pytestmark = pytest.mark.lab
@@ -109,7 +110,7 @@ def registry(moto_url: str, data_plane: DataPlane) -> Registry:
 def test_a_provisioned_unit_verifies(registry: Registry, data_plane: DataPlane) -> None:
     thing = unique("unit")
     identity = new_identity(thing)
-    registry.provision(identity, thing)
+    provision(registry, identity, thing)
     timings = [check(registry, identity, thing, data_plane, messages=3) for _ in range(2)]
     for result in timings:
         assert result.messages == 3 and result.thing_name == thing and result.connect_attempts == 1
@@ -129,7 +130,7 @@ def test_transfer_to_another_region_and_account_connects_at_each_endpoint(
 ) -> None:
     thing = unique("unit")
     identity = new_identity(thing)
-    registry.provision(identity, thing)
+    provision(registry, identity, thing)
     for account, region in ((ACCOUNT, OTHER_REGION), (OTHER_ACCOUNT_ID, REGION)):
         dest = Registry(
             lab_target(moto_url, data_plane, account=account, region=region),
@@ -138,7 +139,7 @@ def test_transfer_to_another_region_and_account_connects_at_each_endpoint(
         )
         with pytest.raises(UnitFault):  # not registered there yet: that endpoint hangs up
             check(dest, identity, thing, data_plane, connect_attempts=1)
-        transfer(identity.certificate_pem, registry, dest, thing, revoke_source=False)
+        provision(dest, Identity(identity.certificate_pem, identity.certificate_id), thing)  # a transfer
         assert check(dest, identity, thing, data_plane).messages == 3
     assert check(registry, identity, thing, data_plane).messages == 3
 
@@ -149,7 +150,7 @@ def test_transfer_to_another_region_and_account_connects_at_each_endpoint(
 def test_after_revoke_the_endpoint_hangs_up(registry: Registry, data_plane: DataPlane) -> None:
     thing = unique("unit")
     identity = new_identity(thing)
-    registry.provision(identity, thing)
+    provision(registry, identity, thing)
     check(registry, identity, thing, data_plane)
     registry.revoke(identity.certificate_id, delete_thing=thing)
     started = time.monotonic()
@@ -222,7 +223,7 @@ def test_a_policy_that_forbids_the_verify_topic_fails_with_the_reason_and_rolls_
     )
     thing = unique("unit")
     identity = new_identity(thing)
-    registration = registry.provision(identity, thing)
+    registration = provision(registry, identity, thing)
     with pytest.raises(UnitFault) as failed:
         check(registry, identity, thing, data_plane, timeout_s=2.0)
     assert reason in failed.value.message
@@ -274,7 +275,7 @@ def test_a_server_the_station_does_not_trust_is_a_station_fault(
 ) -> None:
     thing = unique("unit")
     identity = new_identity(thing)
-    registry.provision(identity, thing)
+    provision(registry, identity, thing)
     wrong_ca = (FIXTURES / "certs" / "factory-ca.pem").read_bytes()
     host, port = registry.data_endpoint()
     with pytest.raises(StationFault) as failed:

@@ -179,27 +179,29 @@ def run(args: argparse.Namespace) -> int:
         qa.find_target(config, args.target)
     except qa.NotFound as error:
         return not_found(args, error)
-    identity = qa.load_certificate(args.cert, key=args.key, p12=args.p12, password=password)
+    location = ledger_location(args, config)
+    # The ledger is opened by the library once every local check (files, names) has passed.
+    result = qa.register_files(
+        config,
+        lambda: open_ledger(location),
+        cert=args.cert,
+        key=args.key,
+        p12=args.p12,
+        password=password,
+        serial=args.serial,
+        target=args.target,
+        operator=qa.operator_name(config, args.operator),
+        thing=args.thing,
+        product=args.product,
+        verify=args.verify,
+    )
     del password
-    source = ", ".join(os.path.basename(f) for f in (args.cert, args.key, args.p12) if f)
-    with open_ledger(ledger_location(args, config)) as ledger:
-        result = qa.register_certificate(
-            config,
-            ledger,
-            identity,
-            serial=args.serial,
-            target=args.target,
-            operator=qa.operator_name(config, args.operator),
-            thing=args.thing,
-            product=args.product,
-            verify=args.verify,
-            source=source,
-        )
-    del identity
     if args.json:
         print(json.dumps({"ok": True, **result.as_dict()}))
         return EXIT_OK
     headline = "Registered" if not result.already_registered else "Already registered"
+    if result.verify is None:
+        headline += " (not verified)"
     print(f"{headline}: {result.serial} in {result.target} ({result.account_id}/{result.region})")
     print(f"  {result.message}")
     thing_state = "created" if result.thing_created else "existed"

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from station.errors import InputError, StationError, StationFault, UnitFault
-from station.model import Identity, Target
+from station.model import Target
 
 if TYPE_CHECKING:
     from station.qa import RevokeDone, RevokePlan, TransferPlan
@@ -355,12 +355,23 @@ class QaServices:
 
     # ------------------------------------------------------------------------------------------ import
     def import_certificate(
-        self, path: str, *, password: str | None, serial: str, target: str, product: str | None = None
+        self,
+        path: str,
+        *,
+        password: str | None,
+        serial: str,
+        target: str,
+        product: str | None = None,
+        thing: str | None = None,
+        key_path: str | None = None,
+        verify: bool = False,
     ) -> ActionResult:
-        """Register a certificate from a PEM, DER or PKCS#12 file for unit `serial` in `target`, through
-        `station.qa.register_certificate` (record + `qa:register` note, as `station register` writes them).
+        """Register a certificate from files for unit `serial` in `target`: the same function as `station
+        register` (`station.qa.register_files`, record + `qa:register` note).
 
-        A key in the file (PKCS#12) is dropped at once: the desk registers the certificate, never the key.
+        `path` is the certificate (PEM, DER/.cer or PKCS#12); `key_path` the key (PEM/DER or the keychain's
+        .p12). A key is used in memory for the verify only, never kept. Without verify the unit is recorded
+        as registered (not verified), never PASS.
         """
         if not path.strip():
             raise InputError(
@@ -370,25 +381,33 @@ class QaServices:
             )
         from station import qa  # loads boto3 and cryptography: only once QA acts
 
-        file = Path(path.strip()).expanduser()
-        loaded = self._guard("read the file", lambda: qa.load_certificate(file, password=password or None))
-        identity = Identity(certificate_pem=loaded.certificate_pem, certificate_id=loaded.certificate_id)
-        del loaded  # the key (if any) goes no further
+        cert = Path(path.strip()).expanduser()
+        key = Path(key_path.strip()).expanduser() if key_path and key_path.strip() else None
+        files: dict[str, Any] = {"cert": cert}
+        if key is not None:
+            files["p12" if key.suffix.lower() in (".p12", ".pfx") else "key"] = key
         result = self._guard(
             "register",
-            lambda: qa.register_certificate(
+            lambda: qa.register_files(
                 self.config,
                 self.ledger,
-                identity,
+                password=password or None,
                 serial=serial,
                 target=target,
                 operator=self.operator,
-                product=product,
-                source=file.name,
+                product=product or None,
+                thing=thing or None,
+                verify=verify,
                 registry_for=self.registry,
+                **files,
             ),
         )
-        title = "Certificate registered" if result.changed else "Already registered"
+        if result.verify is not None:
+            title = "Certificate registered and verified"
+        elif result.changed:
+            title = "Certificate registered (not verified)"
+        else:
+            title = "Already registered (not verified)"
         return ActionResult(title, result.message)
 
     # ------------------------------------------------------------------------------------------ re-verify

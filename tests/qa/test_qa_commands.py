@@ -188,12 +188,21 @@ def test_keychain_pair_is_registered_revoked_and_transferred_to_another_region_a
 
         with open_ledger(ledger) as book:
             records = book.find(serial)
-            assert [(r.target, r.outcome, r.extra["qa_action"]) for r in records] == [
-                (HOME, "PASS", "register"),
-                (OTHER_REGION, "PASS", "transfer"),
-                (OTHER_ACCOUNT, "PASS", "transfer"),
+            # Registered without verify and transferred: DONE, never PASS (nothing proved the unit); every
+            # revoke is an attempt record of its own, naming what it removed.
+            assert [(r.target, r.outcome, r.action) for r in records] == [
+                (HOME, "DONE", "register"),
+                (HOME, "DONE", "revoke"),
+                (OTHER_REGION, "DONE", "transfer"),
+                (OTHER_ACCOUNT, "DONE", "transfer"),
+                (HOME, "DONE", "revoke"),
+                (OTHER_REGION, "DONE", "revoke"),
+                (OTHER_ACCOUNT, "DONE", "revoke"),
             ]
-            assert {r.operator for r in records} == {"trainee"}  # the lab config's operator
+            assert [r.extra["revoked"] for r in records if r.action == "revoke"] == [[cert_id]] * 4
+            assert records[0].title == "Registered (not verified)"
+            # The lab config's operator, and the one named for the first revoke.
+            assert [r.operator for r in records] == ["trainee", "qa-alice"] + ["trainee"] * 5
             assert {r.certificate_id for r in records} == {cert_id}
             notes = [e.event for e in book.events(serial) if e.event.kind == "note"]
             assert [(n.step, n.outcome) for n in notes] == [
@@ -302,7 +311,7 @@ def test_registering_the_same_certificate_twice_is_harmless(
     assert code == EXIT_OK and first["already_registered"] is False and first["changed"] is True
     code, out, _ = cli(capsys, *register)
     assert code == EXIT_OK
-    assert out.startswith("Already registered:") and "nothing changed" in out
+    assert out.startswith("Already registered (not verified):") and "nothing changed" in out
     code, again = cli_json(capsys, *register)
     assert code == EXIT_OK and again["already_registered"] is True and again["changed"] is False
     assert again["certificate_arn"] == first["certificate_arn"]
@@ -318,7 +327,7 @@ def test_registering_the_same_certificate_twice_is_harmless(
     assert iot.list_principal_things(principal=arn)["things"] == [first["thing_name"]]
     assert device_echo(lab, device, first["thing_name"], HOME).messages == 3
     with open_ledger(ledger) as book:
-        assert [r.outcome for r in book.find(serial)] == ["PASS", "PASS", "PASS"]
+        assert [r.outcome for r in book.find(serial)] == ["DONE", "DONE", "DONE"]  # registered, not verified
 
 
 @pytest.mark.parametrize(

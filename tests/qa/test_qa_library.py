@@ -29,6 +29,7 @@ from qa_rig import (
 
 from station import qa
 from station.config import StationConfig, load_config
+from station.context import registry_factory
 from station.errors import CertificateRejected, InputError, StationFault
 from station.lab import Lab
 from station.ledger import AttemptRecord, Ledger, open_ledger
@@ -146,8 +147,10 @@ def test_register_records_who_did_what_and_never_the_key(
         record.certificate_pem == device.certificate_pem and record.certificate_arn == result.certificate_arn
     )
     assert record.extra["thing_created"] is True and record.extra["source"] == "recorded.pem"
-    assert {"register", "thing", "attach", "verify", "total"} <= set(record.timings_ms)
-    assert [(e.step, e.outcome, e.data["operator"]) for e in seen] == [("qa:register", "ok", "qa-bob")]
+    assert {"register", "verify", "total"} <= set(record.timings_ms)
+    notes = [e for e in seen if e.kind == "note"]
+    assert [(e.step, e.outcome, e.data["operator"]) for e in notes] == [("qa:register", "ok", "qa-bob")]
+    assert [e.step for e in seen if e.kind == "step_finished"] == ["register", "verify"]
     assert ledger.journal_pending() == []
     assert "PRIVATE KEY" not in repr(result.as_dict()) + repr(record.to_dict())
 
@@ -169,7 +172,7 @@ def test_an_interrupted_register_is_rolled_back_and_recorded(
     assert certificate_status(lab, HOME, device.certificate_id) is None
     assert not thing_exists(lab, HOME, f"sim-{serial}")
     (record,) = ledger.find(serial)
-    assert record.outcome == "ERROR" and record.title == "Interrupted"
+    assert record.outcome == "ERROR" and record.title == "Station interrupted"
     assert [c["action"] for c in record.compensations] == ["rollback"] and record.compensations[0]["ok"]
     assert ledger.journal_pending() == []
 
@@ -291,7 +294,7 @@ def test_a_failed_source_revoke_leaves_the_transfer_recorded_and_says_so(
         target=HOME,
         operator="qa",
     )
-    real = qa.default_registry_factory(config)
+    real = registry_factory(config.station_id)
     with pytest.raises(StationFault) as error:
         qa.transfer_unit(
             config,
@@ -308,8 +311,13 @@ def test_a_failed_source_revoke_leaves_the_transfer_recorded_and_says_so(
     assert device_connect_error(lab, device, f"sim-{serial}", OTHER_ACCOUNT) is None
     assert certificate_status(lab, HOME, device.certificate_id) == "ACTIVE"
     records = ledger.find(serial)
-    assert [(r.target, r.outcome) for r in records] == [(HOME, "PASS"), (OTHER_ACCOUNT, "PASS")]
+    # Neither proved the unit (DONE, never PASS); the transfer says the source was not revoked.
+    assert [(r.target, r.outcome, r.action) for r in records] == [
+        (HOME, "DONE", "register"),
+        (OTHER_ACCOUNT, "DONE", "transfer"),
+    ]
     assert records[1].extra["source_target"] == HOME and records[1].key_source == "file"
+    assert records[1].extra["source_revoked"] is False
     notes = [(e.event.step, e.event.outcome) for e in ledger.events(serial) if e.event.kind == "note"]
     assert notes == [("qa:register", "ok"), ("qa:transfer", "ok"), ("qa:revoke", "failed")]
 

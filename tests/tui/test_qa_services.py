@@ -154,7 +154,7 @@ def test_transfer_registers_at_the_destination_first_then_revokes_the_source(rig
     # The same record and notes `station transfer` writes: a PASS attempt in the destination, with the operator.
     moved = [r for r in rig.ledger.find("SN00000002") if r.extra.get("qa_action") == "transfer"]
     assert [(r.outcome, r.target, r.operator, r.certificate_id) for r in moved] == [
-        ("PASS", "lab-us", "qa-anna", REAL_ID)
+        ("DONE", "lab-us", "qa-anna", REAL_ID)  # a transfer proves nothing about the unit
     ]
     assert moved[0].extra["source_attempt_id"] == record.attempt_id and moved[0].extra["thing_created"]
     transfer_note = rig.notes("SN00000002", "transfer")[0]
@@ -186,10 +186,10 @@ def test_import_registers_the_certificate_without_its_key_and_records_it(
     result = rig.qa.import_certificate(
         str(CERTS / name), password=password, serial="SN00000077", target="lab-us"
     )
-    assert result.title == "Certificate registered" and "widget-SN00000077" in result.message
+    assert result.title == "Certificate registered (not verified)" and "widget-SN00000077" in result.message
     (record,) = rig.ledger.find("SN00000077")
     assert (record.outcome, record.target, record.operator, record.key_source) == (
-        "PASS",
+        "DONE",  # registered, not verified: never PASS
         "lab-us",
         "qa-anna",
         "file",
@@ -205,7 +205,7 @@ def test_import_registers_the_certificate_without_its_key_and_records_it(
     again = rig.qa.import_certificate(
         str(CERTS / name), password=password, serial="SN00000077", target="lab-us"
     )
-    assert again.title == "Already registered"
+    assert again.title == "Already registered (not verified)"
 
 
 @pytest.mark.parametrize(
