@@ -17,7 +17,8 @@ Layout (every table is keyed by name; see fixtures/configs/station.toml):
     [station]            id, ledger, operator?, qa_pin?
     [targets.NAME]       region, policy_name, policy_document | policy_file, profile? role_arn? …
     [targets.NAME.issuer] certificate_file, key_file, passphrase_env?
-    [products.NAME]      serial_pattern, flasher, target, [products.NAME.options] (per-family, free-form)
+    [products.NAME]      serial_pattern, flasher, target, on_reprovision ("refuse" | "replace"),
+                         [products.NAME.options] (per-family, free-form)
     [slots.NAME]         port, baud?, product?
 """
 
@@ -100,6 +101,9 @@ class Product:
     flasher: str
     target: str
     options: dict[str, Any] = field(default_factory=dict)  # per-family flasher options, passed through
+    # A scan of a serial that already has a live identity: "refuse" (FAIL at once, nothing touched, send it to
+    # QA) or "replace" (provision and verify a new identity, then revoke the old certificate).
+    on_reprovision: str = "refuse"
 
     @property
     def pattern(self) -> re.Pattern[str]:
@@ -108,6 +112,9 @@ class Product:
     def validate_serial(self, raw: str) -> str:
         """The scanned serial, trimmed, if it matches this product's pattern; else `InputError`."""
         return naming.validate_serial(raw, self.serial_pattern, product=self.name)
+
+
+REPROVISION_POLICIES = ("refuse", "replace")
 
 
 @dataclass(frozen=True)
@@ -648,7 +655,7 @@ def _issuer(c: _Checker, target_table: Mapping[str, Any], kp: tuple[str, ...]) -
 
 def _product(c: _Checker, name: str, table: dict[str, Any]) -> Product | None:
     kp = ("products", name)
-    c.unknown_keys(table, kp, ("serial_pattern", "flasher", "target", "options"))
+    c.unknown_keys(table, kp, ("serial_pattern", "flasher", "target", "options", "on_reprovision"))
     before = len(c.problems)
     if not _NAME_RE.fullmatch(name) or naming.THING_NAME_RE.fullmatch(name) is None:
         c.problem(
@@ -682,9 +689,24 @@ def _product(c: _Checker, name: str, table: dict[str, Any]) -> Product | None:
     )
     target = c.get(table, (*kp, "target"), str, required=True, what="the name of a [targets.NAME] table")
     options = c.get(table, (*kp, "options"), dict, default={})
+    on_reprovision = c.get(
+        table,
+        (*kp, "on_reprovision"),
+        str,
+        default="refuse",
+        check=lambda v: None if v in REPROVISION_POLICIES else f"expected 'refuse' or 'replace', got {v!r}.",
+        what="'refuse' or 'replace'",
+    )
     if len(c.problems) > before:
         return None
-    return Product(name=name, serial_pattern=pattern, flasher=flasher, target=target, options=dict(options))
+    return Product(
+        name=name,
+        serial_pattern=pattern,
+        flasher=flasher,
+        target=target,
+        options=dict(options),
+        on_reprovision=on_reprovision,
+    )
 
 
 def _slot(c: _Checker, name: str, table: dict[str, Any]) -> Slot | None:

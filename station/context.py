@@ -225,7 +225,19 @@ class StationContext:
             on_event=self._emit,
             check_certificate=identity_mod.check_aws_acceptance,
             observer_for=self.observer,
+            unit_state=self.unit_state,
         )
+
+    def unit_state(self, serial: str) -> Any:
+        """The unit's current state (`station.units.UnitState`), or None for a unit never recorded."""
+        unit = getattr(self.ledger, "unit", None)
+        if callable(unit):
+            return unit(serial)
+        # INTERIM until every ledger keeps the unit state (issue 9, ledger side): replay its records.
+        from station.units import replay
+
+        records = [r for r in self.ledger.find(serial) if getattr(r, "serial", None) == serial]
+        return replay(records).get(serial)
 
     def _emit(self, event: Event) -> None:
         sink = self.on_event
@@ -424,6 +436,7 @@ class StationContext:
             ca_bytes=self.ca_bytes(target_cfg),
             check_device_id=bool(options.get("check_device_id", True)),
             hello_timeout_s=float(hello_timeout),
+            on_reprovision=product_cfg.on_reprovision,
         )
 
     def open_flasher(self, slot: str, port: str, request: UnitRequest) -> FlasherLike:

@@ -31,6 +31,7 @@ verify; put key material in an event, a record, a log line or an exception; deci
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -188,6 +189,7 @@ class UnitRequest:
     ca_bytes: bytes | None = None  # server CA for host verify (None = system trust store)
     check_device_id: bool = True  # cross-check the scan against the device id where the family has one
     hello_timeout_s: float = 60.0  # verify by observing: how long to wait for the unit's hello once online
+    on_reprovision: str = "refuse"  # a serial with a live identity: "refuse" (send it to QA) or "replace"
 
 
 @dataclass
@@ -222,6 +224,10 @@ class UnitResult:
     finished_at: float = 0.0
     journal_closed: bool = False
     recorded: bool = False
+    replaced: list[str] = field(default_factory=list)  # certificate ids this attempt supersedes (replace)
+    replaced_revoked: list[str] = field(default_factory=list)  # … of them revoked in AWS
+    action: str = Action.PROVISION  # what the attempt did to the unit (`station.units.Action`)
+    extra: dict[str, Any] = field(default_factory=dict)  # more for the record's `extra`
 
     @property
     def rolled_back(self) -> bool:
@@ -298,8 +304,13 @@ class Pipeline:
         device_id_matches: Callable[[str, str], bool] | None = None,
         check_certificate: Callable[[str], None] | None = None,
         observer_for: Callable[[Target], ObserverLike] | None = None,
+        unit_state: Callable[[str], Any] | None = None,
     ) -> None:
+        """`unit_state(serial)` is the unit's current state (`station.units.UnitState`, or None for a unit
+        never seen): a serial with a live identity is refused or replaced as `UnitRequest.on_reprovision`
+        says, before anything is done to it."""
         self._ledger = ledger
+        self._unit_state = unit_state
         self._registry_for = registry_for
         self._verifier = verifier
         self._new_identity = new_identity
@@ -404,6 +415,7 @@ class Pipeline:
     def _run_steps(self, run: _Run, open_flasher: Callable[[], FlasherLike] | None) -> None:
         request = run.request
         result = run.result
+        old = self._prior_identities(request)
 
         def identify() -> DeviceInfoLike:
             if run.flasher is None:
@@ -449,6 +461,86 @@ class Pipeline:
             self._step(run, "verify", lambda: self._device_verify(run, flasher, thing_name))
         # Verified: nobody needs the key any more.
         run.identity = None
+        if old:
+            self._retire(run, old)
+
+    # -------------------------------------------------------------------------------------- re-scans
+    def _prior_identities(self, request: UnitRequest) -> list[Any]:
+        """The unit's live identities in the request's target when it is re-scanned (before anything is
+        touched): refused with a FAIL unless the product replaces them (then they are returned)."""
+        if self._unit_state is None:
+            return []
+        state = self._unit_state(request.serial)
+        live = list(getattr(state, "live", ()) or ())
+        if not live:
+            return []
+        if request.on_reprovision != "replace":
+            newest = max(live, key=lambda i: float(getattr(i, "since", 0.0) or 0.0))
+            raise UnitFault(
+                "Already provisioned",
+                f"{request.serial} was provisioned on {_day(newest.since)} at {self._where_made(newest, state)} "
+                f"as {newest.thing_name or newest.certificate_id[:12]}; send it to QA.",
+                "Put the unit in the QA tray: QA re-verifies, revokes or re-provisions it.",
+            )
+        return [i for i in live if i.target == request.target.name]
+
+    def _where_made(self, identity: Any, state: Any) -> str:
+        """station/slot of the attempt that made `identity` live (its record), else of the unit's state."""
+        find = getattr(self._ledger, "find", None)
+        if callable(find) and identity.attempt_id:
+            try:
+                made = [
+                    r for r in find(identity.attempt_id) if _field(r, "attempt_id") == identity.attempt_id
+                ]
+            except Exception:
+                made = []
+            if made:
+                return f"{_field(made[0], 'station_id', '')}/{_field(made[0], 'slot', '')}"
+        return f"{getattr(state, 'station_id', '')}/{getattr(state, 'slot', '')}"
+
+    def _retire(self, run: _Run, old: list[Any]) -> None:
+        """The new identity is verified: revoke the unit's old certificates in AWS (AWS's order). Each revoke
+        has a journal entry of its own, closed once done; one that fails stays open for reconcile (the unit
+        is then `superseded`: its record names both). A failure here does not fail the unit."""
+        request = run.request
+        result = run.result
+        registry = self._registry_for(request.target)
+        for identity in old:
+            cert_id = identity.certificate_id
+            if not cert_id or cert_id == result.certificate_id:
+                continue  # the same certificate again (a unit that keeps its own): nothing to retire
+            result.replaced.append(cert_id)
+            journal_id = None
+            try:
+                journal_id = self._ledger.journal_open(
+                    attempt_id=result.attempt_id,
+                    serial=request.serial,
+                    slot=request.slot,
+                    product=request.product,
+                    target=request.target.name,
+                    account=result.registry[0],
+                    region=result.registry[1],
+                    certificate_id=cert_id,
+                    thing_name=identity.thing_name,
+                    state="revoking",
+                    purpose=REPLACE_REVOKE,
+                )
+                run.attempt.step("retire", functools.partial(registry.revoke, cert_id, delete_thing=None))
+            except Exception as exc:
+                detail = exc.message if isinstance(exc, StationError) else type(exc).__name__
+                run.attempt.emit(
+                    "compensation",
+                    step="retire",
+                    outcome="failed",
+                    message=f"The old certificate {cert_id[:12]}… could not be revoked yet: {detail}",
+                    data={"certificate_id": cert_id, "thing_name": identity.thing_name},
+                )
+                continue
+            result.replaced_revoked.append(cert_id)
+            try:
+                self._ledger.journal_close(journal_id, outcome=str(Outcome.PASS))
+            except Exception:
+                log.exception("could not close the retire journal of %s", request.serial)
 
     # ---------------------------------------------------------------------------------------- identity
     def _make_identity(
@@ -686,6 +778,15 @@ class Pipeline:
         if error is None:
             result.title = "Provisioned"
             result.message = f"{result.thing_name} is registered in {result.target} and verified."
+            left = [c for c in result.replaced if c not in result.replaced_revoked]
+            if result.replaced_revoked:
+                gone = ", ".join(f"{c[:12]}…" for c in result.replaced_revoked)
+                result.message += f" It replaces certificate {gone}, revoked."
+            if left:
+                result.message += (
+                    f" The old certificate {', '.join(f'{c[:12]}…' for c in left)} could not be revoked yet; "
+                    "the station retries (reconcile)."
+                )
             result.next_action = "Put the unit in the good bin."
             result.error_kind = ""
         else:
@@ -727,6 +828,13 @@ def register_in_target(
     registry.attach(registration, thing_name)
     attempt.journal(state="attached")
     return registration, thing_created
+
+
+REPLACE_REVOKE = "replace_revoke"  # journal `purpose` of an old certificate a re-provision must revoke
+
+
+def _day(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(float(epoch or 0.0)))
 
 
 def _where(registry: RegistryLike, target: Target) -> str:
@@ -830,7 +938,9 @@ def _most_serious(errors: list[BaseException]) -> BaseException:
 def record_fields(result: UnitResult) -> Mapping[str, Any]:
     """The attempt record's content as plain fields (the ledger's record type is built from these)."""
     return {
+        **result.extra,
         "attempt_id": result.attempt_id,
+        "action": str(result.action),
         "serial": result.serial,
         "slot": result.slot,
         "product": result.product,
@@ -857,6 +967,12 @@ def record_fields(result: UnitResult) -> Mapping[str, Any]:
         "compensations": [c.as_dict() for c in result.compensations],
         "started_at": result.started_at,
         "finished_at": result.finished_at,
+        # A re-provision names what it superseded (read by `station.units.apply`).
+        **(
+            {"replaced": list(result.replaced), "replaced_revoked": list(result.replaced_revoked)}
+            if result.replaced
+            else {}
+        ),
     }
 
 
@@ -938,14 +1054,17 @@ def reconcile(
             item.action, item.detail = "skipped", "opened too recently (a unit may still be in progress)"
             items.append(item)
             continue
+        retire = _entry_purpose(entry) == REPLACE_REVOKE
         attempt = Attempt(
             ledger,
             serial=item.serial,
-            action=Action.PROVISION,  # the record reconcile may write is the stopped provision's
+            # The record reconcile may write: the stopped provision's, or its own for a re-provision's
+            # old certificate it revoked.
+            action=Action.RECONCILE if retire else Action.PROVISION,
             slot=str(_field(entry, "slot", "") or ""),
             station_id=station_id,
             on_event=on_event,
-            attempt_id=str(_field(entry, "attempt_id", "") or "") or None,
+            attempt_id=None if retire else (str(_field(entry, "attempt_id", "") or "") or None),
         )
         try:
             _reconcile_one(ledger, entry, item, targets, registry_for, record_factory, attempt)
@@ -961,6 +1080,59 @@ def reconcile(
             _reconcile_event(attempt, item)
             attempt.flush_events()
     return items
+
+
+def _entry_purpose(entry: Any) -> str:
+    extra = _field(entry, "extra", None) or {}
+    return str(
+        _field(entry, "purpose", "") or (extra.get("purpose", "") if isinstance(extra, Mapping) else "")
+    )
+
+
+def _retire_one(
+    ledger: ReconcileLedger,
+    entry: Any,
+    item: ReconcileItem,
+    target: Target,
+    registry: RegistryLike,
+    attempt: Attempt,
+    record_factory: RecordFactory,
+) -> None:
+    """A re-provision's old certificate that was not revoked then: revoke it now, record it (action
+    reconcile, DONE, `extra.revoked`), close the entry. AWS's refusal keeps the entry open."""
+    existed = registry.revoke(item.certificate_id, delete_thing=None)
+    item.action = "rolled_back" if existed else "nothing_registered"
+    item.detail = (
+        f"old certificate {item.certificate_id[:12]}… of a re-provisioned unit revoked by reconcile"
+        if existed
+        else "the old certificate of a re-provisioned unit is not registered any more"
+    )
+    _reconcile_event(attempt, item)
+    result = UnitResult(
+        attempt_id=attempt.attempt_id,
+        serial=item.serial,
+        slot=attempt.slot,
+        product=str(_field(entry, "product", "") or ""),
+        target=target.name,
+        station_id=attempt.station_id,
+        registry=target.registry_key,
+        outcome=Outcome.DONE,
+        title="Old certificate revoked",
+        message=item.detail,
+        thing_name=str(_field(entry, "thing_name", "") or ""),
+        certificate_id=item.certificate_id,
+        started_at=attempt.started_at,
+        finished_at=time.time(),
+        action=Action.RECONCILE,
+        extra={
+            "revoked": [item.certificate_id],
+            "replaced_by_attempt": str(_field(entry, "attempt_id", "") or ""),
+        },
+    )
+    attempt.total()
+    result.timings_ms = attempt.timings_ms
+    attempt.record(record_factory(result))
+    ledger.journal_close(item.journal_id, outcome=str(Outcome.DONE))
 
 
 def _reconcile_event(attempt: Attempt, item: ReconcileItem) -> Event:
@@ -986,6 +1158,9 @@ def _reconcile_one(
     target = targets.get(item.target)
     if target is None:
         item.detail = f"target {item.target!r} is not in the station configuration; nothing was touched"
+        return
+    if attempt.action == Action.RECONCILE:
+        _retire_one(ledger, entry, item, target, registry_for(target), attempt, record_factory)
         return
     records = ledger.find(item.certificate_id) if item.certificate_id else []
     attempt_id = _field(entry, "attempt_id")

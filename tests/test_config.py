@@ -86,6 +86,16 @@ def test_minimal_config(tmp_path: Path) -> None:
     assert cfg.target_for("sensor") is target
 
 
+def test_on_reprovision_defaults_to_refuse_and_takes_only_refuse_or_replace(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, MINIMAL)).products["sensor"].on_reprovision == "refuse"
+    replace = MINIMAL.replace('target = "prod"\n', 'target = "prod"\non_reprovision = "replace"\n')
+    assert load_config(write(tmp_path, replace)).products["sensor"].on_reprovision == "replace"
+    wrong = MINIMAL.replace('target = "prod"\n', 'target = "prod"\non_reprovision = "overwrite"\n')
+    line = problem_for(problems(tmp_path, wrong), "on_reprovision")
+    assert "'refuse' or 'replace'" in line and "overwrite" in line
+    assert f":{line_of(wrong, 'on_reprovision')}" in line
+
+
 def test_production_like_fixture() -> None:
     cfg = load_config(CONFIGS / "station.toml")
     assert cfg.station_id == "line1-station3" and cfg.operator == "day-shift" and cfg.qa_pin == "0042"

@@ -33,6 +33,7 @@ def write_config(
     policy_name: str | None = None,
     key_source: str = "auto",
     issuer: tuple[str, str, str] | None = None,
+    on_reprovision: str | None = None,
 ) -> Path:
     """A station.toml for one lab target on `endpoint_url`, one product and `slots` slots."""
     policy_name = policy_name or f"policy-{secrets.token_hex(4)}"
@@ -43,6 +44,7 @@ def write_config(
         if issuer
         else ""
     )
+    reprovision_line = f'on_reprovision = "{on_reprovision}"\n' if on_reprovision else ""
     slot_tables = "".join(
         f'\n[slots.s{i + 1}]\nport = "loop://s{i + 1}"\nproduct = "{product}"\n' for i in range(slots)
     )
@@ -67,7 +69,7 @@ policy_document = '''{policy_document}'''
 serial_pattern = "SIM[0-9]{{6}}"
 flasher = "prov1"
 target = "lab"
-
+{reprovision_line}
 [products.{product}.options]
 key_source = "{key_source}"
 {slot_tables}"""
