@@ -17,16 +17,29 @@ from typing import Any
 
 import pytest
 from cloud_rig import REGION, unique_digits, write_config
-from test_end_to_end import THING_POLICY, Lab, Unit, lab, lab_parts  # noqa: F401  (fixtures)
+from test_end_to_end import THING_POLICY, Lab, Unit
 
 from station.config import load_config
 from station.context import StationContext
+from station.lab.control import DEFAULT_ACCOUNT_ID, ControlPlane
+from station.lab.dataplane import DataPlane
 from station.ledger import open_ledger
 from station.model import Outcome
 from station.registry import Registry
 from station.units import UnitStateName
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    with ControlPlane(throttling=False) as plane:
+        data = DataPlane({(DEFAULT_ACCOUNT_ID, REGION): 0}, tmp_path_factory.mktemp("lab"))
+        data.start()
+        try:
+            yield Lab(plane, data)
+        finally:
+            data.stop()
 
 
 class Rescan:
@@ -76,6 +89,7 @@ class Rescan:
             return None
 
     def close(self) -> None:
+        self.lab.plane.faults.clear()
         self.unit.stop()
         self.ledger.close()
 
