@@ -340,17 +340,72 @@ class Jigs:
             old.unplug()
         return unit
 
-    def _make_unit(self, slot: str, family: str, serial: str, fault: str | None) -> DemoUnit:
+    def put_back(self, slot: str, unit_id: str) -> DemoUnit:
+        """QA puts the unit whose device id (or printed serial) is `unit_id` — one this demo made, whose store
+        kept its identity — back into `slot`'s jig for a re-verify there: the jig then holds the recorded
+        unit, not a fresh one. Call it while the station is not working on the slot."""
+        if slot not in self.slots:
+            raise InputError(
+                "No such slot", f"There is no slot {slot!r}.", f"Use one of {', '.join(self.slots)}."
+            )
+        with self._lock:
+            current = self.devices.get(slot)
+            if current is not None and unit_id in (current.device_id, current.serial):
+                return current
+            unit = next((u for u in reversed(self.units) if u.device_id == unit_id), None) or next(
+                (u for u in reversed(self.units) if u.serial == unit_id), None
+            )
+            if unit is None:
+                raise InputError(
+                    "Not a demo unit",
+                    f"{unit_id} was not made by this demo, so there is no simulated unit to put in {slot}.",
+                    "Re-verify a unit of this demo run.",
+                )
+            serial = unit.serial
+            elsewhere = next((s for s, u in self.devices.items() if u is unit), None)
+            if elsewhere is not None:
+                raise InputError(
+                    "Unit in another jig",
+                    f"{serial} is in {elsewhere}'s jig.",
+                    f"Re-verify it on {elsewhere}.",
+                )
+            if FAMILIES[unit.family].in_process or self.families[slot] != unit.family:
+                raise InputError(
+                    "Cannot put it back",
+                    f"{serial} is a {unit.family} unit; {slot} takes {self.families[slot]} units"
+                    + (" and in-process units cannot be moved." if FAMILIES[unit.family].in_process else "."),
+                    "Re-verify it on a slot of its own family.",
+                )
+            again = self._make_unit(slot, unit.family, serial, None, device_id=unit.device_id)
+            again.used = True
+            assert again.pty is not None
+            link = Path(self.port(slot))
+            tmp = link.with_name(f".{slot}.{secrets.token_hex(4)}")
+            os.symlink(again.pty.port, tmp)
+            os.replace(tmp, link)
+            self.devices[slot] = again
+            self.units.append(again)
+            if current is not None:
+                self._retired.append(current)
+        if current is not None:
+            current.unplug()
+        return again
+
+    def _make_unit(
+        self, slot: str, family: str, serial: str, fault: str | None, *, device_id: str | None = None
+    ) -> DemoUnit:
+        """A simulated unit; with `device_id`, the unit of that id again (its store holds its identity)."""
         index = next(self._counter)
+        again = device_id
         if family == "prov1":
-            device_id = self._new_serial("SIM") if fault == "wrong-unit" else serial
+            device_id = again or (self._new_serial("SIM") if fault == "wrong-unit" else serial)
             model: Any = Prov1Device(
                 self.devices_dir, device_id=device_id, ca_file=self.ca_file, faults=demo_faults(fault)
             )
         elif family == "expresslink":
             from flashers.simulators import expresslink as el
 
-            device_id = self._new_id(el.new_thing_name, lambda v: el.flash_path(self.devices_dir, v))
+            device_id = again or self._new_id(el.new_thing_name, lambda v: el.flash_path(self.devices_dir, v))
             model = el.ExpressLinkDevice(
                 self.devices_dir,
                 thing_name=device_id,
@@ -362,7 +417,7 @@ class Jigs:
         elif family == "nrf91":
             from flashers.simulators import nrf91
 
-            device_id = self._new_id(nrf91.new_imei, lambda v: nrf91.flash_path(self.devices_dir, v))
+            device_id = again or self._new_id(nrf91.new_imei, lambda v: nrf91.flash_path(self.devices_dir, v))
             model = nrf91.Nrf91Modem(
                 self.devices_dir,
                 imei=device_id,
@@ -865,6 +920,11 @@ class DemoLine:
 
     def unit_for(self, serial: str) -> DemoUnit | None:
         return self.jigs.unit_for(serial)
+
+    def put_back(self, record: Any, slot: str) -> None:
+        """QA puts the recorded unit back into `slot`'s jig (before a re-verify there). The record's device
+        id names the simulated unit (the interactive demo lets an operator type any serial for it)."""
+        self.jigs.put_back(slot, str(record.device_id or record.serial))
 
     def _event(self, event: Event) -> None:
         self._feeder.on_event(event)

@@ -279,7 +279,14 @@ def run_interactive(args: argparse.Namespace) -> int:
     )
     with demo:
         assert demo.config is not None
-        run_app(demo.config, demo.line, demo.ledger, relay=relay, welcome=welcome(demo, every))
+        run_app(
+            demo.config,
+            demo.line,
+            demo.ledger,
+            relay=relay,
+            welcome=welcome(demo, every),
+            put_in_jig=demo.put_back,  # QA's re-verify: the recorded unit goes back into the chosen jig
+        )
     return 0
 
 

@@ -142,6 +142,7 @@ def build_app(
     clock: Callable[[], float] = time.time,
     poll_interval: float | None = 1.0,
     welcome: str | None = None,
+    put_in_jig: Callable[[Any, str], None] | None = None,
 ) -> StationApp:
     """The app over `line` for a `StationConfig`; the QA desk works when a ledger is given."""
     info = station_info(config, operator=operator)
@@ -154,6 +155,7 @@ def build_app(
             line=line,
             registry_factory=registry_factory,
             flasher_factory=flasher_factory,
+            put_in_jig=put_in_jig,
         )
     return StationApp(
         line=line, info=info, relay=relay, qa=qa, clock=clock, poll_interval=poll_interval, welcome=welcome
@@ -170,6 +172,7 @@ def run_app(
     registry_factory: Callable[..., Any] | None = None,
     flasher_factory: Callable[..., Any] | None = None,
     welcome: str | None = None,
+    put_in_jig: Callable[[Any, str], None] | None = None,
 ) -> int:
     """Run the operator screen until the operator quits; 0. The caller stops the line afterwards.
 
@@ -184,6 +187,7 @@ def run_app(
         registry_factory=registry_factory,
         flasher_factory=flasher_factory,
         welcome=welcome,
+        put_in_jig=put_in_jig,
     )
     app.run()
     return 0

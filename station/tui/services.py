@@ -95,8 +95,11 @@ class QaServices:
         registry_factory: Callable[[Target], Any] | None = None,
         flasher_factory: Callable[..., Any] | None = None,
         station_id: str | None = None,
+        put_in_jig: Callable[[Any, str], None] | None = None,
     ) -> None:
         self.config = config
+        # (record, slot): put the recorded unit into the slot's jig before a re-verify (the demo's jigs).
+        self._put_in_jig = put_in_jig
         self.ledger = ledger
         self.operator = operator
         self.line = line
@@ -416,6 +419,9 @@ class QaServices:
         record's certificate and target, through the station's wiring. Recorded by the library."""
         from station import qa  # loads boto3 and cryptography: only once QA acts
 
+        if self._put_in_jig is not None:
+            put = self._put_in_jig
+            self._guard("put the unit in the jig", lambda: put(record, slot))
         result = self._guard(
             "re-verify",
             lambda: qa.reverify_unit(
