@@ -7,6 +7,7 @@
 - `revoke`: the unit's certificate(s) out of their targets (AWS's order), planned from the ledger first.
 - `transfer`: the unit's certificate registered in another target, optionally revoked at the source.
 - `reverify`: the unit proves its connection again, on a slot (device-side) or host-side with its key.
+- `reprovision`: a new identity for a unit on a slot (the line's replace path), the old one revoked.
 - `preflight`: every target's read-only checks.
 
 It must not: print or prompt (the CLI and the TUI talk to people), import the lab, write or record a private
@@ -27,9 +28,11 @@ from station.qa.common import (
     operator_name,
     unit_names,
     unit_records,
+    unit_state,
 )
 from station.qa.preflight import PreflightReport, TargetReport, preflight
 from station.qa.register import RegisterResult, register_certificate, register_files
+from station.qa.reprovision import ReprovisionPlan, plan_reprovision, reprovision_unit
 from station.qa.reverify import ReverifyResult, record_slot, reverify_unit
 from station.qa.revoke import (
     RevokeDone,
@@ -50,6 +53,7 @@ __all__ = [
     "PreflightReport",
     "RegisterResult",
     "RegistryFactory",
+    "ReprovisionPlan",
     "ReverifyResult",
     "RevokeDone",
     "RevokeItem",
@@ -63,16 +67,19 @@ __all__ = [
     "load_certificate",
     "made_live",
     "operator_name",
+    "plan_reprovision",
     "plan_revoke",
     "plan_transfer",
     "preflight",
     "record_slot",
     "register_certificate",
     "register_files",
+    "reprovision_unit",
     "reverify_unit",
     "revocation_of",
     "revoke_unit",
     "transfer_unit",
     "unit_names",
     "unit_records",
+    "unit_state",
 ]

@@ -114,6 +114,9 @@ class QaServices:
     def target_names(self) -> list[str]:
         return list(getattr(self.config, "targets", {}) or {})
 
+    def product_names(self) -> list[str]:
+        return list(getattr(self.config, "products", {}) or {})
+
     def slot_names(self) -> list[str]:
         return list(getattr(self.config, "slots", {}) or {})
 
@@ -184,9 +187,9 @@ class QaServices:
                 if self._registry_factory is not None:
                     registry = self._registry_factory(target)
                 else:
-                    from station.registry import Registry  # boto3 is loaded only when QA acts
+                    from station.context import default_registry_factory  # boto3 loads when QA acts
 
-                    registry = Registry(target, station_id=self.station_id)
+                    registry = default_registry_factory(target, station_id=self.station_id)
                 self._registries[target.name] = registry
             return registry
 
@@ -414,30 +417,99 @@ class QaServices:
         return ActionResult(title, result.message)
 
     # ------------------------------------------------------------------------------------------ re-verify
-    def reverify(self, record: Any, slot: str) -> ActionResult:
-        """With the unit back on `slot` (reserved on the line meanwhile): `station.qa.reverify_unit` on the
-        record's certificate and target, through the station's wiring. Recorded by the library."""
+    def reverify(
+        self,
+        record: Any,
+        slot: str | None,
+        *,
+        key_path: str | None = None,
+        password: str | None = None,
+    ) -> ActionResult:
+        """Re-verify the record's unit: on `slot` (reserved on the line meanwhile; in the demo the recorded
+        unit is put back in that jig first), or — without a slot — from the station with the unit's key file
+        (e.g. its .p12): `station.qa.reverify_unit`. Recorded by the library."""
         from station import qa  # loads boto3 and cryptography: only once QA acts
 
+        identity = None
+        if not slot:
+            if key_path and key_path.strip():
+                key = Path(key_path.strip()).expanduser()
+                identity = self._guard(
+                    "read the key file", lambda: qa.load_certificate(None, p12=key, password=password or None)
+                )
+        elif self._put_in_jig is not None:
+            put = self._put_in_jig
+            self._guard("put the unit in the jig", lambda: put(record, slot))
+        try:
+            result = self._guard(
+                "re-verify",
+                lambda: qa.reverify_unit(
+                    self.config,
+                    self.ledger,
+                    record.serial,
+                    slot=slot or None,
+                    identity=identity,
+                    operator=self.operator,
+                    target=record.target or None,
+                    certificate_id=record.certificate_id or None,
+                    line=self._reserver(),
+                    context=self._wiring(),
+                    registry_for=self.registry,
+                ),
+            )
+        finally:
+            identity = None  # the key goes no further
+        return ActionResult("Re-verified", result.message)
+
+    def default_slot(self, record: Any) -> str | None:
+        """The slot to preselect for a re-verify: the one the unit was provisioned on, if this station has it."""
+        slot = getattr(record, "slot", "")
+        return slot if slot in self.slot_names() else None
+
+    # ------------------------------------------------------------------------------------------ unit state
+    def unit(self, serial: str) -> Any:
+        """The unit's current state (`station.units.UnitState`), or None."""
+        from station.qa.common import unit_state
+
+        return unit_state(self.ledger, serial)
+
+    # ------------------------------------------------------------------------------------------ re-provision
+    def prepare_reprovision(self, record: Any, slot: str) -> Prepared:
+        """What re-provisioning the unit on `slot` means (from its state), to be confirmed."""
+        from station import qa  # loads boto3 and cryptography: only once QA acts
+
+        plan = self._guard(
+            "plan the re-provision",
+            lambda: qa.plan_reprovision(self.config, self.ledger, record.serial, slot=slot),
+        )
+        old = ", ".join(_short(c) for c in plan.replaces)
+        body = (
+            f"A new identity will be made for {plan.serial} on {slot}, registered in {plan.target} and verified; "
+            f"only then is its certificate {old} detached, deactivated and deleted. Put the unit in {slot}'s "
+            f"jig first. Recorded as {self.operator}."
+        )
+        return Prepared(f"Re-provision {plan.serial}?", body, "Re-provision", plan)
+
+    def reprovision(self, record: Any, slot: str, *, plan: Any = None) -> ActionResult:
+        """The line's replace path for the unit on `slot` (`station.qa.reprovision_unit`)."""
+        from station import qa  # loads boto3 and cryptography: only once QA acts
+
+        if plan is None:
+            plan = self.prepare_reprovision(record, slot).plan
+        confirmed = plan
         if self._put_in_jig is not None:
             put = self._put_in_jig
             self._guard("put the unit in the jig", lambda: put(record, slot))
         result = self._guard(
-            "re-verify",
-            lambda: qa.reverify_unit(
-                self.config,
-                self.ledger,
-                record.serial,
-                slot=slot,
-                operator=self.operator,
-                target=record.target or None,
-                certificate_id=record.certificate_id or None,
-                line=self._reserver(),
-                context=self._wiring(),
-                registry_for=self.registry,
+            "re-provision",
+            lambda: qa.reprovision_unit(
+                self.config, self.ledger, confirmed, context=self._wiring(), line=self._reserver()
             ),
         )
-        return ActionResult("Re-verified", result.message)
+        if str(result.outcome) != "PASS":
+            cls = UnitFault if str(result.outcome) == "FAIL" else StationFault
+            raise cls(result.title, result.message, result.next_action)
+        return ActionResult("Re-provisioned", result.message)
 
 
 def _revoked_text(serial: str, done: RevokeDone) -> str:

@@ -20,7 +20,12 @@ from station.pipeline import STEPS
 SCAN_HINT = "2:SERIAL sends it to slot 2"
 _PREFIX_RE = re.compile(r"^\s*([A-Za-z0-9._-]+)\s*:\s*(.*)$", re.DOTALL)
 
-OUTCOME_LABEL = {Outcome.PASS: "✔ PASS", Outcome.FAIL: "✘ FAIL", Outcome.ERROR: "⚠ ERROR"}
+OUTCOME_LABEL = {
+    Outcome.PASS: "✔ PASS",
+    Outcome.FAIL: "✘ FAIL",
+    Outcome.ERROR: "⚠ ERROR",
+    Outcome.DONE: "● DONE",  # a QA action that proved nothing about the identity
+}
 STEP_MARK = {"pending": "·", "running": "▶", "ok": "✓", "failed": "✗"}
 
 

@@ -369,6 +369,13 @@ async def test_import_dialog_shows_why_a_file_is_refused_and_registers_nothing(d
         "Cannot open file"
     )
     assert desk.calls == [] and desk.ledger.find("SN00000077") == []
+    # The dialog opens again with what was typed (but the password), to fix what the message names.
+    await wait_until(desk.pilot, lambda: isinstance(desk.app.screen, ImportScreen), what="the dialog again")
+    again = desk.app.screen
+    assert again.query_one("#import-path", Input).value == str(CERTS / "ec-p256-secret.p12")
+    assert again.query_one("#import-serial", Input).value == "SN00000077"
+    assert again.query_one("#import-target", Select).value == "lab-us"
+    assert again.query_one("#import-password", Input).value == ""
 
 
 async def test_reverify_dialog_holds_the_slot_then_records_the_units_own_check(desk: Desk) -> None:

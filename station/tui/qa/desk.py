@@ -3,7 +3,9 @@
 Search by serial, thing name or certificate id (or its first 8+ hex characters). The records table shows
 every attempt (newest first); the trail below shows the unit's events from the ledger's hash-chained log,
 QA actions included. Actions work on the record under the cursor: re-verify (F5), revoke (F6), transfer
-(F7); register an imported certificate (F8), export records (F9) and check the ledger (F4) need no record.
+(F7), re-provision (F3: a new identity on a slot, then the old one revoked); register an imported certificate
+(F8), export records (F9) and check the ledger (F4) need no record. The outcome column and the detail also
+show what the unit is now (its state, from the ledger): a revoked unit's PASS reads "✔ PASS · ⊘ revoked …".
 Revoke and transfer are planned from the ledger first and ask for confirmation with that plan (what will be
 deleted, where the certificate goes, which thing is kept); `station.tui.services.QaServices` carries them
 out through `station.qa`, which records every action with the operator as the CLI does.
@@ -35,6 +37,8 @@ from station.tui.qa.dialogs import (
     ExportScreen,
     ImportChoice,
     ImportScreen,
+    ReprovisionScreen,
+    ReverifyChoice,
     ReverifyScreen,
     TransferChoice,
     TransferScreen,
@@ -49,11 +53,14 @@ TRAIL_COLUMNS = ("#", "When", "Event", "Step", "Result", "Message")
 class RecordsFound(Message):
     """A search finished: the records (newest first) and their serials' audit trail."""
 
-    def __init__(self, query: str, records: list[Any], trail: list[Any]) -> None:
+    def __init__(
+        self, query: str, records: list[Any], trail: list[Any], states: dict[str, Any] | None = None
+    ) -> None:
         super().__init__()
         self.query = query
         self.records = records
         self.trail = trail
+        self.states = states or {}  # serial → the unit's current state (station.units.UnitState) or None
 
 
 class QaActionDone(Message):
@@ -95,7 +102,36 @@ def _cell(value: object) -> Text:
 
 def _label(action: str) -> str:
     """An action's name as a person reads it in a notification."""
-    return {"reverify": "Re-verify"}.get(action, action.capitalize())
+    return {"reverify": "Re-verify", "reprovision": "Re-provision"}.get(action, action.capitalize())
+
+
+STATE_MARK = {
+    "provisioned": "✔",
+    "registered": "○",
+    "failed": "✘",
+    "revoked": "⊘",
+    "transferred": "→",
+    "superseded": "↻",
+}
+
+
+def state_text(record: Any, state: Any) -> str:
+    """What the unit is now, when the record alone would mislead: "⊘ revoked 2026-12-05 by qa" for a revoked
+    unit, "↻ replaced …" for a certificate a re-provision superseded; "" while the record's identity is the
+    unit's live one."""
+    if state is None:
+        return ""
+    live = {i.certificate_id for i in state.live}
+    mark = STATE_MARK.get(state.state, "·")
+    if state.state in ("provisioned", "registered"):
+        if (
+            not record.certificate_id
+            or record.certificate_id in live
+            or record.outcome not in ("PASS", "DONE")
+        ):
+            return ""
+        return f"↻ replaced {state.changed_at_iso[:10]}"
+    return f"{mark} {state.label()}"
 
 
 def _outcome_label(outcome: str) -> str:
@@ -109,6 +145,7 @@ class QaDeskScreen(Screen[None]):
     AUTO_FOCUS = "#qa-search"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "close", "Back"),
+        Binding("f3", "reprovision", "Re-provision"),
         Binding("f4", "audit", "Audit"),
         Binding("f5", "reverify", "Re-verify"),
         Binding("f6", "revoke", "Revoke"),
@@ -122,6 +159,8 @@ class QaDeskScreen(Screen[None]):
         self.services = services
         self.info = info
         self.records: dict[str, Any] = {}  # attempt id → record, for the row under the cursor
+        self.states: dict[str, Any] = {}  # serial → the unit's current state
+        self._import_again: ImportChoice | None = None  # what was typed, for the dialog after a failure
         self.last_query = ""
         self.busy_action: str | None = None
 
@@ -160,6 +199,9 @@ class QaDeskScreen(Screen[None]):
         try:
             records = self.services.find(query)
             trail = self.services.events([r.serial for r in records] or [query])
+            states = {
+                serial: self.services.unit(serial) for serial in dict.fromkeys(r.serial for r in records)
+            }
         except StationError as error:
             self.post_message(QaActionFailed("search", error.title, error.message, error.next_action))
             return
@@ -173,18 +215,20 @@ class QaDeskScreen(Screen[None]):
                 )
             )
             return
-        self.post_message(RecordsFound(query, records, trail))
+        self.post_message(RecordsFound(query, records, trail, states))
 
     def on_records_found(self, message: RecordsFound) -> None:
         table = self.query_one("#qa-records", DataTable)
         table.clear()
         self.records = {}
+        self.states = message.states
         for record in message.records:
             self.records[record.attempt_id] = record
+            now = state_text(record, message.states.get(record.serial))
             cells = (
                 _when(record.finished_at or record.started_at),
                 record.serial,
-                _outcome_label(record.outcome),
+                _outcome_label(record.outcome) + (f" · {now}" if now else ""),
                 record.thing_name,
                 (record.certificate_id[:12] + "…") if record.certificate_id else "",
                 record.target,
@@ -217,10 +261,18 @@ class QaDeskScreen(Screen[None]):
             label.update(Content(""))
             return
         cert = record.certificate_id or "no certificate"
+        state = self.states.get(record.serial)
+        now = state_text(record, state)
+        unit = ""
+        if state is not None:
+            unit = f"\nunit now: {STATE_MARK.get(state.state, '·')} {state.label()}"
+            if state.note:
+                unit += f" ({state.note})"
         label.update(
             Content(
-                f"{_outcome_label(record.outcome)}  {record.serial}  {record.title}: {record.message}\n"
-                f"certificate {cert}  ·  thing {record.thing_name or '-'}  ·  target {record.target}"
+                f"{_outcome_label(record.outcome)}{f' · {now}' if now else ''}  {record.serial}  "
+                f"{record.title}: {record.message}\n"
+                f"certificate {cert}  ·  thing {record.thing_name or '-'}  ·  target {record.target}{unit}"
             )
         )
 
@@ -287,17 +339,28 @@ class QaDeskScreen(Screen[None]):
             TransferScreen(record.serial, record.target, self.services.target_names()), chosen
         )
 
-    def action_import_certificate(self) -> None:
+    def action_import_certificate(self, initial: ImportChoice | None = None) -> None:
         def chosen(choice: object) -> None:
             if isinstance(choice, ImportChoice):
+                # Kept (without the password) to open the dialog again with it if the import fails.
+                self._import_again = ImportChoice(**{**choice.__dict__, "password": None})
                 self._start(
                     "import",
                     lambda: self.services.import_certificate(
-                        choice.path, password=choice.password, serial=choice.serial, target=choice.target
+                        choice.path,
+                        password=choice.password,
+                        serial=choice.serial,
+                        target=choice.target,
+                        product=choice.product,
+                        thing=choice.thing,
+                        key_path=choice.key_path,
+                        verify=choice.verify,
                     ),
                 )
 
-        self.app.push_screen(ImportScreen(self.services.target_names()), chosen)
+        self.app.push_screen(
+            ImportScreen(self.services.target_names(), self.services.product_names(), initial), chosen
+        )
 
     def action_export(self) -> None:
         def chosen(choice: object) -> None:
@@ -311,11 +374,37 @@ class QaDeskScreen(Screen[None]):
         if record is None:
             return
 
+        def chosen(choice: object) -> None:
+            if isinstance(choice, ReverifyChoice):
+                self._start(
+                    "reverify",
+                    lambda: self.services.reverify(
+                        record, choice.slot, key_path=choice.key_path, password=choice.password
+                    ),
+                )
+
+        self.app.push_screen(
+            ReverifyScreen(record.serial, self.services.slot_names(), self.services.default_slot(record)),
+            chosen,
+        )
+
+    def action_reprovision(self) -> None:
+        record = self._need_record()
+        if record is None:
+            return
+
         def chosen(slot: object) -> None:
             if isinstance(slot, str):
-                self._start("reverify", lambda: self.services.reverify(record, slot))
+                self._plan(
+                    "reprovision",
+                    lambda: self.services.prepare_reprovision(record, slot),
+                    lambda prepared: self.services.reprovision(record, slot, plan=prepared.plan),
+                )
 
-        self.app.push_screen(ReverifyScreen(record.serial, self.services.slot_names()), chosen)
+        self.app.push_screen(
+            ReprovisionScreen(record.serial, self.services.slot_names(), self.services.default_slot(record)),
+            chosen,
+        )
 
     # ------------------------------------------------------------------------------------------ workers
     def _claim(self, action: str) -> bool:
@@ -400,6 +489,8 @@ class QaDeskScreen(Screen[None]):
 
     def on_qa_action_done(self, message: QaActionDone) -> None:
         self.busy_action = None
+        if message.action == "import":
+            self._import_again = None
         self.notify(message.result.message, title=message.result.title)
         if self.last_query:
             self.search_in_thread(self.last_query)  # show the action in the audit trail
@@ -410,5 +501,9 @@ class QaDeskScreen(Screen[None]):
         self.notify(
             f"{message.message} {message.next_action}", title=message.title, severity="error", timeout=10
         )
+        if message.action == "import" and self._import_again is not None:
+            # What was typed is kept: the dialog opens again with it, to fix what the message names.
+            again, self._import_again = self._import_again, None
+            self.call_after_refresh(self.action_import_certificate, again)
         if message.action != "search" and self.last_query:
             self.search_in_thread(self.last_query)

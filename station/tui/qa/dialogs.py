@@ -1,4 +1,4 @@
-"""The QA desk's dialogs: confirm, transfer, import a certificate, export, re-verify.
+"""The QA desk's dialogs: confirm, transfer, import a certificate, export, re-verify, re-provision.
 
 Each is a modal that only collects what the person chose and dismisses with it (or None on Esc/Cancel);
 the desk does the work in a thread worker. Confirmation dialogs start with the focus on Cancel, so an
@@ -109,27 +109,67 @@ class ImportChoice:
     password: str | None
     serial: str
     target: str
+    product: str | None = None
+    thing: str | None = None
+    key_path: str | None = None
+    verify: bool = False
 
 
 class ImportScreen(_Dialog):
+    """Register a certificate from files: the same fields as `station register` (certificate, key or .p12,
+    password, serial, target, product, thing, verify). Opened again with what was typed when it fails."""
+
     AUTO_FOCUS = "#import-path"
 
-    def __init__(self, targets: list[str]) -> None:
-        super().__init__(id="import-screen")
+    def __init__(
+        self, targets: list[str], products: list[str] | None = None, initial: ImportChoice | None = None
+    ) -> None:
+        # Opened again after a failure while the first one may still be leaving: only the first has the id.
+        super().__init__(id="import-screen" if initial is None else None)
         self._targets = targets
+        self._products = products or []
+        self._initial = initial
 
     def compose(self) -> ComposeResult:
+        first = self._initial
+        target: object = Select.NULL
+        if first is not None and first.target in self._targets:
+            target = first.target
+        elif len(self._targets) == 1:
+            target = self._targets[0]
+        product: object = Select.NULL
+        if first is not None and first.product in self._products:
+            product = first.product
         with Vertical(classes="dialog"):
             yield Label("Register an imported certificate (PEM, DER or PKCS#12)", classes="dialog-title")
-            yield Input(id="import-path", placeholder="path of the .pem / .der / .cer / .p12 file")
-            yield Input(id="import-password", password=True, placeholder="password (PKCS#12 only; optional)")
-            yield Input(id="import-serial", placeholder="the unit's serial")
-            yield Select(
-                [(t, t) for t in self._targets],
-                id="import-target",
-                prompt="target",
-                value=self._targets[0] if len(self._targets) == 1 else Select.NULL,
+            yield Input(
+                first.path if first else "",
+                id="import-path",
+                placeholder="certificate: .pem / .der / .cer / .p12",
             )
+            yield Input(
+                (first.key_path or "") if first else "",
+                id="import-key",
+                placeholder="key: .key or the keychain's .p12 (optional; needed to verify)",
+            )
+            # The password is not kept when the dialog opens again.
+            yield Input(id="import-password", password=True, placeholder="password (PKCS#12 only; optional)")
+            yield Select(
+                [(p, p) for p in self._products],
+                id="import-product",
+                prompt="product (optional)",
+                value=product,
+            )
+            yield Input(
+                (first.thing or "") if first else "", id="import-thing", placeholder="thing name (optional)"
+            )
+            yield Select([(t, t) for t in self._targets], id="import-target", prompt="target", value=target)
+            yield Checkbox(
+                "Verify: connect as the unit with its key",
+                value=first.verify if first else False,
+                id="import-verify",
+            )
+            yield Input(first.serial if first else "", id="import-serial", placeholder="the unit's serial")
             with Horizontal(classes="buttons"):
                 yield Button("Register", id="ok", variant="warning")
                 yield Button("Cancel", id="cancel")
@@ -141,6 +181,7 @@ class ImportScreen(_Dialog):
         if not isinstance(target, str):
             self.app.notify("Choose the target to register in.", title="No target", severity="warning")
             return
+        product = self.query_one("#import-product", Select).value
         password = self.query_one("#import-password", Input).value
         self.dismiss(
             ImportChoice(
@@ -148,6 +189,10 @@ class ImportScreen(_Dialog):
                 password=password or None,
                 serial=self.query_one("#import-serial", Input).value.strip(),
                 target=target,
+                product=product if isinstance(product, str) else None,
+                thing=self.query_one("#import-thing", Input).value.strip() or None,
+                key_path=self.query_one("#import-key", Input).value.strip() or None,
+                verify=self.query_one("#import-verify", Checkbox).value,
             )
         )
 
@@ -179,25 +224,46 @@ class ExportScreen(_Dialog):
         self.dismiss(ExportChoice(str(fmt), self.query_one("#export-path", Input).value.strip()))
 
 
+@dataclass(frozen=True)
+class ReverifyChoice:
+    slot: str | None  # None: from the station, with the key file
+    key_path: str | None = None
+    password: str | None = None
+
+
 class ReverifyScreen(_Dialog):
+    """Re-verify on a slot (the unit's own slot preselected), or from the station with the unit's key file."""
+
     AUTO_FOCUS = "#reverify-slot"
 
-    def __init__(self, serial: str, slots: list[str]) -> None:
+    def __init__(self, serial: str, slots: list[str], preselect: str | None = None) -> None:
         super().__init__(id="reverify-screen")
         self._serial = serial
         self._slots = slots
+        self._preselect = preselect if preselect in slots else None
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Label(
-                Content(f"Re-verify {self._serial}: put the unit on a free slot"), classes="dialog-title"
+                Content(f"Re-verify {self._serial}: put the unit in a jig, or give its key file"),
+                classes="dialog-title",
             )
             yield Label(
-                "The station holds that slot (the line starts no unit on it), checks the unit's id against "
-                "its record, then lets the unit connect with its own identity.",
+                "On a slot the station holds it (the line starts no unit on it), checks the unit's id against "
+                "its record, then lets the unit connect with its own identity. Without a slot the station "
+                "connects as the unit with the key file — it keeps no unit's key itself.",
                 id="reverify-help",
             )
-            yield Select([(s, s) for s in self._slots], id="reverify-slot", prompt="slot")
+            yield Select(
+                [(s, s) for s in self._slots],
+                id="reverify-slot",
+                prompt="slot",
+                value=self._preselect if self._preselect is not None else Select.NULL,
+            )
+            yield Input(
+                id="reverify-key", placeholder="or: the unit's .p12 (certificate + key), without a slot"
+            )
+            yield Input(id="reverify-password", password=True, placeholder="password of the .p12 (optional)")
             with Horizontal(classes="buttons"):
                 yield Button("Re-verify", id="ok", variant="primary")
                 yield Button("Cancel", id="cancel")
@@ -205,7 +271,49 @@ class ReverifyScreen(_Dialog):
     @on(Button.Pressed, "#ok")
     def _ok(self) -> None:
         slot = self.query_one("#reverify-slot", Select).value
+        key = self.query_one("#reverify-key", Input).value.strip()
+        if not isinstance(slot, str) and not key:
+            self.app.notify(
+                "Choose the slot the unit is on, or give its key file.", title="No slot", severity="warning"
+            )
+            return
+        if isinstance(slot, str):
+            self.dismiss(ReverifyChoice(slot))
+            return
+        password = self.query_one("#reverify-password", Input).value
+        self.dismiss(ReverifyChoice(None, key, password or None))
+
+
+class ReprovisionScreen(_Dialog):
+    """Which slot the unit is in for a re-provision (then the plan is confirmed)."""
+
+    AUTO_FOCUS = "#reprovision-slot"
+
+    def __init__(self, serial: str, slots: list[str], preselect: str | None = None) -> None:
+        super().__init__(id="reprovision-screen")
+        self._serial = serial
+        self._slots = slots
+        self._preselect = preselect if preselect in slots else None
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(
+                Content(f"Re-provision {self._serial}: put the unit in a jig"), classes="dialog-title"
+            )
+            yield Select(
+                [(s, s) for s in self._slots],
+                id="reprovision-slot",
+                prompt="slot",
+                value=self._preselect if self._preselect is not None else Select.NULL,
+            )
+            with Horizontal(classes="buttons"):
+                yield Button("Plan", id="ok", variant="warning")
+                yield Button("Cancel", id="cancel")
+
+    @on(Button.Pressed, "#ok")
+    def _ok(self) -> None:
+        slot = self.query_one("#reprovision-slot", Select).value
         if not isinstance(slot, str):
-            self.app.notify("Choose the slot the unit is on.", title="No slot", severity="warning")
+            self.app.notify("Choose the slot the unit is in.", title="No slot", severity="warning")
             return
         self.dismiss(slot)
