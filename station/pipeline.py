@@ -8,6 +8,9 @@ the ledger, and the identity functions. The wiring (`station.context`) hands it 
 in-process fakes.
 
 Rules it keeps:
+- A serial that already has a live identity (the unit's state, `unit_state`) is refused before anything is
+  touched, unless the product replaces it (`on_reprovision = "replace"`): then the new identity is provisioned
+  and verified first and the old certificate revoked afterwards (kept in the journal when AWS refuses).
 - Writing to the device and registering in the target run at the same time (the cloud side on a helper
   thread), so a unit takes max(serial, cloud) + verify, not their sum.
 - The journal entry is opened before the first AWS side effect and updated after each AWS step, so a station
