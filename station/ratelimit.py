@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from station.errors import StationFault
 
 # AWS IoT's default per-account, per-region quotas (TPS) for the calls the station makes. The first block is
-# from AWS's quota table (see ../shared/reference/aws-iot.md); the second block is not documented there and
+# from AWS's quota table (AWS IoT Core's service quotas page); the second block is not documented there and
 # uses conservative values (unverified: confirm in Service Quotas and override per target when needed).
 DEFAULT_QUOTAS: dict[str, float] = {
     "RegisterCertificateWithoutCA": 10.0,
