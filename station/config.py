@@ -32,14 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import flashers as flasher_plugins
 from station import naming
 from station.errors import ConfigError, InputError
 from station.identity import KEY_TYPES, MAX_DAYS
 from station.model import Issuer, Target
 
-# Device families the station has flashers for (flashers/<family>.py). Listed here so that a misspelt
-# family is caught when the config is loaded, not when the first unit is in the jig.
-FLASHER_FAMILIES = ("prov1", "expresslink", "nrf91", "esp32")
 DEFAULT_BAUD = 115200
 
 # The least-privilege device policy (docs: aws-iot.md): one shared policy; thing policy variables tie each
@@ -670,15 +668,17 @@ def _product(c: _Checker, name: str, table: dict[str, Any]) -> Product | None:
         check=pattern_check,
         what="a regular expression such as 'SN[0-9]{8}'",
     )
+    # Families are whatever is installed in the `station.flashers` entry-point group (the built-in ones
+    # register exactly like a third party's), checked at load so a misspelt family is caught before the
+    # first unit is in the jig.
+    families = flasher_plugins.available()
     flasher = c.get(
         table,
         (*kp, "flasher"),
         str,
         required=True,
-        check=lambda v: (
-            None if v in FLASHER_FAMILIES else f"expected one of {', '.join(FLASHER_FAMILIES)}, got {v!r}."
-        ),
-        what=f"a flasher family ({', '.join(FLASHER_FAMILIES)})",
+        check=lambda v: None if v in families else f"expected one of {', '.join(families)}, got {v!r}.",
+        what=f"an installed flasher family ({', '.join(families)})",
     )
     target = c.get(table, (*kp, "target"), str, required=True, what="the name of a [targets.NAME] table")
     options = c.get(table, (*kp, "options"), dict, default={})
