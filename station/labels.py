@@ -23,8 +23,6 @@ from pathlib import Path
 from string import Formatter
 from urllib.parse import urlsplit
 
-import segno
-
 from station.errors import InputError, StationFault
 
 DEFAULT_PAYLOAD = "{thing_name}"
@@ -88,6 +86,8 @@ def _escape(text: str) -> str:
 
 def qr_matrix(payload: str) -> list[list[bool]]:
     """The QR symbol's modules (True = dark), quiet zone excluded; error correction M."""
+    import segno  # only a station that prints labels pays for it
+
     symbol = segno.make_qr(payload, error="m", boost_error=False)
     return [[bool(cell) for cell in row] for row in symbol.matrix]
 
