@@ -130,6 +130,7 @@ class StationConfig:
     targets: dict[str, Target] = field(default_factory=dict)
     products: dict[str, Product] = field(default_factory=dict)
     slots: dict[str, Slot] = field(default_factory=dict)
+    budget: BudgetSettings | None = None
 
     def target(self, name: str) -> Target:
         try:
@@ -789,11 +790,49 @@ def load_config(path: str | Path) -> StationConfig:
     return validate_config(data, path=path, text=text)
 
 
+@dataclass(frozen=True)
+class BudgetSettings:
+    """`[budget]`: where the AWS rate budget shared by several stations lives (none: this station alone)."""
+
+    store: str  # dynamodb://TABLE?region=R[&endpoint_url=URL][&profile=P]
+    fallback_share: float = 0.25  # of each quota, used alone while the store does not answer
+
+
+def _budget_section(c: _Checker, data: Mapping[str, Any]) -> BudgetSettings | None:
+    keypath = ("budget",)
+    if "budget" not in data:
+        return None
+    table = c.table(data, keypath, required=True)
+    c.unknown_keys(table, keypath, ("store", "fallback_share"))
+    store = c.get(
+        table,
+        (*keypath, "store"),
+        str,
+        required=True,
+        check=lambda v: None
+        if v.startswith("dynamodb://") and "region=" in v
+        else f"expected 'dynamodb://TABLE?region=REGION', got {v!r}.",
+        what="a shared store such as 'dynamodb://station-budget?region=eu-west-1'",
+    )
+    share = c.get(
+        table,
+        (*keypath, "fallback_share"),
+        (int, float),
+        default=0.25,
+        check=lambda v: None if 0 < v <= 1 else f"expected a share of the quota between 0 and 1, got {v}.",
+        what="a number between 0 and 1 (e.g. 1/number of stations)",
+    )
+    if store is None:
+        return None
+    return BudgetSettings(store=store, fallback_share=float(share))
+
+
 def validate_config(data: Mapping[str, Any], *, path: Path, text: str = "") -> StationConfig:
     """Validate already-parsed TOML data (`text` is the source, used only to find line numbers)."""
     c = _Checker(path, text)
-    c.unknown_keys(data, (), ("station", "targets", "products", "slots"))
+    c.unknown_keys(data, (), ("station", "targets", "products", "slots", "budget"))
     station = _station_section(c, data)
+    budget = _budget_section(c, data)
 
     targets: dict[str, Target] = {}
     for name, table in _named_tables(c, data, "targets", required=True).items():
@@ -848,6 +887,7 @@ def validate_config(data: Mapping[str, Any], *, path: Path, text: str = "") -> S
         ledger_path=station["ledger_path"],
         operator=station["operator"],
         qa_pin=station["qa_pin"],
+        budget=budget,
         targets=targets,
         products=products,
         slots=slots,

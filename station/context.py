@@ -158,6 +158,11 @@ class StationContext:
         self._registry_factory = registry_factory or (
             lambda target: default_registry_factory(target, station_id=self.station_id)
         )
+        if config.budget is not None:
+            # Several stations on one account and region: every registry's budget is leased from the store.
+            from station import sharedbudget
+
+            sharedbudget.configure(config.budget)
         self._lock = threading.Lock()
         self._registries: dict[str, RegistryLike] = {}
         self._issuers: dict[str, Any] = {}

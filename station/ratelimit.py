@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from station.errors import StationFault
 
@@ -162,16 +163,39 @@ def throttled_fault(registry: str, api: str, waited_s: float) -> StationFault:
     )
 
 
-_shared: dict[tuple[str, str], RateBudget] = {}
+class Budget(Protocol):
+    """What a registry needs of a rate budget: this process's `RateBudget` or a factory-wide one."""
+
+    label: str
+    max_wait_s: float
+
+    def acquire(self, api: str) -> float: ...
+    def rate(self, api: str) -> float: ...
+    def set_quotas(self, quotas: Mapping[str, float]) -> None: ...
+    def stats(self) -> dict[str, ApiStats]: ...
+
+
+BudgetFactory = Callable[[tuple[str, str]], Budget]
+
+_shared: dict[tuple[str, str], Budget] = {}
 _shared_lock = threading.Lock()
+_factory: BudgetFactory | None = None
 
 
-def shared_budget_for(key: tuple[str, str], quotas: Mapping[str, float] | None = None) -> RateBudget:
-    """The one RateBudget of an (account, region) in this process; `quotas` updates it when given."""
+def use_budget_factory(factory: BudgetFactory | None) -> None:
+    """Make the budgets of (account, region)s not yet in use with `factory` (a shared store), or, with None,
+    with this process's own `RateBudget`. The wiring calls it once, before the first registry is made."""
+    global _factory
+    with _shared_lock:
+        _factory = factory
+
+
+def shared_budget_for(key: tuple[str, str], quotas: Mapping[str, float] | None = None) -> Budget:
+    """The one budget of an (account, region) in this process; `quotas` updates it when given."""
     with _shared_lock:
         budget = _shared.get(key)
         if budget is None:
-            budget = RateBudget(label=f"{key[0]}/{key[1]}")
+            budget = _factory(key) if _factory is not None else RateBudget(label=f"{key[0]}/{key[1]}")
             _shared[key] = budget
     if quotas:
         budget.set_quotas(quotas)

@@ -342,3 +342,19 @@ class SharedRateBudget:
                     returned += len(state.slots)
                     state.slots.clear()
         return returned
+
+
+def configure(settings: Any) -> None:
+    """Wire `[budget]` (a `station.config.BudgetSettings`, or None): every (account, region) budget made from
+    now on in this process is leased from the shared store."""
+    from station.ratelimit import use_budget_factory
+
+    if settings is None:
+        use_budget_factory(None)
+        return
+    store = DynamoBudgetStore.from_url(settings.store)
+
+    def factory(key: tuple[str, str]) -> SharedRateBudget:
+        return SharedRateBudget(store, f"{key[0]}/{key[1]}", fallback_share=settings.fallback_share)
+
+    use_budget_factory(factory)

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import itertools
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -155,3 +157,56 @@ def test_an_unreachable_store_falls_back_to_the_local_share() -> None:
     # Half of 10 TPS: four calls are three intervals of 0.2 s apart.
     assert elapsed == pytest.approx(0.6, abs=0.25)
     assert budget.stats()[API].calls == 4
+
+
+def test_budget_config_is_checked_with_file_and_line(tmp_path: Any) -> None:
+    from station.config import load_config
+    from station.errors import ConfigError
+
+    sys.path.insert(0, str(Path(__file__).parent / "pipeline"))
+    try:
+        from cloud_rig import write_config
+    finally:
+        sys.path.remove(str(Path(__file__).parent / "pipeline"))
+    path = write_config(tmp_path, "http://127.0.0.1:9")
+    good = path.read_text() + '\n[budget]\nstore = "dynamodb://b?region=eu-west-1"\nfallback_share = 0.5\n'
+    path.write_text(good)
+    settings = load_config(path).budget
+    assert settings is not None and settings.store == "dynamodb://b?region=eu-west-1"
+    assert settings.fallback_share == 0.5
+    path.write_text(good.replace("fallback_share = 0.5", "fallback_share = 2"))
+    with pytest.raises(ConfigError, match=r"station.toml:\d+: \[budget\] fallback_share"):
+        load_config(path)
+
+
+@pytest.mark.lab
+def test_a_station_configured_with_a_budget_store_meters_its_registry_calls_there(
+    plane: Any, tmp_path: Any
+) -> None:
+    from station import ratelimit
+    from station.config import load_config
+    from station.context import StationContext
+    from station.identity import new_identity
+
+    sys.path.insert(0, str(Path(__file__).parent / "pipeline"))
+    try:
+        from cloud_rig import write_config
+    finally:
+        sys.path.remove(str(Path(__file__).parent / "pipeline"))
+    path = write_config(tmp_path, plane.endpoint_url)
+    path.write_text(path.read_text() + f'\n[budget]\nstore = "{store_url(plane, "budget-wired")}"\n')
+    config = load_config(path)
+    target = config.target("lab")
+    ratelimit._shared.pop(target.registry_key, None)
+    try:
+        context = StationContext(config, ledger=None)
+        registry = context.registry(target)
+        assert isinstance(registry.budget, SharedRateBudget)
+        registry.register(new_identity(common_name="SIM000777"), origin="station")
+        client = plane.client("dynamodb", region="eu-west-1")
+        key = f"{target.registry_key[0]}/{target.registry_key[1]}/{API}"
+        item = client.get_item(TableName="budget-wired", Key={"pk": {"S": key}}, ConsistentRead=True)["Item"]
+        assert float(item["tat"]["N"]) > time.time() - 60
+    finally:
+        ratelimit.use_budget_factory(None)
+        ratelimit._shared.pop(target.registry_key, None)
