@@ -809,9 +809,11 @@ def _budget_section(c: _Checker, data: Mapping[str, Any]) -> BudgetSettings | No
         (*keypath, "store"),
         str,
         required=True,
-        check=lambda v: None
-        if v.startswith("dynamodb://") and "region=" in v
-        else f"expected 'dynamodb://TABLE?region=REGION', got {v!r}.",
+        check=lambda v: (
+            None
+            if v.startswith("dynamodb://") and "region=" in v
+            else f"expected 'dynamodb://TABLE?region=REGION', got {v!r}."
+        ),
         what="a shared store such as 'dynamodb://station-budget?region=eu-west-1'",
     )
     share = c.get(
