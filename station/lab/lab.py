@@ -255,6 +255,14 @@ class Lab:
             },
             "ca_file": str(self.ca_file),
             "accounts": accounts,
+            # The same moto server answers DynamoDB: a shared ledger and a shared rate budget for several
+            # station processes on one lab (same keys as the control plane).
+            "dynamodb": {
+                "endpoint_url": self.control.endpoint_url,
+                "region": self.regions[0],
+                "ledger_url": f"dynamodb://station-ledger?region={self.regions[0]}&endpoint_url={self.control.endpoint_url}",
+                "budget_url": f"dynamodb://station-budget?region={self.regions[0]}&endpoint_url={self.control.endpoint_url}",
+            },
         }
 
     def station_toml(

@@ -86,3 +86,22 @@ def test_station_lab_runs_until_sigterm(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_lab_json_names_a_dynamodb_that_holds_a_shared_ledger(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from station.lab.control import LAB_ACCESS_KEY_ID, LAB_SECRET_ACCESS_KEY
+    from station.ledger import AttemptRecord, open_ledger
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", LAB_ACCESS_KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", LAB_SECRET_ACCESS_KEY)
+    with Lab(tmp_path) as lab:
+        dynamodb = json.loads(lab.lab_json_path.read_text())["dynamodb"]
+        assert dynamodb["endpoint_url"] == lab.control.endpoint_url
+        with open_ledger(dynamodb["ledger_url"]) as ledger:
+            ledger.record_attempt(AttemptRecord(attempt_id="a1", serial="SIM000123", outcome="FAIL"))
+        # A second station process would open the same URL and see the same records.
+        with open_ledger(dynamodb["ledger_url"], create=False) as again:
+            assert [r.serial for r in again.find("SIM000123")] == ["SIM000123"]
+            assert again.audit().ok
