@@ -116,9 +116,7 @@ class RateBudget:
 
     def set_quotas(self, quotas: Mapping[str, float]) -> None:
         """Change some APIs' quotas (e.g. after a quota increase in Service Quotas); others keep theirs."""
-        for api, tps in quotas.items():
-            if not tps or tps <= 0:
-                raise ValueError(f"quota for {api} must be a positive number of calls per second")
+        check_quotas(quotas)
         with self._lock:
             for api, tps in quotas.items():
                 self._quotas[api] = float(tps)
@@ -150,6 +148,13 @@ class RateBudget:
             # The wait is the point: this slot's call must not go out before its reserved time.
             self._sleep(wait)
         return wait
+
+
+def check_quotas(quotas: Mapping[str, float]) -> None:
+    """ValueError unless every quota is a positive number of calls per second."""
+    for api, tps in quotas.items():
+        if not tps or tps <= 0:
+            raise ValueError(f"quota for {api} must be a positive number of calls per second")
 
 
 def throttled_fault(registry: str, api: str, waited_s: float) -> StationFault:

@@ -36,6 +36,7 @@ from station.ratelimit import (
     DEFAULT_TPS,
     ApiStats,
     RateBudget,
+    check_quotas,
     throttled_fault,
 )
 
@@ -254,9 +255,7 @@ class SharedRateBudget:
             return self._quotas.get(api, self._default_tps)
 
     def set_quotas(self, quotas: Mapping[str, float]) -> None:
-        for api, tps in quotas.items():
-            if not tps or tps <= 0:
-                raise ValueError(f"quota for {api} must be a positive number of calls per second")
+        check_quotas(quotas)
         with self._lock:
             self._quotas.update({api: float(tps) for api, tps in quotas.items()})
         self._fallback.set_quotas({api: float(tps) * self._fallback_share for api, tps in quotas.items()})
