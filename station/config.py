@@ -131,6 +131,7 @@ class StationConfig:
     products: dict[str, Product] = field(default_factory=dict)
     slots: dict[str, Slot] = field(default_factory=dict)
     budget: BudgetSettings | None = None
+    labels: LabelSettings | None = None
 
     def target(self, name: str) -> Target:
         try:
@@ -363,7 +364,7 @@ def _range_check(low: int, high: int, expected: str) -> Callable[[Any], str | No
 def _station_section(c: _Checker, data: Mapping[str, Any]) -> dict[str, Any]:
     keypath = ("station",)
     table = c.table(data, keypath, required=True)
-    c.unknown_keys(table, keypath, ("id", "operator", "ledger", "qa_pin"))
+    c.unknown_keys(table, keypath, ("id", "operator", "ledger", "qa_pin", "labels"))
     station_id = c.get(
         table,
         (*keypath, "id"),
@@ -791,6 +792,53 @@ def load_config(path: str | Path) -> StationConfig:
 
 
 @dataclass(frozen=True)
+class LabelSettings:
+    """`[station.labels]`: the label printed for every PASS (see station/labels.py)."""
+
+    printer: str  # tcp://host:9100, lp://QUEUE, file:PATH or a path
+    qr_payload: str = "{thing_name}"
+    timeout_s: float = 5.0
+
+
+def _labels_section(c: _Checker, data: Mapping[str, Any]) -> LabelSettings | None:
+    station = data.get("station")
+    if not isinstance(station, Mapping) or "labels" not in station:
+        return None
+    keypath = ("station", "labels")
+    table = c.table(station, keypath, required=True)
+    c.unknown_keys(table, keypath, ("printer", "qr_payload", "timeout_s"))
+    from station.labels import check_payload_template
+
+    printer = c.get(
+        table,
+        (*keypath, "printer"),
+        str,
+        required=True,
+        check=lambda v: None if v.strip() else "expected where labels go, got an empty string.",
+        what="'tcp://HOST:9100', 'lp://QUEUE' or a file path",
+    )
+    payload = c.get(
+        table,
+        (*keypath, "qr_payload"),
+        str,
+        default="{thing_name}",
+        check=check_payload_template,
+        what="a template such as '{thing_name}' or 'https://example.com/u/{serial}'",
+    )
+    timeout = c.get(
+        table,
+        (*keypath, "timeout_s"),
+        (int, float),
+        default=5.0,
+        check=lambda v: None if 0 < v <= 60 else f"expected 0-60 seconds, got {v}.",
+        what="seconds to wait for the printer",
+    )
+    if printer is None:
+        return None
+    return LabelSettings(printer=printer, qr_payload=payload or "{thing_name}", timeout_s=float(timeout))
+
+
+@dataclass(frozen=True)
 class BudgetSettings:
     """`[budget]`: where the AWS rate budget shared by several stations lives (none: this station alone)."""
 
@@ -835,6 +883,7 @@ def validate_config(data: Mapping[str, Any], *, path: Path, text: str = "") -> S
     c.unknown_keys(data, (), ("station", "targets", "products", "slots", "budget"))
     station = _station_section(c, data)
     budget = _budget_section(c, data)
+    labels = _labels_section(c, data)
 
     targets: dict[str, Target] = {}
     for name, table in _named_tables(c, data, "targets", required=True).items():
@@ -890,6 +939,7 @@ def validate_config(data: Mapping[str, Any], *, path: Path, text: str = "") -> S
         operator=station["operator"],
         qa_pin=station["qa_pin"],
         budget=budget,
+        labels=labels,
         targets=targets,
         products=products,
         slots=slots,

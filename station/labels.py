@@ -15,15 +15,19 @@ reported as `LabelError` (a `StationFault`: the unit is fine, the printer needs 
 
 from __future__ import annotations
 
+import queue
 import socket
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from string import Formatter
 from urllib.parse import urlsplit
 
-from station.errors import InputError, StationFault
+from station.errors import InputError, StationError, StationFault
+from station.model import Event
 
 DEFAULT_PAYLOAD = "{thing_name}"
 PAYLOAD_FIELDS = frozenset({"thing_name", "serial", "certificate_id", "date", "station_id"})
@@ -199,3 +203,71 @@ def label_for(*, thing_name: str, serial: str, certificate_id: str, at: float, s
         date=time.strftime("%Y-%m-%d", time.gmtime(at)),
         station_id=station_id,
     )
+
+
+class LabelPrinter:
+    """Prints a label for every PASS it hears of (`unit_finished` events), on its own thread so a slow printer
+    never holds a slot. A label that cannot be printed is reported through `on_problem(serial, error)`; the
+    unit's outcome stays what it was (the identity is proven; the label can be reprinted)."""
+
+    def __init__(
+        self,
+        printer: str,
+        *,
+        qr_payload: str = DEFAULT_PAYLOAD,
+        timeout_s: float = 5.0,
+        station_id: str = "",
+        on_problem: Callable[[str, LabelError], None] | None = None,
+    ) -> None:
+        self.printer = printer
+        self.qr_payload = qr_payload
+        self.timeout_s = timeout_s
+        self.station_id = station_id
+        self.on_problem = on_problem
+        self._jobs: queue.SimpleQueue[Label | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None  # started by the first label, ended by close()
+
+    def handle(self, event: Event) -> None:
+        if event.kind != "unit_finished" or event.outcome != "PASS":
+            return
+        data = event.data or {}
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="label-printer", daemon=True)
+                self._thread.start()
+        self._jobs.put(
+            label_for(
+                thing_name=str(data.get("thing_name", "")),
+                serial=event.serial,
+                certificate_id=str(data.get("certificate_id", "")),
+                at=event.at or time.time(),
+                station_id=self.station_id,
+            )
+        )
+
+    def print_now(self, label: Label) -> None:
+        """Print one label and wait (the QA desk's reprint); `LabelError` when it cannot."""
+        print_label(render_zpl(label, self.qr_payload), self.printer, timeout_s=self.timeout_s)
+
+    def _run(self) -> None:
+        while (label := self._jobs.get()) is not None:
+            try:
+                self.print_now(label)
+            except StationError as error:
+                problem = (
+                    error
+                    if isinstance(error, LabelError)
+                    else LabelError(error.title, error.message, error.next_action)
+                )
+                if self.on_problem is not None:
+                    self.on_problem(label.serial, problem)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Print what is queued (up to `timeout`), then stop the thread; the next label starts a new one."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+            if thread is not None:
+                self._jobs.put(None)
+        if thread is not None:
+            thread.join(timeout)

@@ -3,12 +3,17 @@ to the configured payload (decoded from the received bytes with zxing-cpp, not f
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import socket
 import stat
+import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zxingcpp
@@ -135,3 +140,117 @@ def test_the_preview_shows_the_fields_and_a_symbol() -> None:
     text = preview_text(LABEL)
     assert text.splitlines()[:2] == ["sensor-SN004217", "SN SN004217"]
     assert "█" in text
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Through the station: `station provision` on a simulated PROV/1 unit against the lab prints the PASS's label.
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[tuple[Any, Any, int]]:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent / "pipeline"))
+    try:
+        from cloud_rig import REGION
+    finally:
+        sys.path.remove(str(Path(__file__).parent / "pipeline"))
+    from station.lab.control import DEFAULT_ACCOUNT_ID, ControlPlane
+    from station.lab.dataplane import DataPlane
+
+    with ControlPlane(throttling=False) as plane, tempfile.TemporaryDirectory() as state:
+        data = DataPlane({(DEFAULT_ACCOUNT_ID, REGION): 0}, Path(state))
+        data.start()
+        try:
+            yield plane, data, data.port_for(DEFAULT_ACCOUNT_ID, REGION)
+        finally:
+            data.stop()
+
+
+def provision_with_labels(
+    lab: tuple[Any, Any, int], tmp_path: Path, serial: str, printer: str
+) -> dict[str, Any]:
+    import json
+    import sys
+
+    from flashers.simulators.prov1 import Prov1Device
+    from flashers.simulators.pty import PtyDevice
+    from station.cli import main
+
+    sys.path.insert(0, str(Path(__file__).parent / "pipeline"))
+    try:
+        from cloud_rig import write_config
+    finally:
+        sys.path.remove(str(Path(__file__).parent / "pipeline"))
+    plane, data, port = lab
+    config = write_config(
+        tmp_path, plane.endpoint_url, data_port=port, ca_file=str(data.ca_file), key_source="station"
+    )
+    text = config.read_text().replace(
+        'ledger = "ledger.sqlite"\n',
+        f'ledger = "ledger.sqlite"\n\n[station.labels]\nprinter = "{printer}"\nqr_payload = "{{thing_name}}|{{serial}}"\ntimeout_s = 2\n',
+        1,
+    )
+    config.write_text(text)
+    with PtyDevice(Prov1Device(tmp_path / "unit", device_id=serial)) as device:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = main(
+                ["provision", "--port", device.port, "--serial", serial, "--config", str(config), "--json"]
+            )
+    result = json.loads(out.getvalue().strip().splitlines()[-1])
+    result["exit_code"] = code
+    return result
+
+
+@pytest.mark.lab
+def test_a_pass_on_the_line_prints_its_label_to_the_zebra_port(lab: Any, tmp_path: Path) -> None:
+    listener = ZebraListener()
+    serial = "SIM731904"
+    result = provision_with_labels(lab, tmp_path, serial, f"tcp://127.0.0.1:{listener.port}")
+    assert result["outcome"] == "PASS", result
+    (job,) = listener.close()
+    zpl = job.decode()
+    assert f"SN {serial}" in zpl and f"cert {result['certificate_id'][:12]}" in zpl
+    assert decode_qr_from_zpl(zpl) == f"{result['thing_name']}|{serial}"
+
+
+@pytest.mark.lab
+def test_a_printer_that_is_down_leaves_the_pass_and_records_why_there_is_no_label(
+    lab: Any, tmp_path: Path
+) -> None:
+    from station.ledger import open_ledger
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]
+    serial = "SIM731905"
+    result = provision_with_labels(lab, tmp_path, serial, f"tcp://127.0.0.1:{dead}")
+    assert result["outcome"] == "PASS" and result["exit_code"] == 0
+    with open_ledger(tmp_path / "ledger.sqlite") as ledger:
+        notes = [e.event for e in ledger.events() if e.event.kind == "note" and e.event.step == "label"]
+    assert [n.data.get("serial") for n in notes] == [serial]
+    assert f"127.0.0.1:{dead}" in notes[0].message
+
+
+def test_label_settings_are_checked_with_file_line_and_field(tmp_path: Path) -> None:
+    import sys
+
+    from station.config import load_config
+    from station.errors import ConfigError
+
+    sys.path.insert(0, str(Path(__file__).parent / "pipeline"))
+    try:
+        from cloud_rig import write_config
+    finally:
+        sys.path.remove(str(Path(__file__).parent / "pipeline"))
+    config = write_config(tmp_path, "http://127.0.0.1:9")
+    base = config.read_text()
+    table = '\n[station.labels]\nprinter = "tcp://zebra-1:9100"\nqr_payload = "{serial}"\n'
+    config.write_text(base.replace('ledger = "ledger.sqlite"\n', 'ledger = "ledger.sqlite"\n' + table, 1))
+    labels = load_config(config).labels
+    assert labels is not None and labels.printer == "tcp://zebra-1:9100" and labels.qr_payload == "{serial}"
+    config.write_text(config.read_text().replace('"{serial}"', '"{private_key}"'))
+    with pytest.raises(ConfigError, match=r"station.toml:\d+: \[station.labels\] qr_payload: unknown field"):
+        load_config(config)
