@@ -666,6 +666,7 @@ class DemoLine:
         check_device_id: bool = True,
         operator: str | None = None,
         registry_factory: Callable[..., Any] | None = None,
+        printer: str | None = None,
     ) -> None:
         if slots < 1 or slots > 64:
             raise InputError(
@@ -690,6 +691,7 @@ class DemoLine:
         self.operator = operator
         self._on_event = on_event
         self._registry_factory = registry_factory
+        self.printer = printer  # where PASS labels go (tcp://host:9100, lp://QUEUE, a file); None: no labels
         self.lab = Lab(self.state_dir, accounts=accounts, regions=regions, throttling=lab_throttling)
         self.jigs = Jigs(self.state_dir, self.slot_names, paced=paced, baud=baud, families=self.slot_families)
         self.config: StationConfig | None = None
@@ -775,6 +777,7 @@ class DemoLine:
                 slots={s: self.jig_port(s) for s in self.slot_names},
                 products=self.products(),
                 slot_products={s: FAMILIES[f].product for s, f in self.slot_families.items()},
+                label_printer=self.printer,
             )
             self.config_path.write_text(toml)
             self.config = load_config(self.config_path)

@@ -11,6 +11,7 @@ import socket
 import stat
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,20 +44,25 @@ class ZebraListener:
         self.thread.start()
 
     def _serve(self) -> None:
-        try:
-            conn, _ = self.server.accept()
-        except OSError:
-            return
-        with conn:
-            conn.settimeout(10)
-            chunks = []
-            while chunk := conn.recv(65536):
-                chunks.append(chunk)
-            self.jobs.append(b"".join(chunks))
+        # One connection per label, as a Zebra's raw port takes them, until close() or 10 s of silence.
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(10)
+                chunks = []
+                while chunk := conn.recv(65536):
+                    chunks.append(chunk)
+                self.jobs.append(b"".join(chunks))
 
-    def close(self) -> list[bytes]:
-        self.thread.join(10)
+    def close(self, expected: int = 1, timeout: float = 10.0) -> list[bytes]:
+        deadline = time.monotonic() + timeout
+        while len(self.jobs) < expected and time.monotonic() < deadline:
+            time.sleep(0.05)
         self.server.close()
+        self.thread.join(10)
         return self.jobs
 
 
@@ -254,3 +260,37 @@ def test_label_settings_are_checked_with_file_line_and_field(tmp_path: Path) -> 
     config.write_text(config.read_text().replace('"{serial}"', '"{private_key}"'))
     with pytest.raises(ConfigError, match=r"station.toml:\d+: \[station.labels\] qr_payload: unknown field"):
         load_config(config)
+
+
+@pytest.mark.lab
+def test_the_headless_demo_prints_a_label_for_each_pass_and_none_for_a_fail(tmp_path: Path) -> None:
+    import json
+
+    from station.cli import main
+
+    listener = ZebraListener()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(
+            [
+                "demo",
+                "--headless",
+                "--json",
+                "--slots",
+                "1",
+                "--units",
+                "3",
+                "--fault-every",
+                "3",
+                "--state-dir",
+                str(tmp_path),
+                "--printer",
+                f"tcp://127.0.0.1:{listener.port}",
+            ]
+        )
+    units = json.loads(out.getvalue())["units"]
+    passed = [u for u in units if u["outcome"] == "PASS"]
+    assert code == 0 and len(passed) == 2 and len(units) == 3
+    jobs = listener.close(expected=2)
+    printed = sorted(decode_qr_from_zpl(job.decode()) for job in jobs)
+    assert printed == sorted(u["thing_name"] for u in passed)

@@ -102,6 +102,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--baud", type=int, default=115200, help="the devices' baud rate when paced (default 115200)"
     )
     p.add_argument("--no-throttling", action="store_true", help="switch off AWS's default quotas in the lab")
+    p.add_argument(
+        "--printer",
+        metavar="WHERE",
+        help="print a label for every PASS: tcp://HOST:9100 (a Zebra), lp://QUEUE (CUPS) or a file path",
+    )
     p.set_defaults(func=run)
 
 
@@ -157,6 +162,7 @@ def run_headless(args: argparse.Namespace) -> int:
         fault_every=args.fault_every,
         fault=args.fault,
         on_event=None if args.json else progress,
+        printer=args.printer,
     )
     families_of.update(demo.slot_families)
     with demo:
@@ -276,6 +282,7 @@ def run_interactive(args: argparse.Namespace) -> int:
         on_event=relay,
         auto_replace=True,
         check_device_id=False,
+        printer=args.printer,
     )
     with demo:
         assert demo.config is not None

@@ -272,8 +272,10 @@ class Lab:
         slots: dict[str, str] | None = None,
         products: Mapping[str, LabProduct] | None = None,
         slot_products: Mapping[str, str] | None = None,
+        label_printer: str | None = None,
     ) -> str:
-        """A ready station.toml pointing at this lab; `slots` maps slot name → port URL.
+        """A ready station.toml pointing at this lab; `slots` maps slot name → port URL; `label_printer`
+        adds `[station.labels]` (where PASS labels go).
 
         By default there is one product, `sim` (PROV/1, serials `SIM####`). `products` replaces it (name →
         `LabProduct`); `slot_products` names each slot's product (default: `sim` if there is one, else the
@@ -292,6 +294,8 @@ class Lab:
             'qa_pin = "0000"',
             "",
         ]
+        if label_printer:
+            lines += ["[station.labels]", f"printer = {json.dumps(label_printer)}", ""]
         first = self.registries[0].target
         for registry in self.registries:
             lines += self._target_toml(registry.target.name, registry.target)
