@@ -124,7 +124,7 @@ class StationConfig:
 
     path: Path
     station_id: str
-    ledger_path: Path
+    ledger_path: Path | str  # a file, or a shared ledger's URL (dynamodb://TABLE?region=…)
     operator: str | None = None
     qa_pin: str | None = field(default=None, repr=False)  # not a key, but no reason to print it
     targets: dict[str, Target] = field(default_factory=dict)
@@ -401,7 +401,14 @@ def _station_section(c: _Checker, data: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "station_id": station_id,
         "operator": operator,
-        "ledger_path": (c.base / ledger).resolve() if ledger else None,
+        # A shared ledger (several stations) is a URL and stays one; a file is resolved against the config.
+        "ledger_path": (
+            ledger
+            if ledger and ledger.startswith("dynamodb://")
+            else (c.base / ledger).resolve()
+            if ledger
+            else None
+        ),
         "qa_pin": qa_pin,
     }
 
