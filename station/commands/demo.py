@@ -119,7 +119,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--budget-store",
         metavar="URL",
-        help="the AWS rate budget shared with other stations (default with --lab: the lab's budget_url)",
+        help="the AWS rate budget shared with other stations (default with --lab: the lab's budget_url; "
+        "'none': this station's own)",
     )
     p.add_argument(
         "--printer",
@@ -229,7 +230,8 @@ def joining(args: argparse.Namespace) -> dict[str, Any]:
         "lab_json": args.lab,
         "station_id": args.station_id,
         "ledger": args.ledger,
-        "budget_store": args.budget_store or lab.budget_url,
+        # "none": this station keeps its own in-process budget (to compare with a shared one).
+        "budget_store": None if args.budget_store == "none" else (args.budget_store or lab.budget_url),
     }
 
 
