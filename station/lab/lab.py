@@ -326,6 +326,15 @@ class Lab:
         for name, port in (slots or {}).items():
             product_name = (slot_products or {}).get(name, default_product)
             lines += [f"[slots.{name}]", f"port = {json.dumps(port)}", f'product = "{product_name}"', ""]
+        if not slots:
+            # `station run` needs a slot: say how to add one for a unit started with `station sim`.
+            lines += [
+                "# No slots yet. Start a simulated unit (`station sim prov1` prints its port first), then:",
+                "# [slots.s1]",
+                '# port = "/dev/pts/N"',
+                f'# product = "{default_product}"',
+                "",
+            ]
         return "\n".join(lines)
 
     @staticmethod
