@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from station.qa import revocation_of
 
     with open_ledger(ledger_location(args.ledger, args.config), create=False) as ledger:
-        units = ledger.units(args.outcome)
+        units = list(ledger.units(args.outcome))
         # A revoke is a QA note after the attempt: a PASS whose certificate QA revoked no longer works.
         revoked = {u.serial: revocation_of(ledger, u.latest) is not None for u in units}
     if args.json:
