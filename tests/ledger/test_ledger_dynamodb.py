@@ -96,6 +96,18 @@ class DynamoTamperer:
         self.client.put_item(TableName=self.table, Item=item)
 
 
+    def edit_unit(self, serial: str, **fields: Any) -> None:
+        self._edit_body("unit", serial, fields)
+
+    def close_journal(self, journal_id: int) -> None:
+        self.client.update_item(
+            TableName=self.table,
+            Key=self._key("journal", seq_key(journal_id)),
+            UpdateExpression="SET closed_at = :one, outcome = :pass",
+            ExpressionAttributeValues={":one": {"N": "1"}, ":pass": {"S": "PASS"}},
+        )
+
+
 class TestDynamoContract(LedgerContract):
     # moto answers in milliseconds per call; the SQLite suite carries the full 8 × 50 load.
     CONCURRENT_THREADS = 4
