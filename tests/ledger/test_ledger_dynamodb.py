@@ -95,7 +95,6 @@ class DynamoTamperer:
         item = {**self._key(RECORD, record.attempt_id), "body": {"S": canonical_json(record.to_dict())}}
         self.client.put_item(TableName=self.table, Item=item)
 
-
     def edit_unit(self, serial: str, **fields: Any) -> None:
         self._edit_body("unit", serial, fields)
 
