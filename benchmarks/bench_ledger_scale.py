@@ -153,10 +153,10 @@ def main() -> int:
             "certificate id prefix (8 hex)": [cert_id(i)[:8] for i in picks],
         }
         for what, qs in queries.items():
-            it = iter(qs)
-            median, worst = timed_ms(lambda: ledger.find(next(it)), len(qs))
-            it = iter(qs)
-            u_median, u_worst = timed_ms(lambda: ledger.find_units(next(it)), len(qs))
+            found = iter(qs)
+            median, worst = timed_ms(lambda found=found: ledger.find(next(found)), len(qs))  # type: ignore[misc]
+            units = iter(qs)
+            u_median, u_worst = timed_ms(lambda units=units: ledger.find_units(next(units)), len(qs))  # type: ignore[misc]
             print(
                 f"find by {what}: median {median:.3f} ms, worst {worst:.3f} ms; "
                 f"find_units: median {u_median:.3f} ms, worst {u_worst:.3f} ms"

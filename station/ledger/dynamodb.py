@@ -297,6 +297,7 @@ class DynamoLedger(Ledger):
                 ]
                 try:
                     self._transact(items, len(extra) if checked is None else checked)
+                    self._wrote = True  # close() signs a checkpoint of what this handle wrote
                     return seq
                 except _Conflict:
                     continue

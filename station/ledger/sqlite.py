@@ -310,6 +310,7 @@ class SqliteLedger(Ledger):
                     conn.execute("BEGIN IMMEDIATE")
                     result = work(conn)
                     conn.execute("COMMIT")
+                    self._wrote = True  # close() signs a checkpoint of what this handle wrote
                     return result
                 finally:
                     if conn.in_transaction:
