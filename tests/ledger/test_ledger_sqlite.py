@@ -497,3 +497,13 @@ def test_lookups_and_pages_use_indexes(tmp_path: Path) -> None:
             for detail in (str(row[-1]) for row in plan):
                 assert not detail.startswith("SCAN") or "INDEX" in detail, detail  # a table scan
                 assert "FOR ORDER BY" not in detail, detail  # a sort of everything that matched
+
+
+def test_a_checkpoint_that_cannot_be_written_does_not_fail_the_unit(tmp_path: Path, caplog: Any) -> None:
+    unwritable = tmp_path / "log-is-a-folder"
+    unwritable.mkdir()
+    with SqliteLedger(tmp_path / "ledger.sqlite", anchor=Anchor(tmp_path / "key", unwritable)) as ledger:
+        ledger.checkpoint_every = 1
+        ledger.record_attempt(make_record())
+        assert ledger.unit("SN0001") is not None
+    assert "checkpoint not signed" in caplog.text
