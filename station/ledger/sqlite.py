@@ -687,6 +687,8 @@ class _Audit:
         self.progress = progress
         self.incremental = incremental
         self._row_sum = 0
+        self.units_total = 0
+        self.head_seq = 0
 
     def _tick(self, done: int, total: int) -> None:
         if self.progress is not None:
@@ -721,6 +723,11 @@ class _Audit:
         head_row = conn.execute("SELECT seq, hash FROM chain_head WHERE id = 1").fetchone()
         head = (int(head_row[0]), str(head_row[1])) if head_row else None
         total = head[0] if head else 0
+        # Progress runs over the chain's rows, then the unit rows replayed (a full audit).
+        self.units_total = (
+            0 if self.incremental else int(conn.execute("SELECT COUNT(*) FROM units").fetchone()[0])
+        )
+        self.head_seq = total
         cp = self.checkpoint
         start_seq, start_hash = 1, GENESIS_HASH
         if self.incremental and cp is not None:
@@ -742,7 +749,7 @@ class _Audit:
             if not verifier.feed(ChainRow(row[0], row[1], row[2], _decode_event_row(row[3:]))):
                 break
             if row[0] % PROGRESS_EVERY == 0:
-                self._tick(row[0], total)
+                self._tick(row[0], total + self.units_total)
         if self.incremental:
             record_count = 0  # records sealed before the checkpoint are trusted with it
         else:
@@ -751,7 +758,7 @@ class _Audit:
         result = dataclasses.replace(result, anchored_seq=cp.seq if cp else 0, since_seq=start_seq - 1)
         if not result.ok:
             return result
-        self._tick(total, total)
+        self._tick(total, total + self.units_total)
         if cp is not None:
             verdict = anchor_verdict(cp, result.head_seq, verifier.watched_hash)
             if verdict:
@@ -788,6 +795,7 @@ class _Audit:
                 journal_checked=journal_checked,
                 anchor_note=note,
             )
+        self._tick(total + self.units_total, total + self.units_total)
         return dataclasses.replace(
             result, units_checked=units_checked, journal_checked=journal_checked, anchor_note=note
         )
@@ -865,7 +873,9 @@ class _Audit:
                 for serial in touched
                 for r in self.conn.execute("SELECT serial, body FROM units WHERE serial = ?", (serial,))
             )
-        for serial, body in rows:
+        for n, (serial, body) in enumerate(rows, 1):
+            if n % PROGRESS_EVERY == 0:
+                self._tick(self.head_seq + n, self.head_seq + self.units_total)
             self._row_sum += body_hash(body)
             try:
                 data = json.loads(body)
