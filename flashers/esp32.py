@@ -422,9 +422,16 @@ class EsptoolLink:
 
     def write_flash(self, parts: Sequence[tuple[int, bytes]]) -> None:
         from esptool.cmds import write_flash
+        from esptool.util import FatalError
 
-        with esptool_errors():
-            write_flash(self._need(), [(offset, bytes(data)) for offset, data in parts], no_progress=True)
+        try:
+            with esptool_errors(passthrough=FatalError):
+                write_flash(self._need(), [(offset, bytes(data)) for offset, data in parts], no_progress=True)
+        except FatalError as exc:
+            # esptool checks the chip's MD5 after writing; a mismatch is for verify_flash (and the flasher's
+            # write-again-then-erase rule) to judge, not a refused command.
+            if "MD5 of file does not match" not in str(exc):
+                raise esptool_error(exc) from None
 
     def verify_flash(self, parts: Sequence[tuple[int, bytes]]) -> bool:
         from esptool.cmds import verify_flash

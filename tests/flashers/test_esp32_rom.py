@@ -1,0 +1,227 @@
+"""The ESP32 ROM-loader simulator on a real pty, driven by the unmodified esptool (issue 11).
+
+esptool (the installed package) runs as a subprocess and through its Python API against the simulator with
+`--before no-reset` (a pty has no DTR/RTS to reset the chip into download mode, and `--after no-reset`, since
+a hard reset toggles RTS): chip-id, write-flash of a real NVS image, verify-flash, read-flash round trip
+byte-equal, both through the flasher stub (esptool's default: RAM upload, then the stub's protocol) and the
+ROM alone (`--no-stub`: READ_FLASH_SLOW, hex MD5). `station sim esp32` prints its port first and serves esptool.
+Then the ESP32 family (real `EsptoolLink`) identifies, writes and verifies over the pty, and the simulator's
+faults reach it as esptool reports them. The partition is read back from the simulated flash file and parsed
+the way the firmware would read it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flashers.base import DeviceNotAnswering, ProofMismatch
+from flashers.esp32 import DEFAULT_NVS_OFFSET, DEFAULT_NVS_SIZE, Esp32Flasher, NvsLayout, build_nvs_image
+from flashers.simulators.esp32 import read_nvs
+from flashers.simulators.esp32rom import (
+    ESP32_MAGIC,
+    FLASH_SIZE,
+    Esp32RomDevice,
+    Faults,
+    flash_file,
+    slip_decode,
+    slip_encode,
+)
+from flashers.simulators.pty import PtyDevice
+from station.identity import new_identity
+
+MAC = bytes.fromhex("240AC4A1B2C3")
+PTY_OPTIONS = {"connect_mode": "no-reset", "reset_after": False}
+
+
+@pytest.fixture
+def unit(tmp_path: Path) -> Iterator[tuple[str, Esp32RomDevice]]:
+    model = Esp32RomDevice(tmp_path / "state", mac=MAC)
+    with PtyDevice(model) as device:
+        yield device.port, model
+
+
+def esptool(port: str, *args: str, stub: bool = True) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "esptool", "--port", port, "--before", "no-reset", "--after", "no-reset"]
+    return subprocess.run(
+        [*command, *([] if stub else ["--no-stub"]), *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def nvs_image() -> tuple[bytes, str]:
+    identity = new_identity("esp32-rom-unit")
+    assert identity.private_key is not None
+    key_pem = identity.private_key.reveal().decode()
+    return build_nvs_image(
+        NvsLayout().rows(identity.certificate_pem, key_pem), DEFAULT_NVS_SIZE
+    ), identity.certificate_pem
+
+
+def test_slip_framing_round_trips_the_special_bytes() -> None:
+    frame = b"\x00\xc0\xdb\xdc\xdd\xc0\xc0"
+    encoded = slip_encode(frame)
+    assert encoded[0] == encoded[-1] == 0xC0 and b"\xc0" not in encoded[1:-1]
+    assert slip_decode(encoded[1:-1]) == frame
+
+
+@pytest.mark.parametrize("stub", [True, False], ids=["stub", "rom"])
+def test_unmodified_esptool_cli_chip_id_write_verify_read(
+    unit: tuple[str, Esp32RomDevice], tmp_path: Path, stub: bool
+) -> None:
+    port, model = unit
+    identified = esptool(port, "chip-id", stub=stub)
+    assert identified.returncode == 0, identified.stdout + identified.stderr
+    assert "ESP32-D0WD-V3 (revision v3.1)" in identified.stdout
+    assert "24:0a:c4:a1:b2:c3" in identified.stdout
+
+    image, certificate = nvs_image()
+    image_file = tmp_path / "nvs.bin"
+    image_file.write_bytes(image)
+    started = time.perf_counter()
+    written = esptool(port, "write-flash", hex(DEFAULT_NVS_OFFSET), str(image_file), stub=stub)
+    assert written.returncode == 0, written.stdout + written.stderr
+    assert "Hash of data verified" in written.stdout
+    write_s = time.perf_counter() - started
+    verified = esptool(port, "verify-flash", hex(DEFAULT_NVS_OFFSET), str(image_file), stub=stub)
+    assert verified.returncode == 0 and "digest matched" in verified.stdout, verified.stdout
+    back = tmp_path / "back.bin"
+    read = esptool(port, "read-flash", hex(DEFAULT_NVS_OFFSET), hex(DEFAULT_NVS_SIZE), str(back), stub=stub)
+    assert read.returncode == 0, read.stdout + read.stderr
+    assert back.read_bytes() == image  # byte-equal round trip
+    # The flash file holds it too, and the firmware's view of it has the certificate.
+    stored = model.flash.read(DEFAULT_NVS_OFFSET, DEFAULT_NVS_SIZE)
+    assert stored == image
+    assert read_nvs(stored)[("aws_iot", "certificate")].rstrip(b"\x00").decode() == certificate
+    assert write_s < 30
+
+
+def test_verify_flash_fails_on_a_unit_that_stores_damaged_data(
+    unit: tuple[str, Esp32RomDevice], tmp_path: Path
+) -> None:
+    port, model = unit
+    image, _ = nvs_image()
+    image_file = tmp_path / "nvs.bin"
+    image_file.write_bytes(image)
+    model.faults = Faults(bad_store=True)
+    written = esptool(port, "write-flash", hex(DEFAULT_NVS_OFFSET), str(image_file))
+    assert written.returncode != 0
+    assert "verif" in (written.stdout + written.stderr).lower()
+
+
+def test_esptool_python_api(unit: tuple[str, Esp32RomDevice]) -> None:
+    from esptool.cmds import attach_flash, detect_chip, read_flash, run_stub, verify_flash, write_flash
+
+    port, model = unit
+    image, _ = nvs_image()
+    esp = detect_chip(port, 115200, "no-reset")
+    try:
+        assert esp.CHIP_NAME == "ESP32"
+        assert esp.read_reg(0x40001000) == ESP32_MAGIC
+        esp = run_stub(esp)
+        attach_flash(esp)
+        assert 1 << ((esp.flash_id() >> 16) & 0xFF) == FLASH_SIZE
+        write_flash(esp, [(DEFAULT_NVS_OFFSET, image)], no_progress=True)
+        verify_flash(esp, [(DEFAULT_NVS_OFFSET, image)])
+        assert read_flash(esp, DEFAULT_NVS_OFFSET, DEFAULT_NVS_SIZE, None, no_progress=True) == image
+        assert bytes(esp.read_mac("BASE_MAC")) == MAC
+    finally:
+        esp._port.close()
+    assert model.flash.read(DEFAULT_NVS_OFFSET, DEFAULT_NVS_SIZE) == image
+
+
+def test_the_flash_image_is_a_file_that_survives_a_power_cycle(tmp_path: Path) -> None:
+    first = Esp32RomDevice(tmp_path, mac=MAC)
+    first.flash.erase(0x9000, 0x1000)
+    first.flash.program(0x9000, b"persisted")
+    again = Esp32RomDevice(tmp_path, mac=MAC)
+    assert flash_file(tmp_path, MAC).stat().st_size == FLASH_SIZE
+    assert again.flash.read(0x9000, 9) == b"persisted"
+    assert again.flash.read(0x8000, 2) == b"\xaa\x50"  # the partition table a new unit came with
+
+
+# --------------------------------------------------------------------------------------------- the family
+
+
+def test_esp32_family_writes_and_verifies_through_real_esptool(unit: tuple[str, Esp32RomDevice]) -> None:
+    port, model = unit
+    identity = new_identity("esp32-family-unit")
+    with Esp32Flasher(port, **PTY_OPTIONS) as flasher:
+        info = flasher.identify()
+        assert info.device_id == MAC.hex().upper()
+        assert info.firmware == "station-demo 1.4.2"
+        proof = flasher.write_identity(identity, ca_pem=new_identity("ca").certificate_pem)
+        assert [o.slot for o in proof.objects] == ["cert", "key", "ca"]
+    entries = read_nvs(model.flash.read(DEFAULT_NVS_OFFSET, DEFAULT_NVS_SIZE))
+    assert entries[("aws_iot", "certificate")].rstrip(b"\x00").decode() == identity.certificate_pem
+
+
+def test_esp32_family_reports_a_damaged_store_as_a_proof_mismatch(unit: tuple[str, Esp32RomDevice]) -> None:
+    port, model = unit
+    model.faults = Faults(bad_store=True)
+    with Esp32Flasher(port, **PTY_OPTIONS) as flasher:
+        flasher.identify()
+        with pytest.raises(ProofMismatch):
+            flasher.write_identity(new_identity("esp32-bad-store"))
+    # The station erased the partition afterwards (the faulty flash still flips a bit here and there).
+    left = model.flash.read(DEFAULT_NVS_OFFSET, DEFAULT_NVS_SIZE)
+    assert left.count(0xFF) > 0.99 * DEFAULT_NVS_SIZE
+
+
+def test_esp32_family_reports_a_silent_unit(tmp_path: Path) -> None:
+    model = Esp32RomDevice(tmp_path, mac=MAC, faults=Faults(silent=True))
+    with PtyDevice(model) as device, Esp32Flasher(device.port, **PTY_OPTIONS) as flasher:
+        started = time.monotonic()
+        with pytest.raises(DeviceNotAnswering):
+            flasher.identify()
+        assert time.monotonic() - started < 20
+
+
+def test_faults_parse() -> None:
+    assert Faults.parse(["silent", "disconnect_on_write=3"]) == Faults(silent=True, disconnect_on_write=3)
+    with pytest.raises(ValueError, match="unknown fault"):
+        Faults.parse(["bogus"])
+
+
+# ------------------------------------------------------------------------------------------- station sim
+
+
+def test_station_sim_esp32_prints_the_port_first_and_serves_esptool(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "station.cli",
+            "sim",
+            "esp32",
+            "--state-dir",
+            str(tmp_path),
+            "--mac",
+            MAC.hex(),
+            "--no-pace",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ},
+    )
+    try:
+        assert proc.stdout is not None
+        port = proc.stdout.readline().strip()
+        assert port.startswith("/dev/"), port
+        identified = esptool(port, "chip-id")
+        assert identified.returncode == 0, identified.stdout + identified.stderr
+        assert "24:0a:c4:a1:b2:c3" in identified.stdout
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        assert flash_file(tmp_path, MAC).exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
