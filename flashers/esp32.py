@@ -39,11 +39,13 @@ this session wrote it. The chip is hard-reset into its application on `close()` 
 eFuses are never touched: the interface has no eFuse operation, this module never imports espefuse, and no
 esptool call here can burn one (flash encryption and secure boot keys are out of scope: they are irreversible).
 
-Testing: esptool cannot run against a pty (nothing there speaks the ROM loader's SLIP protocol, and the
-DTR/RTS reset into download mode means nothing on a pty), so this family is tested by building real images and
-parsing them back (`flashers.simulators.esp32.read_nvs`), and by driving `Esp32Flasher` through a fake
-`Esp32Link` with an in-memory flash (`flashers.simulators.esp32`, port URLs `esp32sim://<name>`), with fault
-injection. `EsptoolLink`'s own error mapping is tested against esptool's failure messages on real ptys.
+Testing: the unmodified esptool runs against `flashers.simulators.esp32rom` (the ROM loader's and the flasher
+stub's SLIP protocol on a real pty, flash image in a file), and this family provisions through it with
+`connect_mode = "no-reset"` and `reset_after = false`: a pty has no DTR/RTS lines, so nothing there can reset a
+chip into download mode or back into its application (on hardware keep the defaults). Fault tests that need
+many failure shapes also drive `Esp32Flasher` through a fake `Esp32Link` with an in-memory flash
+(`flashers.simulators.esp32`, port URLs `esp32sim://<name>`); images are parsed back with
+`flashers.simulators.esp32.read_nvs`.
 
 This module must not import boto3 or awscrt, write a key to disk, or put key text in a message or log.
 """

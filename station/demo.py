@@ -11,8 +11,8 @@ Three parts, usable on their own (the line benchmark runs `Jigs` in a process of
 
 - `Jigs`: a *jig* per slot, each of one device family. A pty family's jig is a stable port path `jigs/<slot>`
   that is a symlink to the pty of the unit sitting in it; an ESP32 jig is a stable in-process port URL
-  `esp32sim://jig-<tag>-<slot>` (esptool cannot run against a pty, so the ESP32 simulator lives behind the
-  flasher's narrow link interface, in this process only). `insert_unit` starts a fresh simulated device of the
+  `esp32sim://jig-<tag>-<slot>` (the demo keeps the ESP32 behind the flasher's narrow link interface, in this
+  process only, for speed; the real esptool path runs against `station sim esp32` on a pty). `insert_unit` starts a fresh simulated device of the
   slot's family (new device id, new store), re-points the jig and unplugs the previous unit. The station's
   configured port never changes, as on a real line where the cable stays and the unit changes.
 - `Feeder`: feeds units to a line, each slot taking the next unit as soon as it is free (or up to its share).

@@ -40,7 +40,7 @@ EXAMPLES = """examples:
   station demo --headless --paced --slots 8 --units 80 --state-dir /tmp/demo
 
 families:    prov1 (serials SIM####), expresslink (EL####), nrf91 (NRF####), esp32 (ESP####; in-process
-             only: esptool cannot run against a pty), or all
+             in the demo; `station sim esp32` serves the real esptool on a pty), or all
 demo faults: disconnect (drops off part-way), bad-store (its store corrupts what it keeps; not ExpressLink),
              wrong-unit (not the unit that was scanned; PROV/1 only), mixed (each in turn; the default)
 """
