@@ -177,6 +177,7 @@ class Esp32RomDevice:
         nvs_label: str = "nvs",
         project: str = "station-demo",
         version: str = "1.4.2",
+        esp_secure_cert: bool = False,
     ) -> None:
         self.mac = mac if mac is not None else bytes([0x24, 0x0A, 0xC4]) + os.urandom(3)
         if len(self.mac) != 6:
@@ -184,16 +185,18 @@ class Esp32RomDevice:
         self.faults = faults or Faults()
         self.flash = FlashFile(flash_file(state_dir, self.mac))
         if self.flash.created:  # a new unit: the product's firmware is on it
-            self.flash.program(
-                DEFAULT_PARTITION_TABLE_OFFSET,
-                partition_table(
-                    [
-                        (nvs_label, 1, 2, nvs_offset, nvs_size),
-                        ("phy_init", 1, 1, nvs_offset + nvs_size, 0x1000),
-                        ("factory", 0, 0, APP_OFFSET, 0x100000),
-                    ]
-                ),
-            )
+            entries = [
+                (nvs_label, 1, 2, nvs_offset, nvs_size),
+                ("phy_init", 1, 1, nvs_offset + nvs_size, 0x1000),
+                ("factory", 0, 0, APP_OFFSET, 0x100000),
+            ]
+            if esp_secure_cert:  # esp_secure_cert_mgr's layout: the TLV partition at 0xD000, NVS before it
+                entries[0:2] = [
+                    (nvs_label, 1, 2, nvs_offset, 0xD000 - nvs_offset),
+                    ("esp_secure_cert", 0x3F, 0, 0xD000, 0x2000),
+                    ("phy_init", 1, 1, 0xF000, 0x1000),
+                ]
+            self.flash.program(DEFAULT_PARTITION_TABLE_OFFSET, partition_table(entries))
             self.flash.program(APP_OFFSET, app_image(project, version))
         self._rx = bytearray()
         self._stub = False

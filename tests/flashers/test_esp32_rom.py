@@ -23,7 +23,20 @@ from pathlib import Path
 import pytest
 
 from flashers.base import DeviceNotAnswering, ProofMismatch
-from flashers.esp32 import DEFAULT_NVS_OFFSET, DEFAULT_NVS_SIZE, Esp32Flasher, NvsLayout, build_nvs_image
+from flashers.esp32 import (
+    DEFAULT_NVS_OFFSET,
+    DEFAULT_NVS_SIZE,
+    DEFAULT_SECURE_CERT_OFFSET,
+    SECURE_CERT_SIZE,
+    TLV_CA_CERT,
+    TLV_DEV_CERT,
+    TLV_PRIV_KEY,
+    Esp32Flasher,
+    NvsLayout,
+    build_nvs_image,
+    build_secure_cert_image,
+    parse_secure_cert,
+)
 from flashers.simulators.esp32 import read_nvs
 from flashers.simulators.esp32rom import (
     ESP32_MAGIC,
@@ -35,6 +48,7 @@ from flashers.simulators.esp32rom import (
     slip_encode,
 )
 from flashers.simulators.pty import PtyDevice
+from station.errors import StationFault, UnitFault
 from station.identity import new_identity
 
 MAC = bytes.fromhex("240AC4A1B2C3")
@@ -225,3 +239,110 @@ def test_station_sim_esp32_prints_the_port_first_and_serves_esptool(tmp_path: Pa
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=5)
+
+
+# ------------------------------------------------------------------------------------- esp_secure_cert
+
+
+def _secure_cert_identity() -> tuple[str, str, str]:
+    identity = new_identity("esp32-secure-cert-unit")
+    assert identity.private_key is not None
+    return (
+        identity.certificate_pem,
+        identity.private_key.reveal().decode(),
+        new_identity("ca").certificate_pem,
+    )
+
+
+def test_esp_secure_cert_partition_written_by_esptool_reads_back_and_parses(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    cert, key, ca = _secure_cert_identity()
+    image = build_secure_cert_image(cert, key, ca)
+    assert len(image) == SECURE_CERT_SIZE
+    image_file = tmp_path / "esp_secure_cert.bin"
+    image_file.write_bytes(image)
+    model = Esp32RomDevice(tmp_path / "state", mac=MAC, esp_secure_cert=True)
+    with PtyDevice(model) as device:
+        offset = hex(DEFAULT_SECURE_CERT_OFFSET)
+        assert esptool(device.port, "write-flash", offset, str(image_file)).returncode == 0
+        verified = esptool(device.port, "verify-flash", offset, str(image_file))
+        assert verified.returncode == 0 and "digest matched" in verified.stdout
+        back = tmp_path / "back.bin"
+        assert esptool(device.port, "read-flash", offset, hex(SECURE_CERT_SIZE), str(back)).returncode == 0
+    assert back.read_bytes() == image
+    tlvs = parse_secure_cert(back.read_bytes())
+    assert tlvs[TLV_DEV_CERT].rstrip(b"\x00").decode() == cert
+    assert tlvs[TLV_CA_CERT].rstrip(b"\x00").decode() == ca
+    stored_key = load_pem_private_key(tlvs[TLV_PRIV_KEY].rstrip(b"\x00"), None)
+    assert stored_key.public_key() == load_pem_private_key(key.encode(), None).public_key()
+
+
+def test_a_damaged_tlv_is_detected_by_its_crc() -> None:
+    cert, key, _ = _secure_cert_identity()
+    image = bytearray(build_secure_cert_image(cert, key))
+    image[40] ^= 0x01  # inside the device certificate
+    with pytest.raises(ValueError, match="CRC"):
+        parse_secure_cert(bytes(image))
+
+
+def test_esp32_family_provisions_esp_secure_cert_over_the_pty(tmp_path: Path) -> None:
+    ca = new_identity("ca").certificate_pem
+    model = Esp32RomDevice(tmp_path, mac=MAC, esp_secure_cert=True)
+    identity = new_identity("esp32-secure-cert-family")
+    with PtyDevice(model) as device:
+        with Esp32Flasher(device.port, identity_format="esp_secure_cert", **PTY_OPTIONS) as flasher:
+            flasher.identify()
+            flasher.write_identity(identity, ca_pem=ca)
+        # This unit has no NVS partition at 0x9000/0x6000: the NVS format is refused before any write.
+        with (
+            Esp32Flasher(device.port, **PTY_OPTIONS) as nvs_flasher,
+            pytest.raises(UnitFault, match="no NVS"),
+        ):
+            nvs_flasher.identify()
+    tlvs = parse_secure_cert(model.flash.read(DEFAULT_SECURE_CERT_OFFSET, SECURE_CERT_SIZE))
+    assert tlvs[TLV_DEV_CERT].rstrip(b"\x00").decode() == identity.certificate_pem
+    assert model.flash.read(DEFAULT_NVS_OFFSET, 0x4000) == b"\xff" * 0x4000  # NVS untouched
+
+
+def test_esp_secure_cert_on_a_unit_without_that_partition_is_refused(
+    unit: tuple[str, Esp32RomDevice],
+) -> None:
+    port, model = unit
+    with (
+        Esp32Flasher(port, identity_format="esp_secure_cert", **PTY_OPTIONS) as flasher,
+        pytest.raises(UnitFault) as caught,
+    ):
+        flasher.identify()
+    assert "esp_secure_cert partition" in caught.value.message
+    assert model.flash.read(DEFAULT_SECURE_CERT_OFFSET, 0x1000) == b"\xff" * 0x1000
+
+
+@pytest.mark.parametrize(
+    "variant", ["esp_secure_cert_ds", "esp_secure_cert_ecdsa_peripheral", "esp_secure_cert_hmac"]
+)
+def test_ds_and_efuse_variants_are_refused_before_the_port_is_touched(variant: str) -> None:
+    with pytest.raises(StationFault) as caught:
+        Esp32Flasher("/dev/null-never-opened", identity_format=variant)
+    assert caught.value.title == "Identity format not supported"
+    assert "eFuse" in caught.value.message and "never" in caught.value.message
+
+
+def test_tlvs_equal_what_esp_secure_cert_tool_makes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Espressif's own TLV code (PyPI esp-secure-cert-tool; not a dependency: run with
+    `uv run --with esp-secure-cert-tool pytest …`) builds the same bytes from the same files."""
+    tlv_format = pytest.importorskip("esp_secure_cert.tlv_format")
+    cert, key, ca = _secure_cert_identity()
+    (tmp_path / "cert.pem").write_text(cert)
+    (tmp_path / "ca.pem").write_text(ca)
+    (tmp_path / "key.pem").write_text(key)  # a test key, in a test's temporary folder
+    out = tmp_path / "tool.bin"
+    priv = tlv_format.tlv_priv_key_t(
+        tlv_format.tlv_priv_key_type_t.ESP_SECURE_CERT_DEFAULT_FORMAT_KEY, str(tmp_path / "key.pem"), None
+    )
+    tlv_format.generate_partition_no_ds(
+        priv, str(tmp_path / "cert.pem"), str(tmp_path / "ca.pem"), "esp32", str(out)
+    )
+    assert build_secure_cert_image(cert, key, ca) == out.read_bytes()
