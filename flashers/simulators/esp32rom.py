@@ -183,6 +183,7 @@ class Esp32RomDevice:
         if len(self.mac) != 6:
             raise ValueError("a MAC address is 6 bytes")
         self.faults = faults or Faults()
+        self.nvs_offset, self.nvs_size = nvs_offset, nvs_size if not esp_secure_cert else 0xD000 - nvs_offset
         self.flash = FlashFile(flash_file(state_dir, self.mac))
         if self.flash.created:  # a new unit: the product's firmware is on it
             entries = [
@@ -214,6 +215,22 @@ class Esp32RomDevice:
     @property
     def flash_path(self) -> Path:
         return self.flash.path
+
+    def live(self, layout: Any = None) -> dict[str, str | None]:
+        """The credentials the firmware would read from its NVS partition now (None where missing/damaged)."""
+        from flashers.esp32 import NvsLayout
+        from flashers.simulators.esp32 import read_nvs
+
+        layout = layout or NvsLayout()
+        try:
+            entries = read_nvs(self.flash.read(self.nvs_offset, self.nvs_size))
+        except ValueError:
+            return {"cert": None, "key": None, "ca": None}
+        out: dict[str, str | None] = {}
+        for slot, key in (("cert", layout.cert_key), ("key", layout.key_key), ("ca", layout.ca_key)):
+            value = entries.get((layout.namespace, key))
+            out[slot] = value.rstrip(b"\x00").decode("ascii", "replace") if isinstance(value, bytes) else None
+        return out
 
     # ---------------------------------------------------------------------------------------- registers
     def _read_reg(self, addr: int) -> int:

@@ -39,8 +39,8 @@ EXAMPLES = """examples:
   station demo --headless --units 20 --fault-every 5 --fault disconnect --json
   station demo --headless --paced --slots 8 --units 80 --state-dir /tmp/demo
 
-families:    prov1 (serials SIM####), expresslink (EL####), nrf91 (NRF####), esp32 (ESP####; in-process
-             in the demo; `station sim esp32` serves the real esptool on a pty), or all
+families:    prov1 (serials SIM####), expresslink (EL####), nrf91 (NRF####), esp32 (ESP####; the real
+             esptool on a pty), or all
 demo faults: disconnect (drops off part-way), bad-store (its store corrupts what it keeps; not ExpressLink),
              wrong-unit (not the unit that was scanned; PROV/1 only), mixed (each in turn; the default)
 """
