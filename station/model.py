@@ -16,6 +16,9 @@ class Outcome(StrEnum):
     PASS = "PASS"
     FAIL = "FAIL"  # the unit is bad → rework bin
     ERROR = "ERROR"  # the station, network or cloud is broken → call a technician
+    # A QA action that completed but proved nothing about the unit's identity (revoke, transfer or register
+    # without verify). Never shown as PASS.
+    DONE = "DONE"
 
 
 class Secret:
