@@ -114,7 +114,7 @@ def _register_esp32(families: argparse._SubParsersAction) -> None:
         help="an ESP32 in serial download mode (esptool's ROM loader protocol)",
         description="An ESP32 waiting in its ROM download mode, its 4 MB flash a file under --state-dir. A pty "
         "has no DTR/RTS: run esptool with --before no-reset --after no-reset.",
-        epilog="Example: station sim esp32 --state-dir sim   then   esptool --port PORT --before no-reset chip-id",
+        epilog="Example: station sim esp32 --state-dir sim --fault bad_store",
     )
     add_sim_arguments(n)
     n.set_defaults(func=run_esp32)
