@@ -204,6 +204,7 @@ class Esp32RomDevice:
         self._baud = 115200
         self._regs: dict[int, int] = {}
         self._write: dict[str, Any] | None = None  # the flash write in progress (FLASH_BEGIN / DEFL_BEGIN)
+        self._reading: dict[str, Any] | None = None  # the stub's READ_FLASH stream in progress
         self._blocks_written = 0
         self._rng = random.Random(0)
         self.commands: list[int] = []  # command codes in order of arrival (for tests)
@@ -284,8 +285,11 @@ class Esp32RomDevice:
             self._frame(slip_decode(body), link)
 
     def _frame(self, frame: bytes, link: Link) -> None:
+        if len(frame) == 4 and self._reading is not None:
+            self._read_ack(struct.unpack("<I", frame)[0], link)
+            return
         if len(frame) < 8 or frame[0] != 0x00:
-            return  # not a request (a read acknowledgement, or noise): the ROM ignores it
+            return  # not a request (noise): the ROM ignores it
         _, op, size, checksum = struct.unpack("<BBHI", frame[:8])
         data = frame[8:]
         self.commands.append(op)
@@ -465,18 +469,39 @@ class Esp32RomDevice:
         if not self._stub:
             self._reply(link, op, error=ERR_INVALID_MESSAGE)
             return
-        offset, size, packet, _in_flight = struct.unpack("<IIII", data[:16])
+        offset, size, packet, in_flight = struct.unpack("<IIII", data[:16])
         try:
             content = self.flash.read(offset, size)
         except ValueError:
             self._reply(link, op, error=ERR_FAILED_SPI_OP)
             return
         self._reply(link, op)
-        # The stub streams sector-sized packets; the host acknowledges each (those frames are ignored here, the
-        # stub's 64 packets in flight cover any read the station makes) and a 16-byte MD5 closes the stream.
-        for start in range(0, size, max(1, packet)):
+        # The stub streams packet-sized pieces, at most `in_flight` ahead of the host's acknowledgements (each a
+        # 4-byte total of what it has received); once everything is acknowledged, a 16-byte MD5 closes it.
+        packet = max(1, packet)
+        self._reading = {"content": content, "packet": packet, "sent": 0, "in_flight": max(1, in_flight)}
+        if not content:
+            self._read_ack(0, link)  # nothing to stream: the digest at once
+            return
+        self._read_pump(link, acked=0)
+
+    def _read_pump(self, link: Link, *, acked: int) -> None:
+        reading = self._reading
+        assert reading is not None
+        content, packet = reading["content"], reading["packet"]
+        while reading["sent"] < len(content) and reading["sent"] - acked < reading["in_flight"] * packet:
+            start = reading["sent"]
             link.send(slip_encode(content[start : start + packet]))
-        link.send(slip_encode(hashlib.md5(content).digest()))
+            reading["sent"] = min(len(content), start + packet)
+
+    def _read_ack(self, acked: int, link: Link) -> None:
+        reading = self._reading
+        assert reading is not None
+        if acked >= len(reading["content"]):
+            self._reading = None
+            link.send(slip_encode(hashlib.md5(reading["content"]).digest()))
+            return
+        self._read_pump(link, acked=acked)
 
     def _op_d1(self, op: int, data: bytes, checksum: int, link: Link) -> None:  # ERASE_REGION (stub)
         offset, size = struct.unpack("<II", data[:8])

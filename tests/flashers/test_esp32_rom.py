@@ -116,6 +116,19 @@ def test_unmodified_esptool_cli_chip_id_write_verify_read(
     assert write_s < 30
 
 
+def test_a_long_stub_read_keeps_to_the_packets_in_flight(
+    unit: tuple[str, Esp32RomDevice], tmp_path: Path
+) -> None:
+    """1 MB is 256 sectors, four times what the stub may have in flight: it must wait for acknowledgements."""
+    port, model = unit
+    back = tmp_path / "first-mb.bin"
+    started = time.perf_counter()
+    read = esptool(port, "read-flash", "0", hex(0x100000), str(back))
+    assert read.returncode == 0, read.stdout + read.stderr
+    assert back.read_bytes() == model.flash.read(0, 0x100000)
+    assert time.perf_counter() - started < 30
+
+
 def test_verify_flash_fails_on_a_unit_that_stores_damaged_data(
     unit: tuple[str, Esp32RomDevice], tmp_path: Path
 ) -> None:
