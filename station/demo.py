@@ -10,9 +10,9 @@
 Three parts, usable on their own (the line benchmark runs `Jigs` in a process of its own):
 
 - `Jigs`: a *jig* per slot, each of one device family. A pty family's jig is a stable port path `jigs/<slot>`
-  that is a symlink to the pty of the unit sitting in it; an ESP32 jig is a stable in-process port URL
-  `esp32sim://jig-<tag>-<slot>` (esptool cannot run against a pty, so the ESP32 simulator lives behind the
-  flasher's narrow link interface, in this process only). `insert_unit` starts a fresh simulated device of the
+  that is a symlink to the pty of the unit sitting in it (an ESP32 is the ROM-loader simulator, written by the
+  real esptool; a pty has no DTR/RTS, so its product says `connect_mode = "no-reset"`, `reset_after = false`).
+  `insert_unit` starts a fresh simulated device of the
   slot's family (new device id, new store), re-points the jig and unplugs the previous unit. The station's
   configured port never changes, as on a real line where the cable stays and the unit changes.
 - `Feeder`: feeds units to a line, each slot taking the next unit as soon as it is free (or up to its share).
@@ -31,8 +31,8 @@ printed serial an operator can type:
   checks its own connection (device-side verify) to the lab's data endpoint with the lab's CA.
 - `nrf91` — product `sim-nrf91`, serials `NRF####`, a station-made key (`key_source = "station"`) written with
   `%CMNG`; device id = IMEI.
-- `esp32` — product `sim-esp32`, serials `ESP####`, an NVS partition image written through the fake esptool
-  link; device id = MAC.
+- `esp32` — product `sim-esp32`, serials `ESP####`, an NVS partition image written by the unmodified esptool
+  to the ROM-loader simulator on the jig's pty; device id = MAC.
 
 The device ids of ExpressLink, nRF91 and ESP32 units are not their printed serials, so for those products the
 demo turns the cross-check off (`check_device_id = false`): any serial of the product's pattern provisions
@@ -145,7 +145,16 @@ FAMILIES: dict[str, DemoFamily] = {
             ("disconnect", "bad-store"),
             options={"key_source": "station"},
         ),
-        DemoFamily("esp32", "ESP32", "sim-esp32", "ESP", False, ("disconnect", "bad-store"), in_process=True),
+        # The ROM-loader simulator on a pty, through the real esptool: nothing can toggle DTR/RTS on a pty.
+        DemoFamily(
+            "esp32",
+            "ESP32",
+            "sim-esp32",
+            "ESP",
+            False,
+            ("disconnect", "bad-store"),
+            options={"connect_mode": "no-reset", "reset_after": False},
+        ),
     )
 }
 DEFAULT_FAMILY = "prov1"
@@ -185,7 +194,7 @@ class DemoUnit:
     fault: str | None
     model: Any = field(
         repr=False
-    )  # the family's simulator (Prov1Device, ExpressLinkDevice, Nrf91Modem, FakeEsp32)
+    )  # the family's simulator (Prov1Device, ExpressLinkDevice, Nrf91Modem, Esp32RomDevice)
     pty: PtyDevice | None = field(repr=False)  # None for an in-process family (ESP32)
     family: str = DEFAULT_FAMILY
     url: str = ""  # the unit's own port when it has no pty
@@ -372,17 +381,19 @@ class Jigs:
                 ),
             )
         elif family == "esp32":
-            from flashers.simulators import esp32
+            from flashers.simulators import esp32rom
 
-            mac_hex = self._new_id(lambda: "240AC4" + secrets.token_hex(3).upper(), None)
-            model = esp32.FakeEsp32(
-                self.port(slot).partition("://")[2],  # the jig's name: the new unit takes the jig's port
-                mac=bytes.fromhex(mac_hex),
-                faults=esp32.Faults(
-                    disconnect_mid_write=fault == "disconnect", bad_store=fault == "bad-store"
+            device_id = self._new_id(
+                lambda: "240AC4" + secrets.token_hex(3).upper(),
+                lambda v: esp32rom.flash_file(self.devices_dir, bytes.fromhex(v)),
+            )
+            model = esp32rom.Esp32RomDevice(
+                self.devices_dir,
+                mac=bytes.fromhex(device_id),
+                faults=esp32rom.Faults(
+                    disconnect_on_write=1 if fault == "disconnect" else None, bad_store=fault == "bad-store"
                 ),
             )
-            return DemoUnit(index, slot, serial, model.device_id, fault, model, None, family, model.port)
         else:  # parse_families refused it already
             raise InputError("Unknown device family", f"No demo family {family!r}.", "Use a known one.")
         pty = PtyDevice(model, baudrate=self.baud, pace=self.paced, name=f"{slot} {device_id}").start()

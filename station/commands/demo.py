@@ -42,8 +42,8 @@ EXAMPLES = """examples:
   station demo --headless --lab lab/lab.json --station-id line2 --ledger "dynamodb://station-ledger?region=…"
                (one of several stations on a running `station lab`; lab.json names its ledger URL)
 
-families:    prov1 (serials SIM####), expresslink (EL####), nrf91 (NRF####), esp32 (ESP####; in-process
-             only: esptool cannot run against a pty), or all
+families:    prov1 (serials SIM####), expresslink (EL####), nrf91 (NRF####), esp32 (ESP####; the real
+             esptool on a pty), or all
 demo faults: disconnect (drops off part-way), bad-store (its store corrupts what it keeps; not ExpressLink),
              wrong-unit (not the unit that was scanned; PROV/1 only), mixed (each in turn; the default)
 """

@@ -294,3 +294,20 @@ def test_deleted_and_reregistered_without_status_is_inactive_until_activated_wit
     _assert_hangup(lab, identity)  # active, but no policy yet
     iot.attach_policy(policyName=policy, target=again["certificateArn"])
     _connect(lab, identity, unique("after"))
+
+
+def test_the_stations_registry_registers_active_and_reactivates_an_inactive_one(lab: Lab, iot: Any) -> None:
+    """The station never relies on the default: its registration is ACTIVE, and a certificate someone left
+    INACTIVE (registered without status) is activated when the station registers it again."""
+    from station.ratelimit import RateBudget
+    from station.registry import Registry
+
+    registry = Registry(lab.target(region="us-east-1"), budget=RateBudget())
+    fresh = new_identity("registry-active")
+    assert registry.register(fresh).created
+    assert status_of(iot, fresh.certificate_id) == "ACTIVE"
+    left = new_identity("registry-left-inactive")
+    iot.register_certificate_without_ca(certificatePem=left.certificate_pem)  # no status: INACTIVE
+    again = registry.register(left)
+    assert (again.created, again.activated) == (False, True)
+    assert status_of(iot, left.certificate_id) == "ACTIVE"
