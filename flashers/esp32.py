@@ -39,11 +39,13 @@ this session wrote it. The chip is hard-reset into its application on `close()` 
 eFuses are never touched: the interface has no eFuse operation, this module never imports espefuse, and no
 esptool call here can burn one (flash encryption and secure boot keys are out of scope: they are irreversible).
 
-Testing: esptool cannot run against a pty (nothing there speaks the ROM loader's SLIP protocol, and the
-DTR/RTS reset into download mode means nothing on a pty), so this family is tested by building real images and
-parsing them back (`flashers.simulators.esp32.read_nvs`), and by driving `Esp32Flasher` through a fake
-`Esp32Link` with an in-memory flash (`flashers.simulators.esp32`, port URLs `esp32sim://<name>`), with fault
-injection. `EsptoolLink`'s own error mapping is tested against esptool's failure messages on real ptys.
+Testing: the unmodified esptool runs against `flashers.simulators.esp32rom` (the ROM loader's and the flasher
+stub's SLIP protocol on a real pty, flash image in a file), and this family provisions through it with
+`connect_mode = "no-reset"` and `reset_after = false`: a pty has no DTR/RTS lines, so nothing there can reset a
+chip into download mode or back into its application (on hardware keep the defaults). Fault tests that need
+many failure shapes also drive `Esp32Flasher` through a fake `Esp32Link` with an in-memory flash
+(`flashers.simulators.esp32`, port URLs `esp32sim://<name>`); images are parsed back with
+`flashers.simulators.esp32.read_nvs`.
 
 This module must not import boto3 or awscrt, write a key to disk, or put key text in a message or log.
 """
@@ -177,6 +179,94 @@ def nvs_csv(rows: Sequence[NvsRow], paths: dict[str, str] | None = None) -> str:
         else:
             writer.writerow([row.key, row.type, row.encoding, row.value])
     return out.getvalue()
+
+
+# ------------------------------------------------------------------------------------ esp_secure_cert (TLV)
+
+IDENTITY_FORMATS: Final = ("nvs", "esp_secure_cert")
+# esp_secure_cert variants that keep the key in the DS peripheral or derive it from an eFuse key: burning that
+# eFuse is irreversible, so the station refuses them instead of ever doing it.
+REFUSED_FORMATS: Final = (
+    "esp_secure_cert_ds",
+    "esp_secure_cert_rsa_ds",
+    "esp_secure_cert_ecdsa_peripheral",
+    "esp_secure_cert_hmac",
+    "esp_secure_cert_hmac_ecdsa",
+)
+SECURE_CERT_SIZE: Final = 0x2000  # esp-secure-cert-tool's partition size
+DEFAULT_SECURE_CERT_OFFSET: Final = 0xD000  # esp_secure_cert_mgr's example partition tables
+PART_TYPE_SECURE_CERT: Final = 0x3F  # esp_secure_cert partition: type 0x3F, subtype 0
+TLV_MAGIC: Final = 0xBA5EBA11
+TLV_CA_CERT: Final = 0
+TLV_DEV_CERT: Final = 1
+TLV_PRIV_KEY: Final = 2
+_TLV_ALIGN: Final = 16
+
+
+def secure_cert_tlv(tlv_type: int, data: bytes, flags: int = 0) -> bytes:
+    """One TLV of the esp_secure_cert format (esp_secure_cert_mgr's `esp_secure_cert_tlv_header_t` / footer):
+    magic 0xBA5EBA11, flags (u32), type (u16), length (u16), the data padded with zeros to 16 bytes, then the
+    CRC-32 of all of that (zlib's, seed 0xFFFFFFFF, as esp-secure-cert-tool writes it)."""
+    import zlib
+
+    tlv = struct.pack("<IIHH", TLV_MAGIC, flags, tlv_type, len(data)) + data
+    tlv += b"\x00" * (-len(data) % _TLV_ALIGN)
+    return tlv + struct.pack("<I", zlib.crc32(tlv, 0xFFFFFFFF))
+
+
+def build_secure_cert_image(
+    cert_pem: str, key_pem: str, ca_pem: str | None = None, size: int = SECURE_CERT_SIZE
+) -> bytes:
+    """The esp_secure_cert partition for a plain (not DS / not eFuse-protected) key, in memory.
+
+    The same TLVs in the same order as esp-secure-cert-tool's `generate_partition_no_ds`: device certificate,
+    CA certificate (if any), private key; PEM texts NUL-terminated, the key in "traditional" PEM as the tool
+    re-encodes it; the rest of the partition erased (0xFF). The tool itself is not called: it reads the key from
+    a file (the station never writes a key to disk) and prints to stdout.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    cert = x509.load_pem_x509_certificate(cert_pem.encode("ascii")).public_bytes(serialization.Encoding.PEM)
+    key = serialization.load_pem_private_key(key_pem.encode("ascii"), password=None).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    tlvs = secure_cert_tlv(TLV_DEV_CERT, cert + b"\x00")
+    if ca_pem:
+        ca = x509.load_pem_x509_certificate(ca_pem.encode("ascii")).public_bytes(serialization.Encoding.PEM)
+        tlvs += secure_cert_tlv(TLV_CA_CERT, ca + b"\x00")
+    tlvs += secure_cert_tlv(TLV_PRIV_KEY, key + b"\x00")
+    if len(tlvs) > size:
+        raise StationFault(
+            "Credentials do not fit",
+            f"The certificate, CA and key take {len(tlvs)} bytes; the esp_secure_cert partition has {size}.",
+            "Call a technician: use an EC key or a shorter CA chain, or a bigger esp_secure_cert partition.",
+        )
+    return tlvs + b"\xff" * (size - len(tlvs))
+
+
+def parse_secure_cert(image: bytes) -> dict[int, bytes]:
+    """TLV type → data of an esp_secure_cert partition, checking magic and CRC the way esp_secure_cert_mgr does;
+    ValueError for a damaged TLV. Stops at the first erased (0xFF) header."""
+    import zlib
+
+    found: dict[int, bytes] = {}
+    offset = 0
+    while offset + 12 <= len(image):
+        magic, _flags, tlv_type, length = struct.unpack_from("<IIHH", image, offset)
+        if magic != TLV_MAGIC:
+            break
+        end = offset + 12 + length + (-length % _TLV_ALIGN)
+        if end + 4 > len(image):
+            raise ValueError(f"TLV at {offset:#x} runs past the partition")
+        (crc,) = struct.unpack_from("<I", image, end)
+        if zlib.crc32(image[offset:end], 0xFFFFFFFF) != crc:
+            raise ValueError(f"TLV at {offset:#x} fails its CRC")
+        found[tlv_type] = image[offset + 12 : offset + 12 + length]
+        offset = end + 4
+    return found
 
 
 def check_nvs_size(size: int) -> None:
@@ -422,9 +512,16 @@ class EsptoolLink:
 
     def write_flash(self, parts: Sequence[tuple[int, bytes]]) -> None:
         from esptool.cmds import write_flash
+        from esptool.util import FatalError
 
-        with esptool_errors():
-            write_flash(self._need(), [(offset, bytes(data)) for offset, data in parts], no_progress=True)
+        try:
+            with esptool_errors(passthrough=FatalError):
+                write_flash(self._need(), [(offset, bytes(data)) for offset, data in parts], no_progress=True)
+        except FatalError as exc:
+            # esptool checks the chip's MD5 after writing; a mismatch is for verify_flash (and the flasher's
+            # write-again-then-erase rule) to judge, not a refused command.
+            if "MD5 of file does not match" not in str(exc):
+                raise esptool_error(exc) from None
 
     def verify_flash(self, parts: Sequence[tuple[int, bytes]]) -> bool:
         from esptool.cmds import verify_flash
@@ -517,7 +614,9 @@ class Esp32Flasher(Flasher):
     (label to insist on; default any data/nvs partition at that offset), `nvs_namespace` ("aws_iot"),
     `nvs_cert_key` ("certificate"), `nvs_key_key` ("private_key"), `nvs_ca_key` ("root_ca"), `nvs_encoding`
     ("string"), `partition_table_offset` (0x8000), `check_partition_table` (true), `connect_mode`
-    ("default-reset"), `reset_after` (true).
+    ("default-reset"; "no-reset" where nothing can reset the chip, such as a pty), `reset_after` (true),
+    `identity_format` ("nvs", or "esp_secure_cert": the TLV partition ESP-IDF's esp_secure_cert_mgr reads, at
+    `secure_cert_offset` (0xD000), 8 KB, type 0x3F). DS-peripheral and eFuse-key variants are refused.
     """
 
     family = "esp32"
@@ -543,8 +642,25 @@ class Esp32Flasher(Flasher):
         connect_mode: str = "default-reset",
         reset_after: bool = True,
         link_factory: LinkFactory | None = None,
+        identity_format: str = "nvs",
+        secure_cert_offset: int | str = DEFAULT_SECURE_CERT_OFFSET,
     ) -> None:
         self.port = port
+        if identity_format in REFUSED_FORMATS:
+            raise StationFault(
+                "Identity format not supported",
+                f"identity_format {identity_format!r} keeps the key in the DS peripheral or derives it from an "
+                "eFuse key; burning eFuses is irreversible and the station never does it.",
+                'Call a technician: use identity_format = "esp_secure_cert" (plain key) or "nvs", and burn '
+                "eFuses, if wanted, in a separate, deliberate step outside the station.",
+            )
+        if identity_format not in IDENTITY_FORMATS:
+            raise StationFault(
+                "Bad ESP32 option",
+                f"identity_format must be one of {', '.join(IDENTITY_FORMATS)}, not {identity_format!r}.",
+                "Call a technician to fix identity_format in the product's options.",
+            )
+        self.identity_format = identity_format
         self.nvs_offset = _as_int(nvs_offset, "nvs_offset")
         self.nvs_size = _as_int(nvs_size, "nvs_size")
         self.partition_table_offset = _as_int(partition_table_offset, "partition_table_offset")
@@ -559,6 +675,21 @@ class Esp32Flasher(Flasher):
                 f"the partition table (at {self.partition_table_offset:#x}).",
                 "Call a technician to fix nvs_offset in the product's options (from the partition table).",
             )
+        # The partition this product's credentials go to: NVS, or esp_secure_cert.
+        self.part_offset, self.part_size = self.nvs_offset, self.nvs_size
+        if identity_format == "esp_secure_cert":
+            self.part_offset, self.part_size = (
+                _as_int(secure_cert_offset, "secure_cert_offset"),
+                SECURE_CERT_SIZE,
+            )
+            if self.part_offset % SECTOR or self.part_offset < self.partition_table_offset + SECTOR:
+                raise StationFault(
+                    "Bad esp_secure_cert offset",
+                    f"secure_cert_offset {self.part_offset:#x} is not sector-aligned or would overwrite the "
+                    "bootloader or the partition table.",
+                    "Call a technician to fix secure_cert_offset in the product's options (from the partition "
+                    "table).",
+                )
         self.check_partition_table = bool(check_partition_table)
         self.reset_after = bool(reset_after)
         factory = link_factory or _link_for(port)
@@ -585,10 +716,10 @@ class Esp32Flasher(Flasher):
             self._link.run_stub()
             flash_size = self._link.attach_flash()
             mac = self._link.read_mac()
-            if flash_size and self.nvs_offset + self.nvs_size > flash_size:
+            if flash_size and self.part_offset + self.part_size > flash_size:
                 raise UnitFault(
                     "Flash too small",
-                    f"The unit's flash ({flash_size // 1024} KB) ends before the NVS partition does.",
+                    f"The unit's flash ({flash_size // 1024} KB) ends before the credentials partition does.",
                     "Put the unit in the rework bin (wrong module fitted?).",
                 )
             firmware = self._check_layout() if self.check_partition_table else None
@@ -616,10 +747,15 @@ class Esp32Flasher(Flasher):
         objects = [("cert", identity.certificate_pem), ("key", key_pem)]
         if ca_pem:
             objects.append(("ca", ca_pem))
-        image = build_nvs_image(self.layout.rows(identity.certificate_pem, key_pem, ca_pem), self.nvs_size)
+        if self.identity_format == "esp_secure_cert":
+            image = build_secure_cert_image(identity.certificate_pem, key_pem, ca_pem, self.part_size)
+        else:
+            image = build_nvs_image(
+                self.layout.rows(identity.certificate_pem, key_pem, ca_pem), self.nvs_size
+            )
         self._ensure_connected()
         started = time.perf_counter()
-        parts = [(self.nvs_offset, image)]
+        parts = [(self.part_offset, image)]
         self._written = True
         writes = 0
         try:
@@ -663,7 +799,7 @@ class Esp32Flasher(Flasher):
         if not self._written:
             return
         self._ensure_connected()
-        erased = [(self.nvs_offset, b"\xff" * self.nvs_size)]
+        erased = [(self.part_offset, b"\xff" * self.part_size)]
         self._link.write_flash(erased)
         if not self._link.verify_flash(erased):
             raise ProofMismatch("NVS partition", "It did not read back erased after the wipe.")
@@ -687,7 +823,7 @@ class Esp32Flasher(Flasher):
 
     def _erase_best_effort(self) -> None:
         with contextlib.suppress(StationError):
-            self._link.write_flash([(self.nvs_offset, b"\xff" * self.nvs_size)])
+            self._link.write_flash([(self.part_offset, b"\xff" * self.part_size)])
 
     def _check_layout(self) -> str | None:
         """Refuse to write unless the unit's partition table has the product's NVS partition; return the
@@ -702,24 +838,37 @@ class Esp32Flasher(Flasher):
                 "application firmware yet, or a damaged one.",
                 "Flash the product's firmware first; if it fails again, put the unit in the rework bin.",
             ) from None
-        matches = [
-            p
-            for p in table
-            if p.type == PART_TYPE_DATA
-            and p.subtype == PART_SUBTYPE_NVS
-            and p.offset == self.nvs_offset
-            and p.size == self.nvs_size
-            and (self.nvs_partition is None or p.label == self.nvs_partition)
-        ]
-        if not matches:
-            where = f"{self.nvs_offset:#x} ({self.nvs_size:#x} bytes)"
-            name = f" named {self.nvs_partition}" if self.nvs_partition else ""
-            raise UnitFault(
-                "Partition layout differs",
-                f"The unit's partition table has no NVS partition{name} at {where}: its firmware is not "
-                "this product's.",
-                "Flash the product's firmware; if every unit says this, call a technician to check nvs_offset.",
-            )
+        if self.identity_format == "esp_secure_cert":
+            if not any(
+                p.type == PART_TYPE_SECURE_CERT and p.offset == self.part_offset and p.size >= self.part_size
+                for p in table
+            ):
+                raise UnitFault(
+                    "Partition layout differs",
+                    f"The unit's partition table has no esp_secure_cert partition (type 0x3F) at "
+                    f"{self.part_offset:#x}: its firmware is not this product's.",
+                    "Flash the product's firmware; if every unit says this, call a technician to check "
+                    "secure_cert_offset.",
+                )
+        else:
+            matches = [
+                p
+                for p in table
+                if p.type == PART_TYPE_DATA
+                and p.subtype == PART_SUBTYPE_NVS
+                and p.offset == self.nvs_offset
+                and p.size == self.nvs_size
+                and (self.nvs_partition is None or p.label == self.nvs_partition)
+            ]
+            if not matches:
+                where = f"{self.nvs_offset:#x} ({self.nvs_size:#x} bytes)"
+                name = f" named {self.nvs_partition}" if self.nvs_partition else ""
+                raise UnitFault(
+                    "Partition layout differs",
+                    f"The unit's partition table has no NVS partition{name} at {where}: its firmware is not "
+                    "this product's.",
+                    "Flash the product's firmware; if every unit says this, call a technician to check nvs_offset.",
+                )
         apps = sorted((p for p in table if p.type == PART_TYPE_APP), key=lambda p: p.offset)
         if not apps:
             return None

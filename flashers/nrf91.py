@@ -63,6 +63,7 @@ import hashlib
 import json
 import re
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -109,6 +110,7 @@ _FINAL_OK = "OK"
 _FINAL_ERROR = "ERROR"
 _CME = re.compile(r"\+CM[ES] ERROR: ?(\d{1,5})")
 _LIST_LINE = re.compile(r'%CMNG: ?(\d+),(\d+)(?:,"([0-9A-Fa-f]{64})")?')
+_ATTEST_LINE = re.compile(r'%ATTESTTOKEN: ?"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]*)"')
 _KEYGEN_LINE = re.compile(r'%KEYGEN: ?"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]*)"')
 _IMEI = re.compile(r"\d{15}")
 _FIRMWARE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+\-]{0,63}")
@@ -182,6 +184,59 @@ _RESEAT = (
 )
 
 
+@dataclass(frozen=True)
+class AttestationToken:
+    """What `AT%ATTESTTOKEN` says: the whole answer (token.COSE, base64url) and the token's fields."""
+
+    text: str
+    device_uuid: str
+    device_type: int
+    firmware_uuid: str
+
+
+def _cbor_array(data: bytes) -> list[int | bytes]:
+    """The flat CBOR array of ints and byte strings an attestation token is (a leading self-describe tag
+    55799 allowed); ValueError for anything else."""
+    if data.startswith(b"\xd9\xd9\xf7"):
+        data = data[3:]
+    pos = 0
+
+    def head() -> tuple[int, int]:
+        nonlocal pos
+        if pos >= len(data):
+            raise ValueError("truncated CBOR")
+        first = data[pos]
+        pos += 1
+        major, info = first >> 5, first & 0x1F
+        if info < 24:
+            return major, info
+        size = {24: 1, 25: 2, 26: 4, 27: 8}.get(info)
+        if size is None or pos + size > len(data):
+            raise ValueError("unsupported CBOR length")
+        value = int.from_bytes(data[pos : pos + size], "big")
+        pos += size
+        return major, value
+
+    major, count = head()
+    if major != 4 or count > 16:
+        raise ValueError("not a CBOR array")
+    items: list[int | bytes] = []
+    for _ in range(count):
+        major, value = head()
+        if major == 0:
+            items.append(value)
+        elif major == 1:
+            items.append(-1 - value)
+        elif major == 2 and pos + value <= len(data):
+            items.append(data[pos : pos + value])
+            pos += value
+        else:
+            raise ValueError("unexpected CBOR item")
+    if pos != len(data):
+        raise ValueError("trailing bytes after the CBOR array")
+    return items
+
+
 class _CmeError(Exception):
     """A `+CME ERROR: <n>` final result: handled by the operation that sent the command."""
 
@@ -194,7 +249,8 @@ class _CmeError(Exception):
 class Nrf91Flasher(Flasher):
     """Host side of the nRF91 AT interface on one port (hardware path or any pyserial URL).
 
-    Product options (`[products.NAME.options]`): `sec_tag` (default 16842753).
+    Product options (`[products.NAME.options]`): `sec_tag` (default 16842753), `read_attestation` (false: when
+    true, `identify` also reads the modem's `AT%ATTESTTOKEN` into `self.attestation`, for the record).
     """
 
     family = "nrf91"
@@ -214,7 +270,10 @@ class Nrf91Flasher(Flasher):
         sec_tag: int | str = DEFAULT_SEC_TAG,
         timing: Timing | None = None,
         exclusive: bool = True,
+        read_attestation: bool = False,
     ) -> None:
+        self.read_attestation = bool(read_attestation)
+        self.attestation: AttestationToken | None = None
         try:
             tag = int(sec_tag)
         except (TypeError, ValueError):
@@ -255,8 +314,36 @@ class Nrf91Flasher(Flasher):
         self._offline()
         imei = self._imei()
         firmware = self._firmware()
+        if self.read_attestation:
+            self.attestation = self.attestation_token()
         self._info = DeviceInfo(device_id=imei, firmware=firmware, family=self.family)
         return self._info
+
+    def attestation_token(self) -> AttestationToken:
+        """`AT%ATTESTTOKEN`: the modem's device identity token (device UUID, type, firmware UUID) and its COSE
+        signature, as nRF Cloud onboarding takes it. The station keeps the text; it does not check the signature
+        (Nordic's identity key is nRF Cloud's to check)."""
+        try:
+            lines = self._command("AT%ATTESTTOKEN", reply_bytes=512)
+        except _CmeError as err:
+            raise self._cme(err, "reading its attestation token") from None
+        found = [m for m in (_ATTEST_LINE.fullmatch(line) for line in lines) if m]
+        if len(found) != 1:
+            raise DeviceGarbage("Its answer to ATTESTTOKEN has no attestation token.")
+        token, cose = found[0].group(1), found[0].group(2)
+        try:
+            fields = _cbor_array(b64url_decode(token))
+            message, device_uuid, device_type, firmware_uuid = fields
+        except (ValueError, TypeError):
+            raise DeviceGarbage("Its attestation token is not the modem's identity message.") from None
+        if message != 1 or not isinstance(device_uuid, bytes) or len(device_uuid) != 16:
+            raise DeviceGarbage("Its attestation token is not the modem's identity message.")
+        return AttestationToken(
+            text=f"{token}.{cose}",
+            device_uuid=str(uuid.UUID(bytes=device_uuid)),
+            device_type=int(device_type) if isinstance(device_type, int) else -1,
+            firmware_uuid=firmware_uuid.hex() if isinstance(firmware_uuid, bytes) else "",
+        )
 
     def write_identity(self, identity: Identity, *, ca_pem: str | None = None) -> WriteProof:
         objects: list[tuple[int, str]] = []

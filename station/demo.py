@@ -10,9 +10,9 @@
 Three parts, usable on their own (the line benchmark runs `Jigs` in a process of its own):
 
 - `Jigs`: a *jig* per slot, each of one device family. A pty family's jig is a stable port path `jigs/<slot>`
-  that is a symlink to the pty of the unit sitting in it; an ESP32 jig is a stable in-process port URL
-  `esp32sim://jig-<tag>-<slot>` (esptool cannot run against a pty, so the ESP32 simulator lives behind the
-  flasher's narrow link interface, in this process only). `insert_unit` starts a fresh simulated device of the
+  that is a symlink to the pty of the unit sitting in it (an ESP32 is the ROM-loader simulator, written by the
+  real esptool; a pty has no DTR/RTS, so its product says `connect_mode = "no-reset"`, `reset_after = false`).
+  `insert_unit` starts a fresh simulated device of the
   slot's family (new device id, new store), re-points the jig and unplugs the previous unit. The station's
   configured port never changes, as on a real line where the cable stays and the unit changes.
 - `Feeder`: feeds units to a line, each slot taking the next unit as soon as it is free (or up to its share).
@@ -31,8 +31,8 @@ printed serial an operator can type:
   checks its own connection (device-side verify) to the lab's data endpoint with the lab's CA.
 - `nrf91` — product `sim-nrf91`, serials `NRF####`, a station-made key (`key_source = "station"`) written with
   `%CMNG`; device id = IMEI.
-- `esp32` — product `sim-esp32`, serials `ESP####`, an NVS partition image written through the fake esptool
-  link; device id = MAC.
+- `esp32` — product `sim-esp32`, serials `ESP####`, an NVS partition image written by the unmodified esptool
+  to the ROM-loader simulator on the jig's pty; device id = MAC.
 
 The device ids of ExpressLink, nRF91 and ESP32 units are not their printed serials, so for those products the
 demo turns the cross-check off (`check_device_id = false`): any serial of the product's pattern provisions
@@ -77,7 +77,7 @@ from station.config import StationConfig, load_config
 from station.context import StationContext
 from station.errors import InputError, StationFault
 from station.lab import Lab
-from station.lab.lab import DEFAULT_REGIONS, LabProduct
+from station.lab.lab import DEFAULT_REGIONS, JoinedLab, LabProduct
 from station.line import IDLE, Line
 from station.model import Event, Outcome
 from station.pipeline import UnitResult
@@ -145,7 +145,16 @@ FAMILIES: dict[str, DemoFamily] = {
             ("disconnect", "bad-store"),
             options={"key_source": "station"},
         ),
-        DemoFamily("esp32", "ESP32", "sim-esp32", "ESP", False, ("disconnect", "bad-store"), in_process=True),
+        # The ROM-loader simulator on a pty, through the real esptool: nothing can toggle DTR/RTS on a pty.
+        DemoFamily(
+            "esp32",
+            "ESP32",
+            "sim-esp32",
+            "ESP",
+            False,
+            ("disconnect", "bad-store"),
+            options={"connect_mode": "no-reset", "reset_after": False},
+        ),
     )
 }
 DEFAULT_FAMILY = "prov1"
@@ -185,7 +194,7 @@ class DemoUnit:
     fault: str | None
     model: Any = field(
         repr=False
-    )  # the family's simulator (Prov1Device, ExpressLinkDevice, Nrf91Modem, FakeEsp32)
+    )  # the family's simulator (Prov1Device, ExpressLinkDevice, Nrf91Modem, Esp32RomDevice)
     pty: PtyDevice | None = field(repr=False)  # None for an in-process family (ESP32)
     family: str = DEFAULT_FAMILY
     url: str = ""  # the unit's own port when it has no pty
@@ -427,17 +436,19 @@ class Jigs:
                 ),
             )
         elif family == "esp32":
-            from flashers.simulators import esp32
+            from flashers.simulators import esp32rom
 
-            mac_hex = self._new_id(lambda: "240AC4" + secrets.token_hex(3).upper(), None)
-            model = esp32.FakeEsp32(
-                self.port(slot).partition("://")[2],  # the jig's name: the new unit takes the jig's port
-                mac=bytes.fromhex(mac_hex),
-                faults=esp32.Faults(
-                    disconnect_mid_write=fault == "disconnect", bad_store=fault == "bad-store"
+            device_id = self._new_id(
+                lambda: "240AC4" + secrets.token_hex(3).upper(),
+                lambda v: esp32rom.flash_file(self.devices_dir, bytes.fromhex(v)),
+            )
+            model = esp32rom.Esp32RomDevice(
+                self.devices_dir,
+                mac=bytes.fromhex(device_id),
+                faults=esp32rom.Faults(
+                    disconnect_on_write=1 if fault == "disconnect" else None, bad_store=fault == "bad-store"
                 ),
             )
-            return DemoUnit(index, slot, serial, model.device_id, fault, model, None, family, model.port)
         else:  # parse_families refused it already
             raise InputError("Unknown device family", f"No demo family {family!r}.", "Use a known one.")
         pty = PtyDevice(model, baudrate=self.baud, pace=self.paced, name=f"{slot} {device_id}").start()
@@ -721,6 +732,11 @@ class DemoLine:
         check_device_id: bool = True,
         operator: str | None = None,
         registry_factory: Callable[..., Any] | None = None,
+        printer: str | None = None,
+        lab_json: str | os.PathLike[str] | None = None,
+        station_id: str | None = None,
+        ledger: str | None = None,
+        budget_store: str | None = None,
     ) -> None:
         if slots < 1 or slots > 64:
             raise InputError(
@@ -745,7 +761,16 @@ class DemoLine:
         self.operator = operator
         self._on_event = on_event
         self._registry_factory = registry_factory
-        self.lab = Lab(self.state_dir, accounts=accounts, regions=regions, throttling=lab_throttling)
+        self.printer = printer  # where PASS labels go (tcp://host:9100, lp://QUEUE, a file); None: no labels
+        # One station of several on a running lab (`lab_json`), or a lab of its own.
+        self.lab: Lab = (
+            JoinedLab(lab_json, self.state_dir)
+            if lab_json is not None
+            else Lab(self.state_dir, accounts=accounts, regions=regions, throttling=lab_throttling)
+        )
+        self.station_id = station_id or "lab-station"
+        self.ledger_location = ledger or "ledger.sqlite"
+        self.budget_store = budget_store
         self.jigs = Jigs(self.state_dir, self.slot_names, paced=paced, baud=baud, families=self.slot_families)
         self.config: StationConfig | None = None
         self.context: StationContext | None = None
@@ -830,6 +855,10 @@ class DemoLine:
                 slots={s: self.jig_port(s) for s in self.slot_names},
                 products=self.products(),
                 slot_products={s: FAMILIES[f].product for s, f in self.slot_families.items()},
+                label_printer=self.printer,
+                station_id=self.station_id,
+                ledger=self.ledger_location,
+                budget_store=self.budget_store,
             )
             self.config_path.write_text(toml)
             self.config = load_config(self.config_path)

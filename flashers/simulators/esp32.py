@@ -1,7 +1,7 @@
 """A fake ESP32 behind the narrow `Esp32Link` interface, with an in-memory flash; and readers for what it holds.
 
-esptool cannot run against a pty (nothing there speaks the ROM loader's SLIP protocol or resets into download
-mode on DTR/RTS), so the ESP32 family is tested one level up: `FakeEsp32Link` implements
+The fast, in-process ESP32 for fault tests and the demo (the real esptool runs against `esp32rom`, the ROM
+loader on a pty): `FakeEsp32Link` implements
 `flashers.esp32.Esp32Link` over a `FakeEsp32`, whose flash is a sparse in-memory image of a 4 MB SPI flash that
 starts out like a unit with the product's firmware: a partition table at 0x8000 (nvs at 0x9000, phy_init,
 factory app at 0x10000) and an app image whose `esp_app_desc_t` names the firmware. Writes behave like

@@ -21,6 +21,10 @@ and nrfcloud-utils' device_credentials_installer, both run in tests/flashers/tes
   instead of the CSR). The COSE part has a real modem's layout (COSE_Sign1, ES256, kid = identity key, payload
   [message type 9 CSR / 8 public key, device UUID, sec_tag, SHA-256 of the body, nonce]), so nrfcloud-utils'
   parser reads it; only its signing key is the simulator's own per-unit key, not a Nordic identity key.
+- `AT%ATTESTTOKEN`: `%ATTESTTOKEN: "<base64url(token)>.<base64url(COSE_Sign1)>"`, the token a self-described
+  CBOR array [1 (device identity message v1), device UUID (16 bytes), device type, firmware UUID (16 bytes)]
+  and the COSE_Sign1 (ES256, kid = identity key) over it with the payload detached (nil), as nrfcloud-utils'
+  `parse_attesttoken_output` reads it; the same per-unit signing key as %KEYGEN's.
 
 Flash: a JSON file `nrf91-<imei>.json` under the state dir with the IMEI, firmware and credentials per tag
 (rewritten atomically on each change, like the modem's NVM write per command), so a test can act as the
@@ -77,6 +81,8 @@ _UNTOUCHABLE = b'"\r\n'  # bytes line noise in the simulator never hits (see the
 _MSG_PUBKEY = 8  # public key message v2 (<response_content> 1)
 _MSG_CSR = 9  # CSR message v1 (<response_content> 0)
 _KID_IDENTITY_KEY = -2
+_MSG_IDENTITY = 1  # device identity message v1 (%ATTESTTOKEN)
+_DEVICE_TYPE = 1  # nRF9160 SIAA in nrfcloud-utils' device type table
 _CBOR_TAG_COSE_SIGN1 = b"\xd2"  # tag 18
 _CBOR_SELF_DESCRIBED = b"\xd9\xd9\xf7"  # tag 55799
 
@@ -369,6 +375,7 @@ class Nrf91Modem:
             "%XMODEMUUID": lambda a, lk: [f"%XMODEMUUID: {self.flash.uuid}"],
             "%CMNG": self._cmng,
             "%KEYGEN": self._keygen,
+            "%ATTESTTOKEN": self._attesttoken,
         }
         handler = handlers.get(name)
         if handler is None:
@@ -517,7 +524,20 @@ class Nrf91Modem:
         cose = self._cose_sign1(body, tag, _MSG_CSR if form == 0 else _MSG_PUBKEY)
         return [f'%KEYGEN: "{_b64url(body)}.{_b64url(cose)}"']
 
-    def _cose_sign1(self, body: bytes, sec_tag: int, message_type: int) -> bytes:
+    def _attesttoken(self, args: list[_Param], link: Link) -> list[str]:
+        """`AT%ATTESTTOKEN`: the device identity token and its COSE signature (payload detached)."""
+        if args:
+            raise _Error()
+        token = _CBOR_SELF_DESCRIBED + _cbor(
+            [_MSG_IDENTITY, uuid.UUID(self.flash.uuid).bytes, _DEVICE_TYPE, self._firmware_uuid()]
+        )
+        return [f'%ATTESTTOKEN: "{_b64url(token)}.{_b64url(self._cose_sign1(token, 0, 0, detached=True))}"']
+
+    def _firmware_uuid(self) -> bytes:
+        """A stable 16-byte id of the modem firmware (a real modem reports its firmware image's UUID)."""
+        return hashlib.sha256(self.firmware.encode("utf-8")).digest()[:16]
+
+    def _cose_sign1(self, body: bytes, sec_tag: int, message_type: int, *, detached: bool = False) -> bytes:
         """The attestation COSE_Sign1 (tag 18) laid out as a real modem's: protected {alg: ES256},
         unprotected {kid: the identity key}, payload a self-described CBOR array [message type, device UUID
         (16 bytes), CBOR-encoded sec_tag, SHA-256(body), 16-byte nonce], signature r||s over the COSE
@@ -529,6 +549,11 @@ class Nrf91Modem:
         if self._attestation_key is None:
             self._attestation_key = ec.generate_private_key(ec.SECP256R1())
         protected = _cbor({1: -7})
+        if detached:  # %ATTESTTOKEN: the signature covers the token itself, carried outside the COSE object
+            to_sign = _cbor(["Signature1", protected, b"", body])
+            r, s = decode_dss_signature(self._attestation_key.sign(to_sign, ec.ECDSA(hashes.SHA256())))
+            signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+            return _CBOR_TAG_COSE_SIGN1 + _cbor([protected, {4: _cbor(_KID_IDENTITY_KEY)}, None, signature])
         payload = _CBOR_SELF_DESCRIBED + _cbor(
             [
                 message_type,
@@ -657,7 +682,7 @@ def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-def _cbor(value: int | bytes | str | list[Any] | dict[int, Any]) -> bytes:
+def _cbor(value: int | bytes | str | list[Any] | dict[int, Any] | None) -> bytes:
     """CBOR (RFC 8949, shortest heads) of the few types the attestation needs: ints, byte and text strings,
     arrays, maps with int keys (in the order given)."""
 
@@ -669,6 +694,8 @@ def _cbor(value: int | bytes | str | list[Any] | dict[int, Any]) -> bytes:
                 return bytes([major << 5 | extra]) + n.to_bytes(size, "big")
         raise ValueError("CBOR integer too large")
 
+    if value is None:
+        return b"\xf6"  # null (a detached COSE payload)
     if isinstance(value, bool):
         raise TypeError("no booleans in the attestation")
     if isinstance(value, int):

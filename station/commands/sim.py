@@ -5,6 +5,7 @@
     station sim prov1 --ca-file lab/ca.pem          # the lab's CA, for the device-side connectivity check
     station sim expresslink --ca-file lab/ca.pem --port 8883   # an ExpressLink module (options: --help)
     station sim nrf91 --endpoint localhost:8883 --ca-file lab/ca.pem   # an nRF91 modem (options: --help)
+    station sim esp32 --state-dir sim          # an ESP32 in download mode: esptool --before no-reset works on it
 
 The FIRST line on stdout is the port path (flushed at once), so a script can read it and open the port; the
 unit's flash file goes to stderr. It serves until Ctrl-C or SIGTERM, then releases the pty and exits 0.
@@ -43,7 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument(
         "--state-dir", default="sim-state", help="where the unit's flash file lives (default ./sim-state)"
     )
-    q.add_argument("--device-id", help="the unit's device id (default: random SIMxxxxxxxx)")
+    q.add_argument(
+        "--device-id",
+        help="the unit's device id (default: SIM + 8 random digits, a serial the lab's products take)",
+    )
     q.add_argument("--ca-file", help="server CA (PEM) for the device-side connectivity check (the lab's CA)")
     q.add_argument(
         "--fault",
@@ -55,6 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=run_prov1)
     _register_expresslink(families)
     _register_nrf91(families)
+    _register_esp32(families)
     p.set_defaults(func=lambda args: _usage(p))
 
 
@@ -99,6 +104,26 @@ def run_nrf91(args: argparse.Namespace) -> int:
     return _build_and_serve(
         args, build_sim, family="nrf91", unit="modem", bad_option=(ValueError, FileNotFoundError)
     )
+
+
+def _register_esp32(families: argparse._SubParsersAction) -> None:
+    from flashers.simulators.esp32rom import add_sim_arguments
+
+    n = families.add_parser(
+        "esp32",
+        help="an ESP32 in serial download mode (esptool's ROM loader protocol)",
+        description="An ESP32 waiting in its ROM download mode, its 4 MB flash a file under --state-dir. A pty "
+        "has no DTR/RTS: run esptool with --before no-reset --after no-reset.",
+        epilog="Example: station sim esp32 --state-dir sim --fault bad_store",
+    )
+    add_sim_arguments(n)
+    n.set_defaults(func=run_esp32)
+
+
+def run_esp32(args: argparse.Namespace) -> int:
+    from flashers.simulators.esp32rom import build_sim
+
+    return _build_and_serve(args, build_sim, family="esp32", unit="unit", bad_option=(ValueError,))
 
 
 def _build_and_serve(

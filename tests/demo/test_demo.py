@@ -344,18 +344,6 @@ DEVICE_ID_RE = {
 SERIAL_PREFIX = {"prov1": "SIM", "expresslink": "EL", "nrf91": "NRF", "esp32": "ESP"}
 
 
-def esp32_port_gone(url: str) -> bool:
-    """Nobody can open the in-process ESP32 port any more (the simulated unit is off the line)."""
-    from flashers.base import PortUnavailable
-    from flashers.simulators.esp32 import open_fake_link
-
-    try:
-        open_fake_link(url).close()
-    except PortUnavailable:
-        return True
-    return False
-
-
 def test_families_are_parsed_and_assigned_round_robin() -> None:
     assert parse_families("prov1, ExpressLink,esp32") == ["prov1", "expresslink", "esp32"]
     assert parse_families("all") == ALL_FAMILIES == list(FAMILIES)
@@ -401,7 +389,7 @@ def test_the_fault_plan_gives_each_family_only_faults_its_simulator_can_act_out(
 def test_mixed_line_four_families_eight_units_all_pass_and_each_unit_holds_its_certificate(
     tmp_path: Path, registry_view: ControlPlane
 ) -> None:
-    from flashers.simulators.esp32 import FakeEsp32
+    from flashers.simulators.esp32rom import Esp32RomDevice
 
     before = certificates(registry_view)
     leftovers = Leftovers()
@@ -421,8 +409,7 @@ def test_mixed_line_four_families_eight_units_all_pass_and_each_unit_holds_its_c
         assert expresslink_target.thing_name_template == "{device_id}"
         assert expresslink_target.registry_key == demo.config.target_for("sim").registry_key
         assert demo.config.products["sim-nrf91"].options["key_source"] == "station"
-        esp32_port = demo.jig_port("slot-4")
-        assert esp32_port.startswith("esp32sim://")
+        assert demo.config.products["sim-esp32"].options["connect_mode"] == "no-reset"  # a pty: no DTR/RTS
 
         report = demo.run_units(8)
 
@@ -454,10 +441,8 @@ def test_mixed_line_four_families_eight_units_all_pass_and_each_unit_holds_its_c
             if unit.family == "nrf91":
                 assert (result.key_source, result.verify_mode) == ("station", "host")
             if unit.family == "esp32":
-                assert isinstance(unit.model, FakeEsp32) and unit.flash_path is None
-                assert unit.store == f"{esp32_port} (in memory)"
-            else:
-                assert unit.flash_path is not None and unit.flash_path.parent == tmp_path / "devices"
+                assert isinstance(unit.model, Esp32RomDevice)  # written by the unmodified esptool
+            assert unit.flash_path is not None and unit.flash_path.parent == tmp_path / "devices"
             # In the registry: the certificate, active, attached to the thing.
             principals = iot.list_thing_principals(thingName=result.thing_name)["principals"]
             assert any(p.endswith(f"/{result.certificate_id}") for p in principals), result.thing_name
@@ -469,9 +454,8 @@ def test_mixed_line_four_families_eight_units_all_pass_and_each_unit_holds_its_c
         assert demo.ledger.journal_pending() == []
         families = sorted(r.family for o in outcomes for r in demo.ledger.find(o.unit.serial))
         assert families == sorted(ALL_FAMILIES * 2)
-    # Everything is unplugged: the ESP32 jig's in-process port too.
+    # Everything is unplugged.
     assert all(not u.connected for u in demo.units)
-    assert esp32_port_gone(esp32_port)
     leftovers.assert_clean()
 
 
@@ -556,8 +540,8 @@ def test_mixed_text_summary_names_each_units_family_device_id_and_store(
     assert re.search(r"slot-2 +esp32 +ESP[0-9]{8} +PASS  Provisioned", out), out
     assert re.search(r"device id [0-9A-F]{12}\n", out)  # the ESP32's MAC; PROV/1's id is its serial
     assert out.count("device id ") == 1
-    assert out.count(f"flash {tmp_path / 'devices'}") == 1
-    assert re.search(r"flash esp32sim://\S+ \(in memory\)", out)
+    assert out.count(f"flash {tmp_path / 'devices'}") == 2  # the ESP32's flash image is a file too
+    assert re.search(r"flash \S+/esp32-[0-9A-F]{12}\.bin", out)
     assert "by family: prov1 1 PASS, 0 FAIL, 0 ERROR; esp32 1 PASS, 0 FAIL, 0 ERROR" in out  # slot order
     assert "slots (prov1, esp32)" in captured.err
 

@@ -19,7 +19,7 @@ unit then working on its own identity, and failure cases that leave no orphan ce
   stays on; afterwards the credentials read back from the simulated modem's store connect and echo.
 - nRF91 with a device-made key — the target has the factory CA as issuer; verify by observing. Afterwards the
   unit, told to go online again, announces itself again.
-- ESP32 (in-process `esp32sim://` port) — afterwards the credentials read back from its NVS partition connect
+- ESP32 (the ROM-loader simulator on a pty, real esptool) — afterwards the credentials read back from its NVS partition connect
   and echo.
 """
 
@@ -975,42 +975,48 @@ def test_a_held_station_shares_one_observer_and_reconcile_and_preflight_ignore_i
 
 # -------------------------------------------------------------------------------------------------- ESP32
 
+# The ROM-loader simulator on a pty, through the unmodified esptool: a pty has no DTR/RTS to reset the chip.
+ESP32_PTY_OPTIONS = 'check_device_id = false\nconnect_mode = "no-reset"\nreset_after = false\n'
+
 
 @pytest.mark.lab
 def test_esp32_passes_and_its_nvs_credentials_connect(
     lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from flashers.simulators.esp32 import FakeEsp32
+    from flashers.simulators.esp32 import read_nvs
+    from flashers.simulators.esp32rom import Esp32RomDevice
+    from flashers.simulators.pty import PtyDevice
 
-    station = Station(tmp_path, lab, "esp32", key_source="station", options="check_device_id = false\n")
-    unit = FakeEsp32()
-    try:
+    station = Station(tmp_path, lab, "esp32", key_source="station", options=ESP32_PTY_OPTIONS)
+    model = Esp32RomDevice(tmp_path / "unit")
+    with PtyDevice(model) as unit:  # the real esptool path, over a pty (no DTR/RTS: no-reset)
         before = truth(lab)
         serial = serial_no()
         code, summary = station.provision(unit.port, serial, capsys)
         assert code == 0, summary
         (record,) = station.records(serial)
-        assert (record.family, record.device_id, record.verify_mode) == ("esp32", unit.device_id, "host")
+        assert (record.family, record.device_id, record.verify_mode) == ("esp32", model.device_id, "host")
         assert_left_behind(lab, before, certificate=record.certificate_id, thing=record.thing_name)
-        live = unit.live()
-        assert live["cert"] == record.certificate_pem and live["key"]
-        mqtt_echo(live["cert"], live["key"], (live["ca"] or "").encode(), record.thing_name, lab.port)
-    finally:
-        unit.stop()
+        entries = read_nvs(model.flash.read(0x9000, 0x6000))  # what the firmware will read
+        cert, key, ca = (
+            entries[("aws_iot", name)].rstrip(b"\x00").decode()  # type: ignore[union-attr]
+            for name in ("certificate", "private_key", "root_ca")
+        )
+        assert cert == record.certificate_pem and key
+        mqtt_echo(cert, key, ca.encode(), record.thing_name, lab.port)
 
 
 @pytest.mark.lab
 def test_esp32_that_drops_off_mid_write_leaves_no_orphan(
     lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from flashers.simulators.esp32 import FakeEsp32, Faults
+    from flashers.simulators.esp32rom import Esp32RomDevice, Faults
+    from flashers.simulators.pty import PtyDevice
 
-    station = Station(tmp_path, lab, "esp32", key_source="station", options="check_device_id = false\n")
-    unit = FakeEsp32(faults=Faults.from_spec({"disconnect_mid_write": True}))
-    try:
+    station = Station(tmp_path, lab, "esp32", key_source="station", options=ESP32_PTY_OPTIONS)
+    model = Esp32RomDevice(tmp_path / "unit", faults=Faults(disconnect_on_write=1))
+    with PtyDevice(model) as unit:
         before = truth(lab)
         code, summary = station.provision(unit.port, serial_no(), capsys)
         assert code == 1 and summary["title"] == "Device disconnected", summary
         assert_left_behind(lab, before, certificate=None, thing=None)
-    finally:
-        unit.stop()
