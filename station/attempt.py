@@ -30,7 +30,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -49,7 +49,7 @@ CLOUD_UNDO = frozenset({"rollback", "revoke"})
 class AttemptLedger(Protocol):
     """What an attempt needs from the ledger (`station.ledger.Ledger`)."""
 
-    def record_attempt(self, record: Any) -> Any: ...
+    def record_attempt(self, record: Any, *, events: Sequence[Event] = ()) -> Any: ...
     def append_event(self, event: Event) -> Any: ...
     def journal_open(self, **fields: Any) -> Any: ...
     def journal_update(self, journal_id: Any, **fields: Any) -> Any: ...
@@ -362,12 +362,5 @@ class Attempt:
 
 
 def store(ledger: Any, record: Any, events: list[Event]) -> Any:
-    """The record with its events, in one ledger write."""
-    # INTERIM until the ledger takes `events=` with the record (issue 9, ledger side): events first, then
-    # the record, as the one-transaction write will store them.
-    for event in events:
-        try:
-            ledger.append_event(event)
-        except Exception:
-            log.exception("could not append event %s of %s to the ledger", event.kind, event.serial)
-    return ledger.record_attempt(record)
+    """The record with its events and the unit's new state, in one ledger transaction."""
+    return ledger.record_attempt(record, events=tuple(events))

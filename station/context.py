@@ -246,14 +246,7 @@ class StationContext:
 
     def unit_state(self, serial: str) -> Any:
         """The unit's current state (`station.units.UnitState`), or None for a unit never recorded."""
-        unit = getattr(self.ledger, "unit", None)
-        if callable(unit):
-            return unit(serial)
-        # INTERIM until every ledger keeps the unit state (issue 9, ledger side): replay its records.
-        from station.units import replay
-
-        records = [r for r in self.ledger.find(serial) if getattr(r, "serial", None) == serial]
-        return replay(records).get(serial)
+        return self.ledger.unit(serial)
 
     def _emit(self, event: Event) -> None:
         sink = self.on_event

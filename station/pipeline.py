@@ -40,7 +40,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -141,7 +141,7 @@ class RegistryLike(Protocol):
 class LedgerLike(Protocol):
     """The station's records and its crash journal (`station.ledger.Ledger`)."""
 
-    def record_attempt(self, record: Any) -> Any: ...
+    def record_attempt(self, record: Any, *, events: Sequence[Event] = ()) -> Any: ...
     def append_event(self, event: Event) -> Any: ...
     def journal_open(self, **fields: Any) -> Any: ...
     def journal_update(self, journal_id: Any, **fields: Any) -> Any: ...

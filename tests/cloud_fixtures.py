@@ -111,7 +111,7 @@ class _JournalOnly:
     def journal_close(self, journal_id: int, outcome: str | None = None) -> None:
         self.journal.pop(journal_id, None)
 
-    def record_attempt(self, record: Any) -> str:
+    def record_attempt(self, record: Any, *, events: Any = ()) -> str:
         return ""
 
     def append_event(self, event: Any) -> int:

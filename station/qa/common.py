@@ -23,7 +23,7 @@ from station.errors import InputError, StationError, StationFault
 from station.identity import check_aws_acceptance, load_identity_file
 from station.ledger import AttemptRecord, Ledger
 from station.model import Event, Identity, Outcome, Target
-from station.units import Action, UnitState, replay
+from station.units import Action, UnitState
 
 log = logging.getLogger(__name__)
 
@@ -205,12 +205,8 @@ def made_thing(record: AttemptRecord) -> bool | None:
 
 def unit_state(ledger: Any, serial: str) -> UnitState | None:
     """The unit's current state (`ledger.unit`), or None for a serial the ledger never recorded."""
-    unit = getattr(ledger, "unit", None)
-    if callable(unit):
-        state: UnitState | None = unit(serial)
-        return state
-    # INTERIM until every ledger keeps the unit state (issue 9, ledger side): replay its records.
-    return replay(r for r in ledger.find(serial) if r.serial == serial).get(serial)
+    state: UnitState | None = ledger.unit(serial)
+    return state
 
 
 def made_live(record: AttemptRecord) -> bool:

@@ -11,7 +11,7 @@ import hashlib
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -281,10 +281,11 @@ class FakeLedger:
         if fault is not None:
             raise fault
 
-    def record_attempt(self, record: dict[str, Any]) -> None:
+    def record_attempt(self, record: dict[str, Any], *, events: Sequence[Event] = ()) -> None:
         self.log.add("ledger.record")
         self._maybe_fail("record_attempt")
         with self._lock:
+            self.events.extend(events)  # the attempt's events come with its record
             self.records.append(dict(record))
 
     def append_event(self, event: Event) -> None:
