@@ -225,3 +225,51 @@ async def test_desk_import_of_the_keychain_pair_registers_and_verify_connects(tm
             finally:
                 line.stop(timeout=30)
                 forget_everywhere(lab, device.certificate_id, [f"sim-{serial}"])
+
+
+async def test_desk_reprovision_replaces_the_identity_and_revokes_the_old_one(tmp_path: Path) -> None:
+    from station.tui.qa.dialogs import ConfirmScreen, ReprovisionScreen
+
+    relay = EventRelay()
+    demo = DemoLine(
+        tmp_path / "demo", slots=1, on_event=relay, auto_replace=True, check_device_id=False, fault_every=0
+    )
+    with demo:
+        assert demo.config is not None and demo.ledger is not None
+        slot = demo.slot_names[0]
+        app = build_app(
+            demo.config, demo.line, demo.ledger, relay=relay, poll_interval=0.5, put_in_jig=demo.put_back
+        )
+        async with app.run_test(size=(120, 36), notifications=True) as pilot:
+            await type_scan(pilot, "SIM0008")
+            card = app.operator.cards[slot]
+            await wait_until(pilot, lambda: card.outcome is not None, timeout=60, what="an outcome")
+            assert card.outcome == Outcome.PASS, (card.title, card.message)
+            (first,) = demo.ledger.find("SIM0008")
+
+            desk = await open_desk(app, pilot, pin=demo.config.qa_pin or "0000")
+            await find(app, pilot, desk, "SIM0008")
+            await pilot.press("f3")
+            await wait_until(pilot, lambda: isinstance(app.screen, ReprovisionScreen), what="slot dialog")
+            assert app.screen.query_one("#reprovision-slot", Select).value == slot
+            app.screen.query_one("#ok", Button).focus()
+            await pilot.press("enter")
+            await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the plan")
+            body = str(app.screen.query_one("#confirm-body", Label).render())
+            assert f"{first.certificate_id[:12]}…" in body and "only then" in body
+            await pilot.press("left", "enter")
+            await wait_until(
+                pilot, lambda: bool(toast(app, "Re-provisioned")), timeout=60, what="re-provisioned"
+            )
+        state = demo.ledger.unit("SIM0008")
+        assert state is not None and state.state == "provisioned"
+        (new,) = state.live
+        assert new.certificate_id != first.certificate_id
+        assert first.certificate_id[:12] in state.note and new.certificate_id[:12] in state.note
+        # boto3: the thing holds the new certificate only; the old one is gone from AWS.
+        iot = demo.lab.iot()
+        arns = iot.list_thing_principals(thingName=first.thing_name)["principals"]
+        assert [a.rsplit("/", 1)[1] for a in arns] == [new.certificate_id]
+        listed = {c["certificateId"]: c["status"] for c in iot.list_certificates()["certificates"]}
+        assert first.certificate_id not in listed and listed[new.certificate_id] == "ACTIVE"
+        assert demo.ledger.journal_pending() == []
