@@ -14,7 +14,9 @@ An `Attempt` holds what one attempt accumulates while it runs and writes it once
 - the outcome from the exception's type (`classify`, `outcome_of`): `UnitFault` → FAIL, any other
   `StationError` → ERROR, anything unexpected → ERROR with a generic message (the traceback to the log,
   key material redacted), an interrupt → ERROR "Station interrupted";
-- the record (`record`): one `AttemptRecord` with its `action`, timings, compensations and times.
+- the record (`record`): one `AttemptRecord` with its `action`, timings, compensations and times;
+- `run(body, conclude=…)`: all of that around one action's work (QA's actions run on it; the pipeline uses
+  the same parts around its own step order, since it also closes the unit's port and re-raises interrupts).
 
 What an action does (its steps and their order) stays with the action: the pipeline's order only in
 `station.pipeline`, each QA action in its module of `station.qa`.
@@ -32,7 +34,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from station.errors import StationError, StationFault, UnitFault
 from station.model import Event, Outcome
@@ -41,6 +43,7 @@ from station.units import Action
 log = logging.getLogger(__name__)
 
 EventSink = Callable[[Event], None]
+T = TypeVar("T")
 
 # Compensation actions that undo something in AWS (run before the device's).
 CLOUD_UNDO = frozenset({"rollback", "revoke"})
@@ -340,6 +343,70 @@ class Attempt:
         """Hand the record and the events kept so far to the ledger (one write)."""
         value = store(self.ledger, record, self.events)
         self.recorded = True
+        return value
+
+    def run(
+        self,
+        body: Callable[[], T],
+        *,
+        conclude: Callable[[StationError | None], Mapping[str, Any]],
+        not_recorded: Callable[[str], StationError] | None = None,
+    ) -> T:
+        """Run an attempt whose work is `body` (registering its undos as it goes) and record it once.
+
+        `conclude(error)` emits the action's own events and returns the record's fields (outcome, title,
+        message, …) for the error, or for success (None). On failure: compensate, record, close the journal
+        when nothing is left in AWS, and raise — an undo that failed first (something is left in AWS), else
+        the error itself (an interrupt is re-raised after all that). On success: record; a record that cannot
+        be written undoes the attempt and raises "Ledger unavailable" — or, for an action that cannot be
+        undone (a revoke), raises `not_recorded(detail)`.
+        """
+        try:
+            value = body()
+        except BaseException as exc:
+            error = classify(exc)
+            if error is not exc and isinstance(exc, Exception):
+                log_unexpected(self.action, self.serial, exc)
+            self.compensate()
+            failed_undo = next((c for c in self.compensations if not c.ok), None)
+            try:
+                fields = conclude(error)
+                self.total()
+                self.build_and_record(fields)
+                self.journal_close(str(fields.get("outcome", Outcome.ERROR)))
+            except Exception:
+                log.error("could not record the failed %s of %s", self.action, self.serial)
+                self.flush_events()
+            if not isinstance(exc, Exception):
+                raise
+            if failed_undo is not None:
+                raise StationFault(
+                    "Undo failed",
+                    f"{error.message} Undoing what the {self.action} made in AWS failed too: "
+                    f"{failed_undo.detail}",
+                    "Run `station reconcile` once AWS answers; if it keeps failing, call a technician.",
+                ) from None
+            if error is exc:
+                raise
+            raise error from None
+        try:
+            fields = conclude(None)
+            self.total()
+            self.build_and_record(fields)
+        except Exception as exc:
+            detail = exc.message if isinstance(exc, StationError) else type(exc).__name__
+            log.error("could not record the %s of %s: %s", self.action, self.serial, detail)
+            self.flush_events()
+            if not_recorded is not None:
+                raise not_recorded(detail) from None
+            self.compensate()
+            raise StationFault(
+                "Ledger unavailable",
+                f"The station could not write the record of {self.serial}, so the {self.action} was undone "
+                f"({detail}).",
+                "Call a technician to check the ledger; then run the action again.",
+            ) from None
+        self.journal_close(str(fields.get("outcome", Outcome.PASS)))
         return value
 
     def flush_events(self) -> None:

@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from station import naming
-from station.attempt import Attempt, EventSink, classify, log_unexpected
+from station.attempt import Attempt, EventSink
 from station.config import Product, StationConfig
 from station.context import registry_factory
-from station.errors import InputError, StationError, StationFault
+from station.errors import InputError, StationError
 from station.identity import check_aws_acceptance, load_identity_file
 from station.ledger import AttemptRecord, Ledger
 from station.model import Event, Identity, Outcome, Target
@@ -297,61 +297,10 @@ def run_qa(
     conclude: Callable[[StationError | None], dict[str, Any]],
     not_recorded: Callable[[str], StationError] | None = None,
 ) -> T:
-    """Run one recorded QA attempt.
-
-    `body` does the work (registering its undos with the attempt as it goes). `conclude(error)` emits the
-    note and returns the record's fields (outcome, title, message, …) for the error, or for success (None).
-    On failure: compensate, record, close the journal when nothing is left in AWS, and raise — the failed
-    undo's error first (something is left in AWS), else the error itself. On success: record; a record that
-    cannot be written undoes the attempt and raises "Ledger unavailable" — or, for an action that cannot be
-    undone (a revoke), raises `not_recorded(detail)`.
-    """
-    try:
-        value = body()
-    except BaseException as exc:
-        error = classify(exc)
-        if error is not exc and isinstance(exc, Exception):
-            log_unexpected(attempt.action, attempt.serial, exc)
-        attempt.compensate()
-        failed_undo = next((c for c in attempt.compensations if not c.ok), None)
-        try:
-            fields = _with_action(attempt, conclude(error))
-            attempt.total()
-            attempt.build_and_record(fields)
-            attempt.journal_close(str(fields.get("outcome", Outcome.ERROR)))
-        except Exception:
-            log.error("could not record the failed %s of %s", attempt.action, attempt.serial)
-            attempt.flush_events()
-        if not isinstance(exc, Exception):
-            raise
-        if failed_undo is not None:
-            raise StationFault(
-                "Undo failed",
-                f"{error.message} Undoing what the {attempt.action} made in AWS failed too: {failed_undo.detail}",
-                "Run `station reconcile` once AWS answers; if it keeps failing, call a technician.",
-            ) from None
-        if error is exc:
-            raise
-        raise error from None
-    try:
-        fields = _with_action(attempt, conclude(None))
-        attempt.total()
-        attempt.build_and_record(fields)
-    except Exception as exc:
-        detail = exc.message if isinstance(exc, StationError) else type(exc).__name__
-        log.error("could not record the %s of %s: %s", attempt.action, attempt.serial, detail)
-        attempt.flush_events()
-        if not_recorded is not None:
-            raise not_recorded(detail) from None
-        attempt.compensate()
-        raise StationFault(
-            "Ledger unavailable",
-            f"The station could not write the record of {attempt.serial}, so the {attempt.action} was undone "
-            f"({detail}).",
-            "Call a technician to check the ledger; then run the action again.",
-        ) from None
-    attempt.journal_close(str(fields.get("outcome", Outcome.PASS)))
-    return value
+    """One recorded QA attempt (`Attempt.run`), its record marked with `extra.qa_action` as well."""
+    return attempt.run(
+        body, conclude=lambda error: _with_action(attempt, conclude(error)), not_recorded=not_recorded
+    )
 
 
 def _with_action(attempt: Attempt, fields: dict[str, Any]) -> dict[str, Any]:
