@@ -391,3 +391,30 @@ def test_a_revoke_the_ledger_cannot_record_is_reported_as_not_done(tmp_path: Pat
     (done,) = result.done
     assert not result.ok and done.existed  # … and the person is told the audit trail misses it
     assert done.error is not None and done.error["title"] == "Revoked but not recorded"
+
+
+# ---------------------------------------------------------------------------------------------- re-verify
+
+
+def test_reverify_from_the_station_needs_the_units_key_and_then_connects_as_it(
+    lab: Lab, config: StationConfig, ledger: Ledger, tmp_path: Path
+) -> None:
+    serial = fresh_serial()
+    device, files = write_unit_files(tmp_path / "unit", "host-reverify")
+    qa.register_files(
+        config, ledger, cert=files["pem"], serial=serial, target=HOME, operator="qa", product="sim"
+    )
+    # Without a slot and without the key the station cannot: it never keeps a unit's key.
+    with pytest.raises(InputError) as refused:
+        qa.reverify_unit(config, ledger, serial, operator="qa")
+    assert "dropped the key" in refused.value.message and ".p12" in refused.value.next_action
+    assert [r.action for r in ledger.find(serial)] == ["register"]  # a refusal records nothing
+
+    result = qa.reverify_unit(config, ledger, serial, operator="qa-eve", identity=device)
+
+    assert result.slot == "" and serial in result.message and "from the station" in result.message
+    records = ledger.find(serial)
+    assert [(r.action, r.outcome) for r in records] == [("register", "DONE"), ("reverify", "PASS")]
+    assert records[1].verify_mode == "host" and records[1].operator == "qa-eve"
+    state = ledger.unit(serial)
+    assert state is not None and state.last_action == "reverify" and state.last_outcome == "PASS"
