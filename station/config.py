@@ -85,6 +85,9 @@ _BAUD_MIN, _BAUD_MAX = 50, 12_000_000
 _PLACEHOLDER_RE = re.compile(r"\b(REGION|ACCOUNT)\b")
 
 _FIX = "Fix station.toml and run the command again."
+MAX_CONFIG_BYTES = 256 * 1024  # a station.toml is a few kilobytes, even with dozens of slots
+MAX_POLICY_BYTES = 64 * 1024  # AWS IoT allows 2,048 characters of policy (whitespace aside)
+MAX_PROBLEMS_SHOWN = 25  # a wrong file (not a config) must not turn into a message of thousands of lines
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -246,6 +249,9 @@ class _Checker:
         self.problems: list[tuple[int, str]] = []
 
     def problem(self, keypath: tuple[str, ...], expected: str) -> None:
+        if len(self.problems) > MAX_PROBLEMS_SHOWN:  # counted, not located: the message shows only the first
+            self.problems.append((1 << 62, ""))
+            return
         line = self.locator.line_of(keypath)
         at = f"{self.path}:{line}" if line else f"{self.path}"
         self.problems.append((line or 0, f"{at}: {_where(keypath)}: {expected}"))
@@ -257,6 +263,8 @@ class _Checker:
         title = "Invalid station configuration" + (f" ({count} problems)" if count > 1 else "")
         # In file order, so the person fixing them can walk down the file.
         ordered = [text for _, text in sorted(self.problems, key=lambda item: item[0])]
+        if count > MAX_PROBLEMS_SHOWN:
+            ordered = [*ordered[:MAX_PROBLEMS_SHOWN], f"… and {count - MAX_PROBLEMS_SHOWN} more problems."]
         raise ConfigError(title, "\n".join(ordered), _FIX)
 
     # -- table and key helpers ------------------------------------------------------------------------
@@ -303,6 +311,10 @@ class _Checker:
         wrong_type = not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind))
         if wrong_type:
             self.problem(keypath, f"expected {what or _type_name(kind)}, got {_kind(value)}.")
+            return default
+        if isinstance(value, str) and "\x00" in value:
+            # A NUL cannot be in a path, a port, a name or a pattern; Python's path calls raise on it.
+            self.problem(keypath, "contains a NUL character (\\0); expected plain text.")
             return default
         if check is not None:
             reason = check(value)
@@ -488,8 +500,12 @@ def _target(c: _Checker, name: str, table: dict[str, Any]) -> Target | None:
         resolved = c.existing_file(policy_file, (*kp, "policy_file"))
         if resolved:
             try:
-                policy_document = Path(resolved).read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as error:
+                with Path(resolved).open("rb") as handle:
+                    raw_policy = handle.read(MAX_POLICY_BYTES + 1)
+                if len(raw_policy) > MAX_POLICY_BYTES:
+                    raise ValueError(f"it is larger than {MAX_POLICY_BYTES:,} bytes")
+                policy_document = raw_policy.decode("utf-8")
+            except (OSError, ValueError) as error:  # UnicodeDecodeError is a ValueError
                 c.problem((*kp, "policy_file"), f"expected a readable UTF-8 JSON file ({error}).")
             else:
                 reason = _policy_text_problem(policy_document)
@@ -752,9 +768,16 @@ def _parse_error_line(error: tomllib.TOMLDecodeError) -> int | None:
 
 def load_config(path: str | Path) -> StationConfig:
     """Read and validate station.toml; `ConfigError` (file, line, field, what is expected) otherwise."""
+    if "\x00" in str(path):
+        raise ConfigError(
+            "Configuration path not usable",
+            f"The path {str(path)!r} contains a NUL character.",
+            "Give the path of station.toml (--config) again.",
+        )
     path = Path(path).expanduser().resolve()
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as handle:  # at most one byte past the limit (a pipe or device has no size)
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(
             "Configuration not found",
@@ -771,6 +794,12 @@ def load_config(path: str | Path) -> StationConfig:
             f"{path} cannot be read ({error.strerror}).",
             "Check the file's permissions.",
         ) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            "Configuration too large",
+            f"{path} is larger than {MAX_CONFIG_BYTES:,} bytes, the most the station reads as station.toml.",
+            "Check that --config names the station's station.toml.",
+        )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -786,6 +815,12 @@ def load_config(path: str | Path) -> StationConfig:
         parse_line = _parse_error_line(error)
         at = f"{path}:{parse_line}" if parse_line else str(path)
         raise ConfigError("Invalid station configuration", f"{at}: not valid TOML: {error}.", _FIX) from None
+    except RecursionError:  # tomllib recurses once per nesting level: [[[[…]]]] thousands deep
+        raise ConfigError(
+            "Invalid station configuration",
+            f"{path}: arrays or tables nested too deeply to read (a station.toml nests at most a few levels).",
+            _FIX,
+        ) from None
     return validate_config(data, path=path, text=text)
 
 
