@@ -281,7 +281,11 @@ def run_interactive(args: argparse.Namespace) -> int:
     )
     with demo:
         assert demo.config is not None
-        run_app(demo.config, demo.line, demo.ledger, relay=relay, welcome=welcome(demo, every))
+        code = run_app(demo.config, demo.line, demo.ledger, relay=relay, welcome=welcome(demo, every))
+    if code:
+        from station.commands.run import screen_ended
+
+        return screen_ended(code)
     return 0
 
 

@@ -171,9 +171,10 @@ def run_app(
     flasher_factory: Callable[..., Any] | None = None,
     welcome: str | None = None,
 ) -> int:
-    """Run the operator screen until the operator quits; 0. The caller stops the line afterwards.
+    """Run the operator screen until the operator quits; 0, or non-zero when the screen ended on an error.
 
-    `relay` must be the `on_event` the line was built with, or the cards will not move.
+    `relay` must be the `on_event` the line was built with, or the cards will not move. The caller stops
+    the line afterwards, and turns a non-zero result into a non-zero exit (a supervisor restarts it).
     """
     app = build_app(
         config,
@@ -186,4 +187,4 @@ def run_app(
         welcome=welcome,
     )
     app.run()
-    return 0
+    return app.return_code or 0
