@@ -53,4 +53,4 @@ def test_demo_fault_choices_match_the_demo():
     from station.commands.demo import FAULT_CHOICES
     from station.demo import DEMO_FAULTS, MIXED
 
-    assert FAULT_CHOICES == (MIXED, *DEMO_FAULTS)
+    assert (MIXED, *DEMO_FAULTS) == FAULT_CHOICES
