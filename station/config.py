@@ -14,7 +14,7 @@ stays in the environment variable the config names), or write anything.
 
 Layout (every table is keyed by name; see fixtures/configs/station.toml):
 
-    [station]            id, ledger, operator?, qa_pin?
+    [station]            id, ledger, operator?, qa_pin_hash? (or a plain qa_pin: lab and demo)
     [targets.NAME]       region, policy_name, policy_document | policy_file, profile? role_arn? …
     [targets.NAME.issuer] certificate_file, key_file, passphrase_env?
     [products.NAME]      serial_pattern, flasher, target, [products.NAME.options] (per-family, free-form)
@@ -135,6 +135,8 @@ class StationConfig:
     targets: dict[str, Target] = field(default_factory=dict)
     products: dict[str, Product] = field(default_factory=dict)
     slots: dict[str, Slot] = field(default_factory=dict)
+    # The QA PIN as a salted scrypt hash (station.qapin); production stations keep only this.
+    qa_pin_hash: str | None = field(default=None, repr=False)
 
     def target(self, name: str) -> Target:
         try:
@@ -376,7 +378,7 @@ def _range_check(low: int, high: int, expected: str) -> Callable[[Any], str | No
 def _station_section(c: _Checker, data: Mapping[str, Any]) -> dict[str, Any]:
     keypath = ("station",)
     table = c.table(data, keypath, required=True)
-    c.unknown_keys(table, keypath, ("id", "operator", "ledger", "qa_pin"))
+    c.unknown_keys(table, keypath, ("id", "operator", "ledger", "qa_pin", "qa_pin_hash"))
     station_id = c.get(
         table,
         (*keypath, "id"),
@@ -410,12 +412,27 @@ def _station_section(c: _Checker, data: Mapping[str, Any]) -> dict[str, Any]:
             check=_pattern_check(_PIN_RE, "a string of 4-12 digits"),
             what="a string of 4-12 digits",
         )
+    hash_path = (*keypath, "qa_pin_hash")
+    qa_pin_hash = c.get(table, hash_path, str, check=_pin_hash_check, what="the line `station pin-hash` prints")
+    if qa_pin is not None and qa_pin_hash is not None:
+        c.problem(pin_path, "give qa_pin_hash only (the plain qa_pin is for the lab and the demo), not both.")
     return {
         "station_id": station_id,
         "operator": operator,
         "ledger_path": (c.base / ledger).resolve() if ledger else None,
         "qa_pin": qa_pin,
+        "qa_pin_hash": qa_pin_hash,
     }
+
+
+def _pin_hash_check(value: str) -> str | None:
+    from station.qapin import parse_pin_hash
+
+    try:
+        parse_pin_hash(value)
+    except InputError as error:
+        return f"{error.message} {error.next_action}"
+    return None
 
 
 _TARGET_KEYS = (
@@ -883,6 +900,7 @@ def validate_config(data: Mapping[str, Any], *, path: Path, text: str = "") -> S
         ledger_path=station["ledger_path"],
         operator=station["operator"],
         qa_pin=station["qa_pin"],
+        qa_pin_hash=station["qa_pin_hash"],
         targets=targets,
         products=products,
         slots=slots,

@@ -24,6 +24,7 @@ from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.notifications import SeverityLevel
 
+from station.qapin import PinGuard
 from station.tui.api import LineAPI, StationInfo, station_info
 from station.tui.operator.screen import OperatorScreen
 from station.tui.qa.desk import QaDeskScreen
@@ -66,6 +67,7 @@ class StationApp(App[None]):
             line, info, line.slots(), relay=relay, clock=clock, poll_interval=poll_interval
         )
         self._quit_armed_at: float | None = None
+        self._pin_guard: PinGuard | None = None
         self.title = f"station {info.station_id}"
 
     def notify(
@@ -122,12 +124,16 @@ class StationApp(App[None]):
             )
             return
         qa = self.qa
+        if self._pin_guard is None:
+            # One guard for the app's life; its count of wrong PINs lives in the ledger anyway.
+            ledger = getattr(qa, "ledger", None)
+            self._pin_guard = PinGuard(pin, ledger=ledger, where="QA desk", operator=self.info.operator)
 
         def opened(ok: bool | None) -> None:
             if ok:
                 self.push_screen(QaDeskScreen(qa, self.info))
 
-        self.push_screen(PinScreen(pin), opened)
+        self.push_screen(PinScreen(self._pin_guard), opened)
 
 
 def build_app(
