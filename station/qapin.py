@@ -36,7 +36,9 @@ PIN_RE = re.compile(r"[0-9]{4,12}")
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 1 << 14, 8, 1  # ~16 MiB and ~50 ms per check: slow to guess, quick to type
 _MAX_N, _MAX_R, _MAX_P = 1 << 17, 16, 4  # the most a configured hash may ask the station to compute
 _MAXMEM = 256 * 1024 * 1024
-_HASH_RE = re.compile(r"scrypt\$(\d{1,7})\$(\d{1,2})\$(\d{1,2})\$([A-Za-z0-9+/=]{16,88})\$([A-Za-z0-9+/=]{40,88})")
+_HASH_RE = re.compile(
+    r"scrypt\$(\d{1,7})\$(\d{1,2})\$(\d{1,2})\$([A-Za-z0-9+/=]{16,88})\$([A-Za-z0-9+/=]{40,88})"
+)
 
 MAX_FAILURES = 5  # wrong PINs within LOCK_S that lock the PIN
 LOCK_S = 15 * 60.0
@@ -44,7 +46,9 @@ MAX_BACKOFF_S = 30.0
 PIN_SERIAL = "qa-pin"
 _now = time.time  # the guard's default clock (tests replace it here, not in the time module)  # the ledger "serial" the PIN's events are filed under (`station show qa-pin`)
 
-_FIX_HASH = 'Make a new one with `station pin-hash` and put the line it prints (qa_pin_hash = "…") in station.toml.'
+_FIX_HASH = (
+    'Make a new one with `station pin-hash` and put the line it prints (qa_pin_hash = "…") in station.toml.'
+)
 
 
 @dataclass(frozen=True)
@@ -145,9 +149,7 @@ class PinGuard:
         if self._ledger is None:
             times = self._failures
         else:
-            times = [
-                e.event.at for e in self._ledger.events(PIN_SERIAL) if e.event.step == "qa:pin_failed"
-            ]
+            times = [e.event.at for e in self._ledger.events(PIN_SERIAL) if e.event.step == "qa:pin_failed"]
         return sorted(t for t in times if now - LOCK_S < t <= now + 1.0)
 
     def wait_s(self) -> tuple[float, bool]:
