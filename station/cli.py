@@ -151,3 +151,7 @@ def _is_write_error(error: OSError) -> bool:
     import errno
 
     return error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EPIPE, errno.EFBIG, errno.EIO, errno.EROFS)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
