@@ -51,7 +51,10 @@ def main() -> None:
         if uv:
             project = str(Path(__file__).resolve().parent.parent)
             rows.append(
-                ("uv run station --help", _time([uv, "run", "--project", project, "station", "--help"], 3, tmp))
+                (
+                    "uv run station --help",
+                    _time([uv, "run", "--project", project, "station", "--help"], 3, tmp),
+                )
             )
     print(f"{'command':<24} {'median s':>9} {'× python -c pass':>17}")
     for name, seconds in rows:

@@ -413,7 +413,9 @@ def _station_section(c: _Checker, data: Mapping[str, Any]) -> dict[str, Any]:
             what="a string of 4-12 digits",
         )
     hash_path = (*keypath, "qa_pin_hash")
-    qa_pin_hash = c.get(table, hash_path, str, check=_pin_hash_check, what="the line `station pin-hash` prints")
+    qa_pin_hash = c.get(
+        table, hash_path, str, check=_pin_hash_check, what="the line `station pin-hash` prints"
+    )
     if qa_pin is not None and qa_pin_hash is not None:
         c.problem(pin_path, "give qa_pin_hash only (the plain qa_pin is for the lab and the demo), not both.")
     return {

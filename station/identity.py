@@ -1062,7 +1062,8 @@ def _kdf_params(data: bytes, oid_end: int) -> tuple[int, ...] | None:
     salt = _der_element(data, params[1])
     if salt is None:
         return None
-    values, pos = [], salt[2]
+    values: list[int] = []
+    pos = salt[2]
     while pos < params[2] and len(values) < 3:
         integer = _der_integer(data, pos, params[2])
         if integer is None:

@@ -128,9 +128,7 @@ class CardState:
 
     def screen_problem(self, error_name: str) -> None:
         """The screen failed to show an update for this slot: say so on the card (the unit carries on)."""
-        self.message = (
-            f"The screen missed an update for this slot ({error_name}); the unit itself carries on in the line."
-        )
+        self.message = f"The screen missed an update for this slot ({error_name}); the unit itself carries on in the line."
         who = f"station show {self.serial}" if self.serial else "the station log"
         self.next_action = f"Wait for the outcome; if the card does not show one, check `{who}`."
 

@@ -61,7 +61,14 @@ def as_pem(der: bytes, label: bytes = b"CERTIFICATE") -> bytes:
     return b"-----BEGIN " + label + b"-----\n" + wrapped + b"\n-----END " + label + b"-----\n"
 
 
-_INTERESTING = [b"\x00", b"\xff", b"\x80", b"\x30\x82\xff\xff", b"\x02\x04\x7f\xff\xff\xff", b"-----BEGIN CERTIFICATE-----\n"]
+_INTERESTING = [
+    b"\x00",
+    b"\xff",
+    b"\x80",
+    b"\x30\x82\xff\xff",
+    b"\x02\x04\x7f\xff\xff\xff",
+    b"-----BEGIN CERTIFICATE-----\n",
+]
 
 
 @st.composite

@@ -85,7 +85,9 @@ def test_pkcs12_import(data: bytes, password: str | bytes | None) -> None:
 @given(key=st.sampled_from(KEY_SEEDS).flatmap(mutated_bytes), password=PASSWORDS)
 def test_key_file_import(key: bytes, password: str | bytes | None) -> None:
     cert = (ROOT / "fixtures" / "certs" / "ec-p256.pem").read_bytes()
-    result, error, seconds = timed(lambda: identity.load_identity_bytes(cert, key_data=key, password=password))
+    result, error, seconds = timed(
+        lambda: identity.load_identity_bytes(cert, key_data=key, password=password)
+    )
     assert seconds < MAX_SECONDS_PER_INPUT
     _clear(error)
     if result is not None:
@@ -106,7 +108,9 @@ CONFIG_DIR = _config_folder()
 
 
 @FUZZ
-@given(text=st.sampled_from(CONFIG_SEEDS).flatmap(mutated_text), encoding=st.sampled_from(["utf-8", "utf-16"]))
+@given(
+    text=st.sampled_from(CONFIG_SEEDS).flatmap(mutated_text), encoding=st.sampled_from(["utf-8", "utf-16"])
+)
 def test_station_toml(text: str, encoding: str) -> None:
     path = CONFIG_DIR / "station.toml"
     path.write_bytes(text.encode(encoding, "surrogatepass"))
@@ -119,7 +123,9 @@ def test_station_toml(text: str, encoding: str) -> None:
 @given(
     text=st.one_of(
         st.text(max_size=300),
-        st.builds(lambda d, s: d + ":" + s, st.text("0123456789", min_size=1, max_size=6000), st.text(max_size=20)),
+        st.builds(
+            lambda d, s: d + ":" + s, st.text("0123456789", min_size=1, max_size=6000), st.text(max_size=20)
+        ),
         st.text(max_size=10).map(lambda t: t * 2000),
     )
 )
@@ -134,7 +140,14 @@ def test_scans(text: str) -> None:
 
 
 @FUZZ
-@given(text=st.one_of(st.text(max_size=120), st.from_regex(r"scrypt\$\d{1,7}\$\d{1,2}\$\d\$[A-Za-z0-9+/=]{16,30}\$[A-Za-z0-9+/=]{40,50}", fullmatch=True)))
+@given(
+    text=st.one_of(
+        st.text(max_size=120),
+        st.from_regex(
+            r"scrypt\$\d{1,7}\$\d{1,2}\$\d\$[A-Za-z0-9+/=]{16,30}\$[A-Za-z0-9+/=]{40,50}", fullmatch=True
+        ),
+    )
+)
 def test_pin_hash_in_the_config(text: str) -> None:
     _, error, seconds = timed(lambda: qapin.parse_pin_hash(text))
     assert seconds < MAX_SECONDS_PER_INPUT
@@ -169,7 +182,11 @@ def test_cli_arguments(argv: tuple[str, ...], empty_ledger: Path) -> None:
 
     if argv and argv[0] in ("demo", "lab", "sim", "run", "provision", "reconcile", "preflight", "register"):
         return  # these start servers or talk to devices/AWS; their arguments are checked by argparse too
-    args = [*argv, "--ledger", str(empty_ledger)] if argv[:1] in (("show",), ("units",), ("audit",)) else list(argv)
+    args = (
+        [*argv, "--ledger", str(empty_ledger)]
+        if argv[:1] in (("show",), ("units",), ("audit",))
+        else list(argv)
+    )
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         result, error, seconds = timed(lambda: main(args))
     assert seconds < MAX_SECONDS_PER_INPUT

@@ -48,7 +48,9 @@ def test_nul_in_a_pkcs12_password_is_an_input_error(password: str | bytes, capfd
 
 
 def test_nul_password_through_station_register(tmp_path: Path) -> None:
-    done = _register(tmp_path, "--p12", str(CERTS / "ec-p256-secret.p12"), "--password-stdin", stdin=b"\x00\n")
+    done = _register(
+        tmp_path, "--p12", str(CERTS / "ec-p256-secret.p12"), "--password-stdin", stdin=b"\x00\n"
+    )
     assert done.returncode == EXIT_USAGE, done.stderr
     assert "Password not usable" in done.stderr and "Traceback" not in done.stderr
     assert "PanicException" not in done.stderr

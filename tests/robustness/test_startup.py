@@ -58,6 +58,10 @@ def test_demo_fault_choices_match_the_demo():
 
 def test_python_dash_m_station_cli_runs_main(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "station.cli", "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=60
+        [sys.executable, "-m", "station.cli", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
     )
     assert done.returncode == 0 and done.stdout.startswith("usage: station")

@@ -60,12 +60,12 @@ class PinScreen(ModalScreen[bool]):
             self.app.call_from_thread(self._refused, error)
             return
         except Exception:  # the ledger could not be read or written: fail closed, and say so
-            error = InputError(
+            unchecked = InputError(
                 "PIN not checked",
                 "The station could not check the PIN (its ledger is not available).",
                 "Try again; if it keeps failing, call a technician.",
             )
-            self.app.call_from_thread(self._refused, error)
+            self.app.call_from_thread(self._refused, unchecked)
             return
         self.app.call_from_thread(self.dismiss, True)
 
