@@ -7,7 +7,7 @@ adds its parser and sets `func(args) -> int`. This module only discovers them, p
 Exit codes (stable; scripts depend on them):
   0  success / PASS
   1  FAIL: the unit is bad
-  2  usage or input error (bad arguments, bad file, bad config, invalid scan)
+  2  usage or input error (bad arguments, bad file or path, bad config, invalid scan)
   3  ERROR: station, network or cloud problem; output that could not be written (full disk, closed pipe);
      any unexpected error (never 1: that code means the unit is bad)
   4  not found (no such unit, target or record)
@@ -126,11 +126,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BaseException as error:  # BaseException: a Rust panic (pyo3 PanicException) is not an Exception
         if isinstance(error, SystemExit | GeneratorExit) or os.environ.get(DEBUG_ENV):
             raise
-        if isinstance(error, OSError) and error.errno is not None and getattr(args, "func", None):
-            failure = output_error(error) if _is_write_error(error) else None
-            if failure is not None:
-                _report(args, failure)
+        if isinstance(error, OSError) and error.errno is not None:
+            if _is_write_error(error):
+                _report(args, output_error(error))
                 return EXIT_ERROR
+            if error.filename:  # e.g. --out in a folder that does not exist: the person fixes the path
+                _report(args, _file_error(error))
+                return EXIT_USAGE
         log.debug("unexpected error", exc_info=error)
         from station.errors import StationFault
 
@@ -145,6 +147,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             ),
         )
         return EXIT_ERROR
+
+
+def _file_error(error: OSError) -> StationError:
+    return InputError(
+        "File not usable",
+        f"{error.filename}: {error.strerror or type(error).__name__}.",
+        "Check the path and its folder's permissions, then run the command again.",
+    )
 
 
 def _is_write_error(error: OSError) -> bool:

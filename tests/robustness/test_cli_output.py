@@ -95,3 +95,11 @@ def _fill_records(path: Path, count: int) -> None:
     with open_ledger(path) as ledger:
         for i in range(count):
             ledger.record_attempt(make_record(f"SN{i:06d}", "PASS", certificate_id=f"{i:064x}"))
+
+
+def test_export_into_a_missing_folder_is_a_usage_error(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "ledger.sqlite"
+    _fill_records(path, 2)
+    code = main(["export", "--format", "csv", "--ledger", str(path), "--out", str(tmp_path / "no" / "x.csv")])
+    err = capsys.readouterr().err
+    assert code == 2 and "File not usable" in err and "No such file" in err
