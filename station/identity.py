@@ -53,6 +53,7 @@ MAX_PEM_CHARS = 65536  # AWS IoT's limit for certificatePem
 MAX_INPUT_BYTES = 1 << 20  # a certificate file is a few KB; anything near a megabyte is the wrong file
 MAX_PEM_BLOCKS = 64  # a device certificate with its whole chain and key is a handful of blocks
 MAX_PASSWORD_CHARS = 1024
+MAX_RSA_KEY_BITS = 4096  # checking a larger RSA private key takes seconds (8192 bits: ~6 s)
 # PKCS#12 and encrypted keys make the reader run a key-derivation function as often as the file says. A
 # file saying "10 billion iterations" would stall the station, so the work a file may ask for is capped:
 # OpenSSL writes 2,048 iterations, Windows and macOS exports 2,000 to 10,000, current guidance 600,000.
@@ -681,6 +682,10 @@ def _pem_der(block: bytes) -> bytes:
         return b""
 
 
+def _load_unchecked(loader: Any, data: bytes, password: bytes | None) -> Any:
+    return loader(data, password, unsafe_skip_rsa_key_validation=True)
+
+
 def _load_private_key(data: bytes, password: bytes | None, what: str) -> PrivateKeyTypes:
     """A private key from PEM (PKCS#8, traditional, encrypted) or DER; `InputError` with a plain reason."""
     encrypted = False
@@ -710,8 +715,13 @@ def _load_private_key(data: bytes, password: bytes | None, what: str) -> Private
         )
     if encrypted:
         _refuse_costly_kdf(_pem_der(data) if _looks_like_pem(data) else data, what)
+    secret = password if encrypted else None
     try:
-        return _guarded(loader, data, password if encrypted else None)  # type: ignore[no-any-return]
+        # Read first without RSA's consistency check: its cost grows steeply with the key's size (an 8192-bit
+        # key takes seconds), so the size is checked before that check runs.
+        key = _guarded(_load_unchecked, loader, data, secret)
+        if isinstance(key, rsa.RSAPrivateKey) and key.key_size <= MAX_RSA_KEY_BITS:
+            key = _guarded(loader, data, secret)
     except Exception as error:  # cryptography raises ValueError, TypeError, UnsupportedAlgorithm …
         if encrypted:
             # A wrong password and a damaged encrypted key cannot be told apart; the password is likelier.
@@ -722,6 +732,15 @@ def _load_private_key(data: bytes, password: bytes | None, what: str) -> Private
             ) from None
         unsupported = type(error).__name__ == "UnsupportedAlgorithm"
         reason = "of an unsupported kind" if unsupported else "damaged, truncated or not a private key"
+    else:
+        if isinstance(key, rsa.RSAPrivateKey) and key.key_size > MAX_RSA_KEY_BITS:
+            raise InputError(
+                f"Private key too large in {what}",
+                f"The {what} is an RSA key of {key.key_size} bits; the station reads RSA keys of at most "
+                f"{MAX_RSA_KEY_BITS} bits.",
+                "Use an RSA 2048, 3072 or 4096 key, or an EC P-256/P-384 key.",
+            )
+        return key  # type: ignore[no-any-return]
     raise InputError(
         f"Unreadable {what}",
         f"The {what} cannot be read: it is {reason}.",

@@ -188,3 +188,40 @@ def test_pkcs12_asking_for_too_many_kdf_iterations_is_refused_without_running_th
 
 def test_pkcs12_with_ordinary_kdf_settings_opens() -> None:
     assert identity.load_identity_bytes(_p12(2048), password="pw").private_key is not None
+
+
+def test_a_huge_rsa_key_file_is_refused_before_its_slow_consistency_check() -> None:
+    """RSA's key check grows steeply with size (8192 bits: ~6 s); such a key file must not stall the station."""
+    import secrets
+
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    p, q = (secrets.randbits(4096) | (1 << 4095) | 1 for _ in range(2))
+    numbers = rsa.RSAPrivateNumbers(
+        p=p, q=q, d=3, dmp1=1, dmq1=1, iqmp=1, public_numbers=rsa.RSAPublicNumbers(65537, p * q)
+    )
+    key = numbers.private_key(unsafe_skip_rsa_key_validation=True)  # not a real key: made in microseconds
+    assert key.key_size == 8192
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    cert = (CERTS / "ec-p256.pem").read_bytes()
+    started = time.perf_counter()
+    with pytest.raises(InputError, match="at most 4096 bits"):
+        identity.load_identity_bytes(cert, key_data=pem)
+    assert time.perf_counter() - started < 0.5
+
+
+def test_an_inconsistent_small_rsa_key_is_still_refused() -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    real = rsa.generate_private_key(65537, 2048).private_numbers()
+    broken = rsa.RSAPrivateNumbers(
+        p=real.p, q=real.q, d=real.d + 2, dmp1=real.dmp1, dmq1=real.dmq1, iqmp=real.iqmp,
+        public_numbers=real.public_numbers,
+    )  # fmt: skip
+    pem = broken.private_key(unsafe_skip_rsa_key_validation=True).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    with pytest.raises(InputError, match="Unreadable"):
+        identity.load_identity_bytes((CERTS / "rsa-2048.pem").read_bytes(), key_data=pem)
