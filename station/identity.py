@@ -1092,29 +1092,68 @@ def _kdf_params(data: bytes, oid_end: int) -> tuple[int, ...] | None:
     return tuple(values)
 
 
-def _mac_iterations(data: bytes) -> int | None:
-    """A PFX's MacData iteration count (default 1); None when its layout cannot be walked (BER)."""
-    outer = _der_element(data, 0)
-    if outer is None:
+def _ber_children(data: bytes, pos: int, depth: int = 0) -> list[tuple[int, int, int]] | None:
+    """(tag, start, end) of each child of the constructed BER element at `pos`, definite or indefinite length.
+
+    PKCS#12 writers may use BER's indefinite lengths (content ended by 00 00); DER is the definite case. None
+    when the layout cannot be walked. Linear: each child is skipped by its length or walked once.
+    """
+    if depth > 32 or pos + 2 > len(data) or not data[pos] & 0x20:
         return None
-    pos, items = outer[1], []
-    while pos < outer[2]:
+    if data[pos + 1] != 0x80:
         element = _der_element(data, pos)
         if element is None:
             return None
-        items.append(element)
-        pos = element[2]
-    if len(items) < 3 or items[2][0] != 0x30:
-        return 1 if len(items) == 2 else None
-    _, start, end = items[2]
-    digest = _der_element(data, start)
-    salt = _der_element(data, digest[2]) if digest else None
-    if salt is None:
+        cur, stop = element[1], element[2]
+    else:
+        cur, stop = pos + 2, -1
+    children = []
+    while True:
+        if stop >= 0 and cur >= stop:
+            return children if cur == stop else None
+        if stop < 0 and data[cur : cur + 2] == b"\x00\x00":
+            return children
+        end = _ber_end(data, cur, depth + 1)
+        if end is None:
+            return None
+        header = _der_header(data, cur)
+        assert header is not None  # _ber_end read it
+        children.append((data[cur], header[1], end))
+        cur = end
+
+
+def _ber_end(data: bytes, pos: int, depth: int) -> int | None:
+    """Where the BER element at `pos` ends (after its 00 00 when of indefinite length); None if unreadable."""
+    if pos + 2 > len(data):
         return None
-    if salt[2] >= end:
+    if data[pos + 1] != 0x80:
+        element = _der_element(data, pos)
+        return element[2] if element else None
+    children = _ber_children(data, pos, depth)
+    if children is None:
+        return None
+    last = children[-1][2] if children else pos + 2
+    return last + 2  # the end-of-contents octets
+
+
+def _mac_iterations(data: bytes) -> int | None:
+    """A PFX's MacData iteration count (default 1; -1 if unreadable); None when the PFX cannot be walked."""
+    items = _ber_children(data, 0)
+    if items is None or len(items) < 2:
+        return None
+    if len(items) == 2:
+        return 1  # no MacData (a PFX protected by a signature, or not at all)
+    if items[2][0] != 0x30:
+        return None
+    mac_start = _ber_children(data, items[1][2])  # the MacData element starts where the authSafe ends
+    if mac_start is None or len(mac_start) < 2:
+        return -1
+    if len(mac_start) == 2:
         return 1
-    integer = _der_integer(data, salt[2], end)
-    return integer[0] if integer else -1
+    tag, start, end = mac_start[2]
+    if tag != 0x02 or not 1 <= end - start <= 8:
+        return -1
+    return int.from_bytes(data[start:end], "big", signed=True)
 
 
 def _kdf_problem(der: bytes) -> str | None:

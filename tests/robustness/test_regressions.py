@@ -196,7 +196,7 @@ def test_a_huge_rsa_key_file_is_refused_before_its_slow_consistency_check() -> N
 
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    p, q = (secrets.randbits(4096) | (1 << 4095) | 1 for _ in range(2))
+    p, q = (secrets.randbits(4096) | (3 << 4094) | 1 for _ in range(2))  # top two bits: n has 8192
     numbers = rsa.RSAPrivateNumbers(
         p=p, q=q, d=3, dmp1=1, dmq1=1, iqmp=1, public_numbers=rsa.RSAPublicNumbers(65537, p * q)
     )
@@ -225,3 +225,37 @@ def test_an_inconsistent_small_rsa_key_is_still_refused() -> None:
     )
     with pytest.raises(InputError, match="Unreadable"):
         identity.load_identity_bytes((CERTS / "rsa-2048.pem").read_bytes(), key_data=pem)
+
+
+def _indefinite(pfx: bytes, mac_iterations: bytes | None = None) -> bytes:
+    """The PFX re-written with BER's indefinite outer length (as some exporters do), its MAC count replaced."""
+    outer = identity._der_element(pfx, 0)
+    items = identity._ber_children(pfx, 0)
+    assert outer is not None and items is not None and len(items) == 3
+    mac_pos = items[1][2]
+    mac = pfx[mac_pos:]
+    if mac_iterations is not None:
+        mac_items = identity._ber_children(pfx, mac_pos)
+        assert mac_items is not None
+        header = identity._der_header(pfx, mac_pos)
+        assert header is not None
+        content = (
+            pfx[header[1] : mac_items[2][1] - 2] + b"\x02" + bytes([len(mac_iterations)]) + mac_iterations
+        )
+        mac = b"\x30" + bytes([len(content)]) + content
+    return b"\x30\x80" + pfx[outer[1] : mac_pos] + mac + b"\x00\x00"
+
+
+def test_a_ber_pkcs12_asking_for_billions_of_mac_iterations_is_refused() -> None:
+    pfx = (CERTS / "ec-p256-secret.p12").read_bytes()
+    started = time.perf_counter()
+    with pytest.raises(InputError, match="2,147,483,647 key-derivation iterations"):
+        identity.load_identity_bytes(_indefinite(pfx, b"\x7f\xff\xff\xff"), password="secret")
+    assert time.perf_counter() - started < 0.5
+
+
+@pytest.mark.filterwarnings("ignore:PKCS#12 bundle could not be parsed as DER")
+def test_a_ber_pkcs12_with_ordinary_settings_still_opens() -> None:
+    pfx = (CERTS / "ec-p256-secret.p12").read_bytes()
+    assert identity._mac_iterations(_indefinite(pfx)) == 2048
+    assert identity.load_identity_bytes(_indefinite(pfx), password="secret").private_key is not None
