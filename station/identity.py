@@ -1107,7 +1107,7 @@ def _ber_children(data: bytes, pos: int, depth: int = 0) -> list[tuple[int, int,
         cur, stop = element[1], element[2]
     else:
         cur, stop = pos + 2, -1
-    children = []
+    children: list[tuple[int, int, int]] = []
     while True:
         if stop >= 0 and cur >= stop:
             return children if cur == stop else None
