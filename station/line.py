@@ -272,6 +272,24 @@ class Line:
         if self._on_event is not None:
             self._on_event(event)
 
+    def _aborted(self, slot: str, serial: str, error: BaseException) -> None:
+        """A unit_finished ERROR for a unit whose pipeline raised, so its slot's card does not wait forever."""
+        event = Event(
+            "unit_finished",
+            serial,
+            slot=slot,
+            outcome="ERROR",
+            title="Station error",
+            message=f"The station stopped working on this unit unexpectedly ({type(error).__name__}); "
+            "the details are in the station log.",
+            next_action="Put the unit aside for a re-test and call a technician; run `station reconcile` "
+            "before the next shift.",
+        )
+        try:
+            self._event(event)
+        except Exception:
+            log.exception("slot %s: could not report the aborted unit %s", slot, serial)
+
     def _pick(self, slot: str | None) -> str:
         if slot is not None:
             state = self._states.get(slot)
@@ -348,10 +366,12 @@ class Line:
 
             try:
                 result = self._ctx.pipeline.run(request, open_flasher=open_flasher)
-            except BaseException:
+            except BaseException as error:
                 # The pipeline records every outcome itself; reaching here means the worker was told to
-                # stop (SystemExit / KeyboardInterrupt) — leave the slot usable and keep the line alive.
+                # stop (SystemExit / KeyboardInterrupt) or the pipeline itself broke — leave the slot usable,
+                # keep the line alive, and tell whoever watches this slot.
                 log.exception("slot %s: unit %s aborted", name, request.serial)
+                self._aborted(name, request.serial, error)
             finally:
                 with self._lock:
                     state = self._states[name]

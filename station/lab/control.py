@@ -606,6 +606,8 @@ class _LabApp:
                 raise ValueError("the body must be a JSON object")
         except ValueError as exc:
             return _admin_error(400, f"Malformed JSON body: {exc}")
+        except RecursionError:  # [[[[…]]]] nested thousands deep
+            return _admin_error(400, "Malformed JSON body: nested too deeply.")
         plane = self.plane
         try:
             if parts == ["status"] and method == "GET":

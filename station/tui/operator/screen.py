@@ -24,6 +24,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Container
 from textual.events import Click, Resize
 from textual.geometry import Size
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Input, RichLog
 
@@ -206,6 +207,39 @@ class OperatorScreen(Screen[None]):
     def action_clear_scan(self) -> None:
         self.query_one("#scan", Input).clear()
         self.refocus()
+
+    # ------------------------------------------------------------------------------------------ survival
+    async def _on_message(self, message: Message) -> None:
+        """Every handler of this screen, guarded: one bad update must not close the screen of a whole line.
+
+        An unexpected error in a handler is logged, shown on the slot it concerns (when it concerns one) and
+        as a notification; the other slots, the scan field and the line keep running.
+        """
+        try:
+            await super()._on_message(message)
+        except Exception as error:
+            self._handler_failed(message, error)
+
+    def _handler_failed(self, message: Message, error: Exception) -> None:
+        log.error(
+            "operator screen: %s failed on %s", type(error).__name__, type(message).__name__, exc_info=error
+        )
+        event = getattr(message, "event", None)
+        slot = getattr(event, "slot", None) or getattr(message, "slot", None)
+        try:
+            card = self.cards.get(slot) if isinstance(slot, str) else None
+            if card is not None:
+                card.screen_problem(type(error).__name__)
+                self._show(card.slot)
+            self.notify(
+                f"The screen could not show an update ({type(error).__name__}); the line carries on. The "
+                "details are in the station log.",
+                title=f"Screen error on slot {slot}" if card is not None else "Screen error",
+                severity="error",
+                timeout=8,
+            )
+        except Exception:  # showing the problem failed too: the log has it, keep the screen up
+            log.exception("operator screen: could not show a handler failure")
 
     # ------------------------------------------------------------------------------------------ events
     def deliver(self, event: Event) -> None:

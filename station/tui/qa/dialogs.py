@@ -121,9 +121,16 @@ class ImportScreen(_Dialog):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Label("Register an imported certificate (PEM, DER or PKCS#12)", classes="dialog-title")
-            yield Input(id="import-path", placeholder="path of the .pem / .der / .cer / .p12 file")
-            yield Input(id="import-password", password=True, placeholder="password (PKCS#12 only; optional)")
-            yield Input(id="import-serial", placeholder="the unit's serial")
+            yield Input(
+                id="import-path", max_length=4096, placeholder="path of the .pem / .der / .cer / .p12 file"
+            )
+            yield Input(
+                id="import-password",
+                password=True,
+                max_length=1024,
+                placeholder="password (PKCS#12 only; optional)",
+            )
+            yield Input(id="import-serial", max_length=128, placeholder="the unit's serial")
             yield Select(
                 [(t, t) for t in self._targets],
                 id="import-target",
@@ -167,7 +174,7 @@ class ExportScreen(_Dialog):
             yield Select(
                 [("CSV", "csv"), ("JSON", "json")], id="export-format", value="csv", allow_blank=False
             )
-            yield Input(id="export-path", placeholder="file to write, e.g. records.csv")
+            yield Input(id="export-path", max_length=4096, placeholder="file to write, e.g. records.csv")
             with Horizontal(classes="buttons"):
                 yield Button("Export", id="ok", variant="primary")
                 yield Button("Cancel", id="cancel")
