@@ -14,7 +14,7 @@ stays in the environment variable the config names), or write anything.
 
 Layout (every table is keyed by name; see fixtures/configs/station.toml):
 
-    [station]            id, ledger, operator?, qa_pin?
+    [station]            id, ledger, operator?, qa_pin?, cleanup_interval_s?, cleanup_max_interval_s?
     [targets.NAME]       region, policy_name, policy_document | policy_file, profile? role_arn? …
     [targets.NAME.issuer] certificate_file, key_file, passphrase_env?
     [products.NAME]      serial_pattern, flasher, target, [products.NAME.options] (per-family, free-form)
@@ -129,6 +129,9 @@ class StationConfig:
     ledger_path: Path
     operator: str | None = None
     qa_pin: str | None = field(default=None, repr=False)  # not a key, but no reason to print it
+    # The line's cleaner (station.cleanup): first retry after this, backing off up to the maximum.
+    cleanup_interval_s: float = 10.0
+    cleanup_max_interval_s: float = 30.0
     targets: dict[str, Target] = field(default_factory=dict)
     products: dict[str, Product] = field(default_factory=dict)
     slots: dict[str, Slot] = field(default_factory=dict)
@@ -364,7 +367,9 @@ def _range_check(low: int, high: int, expected: str) -> Callable[[Any], str | No
 def _station_section(c: _Checker, data: Mapping[str, Any]) -> dict[str, Any]:
     keypath = ("station",)
     table = c.table(data, keypath, required=True)
-    c.unknown_keys(table, keypath, ("id", "operator", "ledger", "qa_pin"))
+    c.unknown_keys(
+        table, keypath, ("id", "operator", "ledger", "qa_pin", "cleanup_interval_s", "cleanup_max_interval_s")
+    )
     station_id = c.get(
         table,
         (*keypath, "id"),
@@ -398,12 +403,36 @@ def _station_section(c: _Checker, data: Mapping[str, Any]) -> dict[str, Any]:
             check=_pattern_check(_PIN_RE, "a string of 4-12 digits"),
             what="a string of 4-12 digits",
         )
+    seconds = _seconds_check(0.1, 3600.0)
+    interval = c.get(
+        table, (*keypath, "cleanup_interval_s"), (int, float), default=10.0, check=seconds, what="seconds"
+    )
+    longest = c.get(
+        table, (*keypath, "cleanup_max_interval_s"), (int, float), default=None, check=seconds, what="seconds"
+    )
+    if longest is None:
+        longest = max(30.0, float(interval))
+    elif longest < interval:
+        c.problem(
+            (*keypath, "cleanup_max_interval_s"),
+            f"expected at least cleanup_interval_s ({interval:g} s), got {longest:g}.",
+        )
+        longest = interval
     return {
         "station_id": station_id,
         "operator": operator,
         "ledger_path": (c.base / ledger).resolve() if ledger else None,
         "qa_pin": qa_pin,
+        "cleanup_interval_s": float(interval),
+        "cleanup_max_interval_s": float(longest),
     }
+
+
+def _seconds_check(low: float, high: float) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if low <= value <= high else f"expected {low:g}–{high:g} seconds, got {value}."
+
+    return check
 
 
 _TARGET_KEYS = (
@@ -848,6 +877,8 @@ def validate_config(data: Mapping[str, Any], *, path: Path, text: str = "") -> S
         ledger_path=station["ledger_path"],
         operator=station["operator"],
         qa_pin=station["qa_pin"],
+        cleanup_interval_s=station["cleanup_interval_s"],
+        cleanup_max_interval_s=station["cleanup_max_interval_s"],
         targets=targets,
         products=products,
         slots=slots,

@@ -549,6 +549,7 @@ class Pipeline:
             certificate_pem=identity.certificate_pem,
             thing_name=thing_name,
             state="registering",
+            station_id=request.station_id,  # whose cleaner may finish it (station.cleanup)
         )
         cloud_error: list[BaseException] = []
 
@@ -1059,6 +1060,7 @@ def reconcile(
     station_id: str = "",
     on_event: Callable[[Event], None] | None = None,
     now: Callable[[], float] = time.time,
+    include: Callable[[Any], bool] | None = None,
 ) -> list[ReconcileItem]:
     """Resolve every pending journal entry so that no certificate stays registered without a PASS record.
 
@@ -1067,10 +1069,13 @@ def reconcile(
     if the journal says this attempt made it), an ERROR record is written if the attempt has none, and the
     journal is closed. An entry that cannot be resolved (target unknown, AWS unreachable) stays open and is
     reported as "failed". Run it when no station is provisioning on this ledger (or use `min_age_s`), since
-    an in-flight unit also has an open journal.
+    an in-flight unit also has an open journal. `include(entry)` narrows it to the entries a caller may touch
+    (the line's cleaner: this station's, not in a live slot); the others are not reported.
     """
     items: list[ReconcileItem] = []
     for entry in ledger.journal_pending():
+        if include is not None and not include(entry):
+            continue
         jid = _field(entry, "id", _field(entry, "journal_id"))
         item = ReconcileItem(
             journal_id=jid,
