@@ -609,7 +609,16 @@ class Pipeline:
             certificate_arn=arn,
             **({} if answered_created else {"registry_answer": "already registered"}),
         )
-        thing_created = registry.create_thing(thing_name)
+        try:
+            thing_created = registry.create_thing(thing_name)
+        except BaseException as exc:
+            # The registry could not learn whether its CreateThing took effect, and the thing was not there
+            # before: the attempt owns it if it exists, so the rollback (or reconcile) deletes it.
+            if getattr(exc, "thing_maybe_created", None) == thing_name:
+                attempt.thing_created = attempt.result.thing_created = True
+                _note_thing(registration, thing_name, True)
+                ledger.journal_update(jid, state="thing", thing_created=True, thing_answer="lost")
+            raise
         attempt.thing_created = attempt.result.thing_created = bool(thing_created)
         _note_thing(registration, thing_name, attempt.thing_created)
         ledger.journal_update(jid, state="thing", thing_created=attempt.thing_created)

@@ -130,3 +130,38 @@ def test_a_failed_register_whose_hidden_registration_cannot_be_undone_is_pending
     result = rig.pipeline.run(rig.request(), rig.flasher)
     assert result.outcome == Outcome.ERROR and result.title == "Cleanup pending"
     assert rig.ledger.open_journals()[0]["state"] == CLEANUP_PENDING
+
+
+class LostThingRegistry(FakeRegistry):
+    """CreateThing took effect in AWS; every answer was lost (the real registry says "maybe created")."""
+
+    def create_thing(self, name: str) -> bool:
+        super().create_thing(name)
+        error = StationFault(
+            "AWS IoT unreachable", "CreateThing: ConnectionClosedError.", "Check the network."
+        )
+        error.thing_maybe_created = name  # type: ignore[attr-defined]
+        raise error
+
+
+def test_a_thing_whose_create_answer_was_lost_is_the_attempts_and_is_deleted() -> None:
+    log = Log()
+    registry = LostThingRegistry(log)
+    rig = make_rig(log=log, registry=registry)
+    result = rig.pipeline.run(rig.request(), rig.flasher)
+
+    assert result.outcome == Outcome.ERROR and result.title == "AWS IoT unreachable"
+    assert result.thing_created is True
+    assert registry.things == set() and registry.certificates == {}
+    (entry,) = rig.ledger.journal.values()
+    assert entry["thing_created"] is True and entry["thing_answer"] == "lost" and entry["open"] is False
+
+
+def test_a_thing_that_failed_without_the_registry_saying_maybe_is_not_claimed() -> None:
+    log = Log()
+    registry = FakeRegistry(log, faults={"create_thing": StationFault("Thing type missing", "x", "y")})
+    rig = make_rig(log=log, registry=registry)
+    registry.things.add("widget-SN00000001")  # someone else's thing of that name
+    result = rig.pipeline.run(rig.request(), rig.flasher)
+    assert result.outcome == Outcome.ERROR and result.thing_created is False
+    assert registry.things == {"widget-SN00000001"}
