@@ -23,7 +23,20 @@ Parameters and details escape LF as ``\\A``, CR as ``\\D`` and a backslash as ``
     AT+EVENT?                   → OK <id> <param> <mnemonic> [detail] | OK
     AT+SEND1 <message>          → OK
     AT+GET1                     → OK <message> | OK
-    AT+DISCONNECT               → OK 0 DISCONNECTED
+    AT+DISCONNECT               → OK 0 DISCONNECTED        (event 3 CONLOST follows)
+    AT+CONF HOTAcertificate=<pem, escaped>  → OK      (only when the product names one)
+    AT+CONF? HOTAcertificate pem            → OK<n> pem + n PEM lines (read back, must be equal)
+
+HOTA (host OTA) certificate: the guide has the OEM set `HOTAcertificate` at the end of the assembly line, so
+the module can check the signature of host firmware updates. When the product names one
+(`[products.NAME.options] hota_certificate = "hota.pem"`, a path relative to the station's working folder),
+the station writes it after a successful check and reads it back; a module that keeps another one FAILs.
+
+Long connects: the guide lets a CONNECT take up to 120 s, so the station waits that long by default
+(`connect_timeout_s` option, at most 120). `ERR25 NOT ALLOWED` to CONNECT means one is already in progress
+(an earlier, timed-out CONNECT, or `CONNECT!`): the station waits and asks again within its deadline. CONLOST
+(event 3) during the check is a lost connection; the CONLOST raised by the station's own DISCONNECT is
+drained before the next check.
 
 Ports and trust: a real module always connects on 8883 (or 443 with ALPN, its own choice); the guide has no
 setting for the port. `device_verify` therefore only sets the endpoint host; the lab's ExpressLink simulator
@@ -54,7 +67,8 @@ import logging
 import re
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Final
 
 from flashers.base import (
@@ -425,7 +439,7 @@ class Timing:
     """Deadlines and pacing. Every command is bounded; defaults are far below the guide's 120 s."""
 
     command_s: float = 1.0  # reply to an ordinary command (a module answers these in milliseconds)
-    connect_s: float = 30.0  # reply to AT+CONNECT (TLS + MQTT over the module's network)
+    connect_s: float = MAX_TIMEOUT_S  # reply to AT+CONNECT: the guide allows a module up to 120 s
     attempts: int = 2  # sends of an idempotent command (queries, settings) before giving up
     poll_s: float = 0.05  # between AT+EVENT? / AT+GET polls
     backoff_wait_s: float = 1.0  # first wait after ERR14 1; doubles each time, within the verify's deadline
@@ -461,10 +475,15 @@ class ExpressLinkFlasher(Flasher):
         baudrate: int = BAUDRATE,
         timing: Timing | None = None,
         exclusive: bool = True,
+        hota_certificate: str | None = None,
+        connect_timeout_s: float | str | None = None,
     ) -> None:
         self.port = port
         self.baudrate = baudrate
         self.timing = timing or Timing()
+        if connect_timeout_s is not None:
+            self.timing = replace(self.timing, connect_s=_connect_timeout(connect_timeout_s))
+        self.hota_pem = _load_hota_certificate(hota_certificate) if hota_certificate else None
         self._io = LineIO(
             open_port(
                 port, baudrate=baudrate, write_timeout_s=self.timing.write_timeout_s, exclusive=exclusive
@@ -563,9 +582,14 @@ class ExpressLinkFlasher(Flasher):
                 _REWORK,
             )
 
-    def device_verify(self, host: str, port: int, thing_name: str, timeout_s: float = 20.0) -> None:
+    def device_verify(self, host: str, port: int, thing_name: str, timeout_s: float | None = None) -> None:
         """Point the module at `host`, connect, subscribe/send/get a nonce on `things/<thing>/verify`, check
-        that `AT+CONNECT?` says CUSTOMER, disconnect. On any failure the previous endpoint is restored."""
+        that `AT+CONNECT?` says CUSTOMER, disconnect, then write the product's HOTA certificate (if any) and read
+        it back. On any failure the previous endpoint is restored.
+
+        The deadline (default: the CONNECT allowance plus 30 s for the round trip) bounds the whole check."""
+        if timeout_s is None:
+            timeout_s = self.timing.connect_s + 30.0
         if not _THING.fullmatch(thing_name):
             raise StationFault(
                 "Thing name not usable",
@@ -602,9 +626,47 @@ class ExpressLinkFlasher(Flasher):
                     "Call a technician to fix the target's endpoint.",
                 )
             self._disconnect()
+            if self.hota_pem is not None:
+                self.set_hota_certificate(self.hota_pem)
         except BaseException as exc:
             self._restore_after_failure(exc)
             raise
+
+    def set_hota_certificate(self, pem: str) -> None:
+        """Write `HOTAcertificate` (escaped, one line) and prove it by reading it back (`pem` format)."""
+        self._ensure_contact()
+        self._conf_set("HOTAcertificate", pem)
+        if self._read_pem("HOTAcertificate") != _normal_pem(pem):
+            raise UnitFault(
+                "HOTA certificate not kept",
+                "The module accepted the host-update (HOTA) certificate but reads back a different one.",
+                _REWORK,
+            )
+
+    def hota_certificate(self) -> str:
+        """The module's `HOTAcertificate` (PEM), or "" when none is set."""
+        self._ensure_contact()
+        return self._read_pem("HOTAcertificate", optional=True)
+
+    def _read_pem(self, key: str, *, optional: bool = False) -> str:
+        reply = self._command(f"CONF? {key} pem", attempts=self.timing.attempts, multiline=True)
+        if not reply.ok:
+            raise command_error(f"AT+CONF? {key}", reply.code)
+        detail = reply.detail.strip()
+        if reply.count:
+            lines = list(reply.lines)
+        elif detail == "pem":
+            lines = self._read_pem_to_end()
+        elif not detail and optional:
+            return ""
+        elif detail.startswith("-----BEGIN"):
+            try:
+                lines = unescape(detail).splitlines()
+            except EscapeError:
+                raise DeviceGarbage(f"Its {key} has a broken escape sequence.") from None
+        else:
+            raise DeviceGarbage(f"Its answer to AT+CONF? {key} is not a certificate.")
+        return _certificate_from_lines(lines)
 
     def wipe(self, *, factory_reset: bool = False) -> None:
         """Disconnect and point the module back at the endpoint it had before this session changed it.
@@ -660,6 +722,11 @@ class ExpressLinkFlasher(Flasher):
                 if not reply.detail.startswith("1"):
                     raise DeviceGarbage("Its answer to AT+CONNECT is malformed.")
                 return
+            if reply.code == ERR_NOT_ALLOWED and deadline - time.monotonic() > self.timing.poll_s:
+                # A CONNECT is already in progress (an earlier one that timed out here, or CONNECT!): its
+                # outcome is what the next CONNECT answers, so ask again a little later.
+                time.sleep(max(self.timing.poll_s, 0.2))
+                continue
             if reply.code != ERR_UNABLE_TO_CONNECT:
                 raise command_error("AT+CONNECT", reply.code)
             hint = connect_hint(reply.detail)
@@ -959,6 +1026,53 @@ class ExpressLinkFlasher(Flasher):
         self._io.discard_input()
         self._stale = False
         return True
+
+
+def _normal_pem(pem: str) -> str:
+    return "\n".join(line.strip() for line in pem.strip().splitlines() if line.strip()) + "\n"
+
+
+def _connect_timeout(value: float | str) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not 1.0 <= seconds <= MAX_TIMEOUT_S:
+        raise StationFault(
+            "Bad ExpressLink option",
+            f"connect_timeout_s must be a number of seconds from 1 to {MAX_TIMEOUT_S:.0f} (the guide's limit for "
+            f"any command), not {value!r}.",
+            "Call a technician to fix connect_timeout_s in the product's options.",
+        )
+    return seconds
+
+
+def _load_hota_certificate(path: str) -> str:
+    """The product's HOTA certificate file, checked to be one PEM certificate that fits one command."""
+    try:
+        text = Path(path).expanduser().read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as error:
+        raise StationFault(
+            "HOTA certificate unreadable",
+            f"The product's hota_certificate {path!r} cannot be read ({getattr(error, 'strerror', None) or error}).",
+            "Call a technician to fix hota_certificate in the product's options (a PEM file, relative to the "
+            "station's working folder).",
+        ) from None
+    try:
+        pem = _certificate_from_lines(text.splitlines())
+    except DeviceGarbage:
+        raise StationFault(
+            "HOTA certificate not usable",
+            f"The product's hota_certificate {path!r} is not one PEM certificate.",
+            "Call a technician to give hota_certificate a PEM certificate file (-----BEGIN CERTIFICATE-----).",
+        ) from None
+    if len(escape(pem)) + 40 > MAX_COMMAND:
+        raise StationFault(
+            "HOTA certificate too long",
+            f"The product's hota_certificate {path!r} does not fit in one ExpressLink command (9 KB).",
+            "Call a technician: use a shorter certificate (an EC one, or without extra text).",
+        )
+    return pem
 
 
 def _certificate_from_lines(lines: list[str]) -> str:

@@ -32,14 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import flashers as flasher_plugins
 from station import naming
 from station.errors import ConfigError, InputError
 from station.identity import KEY_TYPES, MAX_DAYS
 from station.model import Issuer, Target
 
-# Device families the station has flashers for (flashers/<family>.py). Listed here so that a misspelt
-# family is caught when the config is loaded, not when the first unit is in the jig.
-FLASHER_FAMILIES = ("prov1", "expresslink", "nrf91", "esp32")
 DEFAULT_BAUD = 115200
 
 # The least-privilege device policy (docs: aws-iot.md): one shared policy; thing policy variables tie each
@@ -126,7 +124,7 @@ class StationConfig:
 
     path: Path
     station_id: str
-    ledger_path: Path
+    ledger_path: Path | str  # a file, or a shared ledger's URL (dynamodb://TABLE?region=…)
     operator: str | None = None
     qa_pin: str | None = field(default=None, repr=False)  # not a key, but no reason to print it
     # The line's cleaner (station.cleanup): first retry after this, backing off up to the maximum.
@@ -135,6 +133,8 @@ class StationConfig:
     targets: dict[str, Target] = field(default_factory=dict)
     products: dict[str, Product] = field(default_factory=dict)
     slots: dict[str, Slot] = field(default_factory=dict)
+    budget: BudgetSettings | None = None
+    labels: LabelSettings | None = None
 
     def target(self, name: str) -> Target:
         try:
@@ -368,7 +368,9 @@ def _station_section(c: _Checker, data: Mapping[str, Any]) -> dict[str, Any]:
     keypath = ("station",)
     table = c.table(data, keypath, required=True)
     c.unknown_keys(
-        table, keypath, ("id", "operator", "ledger", "qa_pin", "cleanup_interval_s", "cleanup_max_interval_s")
+        table,
+        keypath,
+        ("id", "operator", "ledger", "qa_pin", "labels", "cleanup_interval_s", "cleanup_max_interval_s"),
     )
     station_id = c.get(
         table,
@@ -421,7 +423,14 @@ def _station_section(c: _Checker, data: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "station_id": station_id,
         "operator": operator,
-        "ledger_path": (c.base / ledger).resolve() if ledger else None,
+        # A shared ledger (several stations) is a URL and stays one; a file is resolved against the config.
+        "ledger_path": (
+            ledger
+            if ledger and ledger.startswith("dynamodb://")
+            else (c.base / ledger).resolve()
+            if ledger
+            else None
+        ),
         "qa_pin": qa_pin,
         "cleanup_interval_s": float(interval),
         "cleanup_max_interval_s": float(longest),
@@ -699,15 +708,17 @@ def _product(c: _Checker, name: str, table: dict[str, Any]) -> Product | None:
         check=pattern_check,
         what="a regular expression such as 'SN[0-9]{8}'",
     )
+    # Families are whatever is installed in the `station.flashers` entry-point group (the built-in ones
+    # register exactly like a third party's), checked at load so a misspelt family is caught before the
+    # first unit is in the jig.
+    families = flasher_plugins.available()
     flasher = c.get(
         table,
         (*kp, "flasher"),
         str,
         required=True,
-        check=lambda v: (
-            None if v in FLASHER_FAMILIES else f"expected one of {', '.join(FLASHER_FAMILIES)}, got {v!r}."
-        ),
-        what=f"a flasher family ({', '.join(FLASHER_FAMILIES)})",
+        check=lambda v: None if v in families else f"expected one of {', '.join(families)}, got {v!r}.",
+        what=f"an installed flasher family ({', '.join(families)})",
     )
     target = c.get(table, (*kp, "target"), str, required=True, what="the name of a [targets.NAME] table")
     options = c.get(table, (*kp, "options"), dict, default={})
@@ -818,11 +829,99 @@ def load_config(path: str | Path) -> StationConfig:
     return validate_config(data, path=path, text=text)
 
 
+@dataclass(frozen=True)
+class LabelSettings:
+    """`[station.labels]`: the label printed for every PASS (see station/labels.py)."""
+
+    printer: str  # tcp://host:9100, lp://QUEUE, file:PATH or a path
+    qr_payload: str = "{thing_name}"
+    timeout_s: float = 5.0
+
+
+def _labels_section(c: _Checker, data: Mapping[str, Any]) -> LabelSettings | None:
+    station = data.get("station")
+    if not isinstance(station, Mapping) or "labels" not in station:
+        return None
+    keypath = ("station", "labels")
+    table = c.table(station, keypath, required=True)
+    c.unknown_keys(table, keypath, ("printer", "qr_payload", "timeout_s"))
+    from station.labels import check_payload_template
+
+    printer = c.get(
+        table,
+        (*keypath, "printer"),
+        str,
+        required=True,
+        check=lambda v: None if v.strip() else "expected where labels go, got an empty string.",
+        what="'tcp://HOST:9100', 'lp://QUEUE' or a file path",
+    )
+    payload = c.get(
+        table,
+        (*keypath, "qr_payload"),
+        str,
+        default="{thing_name}",
+        check=check_payload_template,
+        what="a template such as '{thing_name}' or 'https://example.com/u/{serial}'",
+    )
+    timeout = c.get(
+        table,
+        (*keypath, "timeout_s"),
+        (int, float),
+        default=5.0,
+        check=lambda v: None if 0 < v <= 60 else f"expected 0-60 seconds, got {v}.",
+        what="seconds to wait for the printer",
+    )
+    if printer is None:
+        return None
+    return LabelSettings(printer=printer, qr_payload=payload or "{thing_name}", timeout_s=float(timeout))
+
+
+@dataclass(frozen=True)
+class BudgetSettings:
+    """`[budget]`: where the AWS rate budget shared by several stations lives (none: this station alone)."""
+
+    store: str  # dynamodb://TABLE?region=R[&endpoint_url=URL][&profile=P]
+    fallback_share: float = 0.25  # of each quota, used alone while the store does not answer
+
+
+def _budget_section(c: _Checker, data: Mapping[str, Any]) -> BudgetSettings | None:
+    keypath = ("budget",)
+    if "budget" not in data:
+        return None
+    table = c.table(data, keypath, required=True)
+    c.unknown_keys(table, keypath, ("store", "fallback_share"))
+    store = c.get(
+        table,
+        (*keypath, "store"),
+        str,
+        required=True,
+        check=lambda v: (
+            None
+            if v.startswith("dynamodb://") and "region=" in v
+            else f"expected 'dynamodb://TABLE?region=REGION', got {v!r}."
+        ),
+        what="a shared store such as 'dynamodb://station-budget?region=eu-west-1'",
+    )
+    share = c.get(
+        table,
+        (*keypath, "fallback_share"),
+        (int, float),
+        default=0.25,
+        check=lambda v: None if 0 < v <= 1 else f"expected a share of the quota between 0 and 1, got {v}.",
+        what="a number between 0 and 1 (e.g. 1/number of stations)",
+    )
+    if store is None:
+        return None
+    return BudgetSettings(store=store, fallback_share=float(share))
+
+
 def validate_config(data: Mapping[str, Any], *, path: Path, text: str = "") -> StationConfig:
     """Validate already-parsed TOML data (`text` is the source, used only to find line numbers)."""
     c = _Checker(path, text)
-    c.unknown_keys(data, (), ("station", "targets", "products", "slots"))
+    c.unknown_keys(data, (), ("station", "targets", "products", "slots", "budget"))
     station = _station_section(c, data)
+    budget = _budget_section(c, data)
+    labels = _labels_section(c, data)
 
     targets: dict[str, Target] = {}
     for name, table in _named_tables(c, data, "targets", required=True).items():
@@ -879,6 +978,8 @@ def validate_config(data: Mapping[str, Any], *, path: Path, text: str = "") -> S
         qa_pin=station["qa_pin"],
         cleanup_interval_s=station["cleanup_interval_s"],
         cleanup_max_interval_s=station["cleanup_max_interval_s"],
+        budget=budget,
+        labels=labels,
         targets=targets,
         products=products,
         slots=slots,

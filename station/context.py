@@ -158,6 +158,22 @@ class StationContext:
         self._registry_factory = registry_factory or (
             lambda target: default_registry_factory(target, station_id=self.station_id)
         )
+        if config.budget is not None:
+            # Several stations on one account and region: every registry's budget is leased from the store.
+            from station import sharedbudget
+
+            sharedbudget.configure(config.budget)
+        self._labels: Any = None
+        if config.labels is not None:
+            from station.labels import LabelPrinter
+
+            self._labels = LabelPrinter(
+                config.labels.printer,
+                qr_payload=config.labels.qr_payload,
+                timeout_s=config.labels.timeout_s,
+                station_id=self.station_id,
+                on_problem=self._label_problem,
+            )
         self._lock = threading.Lock()
         self._registries: dict[str, RegistryLike] = {}
         self._issuers: dict[str, Any] = {}
@@ -191,6 +207,11 @@ class StationContext:
         sink = self.on_event
         if sink is not None:
             sink(event)
+        if self._labels is not None:
+            self._labels.handle(event)
+
+    def _label_problem(self, serial: str, error: Any) -> None:
+        self._note("label", False, f"No label for {serial}: {error.message}", serial=serial)
 
     def _note(self, step: str, ok: bool, message: str, **data: Any) -> None:
         """A station-level event (not a unit's): into the ledger's event log and to the event sink."""
@@ -224,6 +245,8 @@ class StationContext:
 
         Call it when the station stops, after the last unit. Idempotent.
         """
+        if self._labels is not None:
+            self._labels.close()  # the last PASS's label goes out before the station stops
         with self._observer_lock:
             observers = list(self._observers.values()) + self._retired
             self._observers.clear()

@@ -77,7 +77,7 @@ from station.config import StationConfig, load_config
 from station.context import StationContext
 from station.errors import InputError, StationFault
 from station.lab import Lab
-from station.lab.lab import DEFAULT_REGIONS, LabProduct
+from station.lab.lab import DEFAULT_REGIONS, JoinedLab, LabProduct
 from station.line import IDLE, Line
 from station.model import Event, Outcome
 from station.pipeline import UnitResult
@@ -666,6 +666,11 @@ class DemoLine:
         check_device_id: bool = True,
         operator: str | None = None,
         registry_factory: Callable[..., Any] | None = None,
+        printer: str | None = None,
+        lab_json: str | os.PathLike[str] | None = None,
+        station_id: str | None = None,
+        ledger: str | None = None,
+        budget_store: str | None = None,
     ) -> None:
         if slots < 1 or slots > 64:
             raise InputError(
@@ -690,7 +695,16 @@ class DemoLine:
         self.operator = operator
         self._on_event = on_event
         self._registry_factory = registry_factory
-        self.lab = Lab(self.state_dir, accounts=accounts, regions=regions, throttling=lab_throttling)
+        self.printer = printer  # where PASS labels go (tcp://host:9100, lp://QUEUE, a file); None: no labels
+        # One station of several on a running lab (`lab_json`), or a lab of its own.
+        self.lab: Lab = (
+            JoinedLab(lab_json, self.state_dir)
+            if lab_json is not None
+            else Lab(self.state_dir, accounts=accounts, regions=regions, throttling=lab_throttling)
+        )
+        self.station_id = station_id or "lab-station"
+        self.ledger_location = ledger or "ledger.sqlite"
+        self.budget_store = budget_store
         self.jigs = Jigs(self.state_dir, self.slot_names, paced=paced, baud=baud, families=self.slot_families)
         self.config: StationConfig | None = None
         self.context: StationContext | None = None
@@ -775,6 +789,10 @@ class DemoLine:
                 slots={s: self.jig_port(s) for s in self.slot_names},
                 products=self.products(),
                 slot_products={s: FAMILIES[f].product for s, f in self.slot_families.items()},
+                label_printer=self.printer,
+                station_id=self.station_id,
+                ledger=self.ledger_location,
+                budget_store=self.budget_store,
             )
             self.config_path.write_text(toml)
             self.config = load_config(self.config_path)

@@ -150,7 +150,9 @@ class Line:
         ports = context.slot_ports()
         if not ports:
             raise InputError(
-                "No slots", "The station configuration has no slots.", "Add at least one [[slots]] entry."
+                "No slots",
+                "The station configuration has no slots.",
+                'Add a slot table to station.toml, e.g. [slots.s1] with port = "/dev/ttyUSB0" and product = "sensor".',
             )
         for name, port in ports.items():
             self._states[name] = SlotState(name=name, port=port)

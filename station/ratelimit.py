@@ -20,11 +20,12 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from station.errors import StationFault
 
 # AWS IoT's default per-account, per-region quotas (TPS) for the calls the station makes. The first block is
-# from AWS's quota table (see ../shared/reference/aws-iot.md); the second block is not documented there and
+# from AWS's quota table (AWS IoT Core's service quotas page); the second block is not documented there and
 # uses conservative values (unverified: confirm in Service Quotas and override per target when needed).
 DEFAULT_QUOTAS: dict[str, float] = {
     "RegisterCertificateWithoutCA": 10.0,
@@ -115,9 +116,7 @@ class RateBudget:
 
     def set_quotas(self, quotas: Mapping[str, float]) -> None:
         """Change some APIs' quotas (e.g. after a quota increase in Service Quotas); others keep theirs."""
-        for api, tps in quotas.items():
-            if not tps or tps <= 0:
-                raise ValueError(f"quota for {api} must be a positive number of calls per second")
+        check_quotas(quotas)
         with self._lock:
             for api, tps in quotas.items():
                 self._quotas[api] = float(tps)
@@ -151,6 +150,13 @@ class RateBudget:
         return wait
 
 
+def check_quotas(quotas: Mapping[str, float]) -> None:
+    """ValueError unless every quota is a positive number of calls per second."""
+    for api, tps in quotas.items():
+        if not tps or tps <= 0:
+            raise ValueError(f"quota for {api} must be a positive number of calls per second")
+
+
 def throttled_fault(registry: str, api: str, waited_s: float) -> StationFault:
     """What the operator sees when throttling outlasts the bound: a station problem, not a bad unit."""
     where = f" for {registry}" if registry else ""
@@ -162,16 +168,39 @@ def throttled_fault(registry: str, api: str, waited_s: float) -> StationFault:
     )
 
 
-_shared: dict[tuple[str, str], RateBudget] = {}
+class Budget(Protocol):
+    """What a registry needs of a rate budget: this process's `RateBudget` or a factory-wide one."""
+
+    label: str
+    max_wait_s: float
+
+    def acquire(self, api: str) -> float: ...
+    def rate(self, api: str) -> float: ...
+    def set_quotas(self, quotas: Mapping[str, float]) -> None: ...
+    def stats(self) -> dict[str, ApiStats]: ...
+
+
+BudgetFactory = Callable[[tuple[str, str]], Budget]
+
+_shared: dict[tuple[str, str], Budget] = {}
 _shared_lock = threading.Lock()
+_factory: BudgetFactory | None = None
 
 
-def shared_budget_for(key: tuple[str, str], quotas: Mapping[str, float] | None = None) -> RateBudget:
-    """The one RateBudget of an (account, region) in this process; `quotas` updates it when given."""
+def use_budget_factory(factory: BudgetFactory | None) -> None:
+    """Make the budgets of (account, region)s not yet in use with `factory` (a shared store), or, with None,
+    with this process's own `RateBudget`. The wiring calls it once, before the first registry is made."""
+    global _factory
+    with _shared_lock:
+        _factory = factory
+
+
+def shared_budget_for(key: tuple[str, str], quotas: Mapping[str, float] | None = None) -> Budget:
+    """The one budget of an (account, region) in this process; `quotas` updates it when given."""
     with _shared_lock:
         budget = _shared.get(key)
         if budget is None:
-            budget = RateBudget(label=f"{key[0]}/{key[1]}")
+            budget = _factory(key) if _factory is not None else RateBudget(label=f"{key[0]}/{key[1]}")
             _shared[key] = budget
     if quotas:
         budget.set_quotas(quotas)

@@ -65,7 +65,7 @@ from station.errors import CertificateRejected, InputError, StationError, Statio
 from station.identity import certificate_id as local_certificate_id
 from station.identity import check_aws_acceptance
 from station.model import Identity, Target
-from station.ratelimit import DEFAULT_QUOTAS, RateBudget, shared_budget_for, throttled_fault
+from station.ratelimit import DEFAULT_QUOTAS, Budget, RateBudget, shared_budget_for, throttled_fault
 
 __all__ = [
     "DEFAULT_QUOTAS",
@@ -222,7 +222,7 @@ class Check:
         return asdict(self)
 
 
-def shared_budget(target: Target, quotas: Mapping[str, float] | None = None) -> RateBudget:
+def shared_budget(target: Target, quotas: Mapping[str, float] | None = None) -> Budget:
     """The one RateBudget of `target`'s (account, region) in this process (shared by every Registry)."""
     return shared_budget_for(target.registry_key, quotas)
 
@@ -347,7 +347,7 @@ class Registry:
         target: Target,
         *,
         station_id: str = "station",
-        budget: RateBudget | None = None,
+        budget: Budget | None = None,
         max_attempts: int = 5,
         throttle_wait_s: float = 60.0,
         delete_wait_s: float = 15.0,

@@ -25,8 +25,21 @@ Python's ssl (`server_untrusted`), and answers ERR14 4 at once if it is not trus
 A lost connection is not re-established (as on a module): event CONLOST. `AT+CONNECT?` says CUSTOMER when the
 Endpoint is not the factory (staging) endpoint. The staging endpoint defaults to a `.invalid` host.
 
+Where the guide says so (v1.2; each point has a test in tests/flashers/test_expresslink_guide.py): characters
+before `AT` on a line are ignored; `HOTAcertificate` is a persistent key that a factory reset clears, while the
+root certificate (`RootCA`) survives it; `KeepAlive`, `LWTTopic`/`LWTMessage`/`LWTQoS`, `DefenderPeriod`,
+`ShadowToken` and `EnableShadow` are accepted and kept; an Endpoint longer than its buffer is ERR4; `DISCONNECT`
+raises the CONLOST event; a `CONNECT` while another is in progress is `ERR25 NOT ALLOWED`; a message on a topic
+that no Topic# matches goes to the catch-all index 0 (`AT+GET0` → `OK1 <topic>` + the message); `OTA?` with no
+update pending is `OK 0 IDLE`.
+
+Connecting takes time as on a module: `connect_delay_s` (default 0 for unit tests; `station sim expresslink`
+uses 3 s, `--connect-delay`) is spent before the network attempt, and the `slow_connect=S` fault adds S seconds
+(up to the guide's 120 s per command), so a station's CONNECT deadline is really exercised.
+
 Simplifications, on purpose: `CONF <key>=pem` multi-line input is not offered (ERR4; escaped values work),
-and OTA, shadow, CONFMODE, DIAG, TIME?, WHERE? and SLEEP are unknown commands (ERR3).
+OTA transfers, shadow, Defender reporting and LWT publication do not happen (their settings are only stored),
+and CONFMODE, DIAG, TIME?, WHERE? and SLEEP are unknown commands (ERR3).
 
 Fault injection (`Faults`, also `station sim expresslink --fault NAME[=VALUE]`): silence, garbage replies, a
 flood that never stops, a slow module, lost or corrupted replies, dropping off the line on a given command, and
@@ -62,6 +75,7 @@ from flashers.expresslink import (
     ERR_KEY_READONLY,
     ERR_KEY_WRITEONLY,
     ERR_NO_CONNECTION,
+    ERR_NOT_ALLOWED,
     ERR_OUT_OF_RANGE,
     ERR_OVERFLOW,
     ERR_PARAMETER,
@@ -113,10 +127,41 @@ _PRINTABLE = bytes(range(0x21, 0x7F))
 
 # Configuration keys: access, and whether they live in flash (persistent) or RAM.
 _READ_ONLY = ("About", "Version", "TechSpec", "ThingName", "Certificate")
-_PERSISTENT = ("CustomName", "Endpoint", "RootCA", "SSID", "Passphrase", "APN")
+_PERSISTENT = (
+    "CustomName",
+    "Endpoint",
+    "RootCA",
+    "HOTAcertificate",
+    "SSID",
+    "Passphrase",
+    "APN",
+    "KeepAlive",
+    "LWTTopic",
+    "LWTMessage",
+    "LWTQoS",
+    "DefenderPeriod",
+    "ShadowToken",
+    "EnableShadow",
+)
+# Flash field per persistent key (the rest: the key in lower case).
+_FIELDS = {
+    "CustomName": "custom_name",
+    "RootCA": "root_ca",
+    "HOTAcertificate": "hota_certificate",
+    "KeepAlive": "keep_alive",
+    "LWTTopic": "lwt_topic",
+    "LWTMessage": "lwt_message",
+    "LWTQoS": "lwt_qos",
+    "DefenderPeriod": "defender_period",
+    "ShadowToken": "shadow_token",
+    "EnableShadow": "enable_shadow",
+}
+# Numeric settings: (smallest, largest) accepted value.
+_RANGES = {"KeepAlive": (30, 1200), "LWTQoS": (0, 1), "DefenderPeriod": (0, 86400), "EnableShadow": (0, 1)}
+MAX_ENDPOINT: Final = 128  # the guide's Endpoint buffer
 _WRITE_ONLY = ("Passphrase",)
 _VOLATILE = ("QoS", *(f"Topic{i}" for i in range(1, MAX_TOPIC + 1)))
-_CERTIFICATE_KEYS = ("Certificate", "RootCA")
+_CERTIFICATE_KEYS = ("Certificate", "RootCA", "HOTAcertificate")
 
 
 @dataclass
@@ -131,6 +176,7 @@ class Faults:
     corrupt: float = 0.0  # each reply is damaged with this probability
     disconnect_on: str | None = None  # drop off the line when this command arrives (e.g. CONNECT, CONF?)
     connect_hint: int | None = None  # every CONNECT fails with ERR14 <hint> without touching the network
+    slow_connect: float = 0.0  # seconds added to every CONNECT (on top of the module's connect_delay_s)
     seed: int | None = None  # for repeatable random faults
 
     @classmethod
@@ -248,17 +294,26 @@ class Flash:
             "generation": 0,
             "updated_at": None,
         }
+        self._data["root_ca"] = None
         self._data.update(self.factory_settings())
         self._write()
 
     def factory_settings(self) -> dict[str, Any]:
+        """What AT+FACTORY_RESET puts back. The root certificate is not among them: it survives (guide §6)."""
         return {
             "endpoint": self._data["staging_endpoint"],
-            "root_ca": None,
+            "hota_certificate": None,
             "custom_name": "",
             "ssid": "",
             "passphrase": "",
             "apn": "",
+            "keep_alive": "60",
+            "lwt_topic": "",
+            "lwt_message": "",
+            "lwt_qos": "0",
+            "defender_period": "0",
+            "shadow_token": "ExpressLink",
+            "enable_shadow": "0",
         }
 
     def get(self, name: str) -> Any:
@@ -296,6 +351,12 @@ def _err_line(code: int) -> str:
     return f"ERR{code} {ERROR_NAMES.get(code, 'ERROR')}"
 
 
+def _from_at(line: bytes) -> bytes:
+    """The command part of a line: the guide has the module ignore whatever comes before `AT`."""
+    start = line.upper().find(b"AT")
+    return line[start:] if start > 0 else line
+
+
 def topic_matches(topic_filter: str, topic: str) -> bool:
     """MQTT topic filter matching (`+` one level, `#` the rest)."""
     want, have = topic_filter.split("/"), topic.split("/")
@@ -322,6 +383,7 @@ class ExpressLinkDevice:
         backoff_s: float = 1.0,
         connect_timeout_s: float = 10.0,
         cert_format: str = "counted",
+        connect_delay_s: float = 0.0,
     ) -> None:
         self.thing_name = thing_name or new_thing_name()
         if not _THING.fullmatch(self.thing_name):
@@ -334,6 +396,8 @@ class ExpressLinkDevice:
         self.backoff_s = max(0.0, float(backoff_s))
         self.connect_timeout_s = min(120.0, max(0.5, float(connect_timeout_s)))
         self.cert_format = cert_format
+        self.connect_delay_s = min(120.0, max(0.0, float(connect_delay_s)))
+        self._connecting = False  # a CONNECT (or CONNECT!) is in progress
         self.flash = Flash(flash_path(state_dir, self.thing_name), self.thing_name, staging_endpoint)
         self._rng = random.Random(self.faults.seed)
         self._lock = threading.RLock()
@@ -341,7 +405,7 @@ class ExpressLinkDevice:
         self._rx = bytearray()
         self._overflowing = False
         self._events: deque[tuple[int, int, str]] = deque()
-        self._messages: dict[int, deque[str]] = {}
+        self._messages: dict[int, deque[tuple[str, str]]] = {}  # index → (topic, message); 0 = catch-all
         self._config: dict[str, str] = {"QoS": "0"}  # RAM keys (Topic#, QoS): gone on reset
         self._conn: Any = None  # the awscrt connection while connected
         self._connected = False
@@ -409,6 +473,7 @@ class ExpressLinkDevice:
             if len(line) > MAX_COMMAND:  # arrived whole in one read: still too long for the buffer
                 self._send(link, [_err_line(ERR_OVERFLOW)])
                 continue
+            line = _from_at(line)
             if not line:
                 continue  # the LF of a CR LF, or a blank line: not a command
             self._handle(line, link)
@@ -529,11 +594,18 @@ class ExpressLinkDevice:
             return ["OK"]
         if key in ("Endpoint", "RootCA") and self._connected:
             raise _Err(ERR_ACTIVE_CONNECTION)
-        if key == "Endpoint" and (not value or len(value) > 128):
-            raise _Err(ERR_OUT_OF_RANGE)
-        field = {"CustomName": "custom_name", "RootCA": "root_ca"}.get(key, key.lower())
-        if key == "RootCA" and not value:
-            self.flash.update(root_ca=None)  # back to the CA in "firmware"
+        if key == "Endpoint" and (not value or len(value) > MAX_ENDPOINT):
+            raise _Err(ERR_PARAMETER)  # longer than the Endpoint buffer (guide: ERR4)
+        if key in _RANGES:
+            if not value.isdigit():
+                raise _Err(ERR_PARAMETER)
+            low, high = _RANGES[key]
+            if not low <= int(value) <= high:
+                raise _Err(ERR_OUT_OF_RANGE)
+            value = str(int(value))
+        field = _FIELDS.get(key, key.lower())
+        if key in ("RootCA", "HOTAcertificate") and not value:
+            self.flash.update(**{field: None})  # RootCA: back to the CA in "firmware"
         else:
             self.flash.update(**{field: value})
         return ["OK"]
@@ -561,11 +633,16 @@ class ExpressLinkDevice:
             if root:
                 return str(root)
             return self.ca_file.read_text(encoding="ascii") if self.ca_file else ""
-        field = {"CustomName": "custom_name", "ThingName": "thing_name"}.get(key, key.lower())
-        return str(self.flash.get(field) or "")
+        field = {**_FIELDS, "ThingName": "thing_name"}.get(key, key.lower())
+        value = self.flash.get(field)
+        if value is None and field in self.flash.factory_settings():  # a flash file from an older simulator
+            value = self.flash.factory_settings()[field]
+        return str(value or "")
 
     def _pem_reply(self, pem: str) -> list[str]:
         lines = pem.strip().splitlines()
+        if not lines:
+            return ["OK"]  # nothing stored (a HOTAcertificate never set)
         if self.cert_format == "escaped":
             return [f"OK {escape(pem)}" if pem else "OK"]
         if self.cert_format == "bare":
@@ -583,6 +660,8 @@ class ExpressLinkDevice:
         self._no_suffix(suffix)
         if self._connected:
             return ["OK 1 CONNECTED"]
+        if self._connecting:
+            raise _Err(ERR_NOT_ALLOWED)  # guide: a CONNECT while one is in progress
         hint, text = self._attempt(link)
         if hint == 0:
             return ["OK 1 CONNECTED"]
@@ -594,6 +673,9 @@ class ExpressLinkDevice:
         if self._connected:
             self._event(EVENT_CONNECT, 0)
             return ["OK"]
+        if self._connecting:
+            raise _Err(ERR_NOT_ALLOWED)
+        self._connecting = True  # before the thread starts, so the next command already sees it
 
         def run() -> None:
             hint, _ = self._attempt(link)
@@ -604,8 +686,16 @@ class ExpressLinkDevice:
 
     def _cmd_disconnect(self, suffix: str, param: str | None, link: Link) -> list[str]:
         self._no_suffix(suffix)
+        was_connected = self.connected
         self._drop_connection(wait_s=5.0)
+        if was_connected:
+            self._event(EVENT_CONLOST, 0)  # guide: a disconnect the host asked for raises CONLOST too
         return ["OK 0 DISCONNECTED"]
+
+    def _cmd_ota_query(self, suffix: str, param: str | None, link: Link) -> list[str]:
+        """`AT+OTA?`: no update is ever offered to the simulated module (guide §9: state 0 = no OTA)."""
+        self._no_suffix(suffix)
+        return ["OK 0 IDLE"]
 
     def _cmd_subscribe(self, suffix: str, param: str | None, link: Link) -> list[str]:
         index = self._topic_index(suffix)
@@ -669,15 +759,22 @@ class ExpressLinkDevice:
     def _cmd_get(self, suffix: str, param: str | None, link: Link) -> list[str]:
         if param:
             raise _Err(ERR_PARAMETER)
-        index = self._topic_index(suffix, required=False)
         with self._lock:
+            if suffix and int(suffix) == 0:  # GET0: the catch-all queue, topic first (guide §5)
+                queue = self._messages.get(0)
+                if not queue:
+                    return ["OK"]
+                topic, text = queue.popleft()
+                return [f"OK1 {escape(topic)}", escape(text)]
+            index = self._topic_index(suffix, required=False)
             if index:
                 queue = self._messages.get(index)
-                return [f"OK {escape(queue.popleft())}" if queue else "OK"]
+                return [f"OK {escape(queue.popleft()[1])}" if queue else "OK"]
             for i in sorted(self._messages):  # GET without a suffix: the next message of any topic
                 queue = self._messages[i]
                 if queue:
-                    return [f"OK1 {escape(self._config.get(f'Topic{i}', ''))}", escape(queue.popleft())]
+                    topic, text = queue.popleft()
+                    return [f"OK1 {escape(topic)}", escape(text)]
         return ["OK"]
 
     def _cmd_event_query(self, suffix: str, param: str | None, link: Link) -> list[str]:
@@ -718,22 +815,28 @@ class ExpressLinkDevice:
     def _on_message(self, topic: str, payload: bytes, **kwargs: Any) -> None:
         text = payload.decode("utf-8", "replace")
         with self._lock:
-            for index in range(1, MAX_TOPIC + 1):
-                topic_filter = self._config.get(f"Topic{index}")
-                if not topic_filter or not topic_matches(topic_filter, topic):
-                    continue
+            matched = [
+                index
+                for index in range(1, MAX_TOPIC + 1)
+                if self._config.get(f"Topic{index}") and topic_matches(self._config[f"Topic{index}"], topic)
+            ]
+            for index in matched or [0]:  # no Topic# matches (any more): the catch-all index 0
                 queue = self._messages.setdefault(index, deque())
                 if len(queue) >= MESSAGE_QUEUE:
                     self._event(EVENT_OVERRUN, index)
                     continue
-                queue.append(text)
+                queue.append((topic, text))
                 self._event(EVENT_MSG, index)
 
     # -------------------------------------------------------------------------------------------- connect
     def _attempt(self, link: Link) -> tuple[int, str]:
         """One CONNECT: (0, "") when connected, else (hint, text). Applies and updates the back-off."""
         with self._connect_lock:  # AT+CONNECT! runs on its own thread: one attempt at a time
-            return self._attempt_locked(link)
+            self._connecting = True
+            try:
+                return self._attempt_locked(link)
+            finally:
+                self._connecting = False
 
     def _attempt_locked(self, link: Link) -> tuple[int, str]:
         if self.connected:
@@ -743,6 +846,10 @@ class ExpressLinkDevice:
             self.counters["backoffs"] += 1
             return HINT_BACKOFF, "Back-off in effect, retry later"
         self.counters["connects"] += 1
+        # A module spends seconds on DNS, TCP, TLS and MQTT; the guide bounds every command at 120 s.
+        delay = min(120.0, self.connect_delay_s + self.faults.slow_connect)
+        if delay and not link.sleep(delay):
+            return HINT_ENDPOINT, "Timed out connecting to the endpoint"
         if self.faults.connect_hint is not None:
             hint, text = self.faults.connect_hint, "Simulated failure"
         else:
@@ -922,6 +1029,12 @@ def add_sim_arguments(parser: Any) -> None:
         help="first back-off after a failed CONNECT, seconds (default 1)",
     )
     parser.add_argument(
+        "--connect-delay",
+        type=float,
+        default=3.0,
+        help="seconds a CONNECT takes before the network attempt, as on a module (default 3; at most 120)",
+    )
+    parser.add_argument(
         "--cert-format",
         choices=CERT_FORMATS,
         default="counted",
@@ -933,7 +1046,7 @@ def add_sim_arguments(parser: Any) -> None:
         default=[],
         metavar="NAME[=VALUE]",
         help="inject a fault (repeatable): silent garbage flood slow=S lose=P corrupt=P disconnect_on=COMMAND "
-        "connect_hint=N seed=N",
+        "connect_hint=N slow_connect=S seed=N",
     )
 
 
@@ -954,5 +1067,6 @@ def build_sim(args: Any) -> tuple[Any, str]:
         faults=Faults.parse(args.fault),
         backoff_s=args.backoff,
         cert_format=args.cert_format,
+        connect_delay_s=args.connect_delay,
     )
     return PtyDevice(model, baudrate=args.baud, pace=not args.no_pace), str(model.flash_path)

@@ -187,7 +187,8 @@ class Prov1Device(LineModel):
         slot_size: int = MAX_OBJECT,
     ) -> None:
         super().__init__()
-        self.device_id = device_id or f"SIM{secrets.token_hex(4).upper()}"
+        # Digits only: the lab's products take serials SIM + 4-8 digits, and a PROV/1 unit's id is its serial.
+        self.device_id = device_id or "SIM" + "".join(str(secrets.randbelow(10)) for _ in range(8))
         if not re.fullmatch(r"[!-~]{1,64}", self.device_id) or "*" in self.device_id:
             raise ValueError("a device id is 1-64 printable characters without spaces or '*'")
         self.firmware = firmware

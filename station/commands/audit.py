@@ -1,20 +1,30 @@
-"""`station audit verify`: prove the ledger's hash chain is intact, or name the first tampered row.
+"""`station audit verify`: prove the ledger is intact, or name the first tampered row; `station audit
+checkpoint`: sign the chain head into the anchor log now (e.g. at a shift's end).
 
-Exit 0 when every event row and every attempt record checks out, 5 (`EXIT_INTEGRITY`) naming the first bad
-row otherwise. Read-only: it never repairs, rewrites or re-chains anything.
+verify checks every event row and attempt record against the hash chain, the unit table against a replay of
+the records, the journal against its chained events, and the chain against the newest signed checkpoint
+(truncation, re-chaining). Exit 0 when all hold, 5 (`EXIT_INTEGRITY`) naming what it found otherwise. On a
+terminal it shows progress on stderr. Read-only on the ledger: it never repairs, rewrites or re-chains
+anything (checkpoint only appends to the anchor log, outside the ledger).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from station.cli import EXIT_INTEGRITY, EXIT_OK, EXIT_USAGE
 from station.ledger import add_location_arguments, ledger_location, open_ledger
 
 EXAMPLES = """examples:
   station audit verify --ledger /var/lib/station/ledger.sqlite
+  station audit verify --since-checkpoint          (only what came after the last signed checkpoint)
   station audit verify --config station.toml --json
+  station audit checkpoint --ledger ledger.sqlite   (sign the head now, e.g. at a shift's end)
 """
 
 
@@ -23,14 +33,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     actions = p.add_subparsers(dest="audit_command", metavar="ACTION")
     verify = actions.add_parser(
         "verify",
-        help="prove the hash chain is intact (exit 5 names the first tampered row)",
-        description="Check every event row and attempt record against the ledger's hash chain.",
+        help="prove the ledger is intact (exit 5 names the first tampered row)",
+        description="Check the hash chain, every record, the unit states, the journal and the signed anchor.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_location_arguments(verify)
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
+    verify.add_argument(
+        "--since-checkpoint",
+        action="store_true",
+        help="trust everything up to the newest signed checkpoint and verify only what came after it",
+    )
     verify.set_defaults(func=run_verify)
+    checkpoint = actions.add_parser(
+        "checkpoint",
+        help="sign the chain head into the anchor log now",
+        description="Sign the ledger's head (seq, hash) with the anchor key and append it to the anchor log.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_location_arguments(checkpoint)
+    checkpoint.set_defaults(func=run_checkpoint)
     p.set_defaults(func=lambda args: _usage(p))
 
 
@@ -39,17 +63,68 @@ def _usage(parser: argparse.ArgumentParser) -> int:
     return EXIT_USAGE
 
 
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar on stderr when it is a terminal (rich if installed, else one rewritten line)."""
+    if not enabled:
+        yield None
+        return
+    try:
+        from rich.progress import Progress
+    except ImportError:
+        last = [0.0]
+
+        def line(done: int, total: int) -> None:
+            now = time.monotonic()
+            if now - last[0] >= 0.5 or done >= total:
+                last[0] = now
+                share = f" ({100 * done // total}%)" if total else ""
+                print(f"\rChecking event {done} of {total}{share}", end="", file=sys.stderr, flush=True)
+
+        yield line
+        print(file=sys.stderr)
+        return
+    with Progress(transient=True) as bar:
+        task = bar.add_task("Checking the chain", total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total or None)
+
+        yield update
+
+
 def run_verify(args: argparse.Namespace) -> int:
     location = ledger_location(args.ledger, args.config)
-    with open_ledger(location, create=False) as ledger:
-        result = ledger.audit()
+    with (
+        open_ledger(location, create=False) as ledger,
+        _progress(sys.stderr.isatty() and not args.json) as tick,
+    ):
+        result = ledger.audit(progress=tick, since_checkpoint=args.since_checkpoint)
     if args.json:
         print(json.dumps({"ledger": location, **result.to_dict()}))
     elif result.ok:
-        print(f"Ledger intact: {result.checked} rows checked.")
+        scope = f" after the checkpoint at event {result.since_seq}" if result.since_seq else ""
+        print(f"Ledger intact{scope}: {result.checked} rows, {result.units_checked} unit states checked.")
         print(f"Head: event {result.head_seq}, hash {result.head_hash}")
+        if result.anchored_seq:
+            print(f"Anchored: matches the signed checkpoint at event {result.anchored_seq}.")
+        if result.anchor_note:
+            print(f"Note: {result.anchor_note}.")
     else:
         print(f"Ledger TAMPERED: first bad row is {result.first_bad_row}: {result.reason}.")
         print(f"{result.checked} row(s) checked before it.")
         print("Next: keep a copy of the file as evidence and call the person responsible for the ledger.")
     return EXIT_OK if result.ok else EXIT_INTEGRITY
+
+
+def run_checkpoint(args: argparse.Namespace) -> int:
+    location = ledger_location(args.ledger, args.config)
+    with open_ledger(location, create=False) as ledger:
+        signed = ledger.checkpoint("manual")
+    if signed is None:
+        print(
+            "Nothing signed: the ledger is empty or has no anchor (set STATION_ANCHOR_KEY and STATION_ANCHOR_LOG)."
+        )
+        return EXIT_USAGE
+    print(f"Signed event {signed.seq} (hash {signed.hash}) into the anchor log.")
+    return EXIT_OK

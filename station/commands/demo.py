@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -38,6 +39,8 @@ EXAMPLES = """examples:
   station demo --headless --families all --slots 4 --units 8
   station demo --headless --units 20 --fault-every 5 --fault disconnect --json
   station demo --headless --paced --slots 8 --units 80 --state-dir /tmp/demo
+  station demo --headless --lab lab/lab.json --station-id line2 --ledger "dynamodb://station-ledger?region=…"
+               (one of several stations on a running `station lab`; lab.json names its ledger URL)
 
 families:    prov1 (serials SIM####), expresslink (EL####), nrf91 (NRF####), esp32 (ESP####; in-process
              only: esptool cannot run against a pty), or all
@@ -102,6 +105,28 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--baud", type=int, default=115200, help="the devices' baud rate when paced (default 115200)"
     )
     p.add_argument("--no-throttling", action="store_true", help="switch off AWS's default quotas in the lab")
+    p.add_argument(
+        "--lab",
+        metavar="LAB_JSON",
+        help="join a running lab (`station lab`'s lab.json) instead of starting one: several stations, one lab",
+    )
+    p.add_argument("--station-id", metavar="ID", help="this station's id (default lab-station)")
+    p.add_argument(
+        "--ledger",
+        metavar="WHERE",
+        help="the ledger: a file, or a shared one (dynamodb://TABLE?region=R&endpoint_url=U; see lab.json)",
+    )
+    p.add_argument(
+        "--budget-store",
+        metavar="URL",
+        help="the AWS rate budget shared with other stations (default with --lab: the lab's budget_url; "
+        "'none': this station's own)",
+    )
+    p.add_argument(
+        "--printer",
+        metavar="WHERE",
+        help="print a label for every PASS: tcp://HOST:9100 (a Zebra), lp://QUEUE (CUPS) or a file path",
+    )
     p.set_defaults(func=run)
 
 
@@ -157,6 +182,8 @@ def run_headless(args: argparse.Namespace) -> int:
         fault_every=args.fault_every,
         fault=args.fault,
         on_event=None if args.json else progress,
+        printer=args.printer,
+        **joining(args),
     )
     families_of.update(demo.slot_families)
     with demo:
@@ -186,6 +213,26 @@ def run_headless(args: argparse.Namespace) -> int:
     else:
         print_summary(document)
     return exit_code(report)
+
+
+def joining(args: argparse.Namespace) -> dict[str, Any]:
+    """The DemoLine options of a station that joins a running lab (and shares its ledger and budget)."""
+    if not args.lab:
+        return {"station_id": args.station_id, "ledger": args.ledger, "budget_store": args.budget_store}
+    from station.lab.lab import JoinedLab
+
+    lab = JoinedLab(args.lab, args.state_dir)
+    control = lab.described["control_plane"]
+    # The lab's DynamoDB (shared ledger, shared budget) takes the lab's keys, as its control plane does.
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", str(control["aws_access_key_id"]))
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", str(control["aws_secret_access_key"]))
+    return {
+        "lab_json": args.lab,
+        "station_id": args.station_id,
+        "ledger": args.ledger,
+        # "none": this station keeps its own in-process budget (to compare with a shared one).
+        "budget_store": None if args.budget_store == "none" else (args.budget_store or lab.budget_url),
+    }
 
 
 def exit_code(report: Any) -> int:
@@ -276,6 +323,7 @@ def run_interactive(args: argparse.Namespace) -> int:
         on_event=relay,
         auto_replace=True,
         check_device_id=False,
+        printer=args.printer,
     )
     with demo:
         assert demo.config is not None

@@ -1,7 +1,8 @@
-"""`station show SN`: one unit's attempt records, its events and any unfinished journal entry.
+"""`station show SN`: one unit's current state (from the unit table), its attempt records, its events and any
+unfinished journal entry.
 
-SN may be a serial, a thing name, an attempt id or a certificate id (or its first 8+ hex characters).
-Exit 4 when the ledger knows nothing about it. Read-only.
+SN may be a serial (any case), a thing name, an attempt id or a certificate id (or its first 8+ hex
+characters). Exit 4 when the ledger knows nothing about it. Read-only.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import json
 from typing import Any
 
 from station.cli import EXIT_NOT_FOUND, EXIT_OK
-from station.commands.units import when
+from station.commands.units import unit_dict, when
 from station.ledger import add_location_arguments, ledger_location, open_ledger
+from station.units import UnitState
 
 EXAMPLES = """examples:
   station show SN00001234
@@ -38,8 +40,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     query = args.query.strip()
     with open_ledger(ledger_location(args.ledger, args.config), create=False) as ledger:
+        units = ledger.find_units(query)
         records = ledger.find(query)
-        serials = sorted({r.serial for r in records} or {query})
+        serials = sorted({r.serial for r in records} | {u.serial for u in units} or {query})
+        if units and {u.serial for u in units} - {r.serial for r in records}:
+            # found by a serial in another case: show that unit's records too
+            records = sorted(
+                {r.attempt_id: r for s in serials for r in ledger.find(s)}.values(),
+                key=lambda r: r.finished_at,
+            )
         events = [e for serial in serials for e in ledger.events(serial)]
         events.sort(key=lambda e: e.seq)
         pending = [
@@ -59,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
             json.dumps(
                 {
                     "query": query,
+                    "units": [unit_dict(u) for u in units],
                     "records": [r.to_dict() for r in records],
                     "events": [e.to_dict() for e in events],
                     "pending_journal": [j.to_dict() for j in pending],
@@ -66,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
             )
         )
         return EXIT_OK
+    for unit in units:
+        _unit(unit)
     for record in records:
         print(f"Attempt {record.attempt_id}: {record.outcome}  {record.title}".rstrip())
         _lines(
@@ -105,6 +117,27 @@ def run(args: argparse.Namespace) -> int:
             text = " ".join(x for x in (e.kind, e.step, e.outcome) if x)
             print(f"  {item.seq:>6}  {when(e.at or 0)}  {text}{took}  {e.title or e.message}".rstrip())
     return EXIT_OK
+
+
+def _unit(unit: UnitState) -> None:
+    print(f"Unit {unit.serial}: {unit.label()}")
+    pairs: list[tuple[str, Any]] = [
+        ("last attempt", f"{unit.last_action} {unit.last_outcome} ({unit.attempts} in all)")
+    ]
+    for identity in unit.live:
+        checked = "verified" if identity.verified else "not verified"
+        pairs.append(
+            (
+                "live in",
+                f"{identity.target} ({identity.account_id}/{identity.region}) as {identity.thing_name or '-'}, "
+                f"certificate {identity.certificate_id[:12]}, since {when(identity.since)}, {checked}",
+            )
+        )
+    if unit.pending_revoke:
+        pairs.append(("to revoke", ", ".join(c[:12] for c in unit.pending_revoke)))
+    pairs.append(("note", unit.note))
+    _lines(pairs)
+    print()
 
 
 def _lines(pairs: list[tuple[str, Any]]) -> None:

@@ -43,7 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument(
         "--state-dir", default="sim-state", help="where the unit's flash file lives (default ./sim-state)"
     )
-    q.add_argument("--device-id", help="the unit's device id (default: random SIMxxxxxxxx)")
+    q.add_argument(
+        "--device-id",
+        help="the unit's device id (default: SIM + 8 random digits, a serial the lab's products take)",
+    )
     q.add_argument("--ca-file", help="server CA (PEM) for the device-side connectivity check (the lab's CA)")
     q.add_argument(
         "--fault",

@@ -1,30 +1,40 @@
-"""`station units`: every unit in the ledger with its latest outcome, optionally only PASS, FAIL or ERROR.
+"""`station units`: units newest first, one page at a time, with their current state and latest outcome.
 
-A unit is a serial; its outcome is that of its latest attempt (a unit that failed and then passed after
-rework is PASS). Read-only.
+A unit is a serial. Its state (`provisioned`, `registered`, `failed`, `revoked`, `transferred`, `superseded`)
+comes from the ledger's unit table; its outcome is that of its latest attempt. Filters: --state, --outcome,
+--target, --station, --since/--until (UTC dates or times); --limit sets the page size and --after continues
+after a page (the command prints the cursor to pass). Never loads every unit. Read-only.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import sys
 from datetime import UTC, datetime
+from typing import Any
 
 from station.cli import EXIT_OK
+from station.errors import InputError
 from station.ledger import add_location_arguments, ledger_location, open_ledger
+from station.ledger.base import MAX_PAGE
 from station.model import Outcome
+from station.units import UnitState, UnitStateName, iso_utc
 
 EXAMPLES = """examples:
   station units --ledger ledger.sqlite
-  station units --outcome FAIL --json
+  station units --state revoked --since 2026-12-01
+  station units --outcome FAIL --limit 200 --json
+  station units --after '1780000123.0~4567'        (the next page, as the previous one printed)
 """
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "units",
-        help="list units and their latest outcome",
-        description="List every unit (serial) in the ledger with the outcome of its latest attempt.",
+        help="list units (newest first) with their state and latest outcome",
+        description="List units newest first, one page at a time, with their state and latest outcome.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -35,7 +45,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=[o.value for o in Outcome],
         help="only units whose latest attempt had this outcome",
     )
-    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.add_argument(
+        "--state", type=str.lower, choices=[s.value for s in UnitStateName], help="only units in this state"
+    )
+    p.add_argument("--target", help="only units whose live identity (or last attempt) is in this target")
+    p.add_argument("--station", help="only units whose last attempt was at this station")
+    p.add_argument(
+        "--since", type=_time, metavar="WHEN", help="last attempt at or after WHEN (UTC, e.g. 2026-12-05)"
+    )
+    p.add_argument("--until", type=_time, metavar="WHEN", help="last attempt before WHEN (UTC)")
+    p.add_argument("--limit", type=int, default=50, help=f"units per page (default 50, at most {MAX_PAGE})")
+    p.add_argument("--after", metavar="CURSOR", help="continue after the page that printed this cursor")
+    p.add_argument("--json", action="store_true", help="print a JSON list (the next cursor goes to stderr)")
     p.set_defaults(func=run)
 
 
@@ -43,34 +64,105 @@ def when(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%SZ") if epoch else "-"
 
 
-def run(args: argparse.Namespace) -> int:
-    from station.qa import revocation_of
+def _time(text: str) -> float:
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a date or time (use 2026-12-05 or 2026-12-05T14:00)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
+
+def noted_revocations(ledger: Any, units: list[UnitState]) -> set[str]:
+    """Serials of live units on this page whose certificate QA revoked by a note event rather than a revoke
+    record (what `station revoke` wrote before revokes became attempts). At most one indexed lookup per unit
+    on the page; goes away with the notes."""
+    revocation_of = getattr(importlib.import_module("station.qa"), "revocation_of", None)
+    if revocation_of is None:
+        return set()
+    found = set()
+    for unit in units:
+        if unit.is_live and unit.state != UnitStateName.REVOKED:
+            latest = [r for r in ledger.find(unit.last_attempt_id) if r.attempt_id == unit.last_attempt_id]
+            if latest and revocation_of(ledger, latest[0]) is not None:
+                found.add(unit.serial)
+    return found
+
+
+def unit_dict(unit: UnitState, noted_revoked: bool = False) -> dict[str, Any]:
+    """A unit for JSON output: its stored state plus the names older callers read (`outcome`, `attempts`)."""
+    primary = unit.primary
+    return {
+        **unit.to_dict(),
+        "outcome": unit.last_outcome,
+        "label": unit.label(),
+        "state_changed_at_iso": iso_utc(unit.state_changed_at),
+        "thing_name": primary.thing_name if primary else "",
+        "certificate_id": primary.certificate_id if primary else "",
+        "target": primary.target if primary else "",
+        "revoked": unit.state == UnitStateName.REVOKED or noted_revoked,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 1 <= args.limit <= MAX_PAGE:
+        raise InputError(
+            "Bad --limit", f"--limit must be between 1 and {MAX_PAGE}.", "Use a smaller page and --after."
+        )
     with open_ledger(ledger_location(args.ledger, args.config), create=False) as ledger:
-        units = ledger.units(args.outcome)
-        # A revoke is a QA note after the attempt: a PASS whose certificate QA revoked no longer works.
-        revoked = {u.serial: revocation_of(ledger, u.latest) is not None for u in units}
+        page = ledger.unit_page(
+            state=args.state,
+            outcome=args.outcome,
+            target=args.target,
+            station=args.station,
+            since=args.since,
+            until=args.until,
+            after=args.after,
+            limit=args.limit,
+        )
+        noted = noted_revocations(ledger, page.units)
+    units = page.units
+    more = (
+        f"More: station units --after '{page.next_cursor}' (with the same filters)"
+        if page.next_cursor
+        else ""
+    )
     if args.json:
-        print(json.dumps([{**u.to_dict(), "revoked": revoked[u.serial]} for u in units]))
+        print(json.dumps([unit_dict(u, u.serial in noted) for u in units]))
+        if more:
+            print(more, file=sys.stderr)
         return EXIT_OK
     if not units:
-        print("No units" + (f" with outcome {args.outcome}." if args.outcome else " in the ledger."))
+        print("No units match." if args.after or _filtered(args) else "No units in the ledger.")
         return EXIT_OK
-    header = ("SERIAL", "OUTCOME", "TRIES", "THING", "CERTIFICATE", "TARGET", "FINISHED (UTC)")
-    rows = [
-        (
-            u.serial,
-            f"{u.outcome} (revoked)" if revoked[u.serial] else u.outcome,
-            str(u.attempts),
-            u.latest.thing_name or "-",
-            u.latest.certificate_id[:12] or "-",
-            u.latest.target or "-",
-            when(u.latest.finished_at),
+    header = ("SERIAL", "STATE", "OUTCOME", "TRIES", "THING", "CERTIFICATE", "TARGET", "CHANGED (UTC)")
+    rows = []
+    for u in units:
+        primary = u.primary
+        rows.append(
+            (
+                u.serial,
+                f"{u.label()} (revoked by QA note)" if u.serial in noted else u.label(),
+                u.last_outcome,
+                str(u.attempts),
+                (primary.thing_name if primary else "") or "-",
+                (primary.certificate_id[:12] if primary else "") or "-",
+                (primary.target if primary else "") or "-",
+                when(u.state_changed_at),
+            )
         )
-        for u in units
-    ]
     widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
     for row in (header, *rows):
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-    print(f"{len(units)} unit(s).")
+    print(f"{len(units)} unit(s), newest first." + (f"\n{more}" if more else ""))
     return EXIT_OK
+
+
+def _filtered(args: argparse.Namespace) -> bool:
+    return any(
+        getattr(args, name) is not None
+        for name in ("state", "outcome", "target", "station", "since", "until")
+    )

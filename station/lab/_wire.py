@@ -136,6 +136,13 @@ def read_body(environ: dict[str, Any]) -> bytes:
     return bytes(body)
 
 
+def replace_body(environ: dict[str, Any], document: Any) -> None:
+    """Hand the application behind us this JSON document as the request body instead of the one sent."""
+    body = json.dumps(document).encode()
+    environ["wsgi.input"] = io.BytesIO(body)
+    environ["CONTENT_LENGTH"] = str(len(body))
+
+
 def _raw_path(environ: dict[str, Any]) -> str:
     """The path as sent, still percent-encoded: PATH_INFO is decoded, and an encoded "/" inside a label (an ARN
     in /attached-policies/{target}) would otherwise split it."""

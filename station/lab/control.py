@@ -75,6 +75,8 @@ DEFAULT_QUOTAS: dict[str, float] = {
 
 _ENDPOINT_TYPES = ("iot:Data", "iot:Data-ATS", "iot:CredentialProvider", "iot:Jobs")
 _CERT_REGISTER_OPERATIONS = ("RegisterCertificateWithoutCA", "RegisterCertificate")
+# UpdateCertificate's newStatus values a caller may set (AWS IoT API reference, UpdateCertificate).
+_SETTABLE_CERTIFICATE_STATUSES = ("ACTIVE", "INACTIVE", "REVOKED", "REGISTER_INACTIVE")
 
 FAULT_KINDS = ("error", "latency", "drop", "down", "lose")
 LOSE = "lose"  # process the request, then lose the answer (see `_lose_answer`)
@@ -376,7 +378,10 @@ class _LabApp:
         if answer is not None:
             return _send(start_response, answer)
         try:
-            return self._forward(environ, start_response)
+            forwarded = self._forward(environ, start_response)
+            if info.service == "iot" and info.operation == "DeleteCertificate":
+                self.forget_force_deleted(info, environ)
+            return forwarded
         except Exception:
             # moto raised instead of answering. For a service botocore knows, that is a server-side failure
             # (AWS would answer 500 too); for anything else the request itself was malformed.
@@ -485,6 +490,24 @@ class _LabApp:
                 return _wire.error_response(
                     info.protocol, 400, "CertificateValidationException", str(rejected)
                 )
+            if not document.get("status"):
+                # AWS registers a certificate sent without `status` as INACTIVE (moto stores no status at all,
+                # and describe_certificate then shows none). `setAsActive=true` on RegisterCertificate still wins.
+                _wire.replace_body(environ, {**document, "status": "INACTIVE"})
+        elif operation == "UpdateCertificate":
+            new_status = (info.query.get("newStatus") or [""])[0]
+            if new_status not in _SETTABLE_CERTIFICATE_STATUSES:
+                # AWS: PENDING_TRANSFER / PENDING_ACTIVATION are internal and "result in an exception"; moto
+                # stores any string.
+                return _wire.error_response(
+                    info.protocol,
+                    400,
+                    "InvalidRequestException",
+                    f"newStatus {new_status!r} cannot be set; use one of "
+                    f"{', '.join(_SETTABLE_CERTIFICATE_STATUSES)}.",
+                )
+        elif operation == "CreateThing":
+            return self._create_thing_again(info, environ, document, account_id, region)
         elif operation == "CreateCertificateFromCsr":
             try:
                 _certrules.check_csr_pem(document.get("certificateSigningRequest"))
@@ -502,6 +525,62 @@ class _LabApp:
                 )
             return _wire.json_response(200, {"endpointAddress": self.plane.data_endpoint(account_id, region)})
         return None
+
+    def _create_thing_again(
+        self,
+        info: _wire.RequestInfo,
+        environ: dict[str, Any],
+        document: dict[str, Any],
+        account_id: str,
+        region: str,
+    ) -> _Answer | None:
+        """CreateThing for a name that exists: AWS answers the existing thing when the configuration is the same
+        and 409 ResourceAlreadyExistsException when it differs; moto replaces the thing (a new thingId)."""
+        from urllib.parse import unquote
+
+        from moto.iot.models import iot_backends
+
+        name = unquote((environ.get("PATH_INFO") or "").rstrip("/").rsplit("/", 1)[-1])
+        backend = iot_backends[account_id][region]
+        existing = next((t for t in list(backend.things.values()) if t.thing_name == name), None)
+        if existing is None:
+            return None
+        existing_type = existing.thing_type.thing_type_name if existing.thing_type else None
+        attributes = (document.get("attributePayload") or {}).get("attributes") or {}
+        same = (
+            document.get("thingTypeName") == existing_type
+            and attributes == (existing.attributes or {})
+            and document.get("billingGroupName") == existing.billing_group_name
+        )
+        if not same:
+            return _wire.error_response(
+                info.protocol,
+                409,
+                "ResourceAlreadyExistsException",
+                f"Thing {name} already exists in account with different attributes",
+                extra={"resourceId": existing.thing_id, "resourceArn": existing.arn},
+            )
+        return _wire.json_response(
+            200, {"thingName": existing.thing_name, "thingArn": existing.arn, "thingId": existing.thing_id}
+        )
+
+    def forget_force_deleted(self, info: _wire.RequestInfo, environ: dict[str, Any]) -> None:
+        """After DeleteCertificate with forceDelete=true: drop the deleted certificate's policy attachments.
+
+        AWS deletes them with the certificate; moto leaves them dangling, and its next delete of any other
+        certificate in that account-region then fails with 404 while looking the dangling one up."""
+        if (info.query.get("forceDelete") or ["false"])[0].lower() != "true":
+            return
+        from moto.iot.models import iot_backends
+
+        account_id = self.plane.account_of(info, environ)
+        region = info.region or self.plane.default_region
+        backend = iot_backends[account_id][region]
+        live = {certificate.arn for certificate in list(backend.certificates.values())}
+        for key in list(backend.principal_policies):
+            principal = str(key[0])
+            if ":cert/" in principal and principal not in live:
+                backend.principal_policies.pop(key, None)
 
     def _certificate_from_csr(
         self, info: _wire.RequestInfo, csr_pem: str, account_id: str, region: str

@@ -255,6 +255,14 @@ class Lab:
             },
             "ca_file": str(self.ca_file),
             "accounts": accounts,
+            # The same moto server answers DynamoDB: a shared ledger and a shared rate budget for several
+            # station processes on one lab (same keys as the control plane).
+            "dynamodb": {
+                "endpoint_url": self.control.endpoint_url,
+                "region": self.regions[0],
+                "ledger_url": f"dynamodb://station-ledger?region={self.regions[0]}&endpoint_url={self.control.endpoint_url}",
+                "budget_url": f"dynamodb://station-budget?region={self.regions[0]}&endpoint_url={self.control.endpoint_url}",
+            },
         }
 
     def station_toml(
@@ -264,8 +272,12 @@ class Lab:
         slots: dict[str, str] | None = None,
         products: Mapping[str, LabProduct] | None = None,
         slot_products: Mapping[str, str] | None = None,
+        label_printer: str | None = None,
+        station_id: str = "lab-station",
+        budget_store: str | None = None,
     ) -> str:
-        """A ready station.toml pointing at this lab; `slots` maps slot name → port URL.
+        """A ready station.toml pointing at this lab; `slots` maps slot name → port URL; `label_printer`
+        adds `[station.labels]` (where PASS labels go).
 
         By default there is one product, `sim` (PROV/1, serials `SIM####`). `products` replaces it (name →
         `LabProduct`); `slot_products` names each slot's product (default: `sim` if there is one, else the
@@ -278,12 +290,16 @@ class Lab:
         lines = [
             "# Written by the lab: every target points at the local AWS IoT (lab = true).",
             "[station]",
-            'id = "lab-station"',
+            f"id = {json.dumps(station_id)}",
             f"ledger = {json.dumps(ledger)}",
             'operator = "trainee"',
             'qa_pin = "0000"',
             "",
         ]
+        if label_printer:
+            lines += ["[station.labels]", f"printer = {json.dumps(label_printer)}", ""]
+        if budget_store:
+            lines += ["[budget]", f"store = {json.dumps(budget_store)}", ""]
         first = self.registries[0].target
         for registry in self.registries:
             lines += self._target_toml(registry.target.name, registry.target)
@@ -310,6 +326,15 @@ class Lab:
         for name, port in (slots or {}).items():
             product_name = (slot_products or {}).get(name, default_product)
             lines += [f"[slots.{name}]", f"port = {json.dumps(port)}", f'product = "{product_name}"', ""]
+        if not slots:
+            # `station run` needs a slot: say how to add one for a unit started with `station sim`.
+            lines += [
+                "# No slots yet. Start a simulated unit (`station sim prov1` prints its port first), then:",
+                "# [slots.s1]",
+                '# port = "/dev/pts/N"',
+                f'# product = "{default_product}"',
+                "",
+            ]
         return "\n".join(lines)
 
     @staticmethod
@@ -339,3 +364,70 @@ class Lab:
     def write_files(self) -> None:
         self.lab_json_path.write_text(json.dumps(self.description(), indent=2) + "\n")
         self.config_path.write_text(self.station_toml())
+
+
+class JoinedLab(Lab):
+    """A lab that another process runs (`station lab`), reached through its `lab.json`: what a station process
+    uses to join it, so that several stations share one lab. Starting and stopping it touch nothing but this
+    station's own `state_dir` (where its station.toml goes); the lab's files are only read."""
+
+    def __init__(self, lab_json: str | os.PathLike[str], state_dir: str | os.PathLike[str]) -> None:
+        path = Path(lab_json).expanduser()
+        try:
+            described = json.loads(path.read_text(encoding="utf-8"))
+            control = described["control_plane"]
+            accounts = described["accounts"]
+            ca_file = Path(described["ca_file"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise InputError(
+                "No lab to join",
+                f"{path} is not a running lab's lab.json ({type(error).__name__}).",
+                "Start the lab with `station lab --state-dir DIR` and give --lab DIR/lab.json.",
+            ) from None
+        self.state_dir = Path(state_dir).expanduser().resolve()
+        self.described = described
+        self.accounts = tuple(str(a["account_id"]) for a in accounts)
+        self.regions = tuple(accounts[0]["regions"])
+        self.data = None
+        self.start_seconds = 0.0
+        self._ca_file = ca_file
+        from station.config import LEAST_PRIVILEGE_POLICY_JSON
+
+        self.registries = []
+        for account in accounts:
+            account_id = str(account["account_id"])
+            role_arn = None if account_id == DEFAULT_ACCOUNT_ID else account.get("role_arn")
+            for region, where in account["regions"].items():
+                target = Target(
+                    name=str(where["target"]),
+                    region=region,
+                    policy_name=LAB_POLICY_NAME,
+                    policy_document=LEAST_PRIVILEGE_POLICY_JSON,
+                    account_id=account_id,
+                    role_arn=role_arn,
+                    endpoint=str(where["data_endpoint"]),
+                    port=int(where["data_port"]),
+                    ca_file=str(ca_file),
+                    endpoint_url=str(control["endpoint_url"]),
+                    aws_access_key_id=str(control["aws_access_key_id"]),
+                    aws_secret_access_key=str(control["aws_secret_access_key"]),
+                    lab=True,
+                )
+                self.registries.append(LabRegistry(account_id, region, role_arn, target.port, target))
+
+    def start(self) -> JoinedLab:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def stop(self) -> None:
+        """The lab belongs to another process: nothing to stop here."""
+
+    @property
+    def ca_file(self) -> Path:
+        return self._ca_file
+
+    @property
+    def budget_url(self) -> str | None:
+        """The shared rate budget the lab offers its stations (lab.json `dynamodb.budget_url`)."""
+        value = (self.described.get("dynamodb") or {}).get("budget_url")
+        return str(value) if value else None

@@ -24,6 +24,7 @@ from station.ledger.base import (
     LedgerMissing,
     LedgerUnavailable,
     RowRef,
+    UnitPage,
     UnitSummary,
 )
 
@@ -37,6 +38,7 @@ __all__ = [
     "LedgerMissing",
     "LedgerUnavailable",
     "RowRef",
+    "UnitPage",
     "UnitSummary",
     "add_location_arguments",
     "ledger_location",

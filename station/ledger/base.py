@@ -8,15 +8,17 @@ What the ledger holds:
   event})`. Every attempt record is covered too: writing a record appends a `record` event carrying the
   record's own canonical hash, in the same transaction. So editing, deleting or reordering an event row, or
   editing, deleting or inserting a record row, is caught by `audit()`;
-- a crash-recovery journal of in-flight provisioning attempts (mutable, outside the chain: it is a to-do list
-  for `station reconcile`, not evidence).
+- one current state per unit (serial), `station.units.UnitState`: written in the same transaction as the
+  record that changes it, computed by `station.units.apply`, so `audit()` can replay the records and compare;
+- a crash-recovery journal of in-flight provisioning attempts (a mutable to-do list for reconcile). Every
+  open/update/close also appends a chained `journal` event (ids, stage, certificate id, created flags; never
+  the PEM), so an entry closed or edited by hand no longer matches the chain and `audit()` names it.
 
-The chain proves the rows were not changed *after the fact by someone who cannot recompute it*: anyone with
-write access who rewrites every later hash and the head can forge a consistent chain. Anchor the head hash
-that `audit()` reports somewhere else (an MES, a ticket, a signed export) when that matters.
+The chain alone proves the rows were not changed by someone who cannot recompute it; `station.ledger.anchor`
+adds signed checkpoints kept outside the ledger so that truncation and re-chaining are caught too.
 
-This module holds the types, the canonical hashing, the audit algorithm and the export formats; it does no I/O
-of its own and must not know any backend. Key material never enters the ledger: any record, event or journal
+This module holds the types, the canonical hashing, the audit rules and the export formats; it does no I/O
+of its own (except writing an export to a path it is given) and must not know any backend. Key material never enters the ledger: any record, event or journal
 text containing "PRIVATE KEY" is refused with a ValueError before it is written.
 """
 
@@ -26,19 +28,33 @@ import csv
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Self, TextIO
+from typing import TYPE_CHECKING, Any, Literal, Self, TextIO
 
 from station.errors import InputError, StationFault
 from station.model import Event, Outcome
+from station.units import UnitState, iso_utc
 
-SCHEMA_VERSION = 1
+if TYPE_CHECKING:
+    from station.ledger.anchor import Anchor
+
+# 2: the unit state table, `action` on records, journal events in the chain.
+SCHEMA_VERSION = 2
 GENESIS_HASH = "0" * 64
 RECORD_EVENT = "record"  # the event kind a record write appends; reserved for the ledger itself
+JOURNAL_EVENT = "journal"  # the event kind every journal write appends; reserved too
+RESERVED_KINDS = (RECORD_EVENT, JOURNAL_EVENT)
+# A page of units is at most this long (a caller asking for more gets this many).
+MAX_PAGE = 1000
+# How many events one `record_attempt` may carry (DynamoDB's transaction holds 100 items).
+MAX_EVENTS_PER_RECORD = 90
+# Progress callbacks: (rows done, rows in total) — total is the chain's length when known, else 0.
+Progress = Callable[[int, int], None]
 OUTCOMES = tuple(o.value for o in Outcome)
 KEY_MARKER = "PRIVATE KEY"
 # A certificate id prefix shorter than this matches too much to be a lookup.
@@ -159,9 +175,69 @@ def event_from_fields(fields: Mapping[str, Any]) -> Event:
 def encode_appended_event(event: Event) -> tuple[dict[str, Any], str]:
     """`encode_event` for an event a caller appends: the `record` kind is the ledger's own and is refused,
     so nobody can forge the entry that seals a record."""
-    if event.kind == RECORD_EVENT:
-        raise ValueError(f"event kind {RECORD_EVENT!r} is reserved for the ledger's own record entries")
+    if event.kind in RESERVED_KINDS:
+        raise ValueError(f"event kind {event.kind!r} is reserved for the ledger's own entries")
     return encode_event(event)
+
+
+def encode_attempt_events(events: Sequence[Event]) -> list[tuple[dict[str, Any], str]]:
+    """The events a `record_attempt` carries, encoded and checked (reserved kinds and keys refused)."""
+    if len(events) > MAX_EVENTS_PER_RECORD:
+        raise ValueError(f"one attempt may carry at most {MAX_EVENTS_PER_RECORD} events, not {len(events)}")
+    return [encode_appended_event(e) for e in events]
+
+
+# The journal columns a journal event carries: enough to tell what the entry said, never the PEM.
+JOURNAL_CHAINED = (
+    "attempt_id",
+    "serial",
+    "target",
+    "certificate_id",
+    "certificate_created",
+    "thing_name",
+    "thing_created",
+    "stage",
+)
+
+
+def journal_snapshot(entry: JournalEntry) -> dict[str, Any]:
+    """What the chain says about a journal entry after a write: compared with the row by the audit."""
+    data: dict[str, Any] = {"journal_id": int(entry.id)}
+    for name in JOURNAL_CHAINED:
+        data[name] = getattr(entry, name)
+    data["closed"] = entry.closed_at is not None
+    data["outcome"] = entry.outcome
+    return data
+
+
+def encode_journal_event(entry: JournalEntry, op: str) -> tuple[dict[str, Any], str]:
+    """The chained event for a journal write (`op`: open, update, close)."""
+    return encode_event(
+        Event(
+            kind=JOURNAL_EVENT,
+            serial=entry.serial,
+            slot=entry.slot,
+            step=op,
+            outcome=entry.outcome or "",
+            data=journal_snapshot(entry),
+        )
+    )
+
+
+def journal_mismatch(entry: JournalEntry | None, chained: Mapping[str, Any] | None) -> str:
+    """Why a journal row and the latest chained event for it disagree ("" when they agree)."""
+    if entry is None:
+        return "the journal entry chained in the log is missing (deleted)"
+    if chained is None:
+        return "the journal entry is not in the chain (inserted)"
+    now = journal_snapshot(entry)
+    for name, value in now.items():
+        if chained.get(name) != value:
+            if name == "closed":
+                how = "closed" if value else "reopened"
+                return f"the journal entry was {how} outside the station (the chain says otherwise)"
+            return f"the journal entry's {name} does not match the chain (edited)"
+    return ""
 
 
 def encode_record_seal(record: AttemptRecord, digest: str) -> tuple[dict[str, Any], str]:
@@ -429,6 +505,14 @@ class RowRef:
 
 
 @dataclass(frozen=True)
+class UnitPage:
+    """One page of units, newest first; pass `next_cursor` as `after` for the next page (None: no more)."""
+
+    units: list[UnitState]
+    next_cursor: str | None = None
+
+
+@dataclass(frozen=True)
 class AuditResult:
     ok: bool
     checked: int  # rows checked (events + records)
@@ -438,6 +522,11 @@ class AuditResult:
     # Not intact: the last event row that was verified before the first bad row.
     head_seq: int = 0
     head_hash: str = GENESIS_HASH
+    units_checked: int = 0  # unit rows compared with a replay of their records
+    journal_checked: int = 0  # journal rows compared with their latest chained journal event
+    anchored_seq: int = 0  # the newest signed checkpoint the chain was checked against (0: none)
+    anchor_note: str = ""  # what the anchor check found or why it could not run
+    since_seq: int = 0  # incremental audit: rows up to this seq were trusted from the checkpoint
 
     def to_dict(self) -> dict[str, Any]:
         bad = self.first_bad_row
@@ -448,6 +537,11 @@ class AuditResult:
             "reason": self.reason,
             "head_seq": self.head_seq,
             "head_hash": self.head_hash,
+            "units_checked": self.units_checked,
+            "journal_checked": self.journal_checked,
+            "anchored_seq": self.anchored_seq,
+            "anchor_note": self.anchor_note,
+            "since_seq": self.since_seq,
         }
 
 
@@ -552,6 +646,171 @@ def audit_chain(
     return AuditResult(True, checked, None, "", last_seq, prev_hash)
 
 
+class ChainVerifier:
+    """The chain rules of `audit_chain`, one row at a time and in constant memory.
+
+    `lookup(attempt_id)` returns the stored record row a seal names and its storage position (rows are
+    stored in seal order, so positions must strictly increase along the chain) or None. Start at
+    `start_seq`/`start_hash` to verify incrementally from a trusted checkpoint. `watch_seq` asks for the hash
+    of one row (the anchored one) as it passes.
+    """
+
+    def __init__(
+        self,
+        lookup: Callable[[str], tuple[int, RecordRow] | None],
+        *,
+        start_seq: int = 1,
+        start_hash: str = GENESIS_HASH,
+        watch_seq: int = 0,
+    ) -> None:
+        self._lookup = lookup
+        self.expected_seq = start_seq
+        self.prev_hash = start_hash
+        self.checked = 0
+        self.seals = 0
+        self.watch_seq = watch_seq
+        self.watched_hash: str | None = start_hash if watch_seq == start_seq - 1 else None
+        self.chain_error: AuditResult | None = None
+        self.record_error: AuditResult | None = None
+        self._last_position = -1
+
+    def _bad(self, table: str, key: int | str, reason: str) -> AuditResult:
+        return AuditResult(
+            False, self.checked, RowRef(table, key), reason, self.expected_seq - 1, self.prev_hash
+        )
+
+    def feed(self, row: ChainRow) -> bool:
+        """Check one row; False once the chain is broken (stop feeding)."""
+        if self.chain_error is not None:
+            return False
+        error = self._check(row)
+        if error:
+            self.chain_error = self._bad("events", error[0], error[1])
+            return False
+        if row.fields is not None and row.fields.get("kind") == RECORD_EVENT:
+            self._check_seal(row.seq, row.fields.get("data") or {})
+        self.checked += 1
+        if row.seq == self.watch_seq:
+            self.watched_hash = row.hash
+        self.prev_hash = row.hash
+        self.expected_seq = row.seq + 1
+        return True
+
+    def _check(self, row: ChainRow) -> tuple[int, str] | None:
+        expected = self.expected_seq
+        if row.seq > expected:
+            missing = f"{expected}" if row.seq == expected + 1 else f"{expected}–{row.seq - 1}"
+            return expected, f"event row(s) {missing} are missing (deleted)"
+        if row.seq < expected:
+            return row.seq, "event rows are out of order (duplicate or reordered seq)"
+        if row.prev_hash != self.prev_hash:
+            return row.seq, "the link to the previous row is broken (rows deleted, inserted or reordered)"
+        if row.fields is None:
+            return row.seq, "the row cannot be decoded (edited)"
+        try:
+            computed = chain_hash(row.seq, row.prev_hash, row.fields)
+        except (TypeError, ValueError):
+            return row.seq, "the row cannot be decoded (edited)"
+        if computed != row.hash:
+            return row.seq, "the row's content does not match its hash (edited)"
+        return None
+
+    def _check_seal(self, seq: int, data: Mapping[str, Any]) -> None:
+        self.seals += 1
+        if self.record_error is not None:
+            return
+        attempt_id = str(data.get("attempt_id", ""))
+        found = self._lookup(attempt_id)
+        if found is None:
+            self.record_error = self._bad(
+                "records", attempt_id, f"the record chained by event {seq} is missing (deleted)"
+            )
+            return
+        position, record = found
+        if position <= self._last_position:
+            self.record_error = self._bad(
+                "events", seq, f"attempt {attempt_id} is recorded twice in the chain"
+            )
+            return
+        self._last_position = position
+        if record.fields is None:
+            self.record_error = self._bad("records", attempt_id, "the record cannot be decoded (edited)")
+            return
+        try:
+            computed = record_hash(record.fields)
+        except (KeyError, TypeError, ValueError):
+            computed = ""
+        if computed != str(data.get("record_hash", "")):
+            reason = f"the record does not match the hash in event {seq} (edited)"
+            if not computed:
+                reason = "the record cannot be decoded (edited)"
+            self.record_error = self._bad("records", attempt_id, reason)
+            return
+        self.checked += 1
+
+    def finish(
+        self, head: tuple[int, str] | None, record_count: int, unsealed: Callable[[], str | None]
+    ) -> AuditResult:
+        """The verdict once every row was fed: the head, then the records (`record_count` stored rows;
+        `unsealed()` names one that no seal names, asked only when there are more rows than seals)."""
+        if self.chain_error is not None:
+            return self.chain_error
+        last_seq = self.expected_seq - 1
+        if head is None:
+            if last_seq:
+                return self._bad("chain_head", 1, "the chain head is missing (deleted)")
+        elif head != (last_seq, self.prev_hash):
+            if head[0] > last_seq:
+                missing = f"{last_seq + 1}" if head[0] == last_seq + 1 else f"{last_seq + 1}–{head[0]}"
+                return self._bad("events", last_seq + 1, f"event row(s) {missing} are missing (deleted)")
+            return self._bad("chain_head", 1, "the chain head does not match the last event row (edited)")
+        if self.record_error is not None:
+            return self.record_error
+        if record_count > self.seals:
+            extra = unsealed()
+            if extra is not None:
+                return self._bad("records", extra, "the record is not in the chain (inserted)")
+        return AuditResult(True, self.checked, None, "", last_seq, self.prev_hash)
+
+
+def check_units(
+    groups: Iterable[tuple[str, Iterable[AttemptRecord]]],
+    rows: Iterable[tuple[str, dict[str, Any] | None]],
+) -> tuple[int, str, str]:
+    """Compare the unit table with a replay of the records, both sorted by serial (a merge: constant memory).
+
+    `groups`: (serial, that serial's records in chain order); `rows`: (serial, stored UnitState dict or None
+    if undecodable). Returns (units checked, first differing serial or "", why).
+    """
+    from station.units import apply
+
+    checked = 0
+    group_iter = iter(groups)
+    row_iter = iter(rows)
+    group = next(group_iter, None)
+    row = next(row_iter, None)
+    while group is not None or row is not None:
+        if row is None or (group is not None and group[0] < row[0]):
+            assert group is not None
+            return checked, group[0], "the unit's state row is missing (deleted)"
+        if group is None or row[0] < group[0]:
+            return checked, row[0], "the unit's state row has no records behind it (inserted)"
+        state: UnitState | None = None
+        for record in group[1]:
+            state = apply(state, record)
+        stored = row[1]
+        if (
+            stored is None
+            or state is None
+            or canonical_json(plain(state.to_dict())) != canonical_json(stored)
+        ):
+            return checked, row[0], "the unit's state row does not equal a replay of its records (edited)"
+        checked += 1
+        group = next(group_iter, None)
+        row = next(row_iter, None)
+    return checked, "", ""
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Export
 # ---------------------------------------------------------------------------------------------------------
@@ -585,17 +844,35 @@ CSV_COLUMNS = (
     "key_source",
     "verify_mode",
     "certificate_pem",
+    "action",
+    "state",
+    "state_changed_at",
 )
 
 
-def write_export(records: Iterable[AttemptRecord], fmt: str, out: TextIO) -> int:
-    """Write records as CSV (one row per attempt, `CSV_COLUMNS`) or JSON (a list of records)."""
+# Export columns that hold epoch seconds in the ledger and ISO-8601 UTC text in an export.
+EXPORT_TIMES = ("started_at", "finished_at", "state_changed_at")
+
+
+def export_row(record: AttemptRecord, unit: UnitState | None) -> dict[str, Any]:
+    """One exported attempt: the record, its unit's current state, every time as ISO-8601 UTC."""
+    row = record.to_dict()
+    row["state"] = unit.state if unit else ""
+    row["state_changed_at"] = unit.state_changed_at if unit else 0.0
+    for name in EXPORT_TIMES:
+        row[name] = iso_utc(row[name] or 0.0)
+    return row
+
+
+def write_export(rows: Iterable[tuple[AttemptRecord, UnitState | None]], fmt: str, out: TextIO) -> int:
+    """Write (record, its unit's state) pairs as CSV (one row per attempt, `CSV_COLUMNS`) or JSON (a list);
+    streams: one row in memory at a time."""
     count = 0
+    records = (export_row(record, unit) for record, unit in rows)
     if fmt == "csv":
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(CSV_COLUMNS)
-        for record in records:
-            row = record.to_dict()
+        for row in records:
             writer.writerow(
                 [
                     canonical_json(row[c]) if c in RECORD_JSON_FIELDS else ("" if row[c] is None else row[c])
@@ -605,9 +882,9 @@ def write_export(records: Iterable[AttemptRecord], fmt: str, out: TextIO) -> int
             count += 1
     elif fmt == "json":
         out.write("[")
-        for record in records:
+        for row in records:
             out.write(",\n " if count else "\n ")
-            out.write(json.dumps(record.to_dict(), sort_keys=True))
+            out.write(json.dumps(row, sort_keys=True))
             count += 1
         out.write("\n]\n" if count else "]\n")
     else:
@@ -621,18 +898,29 @@ def write_export(records: Iterable[AttemptRecord], fmt: str, out: TextIO) -> int
 
 
 class Ledger(ABC):
-    """A station's records, hash-chained event log and crash journal. Safe to share between slot threads."""
+    """A station's records, unit states, hash-chained event log and crash journal. Safe to share between slot
+    threads. `anchor` (optional) signs checkpoints of the chain head outside the ledger (see `anchor`)."""
+
+    anchor: Anchor | None = None
+    # A checkpoint is appended after this many records (and at `close` and `checkpoint`).
+    checkpoint_every: int = 1000
+    _since_checkpoint: int = 0
+    _wrote: bool = False
 
     # -- chain --------------------------------------------------------------------------------------------
     @abstractmethod
     def append_event(self, event: Event) -> int:
-        """Append one event to the chain; returns its seq. Refuses key material and the reserved kind."""
+        """Append one event to the chain; returns its seq. Refuses key material and the reserved kinds."""
 
     @abstractmethod
-    def record_attempt(self, record: AttemptRecord | Mapping[str, Any]) -> str:
-        """Store one attempt record and chain its hash (atomically); returns the record's hash.
+    def record_attempt(
+        self, record: AttemptRecord | Mapping[str, Any], *, events: Sequence[Event] = ()
+    ) -> str:
+        """Store one attempt record, its buffered `events` (chained before its seal), the record's seal and
+        the unit's new state (`station.units.apply`) in ONE transaction; returns the record's hash.
 
-        A mapping is accepted (`AttemptRecord.from_fields`). An attempt id can be recorded once.
+        A mapping is accepted (`AttemptRecord.from_fields`). An attempt id can be recorded once; at most
+        `MAX_EVENTS_PER_RECORD` events. Nothing is written if anything is refused.
         """
 
     @abstractmethod
@@ -640,22 +928,85 @@ class Ledger(ABC):
         """Events in chain order, all or one serial's, after `after_seq`."""
 
     @abstractmethod
-    def audit(self) -> AuditResult:
-        """Check the whole chain and every record against it."""
+    def head(self) -> tuple[int, str]:
+        """The chain head: (seq, hash) of the last event, (0, GENESIS_HASH) for an empty ledger."""
+
+    @abstractmethod
+    def audit(self, *, progress: Progress | None = None, since_checkpoint: bool = False) -> AuditResult:
+        """Check the chain, every record against it, the unit table against a replay of the records, the
+        journal against its chained events and the chain against the newest signed checkpoint.
+
+        `progress(done, total)` is called now and then; `since_checkpoint` trusts everything up to the newest
+        valid checkpoint and verifies only what came after it (see the backend for what is re-checked).
+        """
 
     # -- records ------------------------------------------------------------------------------------------
     @abstractmethod
     def records(self) -> Iterator[AttemptRecord]:
-        """Every attempt record, in the order they were written."""
+        """Every attempt record, in the order they were written (streamed)."""
 
     @abstractmethod
     def find(self, query: str) -> list[AttemptRecord]:
         """Attempts whose serial, thing name, attempt id or certificate id equals `query`, or whose
         certificate id starts with it (at least `CERT_PREFIX_MIN` hex characters). Oldest first."""
 
+    # -- units --------------------------------------------------------------------------------------------
     @abstractmethod
-    def units(self, outcome: str | None = None) -> list[UnitSummary]:
-        """One line per serial with its latest attempt; `outcome` filters on that latest attempt's outcome."""
+    def unit(self, serial: str) -> UnitState | None:
+        """The unit's current state (exact serial), or None if it has no record."""
+
+    @abstractmethod
+    def unit_page(
+        self,
+        *,
+        state: str | None = None,
+        outcome: str | None = None,
+        target: str | None = None,
+        station: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        after: str | None = None,
+        limit: int = 50,
+    ) -> UnitPage:
+        """Units newest first (by their last attempt's time), filtered; `after` is a page's `next_cursor`.
+
+        `state`: a `UnitStateName`; `outcome`: the last attempt's outcome; `target`: the target of the unit's
+        newest live identity (or of its last attempt when none is live); `station`: the last attempt's
+        station; `since`/`until`: epoch seconds bounding the last attempt's time (inclusive/exclusive).
+        """
+
+    @abstractmethod
+    def find_units(self, query: str) -> list[UnitState]:
+        """Units whose serial (case-insensitive), or one of whose records' thing name, attempt id or
+        certificate id (or its first 8+ hex characters) equals `query`. Newest first, at most `MAX_PAGE`."""
+
+    @abstractmethod
+    def _latest_records(self, attempt_ids: Sequence[str]) -> dict[str, AttemptRecord]:
+        """The records with these attempt ids (one round trip per page, not one per unit)."""
+
+    @abstractmethod
+    def _export_rows(self) -> Iterator[tuple[AttemptRecord, UnitState | None]]:
+        """Every record in write order with its unit's current state, streamed."""
+
+    def units(self, outcome: str | None = None, *, limit: int | None = None) -> Iterator[UnitSummary]:
+        """Units newest first with their latest attempt, page by page (never the whole table at once);
+        `outcome` filters on the latest attempt's outcome, `limit` stops after that many."""
+        after: str | None = None
+        left = limit
+        while left is None or left > 0:
+            page = self.unit_page(
+                outcome=outcome, after=after, limit=MAX_PAGE if left is None else min(left, MAX_PAGE)
+            )
+            latest = self._latest_records([u.last_attempt_id for u in page.units])
+            for state in page.units:
+                record = latest.get(state.last_attempt_id)
+                if record is not None:
+                    yield UnitSummary(state.serial, state.last_outcome, state.attempts, record)
+            if left is not None:
+                left -= len(page.units)
+            if page.next_cursor is None:
+                return
+            after = page.next_cursor
 
     # -- journal ------------------------------------------------------------------------------------------
     @abstractmethod
@@ -664,24 +1015,63 @@ class Ledger(ABC):
 
         Fields: attempt_id, serial, target, account_id (or account), region, slot, product, certificate_id,
         certificate_pem, certificate_arn, certificate_created, thing_name, thing_created, stage (or state).
-        Anything else is kept in `extra`.
+        Anything else is kept in `extra`. A `journal` event is chained in the same transaction.
         """
 
     @abstractmethod
     def journal_update(self, journal_id: int, **fields: Any) -> None:
-        """Update an open entry (durably). Raises KeyError for an unknown or closed entry."""
+        """Update an open entry (durably, chained). Raises KeyError for an unknown or closed entry."""
 
     @abstractmethod
     def journal_close(self, journal_id: int, outcome: str | None = None) -> None:
-        """Close an entry: it leaves `journal_pending()`. Closing twice is harmless."""
+        """Close an entry (chained): it leaves `journal_pending()`. Closing twice is harmless."""
 
     @abstractmethod
     def journal_pending(self) -> list[JournalEntry]:
         """Open entries, oldest first: what `station reconcile` must roll back or complete."""
 
+    # -- anchoring ----------------------------------------------------------------------------------------
+    def checkpoint(self, reason: str = "manual") -> Any:
+        """Sign the current head into the anchor log (a shift's end, say); None without an anchor."""
+        if self.anchor is None:
+            return None
+        seq, digest, units = self._anchor_state()
+        if not seq:
+            return None
+        self._since_checkpoint = 0
+        return self.anchor.append(seq, digest, reason, units)
+
+    def _anchor_state(self) -> tuple[int, str, str]:
+        """(head seq, head hash, unit-table digest) read together; backends without a digest give ""."""
+        seq, digest = self.head()
+        return seq, digest, ""
+
+    def _wrote_record(self) -> None:
+        """Backends call this after each committed record: every `checkpoint_every` records, a checkpoint."""
+        self._wrote = True
+        self._since_checkpoint += 1
+        if self.anchor is not None and self._since_checkpoint >= self.checkpoint_every:
+            self._checkpoint_quietly(f"every {self.checkpoint_every} records")
+
+    def _close_anchor(self) -> None:
+        if self.anchor is not None and self._wrote:
+            self._wrote = False
+            self._checkpoint_quietly("close")
+
+    def _checkpoint_quietly(self, reason: str) -> None:
+        # The record is committed whatever happens here: a checkpoint that cannot be written (read-only folder,
+        # a missing key) must not fail the unit; it is logged, and the next audit says what it can check.
+        from station.ledger.anchor import AnchorError
+
+        try:
+            self.checkpoint(reason)
+        except (OSError, AnchorError) as exc:
+            logging.getLogger(__name__).warning("ledger checkpoint not signed: %s", exc)
+
     # -- lifetime -----------------------------------------------------------------------------------------
     @abstractmethod
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Sign a last checkpoint (if this handle wrote anything) and release the storage."""
 
     def __enter__(self) -> Self:
         return self
@@ -691,13 +1081,14 @@ class Ledger(ABC):
 
     # -- shared -------------------------------------------------------------------------------------------
     def export(self, fmt: str, out: TextIO | str | Path) -> int:
-        """Write every record as CSV or JSON to a text stream or a file path; returns how many."""
+        """Write every record (with its unit's state) as CSV or JSON to a stream or a file path; returns how
+        many. Streams: never holds more than one record."""
         if fmt not in ("csv", "json"):
             raise ValueError(f"unknown export format {fmt!r} (csv or json)")
         if isinstance(out, str | Path):
             with open(out, "w", encoding="utf-8", newline="") as stream:
-                return write_export(self.records(), fmt, stream)
-        return write_export(self.records(), fmt, out)
+                return write_export(self._export_rows(), fmt, stream)
+        return write_export(self._export_rows(), fmt, out)
 
 
 def matches_query(record: AttemptRecord, query: str) -> bool:
@@ -713,3 +1104,52 @@ def matches_query(record: AttemptRecord, query: str) -> bool:
 def is_cert_prefix(query: str) -> bool:
     q = query.strip().lower()
     return CERT_PREFIX_MIN <= len(q) <= 64 and all(c in "0123456789abcdef" for c in q)
+
+
+def cert_prefix_range(query: str) -> tuple[str, str]:
+    """[low, high) bounds of the certificate ids starting with a hex prefix (an index range scan)."""
+    q = query.strip().lower()
+    return q, q[:-1] + chr(ord(q[-1]) + 1)
+
+
+def page_cursor(last_at: float, seq: int) -> str:
+    """The opaque cursor after a unit ordered by (last attempt time, seal seq)."""
+    return f"{last_at!r}~{int(seq)}"
+
+
+def parse_cursor(cursor: str) -> tuple[float, int]:
+    try:
+        at, seq = cursor.split("~")
+        return float(at), int(seq)
+    except ValueError:
+        raise InputError(
+            "Bad cursor", f"{cursor!r} is not a cursor this ledger gave out.", "Start again without --after."
+        ) from None
+
+
+def unit_time(record: AttemptRecord) -> float:
+    """The time a unit is ordered by: its last attempt's end (its start if it never finished)."""
+    return record.finished_at or record.started_at
+
+
+def unit_target(state: UnitState, record: AttemptRecord) -> str:
+    primary = state.primary
+    return primary.target if primary else record.target
+
+
+def page_limit(limit: int) -> int:
+    return max(1, min(int(limit), MAX_PAGE))
+
+
+# The unit table's digest: the sum of SHA-256(stored unit body) mod 2**256 over every unit row. A sum can be
+# kept up to date per write (minus the old row's hash, plus the new one's), and an incremental audit can
+# check that rows nobody wrote since a checkpoint are unchanged without replaying them.
+DIGEST_MOD = 2**256
+
+
+def body_hash(body: str | None) -> int:
+    return int(hashlib.sha256(body.encode("utf-8")).hexdigest(), 16) if body else 0
+
+
+def digest_text(value: int) -> str:
+    return f"{value % DIGEST_MOD:064x}"

@@ -8,8 +8,16 @@ Layout (partition key `pk`, sort key `sk`, both strings):
 - `chain` / zero-padded seq: one event — `seq`, `prev_hash`, `hash` and `body` (the event's canonical JSON:
   DynamoDB numbers cannot tell 2 from 2.0, so the hashed content is kept as the exact text that was hashed);
 - `head` / `-`: the last seq and hash; `record` / attempt id: one attempt record (`body` = canonical JSON);
+- `unit` / serial: one unit's current `UnitState` (`body`), written in the record's transaction;
 - `journal` / zero-padded id: one journal entry; `counter` / `journal`: the journal id counter;
   `meta` / `schema`: the schema version.
+
+Lookups are Queries on global secondary indexes, never Scans (GSIs are sparse: only items carrying the
+index's key attributes are in it): records by serial (`r_serial`), thing name (`r_thing`), certificate id
+(`r_cp` = its first 4 characters, range `r_cert`, so a prefix is `begins_with`) and write order (`r_all`,
+range `r_seq`); units by lower-cased serial (`u_fold`), and newest first overall (`u_all`) or per state
+(`u_state`), both with range `u_order` (last attempt time, then seq). GSIs are eventually consistent: a
+record is findable a moment after it is written.
 
 Appends are optimistic: read the head (strongly consistent), then one TransactWriteItems that puts the new
 event only if its seq is free and moves the head only if it still holds the seq that was read. A writer that
@@ -19,50 +27,80 @@ is new), its `record` event and the head in the same transaction. Every write is
 acknowledges it.
 
 `audit()` reads the head before and after reading every row and starts again if a writer moved it meanwhile,
-so a busy line never produces a false alarm. Lookups (`find`, `units`) read the record partition and filter
-here: fine for a station's volume, not an analytics store.
+so a busy line never produces a false alarm. Unlike the SQLite audit it holds the chain in memory (fine for a
+station's table, not for millions of rows) and keeps no unit-table digest, so `since_checkpoint` re-checks
+everything (against the anchor when one is configured through the environment).
 
 This module must not talk to AWS IoT, must not hold key material, and must not hand out its client.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import dataclasses
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from station.errors import InputError
+from station.ledger.anchor import Anchor, AnchorError, anchor_verdict
 from station.ledger.base import (
     GENESIS_HASH,
+    JOURNAL_EVENT,
+    MAX_PAGE,
+    RECORD_EVENT,
     SCHEMA_VERSION,
     AttemptRecord,
     AuditResult,
     ChainRow,
+    ChainVerifier,
     JournalEntry,
     Ledger,
     LedgerEvent,
     LedgerMissing,
     LedgerUnavailable,
+    Progress,
     RecordRow,
-    UnitSummary,
+    RowRef,
+    UnitPage,
     as_record,
-    audit_chain,
     canonical_json,
     chain_hash_json,
+    check_units,
     encode_appended_event,
+    encode_attempt_events,
+    encode_journal_event,
     encode_record_seal,
     event_from_fields,
+    is_cert_prefix,
     journal_columns,
-    matches_query,
+    journal_mismatch,
+    page_limit,
+    plain,
+    unit_target,
+    unit_time,
 )
 from station.model import Event
+from station.units import UnitState, apply
 
 CHAIN = "chain"
 RECORD = "record"
+UNIT = "unit"
 JOURNAL = "journal"
+# Global secondary indexes: name → (hash attribute, range attribute or None, range type).
+INDEXES: dict[str, tuple[str, str | None, str]] = {
+    "records_by_serial": ("r_serial", None, "S"),
+    "records_by_thing": ("r_thing", None, "S"),
+    "records_by_cert": ("r_cp", "r_cert", "S"),
+    "records_in_order": ("r_all", "r_seq", "N"),
+    "units_by_fold": ("u_fold", None, "S"),
+    "units_by_time": ("u_all", "u_order", "S"),
+    "units_by_state": ("u_state", "u_order", "S"),
+}
 HEAD_KEY = {"pk": {"S": "head"}, "sk": {"S": "-"}}
 SCHEMA_KEY = {"pk": {"S": "meta"}, "sk": {"S": "schema"}}
 COUNTER_KEY = {"pk": {"S": "counter"}, "sk": {"S": "journal"}}
@@ -78,12 +116,17 @@ class _Conflict(Exception):
     """Another writer moved the head between our read and our write."""
 
 
+class _AlreadyClosed(Exception):
+    """The journal entry was closed before (closing twice changes nothing and chains nothing)."""
+
+
 class DynamoLedger(Ledger):
     """The ledger in one DynamoDB table."""
 
-    def __init__(self, table: str, *, client: Any, create: bool = True) -> None:
+    def __init__(self, table: str, *, client: Any, create: bool = True, anchor: Anchor | None = None) -> None:
         self.table = table
         self._client = client
+        self.anchor = anchor if anchor is not None else Anchor.for_location(f"dynamodb://{table}")
         self._lock = threading.RLock()
         errors = self._errors()
         try:
@@ -129,6 +172,17 @@ class DynamoLedger(Ledger):
                 ) from None
             # Another station may create it at the same moment: that is fine.
             with contextlib.suppress(client.exceptions.ResourceInUseException):
+                attributes = {"pk": "S", "sk": "S"}
+                indexes = []
+                for name, (hash_key, range_key, range_type) in INDEXES.items():
+                    attributes[hash_key] = "S"
+                    schema = [{"AttributeName": hash_key, "KeyType": "HASH"}]
+                    if range_key:
+                        attributes[range_key] = range_type
+                        schema.append({"AttributeName": range_key, "KeyType": "RANGE"})
+                    indexes.append(
+                        {"IndexName": name, "KeySchema": schema, "Projection": {"ProjectionType": "ALL"}}
+                    )
                 client.create_table(
                     TableName=self.table,
                     KeySchema=[
@@ -136,9 +190,9 @@ class DynamoLedger(Ledger):
                         {"AttributeName": "sk", "KeyType": "RANGE"},
                     ],
                     AttributeDefinitions=[
-                        {"AttributeName": "pk", "AttributeType": "S"},
-                        {"AttributeName": "sk", "AttributeType": "S"},
+                        {"AttributeName": k, "AttributeType": t} for k, t in attributes.items()
                     ],
+                    GlobalSecondaryIndexes=indexes,
                     BillingMode="PAY_PER_REQUEST",
                 )
             client.get_waiter("table_exists").wait(
@@ -160,6 +214,13 @@ class DynamoLedger(Ledger):
                     f"{SCHEMA_VERSION}.",
                     "Update the station software before using this ledger.",
                 ) from None
+            if version < SCHEMA_VERSION:
+                raise LedgerUnavailable(
+                    "Ledger from an older station",
+                    f"The ledger table {self.table} has schema version {version}; this station needs "
+                    f"{SCHEMA_VERSION} (unit states and their indexes, the journal in the chain).",
+                    "Keep the old table as it is (it is evidence) and point this station at a new table.",
+                ) from None
 
     def _call(self, work: Callable[[], Any]) -> Any:
         try:
@@ -175,29 +236,52 @@ class DynamoLedger(Ledger):
         return int(item["seq"]["N"]), item["hash"]["S"]
 
     def _append(
-        self, fields_json: str, extra_items: Callable[[int], list[dict[str, Any]]] | None = None
+        self,
+        fields_json: str | Sequence[str],
+        extra_items: Callable[[int], list[dict[str, Any]]] | None = None,
+        *,
+        checked: int | None = None,
+        prepare: Callable[[], tuple[list[str], Callable[[int], list[dict[str, Any]]]]] | None = None,
     ) -> int:
-        """One transaction: `extra_items(seq)` (checked puts) + the event + the head move; retried on a lost
-        race (DynamoDB's own TransactionConflict included)."""
+        """One transaction: `extra_items(last_seq)` (transact items; the first `checked` of them refuse a
+        duplicate) + the events + the head move; retried on a lost race (TransactionConflict included).
+        `prepare()`, when given, is called on every try to build the event bodies and `extra_items` from
+        fresh reads. Returns the last event's seq."""
+        bodies = [fields_json] if isinstance(fields_json, str) else list(fields_json)
         with self._lock:
             for _ in range(MAX_APPEND_TRIES):
+                build = extra_items
+                if prepare is not None:
+                    bodies, build = prepare()
                 old_seq, prev = self._head()
-                seq = old_seq + 1
-                digest = chain_hash_json(seq, prev, fields_json)
-                event_item = {
-                    "pk": {"S": CHAIN},
-                    "sk": {"S": seq_key(seq)},
-                    "seq": {"N": str(seq)},
-                    "prev_hash": {"S": prev},
-                    "hash": {"S": digest},
-                    "body": {"S": fields_json},
-                }
+                seq = old_seq
+                event_puts = []
+                for body in bodies:
+                    seq += 1
+                    digest = chain_hash_json(seq, prev, body)
+                    event_puts.append(
+                        {
+                            "Put": {
+                                "TableName": self.table,
+                                "Item": {
+                                    "pk": {"S": CHAIN},
+                                    "sk": {"S": seq_key(seq)},
+                                    "seq": {"N": str(seq)},
+                                    "prev_hash": {"S": prev},
+                                    "hash": {"S": digest},
+                                    "body": {"S": body},
+                                },
+                                "ConditionExpression": "attribute_not_exists(pk)",
+                            }
+                        }
+                    )
+                    prev = digest
                 head_update: dict[str, Any] = {
                     "TableName": self.table,
                     "Key": HEAD_KEY,
                     "UpdateExpression": "SET #s = :new, #h = :hash",
                     "ExpressionAttributeNames": {"#s": "seq", "#h": "hash"},
-                    "ExpressionAttributeValues": {":new": {"N": str(seq)}, ":hash": {"S": digest}},
+                    "ExpressionAttributeValues": {":new": {"N": str(seq)}, ":hash": {"S": prev}},
                 }
                 if old_seq:
                     head_update["ConditionExpression"] = "#s = :old"
@@ -205,20 +289,15 @@ class DynamoLedger(Ledger):
                 else:
                     head_update["ConditionExpression"] = "attribute_not_exists(#pk)"
                     head_update["ExpressionAttributeNames"]["#pk"] = "pk"
-                puts = extra_items(seq) if extra_items else []
+                extra = build(seq) if build else []
                 items = [
-                    *({"Put": item} for item in puts),
-                    {
-                        "Put": {
-                            "TableName": self.table,
-                            "Item": event_item,
-                            "ConditionExpression": "attribute_not_exists(pk)",
-                        }
-                    },
+                    *({"Put": item} if "Item" in item else item for item in extra),
+                    *event_puts,
                     {"Update": head_update},
                 ]
                 try:
-                    self._transact(items, len(puts))
+                    self._transact(items, len(extra) if checked is None else checked)
+                    self._wrote = True  # close() signs a checkpoint of what this handle wrote
                     return seq
                 except _Conflict:
                     continue
@@ -246,27 +325,67 @@ class DynamoLedger(Ledger):
         _, fields_json = encode_appended_event(event)
         return self._call(lambda: self._append(fields_json))
 
-    def record_attempt(self, record: AttemptRecord | Mapping[str, Any]) -> str:
+    def head(self) -> tuple[int, str]:
+        return self._call(self._head)
+
+    def record_attempt(
+        self, record: AttemptRecord | Mapping[str, Any], *, events: Sequence[Event] = ()
+    ) -> str:
         rec = as_record(record)
         digest = rec.canonical_hash()
-        _, fields_json = encode_record_seal(rec, digest)
+        bodies = [fields_json for _, fields_json in encode_attempt_events(events)]
+        bodies.append(encode_record_seal(rec, digest)[1])
         body = canonical_json(rec.to_dict())
+        client = self._client
 
-        def record_put(seq: int) -> list[dict[str, Any]]:
-            item = {
-                "pk": {"S": RECORD},
-                "sk": {"S": rec.attempt_id},
-                "chain_seq": {"N": str(seq)},  # for ordering only; the audit trusts the chain, not this
-                "body": {"S": body},
-            }
-            return [
-                {"TableName": self.table, "Item": item, "ConditionExpression": "attribute_not_exists(pk)"}
-            ]
+        def prepare() -> tuple[list[str], Callable[[int], list[dict[str, Any]]]]:
+            # Read the unit inside the retry loop: a concurrent writer of the same unit makes us re-apply.
+            current = client.get_item(
+                TableName=self.table, Key=_key(UNIT, rec.serial), ConsistentRead=True
+            ).get("Item")
+            previous = _unit_of(current) if current else None
+            state = apply(previous, rec)
+
+            def items(seq: int) -> list[dict[str, Any]]:
+                record_item: dict[str, Any] = {
+                    **_key(RECORD, rec.attempt_id),
+                    "chain_seq": {"N": str(seq)},  # for ordering only; the audit trusts the chain, not this
+                    "body": {"S": body},
+                    "r_serial": {"S": rec.serial},
+                    "r_all": {"S": RECORD},
+                    "r_seq": {"N": str(seq)},
+                }
+                if rec.thing_name:
+                    record_item["r_thing"] = {"S": rec.thing_name}
+                if rec.certificate_id:
+                    record_item["r_cp"] = {"S": rec.certificate_id[:4]}
+                    record_item["r_cert"] = {"S": rec.certificate_id}
+                unit_put: dict[str, Any] = {
+                    "TableName": self.table,
+                    "Item": _unit_item(state, rec, seq),
+                }
+                if current is None:
+                    unit_put["ConditionExpression"] = "attribute_not_exists(pk)"
+                else:
+                    unit_put["ConditionExpression"] = "#v = :v"
+                    unit_put["ExpressionAttributeNames"] = {"#v": "seq"}
+                    unit_put["ExpressionAttributeValues"] = {":v": current["seq"]}
+                return [
+                    {
+                        "TableName": self.table,
+                        "Item": record_item,
+                        "ConditionExpression": "attribute_not_exists(pk)",
+                    },
+                    unit_put,
+                ]
+
+            return bodies, items
 
         try:
-            self._call(lambda: self._append(fields_json, record_put))
+            self._call(lambda: self._append(bodies, checked=1, prepare=prepare))
         except ValueError as exc:
             raise ValueError(f"attempt {rec.attempt_id} is already recorded") from exc
+        self._wrote_record()
         return digest
 
     def _query(self, pk: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
@@ -276,6 +395,21 @@ class DynamoLedger(Ledger):
             KeyConditionExpression=kwargs.pop("key_condition", "pk = :pk"),
             ExpressionAttributeValues={":pk": {"S": pk}, **kwargs.pop("values", {})},
             ConsistentRead=True,
+            **kwargs,
+        )
+        for page in pages:
+            yield from page.get("Items", [])
+
+    def _index(
+        self, index: str, condition: str, values: dict[str, Any], **kwargs: Any
+    ) -> Iterator[dict[str, Any]]:
+        """Items of a GSI query (eventually consistent, as every GSI read is), page by page."""
+        paginator = self._client.get_paginator("query")
+        pages = paginator.paginate(
+            TableName=self.table,
+            IndexName=index,
+            KeyConditionExpression=condition,
+            ExpressionAttributeValues=values,
             **kwargs,
         )
         for page in pages:
@@ -309,13 +443,21 @@ class DynamoLedger(Ledger):
 
         return self._call(work)
 
-    def audit(self) -> AuditResult:
+    def audit(self, *, progress: Progress | None = None, since_checkpoint: bool = False) -> AuditResult:
+        try:
+            checkpoint = self.anchor.latest() if self.anchor is not None else None
+        except AnchorError as exc:
+            return AuditResult(False, 0, RowRef("anchor", 0), str(exc), anchor_note=str(exc))
+
         def work() -> AuditResult:
             for _ in range(AUDIT_TRIES):
                 head_item = self._client.get_item(
                     TableName=self.table, Key=HEAD_KEY, ConsistentRead=True
                 ).get("Item")
-                records = [RecordRow(item["sk"]["S"], _body(item)) for item in self._query(RECORD)]
+                records = {
+                    item["sk"]["S"]: (_int(item.get("chain_seq")), RecordRow(item["sk"]["S"], _body(item)))
+                    for item in self._query(RECORD)
+                }
                 rows = [
                     ChainRow(
                         _int(item.get("seq")),
@@ -325,12 +467,14 @@ class DynamoLedger(Ledger):
                     )
                     for item in self._chain_items()
                 ]
+                units = [(item["sk"]["S"], _body(item)) for item in self._query(UNIT)]
+                journal = [_journal_entry(item) for item in self._query(JOURNAL)]
                 head_again = self._client.get_item(
                     TableName=self.table, Key=HEAD_KEY, ConsistentRead=True
                 ).get("Item")
                 if head_item == head_again:
                     head = None if head_item is None else (int(head_item["seq"]["N"]), head_item["hash"]["S"])
-                    return audit_chain(rows, head, records)
+                    return self._verdict(rows, head, records, units, journal, checkpoint, progress)
             raise LedgerUnavailable(
                 "Ledger busy",
                 "The ledger kept changing while it was being checked.",
@@ -339,37 +483,254 @@ class DynamoLedger(Ledger):
 
         return self._call(work)
 
+    @staticmethod
+    def _verdict(
+        rows: list[ChainRow],
+        head: tuple[int, str] | None,
+        records: dict[str, tuple[int, RecordRow]],
+        units: list[tuple[str, dict[str, Any] | None]],
+        journal: list[JournalEntry],
+        checkpoint: Any,
+        progress: Progress | None,
+    ) -> AuditResult:
+        verifier = ChainVerifier(records.get, watch_seq=checkpoint.seq if checkpoint else 0)
+        chained_journal: dict[int, dict[str, Any]] = {}
+        for row in rows:
+            if not verifier.feed(row):
+                break
+            if row.fields is not None and row.fields.get("kind") == JOURNAL_EVENT:
+                data = row.fields.get("data") or {}
+                chained_journal[int(data.get("journal_id", 0))] = data
+        sealed = {
+            str((row.fields or {}).get("data", {}).get("attempt_id", ""))
+            for row in rows
+            if row.fields and row.fields.get("kind") == RECORD_EVENT
+        }
+        result = verifier.finish(
+            head, len(records), lambda: next((a for a in sorted(records) if a not in sealed), None)
+        )
+        result = dataclasses.replace(result, anchored_seq=checkpoint.seq if checkpoint else 0)
+        if progress is not None:
+            progress(result.head_seq, head[0] if head else 0)
+        if not result.ok:
+            return result
+        if checkpoint is not None:
+            verdict = anchor_verdict(checkpoint, result.head_seq, verifier.watched_hash)
+            if verdict:
+                return dataclasses.replace(
+                    result,
+                    ok=False,
+                    first_bad_row=RowRef("events", checkpoint.seq),
+                    reason=verdict,
+                    anchor_note=verdict,
+                )
+        note = "" if checkpoint else "no signed checkpoint: truncation or re-chaining cannot be detected"
+        ordered = sorted(
+            (AttemptRecord(**row.fields) for _, row in records.values() if row.fields),
+            key=lambda r: (r.serial, records[r.attempt_id][0]),
+        )
+        groups = [
+            (serial, [r for r in ordered if r.serial == serial])
+            for serial in dict.fromkeys(r.serial for r in ordered)
+        ]
+        checked, serial, why = check_units(groups, sorted(units))
+        if serial:
+            return dataclasses.replace(
+                result,
+                ok=False,
+                first_bad_row=RowRef("units", serial),
+                reason=why,
+                units_checked=checked,
+                anchor_note=note,
+            )
+        by_id = {e.id: e for e in journal}
+        for journal_id in sorted(set(by_id) | set(chained_journal)):
+            why = journal_mismatch(by_id.get(journal_id), chained_journal.get(journal_id))
+            if why:
+                return dataclasses.replace(
+                    result,
+                    ok=False,
+                    first_bad_row=RowRef("journal", journal_id),
+                    reason=why,
+                    units_checked=checked,
+                    anchor_note=note,
+                )
+        return dataclasses.replace(
+            result, units_checked=checked, journal_checked=len(by_id), anchor_note=note
+        )
+
     # ----------------------------------------------------------------------------------------- records
-    def _records(self) -> list[AttemptRecord]:
-        items = sorted(self._query(RECORD), key=lambda item: _int(item.get("chain_seq")))
-        out = []
-        for item in items:
-            fields = _body(item)
-            if fields is None:
-                raise _damaged("An attempt record")
-            try:
-                out.append(AttemptRecord(**fields))
-            except (TypeError, ValueError) as exc:
-                raise _damaged("An attempt record") from exc
-        return out
+    def _in_order(self) -> Iterator[list[dict[str, Any]]]:
+        """Record items in write order, one GSI page at a time (streamed)."""
+        paginator = self._client.get_paginator("query")
+        pages = paginator.paginate(
+            TableName=self.table,
+            IndexName="records_in_order",
+            KeyConditionExpression="r_all = :r",
+            ExpressionAttributeValues={":r": {"S": RECORD}},
+        )
+        for page in pages:
+            yield page.get("Items", [])
 
     def records(self) -> Iterator[AttemptRecord]:
-        yield from self._call(self._records)
+        for page in self._in_order():
+            for item in page:
+                yield _record_of(item)
+
+    def _export_rows(self) -> Iterator[tuple[AttemptRecord, UnitState | None]]:
+        for page in self._in_order():
+            records = [_record_of(item) for item in page]
+            units = self._units_by_serial(sorted({r.serial for r in records}))
+            for record in records:
+                yield record, units.get(record.serial)
+
+    def _batch_get(self, keys: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        for start in range(0, len(keys), 100):
+            pending: dict[str, Any] = {
+                self.table: {"Keys": keys[start : start + 100], "ConsistentRead": True}
+            }
+            while pending:
+                answer = self._client.batch_get_item(RequestItems=pending)
+                found += answer.get("Responses", {}).get(self.table, [])
+                pending = answer.get("UnprocessedKeys") or {}
+        return found
+
+    def _units_by_serial(self, serials: Sequence[str]) -> dict[str, UnitState]:
+        items = self._call(lambda: self._batch_get([_key(UNIT, s) for s in serials]))
+        return {item["sk"]["S"]: _unit_of(item) for item in items}
+
+    def _latest_records(self, attempt_ids: Sequence[str]) -> dict[str, AttemptRecord]:
+        items = self._call(lambda: self._batch_get([_key(RECORD, a) for a in dict.fromkeys(attempt_ids)]))
+        return {r.attempt_id: r for r in map(_record_of, items)}
+
+    def _matching_records(self, q: str) -> list[dict[str, Any]]:
+        items: dict[str, dict[str, Any]] = {}
+        lookups = [
+            ("records_by_serial", "r_serial = :q", {":q": {"S": q}}),
+            ("records_by_thing", "r_thing = :q", {":q": {"S": q}}),
+            ("records_by_cert", "r_cp = :p AND r_cert = :q", {":p": {"S": q[:4]}, ":q": {"S": q}}),
+        ]
+        if is_cert_prefix(q):
+            low = q.lower()
+            lookups.append(
+                (
+                    "records_by_cert",
+                    "r_cp = :p AND begins_with(r_cert, :q)",
+                    {":p": {"S": low[:4]}, ":q": {"S": low}},
+                )
+            )
+        for index, condition, values in lookups:
+            for item in self._index(index, condition, values):
+                items[item["sk"]["S"]] = item
+        direct = self._client.get_item(TableName=self.table, Key=_key(RECORD, q), ConsistentRead=True).get(
+            "Item"
+        )
+        if direct is not None:
+            items[q] = direct
+        return sorted(items.values(), key=lambda item: _int(item.get("chain_seq")))
 
     def find(self, query: str) -> list[AttemptRecord]:
-        return [r for r in self._call(self._records) if matches_query(r, query)]
+        q = query.strip()
+        if not q:
+            return []
+        return [_record_of(item) for item in self._call(lambda: self._matching_records(q))]
 
-    def units(self, outcome: str | None = None) -> list[UnitSummary]:
-        latest: dict[str, AttemptRecord] = {}
-        counts: dict[str, int] = {}
-        for record in self._call(self._records):  # oldest first: the last one seen is the latest
-            latest[record.serial] = record
-            counts[record.serial] = counts.get(record.serial, 0) + 1
-        return [
-            UnitSummary(serial, r.outcome, counts[serial], r)
-            for serial, r in sorted(latest.items())
-            if outcome is None or r.outcome == str(outcome)
-        ]
+    # ------------------------------------------------------------------------------------------- units
+    def unit(self, serial: str) -> UnitState | None:
+        item = self._call(
+            lambda: self._client.get_item(
+                TableName=self.table, Key=_key(UNIT, serial), ConsistentRead=True
+            ).get("Item")
+        )
+        return _unit_of(item) if item else None
+
+    def unit_page(
+        self,
+        *,
+        state: str | None = None,
+        outcome: str | None = None,
+        target: str | None = None,
+        station: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        after: str | None = None,
+        limit: int = 50,
+    ) -> UnitPage:
+        n = page_limit(limit)
+        index, hash_name, hash_value = (
+            ("units_by_state", "u_state", str(state))
+            if state is not None
+            else ("units_by_time", "u_all", UNIT)
+        )
+        condition = f"{hash_name} = :h"
+        values: dict[str, Any] = {":h": {"S": hash_value}}
+        low = f"{_micros(since):020d}" if since is not None else None
+        high = f"{_micros(until) - 1:020d}#~" if until is not None else None
+        if low and high:
+            condition += " AND u_order BETWEEN :lo AND :hi"
+            values.update({":lo": {"S": low}, ":hi": {"S": high}})
+        elif low:
+            condition += " AND u_order >= :lo"
+            values[":lo"] = {"S": low}
+        elif high:
+            condition += " AND u_order <= :hi"
+            values[":hi"] = {"S": high}
+        filters = []
+        names: dict[str, str] = {}
+        for i, (attribute, value) in enumerate(
+            (("outcome", outcome), ("target", target), ("station", station))
+        ):
+            if value is not None:
+                filters.append(f"#f{i} = :f{i}")
+                names[f"#f{i}"] = f"u_{attribute}"
+                values[f":f{i}"] = {"S": str(value)}
+        request: dict[str, Any] = {
+            "TableName": self.table,
+            "IndexName": index,
+            "KeyConditionExpression": condition,
+            "ExpressionAttributeValues": values,
+            "ScanIndexForward": False,
+            "Limit": max(n * 2, 50),
+        }
+        if filters:
+            request["FilterExpression"] = " AND ".join(filters)
+            request["ExpressionAttributeNames"] = names
+        if after:
+            request["ExclusiveStartKey"] = _decode_cursor(after)
+        found: list[dict[str, Any]] = []
+        while True:
+            answer = self._call(lambda: self._client.query(**request))
+            found += answer.get("Items", [])
+            last = answer.get("LastEvaluatedKey")
+            if len(found) > n or not last:
+                break
+            request["ExclusiveStartKey"] = last
+        page = found[:n]
+        more = len(found) > n or (len(found) == n and bool(last))
+        cursor = None
+        if more and page:
+            item = page[-1]
+            start_key = {k: item[k] for k in ("pk", "sk", hash_name, "u_order")}
+            cursor = _encode_cursor(start_key)
+        return UnitPage([_unit_of(item) for item in page], cursor)
+
+    def find_units(self, query: str) -> list[UnitState]:
+        q = query.strip()
+        if not q:
+            return []
+
+        def work() -> list[UnitState]:
+            serials = {
+                item["sk"]["S"]
+                for item in self._index("units_by_fold", "u_fold = :q", {":q": {"S": q.lower()}})
+            }
+            serials |= {_str(item.get("r_serial")) for item in self._matching_records(q)}
+            items = self._batch_get([_key(UNIT, s) for s in sorted(serials) if s])
+            items.sort(key=lambda item: _str(item.get("u_order")), reverse=True)
+            return [_unit_of(item) for item in items[:MAX_PAGE]]
+
+        return self._call(work)
 
     # ----------------------------------------------------------------------------------------- journal
     def journal_open(self, **fields: Any) -> int:
@@ -385,19 +746,20 @@ class DynamoLedger(Ledger):
                 ReturnValues="UPDATED_NEW",
             )
             journal_id = int(counter["Attributes"]["n"]["N"])
-            now = repr(time.time())
+            now = time.time()
             item = {
                 "pk": {"S": JOURNAL},
                 "sk": {"S": seq_key(journal_id)},
                 "id": {"N": str(journal_id)},
-                "opened_at": {"N": now},
-                "updated_at": {"N": now},
+                "opened_at": {"N": repr(now)},
+                "updated_at": {"N": repr(now)},
                 "extra": {"S": canonical_json(extra)},
                 **{name: _attr(value) for name, value in columns.items()},
             }
-            self._client.put_item(
-                TableName=self.table, Item=item, ConditionExpression="attribute_not_exists(pk)"
-            )
+            entry = JournalEntry(id=journal_id, **columns, opened_at=now, updated_at=now, extra=extra)
+            body = encode_journal_event(entry, "open")[1]
+            put = {"TableName": self.table, "Item": item, "ConditionExpression": "attribute_not_exists(pk)"}
+            self._append(body, lambda seq: [put], checked=1)
             return journal_id
 
         return self._call(work)
@@ -407,68 +769,79 @@ class DynamoLedger(Ledger):
         key = {"pk": {"S": JOURNAL}, "sk": {"S": seq_key(int(journal_id))}}
         client = self._client
 
-        def work() -> None:
-            # Read-modify-write of `extra`, guarded by its old value so two updaters cannot lose each other's keys.
-            for _ in range(MAX_APPEND_TRIES):
-                item = client.get_item(TableName=self.table, Key=key, ConsistentRead=True).get("Item")
-                if item is None or "closed_at" in item:
-                    raise KeyError(f"no open journal entry {journal_id}")
-                old_extra = item["extra"]["S"]
-                merged = canonical_json({**json.loads(old_extra), **extra})
-                # Every attribute name goes through a placeholder: DynamoDB reserves hundreds of words.
-                names = {f"#c{i}": name for i, name in enumerate(columns)}
-                names.update({"#pk": "pk", "#closed": "closed_at", "#upd": "updated_at", "#extra": "extra"})
-                values: dict[str, Any] = {f":c{i}": _attr(v) for i, v in enumerate(columns.values())}
-                values.update(
-                    {":now": {"N": repr(time.time())}, ":extra": {"S": merged}, ":old": {"S": old_extra}}
-                )
-                sets = [f"#c{i} = :c{i}" for i in range(len(columns))] + ["#upd = :now", "#extra = :extra"]
-                try:
-                    client.update_item(
-                        TableName=self.table,
-                        Key=key,
-                        UpdateExpression="SET " + ", ".join(sets),
-                        ConditionExpression="attribute_exists(#pk) AND attribute_not_exists(#closed) AND #extra = :old",
-                        ExpressionAttributeNames=names,
-                        ExpressionAttributeValues=values,
-                    )
-                    return
-                except client.exceptions.ConditionalCheckFailedException:
-                    continue  # closed or changed meanwhile: look again
-            raise LedgerUnavailable(
-                "Ledger busy", "A journal entry kept changing.", "Try again; check for a second station."
+        def prepare() -> tuple[list[str], Callable[[int], list[dict[str, Any]]]]:
+            # Read-modify-write of `extra`, guarded by its old value so two updaters cannot lose each other's
+            # keys; a lost guard is a conflict, and the next try reads again.
+            item = client.get_item(TableName=self.table, Key=key, ConsistentRead=True).get("Item")
+            if item is None or "closed_at" in item:
+                raise KeyError(f"no open journal entry {journal_id}")
+            old_extra = item["extra"]["S"]
+            merged = {**json.loads(old_extra), **extra}
+            now = time.time()
+            entry = dataclasses.replace(_journal_entry(item), **columns, updated_at=now, extra=merged)
+            # Every attribute name goes through a placeholder: DynamoDB reserves hundreds of words.
+            names = {f"#c{i}": name for i, name in enumerate(columns)}
+            names.update({"#pk": "pk", "#closed": "closed_at", "#upd": "updated_at", "#extra": "extra"})
+            values: dict[str, Any] = {f":c{i}": _attr(v) for i, v in enumerate(columns.values())}
+            values.update(
+                {":now": {"N": repr(now)}, ":extra": {"S": canonical_json(merged)}, ":old": {"S": old_extra}}
             )
+            sets = [f"#c{i} = :c{i}" for i in range(len(columns))] + ["#upd = :now", "#extra = :extra"]
+            update = {
+                "Update": {
+                    "TableName": self.table,
+                    "Key": key,
+                    "UpdateExpression": "SET " + ", ".join(sets),
+                    "ConditionExpression": "attribute_exists(#pk) AND attribute_not_exists(#closed) AND #extra = :old",
+                    "ExpressionAttributeNames": names,
+                    "ExpressionAttributeValues": values,
+                }
+            }
+            return [encode_journal_event(entry, "update")[1]], lambda seq: [update]
 
-        self._call(work)
+        self._call(lambda: self._append([], prepare=prepare, checked=0))
 
     def journal_close(self, journal_id: int, outcome: str | None = None) -> None:
         key = {"pk": {"S": JOURNAL}, "sk": {"S": seq_key(int(journal_id))}}
         client = self._client
+        closed: list[bool] = []
 
-        def work() -> None:
-            now = {"N": repr(time.time())}
-            try:
-                client.update_item(
-                    TableName=self.table,
-                    Key=key,
-                    UpdateExpression="SET #closed = :now, #upd = :now, #out = :outcome",
-                    ConditionExpression="attribute_exists(#pk) AND attribute_not_exists(#closed)",
-                    ExpressionAttributeNames={
+        def prepare() -> tuple[list[str], Callable[[int], list[dict[str, Any]]]]:
+            item = client.get_item(TableName=self.table, Key=key, ConsistentRead=True).get("Item")
+            if item is None:
+                raise KeyError(f"no journal entry {journal_id}")
+            if "closed_at" in item:
+                closed.append(True)
+                raise _AlreadyClosed()
+            now = time.time()
+            entry = dataclasses.replace(
+                _journal_entry(item),
+                closed_at=now,
+                updated_at=now,
+                outcome=None if outcome is None else str(outcome),
+            )
+            update = {
+                "Update": {
+                    "TableName": self.table,
+                    "Key": key,
+                    "UpdateExpression": "SET #closed = :now, #upd = :now, #out = :outcome",
+                    "ConditionExpression": "attribute_exists(#pk) AND attribute_not_exists(#closed)",
+                    "ExpressionAttributeNames": {
                         "#pk": "pk",
                         "#closed": "closed_at",
                         "#upd": "updated_at",
                         "#out": "outcome",
                     },
-                    ExpressionAttributeValues={
-                        ":now": now,
+                    "ExpressionAttributeValues": {
+                        ":now": {"N": repr(now)},
                         ":outcome": {"NULL": True} if outcome is None else {"S": str(outcome)},
                     },
-                )
-            except client.exceptions.ConditionalCheckFailedException:
-                if client.get_item(TableName=self.table, Key=key, ConsistentRead=True).get("Item") is None:
-                    raise KeyError(f"no journal entry {journal_id}") from None
+                }
+            }
+            return [encode_journal_event(entry, "close")[1]], lambda seq: [update]
 
-        self._call(work)
+        with contextlib.suppress(_AlreadyClosed):  # closing twice is harmless
+            self._call(lambda: self._append([], prepare=prepare, checked=0))
 
     def journal_pending(self) -> list[JournalEntry]:
         def work() -> list[JournalEntry]:
@@ -483,7 +856,7 @@ class DynamoLedger(Ledger):
 
     # ---------------------------------------------------------------------------------------- lifetime
     def close(self) -> None:
-        pass  # boto3 clients hold no resources that need closing
+        self._close_anchor()  # boto3 clients hold no resources that need closing
 
     def __repr__(self) -> str:
         return f"DynamoLedger({self.table!r})"
@@ -551,3 +924,64 @@ def _journal_entry(item: Mapping[str, Any]) -> JournalEntry:
             fields[name] = attr["S"]
     fields["thing_created"] = bool(fields.get("thing_created"))
     return JournalEntry(**fields)
+
+
+def _key(pk: str, sk: str) -> dict[str, Any]:
+    return {"pk": {"S": pk}, "sk": {"S": sk}}
+
+
+def _micros(epoch: float) -> int:
+    return max(0, round(float(epoch) * 1_000_000))
+
+
+def _unit_item(state: UnitState, record: AttemptRecord, seq: int) -> dict[str, Any]:
+    at = unit_time(record)
+    order = f"{_micros(at):020d}#{seq:020d}"
+    return {
+        **_key(UNIT, state.serial),
+        "body": {"S": canonical_json(plain(state.to_dict()))},
+        "seq": {"N": str(seq)},
+        "u_fold": {"S": state.serial.lower()},
+        "u_all": {"S": UNIT},
+        "u_state": {"S": state.state},
+        "u_order": {"S": order},
+        "u_outcome": {"S": state.last_outcome or "-"},
+        "u_target": {"S": unit_target(state, record) or "-"},
+        "u_station": {"S": record.station_id or "-"},
+    }
+
+
+def _unit_of(item: Mapping[str, Any]) -> UnitState:
+    body = _body(item)
+    if body is None:
+        raise _damaged("A unit's state")
+    try:
+        return UnitState.from_dict(body)
+    except (TypeError, ValueError) as exc:
+        raise _damaged("A unit's state") from exc
+
+
+def _record_of(item: Mapping[str, Any]) -> AttemptRecord:
+    fields = _body(item)
+    if fields is None:
+        raise _damaged("An attempt record")
+    try:
+        return AttemptRecord(**fields)
+    except (TypeError, ValueError) as exc:
+        raise _damaged("An attempt record") from exc
+
+
+def _encode_cursor(key: Mapping[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(key, sort_keys=True).encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> dict[str, Any]:
+    try:
+        value = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        if isinstance(value, dict):
+            return value
+    except (ValueError, TypeError):
+        pass
+    raise InputError(
+        "Bad cursor", f"{cursor!r} is not a cursor this ledger gave out.", "Start again without --after."
+    )

@@ -1,6 +1,6 @@
 """The lab data plane, judged by the unmodified awsiotsdk client against moto as the control plane.
 
-Scenarios of ../shared/seed-scenarios.md (issue 2's acceptance 1-8) plus the AWS behaviours around them:
+The seed report's scenarios (issue 2's acceptance 1-8) plus the AWS behaviours around them:
 unauthorized SUBSCRIBE → SUBACK 0x80, unauthorized PUBLISH → hang-up, unauthorized Receive → not delivered,
 policies read at CONNECT; the MQTT framing and CONNECT parser (fragmented input, garbage); start/stop and bad
 input. Every server runs on 127.0.0.1 inside the test process and stops by itself.

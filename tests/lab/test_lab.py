@@ -86,3 +86,41 @@ def test_station_lab_runs_until_sigterm(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_lab_json_names_a_dynamodb_that_holds_a_shared_ledger(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from station.lab.control import LAB_ACCESS_KEY_ID, LAB_SECRET_ACCESS_KEY
+    from station.ledger import AttemptRecord, open_ledger
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", LAB_ACCESS_KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", LAB_SECRET_ACCESS_KEY)
+    with Lab(tmp_path) as lab:
+        dynamodb = json.loads(lab.lab_json_path.read_text())["dynamodb"]
+        assert dynamodb["endpoint_url"] == lab.control.endpoint_url
+        with open_ledger(dynamodb["ledger_url"]) as ledger:
+            ledger.record_attempt(AttemptRecord(attempt_id="a1", serial="SIM000123", outcome="FAIL"))
+        # A second station process would open the same URL and see the same records.
+        with open_ledger(dynamodb["ledger_url"], create=False) as again:
+            assert [r.serial for r in again.find("SIM000123")] == ["SIM000123"]
+            assert again.audit().ok
+
+
+def test_the_labs_station_toml_says_how_to_add_a_slot_for_a_simulated_unit(tmp_path: Path) -> None:
+    import re
+
+    from flashers.simulators.prov1 import Prov1Device
+
+    with Lab(tmp_path, accounts=1, regions=["eu-west-1"]) as lab:
+        text = lab.config_path.read_text()
+        config = load_config(lab.config_path)
+        assert config.slots == {}
+        # Uncommenting the example gives a station that `station run` can start.
+        example = re.sub(r"(?m)^# (\[slots\.s1\]|port = |product = )", r"\1", text)
+        lab.config_path.write_text(example)
+        with_slot = load_config(lab.config_path)
+        assert set(with_slot.slots) == {"s1"} and with_slot.slots["s1"].product == "sim"
+        # A unit `station sim prov1` starts without --device-id has a serial that product takes.
+        unit = Prov1Device(tmp_path / "unit")
+        assert re.fullmatch(with_slot.products["sim"].serial_pattern, unit.device_id)

@@ -39,7 +39,7 @@ def ctx(client_id: str = "unit-1", thing: str | None = None) -> RequestContext:
     return RequestContext(region=REGION, account_id=ACCOUNT, client_id=client_id, thing_name=thing)
 
 
-# The least-privilege device policy of ../shared/reference/aws-iot.md.
+# The least-privilege device policy from AWS IoT's policy examples (thing-name policy variables).
 THING_POLICY = policy(
     allow(
         "iot:Connect",

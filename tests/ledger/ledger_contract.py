@@ -22,6 +22,7 @@ import pytest
 from station.ledger import AttemptRecord, Ledger
 from station.ledger.base import CSV_COLUMNS, GENESIS_HASH
 from station.model import Event
+from station.units import UnitStateName, iso_utc, replay
 
 CERT_ID = "3f2a9c1e" + "0" * 48 + "deadbeef"
 KEY_PEM = "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIB\n-----END EC PRIVATE KEY-----\n"
@@ -37,6 +38,8 @@ class Tamperer(Protocol):
     def edit_record(self, attempt_id: str, **columns: Any) -> None: ...
     def delete_record(self, attempt_id: str) -> None: ...
     def insert_record(self, record: AttemptRecord) -> None: ...
+    def edit_unit(self, serial: str, **fields: Any) -> None: ...  # fields of the stored UnitState
+    def close_journal(self, journal_id: int) -> None: ...  # mark closed by hand, as a person could
 
 
 @dataclass
@@ -195,7 +198,8 @@ class LedgerContract:
         assert units == {"SN0001": ("PASS", 2), "SN0002": ("ERROR", 1), "SN0003": ("FAIL", 2)}
         assert [u.serial for u in ledger.units("FAIL")] == ["SN0003"]
         assert [u.serial for u in ledger.units("PASS")] == ["SN0001"]
-        assert ledger.units("ERROR")[0].latest.serial == "SN0002"
+        assert next(ledger.units("ERROR")).latest.serial == "SN0002"
+        assert len(list(ledger.units(limit=2))) == 2
 
     def test_export_csv_one_row_per_attempt_with_stable_columns(self, ledger: Ledger) -> None:
         records = [make_record("SN0001", "FAIL"), make_record("SN0002"), make_record('SN,"3"\n')]
@@ -208,6 +212,10 @@ class LedgerContract:
         body = [dict(zip(rows[0], row, strict=True)) for row in rows[1:]]
         assert [b["attempt_id"] for b in body] == [r.attempt_id for r in records]
         assert [b["serial"] for b in body] == [r.serial for r in records]
+        assert tuple(rows[0][-2:]) == ("state", "state_changed_at")  # new columns only at the end
+        assert [b["state"] for b in body] == ["failed", "provisioned", "provisioned"]
+        assert {b["finished_at"] for b in body} == {"2023-11-14T22:13:22Z"}  # ISO-8601 UTC, not epoch
+        assert body[1]["state_changed_at"] == "2023-11-14T22:13:22Z"
         assert json.loads(body[0]["timings_ms"]) == records[0].timings_ms
         assert json.loads(body[0]["compensations"]) == records[0].compensations
         assert body[1]["certificate_pem"] == CERT_PEM
@@ -219,7 +227,13 @@ class LedgerContract:
             ledger.record_attempt(r)
         path = tmp_path / "out.json"
         assert ledger.export("json", path) == 2
-        assert json.loads(path.read_text()) == [r.to_dict() for r in records]
+        exported = json.loads(path.read_text())
+        expected = []
+        for r in records:
+            row = r.to_dict() | {"state": "provisioned" if r.outcome == "PASS" else "failed"}
+            row |= {"started_at": iso_utc(r.started_at), "finished_at": iso_utc(r.finished_at)}
+            expected.append(row | {"state_changed_at": iso_utc(r.finished_at)})
+        assert exported == expected
         empty = io.StringIO()
         with pytest.raises(ValueError):
             ledger.export("xml", empty)
@@ -288,7 +302,7 @@ class LedgerContract:
         assert not result.ok
         assert (result.first_bad_row.table, result.first_bad_row.key) == ("events", 3)
         assert "edited" in result.reason
-        assert result.checked == 2
+        assert result.checked == 3  # events 1 and 2, and the record event 2 seals
 
     def test_edited_numbers_and_data_are_caught(self, backend: BackendUnderTest, ledger: Ledger) -> None:
         self._fill(ledger)
@@ -460,8 +474,143 @@ class LedgerContract:
             third = again.journal_open(serial="SN0003")
             assert third not in (first, second)
 
-    def test_journal_is_outside_the_chain(self, ledger: Ledger) -> None:
-        jid = ledger.journal_open(serial="SN0001", state="registering")
-        ledger.journal_update(jid, state="registered")
-        ledger.journal_close(jid)
-        assert ledger.events() == [] and ledger.audit().ok
+    def test_journal_writes_are_chained_without_the_pem(self, ledger: Ledger) -> None:
+        jid = ledger.journal_open(serial="SN0001", state="registering", certificate_pem=CERT_PEM)
+        ledger.journal_update(jid, state="registered", certificate_id=CERT_ID, certificate_created=True)
+        ledger.journal_close(jid, "PASS")
+        ledger.journal_close(jid)  # a second close changes nothing, so it chains nothing
+        chained = ledger.events("SN0001")
+        assert [(e.event.kind, e.event.step) for e in chained] == [
+            ("journal", "open"),
+            ("journal", "update"),
+            ("journal", "close"),
+        ]
+        last = chained[-1].event.data
+        assert (last["journal_id"], last["stage"], last["certificate_id"], last["closed"]) == (
+            jid,
+            "registered",
+            CERT_ID,
+            True,
+        )
+        assert "BEGIN CERTIFICATE" not in json.dumps([e.to_dict() for e in chained])
+        result = ledger.audit()
+        assert result.ok and result.journal_checked == 1
+        with pytest.raises(ValueError, match="reserved"):
+            ledger.append_event(note(kind="journal"))
+
+    def test_journal_closed_by_hand_is_caught(self, backend: BackendUnderTest, ledger: Ledger) -> None:
+        done = ledger.journal_open(serial="SN0001", state="registering")
+        ledger.journal_close(done, "PASS")
+        jid = ledger.journal_open(serial="SN0002", state="registering", certificate_id=CERT_ID)
+        ledger.journal_update(jid, state="registered", certificate_created=True)
+        assert ledger.audit().ok
+        backend.tamper.close_journal(jid)  # someone hides the orphan from reconcile
+        result = self._audit(backend)
+        assert not result.ok
+        assert (result.first_bad_row.table, result.first_bad_row.key) == ("journal", jid)
+        assert "closed outside the station" in result.reason
+
+    # ------------------------------------------------------------------------------------------ units
+    def test_record_with_events_is_one_chained_write(self, ledger: Ledger) -> None:
+        ledger.append_event(note("SN0000", 0))
+        record = make_record()
+        digest = ledger.record_attempt(record, events=[note(i=i) for i in range(6)])
+        assert digest == record.canonical_hash()
+        stored = ledger.events("SN0001")
+        assert [e.seq for e in stored] == list(range(2, 9))
+        assert [e.event.kind for e in stored] == ["step_finished"] * 6 + ["record"]  # the seal comes last
+        assert [e.event.data["i"] for e in stored[:6]] == list(range(6))
+        result = ledger.audit()
+        assert result.ok and result.head_seq == 8 and result.units_checked == 1
+
+    def test_a_refused_event_writes_nothing(self, ledger: Ledger) -> None:
+        with pytest.raises(ValueError, match="private key"):
+            ledger.record_attempt(make_record(), events=[note(i=0), note(i=1, message=KEY_PEM)])
+        with pytest.raises(ValueError, match="reserved"):
+            ledger.record_attempt(make_record(), events=[note(kind="record")])
+        assert ledger.events() == [] and ledger.unit("SN0001") is None and ledger.find("SN0001") == []
+
+    def test_unit_state_follows_the_records(self, ledger: Ledger) -> None:
+        assert ledger.unit("SN0001") is None
+        first = make_record("SN0001", "FAIL", finished_at=1_700_000_010.0)
+        ledger.record_attempt(first)
+        assert ledger.unit("SN0001").state == UnitStateName.FAILED
+        passed = make_record("SN0001", "PASS", finished_at=1_700_000_020.0)
+        ledger.record_attempt(passed)
+        unit = ledger.unit("SN0001")
+        assert (unit.state, unit.attempts, unit.last_attempt_id) == ("provisioned", 2, passed.attempt_id)
+        assert [(i.target, i.certificate_id, i.verified) for i in unit.live] == [("lab-eu", CERT_ID, True)]
+        revoke = make_record(
+            "SN0001",
+            "DONE",
+            action="revoke",
+            operator="qa",
+            finished_at=1_700_000_030.0,
+            extra={"revoked": [CERT_ID]},
+        )
+        ledger.record_attempt(revoke)
+        unit = ledger.unit("SN0001")
+        assert (unit.state, unit.live, unit.changed_by, unit.state_changed_at) == (
+            "revoked",
+            (),
+            "qa",
+            1_700_000_030.0,
+        )
+        assert unit == replay([first, passed, revoke])["SN0001"]
+        assert ledger.unit("sn0001") is None  # `unit` is exact; `find_units` is the forgiving lookup
+        assert ledger.audit().ok
+
+    def test_unit_page_newest_first_with_filters_and_cursor(self, ledger: Ledger) -> None:
+        for i in range(7):
+            outcome = "FAIL" if i % 3 == 0 else "PASS"
+            ledger.record_attempt(
+                make_record(f"SN{i:04d}", outcome, finished_at=1_700_000_000.0 + i, station_id=f"st{i % 2}")
+            )
+        ledger.record_attempt(make_record("SN0100", "PASS", finished_at=1_700_000_003.0, target="prod-us"))
+        page = ledger.unit_page(limit=3)
+        assert [u.serial for u in page.units] == ["SN0006", "SN0005", "SN0004"]
+        seen = [u.serial for u in page.units]
+        while page.next_cursor:
+            page = ledger.unit_page(limit=3, after=page.next_cursor)
+            seen += [u.serial for u in page.units]
+        # equal times keep a stable order (the later write first) and nobody is skipped or repeated
+        assert seen == ["SN0006", "SN0005", "SN0004", "SN0100", "SN0003", "SN0002", "SN0001", "SN0000"]
+        assert [u.serial for u in ledger.unit_page(state="failed").units] == ["SN0006", "SN0003", "SN0000"]
+        assert [u.serial for u in ledger.unit_page(outcome="FAIL", limit=2).units] == ["SN0006", "SN0003"]
+        assert [u.serial for u in ledger.unit_page(target="prod-us").units] == ["SN0100"]
+        assert [u.serial for u in ledger.unit_page(station="st1", state="provisioned").units] == [
+            "SN0005",
+            "SN0001",
+        ]
+        window = ledger.unit_page(since=1_700_000_002.0, until=1_700_000_004.0)
+        assert [u.serial for u in window.units] == [
+            "SN0100",
+            "SN0003",
+            "SN0002",
+        ] and window.next_cursor is None
+        assert ledger.unit_page(state="revoked").units == []
+
+    def test_find_units_by_serial_thing_or_certificate(self, ledger: Ledger) -> None:
+        other_cert = "ab" * 32
+        ledger.record_attempt(make_record("SN0001"))
+        ledger.record_attempt(make_record("SN0002", certificate_id=other_cert, thing_name="prov1-SN0002"))
+        for query in ("SN0001", "sn0001", " Sn0001 ", "prov1-SN0001", CERT_ID, CERT_ID[:8].upper()):
+            assert [u.serial for u in ledger.find_units(query)] == ["SN0001"], query
+        assert [u.serial for u in ledger.find_units("abababab")] == ["SN0002"]
+        assert ledger.find_units(CERT_ID[:7]) == [] and ledger.find_units("SN000") == []
+        assert ledger.find_units("") == []
+
+    def test_edited_unit_state_is_named(self, backend: BackendUnderTest, ledger: Ledger) -> None:
+        self._fill(ledger)  # SN0000 PASS, SN0001 FAIL, SN0002 PASS
+        backend.tamper.edit_unit("SN0001", state="provisioned")  # a failed unit shown as good
+        result = self._audit(backend)
+        assert not result.ok
+        assert (result.first_bad_row.table, result.first_bad_row.key) == ("units", "SN0001")
+        assert "replay" in result.reason
+
+    def test_audit_reports_progress(self, ledger: Ledger) -> None:
+        self._fill(ledger)
+        calls: list[tuple[int, int]] = []
+        assert ledger.audit(progress=lambda done, total: calls.append((done, total))).ok
+        assert calls and calls[-1][0] == calls[-1][1] >= 7  # the chain's 7 rows (and the units replayed)
+        assert all(done <= total for done, total in calls)

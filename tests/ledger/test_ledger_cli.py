@@ -59,7 +59,8 @@ def _tamper(path: Path) -> None:
 def test_audit_verify_intact(capsys: Any, ledger_path: Path) -> None:
     code, out, _ = run(capsys, "audit", "verify", "--ledger", str(ledger_path))
     assert code == EXIT_OK
-    assert "intact" in out and "12 rows checked" in out  # 4 unit_started + 4 record events + 4 records
+    assert "intact" in out and "12 rows, 3 unit states checked" in out  # 4 unit_started + 4 seals + 4 records
+    assert "matches the signed checkpoint at event 8" in out
     code, out, _ = run(capsys, "audit", "verify", "--ledger", str(ledger_path), "--json")
     result = json.loads(out)
     assert code == EXIT_OK and result["ok"] is True and result["head_seq"] == 8
@@ -75,6 +76,31 @@ def test_audit_verify_names_the_tampered_row(capsys: Any, ledger_path: Path) -> 
     result = json.loads(out)
     assert code == EXIT_INTEGRITY
     assert result["ok"] is False and result["first_bad_row"] == {"table": "records", "key": attempt}
+
+
+def test_audit_verify_catches_a_truncated_tail_against_the_anchor(capsys: Any, ledger_path: Path) -> None:
+    conn = sqlite3.connect(ledger_path)
+    for trigger in ("events_append_only_delete", "records_append_only_delete"):
+        conn.execute(f"DROP TRIGGER {trigger}")
+    # Drop the last unit completely and make the head consistent again: the chain alone cannot tell.
+    conn.execute("DELETE FROM events WHERE seq > 6")
+    conn.execute("DELETE FROM records WHERE serial = 'SN0003'")
+    conn.execute("DELETE FROM units WHERE serial = 'SN0003'")
+    conn.execute("UPDATE chain_head SET seq = 6, hash = (SELECT hash FROM events WHERE seq = 6)")
+    conn.commit()
+    conn.close()
+    code, out, _ = run(capsys, "audit", "verify", "--ledger", str(ledger_path))
+    assert code == EXIT_INTEGRITY and "truncated" in out and "event 8" in out
+
+
+def test_audit_checkpoint_signs_the_head(capsys: Any, ledger_path: Path) -> None:
+    code, out, _ = run(capsys, "audit", "checkpoint", "--ledger", str(ledger_path))
+    assert code == EXIT_OK and "Signed event 8" in out
+    code, out, _ = run(
+        capsys, "audit", "verify", "--since-checkpoint", "--ledger", str(ledger_path), "--json"
+    )
+    result = json.loads(out)
+    assert code == EXIT_OK and result["since_seq"] == 8 and result["checked"] == 0
 
 
 def test_audit_verify_exit_code_through_the_real_entry_point(ledger_path: Path) -> None:
@@ -102,8 +128,55 @@ def test_units_filters_on_the_latest_outcome(capsys: Any, ledger_path: Path) -> 
     assert [u["serial"] for u in json.loads(out)] == ["SN0003"]
     code, out, _ = run(capsys, "units", "--ledger", str(ledger_path))
     lines = out.splitlines()
-    assert lines[0].split()[:3] == ["SERIAL", "OUTCOME", "TRIES"]
-    assert lines[1].split()[:3] == ["SN0001", "PASS", "2"] and lines[-1] == "3 unit(s)."
+    assert lines[0].split()[:4] == ["SERIAL", "STATE", "OUTCOME", "TRIES"]
+    # newest first: the last unit written leads
+    assert [line.split()[0] for line in lines[1:4]] == ["SN0003", "SN0002", "SN0001"]
+    assert lines[3].split()[:7] == ["SN0001", "provisioned", "2023-11-14", "by", "ana", "PASS", "2"]
+    assert lines[-1] == "3 unit(s), newest first."
+
+
+def test_units_pages_with_a_cursor_and_filters_by_state(capsys: Any, ledger_path: Path) -> None:
+    code, out, err = run(capsys, "units", "--ledger", str(ledger_path), "--limit", "2", "--json")
+    assert code == EXIT_OK and [u["serial"] for u in json.loads(out)] == ["SN0003", "SN0002"]
+    cursor = err.split("--after '")[1].split("'")[0]
+    code, out, err = run(
+        capsys, "units", "--ledger", str(ledger_path), "--limit", "2", "--after", cursor, "--json"
+    )
+    assert [u["serial"] for u in json.loads(out)] == ["SN0001"] and "--after" not in err
+    code, out, _ = run(capsys, "units", "--ledger", str(ledger_path), "--state", "failed", "--json")
+    assert [(u["serial"], u["state"]) for u in json.loads(out)] == [
+        ("SN0003", "failed"),
+        ("SN0002", "failed"),
+    ]
+    code, out, _ = run(capsys, "units", "--ledger", str(ledger_path), "--since", "2030-01-01", "--json")
+    assert json.loads(out) == []
+    code, out, _ = run(capsys, "units", "--ledger", str(ledger_path), "--until", "2030-01-01")
+    assert "3 unit(s)" in out
+    with pytest.raises(SystemExit):
+        main(["units", "--ledger", str(ledger_path), "--since", "yesterday"])
+
+
+def test_a_revoked_unit_says_so_everywhere(capsys: Any, ledger_path: Path, tmp_path: Path) -> None:
+    with open_ledger(ledger_path) as ledger:
+        ledger.record_attempt(
+            make_record(
+                "SN0001",
+                "DONE",
+                action="revoke",
+                operator="qa",
+                certificate_id=cert_id("SN0001"),
+                finished_at=1_780_000_000.0,
+                extra={"revoked": [cert_id("SN0001")]},
+            )
+        )
+    code, out, _ = run(capsys, "units", "--ledger", str(ledger_path), "--state", "revoked")
+    assert out.splitlines()[1].split()[:4] == ["SN0001", "revoked", "2026-05-28", "by"]
+    code, out, _ = run(capsys, "show", "sn0001", "--ledger", str(ledger_path))
+    assert code == EXIT_OK and out.startswith("Unit SN0001: revoked 2026-05-28 by qa")
+    target = tmp_path / "out.csv"
+    run(capsys, "export", "--format", "csv", "--out", str(target), "--ledger", str(ledger_path))
+    rows = [r for r in csv.DictReader(io.StringIO(target.read_text())) if r["serial"] == "SN0001"]
+    assert {(r["state"], r["state_changed_at"]) for r in rows} == {("revoked", "2026-05-28T20:26:40Z")}
 
 
 def test_units_rejects_an_unknown_outcome(capsys: Any, ledger_path: Path) -> None:
@@ -120,6 +193,9 @@ def test_show_a_unit(capsys: Any, ledger_path: Path) -> None:
     shown = json.loads(out)
     assert [r["outcome"] for r in shown["records"]] == ["FAIL", "PASS"]
     assert [e["kind"] for e in shown["events"]] == ["unit_started", "record", "unit_started", "record"]
+    assert [(u["serial"], u["state"], u["attempts"]) for u in shown["units"]] == [
+        ("SN0001", "provisioned", 2)
+    ]
     assert shown["pending_journal"] == []
     code, out, _ = run(capsys, "show", "SN0002", "--ledger", str(ledger_path))
     assert code == EXIT_OK
@@ -147,6 +223,7 @@ def test_export_csv_to_a_file_and_json_to_stdout(capsys: Any, ledger_path: Path,
     assert code == EXIT_OK and "4 attempt record(s)" in err
     rows = list(csv.DictReader(io.StringIO(target.read_text())))
     assert tuple(rows[0]) == CSV_COLUMNS
+    assert [r["state"] for r in rows] == ["provisioned", "provisioned", "failed", "failed"]
     assert [(r["serial"], r["outcome"]) for r in rows] == [
         ("SN0001", "FAIL"),
         ("SN0001", "PASS"),

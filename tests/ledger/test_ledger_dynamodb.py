@@ -95,6 +95,17 @@ class DynamoTamperer:
         item = {**self._key(RECORD, record.attempt_id), "body": {"S": canonical_json(record.to_dict())}}
         self.client.put_item(TableName=self.table, Item=item)
 
+    def edit_unit(self, serial: str, **fields: Any) -> None:
+        self._edit_body("unit", serial, fields)
+
+    def close_journal(self, journal_id: int) -> None:
+        self.client.update_item(
+            TableName=self.table,
+            Key=self._key("journal", seq_key(journal_id)),
+            UpdateExpression="SET closed_at = :one, outcome = :pass",
+            ExpressionAttributeValues={":one": {"N": "1"}, ":pass": {"S": "PASS"}},
+        )
+
 
 class TestDynamoContract(LedgerContract):
     # moto answers in milliseconds per call; the SQLite suite carries the full 8 × 50 load.
@@ -138,3 +149,58 @@ def test_open_by_url_and_missing_table(aws: Any) -> None:
     ledger.append_event(note())
     again = open_ledger(f"dynamodb://made?region={REGION}", create=False)
     assert again.audit().ok and again.audit().head_seq == 1
+
+
+def test_lookups_and_pages_query_indexes_and_never_scan(aws: Any, table: str) -> None:
+    calls: list[tuple[str, str]] = []
+
+    class Watching:
+        def __init__(self, inner: Any) -> None:
+            self._inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            attr = getattr(self._inner, name)
+            if name in ("scan", "query", "get_item", "batch_get_item"):
+
+                def watched(**kwargs: Any) -> Any:
+                    calls.append((name, kwargs.get("IndexName", "")))
+                    return attr(**kwargs)
+
+                return watched
+            if name == "get_paginator":
+
+                def paginator(op: str) -> Any:
+                    real = attr(op)
+
+                    class Pages:
+                        def paginate(self, **kwargs: Any) -> Any:
+                            calls.append((op, kwargs.get("IndexName", "")))
+                            return real.paginate(**kwargs)
+
+                    return Pages()
+
+                return paginator
+            return attr
+
+    ledger = DynamoLedger(table, client=Watching(aws))
+    for i in range(5):
+        ledger.record_attempt(
+            make_record(f"SN{i:04d}", finished_at=1_700_000_000.0 + i), events=[note(f"SN{i:04d}")]
+        )
+    calls.clear()
+    assert [u.serial for u in ledger.find_units("sn0003")] == ["SN0003"]
+    assert len(ledger.find("prov1-SN0002")) == 1
+    page = ledger.unit_page(limit=2)
+    assert [u.serial for u in page.units] == ["SN0004", "SN0003"]
+    assert [u.serial for u in ledger.unit_page(limit=2, after=page.next_cursor).units] == ["SN0002", "SN0001"]
+    assert [u.serial for u in ledger.unit_page(state="provisioned", outcome="PASS", limit=1).units] == [
+        "SN0004"
+    ]
+    assert ledger.unit("SN0001") is not None
+    assert not [c for c in calls if c[0] == "scan"]
+    assert {index for op, index in calls if op == "query"} >= {
+        "units_by_fold",
+        "records_by_thing",
+        "units_by_time",
+        "units_by_state",
+    }

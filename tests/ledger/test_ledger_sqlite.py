@@ -4,6 +4,7 @@ busy waits, several connections and processes on one file, surviving a killed pr
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 from ledger_contract import BackendUnderTest, LedgerContract, make_record, note
 
 from station.ledger import LedgerMissing, LedgerUnavailable, open_ledger
+from station.ledger.anchor import Anchor
 from station.ledger.base import RECORD_JSON_FIELDS, SCHEMA_VERSION, canonical_json
 from station.ledger.sqlite import SqliteLedger
 from station.model import Event
@@ -79,6 +81,21 @@ class SqliteTamperer:
         names = ", ".join(cols)
         marks = ", ".join("?" * len(cols))
         self._run((f"INSERT INTO records ({names}) VALUES ({marks})", tuple(cols.values())))
+
+    def edit_unit(self, serial: str, **fields: Any) -> None:
+        conn = sqlite3.connect(self.path)
+        (body,) = conn.execute("SELECT body FROM units WHERE serial = ?", (serial,)).fetchone()
+        conn.close()
+        changed = json.dumps({**json.loads(body), **fields})
+        self._run(
+            (
+                "UPDATE units SET body = ?, state = ? WHERE serial = ?",
+                (changed, fields.get("state", ""), serial),
+            )
+        )
+
+    def close_journal(self, journal_id: int) -> None:
+        self._run(("UPDATE journal SET closed_at = 1, outcome = 'PASS' WHERE id = ?", (journal_id,)))
 
 
 class TestSqliteContract(LedgerContract):
@@ -263,7 +280,7 @@ def test_journal_and_events_survive_a_killed_process(tmp_path: Path) -> None:
             "registered",
             True,
         )
-        assert [e.event.kind for e in ledger.events()] == ["unit_started"]
+        assert [e.event.kind for e in ledger.events()] == ["unit_started", "journal", "journal"]
         assert ledger.audit().ok
 
 
@@ -323,3 +340,170 @@ def test_any_event_and_record_round_trips_and_audits(
         (back,) = ledger.find(record.attempt_id)
         assert back == record and back.canonical_hash() == digest
         assert ledger.audit().ok
+
+
+# -------------------------------------------------------------------------------------------------------
+# Anchors, scale and old files (SQLite only: the anchor lives beside the file by default)
+# -------------------------------------------------------------------------------------------------------
+
+
+def _anchored(path: Path, units: int = 5) -> list[Any]:
+    records = [make_record(f"SN{i:04d}") for i in range(units)]
+    with SqliteLedger(path) as ledger:
+        for r in records:
+            ledger.record_attempt(r, events=[note(r.serial, 0), note(r.serial, 1)])
+    return records  # close() signed a checkpoint at seq 3 * units
+
+
+def test_close_signs_a_checkpoint_outside_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    _anchored(path)
+    key = Path(f"{path}.anchor-key")
+    assert key.stat().st_mode & 0o777 == 0o600
+    (line,) = Path(f"{path}.anchors.jsonl").read_text().splitlines()
+    checkpoint = json.loads(line)
+    assert (checkpoint["seq"], checkpoint["reason"]) == (15, "close")
+    assert key.read_text().strip() not in path.read_bytes().decode("latin-1")  # the key is not in the ledger
+    with SqliteLedger(path) as reader:
+        result = reader.audit()
+        assert result.ok and result.anchored_seq == 15 and not result.anchor_note
+    assert len(Path(f"{path}.anchors.jsonl").read_text().splitlines()) == 1  # a reader signs nothing
+
+
+def test_truncated_ledger_is_caught_by_the_anchor(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    records = _anchored(path)
+    # Cut the last unit off: its record, its three events, its unit row, and a consistent head.
+    tamper = SqliteTamperer(path)
+    tamper.delete_record(records[-1].attempt_id)
+    tamper._run(
+        ("DELETE FROM events WHERE seq > 12", ()),
+        ("DELETE FROM units WHERE serial = ?", (records[-1].serial,)),
+        ("UPDATE chain_head SET seq = 12, hash = (SELECT hash FROM events WHERE seq = 12)", ()),
+    )
+    with SqliteLedger(path) as ledger:
+        result = ledger.audit()
+    assert not result.ok and result.first_bad_row.key == 15
+    assert "truncated" in result.reason and "event 15" in result.reason
+
+
+def test_rechained_ledger_is_caught_by_the_anchor(tmp_path: Path) -> None:
+    from station.ledger.base import chain_hash
+
+    path = tmp_path / "ledger.sqlite"
+    _anchored(path)
+    # Edit event 4 and recompute every later hash and the head: the plain chain is consistent again.
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("DROP TRIGGER events_append_only_update")
+    conn.execute("UPDATE events SET message = 'edited' WHERE seq = 4")
+    prev = conn.execute("SELECT hash FROM events WHERE seq = 3").fetchone()[0]
+    names = (
+        "kind",
+        "serial",
+        "slot",
+        "step",
+        "outcome",
+        "duration_ms",
+        "title",
+        "message",
+        "next_action",
+        "data",
+        "at",
+    )
+    for row in conn.execute(
+        f"SELECT seq, {', '.join(names)} FROM events WHERE seq >= 4 ORDER BY seq"
+    ).fetchall():
+        fields = dict(zip(names, row[1:], strict=True))
+        fields["data"] = json.loads(fields["data"])
+        digest = chain_hash(row[0], prev, fields)
+        conn.execute("UPDATE events SET prev_hash = ?, hash = ? WHERE seq = ?", (prev, digest, row[0]))
+        prev = digest
+    conn.execute("UPDATE chain_head SET hash = ?", (prev,))
+    conn.close()
+    os.environ.pop("STATION_ANCHOR_KEY", None)
+    with SqliteLedger(path, anchor=None) as blind:
+        assert blind.audit().ok  # without the anchor, a re-chained ledger passes: what the anchor is for
+    with SqliteLedger(path) as ledger:
+        result = ledger.audit()
+    assert not result.ok and "re-chained" in result.reason and result.first_bad_row.key == 15
+
+
+def test_a_forged_checkpoint_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    _anchored(path)
+    log = Path(f"{path}.anchors.jsonl")
+    forged = json.loads(log.read_text())
+    forged["seq"] = 3
+    log.write_text(json.dumps(forged) + "\n")
+    with SqliteLedger(path) as ledger:
+        result = ledger.audit()
+    assert not result.ok and "not signed" in result.reason
+
+
+def test_incremental_audit_checks_only_what_came_after_the_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    records = _anchored(path)
+    with SqliteLedger(path) as ledger:
+        ledger.record_attempt(make_record("SN0100"), events=[note("SN0100", 0)])
+        ledger.record_attempt(make_record("SN0000", "FAIL"))  # a unit from before the checkpoint
+        full, since = ledger.audit(), ledger.audit(since_checkpoint=True)
+        assert full.ok and since.ok
+        assert (since.since_seq, since.head_seq, since.units_checked) == (15, 18, 2)
+        assert full.units_checked == 6
+    # close() signed a checkpoint at 18; more work follows, then someone edits a unit nobody touched since.
+    with SqliteLedger(path, anchor=Anchor(f"{path}.anchor-key", f"{path}.anchors.jsonl")) as ledger:
+        ledger.record_attempt(make_record("SN0200"))
+        assert ledger.audit(since_checkpoint=True).ok
+        SqliteTamperer(path).edit_record(
+            records[1].attempt_id, outcome="ERROR"
+        )  # before the checkpoint: trusted
+        assert ledger.audit(since_checkpoint=True).ok
+        SqliteTamperer(path).edit_unit("SN0002", state="revoked")  # not replayed, but the digest moves
+        result = ledger.audit(since_checkpoint=True)
+        assert not result.ok and "digest" in result.reason
+        full = ledger.audit()
+        assert not full.ok and full.first_bad_row.table == "records"  # the full audit names the edited record
+
+
+def test_an_old_ledger_gets_a_clear_message(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    SqliteLedger(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE schema_version SET version = 1")
+    conn.commit()
+    conn.close()
+    with pytest.raises(LedgerUnavailable, match="older") as caught:
+        SqliteLedger(path)
+    assert "new ledger file" in caught.value.next_action
+
+
+def test_lookups_and_pages_use_indexes(tmp_path: Path) -> None:
+    """The plans, not the clock: a lookup or a page never scans the units or records table."""
+    with SqliteLedger(tmp_path / "ledger.sqlite") as ledger:
+        ledger.record_attempt(make_record())
+        conn = ledger._conn
+        sql = "SELECT body FROM units WHERE state = ? AND (last_at, seq) < (?, ?) ORDER BY last_at DESC, seq DESC LIMIT 51"
+        plans = [
+            conn.execute(f"EXPLAIN QUERY PLAN {sql}", ("failed", 1.0, 1)).fetchall(),
+            conn.execute(
+                "EXPLAIN QUERY PLAN SELECT body FROM units ORDER BY last_at DESC, seq DESC LIMIT 51"
+            ).fetchall(),
+        ]
+        ids, params = ledger._matching_ids("3f2a9c1e")
+        plans.append(
+            conn.execute(f"EXPLAIN QUERY PLAN SELECT * FROM records WHERE id IN ({ids})", params).fetchall()
+        )
+        for plan in plans:
+            for detail in (str(row[-1]) for row in plan):
+                assert not detail.startswith("SCAN") or "INDEX" in detail, detail  # a table scan
+                assert "FOR ORDER BY" not in detail, detail  # a sort of everything that matched
+
+
+def test_a_checkpoint_that_cannot_be_written_does_not_fail_the_unit(tmp_path: Path, caplog: Any) -> None:
+    unwritable = tmp_path / "log-is-a-folder"
+    unwritable.mkdir()
+    with SqliteLedger(tmp_path / "ledger.sqlite", anchor=Anchor(tmp_path / "key", unwritable)) as ledger:
+        ledger.checkpoint_every = 1
+        ledger.record_attempt(make_record())
+        assert ledger.unit("SN0001") is not None
+    assert "checkpoint not signed" in caplog.text

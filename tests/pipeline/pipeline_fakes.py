@@ -18,6 +18,7 @@ from typing import Any
 
 from station.model import Event, Identity, Secret, Target
 from station.pipeline import Pipeline, UnitRequest, record_fields
+from station.registry import Registration
 
 FAKE_KEY_MARK = "FAKEKEYMATERIAL"
 
@@ -150,15 +151,6 @@ class FakeFlasher:
         self.closed = True
 
 
-@dataclass
-class Registration:
-    certificate_id: str
-    certificate_arn: str
-    created: bool = True
-    thing_name: str | None = None
-    thing_created: bool = False
-
-
 class FakeRegistry:
     """A registry of one (account, region): certificates, things, attachments."""
 
@@ -197,6 +189,7 @@ class FakeRegistry:
         with self._lock:
             created = cid not in self.certificates
             self.certificates.setdefault(cid, {"status": "ACTIVE", "things": set(), "policy": False})
+        # The real type, so the pipeline is tested against what `station.registry.Registry` returns.
         return Registration(cid, f"arn:aws:iot:eu-west-1:111122223333:cert/{cid}", created)
 
     def create_thing(self, name: str) -> bool:

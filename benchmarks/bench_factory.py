@@ -1,0 +1,218 @@
+"""Print a factory's figures: N station processes × S slots on one lab, sharing AWS's quotas.
+
+Usage:  uv run python benchmarks/bench_factory.py [--stations 1,2,4] [--slots 8] [--units-per-station 40]
+        [--paced] [--no-shared-budget] [--ledger sqlite|dynamodb]
+
+One `station lab` process (throttling at AWS's default quotas, its DynamoDB serving the shared budget and, with
+`--ledger dynamodb`, the shared ledger), then for each station count N: N `station demo --headless --lab …`
+processes started together, each with S slots of simulated PROV/1 units and its own station id. Figures per N:
+- units/hour of the whole factory (units ÷ the window from the first unit's start to the last unit's end);
+- share of the RegisterCertificateWithoutCA quota used (registrations ÷ window ÷ 10 TPS; goal ≥ 90 %);
+- units not PASS and throttling answers the lab gave (goal 0 failures by throttling);
+- DynamoDB writes per unit for the budget (leases: the version counter of each budget item);
+- p50 / p99 of the `record` step (the ledger write of a unit) and of a `find` on each station's ledger.
+
+`--no-shared-budget` runs each station on its own in-process budget (what a factory had before): the lab then
+throttles and units fail. It prints figures; it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+STATION = str(Path(sys.executable).with_name("station"))
+REGISTER_QUOTA = 10.0
+
+
+def start_lab(state_dir: Path) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    process = subprocess.Popen(
+        [
+            STATION,
+            "lab",
+            "--state-dir",
+            str(state_dir),
+            "--accounts",
+            "1",
+            "--regions",
+            "eu-west-1",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if not line:
+        raise SystemExit("station lab did not start")
+    return process, json.loads(line)
+
+
+def lab_status(described: dict[str, Any]) -> dict[str, Any]:
+    url = described["control_plane"]["endpoint_url"] + "/lab-api/status"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        status: dict[str, Any] = json.loads(response.read())
+        return status
+
+
+def lab_dynamodb(described: dict[str, Any]) -> Any:
+    import boto3
+
+    control = described["control_plane"]
+    return boto3.client(
+        "dynamodb",
+        region_name=described["dynamodb"]["region"],
+        endpoint_url=described["dynamodb"]["endpoint_url"],
+        aws_access_key_id=control["aws_access_key_id"],
+        aws_secret_access_key=control["aws_secret_access_key"],
+    )
+
+
+def budget_leases(described: dict[str, Any]) -> int:
+    client = lab_dynamodb(described)
+    try:
+        items = client.scan(TableName="station-budget")["Items"]
+    except client.exceptions.ResourceNotFoundException:
+        return 0
+    return sum(int(item["v"]["N"]) for item in items)
+
+
+def run_factory(
+    args: argparse.Namespace, described: dict[str, Any], lab_json: Path, stations: int, work: Path
+) -> dict[str, Any]:
+    from station.ledger import open_ledger
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    throttled_before = lab_status(described)["throttling"]["throttled"]
+    leases_before = budget_leases(described)
+    processes = {}
+    for n in range(stations):
+        name = f"factory-st{n + 1}"
+        cmd = [
+            STATION,
+            "demo",
+            "--headless",
+            "--json",
+            "--lab",
+            str(lab_json),
+            "--station-id",
+            name,
+            "--slots",
+            str(args.slots),
+            "--units",
+            str(args.units_per_station),
+            "--state-dir",
+            str(work / f"{stations}-{name}"),
+        ]
+        if args.paced:
+            cmd.append("--paced")
+        if args.no_shared_budget:
+            cmd += ["--budget-store", "none"]
+        if args.ledger == "dynamodb":
+            cmd += [
+                "--ledger",
+                described["dynamodb"]["ledger_url"].replace("station-ledger", f"ledger-{stations}"),
+            ]
+        processes[name] = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+    documents: dict[str, Any] = {}
+    failed_stations = []
+    for name, process in processes.items():
+        out, err = process.communicate(timeout=3600)
+        try:
+            documents[name] = json.loads(out)
+        except ValueError:
+            failed_stations.append((name, process.returncode, err[-500:]))
+    units = [u for doc in documents.values() for u in doc["units"]]
+    starts, ends, finds = [], [], []
+    for doc in documents.values():
+        location = doc["ledger"]
+        with open_ledger(location, create=False) as ledger:
+            for record in ledger.records():
+                starts.append(record.started_at)
+                ends.append(record.finished_at)
+            for unit in doc["units"][:20]:
+                t0 = time.perf_counter()
+                ledger.find(unit["serial"])
+                finds.append((time.perf_counter() - t0) * 1000)
+    window = max(ends) - min(starts) if starts else float("nan")
+    record_ms = sorted(u["timings_ms"].get("record", 0.0) for u in units)
+    not_pass = [u for u in units if u["outcome"] != "PASS"]
+    throttled_units = [
+        u for u in not_pass if "throttl" in (u.get("title", "") + u.get("message", "")).lower()
+    ]
+    return {
+        "stations": stations,
+        "units": len(units),
+        "window_s": window,
+        "units_per_hour": len(units) / window * 3600 if window else 0.0,
+        "quota_share": len(units) / window / REGISTER_QUOTA if window else 0.0,
+        "not_pass": len(not_pass),
+        "throttled_units": len(throttled_units),
+        "throttled_answers": lab_status(described)["throttling"]["throttled"] - throttled_before,
+        "budget_writes_per_unit": (budget_leases(described) - leases_before) / max(1, len(units)),
+        "record_p50_ms": statistics.median(record_ms) if record_ms else 0.0,
+        "record_p99_ms": record_ms[int(0.99 * (len(record_ms) - 1))] if record_ms else 0.0,
+        "find_p99_ms": sorted(finds)[int(0.99 * (len(finds) - 1))] if finds else 0.0,
+        "failed_stations": failed_stations,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--stations", default="1,2,4")
+    parser.add_argument("--slots", type=int, default=8)
+    parser.add_argument("--units-per-station", type=int, default=40)
+    parser.add_argument(
+        "--paced", action="store_true", help="simulated units answer at 115200 baud wire time"
+    )
+    parser.add_argument("--no-shared-budget", action="store_true", help="each station on its own budget")
+    parser.add_argument("--ledger", choices=("sqlite", "dynamodb"), default="sqlite")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-factory-"))
+    lab, described = start_lab(work / "lab")
+    rows = []
+    try:
+        for count in [int(n) for n in args.stations.split(",")]:
+            rows.append(run_factory(args, described, work / "lab" / "lab.json", count, work))
+    finally:
+        lab.send_signal(signal.SIGINT)
+        lab.wait(30)
+        shutil.rmtree(work, ignore_errors=True)
+    print(
+        f"Factory on one lab, {args.slots} slots per station, {args.units_per_station} units per station, "
+        f"{'paced' if args.paced else 'unpaced'} units, budget {'per station' if args.no_shared_budget else 'shared'}, "
+        f"ledger {args.ledger}; lab throttling at AWS's default quotas"
+    )
+    print(
+        "  stations  units  window s   units/h  quota  not PASS  by throttle  throttled answers  "
+        "budget writes/unit  record p50/p99 ms  find p99 ms"
+    )
+    for r in rows:
+        print(
+            f"  {r['stations']:>8} {r['units']:>6} {r['window_s']:>9.2f} {r['units_per_hour']:>9.0f} "
+            f"{r['quota_share']:>6.0%} {r['not_pass']:>9} {r['throttled_units']:>12} {r['throttled_answers']:>18} "
+            f"{r['budget_writes_per_unit']:>19.2f} {r['record_p50_ms']:>8.1f}/{r['record_p99_ms']:<8.1f} "
+            f"{r['find_p99_ms']:>11.2f}"
+        )
+        for name, code, err in r["failed_stations"]:
+            print(f"    station {name} exited {code}: {err}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
