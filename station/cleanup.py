@@ -13,7 +13,9 @@ when the station was killed mid-unit. The cleaner resolves them with the one rec
   `station reconcile`),
 - not an attempt in flight in one of the line's slots (`in_flight()` gives their attempt ids),
 - over: marked `cleanup_pending` by its attempt, or opened before this cleaner started (a previous run of
-  the station died with it open). Anything else may be a unit (or a QA action) still in progress.
+  the station died with it open) and untouched for `settle_s` (default 3 × `interval_s`: a second process
+  wrongly running under the same station id updates its entries after every AWS step). Anything else may
+  be a unit (or a QA action) still in progress.
 
 Rounds that leave something unresolved back off (doubling from `interval_s` up to `max_interval_s`); each
 entry gets at most `max_attempts` rounds, after which it is left for `station reconcile` and counted in
@@ -79,6 +81,7 @@ class Cleaner:
         interval_s: float = DEFAULT_INTERVAL_S,
         max_interval_s: float = DEFAULT_MAX_INTERVAL_S,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        settle_s: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not station_id:
@@ -93,6 +96,7 @@ class Cleaner:
         self.interval_s = float(interval_s)
         self.max_interval_s = float(max_interval_s)
         self.max_attempts = int(max_attempts)
+        self.settle_s = 3 * self.interval_s if settle_s is None else float(settle_s)
         self._clock = clock
         self.started_at = clock()
         self._lock = threading.Lock()
@@ -151,7 +155,10 @@ class Cleaner:
         if stage == CLEANUP_PENDING:
             return True
         opened = _field(entry, "opened_at")
-        return isinstance(opened, int | float) and float(opened) < self.started_at
+        if not isinstance(opened, int | float) or float(opened) >= self.started_at:
+            return False
+        updated = _field(entry, "updated_at")
+        return not isinstance(updated, int | float) or self._clock() - float(updated) >= self.settle_s
 
     def run_once(self) -> bool:
         """One round; True when nothing of this station is left pending (or only given-up entries)."""

@@ -91,13 +91,23 @@ def test_only_this_stations_entries_that_are_over_are_touched() -> None:
     ledger.journal_open(
         serial="killed", station_id=STATION, state="attached", opened_at=before, attempt_id="a5", **common
     )
+    # Opened before the cleaner started, but updated a moment ago: another process under this station id.
+    ledger.journal_open(
+        serial="busy",
+        station_id=STATION,
+        state="attached",
+        opened_at=before,
+        updated_at=cleaner.started_at,
+        attempt_id="a7",
+        **common,
+    )
     ledger.journal_open(
         serial="pending", station_id=STATION, state=CLEANUP_PENDING, attempt_id="a6", **common
     )
 
     assert cleaner.run_once() is True
     still_open = sorted(e["serial"] for e in ledger.open_journals())
-    assert still_open == ["live", "nostation", "other", "young"]
+    assert still_open == ["busy", "live", "nostation", "other", "young"]
 
 
 def test_the_thread_backs_off_gives_up_after_max_attempts_and_stops_with_the_line() -> None:
