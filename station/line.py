@@ -181,8 +181,8 @@ class Line:
     ) -> str:
         """Queue a scanned unit on `slot` (or the next free one) and return the slot's name.
 
-        The serial is checked against the product's pattern first; a bad scan, an unknown or busy slot, or
-        no free slot raises `InputError` and starts nothing. `product`/`target` override the slot's defaults;
+        The serial is checked against the product's pattern first; a bad scan, an unknown or busy slot, no
+        free slot, or a serial already in progress in another slot raises `InputError` and starts nothing. `product`/`target` override the slot's defaults;
         `port` overrides the slot's port for this unit (the demo gives each simulated unit its own pty).
         """
         with self._lock:
@@ -193,6 +193,16 @@ class Line:
                 request = self._ctx.prepare(serial, slot=name, product=product, target=target)
             else:
                 name, request = self._pick_for(serial, product=product, target=target)
+            # One unit, one attempt at a time: two would share its thing and each could undo the other's.
+            twin = next(
+                (s for s in self._states.values() if s.state == BUSY and s.serial == request.serial), None
+            )
+            if twin is not None:
+                raise InputError(
+                    "Unit already in progress",
+                    f"{request.serial} is being provisioned in slot {twin.name} right now.",
+                    "Check the label: two units cannot have one serial. Wait for that slot to finish.",
+                )
             state = self._states[name]
             self._states[name] = replace(state, state=BUSY, serial=request.serial, step="")
             self._queues[name].put(_Job(request, port or state.port))

@@ -4,6 +4,7 @@ once the registry answers, through the one reconcile, and leaves alone what is n
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,7 +14,7 @@ from pipeline_fakes import TARGET, FakeLedger, FakeRegistry, FakeVerifier, Log, 
 from test_line import FakeContext
 
 from station.cleanup import Cleaner
-from station.errors import StationFault, UnitFault
+from station.errors import InputError, StationFault, UnitFault
 from station.line import Line
 from station.model import Event, Outcome
 from station.pipeline import CLEANUP_PENDING, reconcile, record_fields
@@ -189,3 +190,23 @@ def test_a_line_cleans_up_by_itself_and_counts_what_is_pending() -> None:
 def test_bad_settings_are_refused(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         Cleaner(FakeLedger(Log()), run=lambda i, e: [], station_id=STATION, **bad)
+
+
+def test_a_serial_already_in_progress_is_refused_in_another_slot() -> None:
+    """Ownership of a unit's thing rests on one attempt per unit at a time."""
+    ctx = FakeContext(slots=2)
+    ctx.gates = {"SN00000001": threading.Event()}
+    line = Line.from_context(ctx)
+    try:
+        assert line.scan("SN00000001") == "s1"
+        with pytest.raises(InputError) as refused:
+            line.scan("SN00000001", slot="s2")
+        assert refused.value.title == "Unit already in progress" and "slot s1" in refused.value.message
+        assert [s.state for s in line.slots()] == ["busy", "idle"]
+        ctx.gates["SN00000001"].set()
+        assert line.wait_idle(10)
+        assert line.scan("SN00000001", slot="s2") == "s2"  # once done, a rescan is the line's business again
+        ctx.gates["SN00000001"].set()
+        assert line.wait_idle(10)
+    finally:
+        line.stop(10)
