@@ -182,8 +182,9 @@ class Line:
         """Queue a scanned unit on `slot` (or the next free one) and return the slot's name.
 
         The serial is checked against the product's pattern first; a bad scan, an unknown or busy slot, no
-        free slot, or a serial already in progress in another slot raises `InputError` and starts nothing. `product`/`target` override the slot's defaults;
-        `port` overrides the slot's port for this unit (the demo gives each simulated unit its own pty).
+        free slot, or a serial already in progress in another slot raises `InputError` and starts nothing.
+        `product`/`target` override the slot's defaults; `port` overrides the slot's port for this unit (the
+        demo gives each simulated unit its own pty).
         """
         with self._lock:
             if self._stopping:

@@ -767,7 +767,7 @@ class Pipeline:
         result = attempt.result
         request = attempt.request
         if error is not None and _aws_left(result):
-            error = cleanup_pending_fault(error, result.target)
+            error = cleanup_pending_fault(error, result)
             self._mark_cleanup_pending(attempt)
         self._set_outcome(result, error)
         result.finished_at = time.time()
@@ -955,12 +955,15 @@ def _aws_left(result: UnitResult) -> bool:
     return any(c.action in ("rollback", "revoke") and not c.ok for c in result.compensations)
 
 
-def cleanup_pending_fault(error: StationError, target: str) -> StationFault:
+def cleanup_pending_fault(error: StationError, result: UnitResult) -> StationFault:
     """The unit's outcome when the undo in AWS failed: an ERROR that says so, whatever failed first."""
+    left = "; ".join(
+        c.detail for c in result.compensations if c.action in ("rollback", "revoke") and not c.ok and c.detail
+    )
     return StationFault(
         "Cleanup pending",
-        f"{error.title}: {error.message} — cleanup pending: the certificate is still registered in "
-        f"{target}; the station will remove it when AWS answers.",
+        f"{error.title}: {error.message} — cleanup pending: what this attempt registered in {result.target} "
+        f"is still there ({left or 'the undo did not finish'}); the station will remove it when AWS answers.",
         "Set the unit aside (do not ship it). The station removes the certificate by itself; if "
         '"cleanup pending" stays on the screen, call a technician (or run `station reconcile`).',
     )

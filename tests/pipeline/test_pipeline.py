@@ -218,7 +218,10 @@ def test_failed_rollback_keeps_the_journal_open_for_reconcile() -> None:
     # an ordinary FAIL with "put it in the rework bin".
     assert result.outcome == Outcome.ERROR and result.title == "Cleanup pending"
     assert result.message.startswith("Verify failed: no echo")
-    assert "cleanup pending: the certificate is still registered" in result.message
+    assert (
+        "cleanup pending: what this attempt registered in lab-eu is still there (AWS unreachable)"
+        in result.message
+    )
     assert "rework bin" not in result.next_action
     assert rig.ledger.open_journals()[0]["state"] == "cleanup_pending"
     assert [(c.action, c.ok) for c in result.compensations] == [("rollback", False), ("wipe", True)]
