@@ -14,7 +14,8 @@ stays in the environment variable the config names), or write anything.
 
 Layout (every table is keyed by name; see fixtures/configs/station.toml):
 
-    [station]            id, ledger, operator?, qa_pin_hash? (or a plain qa_pin: lab and demo)
+    [station]            id, ledger, operator?, qa_pin_hash? (or a plain qa_pin: lab and demo),
+                         cleanup_interval_s?, cleanup_max_interval_s?, [station.labels]
     [targets.NAME]       region, policy_name, policy_document | policy_file, profile? role_arn? …
     [targets.NAME.issuer] certificate_file, key_file, passphrase_env?
     [products.NAME]      serial_pattern, flasher, target, [products.NAME.options] (per-family, free-form)
@@ -130,6 +131,9 @@ class StationConfig:
     ledger_path: Path | str  # a file, or a shared ledger's URL (dynamodb://TABLE?region=…)
     operator: str | None = None
     qa_pin: str | None = field(default=None, repr=False)  # not a key, but no reason to print it
+    # The line's cleaner (station.cleanup): first retry after this, backing off up to the maximum.
+    cleanup_interval_s: float = 10.0
+    cleanup_max_interval_s: float = 30.0
     targets: dict[str, Target] = field(default_factory=dict)
     products: dict[str, Product] = field(default_factory=dict)
     slots: dict[str, Slot] = field(default_factory=dict)
@@ -378,7 +382,20 @@ def _range_check(low: int, high: int, expected: str) -> Callable[[Any], str | No
 def _station_section(c: _Checker, data: Mapping[str, Any]) -> dict[str, Any]:
     keypath = ("station",)
     table = c.table(data, keypath, required=True)
-    c.unknown_keys(table, keypath, ("id", "operator", "ledger", "qa_pin", "qa_pin_hash", "labels"))
+    c.unknown_keys(
+        table,
+        keypath,
+        (
+            "id",
+            "operator",
+            "ledger",
+            "qa_pin",
+            "qa_pin_hash",
+            "labels",
+            "cleanup_interval_s",
+            "cleanup_max_interval_s",
+        ),
+    )
     station_id = c.get(
         table,
         (*keypath, "id"),
@@ -418,6 +435,21 @@ def _station_section(c: _Checker, data: Mapping[str, Any]) -> dict[str, Any]:
     )
     if qa_pin is not None and qa_pin_hash is not None:
         c.problem(pin_path, "give qa_pin_hash only (the plain qa_pin is for the lab and the demo), not both.")
+    seconds = _seconds_check(0.1, 3600.0)
+    interval = c.get(
+        table, (*keypath, "cleanup_interval_s"), (int, float), default=10.0, check=seconds, what="seconds"
+    )
+    longest = c.get(
+        table, (*keypath, "cleanup_max_interval_s"), (int, float), default=None, check=seconds, what="seconds"
+    )
+    if longest is None:
+        longest = max(30.0, float(interval))
+    elif longest < interval:
+        c.problem(
+            (*keypath, "cleanup_max_interval_s"),
+            f"expected at least cleanup_interval_s ({interval:g} s), got {longest:g}.",
+        )
+        longest = interval
     return {
         "station_id": station_id,
         "operator": operator,
@@ -431,6 +463,8 @@ def _station_section(c: _Checker, data: Mapping[str, Any]) -> dict[str, Any]:
         ),
         "qa_pin": qa_pin,
         "qa_pin_hash": qa_pin_hash,
+        "cleanup_interval_s": float(interval),
+        "cleanup_max_interval_s": float(longest),
     }
 
 
@@ -442,6 +476,13 @@ def _pin_hash_check(value: str) -> str | None:
     except InputError as error:
         return f"{error.message} {error.next_action}"
     return None
+
+
+def _seconds_check(low: float, high: float) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if low <= value <= high else f"expected {low:g}–{high:g} seconds, got {value}."
+
+    return check
 
 
 _TARGET_KEYS = (
@@ -999,6 +1040,8 @@ def validate_config(data: Mapping[str, Any], *, path: Path, text: str = "") -> S
         ledger_path=station["ledger_path"],
         operator=station["operator"],
         qa_pin=station["qa_pin"],
+        cleanup_interval_s=station["cleanup_interval_s"],
+        cleanup_max_interval_s=station["cleanup_max_interval_s"],
         budget=budget,
         labels=labels,
         qa_pin_hash=station["qa_pin_hash"],

@@ -51,6 +51,8 @@ STEPS = ("identify", "identity", "write", "register", "verify", "record")
 
 KEY_SOURCES = ("station", "device", "auto")
 
+CLEANUP_PENDING = "cleanup_pending"  # journal stage: the attempt is over, AWS still holds what it made
+
 
 # ---------------------------------------------------------------------------------------------------------
 # The seams, as the pipeline sees them (structural: the real classes need not inherit from these).
@@ -547,6 +549,7 @@ class Pipeline:
             certificate_pem=identity.certificate_pem,
             thing_name=thing_name,
             state="registering",
+            station_id=request.station_id,  # whose cleaner may finish it (station.cleanup)
         )
         cloud_error: list[BaseException] = []
 
@@ -595,11 +598,27 @@ class Pipeline:
         registration = registry.register(identity, origin=origin)
         attempt.registration = registration
         attempt.register_done = True
-        created = bool(getattr(registration, "created", True))
+        answered_created = bool(getattr(registration, "created", True))
+        created = answered_created or _claim_generated(registration, attempt.result.key_source)
         arn = str(getattr(registration, "certificate_arn", "") or "")
         attempt.result.certificate_arn = arn
-        ledger.journal_update(jid, state="registered", certificate_created=created, certificate_arn=arn)
-        thing_created = registry.create_thing(thing_name)
+        ledger.journal_update(
+            jid,
+            state="registered",
+            certificate_created=created,
+            certificate_arn=arn,
+            **({} if answered_created else {"registry_answer": "already registered"}),
+        )
+        try:
+            thing_created = registry.create_thing(thing_name)
+        except BaseException as exc:
+            # The registry could not learn whether its CreateThing took effect, and the thing was not there
+            # before: the attempt owns it if it exists, so the rollback (or reconcile) deletes it.
+            if getattr(exc, "thing_maybe_created", None) == thing_name:
+                attempt.thing_created = attempt.result.thing_created = True
+                _note_thing(registration, thing_name, True)
+                ledger.journal_update(jid, state="thing", thing_created=True, thing_answer="lost")
+            raise
         attempt.thing_created = attempt.result.thing_created = bool(thing_created)
         _note_thing(registration, thing_name, attempt.thing_created)
         ledger.journal_update(jid, state="thing", thing_created=attempt.thing_created)
@@ -673,7 +692,13 @@ class Pipeline:
         if attempt.register_started:
             registry = self._registry_for(request.target)
             if attempt.registration is not None:
-                self._undo(attempt, "rollback", lambda: registry.rollback(attempt.registration))
+                kept = not bool(getattr(attempt.registration, "created", True))
+                self._undo(
+                    attempt,
+                    "rollback",
+                    lambda: registry.rollback(attempt.registration),
+                    done_text=_KEPT_TEXT if kept else None,
+                )
             else:
                 # register itself failed: normally nothing was made, but a timeout can hide a success.
                 # Only a certificate this attempt made can be deleted; a device's own certificate may
@@ -695,7 +720,13 @@ class Pipeline:
             self._undo(attempt, "wipe", flasher.wipe)
 
     def _undo(
-        self, attempt: _Attempt, action: str, fn: Callable[[], Any], *, skip_if_false: bool = False
+        self,
+        attempt: _Attempt,
+        action: str,
+        fn: Callable[[], Any],
+        *,
+        skip_if_false: bool = False,
+        done_text: str | None = None,
     ) -> None:
         request = attempt.request
         start = time.perf_counter()
@@ -714,7 +745,7 @@ class Pipeline:
         else:
             if skip_if_false and value is False:
                 return  # nothing was there to undo
-            comp = Compensation(action, True, _compensation_text(action))
+            comp = Compensation(action, True, done_text or _compensation_text(action))
         attempt.result.compensations.append(comp)
         if action in ("rollback", "revoke") and comp.ok and attempt.journal_id is not None:
             try:
@@ -735,6 +766,9 @@ class Pipeline:
     def _finish(self, attempt: _Attempt, error: StationError | None) -> None:
         result = attempt.result
         request = attempt.request
+        if error is not None and _aws_left(result):
+            error = cleanup_pending_fault(error, result)
+            self._mark_cleanup_pending(attempt)
         self._set_outcome(result, error)
         result.finished_at = time.time()
         try:
@@ -754,10 +788,10 @@ class Pipeline:
                 ),
             )
         # Close the journal only when the record is written and AWS holds nothing unaccounted for: a
-        # failed rollback keeps it open for `station reconcile`.
-        aws_clean = result.outcome == Outcome.PASS or not any(
-            c.action in ("rollback", "revoke") and not c.ok for c in result.compensations
-        )
+        # failed rollback keeps it open for the line's cleaner (station.cleanup) or `station reconcile`.
+        aws_clean = result.outcome == Outcome.PASS or not _aws_left(result)
+        if not aws_clean and error is None:
+            self._mark_cleanup_pending(attempt)  # the record failed and so did the undo after it
         if attempt.journal_id is not None and result.recorded and aws_clean:
             try:
                 self._ledger.journal_close(attempt.journal_id, outcome=str(result.outcome))
@@ -774,6 +808,16 @@ class Pipeline:
             duration_ms=result.timings_ms.get("total"),
             data=result.summary(),
         )
+
+    def _mark_cleanup_pending(self, attempt: _Attempt) -> None:
+        """The attempt is over but AWS still holds what it made: say so in its journal entry, so a cleaner
+        knows it may act on it now (an entry without this mark may belong to a unit still in progress)."""
+        if attempt.journal_id is None:
+            return
+        try:
+            self._ledger.journal_update(attempt.journal_id, state=CLEANUP_PENDING)
+        except Exception:
+            log.exception("could not mark the journal of %s cleanup pending", attempt.request.serial)
 
     @staticmethod
     def _set_outcome(result: UnitResult, error: StationError | None) -> None:
@@ -882,6 +926,49 @@ def _note_thing(registration: Any, thing_name: str, created: bool) -> None:
                 object.__setattr__(registration, name, value)
 
 
+_KEPT_TEXT = (
+    "The certificate was registered before this attempt and was kept; what this attempt added to it in AWS "
+    "was undone."
+)
+
+
+def _claim_generated(registration: Any, key_source: str) -> bool:
+    """Ownership follows the identity's origin, not the API's answer.
+
+    A certificate this attempt generated (a fresh station key, or a device key whose CSR this attempt
+    signed: a new serial and signature) cannot have existed before this attempt, so "already registered"
+    can only mean this attempt's own register was processed and its answer lost (then retried). It is this
+    attempt's: a rollback must delete it. Only a certificate read from the unit ("read") or imported may
+    conclude "not ours". True when the registration was claimed.
+    """
+    if key_source not in ("station", "device") or not hasattr(registration, "created"):
+        return False
+    try:
+        registration.created = True
+    except (AttributeError, TypeError):
+        object.__setattr__(registration, "created", True)
+    return True
+
+
+def _aws_left(result: UnitResult) -> bool:
+    """A rollback or revoke of this attempt failed: AWS may still hold what it made."""
+    return any(c.action in ("rollback", "revoke") and not c.ok for c in result.compensations)
+
+
+def cleanup_pending_fault(error: StationError, result: UnitResult) -> StationFault:
+    """The unit's outcome when the undo in AWS failed: an ERROR that says so, whatever failed first."""
+    left = "; ".join(
+        c.detail for c in result.compensations if c.action in ("rollback", "revoke") and not c.ok and c.detail
+    )
+    return StationFault(
+        "Cleanup pending",
+        f"{error.title}: {error.message} — cleanup pending: what this attempt registered in {result.target} "
+        f"is still there ({left or 'the undo did not finish'}); the station will remove it when AWS answers.",
+        "Set the unit aside (do not ship it). The station removes the certificate by itself; if "
+        '"cleanup pending" stays on the screen, call a technician (or run `station reconcile`).',
+    )
+
+
 def _compensation_text(action: str) -> str:
     return {
         "rollback": "What this attempt made in AWS was deleted.",
@@ -985,6 +1072,7 @@ def reconcile(
     station_id: str = "",
     on_event: Callable[[Event], None] | None = None,
     now: Callable[[], float] = time.time,
+    include: Callable[[Any], bool] | None = None,
 ) -> list[ReconcileItem]:
     """Resolve every pending journal entry so that no certificate stays registered without a PASS record.
 
@@ -993,10 +1081,13 @@ def reconcile(
     if the journal says this attempt made it), an ERROR record is written if the attempt has none, and the
     journal is closed. An entry that cannot be resolved (target unknown, AWS unreachable) stays open and is
     reported as "failed". Run it when no station is provisioning on this ledger (or use `min_age_s`), since
-    an in-flight unit also has an open journal.
+    an in-flight unit also has an open journal. `include(entry)` narrows it to the entries a caller may touch
+    (the line's cleaner: this station's, not in a live slot); the others are not reported.
     """
     items: list[ReconcileItem] = []
     for entry in ledger.journal_pending():
+        if include is not None and not include(entry):
+            continue
         jid = _field(entry, "id", _field(entry, "journal_id"))
         item = ReconcileItem(
             journal_id=jid,

@@ -56,6 +56,14 @@ CARD_MIN_WIDTH = 38  # below this a card's steps wrap onto too many lines
 ROOMY_HEIGHT = 40  # from here on the outcome banner gets three lines
 
 
+class CleanupCounted(Message):
+    """How many of this station's journal entries the line's cleaner still has to finish (polled)."""
+
+    def __init__(self, pending: int) -> None:
+        super().__init__()
+        self.pending = pending
+
+
 class OperatorScreen(Screen[None]):
     """Header, counters, one card per slot, the (toggleable) log and the scan field."""
 
@@ -93,6 +101,7 @@ class OperatorScreen(Screen[None]):
             )
         self.slot_names = list(self.cards)
         self._widgets: dict[str, SlotCard] = {}
+        self.cleanup_pending = 0  # the line's cleaner: journal entries still to finish in AWS
 
     # ------------------------------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -112,7 +121,7 @@ class OperatorScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one(CountersBar).show(self.counters, self.clock())
+        self._refresh_counters()
         if self.relay is not None:
             # Only now: posting to a screen from another thread needs the screen mounted in the app.
             self.relay.attach(self.deliver)
@@ -286,7 +295,7 @@ class OperatorScreen(Screen[None]):
             widget.show()
 
     def _refresh_counters(self) -> None:
-        self.query_one(CountersBar).show(self.counters, self.clock())
+        self.query_one(CountersBar).show(self.counters, self.clock(), self.cleanup_pending)
 
     # ------------------------------------------------------------------------------------------ slots
     def _poll_slots(self) -> None:
@@ -301,6 +310,17 @@ class OperatorScreen(Screen[None]):
             log.exception("could not read the line's slots")
             return
         self.post_message(SlotsRefreshed(slots))
+        pending = getattr(self.line, "cleanup_pending", None)  # a line without a cleaner has none
+        if callable(pending):
+            try:
+                self.post_message(CleanupCounted(int(pending())))
+            except Exception:
+                log.exception("could not read the line's cleanup count")
+
+    def on_cleanup_counted(self, message: CleanupCounted) -> None:
+        if message.pending != self.cleanup_pending:
+            self.cleanup_pending = message.pending
+            self._refresh_counters()
 
     def on_slots_refreshed(self, message: SlotsRefreshed) -> None:
         for slot in message.slots:
