@@ -144,6 +144,7 @@ class _Undo:
     fn: Callable[[], Any]
     skip_if_false: bool
     data: dict[str, Any]
+    done_text: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -270,11 +271,13 @@ class Attempt:
         fn: Callable[[], Any],
         *,
         skip_if_false: bool = False,
+        done_text: str | None = None,
         **data: Any,
     ) -> None:
-        """From now on, a failure runs `fn` (compensation `action`). A second `undo` with the same key
-        replaces the first in place (e.g. "revoke if it is there" becomes "roll back what register made")."""
-        entry = _Undo(key, action, fn, skip_if_false, data)
+        """From now on, a failure runs `fn` (compensation `action`; `done_text` says what it did when the
+        usual words would not be true). A second `undo` with the same key replaces the first in place (e.g.
+        "revoke if it is there" becomes "roll back what register made")."""
+        entry = _Undo(key, action, fn, skip_if_false, data, done_text)
         with self._lock:
             for i, existing in enumerate(self._undos):
                 if existing.key == key:
@@ -307,7 +310,7 @@ class Attempt:
         else:
             if entry.skip_if_false and value is False:
                 return  # nothing was there to undo
-            comp = Compensation(entry.action, True, _UNDO_TEXT.get(entry.action, "done"))
+            comp = Compensation(entry.action, True, entry.done_text or _UNDO_TEXT.get(entry.action, "done"))
         with self._lock:
             self.compensations.append(comp)
         if entry.action in CLOUD_UNDO and comp.ok:

@@ -7,8 +7,9 @@ adds its parser and sets `func(args) -> int`. This module only discovers them, p
 Exit codes (stable; scripts depend on them):
   0  success / PASS
   1  FAIL: the unit is bad
-  2  usage or input error (bad arguments, bad file, bad config, invalid scan)
-  3  ERROR: station, network or cloud problem
+  2  usage or input error (bad arguments, bad file or path, bad config, invalid scan)
+  3  ERROR: station, network or cloud problem; output that could not be written (full disk, closed pipe);
+     any unexpected error (never 1: that code means the unit is bad)
   4  not found (no such unit, target or record)
   5  integrity problem (the ledger's hash chain is broken)
  130 interrupted
@@ -19,6 +20,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
+import os
 import pkgutil
 import sys
 from collections.abc import Sequence
@@ -58,6 +61,48 @@ def exit_code_for(error: StationError) -> int:
     return EXIT_ERROR
 
 
+DEBUG_ENV = "STATION_DEBUG"  # set to 1 to get the traceback of an unexpected error instead of the message
+log = logging.getLogger(__name__)
+
+
+def _report(args: argparse.Namespace, error: StationError) -> None:
+    try:
+        if getattr(args, "json", False):
+            print(json.dumps({"error": error.as_dict()}))
+        else:
+            print(f"{error.title}: {error.message}\nNext: {error.next_action}", file=sys.stderr)
+    except OSError:  # standard output is gone too: standard error is the last place to say it
+        print(f"{error.title}: {error.message}\nNext: {error.next_action}", file=sys.stderr)
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe, point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def output_error(error: OSError) -> StationError:
+    """A write to standard output or --out failed: what happened, in words (exit 3)."""
+    from station.errors import StationFault
+
+    if isinstance(error, BrokenPipeError):
+        return StationFault(
+            "Output closed early",
+            "The program reading the station's output stopped before the end (for example `| head`); the "
+            "output is incomplete.",
+            "Read the whole output, or write it to a file with --out.",
+        )
+    where = f" to {error.filename}" if error.filename else ""
+    return StationFault(
+        "Output not written",
+        f"Writing the output{where} failed: {error.strerror or type(error).__name__}; it is incomplete.",
+        "Free disk space or choose another --out file, then run the command again.",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -65,16 +110,57 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe or full disk shows here, while it can still be reported
+        return code
     except StationError as error:
-        if getattr(args, "json", False):
-            print(json.dumps({"error": error.as_dict()}))
-        else:
-            print(f"{error.title}: {error.message}\nNext: {error.next_action}", file=sys.stderr)
+        _report(args, error)
         return exit_code_for(error)
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError as error:
+        _silence_stdout()
+        _report(argparse.Namespace(), output_error(error))
+        return EXIT_ERROR
+    except BaseException as error:  # BaseException: a Rust panic (pyo3 PanicException) is not an Exception
+        if isinstance(error, SystemExit | GeneratorExit) or os.environ.get(DEBUG_ENV):
+            raise
+        if isinstance(error, OSError) and error.errno is not None:
+            if _is_write_error(error):
+                _report(args, output_error(error))
+                return EXIT_ERROR
+            if error.filename:  # e.g. --out in a folder that does not exist: the person fixes the path
+                _report(args, _file_error(error))
+                return EXIT_USAGE
+        log.debug("unexpected error", exc_info=error)
+        from station.errors import StationFault
+
+        _report(
+            args,
+            StationFault(
+                "Unexpected error",
+                # The type only: an unexpected error's text is not vetted (it could quote anything).
+                f"The command stopped on an error the station did not expect ({type(error).__name__}).",
+                f"Run it again with {DEBUG_ENV}=1 for the details and report them to the station's "
+                "engineers.",
+            ),
+        )
+        return EXIT_ERROR
+
+
+def _file_error(error: OSError) -> StationError:
+    return InputError(
+        "File not usable",
+        f"{error.filename}: {error.strerror or type(error).__name__}.",
+        "Check the path and its folder's permissions, then run the command again.",
+    )
+
+
+def _is_write_error(error: OSError) -> bool:
+    import errno
+
+    return error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EPIPE, errno.EFBIG, errno.EIO, errno.EROFS)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,7 +14,8 @@ stays in the environment variable the config names), or write anything.
 
 Layout (every table is keyed by name; see fixtures/configs/station.toml):
 
-    [station]            id, ledger, operator?, qa_pin?
+    [station]            id, ledger, operator?, qa_pin_hash? (or a plain qa_pin: lab and demo),
+                         cleanup_interval_s?, cleanup_max_interval_s?, [station.labels]
     [targets.NAME]       region, policy_name, policy_document | policy_file, profile? role_arn? …
     [targets.NAME.issuer] certificate_file, key_file, passphrase_env?
     [products.NAME]      serial_pattern, flasher, target, on_reprovision ("refuse" | "replace"),
@@ -84,6 +85,9 @@ _BAUD_MIN, _BAUD_MAX = 50, 12_000_000
 _PLACEHOLDER_RE = re.compile(r"\b(REGION|ACCOUNT)\b")
 
 _FIX = "Fix station.toml and run the command again."
+MAX_CONFIG_BYTES = 256 * 1024  # a station.toml is a few kilobytes, even with dozens of slots
+MAX_POLICY_BYTES = 64 * 1024  # AWS IoT allows 2,048 characters of policy (whitespace aside)
+MAX_PROBLEMS_SHOWN = 25  # a wrong file (not a config) must not turn into a message of thousands of lines
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -134,11 +138,16 @@ class StationConfig:
     ledger_path: Path | str  # a file, or a shared ledger's URL (dynamodb://TABLE?region=…)
     operator: str | None = None
     qa_pin: str | None = field(default=None, repr=False)  # not a key, but no reason to print it
+    # The line's cleaner (station.cleanup): first retry after this, backing off up to the maximum.
+    cleanup_interval_s: float = 10.0
+    cleanup_max_interval_s: float = 30.0
     targets: dict[str, Target] = field(default_factory=dict)
     products: dict[str, Product] = field(default_factory=dict)
     slots: dict[str, Slot] = field(default_factory=dict)
     budget: BudgetSettings | None = None
     labels: LabelSettings | None = None
+    # The QA PIN as a salted scrypt hash (station.qapin); production stations keep only this.
+    qa_pin_hash: str | None = field(default=None, repr=False)
 
     def target(self, name: str) -> Target:
         try:
@@ -253,6 +262,9 @@ class _Checker:
         self.problems: list[tuple[int, str]] = []
 
     def problem(self, keypath: tuple[str, ...], expected: str) -> None:
+        if len(self.problems) > MAX_PROBLEMS_SHOWN:  # counted, not located: the message shows only the first
+            self.problems.append((1 << 62, ""))
+            return
         line = self.locator.line_of(keypath)
         at = f"{self.path}:{line}" if line else f"{self.path}"
         self.problems.append((line or 0, f"{at}: {_where(keypath)}: {expected}"))
@@ -264,6 +276,8 @@ class _Checker:
         title = "Invalid station configuration" + (f" ({count} problems)" if count > 1 else "")
         # In file order, so the person fixing them can walk down the file.
         ordered = [text for _, text in sorted(self.problems, key=lambda item: item[0])]
+        if count > MAX_PROBLEMS_SHOWN:
+            ordered = [*ordered[:MAX_PROBLEMS_SHOWN], f"… and {count - MAX_PROBLEMS_SHOWN} more problems."]
         raise ConfigError(title, "\n".join(ordered), _FIX)
 
     # -- table and key helpers ------------------------------------------------------------------------
@@ -310,6 +324,10 @@ class _Checker:
         wrong_type = not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind))
         if wrong_type:
             self.problem(keypath, f"expected {what or _type_name(kind)}, got {_kind(value)}.")
+            return default
+        if isinstance(value, str) and "\x00" in value:
+            # A NUL cannot be in a path, a port, a name or a pattern; Python's path calls raise on it.
+            self.problem(keypath, "contains a NUL character (\\0); expected plain text.")
             return default
         if check is not None:
             reason = check(value)
@@ -371,7 +389,20 @@ def _range_check(low: int, high: int, expected: str) -> Callable[[Any], str | No
 def _station_section(c: _Checker, data: Mapping[str, Any]) -> dict[str, Any]:
     keypath = ("station",)
     table = c.table(data, keypath, required=True)
-    c.unknown_keys(table, keypath, ("id", "operator", "ledger", "qa_pin", "labels"))
+    c.unknown_keys(
+        table,
+        keypath,
+        (
+            "id",
+            "operator",
+            "ledger",
+            "qa_pin",
+            "qa_pin_hash",
+            "labels",
+            "cleanup_interval_s",
+            "cleanup_max_interval_s",
+        ),
+    )
     station_id = c.get(
         table,
         (*keypath, "id"),
@@ -405,6 +436,27 @@ def _station_section(c: _Checker, data: Mapping[str, Any]) -> dict[str, Any]:
             check=_pattern_check(_PIN_RE, "a string of 4-12 digits"),
             what="a string of 4-12 digits",
         )
+    hash_path = (*keypath, "qa_pin_hash")
+    qa_pin_hash = c.get(
+        table, hash_path, str, check=_pin_hash_check, what="the line `station pin-hash` prints"
+    )
+    if qa_pin is not None and qa_pin_hash is not None:
+        c.problem(pin_path, "give qa_pin_hash only (the plain qa_pin is for the lab and the demo), not both.")
+    seconds = _seconds_check(0.1, 3600.0)
+    interval = c.get(
+        table, (*keypath, "cleanup_interval_s"), (int, float), default=10.0, check=seconds, what="seconds"
+    )
+    longest = c.get(
+        table, (*keypath, "cleanup_max_interval_s"), (int, float), default=None, check=seconds, what="seconds"
+    )
+    if longest is None:
+        longest = max(30.0, float(interval))
+    elif longest < interval:
+        c.problem(
+            (*keypath, "cleanup_max_interval_s"),
+            f"expected at least cleanup_interval_s ({interval:g} s), got {longest:g}.",
+        )
+        longest = interval
     return {
         "station_id": station_id,
         "operator": operator,
@@ -417,7 +469,27 @@ def _station_section(c: _Checker, data: Mapping[str, Any]) -> dict[str, Any]:
             else None
         ),
         "qa_pin": qa_pin,
+        "qa_pin_hash": qa_pin_hash,
+        "cleanup_interval_s": float(interval),
+        "cleanup_max_interval_s": float(longest),
     }
+
+
+def _pin_hash_check(value: str) -> str | None:
+    from station.qapin import parse_pin_hash
+
+    try:
+        parse_pin_hash(value)
+    except InputError as error:
+        return f"{error.message} {error.next_action}"
+    return None
+
+
+def _seconds_check(low: float, high: float) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if low <= value <= high else f"expected {low:g}–{high:g} seconds, got {value}."
+
+    return check
 
 
 _TARGET_KEYS = (
@@ -502,8 +574,12 @@ def _target(c: _Checker, name: str, table: dict[str, Any]) -> Target | None:
         resolved = c.existing_file(policy_file, (*kp, "policy_file"))
         if resolved:
             try:
-                policy_document = Path(resolved).read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as error:
+                with Path(resolved).open("rb") as handle:
+                    raw_policy = handle.read(MAX_POLICY_BYTES + 1)
+                if len(raw_policy) > MAX_POLICY_BYTES:
+                    raise ValueError(f"it is larger than {MAX_POLICY_BYTES:,} bytes")
+                policy_document = raw_policy.decode("utf-8")
+            except (OSError, ValueError) as error:  # UnicodeDecodeError is a ValueError
                 c.problem((*kp, "policy_file"), f"expected a readable UTF-8 JSON file ({error}).")
             else:
                 reason = _policy_text_problem(policy_document)
@@ -783,9 +859,16 @@ def _parse_error_line(error: tomllib.TOMLDecodeError) -> int | None:
 
 def load_config(path: str | Path) -> StationConfig:
     """Read and validate station.toml; `ConfigError` (file, line, field, what is expected) otherwise."""
+    if "\x00" in str(path):
+        raise ConfigError(
+            "Configuration path not usable",
+            f"The path {str(path)!r} contains a NUL character.",
+            "Give the path of station.toml (--config) again.",
+        )
     path = Path(path).expanduser().resolve()
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as handle:  # at most one byte past the limit (a pipe or device has no size)
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(
             "Configuration not found",
@@ -802,6 +885,12 @@ def load_config(path: str | Path) -> StationConfig:
             f"{path} cannot be read ({error.strerror}).",
             "Check the file's permissions.",
         ) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            "Configuration too large",
+            f"{path} is larger than {MAX_CONFIG_BYTES:,} bytes, the most the station reads as station.toml.",
+            "Check that --config names the station's station.toml.",
+        )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -817,6 +906,12 @@ def load_config(path: str | Path) -> StationConfig:
         parse_line = _parse_error_line(error)
         at = f"{path}:{parse_line}" if parse_line else str(path)
         raise ConfigError("Invalid station configuration", f"{at}: not valid TOML: {error}.", _FIX) from None
+    except RecursionError:  # tomllib recurses once per nesting level: [[[[…]]]] thousands deep
+        raise ConfigError(
+            "Invalid station configuration",
+            f"{path}: arrays or tables nested too deeply to read (a station.toml nests at most a few levels).",
+            _FIX,
+        ) from None
     return validate_config(data, path=path, text=text)
 
 
@@ -967,8 +1062,11 @@ def validate_config(data: Mapping[str, Any], *, path: Path, text: str = "") -> S
         ledger_path=station["ledger_path"],
         operator=station["operator"],
         qa_pin=station["qa_pin"],
+        cleanup_interval_s=station["cleanup_interval_s"],
+        cleanup_max_interval_s=station["cleanup_max_interval_s"],
         budget=budget,
         labels=labels,
+        qa_pin_hash=station["qa_pin_hash"],
         targets=targets,
         products=products,
         slots=slots,

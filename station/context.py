@@ -481,8 +481,16 @@ class StationContext:
             request = self.prepare(serial, slot=slot, product=product, target=target)
             return self.pipeline.run(request, open_flasher=lambda: self.open_flasher(slot, port, request))
 
-    def reconcile(self, *, only_target: str | None = None, min_age_s: float = 0.0) -> list[ReconcileItem]:
-        """Resolve the journal's pending entries (see `station.pipeline.reconcile`)."""
+    def reconcile(
+        self,
+        *,
+        only_target: str | None = None,
+        min_age_s: float = 0.0,
+        include: Callable[[Any], bool] | None = None,
+        on_event: Callable[[Event], None] | None = None,
+    ) -> list[ReconcileItem]:
+        """Resolve the journal's pending entries (see `station.pipeline.reconcile`); `include` narrows them
+        (the line's cleaner), `on_event` replaces the context's event sink for this call."""
         if only_target is not None:
             self.config.target(only_target)  # an unknown name is an input error, not "nothing to do"
         return reconcile(
@@ -493,7 +501,8 @@ class StationContext:
             only_target=only_target,
             min_age_s=min_age_s,
             station_id=self.station_id,
-            on_event=self._emit,
+            on_event=on_event or self._emit,
+            include=include,
         )
 
 

@@ -24,6 +24,7 @@ verify on the line. Re-issue with P-256 or P-384.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import re
@@ -50,6 +51,15 @@ KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072")
 DEFAULT_KEY_TYPE = "ec-p256"
 MAX_PEM_CHARS = 65536  # AWS IoT's limit for certificatePem
 MAX_INPUT_BYTES = 1 << 20  # a certificate file is a few KB; anything near a megabyte is the wrong file
+MAX_PEM_BLOCKS = 64  # a device certificate with its whole chain and key is a handful of blocks
+MAX_PASSWORD_CHARS = 1024
+MAX_RSA_KEY_BITS = 4096  # checking a larger RSA private key takes seconds (8192 bits: ~6 s)
+# PKCS#12 and encrypted keys make the reader run a key-derivation function as often as the file says. A
+# file saying "10 billion iterations" would stall the station, so the work a file may ask for is capped:
+# OpenSSL writes 2,048 iterations, Windows and macOS exports 2,000 to 10,000, current guidance 600,000.
+MAX_KDF_ITERATIONS = 1_000_000
+MAX_KDF_COUNT = 8  # key-derivation runs per file (MAC, certificate bag, key bag: 3 in a normal file)
+MAX_SCRYPT_COST = 1 << 20  # scrypt N*r for a scrypt-encrypted key (OpenSSL's default is N=16384, r=8)
 MAX_DAYS = 100 * 366
 COMMON_NAME_MAX = 64  # X.509 upper bound for a CN (ub-common-name)
 # Certificates start an hour in the past: AWS (and a unit) may run a clock slightly behind the station's,
@@ -86,7 +96,8 @@ _SIGNATURE_NAMES = {
 }
 _STRONG_HASHES = ("sha256", "sha384", "sha512")
 
-_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]{1,40})-----(.*?)-----END \1-----", re.DOTALL)
+_BEGIN, _END, _DASHES = b"-----BEGIN ", b"-----END ", b"-----"
+_PEM_LABEL = re.compile(rb"[A-Z0-9 ]{1,40}")
 _CERT_LABELS = {b"CERTIFICATE", b"X509 CERTIFICATE"}
 _KEY_LABELS = {
     b"PRIVATE KEY",
@@ -135,9 +146,26 @@ def _as_bytes(data: str | bytes, what: str) -> bytes:
 
 
 def _password_bytes(password: str | bytes | None) -> bytes | None:
-    if password is None or isinstance(password, bytes):
-        return password
-    return password.encode("utf-8")
+    """The password as bytes; `InputError` for one no exporter writes (NUL inside, absurd length).
+
+    A NUL makes cryptography's PKCS#12 reader panic (a `BaseException`), so it is refused before any call.
+    """
+    if password is None:
+        return None
+    raw = password if isinstance(password, bytes) else password.encode("utf-8", "surrogatepass")
+    if b"\x00" in raw:
+        raise InputError(
+            "Password not usable",
+            "The password contains a NUL character (\\0), which no certificate export can have set.",
+            "Type the password again; if it comes from a file or pipe, check that file's content.",
+        )
+    if len(raw) > MAX_PASSWORD_CHARS:
+        raise InputError(
+            "Password too long",
+            f"The password is {len(raw)} bytes; the station accepts at most {MAX_PASSWORD_CHARS}.",
+            "Check that the right password (not a file's content) was given.",
+        )
+    return raw
 
 
 def _key_description(key: PublicKeyTypes | PrivateKeyTypes) -> str:
@@ -278,8 +306,44 @@ def _check_days(days: int) -> int:
 
 
 def _pem_blocks(data: bytes) -> list[tuple[bytes, bytes]]:
-    """(label, whole block) for each complete PEM block, in order."""
-    return [(m.group(1), m.group(0)) for m in _PEM_BLOCK.finditer(data)]
+    """(label, whole block) for each complete PEM block, in order; work linear in the input's size.
+
+    A block runs from `-----BEGIN L-----` to the first `-----END ` after it, which must be `-----END L-----`;
+    a BEGIN without one is skipped. (A backtracking regex looked for each BEGIN's END through the whole rest
+    of the file: a megabyte of unclosed BEGIN lines took minutes.) More than `MAX_PEM_BLOCKS` complete blocks
+    is an `InputError`.
+    """
+    blocks: list[tuple[bytes, bytes]] = []
+    pos, next_end = 0, -1
+    while True:
+        start = data.find(_BEGIN, pos)
+        if start < 0:
+            return blocks
+        label_start = start + len(_BEGIN)
+        label_end = data.find(_DASHES, label_start, label_start + 41)
+        if label_end < 0 or not _PEM_LABEL.fullmatch(data, label_start, label_end):
+            pos = label_start
+            continue
+        label = data[label_start:label_end]
+        body = label_end + len(_DASHES)
+        if next_end < body:  # the first END at or after `body`; searched again only past the last one
+            next_end = data.find(_END, body)
+            if next_end < 0:
+                return blocks  # no END anywhere further on: no more complete blocks
+        closing = _END + label + _DASHES
+        if data.startswith(closing, next_end):
+            stop = next_end + len(closing)
+            blocks.append((label, data[start:stop]))
+            if len(blocks) > MAX_PEM_BLOCKS:
+                raise InputError(
+                    "Too many PEM blocks",
+                    f"The data holds more than {MAX_PEM_BLOCKS} PEM blocks; a certificate file holds a "
+                    "certificate, perhaps its chain and its key.",
+                    _FIX_FILE,
+                )
+            pos = stop
+        else:
+            pos = body  # closed by another label's END: not a block
 
 
 def _looks_like_pem(data: bytes) -> bool:
@@ -314,16 +378,72 @@ def _looks_like_pkcs12(data: bytes) -> bool:
     return data[inner[1] : inner[1] + 11] in _P7_DATA_OIDS
 
 
+def _guarded(call: Any, *args: Any) -> Any:
+    """`call(*args)` for a cryptography call on outside input; a Rust panic becomes a `ValueError`.
+
+    cryptography's Rust code can panic on odd input, and pyo3 raises the panic as `PanicException`, a
+    `BaseException` that `except Exception` does not catch.
+    """
+    try:
+        return call(*args)
+    except Exception:
+        raise
+    except BaseException as error:
+        if isinstance(error, KeyboardInterrupt | SystemExit | GeneratorExit):
+            raise
+        raise ValueError(f"cryptography failed ({type(error).__name__})") from None
+
+
+def _unparsable_field(cert: x509.Certificate) -> str | None:
+    """The first field of `cert` that cannot be decoded, or None when every field reads.
+
+    cryptography decodes a certificate's fields lazily, when first read; a damaged subject would otherwise
+    surface later, outside any import's error handling. A public key of an algorithm cryptography does not
+    know is not damage (AWS acceptance explains it); a malformed one is.
+    """
+    fields: tuple[tuple[str, Any], ...] = (
+        ("subject", lambda: [a.value for a in cert.subject] and cert.subject.rfc4514_string()),
+        ("issuer", lambda: [a.value for a in cert.issuer] and cert.issuer.rfc4514_string()),
+        ("serial number", lambda: cert.serial_number),
+        ("validity dates", lambda: (cert.not_valid_before_utc, cert.not_valid_after_utc)),
+        ("signature algorithm", lambda: cert.signature_algorithm_oid),
+        ("extensions", lambda: [e.value for e in cert.extensions]),
+    )
+    for name, read in fields:
+        try:
+            _guarded(read)
+        except Exception:
+            return name
+    try:
+        _guarded(cert.public_key)
+    except Exception as error:
+        if type(error).__name__ != "UnsupportedAlgorithm":
+            return "public key"
+    return None
+
+
+def _checked(cert: x509.Certificate, what: str) -> x509.Certificate:
+    """`cert`, every field decoded now; `InputError` naming the damaged field otherwise."""
+    damaged = _unparsable_field(cert)
+    if damaged is not None:
+        raise InputError(
+            "Damaged certificate",
+            f"The {what} holds a certificate whose {damaged} cannot be decoded (damaged or edited).",
+            _FIX_FILE,
+        )
+    return cert
+
+
 def _load_cert_pem_block(block: bytes) -> x509.Certificate | None:
     try:
-        return x509.load_pem_x509_certificate(block)
+        return _guarded(x509.load_pem_x509_certificate, block)  # type: ignore[no-any-return]
     except Exception:  # cryptography raises ValueError and friends for damaged blocks
         return None
 
 
 def _load_cert_der(data: bytes) -> x509.Certificate | None:
     try:
-        return x509.load_der_x509_certificate(data)
+        return _guarded(x509.load_der_x509_certificate, data)  # type: ignore[no-any-return]
     except Exception:
         return None
 
@@ -342,7 +462,7 @@ def _parse_certificates(data: bytes, what: str) -> list[x509.Certificate]:
                         f"The {what} has a CERTIFICATE block that cannot be decoded (damaged or edited).",
                         _FIX_FILE,
                     )
-                certs.append(cert)
+                certs.append(_checked(cert, what))
         if certs:
             return certs
         _raise_no_certificate_in_pem(data, blocks, what)
@@ -353,7 +473,7 @@ def _parse_certificates(data: bytes, what: str) -> list[x509.Certificate]:
             f"The {what} is neither PEM text nor a DER certificate.",
             _FIX_FILE,
         )
-    return [cert]
+    return [_checked(cert, what)]
 
 
 def _raise_no_certificate_in_pem(data: bytes, blocks: list[tuple[bytes, bytes]], what: str) -> None:
@@ -552,6 +672,20 @@ def describe(cert: str | bytes) -> dict[str, str]:
 # Keys
 
 
+def _pem_der(block: bytes) -> bytes:
+    """The DER inside one PEM block (headers such as Proc-Type skipped); b"" when it is not base64."""
+    lines = block.splitlines()[1:-1]
+    body = b"".join(line.strip() for line in lines if b":" not in line)
+    try:
+        return base64.b64decode(body, validate=False)
+    except ValueError:
+        return b""
+
+
+def _load_unchecked(loader: Any, data: bytes, password: bytes | None) -> Any:
+    return loader(data, password, unsafe_skip_rsa_key_validation=True)
+
+
 def _load_private_key(data: bytes, password: bytes | None, what: str) -> PrivateKeyTypes:
     """A private key from PEM (PKCS#8, traditional, encrypted) or DER; `InputError` with a plain reason."""
     encrypted = False
@@ -579,8 +713,15 @@ def _load_private_key(data: bytes, password: bytes | None, what: str) -> Private
             f"The {what} is encrypted and no password was given.",
             "Give the key's password (for example with --password-stdin).",
         )
+    if encrypted:
+        _refuse_costly_kdf(_pem_der(data) if _looks_like_pem(data) else data, what)
+    secret = password if encrypted else None
     try:
-        return loader(data, password if encrypted else None)  # type: ignore[no-any-return]
+        # Read first without RSA's consistency check: its cost grows steeply with the key's size (an 8192-bit
+        # key takes seconds), so the size is checked before that check runs.
+        key = _guarded(_load_unchecked, loader, data, secret)
+        if isinstance(key, rsa.RSAPrivateKey) and key.key_size <= MAX_RSA_KEY_BITS:
+            key = _guarded(loader, data, secret)
     except Exception as error:  # cryptography raises ValueError, TypeError, UnsupportedAlgorithm …
         if encrypted:
             # A wrong password and a damaged encrypted key cannot be told apart; the password is likelier.
@@ -591,6 +732,15 @@ def _load_private_key(data: bytes, password: bytes | None, what: str) -> Private
             ) from None
         unsupported = type(error).__name__ == "UnsupportedAlgorithm"
         reason = "of an unsupported kind" if unsupported else "damaged, truncated or not a private key"
+    else:
+        if isinstance(key, rsa.RSAPrivateKey) and key.key_size > MAX_RSA_KEY_BITS:
+            raise InputError(
+                f"Private key too large in {what}",
+                f"The {what} is an RSA key of {key.key_size} bits; the station reads RSA keys of at most "
+                f"{MAX_RSA_KEY_BITS} bits.",
+                "Use an RSA 2048, 3072 or 4096 key, or an EC P-256/P-384 key.",
+            )
+        return key  # type: ignore[no-any-return]
     raise InputError(
         f"Unreadable {what}",
         f"The {what} cannot be read: it is {reason}.",
@@ -774,14 +924,23 @@ def sign_csr(
 def _read_file(path: str | os.PathLike[str], what: str) -> bytes:
     p = Path(path)
     try:
-        size = p.stat().st_size
-        if size > MAX_INPUT_BYTES:
+        # Read at most one byte past the limit: a device or pipe (/dev/zero) has no size to check first.
+        with p.open("rb") as handle:
+            data = handle.read(MAX_INPUT_BYTES + 1)
+        if len(data) > MAX_INPUT_BYTES:
             raise InputError(
                 f"{what.capitalize()} too large",
-                f"{p} is {size} bytes; a {what} is a few kilobytes.",
+                f"{p} is larger than {MAX_INPUT_BYTES:,} bytes, the most the station reads (a {what} is a "
+                "few kilobytes).",
                 f"Check that {p} is the right file.",
             )
-        return p.read_bytes()
+        return data
+    except ValueError:  # a NUL byte in the path
+        raise InputError(
+            f"{what.capitalize()} path not usable",
+            f"The path {str(path)!r} contains a NUL character.",
+            "Give the file's path again.",
+        ) from None
     except FileNotFoundError:
         raise InputError(
             f"{what.capitalize()} not found", f"There is no file {p}.", "Check the path."
@@ -888,11 +1047,167 @@ def _pick_certificate(
     raise _mismatch(certs[0], key, what)
 
 
+# DER of the key-derivation OIDs whose parameters say how much work reading a file takes.
+_PBKDF2_OID = bytes.fromhex("06092a864886f70d01050c")  # 1.2.840.113549.1.5.12 (PBES2's PBKDF2)
+_PKCS12_PBE_PREFIX = bytes.fromhex("060a2a864886f70d010c01")  # 1.2.840.113549.1.12.1.{1..6} (legacy PBE)
+_SCRYPT_OID = bytes.fromhex("06092b06010401da47040b")  # 1.3.6.1.4.1.11591.4.11
+
+
+def _der_element(data: bytes, pos: int) -> tuple[int, int, int] | None:
+    """(tag, start, end) of the content of the definite-length DER element at `pos`; None if there is none."""
+    header = _der_header(data, pos)
+    if header is None or data[pos + 1] == 0x80:
+        return None
+    tag, start = header
+    first = data[pos + 1]
+    length = first if first < 0x80 else int.from_bytes(data[pos + 2 : start], "big")
+    end = start + length
+    return (tag, start, end) if end <= len(data) else None
+
+
+def _der_integer(data: bytes, pos: int, end: int) -> tuple[int, int] | None:
+    """(value, position after it) of the INTEGER at `pos`, None if that is not a small INTEGER."""
+    element = _der_element(data, pos)
+    if element is None or element[0] != 0x02 or element[2] > end or not 1 <= element[2] - element[1] <= 8:
+        return None
+    return int.from_bytes(data[element[1] : element[2]], "big", signed=True), element[2]
+
+
+def _kdf_params(data: bytes, oid_end: int) -> tuple[int, ...] | None:
+    """The INTEGERs after the salt in the parameters SEQUENCE that follows an OID; None if unreadable."""
+    params = _der_element(data, oid_end)
+    if params is None or params[0] != 0x30:
+        return None
+    salt = _der_element(data, params[1])
+    if salt is None:
+        return None
+    values: list[int] = []
+    pos = salt[2]
+    while pos < params[2] and len(values) < 3:
+        integer = _der_integer(data, pos, params[2])
+        if integer is None:
+            break
+        values.append(integer[0])
+        pos = integer[1]
+    return tuple(values)
+
+
+def _ber_children(data: bytes, pos: int, depth: int = 0) -> list[tuple[int, int, int]] | None:
+    """(tag, start, end) of each child of the constructed BER element at `pos`, definite or indefinite length.
+
+    PKCS#12 writers may use BER's indefinite lengths (content ended by 00 00); DER is the definite case. None
+    when the layout cannot be walked. Linear: each child is skipped by its length or walked once.
+    """
+    if depth > 32 or pos + 2 > len(data) or not data[pos] & 0x20:
+        return None
+    if data[pos + 1] != 0x80:
+        element = _der_element(data, pos)
+        if element is None:
+            return None
+        cur, stop = element[1], element[2]
+    else:
+        cur, stop = pos + 2, -1
+    children: list[tuple[int, int, int]] = []
+    while True:
+        if stop >= 0 and cur >= stop:
+            return children if cur == stop else None
+        if stop < 0 and data[cur : cur + 2] == b"\x00\x00":
+            return children
+        end = _ber_end(data, cur, depth + 1)
+        if end is None:
+            return None
+        header = _der_header(data, cur)
+        assert header is not None  # _ber_end read it
+        children.append((data[cur], header[1], end))
+        cur = end
+
+
+def _ber_end(data: bytes, pos: int, depth: int) -> int | None:
+    """Where the BER element at `pos` ends (after its 00 00 when of indefinite length); None if unreadable."""
+    if pos + 2 > len(data):
+        return None
+    if data[pos + 1] != 0x80:
+        element = _der_element(data, pos)
+        return element[2] if element else None
+    children = _ber_children(data, pos, depth)
+    if children is None:
+        return None
+    last = children[-1][2] if children else pos + 2
+    return last + 2  # the end-of-contents octets
+
+
+def _mac_iterations(data: bytes) -> int | None:
+    """A PFX's MacData iteration count (default 1; -1 if unreadable); None when the PFX cannot be walked."""
+    items = _ber_children(data, 0)
+    if items is None or len(items) < 2:
+        return None
+    if len(items) == 2:
+        return 1  # no MacData (a PFX protected by a signature, or not at all)
+    if items[2][0] != 0x30:
+        return None
+    mac_start = _ber_children(data, items[1][2])  # the MacData element starts where the authSafe ends
+    if mac_start is None or len(mac_start) < 2:
+        return -1
+    if len(mac_start) == 2:
+        return 1
+    tag, start, end = mac_start[2]
+    if tag != 0x02 or not 1 <= end - start <= 8:
+        return -1
+    return int.from_bytes(data[start:end], "big", signed=True)
+
+
+def _kdf_problem(der: bytes) -> str | None:
+    """Why reading this PKCS#12 file or encrypted key would take too much work, or None.
+
+    Every key derivation the file asks for (its MAC, each PBES2/PBKDF2 or legacy PKCS#12 PBE, scrypt) is
+    found by its OID and its iteration count checked against `MAX_KDF_ITERATIONS`; at most `MAX_KDF_COUNT`
+    of them. Linear in the file's size; reads nothing secret.
+    """
+    counts: list[int] = []
+    mac = _mac_iterations(der) if _looks_like_pkcs12(der) else None
+    if mac is not None:
+        counts.append(mac)
+    for oid in (_PBKDF2_OID, _PKCS12_PBE_PREFIX):
+        pos = der.find(oid)
+        while pos >= 0:
+            oid_end = pos + len(oid) + (1 if oid is _PKCS12_PBE_PREFIX else 0)
+            values = _kdf_params(der, oid_end)
+            counts.append(values[0] if values else -1)
+            if len(counts) > MAX_KDF_COUNT:
+                return f"it asks for more than {MAX_KDF_COUNT} key derivations"
+            pos = der.find(oid, pos + 1)
+    pos = der.find(_SCRYPT_OID)
+    while pos >= 0:
+        values = _kdf_params(der, pos + len(_SCRYPT_OID))
+        if not values or len(values) < 2 or values[0] < 1 or values[1] < 1:
+            return "its scrypt parameters cannot be read"
+        if values[0] * values[1] > MAX_SCRYPT_COST:
+            return f"its scrypt cost (N×r = {values[0] * values[1]}) is above the station's {MAX_SCRYPT_COST}"
+        pos = der.find(_SCRYPT_OID, pos + 1)
+    for count in counts:
+        if count < 1:
+            return "a key-derivation iteration count cannot be read"
+        if count > MAX_KDF_ITERATIONS:
+            return f"it asks for {count:,} key-derivation iterations; the station accepts at most {MAX_KDF_ITERATIONS:,}"
+    return None
+
+
+def _refuse_costly_kdf(der: bytes, what: str) -> None:
+    problem = _kdf_problem(der)
+    if problem:
+        raise InputError(
+            f"{what.capitalize()} asks for too much work",
+            f"The {what} cannot be opened at the station: {problem}.",
+            "Export it again with standard settings (for example openssl pkcs12 -export defaults) and retry.",
+        )
+
+
 def _load_pkcs12(data: bytes, password: bytes | None, what: str) -> tuple[list[x509.Certificate], Any]:
+    _refuse_costly_kdf(data, what)
     attempts = [password] if password else [None, b""]
     for attempt in attempts:
         try:
-            bundle = pkcs12.load_pkcs12(data, attempt)
+            bundle = _guarded(pkcs12.load_pkcs12, data, attempt)
             break
         except Exception:  # wrong password and damaged data look the same from here
             continue
@@ -910,8 +1225,8 @@ def _load_pkcs12(data: bytes, password: bytes | None, what: str) -> tuple[list[x
         )
     certs = []
     if bundle.cert is not None:
-        certs.append(bundle.cert.certificate)
-    certs.extend(c.certificate for c in bundle.additional_certs)
+        certs.append(_checked(bundle.cert.certificate, what))
+    certs.extend(_checked(c.certificate, what) for c in bundle.additional_certs)
     if not certs:
         raise InputError(
             "No certificate found",
@@ -925,7 +1240,8 @@ def _load(data: bytes, password: bytes | None, key_data: bytes | None, what: str
     if len(data) > MAX_INPUT_BYTES:
         raise InputError(
             f"{what.capitalize()} too large",
-            f"The {what} is {len(data)} bytes; a certificate file is a few kilobytes.",
+            f"The {what} is {len(data):,} bytes; the station reads at most {MAX_INPUT_BYTES:,} bytes (a "
+            "certificate file is a few kilobytes).",
             "Check that this is the right file.",
         )
     if not data.strip():

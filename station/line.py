@@ -8,6 +8,7 @@
     line.results()                            # every UnitResult so far, in finishing order
     with line.reserve("slot-2", serial="SN00001234", purpose="qa:reverify"):
         ...                                   # the slot is yours: the line starts no unit on it
+    line.cleanup_pending()                    # → journal entries the line's cleaner still has to finish
     line.stop()                               # finish the units in progress, then end the workers
 
 That is the whole API (the TUI is a thin view over it plus the events). `scan` validates the serial against
@@ -17,6 +18,11 @@ busy or reserved slot, or when no slot is free. `reserve` lends an idle slot to 
 slot runs one unit at a time through `station.pipeline`; slots never wait for each other: they share only
 the per-(account, region) rate budget (inside the registry) and the ledger. Events from every slot go to
 `on_event` (called from worker threads, one event at a time).
+
+A line over the real wiring also runs a cleaner (`station.cleanup`): what an attempt could not undo in AWS
+(AWS unreachable or refusing during rollback), or what a killed run of this station left, is retried in the
+background with back-off until AWS answers; `cleanup_pending()` says how many entries still wait. It stops
+with the line and never touches an attempt in flight in one of the line's slots.
 
 It must not: know the step order (that is the pipeline's), talk to AWS, serial ports or the lab itself, or
 block the caller of `scan` on a unit's work.
@@ -32,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from station.cleanup import cleaner_for
 from station.errors import InputError
 from station.model import Event
 from station.pipeline import FlasherLike, Pipeline, UnitRequest, UnitResult
@@ -139,6 +146,7 @@ class Line:
         self._workers: dict[str, threading.Thread] = {}
         self._results: list[UnitResult] = []
         self._stopping = False
+        self._in_flight: dict[str, str] = {}  # slot → attempt id of the unit it runs (for the cleaner)
         ports = context.slot_ports()
         if not ports:
             raise InputError(
@@ -152,6 +160,9 @@ class Line:
             worker = threading.Thread(target=self._work, args=(name,), name=f"slot-{name}", daemon=True)
             self._workers[name] = worker
             worker.start()
+        self._cleaner = cleaner_for(context, in_flight=self._attempts_in_flight, on_event=self._on_event)
+        if self._cleaner is not None:
+            self._cleaner.start()
 
     @classmethod
     def from_context(cls, context: LineContext, *, on_event: Callable[[Event], None] | None = None) -> Line:
@@ -170,9 +181,10 @@ class Line:
     ) -> str:
         """Queue a scanned unit on `slot` (or the next free one) and return the slot's name.
 
-        The serial is checked against the product's pattern first; a bad scan, an unknown or busy slot, or
-        no free slot raises `InputError` and starts nothing. `product`/`target` override the slot's defaults;
-        `port` overrides the slot's port for this unit (the demo gives each simulated unit its own pty).
+        The serial is checked against the product's pattern first; a bad scan, an unknown or busy slot, no
+        free slot, or a serial already in progress in another slot raises `InputError` and starts nothing.
+        `product`/`target` override the slot's defaults; `port` overrides the slot's port for this unit (the
+        demo gives each simulated unit its own pty).
         """
         with self._lock:
             if self._stopping:
@@ -182,6 +194,16 @@ class Line:
                 request = self._ctx.prepare(serial, slot=name, product=product, target=target)
             else:
                 name, request = self._pick_for(serial, product=product, target=target)
+            # One unit, one attempt at a time: two would share its thing and each could undo the other's.
+            twin = next(
+                (s for s in self._states.values() if s.state == BUSY and s.serial == request.serial), None
+            )
+            if twin is not None:
+                raise InputError(
+                    "Unit already in progress",
+                    f"{request.serial} is being provisioned in slot {twin.name} right now.",
+                    "Check the label: two units cannot have one serial. Wait for that slot to finish.",
+                )
             state = self._states[name]
             self._states[name] = replace(state, state=BUSY, serial=request.serial, step="")
             self._queues[name].put(_Job(request, port or state.port))
@@ -197,6 +219,14 @@ class Line:
         """Every unit's result so far, in the order they finished."""
         with self._lock:
             return list(self._results)
+
+    def cleanup_pending(self) -> int:
+        """This station's journal entries the cleaner still has to finish (0 without a cleaner)."""
+        return 0 if self._cleaner is None else self._cleaner.pending
+
+    def _attempts_in_flight(self) -> set[str]:
+        with self._lock:
+            return set(self._in_flight.values())
 
     def reserve(self, slot: str, *, serial: str = "", purpose: str = "reserved") -> _Reservation:
         """Hold the idle `slot` for the length of a `with` block: the line starts no unit on it meanwhile.
@@ -250,6 +280,9 @@ class Line:
         deadline = None if timeout is None else time.monotonic() + timeout
         for worker in self._workers.values():
             worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        if self._cleaner is not None:
+            # Bounded: a round in progress may be waiting on AWS; the thread is a daemon either way.
+            self._cleaner.stop(10.0 if deadline is None else max(0.1, deadline - time.monotonic()))
         if self._owns_context and not any(w.is_alive() for w in self._workers.values()):
             close = getattr(self._ctx, "close", None)
             if close is not None:
@@ -264,6 +297,9 @@ class Line:
     # ------------------------------------------------------------------------------------------ inside
     def _event(self, event: Event) -> None:
         """Where the pipeline's events arrive (from worker threads): track each slot's step, pass them on."""
+        if event.kind == "unit_started" and event.slot:
+            with self._lock:
+                self._in_flight[event.slot] = str(event.data.get("attempt_id", ""))
         if event.kind == "step_started" and event.slot:
             with self._lock:
                 state = self._states.get(event.slot)
@@ -271,6 +307,24 @@ class Line:
                     self._states[event.slot] = replace(state, step=event.step)
         if self._on_event is not None:
             self._on_event(event)
+
+    def _aborted(self, slot: str, serial: str, error: BaseException) -> None:
+        """A unit_finished ERROR for a unit whose pipeline raised, so its slot's card does not wait forever."""
+        event = Event(
+            "unit_finished",
+            serial,
+            slot=slot,
+            outcome="ERROR",
+            title="Station error",
+            message=f"The station stopped working on this unit unexpectedly ({type(error).__name__}); "
+            "the details are in the station log.",
+            next_action="Put the unit aside for a re-test and call a technician; run `station reconcile` "
+            "before the next shift.",
+        )
+        try:
+            self._event(event)
+        except Exception:
+            log.exception("slot %s: could not report the aborted unit %s", slot, serial)
 
     def _pick(self, slot: str | None) -> str:
         if slot is not None:
@@ -348,12 +402,15 @@ class Line:
 
             try:
                 result = self._ctx.pipeline.run(request, open_flasher=open_flasher)
-            except BaseException:
+            except BaseException as error:
                 # The pipeline records every outcome itself; reaching here means the worker was told to
-                # stop (SystemExit / KeyboardInterrupt) — leave the slot usable and keep the line alive.
+                # stop (SystemExit / KeyboardInterrupt) or the pipeline itself broke — leave the slot usable,
+                # keep the line alive, and tell whoever watches this slot.
                 log.exception("slot %s: unit %s aborted", name, request.serial)
+                self._aborted(name, request.serial, error)
             finally:
                 with self._lock:
+                    self._in_flight.pop(name, None)
                     state = self._states[name]
                     if result is not None:
                         self._results.append(result)

@@ -64,6 +64,8 @@ STEPS = ("identify", "identity", "write", "register", "verify", "record")
 
 KEY_SOURCES = ("station", "device", "auto")
 
+CLEANUP_PENDING = "cleanup_pending"  # journal stage: the attempt is over, AWS still holds what it made
+
 
 # ---------------------------------------------------------------------------------------------------------
 # The seams, as the pipeline sees them (structural: the real classes need not inherit from these).
@@ -527,10 +529,16 @@ class Pipeline:
                     thing_name=identity.thing_name,
                     state="revoking",
                     purpose=REPLACE_REVOKE,
+                    station_id=request.station_id,  # whose cleaner may finish it (station.cleanup)
                 )
                 run.attempt.step("retire", functools.partial(registry.revoke, cert_id, delete_thing=None))
             except Exception as exc:
                 detail = exc.message if isinstance(exc, StationError) else type(exc).__name__
+                if journal_id is not None:
+                    try:  # over for this attempt: the line's cleaner (or reconcile) revokes it when AWS answers
+                        self._ledger.journal_update(journal_id, state=CLEANUP_PENDING)
+                    except Exception:
+                        log.exception("could not mark the retire journal of %s", request.serial)
                 run.attempt.emit(
                     "compensation",
                     step="retire",
@@ -587,6 +595,7 @@ class Pipeline:
             certificate_pem=identity.certificate_pem,
             thing_name=thing_name,
             state="registering",
+            station_id=request.station_id,  # whose cleaner may finish it (station.cleanup)
         )
         cloud_error: list[BaseException] = []
 
@@ -648,12 +657,22 @@ class Pipeline:
         assert identity is not None
         # Whose certificate AWS would be refusing decides the fault: one the station made is the station's.
         origin = "station" if run.result.key_source == "station" else "unit"
-        registration, thing_created = register_in_target(
-            run.attempt, registry, identity, thing_name, origin=origin
-        )
-        run.registration = registration
-        run.result.certificate_arn = str(getattr(registration, "certificate_arn", "") or "")
-        run.thing_created = run.result.thing_created = thing_created
+        made: dict[str, Any] = {}
+        try:
+            register_in_target(
+                run.attempt,
+                registry,
+                identity,
+                thing_name,
+                origin=origin,
+                key_source=run.result.key_source,
+                made=made,
+            )
+        finally:
+            if "registration" in made:
+                run.registration = made["registration"]
+                run.result.certificate_arn = str(getattr(run.registration, "certificate_arn", "") or "")
+            run.thing_created = run.result.thing_created = bool(made.get("thing_created", False))
 
     # ------------------------------------------------------------------------------------------ verify
     def _host_verify(self, run: _Run, thing_name: str) -> None:
@@ -727,6 +746,9 @@ class Pipeline:
     def _finish(self, run: _Run, error: StationError | None) -> None:
         result = run.result
         attempt = run.attempt
+        if error is not None and not attempt.aws_clean:
+            error = cleanup_pending_fault(error, result)
+            self._mark_cleanup_pending(run)
         self._set_outcome(result, error)
         result.finished_at = time.time()
         finished: Event | None = None
@@ -755,10 +777,20 @@ class Pipeline:
             )
             finished = self._finished_event(run, keep=False)
         # Close the journal only when the record is written and AWS holds nothing unaccounted for: a
-        # failed rollback keeps it open for `station reconcile`.
+        # failed rollback keeps it open for the line's cleaner (station.cleanup) or `station reconcile`.
+        if not attempt.aws_clean and error is None and result.outcome != Outcome.PASS:
+            self._mark_cleanup_pending(run)  # the record failed and so did the undo after it
         result.journal_closed = attempt.journal_close(str(result.outcome))
         if result.recorded and finished is not None:
             attempt.publish(finished)
+
+    def _mark_cleanup_pending(self, run: _Run) -> None:
+        """The attempt is over but AWS still holds what it made: say so in its journal entry, so a cleaner
+        knows it may act on it now (an entry without this mark may belong to a unit still in progress)."""
+        try:
+            run.attempt.journal(state=CLEANUP_PENDING)
+        except Exception:
+            log.exception("could not mark the journal of %s cleanup pending", run.request.serial)
 
     @staticmethod
     def _finished_event(run: _Run, *, keep: bool = True, publish: bool = True) -> Event:
@@ -805,27 +837,55 @@ class Pipeline:
 
 
 def register_in_target(
-    attempt: Attempt, registry: RegistryLike, identity: Identity, thing_name: str, *, origin: str
+    attempt: Attempt,
+    registry: RegistryLike,
+    identity: Identity,
+    thing_name: str,
+    *,
+    origin: str,
+    key_source: str = "",
+    made: dict[str, Any] | None = None,
 ) -> tuple[Any, bool]:
     """The cloud half of the step order: register the certificate, make the thing, attach policy and thing.
 
     The journal is updated after each AWS step and the undo (roll back only what this call made) is
     registered with the attempt as soon as there is something to undo. The pipeline runs it on its helper
-    thread; QA register and transfer run it too, so this order lives here only. Returns the registration
-    and whether this call made the thing.
+    thread; QA register and transfer run it too, so this order lives here only. Ownership follows the
+    identity's origin (`key_source` "station"/"device": this attempt generated it, so it owns it whatever
+    the registry answered). `made` gets "registration" and "thing_created" as they happen (also when a
+    later step raises). Returns the registration and whether this call made the thing.
     """
+    made = {} if made is None else made
     registration = registry.register(identity, origin=origin)
+    made["registration"] = registration
+    answered_created = bool(getattr(registration, "created", True))
+    created = answered_created or _claim_generated(registration, key_source)
     attempt.undo(
         "aws",
         "rollback",
         lambda: registry.rollback(registration),
+        done_text=None if created else _KEPT_TEXT,
         certificate_id=identity.certificate_id,
         thing_name=thing_name,
     )
-    created = bool(getattr(registration, "created", True))
     arn = str(getattr(registration, "certificate_arn", "") or "")
-    attempt.journal(state="registered", certificate_created=created, certificate_arn=arn)
-    thing_created = bool(registry.create_thing(thing_name))
+    attempt.journal(
+        state="registered",
+        certificate_created=created,
+        certificate_arn=arn,
+        **({} if answered_created else {"registry_answer": "already registered"}),
+    )
+    try:
+        thing_created = bool(registry.create_thing(thing_name))
+    except BaseException as exc:
+        # The registry could not learn whether its CreateThing took effect, and the thing was not there
+        # before: the attempt owns it if it exists, so the rollback (or reconcile) deletes it.
+        if getattr(exc, "thing_maybe_created", None) == thing_name:
+            made["thing_created"] = True
+            _note_thing(registration, thing_name, True)
+            attempt.journal(state="thing", thing_created=True, thing_answer="lost")
+        raise
+    made["thing_created"] = thing_created
     _note_thing(registration, thing_name, thing_created)
     attempt.journal(state="thing", thing_created=thing_created)
     registry.attach(registration, thing_name)
@@ -925,6 +985,44 @@ def _note_thing(registration: Any, thing_name: str, created: bool) -> None:
                 setattr(registration, name, value)
             except (AttributeError, TypeError):
                 object.__setattr__(registration, name, value)
+
+
+_KEPT_TEXT = (
+    "The certificate was registered before this attempt and was kept; what this attempt added to it in AWS "
+    "was undone."
+)
+
+
+def _claim_generated(registration: Any, key_source: str) -> bool:
+    """Ownership follows the identity's origin, not the API's answer.
+
+    A certificate this attempt generated (a fresh station key, or a device key whose CSR this attempt
+    signed: a new serial and signature) cannot have existed before this attempt, so "already registered"
+    can only mean this attempt's own register was processed and its answer lost (then retried). It is this
+    attempt's: a rollback must delete it. Only a certificate read from the unit ("read") or imported may
+    conclude "not ours". True when the registration was claimed.
+    """
+    if key_source not in ("station", "device") or not hasattr(registration, "created"):
+        return False
+    try:
+        registration.created = True
+    except (AttributeError, TypeError):
+        object.__setattr__(registration, "created", True)
+    return True
+
+
+def cleanup_pending_fault(error: StationError, result: UnitResult) -> StationFault:
+    """The unit's outcome when the undo in AWS failed: an ERROR that says so, whatever failed first."""
+    left = "; ".join(
+        c.detail for c in result.compensations if c.action in ("rollback", "revoke") and not c.ok and c.detail
+    )
+    return StationFault(
+        "Cleanup pending",
+        f"{error.title}: {error.message} — cleanup pending: what this attempt registered in {result.target} "
+        f"is still there ({left or 'the undo did not finish'}); the station will remove it when AWS answers.",
+        "Set the unit aside (do not ship it). The station removes the certificate by itself; if "
+        '"cleanup pending" stays on the screen, call a technician (or run `station reconcile`).',
+    )
 
 
 def _most_serious(errors: list[BaseException]) -> BaseException:
@@ -1030,6 +1128,7 @@ def reconcile(
     station_id: str = "",
     on_event: Callable[[Event], None] | None = None,
     now: Callable[[], float] = time.time,
+    include: Callable[[Any], bool] | None = None,
 ) -> list[ReconcileItem]:
     """Resolve every pending journal entry so that no certificate stays registered without a PASS record.
 
@@ -1038,10 +1137,13 @@ def reconcile(
     if the journal says this attempt made it), an ERROR record is written if the attempt has none, and the
     journal is closed. An entry that cannot be resolved (target unknown, AWS unreachable) stays open and is
     reported as "failed". Run it when no station is provisioning on this ledger (or use `min_age_s`), since
-    an in-flight unit also has an open journal.
+    an in-flight unit also has an open journal. `include(entry)` narrows it to the entries a caller may touch
+    (the line's cleaner: this station's, not in a live slot); the others are not reported.
     """
     items: list[ReconcileItem] = []
     for entry in ledger.journal_pending():
+        if include is not None and not include(entry):
+            continue
         jid = _field(entry, "id", _field(entry, "journal_id"))
         item = ReconcileItem(
             journal_id=jid,

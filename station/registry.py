@@ -645,6 +645,11 @@ class Registry:
             try:
                 self._call("create_thing", passthrough=(_EXISTS, _NOT_FOUND), **kwargs)
                 created = True
+            except StationError as error:
+                # No answer (lost, timed out, AWS failing): the thing may exist now. It did not a moment ago
+                # and its name is the unit's, so if it is there this call made it: say so to the caller.
+                error.thing_maybe_created = name  # type: ignore[attr-defined]
+                raise
             except ClientError as error:
                 if error_code(error) == _EXISTS:
                     created = False  # another slot made it between our describe and create

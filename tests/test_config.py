@@ -16,6 +16,7 @@ from station import config
 from station.config import SourceLocator, is_over_broad, load_config, render_policy, validate_config
 from station.errors import ConfigError, InputError
 from station.model import Target
+from station.qapin import pin_matches
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 CONFIGS = FIXTURES / "configs"
@@ -98,8 +99,10 @@ def test_on_reprovision_defaults_to_refuse_and_takes_only_refuse_or_replace(tmp_
 
 def test_production_like_fixture() -> None:
     cfg = load_config(CONFIGS / "station.toml")
-    assert cfg.station_id == "line1-station3" and cfg.operator == "day-shift" and cfg.qa_pin == "0042"
-    assert "0042" not in repr(cfg)
+    assert cfg.station_id == "line1-station3" and cfg.operator == "day-shift" and cfg.qa_pin is None
+    assert cfg.qa_pin_hash is not None and pin_matches("0042", cfg.qa_pin_hash)
+    assert not pin_matches("0043", cfg.qa_pin_hash)
+    assert "scrypt" not in repr(cfg)
     eu, us = cfg.targets["prod-eu"], cfg.targets["prod-us"]
     assert eu.account_id == "111122223333"  # taken from the role ARN
     assert eu.endpoint == "a1b2c3d4e5f6g7-ats.iot.eu-west-1.amazonaws.com"

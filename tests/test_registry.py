@@ -645,3 +645,20 @@ def test_rollback_through_the_lab_control_plane(control_plane: ControlPlane) -> 
     registration = provision(registry, identity, thing)
     registry.rollback(registration)
     assert registry.describe(identity.certificate_id) is None
+
+
+def test_a_thing_whose_create_answer_was_lost_is_reported_as_maybe_made(control_plane: ControlPlane) -> None:
+    """CreateThing processed, every answer lost: the registry cannot say "created", but it says the thing
+    was absent a moment ago and may exist now, so the caller (the unit's attempt) can own it."""
+    registry = Registry(plane_target(control_plane), budget=RateBudget(), max_attempts=1)
+    name = unique("thing")
+    try:
+        control_plane.faults.set("lose", api="CreateThing", count=2)
+        with pytest.raises(StationFault) as lost:
+            registry.create_thing(name)
+        assert getattr(lost.value, "thing_maybe_created", None) == name
+        iot = control_plane.client("iot", region=plane_target(control_plane).region)
+        assert iot.describe_thing(thingName=name)["thingName"] == name  # AWS made it
+    finally:
+        control_plane.faults.clear()
+    assert registry.create_thing(name) is False  # there now: a second attempt would not claim it

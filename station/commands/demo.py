@@ -48,12 +48,14 @@ demo faults: disconnect (drops off part-way), bad-store (its store corrupts what
              wrong-unit (not the unit that was scanned; PROV/1 only), mixed (each in turn; the default)
 """
 
+# The demo faults by name, kept here so that `station --help` need not import the demo (and with it the
+# lab, moto and botocore); tests/robustness/test_startup.py checks it equals station.demo's list.
+FAULT_CHOICES = ("mixed", "disconnect", "bad-store", "wrong-unit")
+
 STEP_ORDER = ("identify", "identity", "write", "register", "write_register", "verify", "record", "total")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from station.demo import DEMO_FAULTS, MIXED
-
     p = sub.add_parser(
         "demo",
         help="run the station over a simulated line (local AWS IoT + simulated devices)",
@@ -94,8 +96,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--fault",
-        choices=[MIXED, *DEMO_FAULTS],
-        default=MIXED,
+        choices=FAULT_CHOICES,
+        default=FAULT_CHOICES[0],
         help="which demo fault the faulty units have (default: each in turn)",
     )
     p.add_argument(
@@ -327,7 +329,7 @@ def run_interactive(args: argparse.Namespace) -> int:
     )
     with demo:
         assert demo.config is not None
-        run_app(
+        code = run_app(
             demo.config,
             demo.line,
             demo.ledger,
@@ -335,6 +337,10 @@ def run_interactive(args: argparse.Namespace) -> int:
             welcome=welcome(demo, every),
             put_in_jig=demo.put_back,  # QA's re-verify: the recorded unit goes back into the chosen jig
         )
+    if code:
+        from station.commands.run import screen_ended
+
+        return screen_ended(code)
     return 0
 
 

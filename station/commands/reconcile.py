@@ -7,7 +7,9 @@ For every pending journal entry: if the ledger has a PASS record for its certifi
 otherwise what AWS still holds for it is removed (detach, deactivate, delete, and the thing if this station
 made it) and an ERROR record says "station stopped mid-provisioning; rolled back by reconcile". Afterwards no
 certificate is left registered without a PASS record. Run it while no unit is being provisioned on this
-ledger, or pass --min-age so entries younger than that are left alone.
+ledger, or pass --min-age so entries younger than that are left alone. A running line (`station run`) does
+the same for its own station by itself (station.cleanup); this command is for the offline case, or for
+entries the line's cleaner gave up on.
 
 Exit codes: 0 everything resolved (or nothing to do), 3 some entries could not be resolved (they stay pending;
 run it again once AWS is reachable), 2 bad input. A thin layer over `StationContext.reconcile`.

@@ -110,12 +110,63 @@ def confirm(question: str, *, yes: bool, flag: str = "--yes") -> bool:
     return answer.strip().lower() in ("y", "yes")
 
 
+MAX_STDIN_LINE = 4096  # a password or PIN; a longer line is not one (and must not fill the memory)
+
+
+def _stdin_line(what: str) -> bytes:
+    """The first line of stdin, without its line ending, at most `MAX_STDIN_LINE` bytes (`InputError` if more)."""
+    line = sys.stdin.buffer.readline(MAX_STDIN_LINE + 1)
+    if len(line.rstrip(b"\r\n")) > MAX_STDIN_LINE:
+        raise InputError(
+            f"{what.capitalize()} too long",
+            f"The first line of standard input is longer than {MAX_STDIN_LINE} bytes; it is not a {what}.",
+            f"Pipe only the {what} into the command.",
+        )
+    return line.rstrip(b"\r\n")
+
+
 def _read_password() -> bytes:
     """One line from stdin (without its line ending); prompted without echo when stdin is a terminal."""
     if is_interactive():
         return getpass.getpass("Password: ").encode("utf-8")
-    line = sys.stdin.buffer.readline()
-    return line.rstrip(b"\r\n")
+    return _stdin_line("password")
+
+
+def add_pin_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--pin-stdin",
+        action="store_true",
+        help="read the QA PIN from the first line of standard input (needed when the station has a QA PIN "
+        "and there is no terminal; --yes does not replace it)",
+    )
+
+
+def require_pin(args: argparse.Namespace, config: Any, ledger: Any, *, action: str) -> None:
+    """When a production station has a QA PIN, the person must give it: `InputError` (exit 2) unless right.
+
+    A station whose every target is a lab (`lab = true`: the lab, the demo, training) needs no PIN here.
+
+    From stdin with --pin-stdin, else asked on the terminal (not echoed); --yes never replaces it. Wrong
+    PINs count in the ledger with the QA desk's, with the same back-off and lock (`station.qapin`).
+    """
+    from station.qapin import PinGuard, stored_pin
+
+    stored = stored_pin(config)
+    targets = getattr(config, "targets", {}) or {}
+    if not stored or (targets and all(getattr(t, "lab", False) for t in targets.values())):
+        return  # no PIN, or a lab/demo station (every target lab = true): --yes is enough there
+    if getattr(args, "pin_stdin", False):
+        pin = _stdin_line("PIN").decode("utf-8", "replace")
+    elif is_interactive():
+        pin = getpass.getpass("QA PIN: ")
+    else:
+        raise InputError(
+            "QA PIN needed",
+            f"This station has a QA PIN, and `station {action}` needs it; --yes only skips the question.",
+            "Give the PIN with --pin-stdin (from the QA lead or a secrets store), or run it on a terminal.",
+        )
+    operator = getattr(args, "operator", None) or getattr(config, "operator", None) or ""
+    PinGuard(stored, ledger=ledger, where=f"station {action}", operator=operator).check(pin.strip())
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -20,20 +20,23 @@ import sys
 
 from station.cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
 from station.commands.register import (
+    add_pin_argument,
     add_station_arguments,
     confirm,
     ledger_location,
     not_found,
+    require_pin,
 )
 
 EXAMPLES = """examples:
   station revoke SA00001234                 (asks before revoking)
   station revoke SA00001234 --yes --json    (scripts: no question)
   station revoke SA00001234 --target prod-us --yes
+  echo "$QA_PIN" | station revoke SA00001234 --pin-stdin --yes   (a station with a QA PIN)
 
 exit codes:
   0  revoked (or nothing was registered any more)
-  2  bad input or config; or no terminal to confirm and no --yes
+  2  bad input or config; or no terminal to confirm and no --yes; a QA PIN missing, wrong or locked
   3  ERROR: a revoke failed in AWS (what is left is named; retry)
   4  not found: no such unit, no PASS record, or no such target
   130 cancelled at the question
@@ -54,6 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("serial", metavar="SN", help="the unit's serial (or its thing name or certificate id)")
     p.add_argument("--target", help="revoke only in this target (default: every target it is registered in)")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    add_pin_argument(p)
     add_station_arguments(p)
     p.set_defaults(func=run)
 
@@ -65,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     with open_ledger(ledger_location(args, config), create=False) as ledger:
+        require_pin(args, config, ledger, action="revoke")
         try:
             plan = qa.plan_revoke(config, ledger, args.serial, target=args.target)
         except qa.NotFound as error:

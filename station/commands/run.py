@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from station.cli import EXIT_OK
+from station.cli import EXIT_ERROR, EXIT_OK
 
 EXAMPLES = """examples:
   station run --config station.toml
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         context = StationContext(config, ledger=ledger, operator=args.operator)
         line = Line.from_context(context, on_event=relay)
         try:
-            run_app(config, line, ledger, relay=relay, operator=args.operator)
+            code = run_app(config, line, ledger, relay=relay, operator=args.operator)
         finally:
             busy = [s.serial for s in line.slots() if s.state == "busy"]
             if busy:
@@ -55,4 +55,15 @@ def run(args: argparse.Namespace) -> int:
             # The station's own identities (observers for verify-by-observing) end with the station.
             for problem in context.close():
                 print(f"Could not remove an observer identity: {problem}", file=sys.stderr)
-    return EXIT_OK
+    return EXIT_OK if code == 0 else screen_ended(code)
+
+
+def screen_ended(code: int) -> int:
+    """The operator screen ended on an error: say so and exit ERROR, so a supervisor restarts the station."""
+    print(
+        f"The operator screen stopped after an unexpected error (code {code}); the units in progress were "
+        "finished and the line stopped.\nNext: start the station again; if it happens again, call a "
+        "technician with the station log.",
+        file=sys.stderr,
+    )
+    return EXIT_ERROR

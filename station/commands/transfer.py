@@ -21,21 +21,25 @@ import sys
 
 from station.cli import EXIT_INTERRUPTED, EXIT_OK
 from station.commands.register import (
+    add_pin_argument,
     add_station_arguments,
     confirm,
     ledger_location,
     not_found,
+    require_pin,
 )
 
 EXAMPLES = """examples:
   station transfer SA00001234 --to prod-us                    (asks first)
   station transfer SA00001234 --to other-account-eu --yes --json
   station transfer SA00001234 --to prod-us --revoke-source --yes
+  echo "$QA_PIN" | station transfer SA00001234 --to prod-us --pin-stdin --yes   (a station with a QA PIN)
 
 exit codes:
   0  transferred (registered in the destination; revoked at the source with --revoke-source)
   1  FAIL: AWS refused the unit's certificate in the destination
-  2  bad input or config; same registry; or no terminal to confirm and no --yes
+  2  bad input or config; same registry; or no terminal to confirm and no --yes; a QA PIN missing,
+     wrong or locked
   3  ERROR: station, network or AWS problem (a half-done transfer says what is left)
   4  not found: no such unit, no PASS record, or no such target
   130 cancelled at the question
@@ -68,6 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--revoke-source", action="store_true", help="revoke the certificate at the source afterwards"
     )
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    add_pin_argument(p)
     add_station_arguments(p)
     p.set_defaults(func=run)
 
@@ -79,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     with open_ledger(ledger_location(args, config), create=False) as ledger:
+        require_pin(args, config, ledger, action="transfer")
         try:
             plan = qa.plan_transfer(
                 config,

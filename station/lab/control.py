@@ -14,7 +14,8 @@ adds what moto lacks and AWS does:
 - accounts and regions as a station reaches them: the default account with the lab's static keys, any other
   through STS AssumeRole (moto maps the issued keys to the role's account), regions by the SigV4 scope;
 - fault injection switchable at run time from Python (`plane.faults`) or over HTTP under `/lab-api/` on the same
-  port (`RemoteControl` is the client), so another process can flip it.
+  port (`RemoteControl` is the client), so another process can flip it; kind "lose" lets the request take
+  effect and then loses its answer (see "Fault: process, then lose the answer" below).
 
 It must not: import the station's own identity rules (the lab checks the station, it does not echo it); write to
 stderr per request or through a pipe; exit the process on a bad port (it raises `LabError` instead); let a
@@ -24,6 +25,7 @@ process share registries (use fresh certificates per test, or `reset()`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -76,7 +78,8 @@ _CERT_REGISTER_OPERATIONS = ("RegisterCertificateWithoutCA", "RegisterCertificat
 # UpdateCertificate's newStatus values a caller may set (AWS IoT API reference, UpdateCertificate).
 _SETTABLE_CERTIFICATE_STATUSES = ("ACTIVE", "INACTIVE", "REVOKED", "REGISTER_INACTIVE")
 
-FAULT_KINDS = ("error", "latency", "drop", "down")
+FAULT_KINDS = ("error", "latency", "drop", "down", "lose")
+LOSE = "lose"  # process the request, then lose the answer (see `_lose_answer`)
 _DEFAULT_ERROR_CODES = {
     500: "InternalFailureException",
     503: "ServiceUnavailableException",
@@ -173,7 +176,9 @@ class Fault:
     `count` = fire on the next N matching requests then disappear (None = until cleared); `fraction` = fire on
     that share of matching requests, drawn from a RNG seeded with `seed` (deterministic run to run).
     kinds: error (answer `status`/`code`), latency (wait `delay_s`, then answer normally), drop (close the
-    connection without an answer), down (reset every connection: the service looks unreachable).
+    connection without an answer), down (reset every connection: the service looks unreachable), lose (the
+    request takes effect, then the answer is lost: the connection closes at once, or after `delay_s` — set it
+    past the client's read timeout to make the client time out).
     """
 
     kind: str
@@ -359,9 +364,12 @@ class _LabApp:
                     "Missing Authentication Token",
                 ),
             )
-        delay, fault = self.plane.faults.decide(info)
+        delay, fault = (0.0, None) if environ.get(_LOST) else self.plane.faults.decide(info)
         if delay:
             time.sleep(delay)
+        if fault is not None and fault.kind == LOSE:
+            environ[_LOST] = True  # handle it again, as if no fault fired, and throw the answer away
+            return _lose_answer(fault, environ, lambda respond: self._handle(environ, respond))
         if fault is not None:
             return self._inject(fault, info, environ, start_response)
         answer = self._malformed(info, environ)
@@ -606,6 +614,8 @@ class _LabApp:
                 raise ValueError("the body must be a JSON object")
         except ValueError as exc:
             return _admin_error(400, f"Malformed JSON body: {exc}")
+        except RecursionError:  # [[[[…]]]] nested thousands deep
+            return _admin_error(400, "Malformed JSON body: nested too deeply.")
         plane = self.plane
         try:
             if parts == ["status"] and method == "GET":
@@ -645,6 +655,44 @@ class _LabApp:
         except (TypeError, ValueError) as exc:
             return _admin_error(400, str(exc))
         return _admin_error(404, f"No lab admin route {method} {ADMIN_PREFIX}/{'/'.join(parts)}.")
+
+
+# ------------------------------------------------------------------------- fault: process, then lose the answer
+
+_LOST = "lab.answer_lost"  # environ flag: this request's fault was decided; handle it as if none fired
+
+
+def _lose_answer(
+    fault: Fault, environ: dict[str, Any], process: Callable[[Callable[..., Any]], Iterable[bytes]]
+) -> Iterable[bytes]:
+    """AWS did the work, the client never hears of it: run the request to completion (its side effects
+    happen, its answer is built), discard the answer, then close the connection — at once, or after
+    `fault.delay_s` (past the client's read timeout: the client times out). The client sees what it would
+    see against AWS when the network loses a reply: a closed connection or a read timeout, and a retry
+    meets the request's effect (e.g. 409 ResourceAlreadyExistsException for a registered certificate)."""
+    statuses: list[str] = []
+
+    def discard(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+        statuses.append(status)
+        return lambda data: None
+
+    body = process(discard)
+    try:
+        for _chunk in body:
+            pass
+    finally:
+        close = getattr(body, "close", None)
+        if callable(close):
+            close()
+    log.debug("lab control plane: answer %s lost (fault %d)", statuses[:1], fault.id)
+    if fault.delay_s > 0:
+        time.sleep(fault.delay_s)
+    sock: socket.socket | None = environ.get("werkzeug.socket")
+    if sock is not None:
+        # OSError: the client gave up first (its read timeout): nothing left to close.
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)  # FIN without an answer
+    raise ConnectionAbortedError("lab fault: answer lost after processing")
 
 
 def _admin_error(status: int, message: str) -> _Answer:

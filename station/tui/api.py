@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from station.qapin import stored_pin
+
 
 class SlotLike(Protocol):
     """One slot as the line reports it (`station.line.SlotState`)."""
@@ -56,7 +58,7 @@ class StationInfo:
     products: tuple[str, ...] = ()
     targets: tuple[TargetInfo, ...] = ()
     slot_products: dict[str, str] = field(default_factory=dict)  # slot name → product
-    qa_pin: str | None = field(default=None, repr=False)
+    qa_pin: str | None = field(default=None, repr=False)  # stored form: scrypt hash, or plain (lab)
 
     @property
     def lab(self) -> bool:
@@ -100,5 +102,5 @@ def station_info(config: Any, *, operator: str | None = None) -> StationInfo:
             TargetInfo(name=t.name, account=_account_of(t), region=t.region, lab=bool(t.lab)) for t in shown
         ),
         slot_products=slot_products,
-        qa_pin=getattr(config, "qa_pin", None),
+        qa_pin=stored_pin(config),  # the stored form: a scrypt hash, or the lab's plain PIN
     )

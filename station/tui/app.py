@@ -24,6 +24,7 @@ from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.notifications import SeverityLevel
 
+from station.qapin import PinGuard
 from station.tui.api import LineAPI, StationInfo, station_info
 from station.tui.operator.screen import OperatorScreen
 from station.tui.qa.desk import QaDeskScreen
@@ -66,6 +67,7 @@ class StationApp(App[None]):
             line, info, line.slots(), relay=relay, clock=clock, poll_interval=poll_interval
         )
         self._quit_armed_at: float | None = None
+        self._pin_guard: PinGuard | None = None
         self.title = f"station {info.station_id}"
 
     def notify(
@@ -122,12 +124,16 @@ class StationApp(App[None]):
             )
             return
         qa = self.qa
+        if self._pin_guard is None:
+            # One guard for the app's life; its count of wrong PINs lives in the ledger anyway.
+            ledger = getattr(qa, "ledger", None)
+            self._pin_guard = PinGuard(pin, ledger=ledger, where="QA desk", operator=self.info.operator)
 
         def opened(ok: bool | None) -> None:
             if ok:
                 self.push_screen(QaDeskScreen(qa, self.info))
 
-        self.push_screen(PinScreen(pin), opened)
+        self.push_screen(PinScreen(self._pin_guard), opened)
 
 
 def build_app(
@@ -174,9 +180,10 @@ def run_app(
     welcome: str | None = None,
     put_in_jig: Callable[[Any, str], None] | None = None,
 ) -> int:
-    """Run the operator screen until the operator quits; 0. The caller stops the line afterwards.
+    """Run the operator screen until the operator quits; 0, or non-zero when the screen ended on an error.
 
-    `relay` must be the `on_event` the line was built with, or the cards will not move.
+    `relay` must be the `on_event` the line was built with, or the cards will not move. The caller stops
+    the line afterwards, and turns a non-zero result into a non-zero exit (a supervisor restarts it).
     """
     app = build_app(
         config,
@@ -190,4 +197,4 @@ def run_app(
         put_in_jig=put_in_jig,
     )
     app.run()
-    return 0
+    return app.return_code or 0

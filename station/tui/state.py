@@ -19,6 +19,10 @@ from station.pipeline import STEPS
 # The prefix that sends a scan to one slot: "2:SN123" (slot number, 1-based) or "slot-2:SN123" (slot name).
 SCAN_HINT = "2:SERIAL sends it to slot 2"
 _PREFIX_RE = re.compile(r"^\s*([A-Za-z0-9._-]+)\s*:\s*(.*)$", re.DOTALL)
+_SLOT_NUMBER_RE = re.compile(r"[0-9]{1,4}")
+# A scan is a label's serial (at most 128 characters, station.naming) and perhaps a slot prefix. Longer is a
+# stuck key or a scanner reading the wrong code, refused before any parsing.
+MAX_SCAN_CHARS = 160
 
 OUTCOME_LABEL = {
     Outcome.PASS: "✔ PASS",
@@ -36,19 +40,27 @@ def parse_scan(text: str, slot_names: Sequence[str]) -> tuple[str | None, str]:
     left in the serial (the line's serial check will judge it), except a bare number beyond the slot count,
     which is refused here because it can only be a mistyped slot.
     """
+    if len(text) > MAX_SCAN_CHARS:
+        raise InputError(
+            "Scan too long",
+            f"The scan is {len(text):,} characters; a label's serial (with a slot prefix) is at most "
+            f"{MAX_SCAN_CHARS}.",
+            "Clear the scan field (Esc) and scan the unit's serial label again.",
+        )
     match = _PREFIX_RE.match(text)
     if match is None:
         return None, text.strip()
     prefix, serial = match.group(1), match.group(2).strip()
     if prefix in slot_names:
         return prefix, serial
-    if prefix.isdigit():
-        index = int(prefix)
+    if prefix.isdigit():  # ASCII digits only (the pattern); int() only on a few of them
+        index = int(prefix) if _SLOT_NUMBER_RE.fullmatch(prefix) else 0
         if 1 <= index <= len(slot_names):
             return slot_names[index - 1], serial
+        shown = prefix if len(prefix) <= 8 else f"{prefix[:8]}…"
         raise InputError(
             "No such slot",
-            f"There is no slot {prefix}; this station has slots 1 to {len(slot_names)}.",
+            f"There is no slot {shown}; this station has slots 1 to {len(slot_names)}.",
             f"Scan again with a slot number from 1 to {len(slot_names)}, or without a prefix.",
         )
     return None, text.strip()
@@ -118,6 +130,12 @@ class CardState:
         self.scans_accepted += 1
         if self.scans_accepted > self.units_started:
             self.begin(serial)
+
+    def screen_problem(self, error_name: str) -> None:
+        """The screen failed to show an update for this slot: say so on the card (the unit carries on)."""
+        self.message = f"The screen missed an update for this slot ({error_name}); the unit itself carries on in the line."
+        who = f"station show {self.serial}" if self.serial else "the station log"
+        self.next_action = f"Wait for the outcome; if the card does not show one, check `{who}`."
 
     def begin(self, serial: str) -> None:
         """A new unit on this slot: forget the previous one."""

@@ -318,3 +318,29 @@ def test_a_scan_without_a_slot_goes_to_a_free_slot_of_its_product() -> None:
     finally:
         ctx.release.set()
         line.stop(timeout=5)
+
+
+def test_a_pipeline_that_raises_reports_error_on_its_slot_and_the_line_goes_on(ctx: FakeContext) -> None:
+    """Issue 10: an unexpected error in a slot worker is shown on that slot; the slot and the others carry on."""
+    events: list[Event] = []
+    real_run = ctx.pipeline.run
+
+    def run(request: UnitRequest, **kw: Any) -> Any:
+        if request.serial == "SN00000001":
+            raise RuntimeError("pipeline bug")
+        return real_run(request, **kw)
+
+    ctx.pipeline.run = run  # type: ignore[method-assign]
+    line = Line.from_context(ctx, on_event=events.append)
+    try:
+        assert line.scan("SN00000001", "s1") == "s1"
+        assert line.wait_idle(10)
+        finished = [e for e in events if e.kind == "unit_finished" and e.serial == "SN00000001"]
+        assert len(finished) == 1 and finished[0].outcome == "ERROR" and finished[0].slot == "s1"
+        assert "RuntimeError" in finished[0].message and "pipeline bug" not in finished[0].message
+        line.scan("SN00000002", "s1")  # the same slot takes the next unit
+        assert line.wait_idle(10)
+        assert [r.outcome for r in line.results()] == [Outcome.PASS]
+        assert {s.name: s.state for s in line.slots()} == {"s1": IDLE, "s2": IDLE}
+    finally:
+        line.stop(timeout=10)

@@ -217,7 +217,16 @@ def test_failed_rollback_keeps_the_journal_open_for_reconcile() -> None:
     rig = make_rig(log=log, registry=registry, verifier=FakeVerifier(log, fault=unit()))
     result = rig.pipeline.run(rig.request(), rig.flasher)
 
-    assert result.outcome == Outcome.FAIL  # the unit's own fault still decides its outcome
+    # The unit's own fault is named, but the outcome says AWS still holds its certificate: an ERROR, not
+    # an ordinary FAIL with "put it in the rework bin".
+    assert result.outcome == Outcome.ERROR and result.title == "Cleanup pending"
+    assert result.message.startswith("Verify failed: no echo")
+    assert (
+        "cleanup pending: what this attempt registered in lab-eu is still there (AWS unreachable)"
+        in result.message
+    )
+    assert "rework bin" not in result.next_action
+    assert rig.ledger.open_journals()[0]["state"] == "cleanup_pending"
     assert [(c.action, c.ok) for c in result.compensations] == [("rollback", False), ("wipe", True)]
     assert [(e.step, e.outcome) for e in rig.events if e.kind == "compensation"] == [
         ("rollback", "failed"),

@@ -118,7 +118,9 @@ def test_failed_rollback_is_finished_by_reconcile_without_a_second_record() -> N
     items = run_reconcile(rig.ledger, registry)
     assert [i.action for i in items] == ["rolled_back"]
     assert registry.certificates == {} and registry.things == set()
-    assert [r["outcome"] for r in rig.ledger.records] == ["FAIL"]  # the pipeline's record stands
+    assert [r["outcome"] for r in rig.ledger.records] == [
+        "ERROR"
+    ]  # the pipeline's record stands (cleanup pending)
     assert rig.ledger.open_journals() == []
 
 

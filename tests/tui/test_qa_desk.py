@@ -129,13 +129,41 @@ async def test_qa_desk_needs_the_pin_and_a_wrong_one_is_refused(desk: Desk) -> N
     assert desk.calls == []
 
 
-async def test_three_wrong_pins_close_the_prompt(desk: Desk) -> None:
+async def test_wrong_pins_back_off_then_lock_and_the_lock_is_in_the_ledger(desk: Desk, monkeypatch) -> None:
+    """Three wrong PINs used to close the prompt and F3 reopened it (42 tries, then the desk opened)."""
+    from station import qapin
+
+    now = [1_000_000.0]
+    monkeypatch.setattr(qapin, "_now", lambda: now[0])
     await desk.pilot.press("f3")
     await wait_until(desk.pilot, lambda: isinstance(desk.app.screen, PinScreen), what="the PIN prompt")
-    for _ in range(3):
-        await type_scan(desk.pilot, "9999")
+    pin = desk.app.screen.query_one("#pin", Input)
+    await type_scan(desk.pilot, "9999")
+    await wait_until(desk.pilot, lambda: any("Wrong PIN" in t for t in desk.toasts()), what="Wrong PIN")
+    await wait_until(desk.pilot, lambda: not pin.disabled, what="the field again")
+    await type_scan(desk.pilot, "9998")  # a second wrong PIN: the next try must wait
+    await wait_until(desk.pilot, lambda: not pin.disabled and len(desk.toasts()) >= 2, what="second refusal")
+    await type_scan(desk.pilot, PIN)  # even the right PIN is refused during the back-off
+    await wait_until(desk.pilot, lambda: any("Too soon" in t for t in desk.toasts()), what="Too soon")
+    assert isinstance(desk.app.screen, PinScreen)
+    for wrong in ("9997", "9996", "9995"):
+        now[0] += 60
+        await wait_until(desk.pilot, lambda: not pin.disabled, what="the field again")
+        await type_scan(desk.pilot, wrong)
     await wait_until(desk.pilot, lambda: isinstance(desk.app.screen, OperatorScreen), what="prompt closed")
-    assert any("QA desk locked" in t for t in desk.toasts())
+    assert any("QA PIN locked" in t for t in desk.toasts())
+    steps = [e.event.step for e in desk.ledger.events(qapin.PIN_SERIAL)]
+    assert steps.count("qa:pin_failed") == 5 and steps.count("qa:pin_locked") == 1
+    assert all("999" not in str(e.event) for e in desk.ledger.events(qapin.PIN_SERIAL))  # no PIN recorded
+
+    now[0] += 60  # F3 again: still locked, even with the right PIN
+    await desk.pilot.press("f3")
+    await wait_until(desk.pilot, lambda: isinstance(desk.app.screen, PinScreen), what="the PIN prompt")
+    await type_scan(desk.pilot, PIN)
+    await wait_until(desk.pilot, lambda: isinstance(desk.app.screen, OperatorScreen), what="refused, closed")
+
+    now[0] += qapin.LOCK_S  # after the lock, the right PIN opens the desk
+    await open_desk(desk)
 
 
 async def test_search_shows_records_and_audit_trail(desk: Desk) -> None:

@@ -11,9 +11,15 @@ from textual.widgets import Static
 from station.tui.state import Counters
 
 
-def counters_text(counters: Counters, now: float) -> Content:
+def counters_text(counters: Counters, now: float, cleanup_pending: int = 0) -> Content:
     fpy = counters.first_pass_yield
     uph = counters.units_per_hour(now)
+    # What failed attempts left in AWS until the line's cleaner has removed it (shown only while it is there).
+    pending = (
+        (("   ⚠ cleanup pending: ", "bold $warning"), (str(cleanup_pending), "bold"))
+        if cleanup_pending
+        else ()
+    )
     return Content.assemble(
         ("✔ PASS ", "bold $success"),
         (str(counters.passed), "bold"),
@@ -25,11 +31,12 @@ def counters_text(counters: Counters, now: float) -> Content:
         ("–" if fpy is None else f"{fpy * 100:.0f}%", "bold"),
         "   units/h ",
         ("–" if uph is None else f"{uph:.0f}", "bold"),
+        *pending,
     )
 
 
 class CountersBar(Static):
     """One line of figures; `show` redraws it."""
 
-    def show(self, counters: Counters, now: float) -> None:
-        self.update(counters_text(counters, now))
+    def show(self, counters: Counters, now: float, cleanup_pending: int = 0) -> None:
+        self.update(counters_text(counters, now, cleanup_pending))

@@ -24,6 +24,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Container
 from textual.events import Click, Resize
 from textual.geometry import Size
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Input, RichLog
 
@@ -53,6 +54,14 @@ log = logging.getLogger(__name__)
 
 CARD_MIN_WIDTH = 38  # below this a card's steps wrap onto too many lines
 ROOMY_HEIGHT = 40  # from here on the outcome banner gets three lines
+
+
+class CleanupCounted(Message):
+    """How many of this station's journal entries the line's cleaner still has to finish (polled)."""
+
+    def __init__(self, pending: int) -> None:
+        super().__init__()
+        self.pending = pending
 
 
 class OperatorScreen(Screen[None]):
@@ -92,6 +101,7 @@ class OperatorScreen(Screen[None]):
             )
         self.slot_names = list(self.cards)
         self._widgets: dict[str, SlotCard] = {}
+        self.cleanup_pending = 0  # the line's cleaner: journal entries still to finish in AWS
 
     # ------------------------------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -111,7 +121,7 @@ class OperatorScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one(CountersBar).show(self.counters, self.clock())
+        self._refresh_counters()
         if self.relay is not None:
             # Only now: posting to a screen from another thread needs the screen mounted in the app.
             self.relay.attach(self.deliver)
@@ -207,6 +217,39 @@ class OperatorScreen(Screen[None]):
         self.query_one("#scan", Input).clear()
         self.refocus()
 
+    # ------------------------------------------------------------------------------------------ survival
+    async def _on_message(self, message: Message) -> None:
+        """Every handler of this screen, guarded: one bad update must not close the screen of a whole line.
+
+        An unexpected error in a handler is logged, shown on the slot it concerns (when it concerns one) and
+        as a notification; the other slots, the scan field and the line keep running.
+        """
+        try:
+            await super()._on_message(message)
+        except Exception as error:
+            self._handler_failed(message, error)
+
+    def _handler_failed(self, message: Message, error: Exception) -> None:
+        log.error(
+            "operator screen: %s failed on %s", type(error).__name__, type(message).__name__, exc_info=error
+        )
+        event = getattr(message, "event", None)
+        slot = getattr(event, "slot", None) or getattr(message, "slot", None)
+        try:
+            card = self.cards.get(slot) if isinstance(slot, str) else None
+            if card is not None:
+                card.screen_problem(type(error).__name__)
+                self._show(card.slot)
+            self.notify(
+                f"The screen could not show an update ({type(error).__name__}); the line carries on. The "
+                "details are in the station log.",
+                title=f"Screen error on slot {slot}" if card is not None else "Screen error",
+                severity="error",
+                timeout=8,
+            )
+        except Exception:  # showing the problem failed too: the log has it, keep the screen up
+            log.exception("operator screen: could not show a handler failure")
+
     # ------------------------------------------------------------------------------------------ events
     def deliver(self, event: Event) -> None:
         """The relay's sink: called from the line's threads; only posts a message (thread-safe)."""
@@ -252,7 +295,7 @@ class OperatorScreen(Screen[None]):
             widget.show()
 
     def _refresh_counters(self) -> None:
-        self.query_one(CountersBar).show(self.counters, self.clock())
+        self.query_one(CountersBar).show(self.counters, self.clock(), self.cleanup_pending)
 
     # ------------------------------------------------------------------------------------------ slots
     def _poll_slots(self) -> None:
@@ -267,6 +310,17 @@ class OperatorScreen(Screen[None]):
             log.exception("could not read the line's slots")
             return
         self.post_message(SlotsRefreshed(slots))
+        pending = getattr(self.line, "cleanup_pending", None)  # a line without a cleaner has none
+        if callable(pending):
+            try:
+                self.post_message(CleanupCounted(int(pending())))
+            except Exception:
+                log.exception("could not read the line's cleanup count")
+
+    def on_cleanup_counted(self, message: CleanupCounted) -> None:
+        if message.pending != self.cleanup_pending:
+            self.cleanup_pending = message.pending
+            self._refresh_counters()
 
     def on_slots_refreshed(self, message: SlotsRefreshed) -> None:
         for slot in message.slots:

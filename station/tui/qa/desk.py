@@ -169,7 +169,11 @@ class QaDeskScreen(Screen[None]):
             f"QA DESK  ·  station {self.info.station_id}  ·  actions are recorded as {self.services.operator}",
             id="qa-title",
         )
-        search = Input(id="qa-search", placeholder="serial, thing name or certificate id — Enter to search")
+        search = Input(
+            id="qa-search",
+            max_length=256,
+            placeholder="serial, thing name or certificate id — Enter to search",
+        )
         search.border_title = "Find a unit"
         yield search
         records: DataTable[str] = DataTable(id="qa-records", cursor_type="row", zebra_stripes=True)

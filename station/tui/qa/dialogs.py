@@ -145,15 +145,22 @@ class ImportScreen(_Dialog):
             yield Input(
                 first.path if first else "",
                 id="import-path",
+                max_length=4096,
                 placeholder="certificate: .pem / .der / .cer / .p12",
             )
             yield Input(
                 (first.key_path or "") if first else "",
                 id="import-key",
+                max_length=4096,
                 placeholder="key: .key or the keychain's .p12 (optional; needed to verify)",
             )
             # The password is not kept when the dialog opens again.
-            yield Input(id="import-password", password=True, placeholder="password (PKCS#12 only; optional)")
+            yield Input(
+                id="import-password",
+                password=True,
+                max_length=1024,
+                placeholder="password (PKCS#12 only; optional)",
+            )
             yield Select(
                 [(p, p) for p in self._products],
                 id="import-product",
@@ -161,7 +168,10 @@ class ImportScreen(_Dialog):
                 value=product,
             )
             yield Input(
-                (first.thing or "") if first else "", id="import-thing", placeholder="thing name (optional)"
+                (first.thing or "") if first else "",
+                id="import-thing",
+                max_length=128,
+                placeholder="thing name (optional)",
             )
             yield Select([(t, t) for t in self._targets], id="import-target", prompt="target", value=target)
             yield Checkbox(
@@ -169,7 +179,12 @@ class ImportScreen(_Dialog):
                 value=first.verify if first else False,
                 id="import-verify",
             )
-            yield Input(first.serial if first else "", id="import-serial", placeholder="the unit's serial")
+            yield Input(
+                first.serial if first else "",
+                id="import-serial",
+                max_length=128,
+                placeholder="the unit's serial",
+            )
             with Horizontal(classes="buttons"):
                 yield Button("Register", id="ok", variant="warning")
                 yield Button("Cancel", id="cancel")
@@ -212,7 +227,7 @@ class ExportScreen(_Dialog):
             yield Select(
                 [("CSV", "csv"), ("JSON", "json")], id="export-format", value="csv", allow_blank=False
             )
-            yield Input(id="export-path", placeholder="file to write, e.g. records.csv")
+            yield Input(id="export-path", max_length=4096, placeholder="file to write, e.g. records.csv")
             with Horizontal(classes="buttons"):
                 yield Button("Export", id="ok", variant="primary")
                 yield Button("Cancel", id="cancel")
@@ -261,9 +276,16 @@ class ReverifyScreen(_Dialog):
                 value=self._preselect if self._preselect is not None else Select.NULL,
             )
             yield Input(
-                id="reverify-key", placeholder="or: the unit's .p12 (certificate + key), without a slot"
+                id="reverify-key",
+                max_length=4096,
+                placeholder="or: the unit's .p12 (certificate + key), without a slot",
             )
-            yield Input(id="reverify-password", password=True, placeholder="password of the .p12 (optional)")
+            yield Input(
+                id="reverify-password",
+                password=True,
+                max_length=1024,
+                placeholder="password of the .p12 (optional)",
+            )
             with Horizontal(classes="buttons"):
                 yield Button("Re-verify", id="ok", variant="primary")
                 yield Button("Cancel", id="cancel")

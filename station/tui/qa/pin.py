@@ -1,36 +1,43 @@
 """The PIN prompt in front of the QA desk.
 
-The PIN comes from the station's configuration; the comparison is constant-time. A wrong PIN is refused on
-the spot (a notification, the field cleared, focus kept); after `MAX_TRIES` wrong PINs the prompt closes.
+The check is `station.qapin.PinGuard`'s: the PIN's salted hash (or the lab's plain PIN) compared in constant
+time, a back-off after repeated wrong PINs and a lock after `MAX_FAILURES` within `LOCK_S`, each wrong PIN
+and each lock recorded in the ledger — so closing the prompt and pressing F3 again starts no fresh count.
+The check runs on a worker thread (scrypt and the ledger are not for the UI thread). A wrong PIN is refused
+on the spot (a notification, the field cleared, focus kept); a locked PIN closes the prompt.
 
 It must not log or show the PIN, and must not open the desk itself: it only answers True or False.
 """
 
 from __future__ import annotations
 
-import hmac
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label
 
-MAX_TRIES = 3
+from station.errors import InputError
+
+LOCKED_TITLE = "QA PIN locked"
+
+
+class PinChecker(Protocol):
+    def check(self, pin: str) -> None: ...
 
 
 class PinScreen(ModalScreen[bool]):
-    """Asks for the QA PIN; dismisses with True for the right one, False on Escape or too many tries."""
+    """Asks for the QA PIN; dismisses with True for the right one, False on Escape or when the PIN locks."""
 
     AUTO_FOCUS = "#pin"
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Back")]
 
-    def __init__(self, pin: str) -> None:
+    def __init__(self, guard: PinChecker) -> None:
         super().__init__(id="pin-screen")
-        self._pin = pin
-        self.tries = 0
+        self._guard = guard
 
     def compose(self) -> ComposeResult:
         with Vertical(id="pin-dialog", classes="dialog"):
@@ -42,22 +49,34 @@ class PinScreen(ModalScreen[bool]):
     def _submitted(self, event: Input.Submitted) -> None:
         given = event.value
         event.input.clear()
-        if hmac.compare_digest(given.encode(), self._pin.encode()):
-            self.dismiss(True)
+        event.input.disabled = True  # one check at a time
+        self.check_in_thread(given)
+
+    @work(thread=True, group="pin", exclusive=True, exit_on_error=False)
+    def check_in_thread(self, given: str) -> None:
+        try:
+            self._guard.check(given)
+        except InputError as error:
+            self.app.call_from_thread(self._refused, error)
             return
-        self.tries += 1
-        if self.tries >= MAX_TRIES:
-            self.app.notify(
-                "Too many wrong PINs; the QA desk stays closed.", title="QA desk locked", severity="error"
+        except Exception:  # the ledger could not be read or written: fail closed, and say so
+            unchecked = InputError(
+                "PIN not checked",
+                "The station could not check the PIN (its ledger is not available).",
+                "Try again; if it keeps failing, call a technician.",
             )
+            self.app.call_from_thread(self._refused, unchecked)
+            return
+        self.app.call_from_thread(self.dismiss, True)
+
+    def _refused(self, error: InputError) -> None:
+        self.app.notify(f"{error.message} {error.next_action}", title=error.title, severity="error")
+        if error.title == LOCKED_TITLE:
             self.dismiss(False)
             return
-        self.app.notify(
-            f"That PIN is not the QA PIN. {MAX_TRIES - self.tries} tries left.",
-            title="Wrong PIN",
-            severity="error",
-        )
-        event.input.focus()
+        field = self.query_one("#pin", Input)
+        field.disabled = False
+        field.focus()
 
     def action_cancel(self) -> None:
         self.dismiss(False)

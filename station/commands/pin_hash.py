@@ -1,0 +1,56 @@
+"""`station pin-hash`: the line to put in station.toml for a QA PIN (a salted scrypt hash, never the PIN).
+
+    station pin-hash                      (asks twice, not echoed)
+    echo "$NEW_PIN" | station pin-hash --pin-stdin
+
+Prints `qa_pin_hash = "scrypt$…"` for the [station] table. Reads nothing else and writes no file: the person
+puts the line in station.toml (replacing any plain qa_pin). A thin layer over `station.qapin.hash_pin`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+
+from station.cli import EXIT_OK
+
+EXAMPLES = """examples:
+  station pin-hash
+  echo "$NEW_PIN" | station pin-hash --pin-stdin >> station.toml.new
+
+exit codes:
+  0  printed the line
+  2  not a PIN (4-12 digits), the two entries differ, or no terminal and no --pin-stdin
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pin-hash",
+        help="print the qa_pin_hash line for station.toml (the QA PIN as a salted hash)",
+        description="Hash a QA PIN for station.toml: the station keeps only the hash, never the PIN.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--pin-stdin", action="store_true", help="read the PIN from the first line of stdin")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from station.commands.register import _stdin_line, is_interactive
+    from station.errors import InputError
+    from station.qapin import check_pin_format, hash_pin
+
+    if args.pin_stdin:
+        pin = _stdin_line("PIN").decode("utf-8", "replace").strip()
+    elif is_interactive():
+        pin = getpass.getpass("New QA PIN (4-12 digits): ")
+        if getpass.getpass("Again: ") != pin:
+            raise InputError("PINs differ", "The two PINs typed are not the same.", "Run it again.")
+    else:
+        raise InputError("No PIN given", "There is no terminal to ask on.", "Give the PIN with --pin-stdin.")
+    check_pin_format(pin)
+    print(f'qa_pin_hash = "{hash_pin(pin)}"')
+    print("Put this line in station.toml's [station] table (instead of any qa_pin).", file=sys.stderr)
+    return EXIT_OK
