@@ -24,6 +24,7 @@ from station.context import StationContext
 from station.lab.control import DEFAULT_ACCOUNT_ID, ControlPlane
 from station.lab.dataplane import DataPlane
 from station.ledger import open_ledger
+from station.line import Line
 from station.model import Outcome
 from station.registry import Registry
 from station.units import UnitStateName
@@ -188,3 +189,45 @@ def test_a_replace_whose_revoke_fails_is_kept_for_reconcile(replace: Rescan) -> 
     assert state.state == UnitStateName.PROVISIONED and state.pending_revoke == ()
     assert [i.certificate_id for i in state.live] == [new]
     assert replace.ledger.journal_pending() == []
+
+
+def test_the_lines_cleaner_revokes_an_old_certificate_without_any_command(tmp_path: Path, lab: Lab) -> None:
+    rig = Rescan(tmp_path, lab, "replace")
+    path = rig.config.path
+    text = path.read_text().replace(
+        "[station]\n", "[station]\ncleanup_interval_s = 0.3\ncleanup_max_interval_s = 1\n"
+    )
+    path.write_text(text.replace('port = "loop://s1"', f'port = "{rig.unit.port}"'))  # the unit's jig
+    rig.ledger.close()
+    rig.config = load_config(path)
+    rig.ledger = open_ledger(rig.config.ledger_path)
+    context = StationContext(
+        rig.config,
+        ledger=rig.ledger,
+        registry_factory=lambda target: Registry(target, station_id="e2e", max_attempts=2, delete_wait_s=5),
+    )
+    line = Line.from_context(context)
+    try:
+        line.scan(rig.unit.serial, slot="s1")
+        assert line.wait_idle(60)
+        rig.lab.plane.faults.set("error", api="UpdateCertificate", status=403, code="AccessDeniedException")
+        line.scan(rig.unit.serial, slot="s1")
+        assert line.wait_idle(60)
+        first, second = line.results()
+        assert (first.outcome, second.outcome) == (Outcome.PASS, Outcome.PASS), second.message
+        assert rig.registered(first.certificate_id) is not None  # AWS refused the revoke: still there
+        assert context.unit_state(rig.unit.serial).pending_revoke == (first.certificate_id,)
+
+        rig.lab.plane.faults.clear()  # AWS answers again; nobody runs a command
+        deadline = time.monotonic() + 30
+        while rig.ledger.journal_pending() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert rig.ledger.journal_pending() == [] and line.cleanup_pending() == 0
+        assert rig.registered(first.certificate_id) is None
+        assert rig.thing_certificates() == {second.certificate_id: "ACTIVE"}
+        state = context.unit_state(rig.unit.serial)
+        assert state.state == UnitStateName.PROVISIONED and state.pending_revoke == ()
+        assert state.last_action == "reconcile"
+    finally:
+        line.stop(timeout=30)
+        rig.close()
