@@ -9,6 +9,7 @@ real ptys, the real line, registry, verify and ledger; AWS is read back with the
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 import unicodedata
@@ -137,6 +138,13 @@ async def test_a_unit_revoked_by_the_cli_reads_revoked_in_every_view(
             assert station_main(["units", "--config", str(toml), "--json"]) == 0
             (unit,) = [u for u in json.loads(capsys.readouterr().out) if u["serial"] == serial]
             assert unit["revoked"] is True
+            assert station_main(["show", serial, "--config", str(toml)]) == 0
+            shown = capsys.readouterr().out
+            assert f"Unit {serial}: revoked " in shown and " by qa" in shown
+            out = tmp_path / "records.csv"
+            assert station_main(["export", "--config", str(toml), "--format", "csv", "--out", str(out)]) == 0
+            rows = list(csv.DictReader(out.open()))
+            assert {r["state"] for r in rows if r["serial"] == serial} == {"revoked"}
 
 
 async def test_desk_reverify_in_the_demo_passes_for_the_unit_in_its_jig(tmp_path: Path) -> None:
