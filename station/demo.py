@@ -358,11 +358,12 @@ class Jigs:
                 "No such slot", f"There is no slot {slot!r}.", f"Use one of {', '.join(self.slots)}."
             )
         with self._lock:
+            wanted = _plain_id(unit_id)
             current = self.devices.get(slot)
-            if current is not None and unit_id in (current.device_id, current.serial):
+            if current is not None and wanted in (_plain_id(current.device_id), _plain_id(current.serial)):
                 return current
-            unit = next((u for u in reversed(self.units) if u.device_id == unit_id), None) or next(
-                (u for u in reversed(self.units) if u.serial == unit_id), None
+            unit = next((u for u in reversed(self.units) if _plain_id(u.device_id) == wanted), None) or next(
+                (u for u in reversed(self.units) if _plain_id(u.serial) == wanted), None
             )
             if unit is None:
                 raise InputError(
@@ -438,7 +439,7 @@ class Jigs:
         elif family == "esp32":
             from flashers.simulators import esp32rom
 
-            device_id = self._new_id(
+            device_id = again or self._new_id(
                 lambda: "240AC4" + secrets.token_hex(3).upper(),
                 lambda v: esp32rom.flash_file(self.devices_dir, bytes.fromhex(v)),
             )
@@ -490,6 +491,11 @@ class Jigs:
             if not FAMILIES[self.families[slot]].in_process:
                 with contextlib.suppress(FileNotFoundError):
                     Path(self.port(slot)).unlink()
+
+
+def _plain_id(value: str) -> str:
+    """A device id as compared across spellings (a MAC with or without separators, any case)."""
+    return "".join(c for c in str(value) if c.isalnum()).upper()
 
 
 # ---------------------------------------------------------------------------------------------- feeder
