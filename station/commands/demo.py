@@ -347,6 +347,7 @@ def run_interactive(args: argparse.Namespace) -> int:
 def welcome(demo: Any, every: int) -> str:
     """What the newcomer reads first: what each slot holds and what to type."""
     from station.demo import FAMILIES
+    from station.lab.lab import LAB_QA_PIN
 
     if demo.mixed:
         first_of: dict[str, str] = {}
@@ -369,7 +370,7 @@ def welcome(demo: Any, every: int) -> str:
         )
     return (
         f"This is the lab, not AWS. {what} Every {_nth(every)}unit is a faulty demo unit: watch it FAIL and "
-        "roll back. F3 opens the QA desk (PIN 0000); Ctrl+Q quits."
+        f"roll back. F3 opens the QA desk (PIN {LAB_QA_PIN}); Ctrl+Q quits."
     )
 
 

@@ -58,6 +58,7 @@ DEFAULT_ROLE_NAME = "lab-station"
 LAB_ACCESS_KEY_ID = "AKIALABSTATION000000"
 LAB_SECRET_ACCESS_KEY = "lab-secret-access-key-not-a-real-secret"
 ADMIN_PREFIX = "/lab-api"
+MAX_ADMIN_BODY = 64 * 1024  # bytes of JSON an admin request may carry (faults and quotas are tiny)
 
 # AWS IoT's default control-plane quotas, requests per second per account and region (aws-iot.md).
 # An operation missing here is not throttled.
@@ -607,6 +608,15 @@ class _LabApp:
     def _admin(self, environ: dict[str, Any]) -> _Answer:
         method = environ.get("REQUEST_METHOD", "GET").upper()
         parts = [part for part in (environ.get("PATH_INFO") or "")[len(ADMIN_PREFIX) :].split("/") if part]
+        try:
+            declared = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return _admin_error(400, "Malformed request: Content-Length is not a number.")
+        if declared > MAX_ADMIN_BODY:
+            # An admin body is a few hundred bytes; refuse a large one outright rather than read or ignore it.
+            return _admin_error(
+                413, f"The body is {declared} bytes; the lab's admin API takes at most {MAX_ADMIN_BODY}."
+            )
         try:
             body = _wire.read_body(environ)
             payload: Any = json.loads(body) if body.strip() else {}

@@ -33,10 +33,12 @@ from station.lab.control import (
 )
 from station.lab.dataplane import DataPlane
 from station.model import Target
+from station.qapin import hash_pin
 
 DEFAULT_REGIONS = (DEFAULT_REGION, "us-east-1")
 LAB_POLICY_NAME = "station-lab-device"
 LAB_SERIAL_PATTERN = "SIM[0-9]{4,8}"
+LAB_QA_PIN = "0000"
 
 
 def lab_account_ids(count: int) -> tuple[str, ...]:
@@ -293,7 +295,8 @@ class Lab:
             f"id = {json.dumps(station_id)}",
             f"ledger = {json.dumps(ledger)}",
             'operator = "trainee"',
-            'qa_pin = "0000"',
+            # The lab's QA PIN is 0000 (the demo's welcome says so); even here only its salted hash is kept.
+            f"qa_pin_hash = {json.dumps(hash_pin(LAB_QA_PIN))}",
             "",
         ]
         if label_printer:

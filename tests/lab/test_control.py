@@ -672,3 +672,24 @@ def test_malformed_requests_get_4xx_and_the_server_keeps_serving(
     unknown = f"GET /no/such/iot/operation HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n".encode()
     assert _raw_http(port, unknown).startswith(b"HTTP/1.1 404")
     iot.list_policies()
+
+
+def test_an_oversized_admin_body_is_refused_with_its_size_not_ignored(control_plane: ControlPlane) -> None:
+    import json
+    import urllib.error
+    import urllib.request
+
+    from station.lab.control import MAX_ADMIN_BODY
+
+    body = json.dumps({"kind": "down", "pad": "x" * (MAX_ADMIN_BODY + 10)}).encode()
+    request = urllib.request.Request(
+        control_plane.endpoint_url + "/lab-api/faults",
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=10)
+    assert caught.value.code == 413
+    assert str(len(body)) in caught.value.read().decode()
+    assert RemoteControl(control_plane.endpoint_url).faults.list() == []  # nothing was set
