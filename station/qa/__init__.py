@@ -33,7 +33,7 @@ from station.qa.common import (
 from station.qa.preflight import PreflightReport, TargetReport, preflight
 from station.qa.register import RegisterResult, register_certificate, register_files
 from station.qa.reprovision import ReprovisionPlan, plan_reprovision, reprovision_unit
-from station.qa.reverify import ReverifyResult, record_slot, reverify_unit
+from station.qa.reverify import ReverifyResult, record_slot, reverify_record, reverify_unit
 from station.qa.revoke import (
     RevokeDone,
     RevokeItem,
@@ -75,6 +75,7 @@ __all__ = [
     "register_certificate",
     "register_files",
     "reprovision_unit",
+    "reverify_record",
     "reverify_unit",
     "revocation_of",
     "revoke_unit",

@@ -84,7 +84,7 @@ class ReverifyResult:
         return {"ok": True, **asdict(self)}
 
 
-def _reverify_record(
+def reverify_record(
     config: StationConfig, ledger: Ledger, query: str, *, target: str | None, certificate_id: str | None
 ) -> AttemptRecord:
     """The PASS record to re-verify: the unit's latest, or its latest in `target` / with that certificate."""
@@ -162,7 +162,7 @@ def reverify_unit(
     The record is the unit's latest that left it live (in `target`, with `certificate_id`, when given).
     Without a slot and without a key: `InputError` saying why the station cannot (it never keeps a key).
     """
-    record = _reverify_record(config, ledger, query, target=target, certificate_id=certificate_id)
+    record = reverify_record(config, ledger, query, target=target, certificate_id=certificate_id)
     dest = find_target(config, record.target)
     if slot is None or slot == "":
         if identity is None or identity.private_key is None:

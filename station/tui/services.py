@@ -438,8 +438,20 @@ class QaServices:
                     "read the key file", lambda: qa.load_certificate(None, p12=key, password=password or None)
                 )
         elif self._put_in_jig is not None:
+            # The unit whose identity is re-verified (the row may be a later record without one, e.g. a
+            # refused re-scan) goes into the jig.
             put = self._put_in_jig
-            self._guard("put the unit in the jig", lambda: put(record, slot))
+            checked = self._guard(
+                "find the record to re-verify",
+                lambda: qa.reverify_record(
+                    self.config,
+                    self.ledger,
+                    record.serial,
+                    target=record.target or None,
+                    certificate_id=record.certificate_id or None,
+                ),
+            )
+            self._guard("put the unit in the jig", lambda: put(checked, slot))
         try:
             result = self._guard(
                 "re-verify",
@@ -499,7 +511,13 @@ class QaServices:
         confirmed = plan
         if self._put_in_jig is not None:
             put = self._put_in_jig
-            self._guard("put the unit in the jig", lambda: put(record, slot))
+            live = self._guard(
+                "find the unit's record",
+                lambda: qa.reverify_record(
+                    self.config, self.ledger, record.serial, target=None, certificate_id=None
+                ),
+            )
+            self._guard("put the unit in the jig", lambda: put(live, slot))
         result = self._guard(
             "re-provision",
             lambda: qa.reprovision_unit(

@@ -173,9 +173,16 @@ async def test_desk_reverify_in_the_demo_passes_for_the_unit_in_its_jig(tmp_path
             await wait_until(pilot, lambda: demo.devices[slot] is not jig_unit, what="a fresh unit")
             assert demo.devices[slot].device_id != jig_unit.device_id
 
+            # Scanned again: refused on the operator screen at once, nothing touched (the default policy).
+            await wait_until(pilot, lambda: card.state == "idle", what="the slot free again")
+            await type_scan(pilot, "SIM0007")
+            await wait_until(pilot, lambda: card.outcome == Outcome.FAIL, timeout=60, what="the refusal")
+            assert card.title == "Already provisioned"
+            assert card.message.startswith("SIM0007 was provisioned on ") and "send it to QA" in card.message
+
             desk = await open_desk(app, pilot, pin=demo.config.qa_pin or "0000")
             record = await find(app, pilot, desk, "SIM0007")
-            assert record.device_id == jig_unit.device_id
+            assert record.outcome == "FAIL"  # the newest record, the refused re-scan: QA re-verifies from it
             await pilot.press("f5")
             await wait_until(pilot, lambda: isinstance(app.screen, ReverifyScreen), what="re-verify dialog")
             assert app.screen.query_one("#reverify-slot", Select).value == slot  # the record's slot
@@ -184,6 +191,7 @@ async def test_desk_reverify_in_the_demo_passes_for_the_unit_in_its_jig(tmp_path
             await wait_until(pilot, lambda: bool(toast(app, "Re-verified")), timeout=60, what="re-verified")
             assert "SIM0007 connected" in toast(app, "Re-verified")
         assert demo.devices[slot].device_id == jig_unit.device_id  # the recorded unit is in the jig
+        assert [r.outcome for r in demo.ledger.find("SIM0007") if r.action == "provision"] == ["PASS", "FAIL"]
         reverified = [r for r in demo.ledger.find("SIM0007") if r.action == "reverify"]
         assert [(r.outcome, r.slot, r.device_id) for r in reverified] == [("PASS", slot, jig_unit.device_id)]
 
