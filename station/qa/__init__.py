@@ -40,7 +40,6 @@ from station.qa.revoke import (
     RevokePlan,
     RevokeResult,
     plan_revoke,
-    revocation_of,
     revoke_unit,
 )
 from station.qa.transfer import TransferPlan, TransferResult, plan_transfer, transfer_unit
@@ -76,7 +75,6 @@ __all__ = [
     "register_files",
     "reprovision_unit",
     "reverify_unit",
-    "revocation_of",
     "revoke_unit",
     "transfer_unit",
     "unit_names",
