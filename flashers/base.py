@@ -19,7 +19,8 @@ This module must not import boto3 or awscrt (import-linter enforces it), open po
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import ClassVar, Self
 
@@ -54,6 +55,9 @@ class DeviceInfo:
     device_id: str | None
     firmware: str | None
     family: str = ""
+    # What the unit proved about itself that the attempt record keeps (e.g. nRF91 `attestation`: the
+    # modem's AT%ATTESTTOKEN answer). Plain strings only; never key material.
+    evidence: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -314,9 +314,15 @@ class Nrf91Flasher(Flasher):
         self._offline()
         imei = self._imei()
         firmware = self._firmware()
+        evidence: dict[str, str] = {}
         if self.read_attestation:
             self.attestation = self.attestation_token()
-        self._info = DeviceInfo(device_id=imei, firmware=firmware, family=self.family)
+            evidence = {
+                "attestation": self.attestation.text,
+                "device_uuid": self.attestation.device_uuid,
+                "firmware_uuid": self.attestation.firmware_uuid,
+            }
+        self._info = DeviceInfo(device_id=imei, firmware=firmware, family=self.family, evidence=evidence)
         return self._info
 
     def attestation_token(self) -> AttestationToken:

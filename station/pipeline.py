@@ -434,6 +434,10 @@ class Pipeline:
         assert flasher is not None
         result.device_id = info.device_id or None
         result.firmware = info.firmware or None
+        evidence = getattr(info, "evidence", None)
+        if evidence:
+            # What the unit proved about itself (e.g. the nRF91's attestation token) goes into its record.
+            result.extra["device_evidence"] = {str(k): str(v) for k, v in evidence.items()}
         # Decide the flow before anything is made or sent: an impossible plan costs nothing.
         caps = flasher.capabilities
         key_source = _plan_key_source(request, caps)

@@ -9,7 +9,6 @@ after a page (the command prints the cursor to pass). Never loads every unit. Re
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from datetime import UTC, datetime
@@ -76,23 +75,7 @@ def _time(text: str) -> float:
     return moment.timestamp()
 
 
-def noted_revocations(ledger: Any, units: list[UnitState]) -> set[str]:
-    """Serials of live units on this page whose certificate QA revoked by a note event rather than a revoke
-    record (what `station revoke` wrote before revokes became attempts). At most one indexed lookup per unit
-    on the page; goes away with the notes."""
-    revocation_of = getattr(importlib.import_module("station.qa"), "revocation_of", None)
-    if revocation_of is None:
-        return set()
-    found = set()
-    for unit in units:
-        if unit.is_live and unit.state != UnitStateName.REVOKED:
-            latest = [r for r in ledger.find(unit.last_attempt_id) if r.attempt_id == unit.last_attempt_id]
-            if latest and revocation_of(ledger, latest[0]) is not None:
-                found.add(unit.serial)
-    return found
-
-
-def unit_dict(unit: UnitState, noted_revoked: bool = False) -> dict[str, Any]:
+def unit_dict(unit: UnitState) -> dict[str, Any]:
     """A unit for JSON output: its stored state plus the names older callers read (`outcome`, `attempts`)."""
     primary = unit.primary
     return {
@@ -103,7 +86,7 @@ def unit_dict(unit: UnitState, noted_revoked: bool = False) -> dict[str, Any]:
         "thing_name": primary.thing_name if primary else "",
         "certificate_id": primary.certificate_id if primary else "",
         "target": primary.target if primary else "",
-        "revoked": unit.state == UnitStateName.REVOKED or noted_revoked,
+        "revoked": unit.state == UnitStateName.REVOKED,
     }
 
 
@@ -123,7 +106,6 @@ def run(args: argparse.Namespace) -> int:
             after=args.after,
             limit=args.limit,
         )
-        noted = noted_revocations(ledger, page.units)
     units = page.units
     more = (
         f"More: station units --after '{page.next_cursor}' (with the same filters)"
@@ -131,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         else ""
     )
     if args.json:
-        print(json.dumps([unit_dict(u, u.serial in noted) for u in units]))
+        print(json.dumps([unit_dict(u) for u in units]))
         if more:
             print(more, file=sys.stderr)
         return EXIT_OK
@@ -145,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         rows.append(
             (
                 u.serial,
-                f"{u.label()} (revoked by QA note)" if u.serial in noted else u.label(),
+                u.label(),
                 u.last_outcome,
                 str(u.attempts),
                 (primary.thing_name if primary else "") or "-",

@@ -40,7 +40,6 @@ from station.qa.revoke import (
     RevokePlan,
     RevokeResult,
     plan_revoke,
-    revocation_of,
     revoke_unit,
 )
 from station.qa.transfer import TransferPlan, TransferResult, plan_transfer, transfer_unit
@@ -77,7 +76,6 @@ __all__ = [
     "reprovision_unit",
     "reverify_record",
     "reverify_unit",
-    "revocation_of",
     "revoke_unit",
     "transfer_unit",
     "unit_names",

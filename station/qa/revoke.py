@@ -18,9 +18,7 @@ from station.attempt import Attempt, outcome_of
 from station.config import StationConfig
 from station.errors import StationError, StationFault
 from station.ledger import AttemptRecord, Ledger
-from station.model import Event, Outcome
 from station.qa.common import (
-    QA_STEP_PREFIX,
     EventSink,
     NotFound,
     RegistryFactory,
@@ -359,39 +357,3 @@ def revoke_unit(
             )
         )
     return RevokeResult(plan.serial, operator, tuple(done))
-
-
-def revocation_of(ledger: Ledger, record: AttemptRecord) -> Event | None:
-    """The successful revoke of `record`'s certificate in `record`'s target after the attempt, if any.
-
-    A revoke is a QA note, not a new attempt, so a listing that shows only the latest attempt's outcome would
-    still say PASS for a unit whose identity no longer works; listings ask this to say "revoked" instead.
-    A later attempt or transfer that registered the certificate again is a newer record, so it wins.
-    """
-    if not record.certificate_id:
-        return None
-    if record.action == Action.REVOKE:
-        # The unit's latest attempt is the revoke itself.
-        if record.outcome != Outcome.DONE:
-            return None
-        notes = [
-            e.event
-            for e in ledger.events(record.serial)
-            if e.event.kind == "note" and e.event.data.get("attempt_id") == record.attempt_id
-        ]
-        return (
-            notes[-1] if notes else Event("note", record.serial, step=f"{QA_STEP_PREFIX}revoke", outcome="ok")
-        )
-    found: Event | None = None
-    for stored in ledger.events(record.serial):
-        event = stored.event
-        if (
-            event.kind == "note"
-            and event.step == f"{QA_STEP_PREFIX}{Action.REVOKE}"
-            and event.outcome == "ok"
-            and event.at >= record.finished_at
-            and event.data.get("certificate_id") == record.certificate_id
-            and event.data.get("target") == record.target
-        ):
-            found = event
-    return found

@@ -1020,3 +1020,31 @@ def test_esp32_that_drops_off_mid_write_leaves_no_orphan(
         code, summary = station.provision(unit.port, serial_no(), capsys)
         assert code == 1 and summary["title"] == "Device disconnected", summary
         assert_left_behind(lab, before, certificate=None, thing=None)
+
+
+@pytest.mark.lab
+def test_nrf91_attestation_token_is_kept_in_the_record_when_the_product_asks(
+    lab: Lab, tmp_path: Path, nrf91_unit: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flashers.nrf91 import Nrf91Flasher
+
+    station = Station(
+        tmp_path,
+        lab,
+        "nrf91",
+        key_source="station",
+        serial_pattern="[0-9]{15}",
+        options="read_attestation = true\n",
+    )
+    unit = nrf91_unit()
+    code, summary = station.provision(unit.port, unit.model.imei, capsys)
+    assert code == 0, summary
+    (record,) = station.records(unit.model.imei)
+    evidence = record.extra["device_evidence"]
+    # The same token the modem gives anyone who asks (read again here, independently of the station).
+    with Nrf91Flasher(unit.port) as flasher:
+        flasher.identify()
+        token = flasher.attestation_token()
+    # The identity message is the same; its COSE signature is made anew for each request.
+    assert evidence["attestation"].split(".")[0] == token.text.split(".")[0]
+    assert evidence["device_uuid"] == token.device_uuid == unit.model.flash.uuid
