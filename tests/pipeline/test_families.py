@@ -1018,7 +1018,10 @@ def test_esp32_that_drops_off_mid_write_leaves_no_orphan(
     with PtyDevice(model) as unit:
         before = truth(lab)
         code, summary = station.provision(unit.port, serial_no(), capsys)
-        assert code == 1 and summary["title"] == "Device disconnected", summary
+        # The port vanishing is seen either as the disconnect itself or, when esptool's read times out first
+        # (a busy machine), as silence: both are the unit's fault with the same next action (reseat it).
+        assert code == 1 and summary["title"] in ("Device disconnected", "Device not answering"), summary
+        assert summary["next_action"].startswith("Reseat the unit"), summary
         assert_left_behind(lab, before, certificate=None, thing=None)
 
 
