@@ -33,12 +33,13 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Self, TextIO
 
-from station.errors import InputError, StationFault
+from station.errors import InputError, StationFault, UnitFault
 from station.model import Event, Outcome
-from station.units import UnitState, iso_utc
+from station.units import LiveIdentity, UnitState, iso_utc
 
 if TYPE_CHECKING:
     from station.ledger.anchor import Anchor
@@ -74,6 +75,52 @@ class LedgerMissing(InputError):
 
 class LedgerUnavailable(StationFault):
     """The ledger cannot be read or written (locked too long, disk full, not a ledger, newer schema)."""
+
+
+class UnitAlreadyLive(UnitFault):
+    """`record_attempt` refused a provision record: the unit already has a live identity the record neither
+    replaces nor could have known about (another station or slot made the unit live while this attempt ran).
+    Nothing was written. `identity` is that live identity, `station_id`/`slot` where it was made; the message
+    is the re-scan policy's answer ("SN… was provisioned on … at station/slot as …; send it to QA")."""
+
+    def __init__(self, serial: str, identity: LiveIdentity, station_id: str = "", slot: str = "") -> None:
+        self.serial = serial
+        self.identity = identity
+        self.station_id = station_id
+        self.slot = slot
+        day = datetime.fromtimestamp(float(identity.since or 0.0), UTC).strftime("%Y-%m-%d")
+        super().__init__(
+            "Already provisioned",
+            f"{serial} was provisioned on {day} at {station_id}/{slot} as "
+            f"{identity.thing_name or identity.certificate_id[:12]}; send it to QA.",
+            "Put the unit in the QA tray: QA re-verifies, revokes or re-provisions it.",
+        )
+
+
+def live_conflict(previous: UnitState | None, record: AttemptRecord) -> LiveIdentity | None:
+    """The live identity a provision `record` must not be stored over, or None.
+
+    A successful provision that makes a new identity live conflicts with a live identity of the unit's
+    stored state that is not its own certificate, not named in its `extra["replaced"]`, and either in the same
+    target (storing the record would silently drop a live certificate) or made live after this attempt
+    started (another station or slot provisioned the unit meanwhile: the re-scan check could not see it).
+    Pure: reads only its two arguments."""
+    if previous is None or not record.certificate_id or record.outcome not in ("PASS", "DONE"):
+        return None
+    if str(record.action or "provision") != "provision":
+        return None
+    replaced = record.extra.get("replaced") or []
+    named = {str(c) for c in ([replaced] if isinstance(replaced, str) else replaced)}
+    for identity in previous.live:
+        if identity.certificate_id == record.certificate_id or identity.certificate_id in named:
+            continue
+        if identity.attempt_id == record.attempt_id:
+            continue
+        if identity.target == record.target or float(identity.since or 0.0) >= float(
+            record.started_at or 0.0
+        ):
+            return identity
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -527,6 +574,10 @@ class AuditResult:
     anchored_seq: int = 0  # the newest signed checkpoint the chain was checked against (0: none)
     anchor_note: str = ""  # what the anchor check found or why it could not run
     since_seq: int = 0  # incremental audit: rows up to this seq were trusted from the checkpoint
+    # A ledger with one chain per station (DynamoDB): the station whose chain the verdict (or the first bad
+    # row) is about ("" for a one-station ledger), and every audited station's (id, head seq, head hash).
+    station: str = ""
+    stations: tuple[tuple[str, int, str], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         bad = self.first_bad_row
@@ -542,6 +593,8 @@ class AuditResult:
             "anchored_seq": self.anchored_seq,
             "anchor_note": self.anchor_note,
             "since_seq": self.since_seq,
+            "station": self.station,
+            "stations": [{"station": s, "head_seq": n, "head_hash": h} for s, n, h in self.stations],
         }
 
 
@@ -932,12 +985,16 @@ class Ledger(ABC):
         """The chain head: (seq, hash) of the last event, (0, GENESIS_HASH) for an empty ledger."""
 
     @abstractmethod
-    def audit(self, *, progress: Progress | None = None, since_checkpoint: bool = False) -> AuditResult:
+    def audit(
+        self, *, progress: Progress | None = None, since_checkpoint: bool = False, all_stations: bool = False
+    ) -> AuditResult:
         """Check the chain, every record against it, the unit table against a replay of the records, the
         journal against its chained events and the chain against the newest signed checkpoint.
 
         `progress(done, total)` is called now and then; `since_checkpoint` trusts everything up to the newest
         valid checkpoint and verifies only what came after it (see the backend for what is re-checked).
+        `all_stations`: on a ledger with one chain per station (DynamoDB), every station's chain and the
+        factory anchor instead of this ledger's station only; a one-station ledger ignores it.
         """
 
     # -- records ------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from moto import mock_aws
 
 from station.ledger import LedgerMissing, open_ledger
 from station.ledger.base import canonical_json
-from station.ledger.dynamodb import CHAIN, RECORD, DynamoLedger, seq_key
+from station.ledger.dynamodb import CHAIN, DEFAULT_STATION, JOURNAL, RECORD, DynamoLedger, seq_key, station_pk
 
 REGION = "eu-west-1"
 
@@ -54,11 +54,14 @@ def table() -> str:
 
 
 class DynamoTamperer:
-    """Edits items directly with the DynamoDB API, as anyone with write access to the table could."""
+    """Edits items directly with the DynamoDB API, as anyone with write access to the table could (events and
+    journal rows of one station's chain)."""
 
-    def __init__(self, client: Any, table: str) -> None:
+    def __init__(self, client: Any, table: str, station: str = DEFAULT_STATION) -> None:
         self.client = client
         self.table = table
+        self.chain = station_pk(CHAIN, station)
+        self.journal = station_pk(JOURNAL, station)
 
     def _key(self, pk: str, sk: str) -> dict[str, Any]:
         return {"pk": {"S": pk}, "sk": {"S": sk}}
@@ -74,13 +77,13 @@ class DynamoTamperer:
         self.client.put_item(TableName=self.table, Item=item)
 
     def edit_event(self, seq: int, **columns: Any) -> None:
-        self._edit_body(CHAIN, seq_key(seq), columns)
+        self._edit_body(self.chain, seq_key(seq), columns)
 
     def delete_event(self, seq: int) -> None:
-        self.client.delete_item(TableName=self.table, Key=self._key(CHAIN, seq_key(seq)))
+        self.client.delete_item(TableName=self.table, Key=self._key(self.chain, seq_key(seq)))
 
     def swap_events(self, a: int, b: int) -> None:
-        item_a, item_b = self._get(CHAIN, seq_key(a)), self._get(CHAIN, seq_key(b))
+        item_a, item_b = self._get(self.chain, seq_key(a)), self._get(self.chain, seq_key(b))
         for item, seq in ((item_a, b), (item_b, a)):
             item.update({"sk": {"S": seq_key(seq)}, "seq": {"N": str(seq)}})
             self.client.put_item(TableName=self.table, Item=item)
@@ -101,7 +104,7 @@ class DynamoTamperer:
     def close_journal(self, journal_id: int) -> None:
         self.client.update_item(
             TableName=self.table,
-            Key=self._key("journal", seq_key(journal_id)),
+            Key=self._key(self.journal, seq_key(journal_id)),
             UpdateExpression="SET closed_at = :one, outcome = :pass",
             ExpressionAttributeValues={":one": {"N": "1"}, ":pass": {"S": "PASS"}},
         )
