@@ -233,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
     identity = qa.load_certificate(args.cert, key=args.key, p12=args.p12, password=password)
     del password
     source = ", ".join(os.path.basename(f) for f in (args.cert, args.key, args.p12) if f)
-    with open_ledger(ledger_location(args, config)) as ledger:
+    with open_ledger(ledger_location(args, config), station_id=config.station_id) as ledger:
         result = qa.register_certificate(
             config,
             ledger,
