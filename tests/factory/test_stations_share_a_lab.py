@@ -1,8 +1,9 @@
 """Several station processes on one running lab: each joins it through lab.json (`station demo --headless
---lab`) and leases AWS send times from one shared budget in the lab's DynamoDB; each keeps its own ledger.
+--lab`), leases AWS send times from one shared budget in the lab's DynamoDB and records into the lab's shared
+ledger table (lab.json `dynamodb.ledger_url`), each station in its own hash chain.
 
 Checked with the real parts only: the station processes are separate `station` commands; the registry is read
-with boto3; the budget's items are read from the lab's DynamoDB.
+with boto3; the budget's items are read from the lab's DynamoDB; the ledger is opened by its URL.
 """
 
 from __future__ import annotations
@@ -30,8 +31,13 @@ def lab(tmp_path: Path) -> Iterator[Any]:
         yield running
 
 
-def test_two_stations_join_one_lab_and_share_its_budget(lab: Any, tmp_path: Path) -> None:
+def test_two_stations_join_one_lab_and_share_its_budget_and_ledger(
+    lab: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from station.lab.control import LAB_ACCESS_KEY_ID, LAB_SECRET_ACCESS_KEY
     from station.ledger import open_ledger
+
+    ledger_url = json.loads(lab.lab_json_path.read_text())["dynamodb"]["ledger_url"]
 
     # moto's registries are process-wide: what earlier tests in this process registered is there too.
     iot = lab.iot()
@@ -59,6 +65,8 @@ def test_two_stations_join_one_lab_and_share_its_budget(lab: Any, tmp_path: Path
                 "6",
                 "--state-dir",
                 str(tmp_path / name),
+                "--ledger",
+                ledger_url,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -82,13 +90,26 @@ def test_two_stations_join_one_lab_and_share_its_budget(lab: Any, tmp_path: Path
     }
     assert {u["certificate_id"] for u in units} == active - active_before
 
-    # Each station recorded its own units under its own id.
-    for name, doc in documents.items():
-        with open_ledger(doc["ledger"], create=False) as ledger:
+    # Both stations recorded into the one shared ledger, each under its own id and in its own chain.
+    assert {doc["ledger"] for doc in documents.values()} == {ledger_url}
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", LAB_ACCESS_KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", LAB_SECRET_ACCESS_KEY)
+    with open_ledger(ledger_url, create=False) as shared:
+        for name, doc in documents.items():
             for unit in doc["units"]:
-                (record,) = ledger.find(unit["serial"])
+                (record,) = shared.find(unit["serial"])
                 assert record.station_id == name
-            assert ledger.audit().ok
+                state = shared.unit(unit["serial"])
+                assert state is not None and [i.certificate_id for i in state.live] == [
+                    unit["certificate_id"]
+                ]
+        whole = shared.audit(all_stations=True)
+        assert whole.ok, whole
+        assert whole.units_checked == 12 and {s for s, _, _ in whole.stations} == set(stations)
+    for name in stations:
+        with open_ledger(ledger_url, create=False, station_id=name) as ledger:
+            result = ledger.audit()
+            assert result.ok and result.station == name and result.head_seq > 0
     # Both stations drew from the one budget in the lab's DynamoDB.
     budget_items = lab.control.client("dynamodb", region="eu-west-1").scan(TableName="station-budget")[
         "Items"
