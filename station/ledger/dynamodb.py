@@ -1,35 +1,55 @@
-"""An optional ledger backend on Amazon DynamoDB: one table, the same chain, conditional writes.
+"""An optional ledger backend on Amazon DynamoDB: one table a whole factory shares, one hash chain per station.
 
-Location: `dynamodb://TABLE?region=eu-west-1[&endpoint_url=URL][&profile=NAME]`. Credentials come from the
-usual boto3 chain (environment, profile, instance role). With `create=True` the table is made if missing
-(on-demand billing).
+Location: `dynamodb://TABLE?region=eu-west-1[&station=ID][&endpoint_url=URL][&profile=NAME]`; the station id
+usually comes from station.toml's `[station] id` through `open_ledger(..., station_id=...)` (a URL's `station=`
+must agree with it). Without either, a handle writes the `default` chain and audits every station.
+Credentials come from the usual boto3 chain (environment, profile, instance role). With `create=True` the table
+is made if missing (on-demand billing).
 
-Layout (partition key `pk`, sort key `sk`, both strings):
-- `chain` / zero-padded seq: one event — `seq`, `prev_hash`, `hash` and `body` (the event's canonical JSON:
+Layout (partition key `pk`, sort key `sk`, both strings). Per station ID — no two stations write these:
+- `chain#ID` / zero-padded seq: one event — `seq`, `prev_hash`, `hash` and `body` (the event's canonical JSON:
   DynamoDB numbers cannot tell 2 from 2.0, so the hashed content is kept as the exact text that was hashed);
-- `head` / `-`: the last seq and hash; `record` / attempt id: one attempt record (`body` = canonical JSON);
-- `unit` / serial: one unit's current `UnitState` (`body`), written in the record's transaction;
-- `journal` / zero-padded id: one journal entry; `counter` / `journal`: the journal id counter;
-  `meta` / `schema`: the schema version.
+- `head#ID` / `-`: the station's last seq and hash;
+- `journal#ID` / zero-padded id: one journal entry; `counter` / `journal#ID`: its id counter (ids are per
+  station, and `journal_pending()` and so reconcile see only the station's own entries).
+Table-wide, so every station (and its QA desk) sees every unit:
+- `record` / attempt id: one attempt record (`body` = canonical JSON; `st` = the station whose chain seals it,
+  `chain_seq` its seal's seq there, `u_n` its place in the unit's history);
+- `unit` / serial: one unit's current `UnitState` (`body`) and `n`, the number of records applied to it;
+- `factory` / `heads`: the factory anchor, a map station → {seq, hash, at};
+- `meta` / `schema`: the schema version (3; a table of an older version is refused: keep it as evidence).
 
 Lookups are Queries on global secondary indexes, never Scans (GSIs are sparse: only items carrying the
 index's key attributes are in it): records by serial (`r_serial`), thing name (`r_thing`), certificate id
 (`r_cp` = its first 4 characters, range `r_cert`, so a prefix is `begins_with`) and write order (`r_all`,
-range `r_seq`); units by lower-cased serial (`u_fold`), and newest first overall (`u_all`) or per state
-(`u_state`), both with range `u_order` (last attempt time, then seq). GSIs are eventually consistent: a
-record is findable a moment after it is written.
+range `r_seq`, microseconds of the write); units by lower-cased serial (`u_fold`), and newest first overall
+(`u_all`) or per state (`u_state`), both with range `u_order` (last attempt time, then seq). GSIs are
+eventually consistent: a record is findable a moment after it is written.
 
-Appends are optimistic: read the head (strongly consistent), then one TransactWriteItems that puts the new
-event only if its seq is free and moves the head only if it still holds the seq that was read. A writer that
-loses the race (another station or process on the same table) re-reads the head and tries again; within one
-process a lock keeps the slots from racing each other. A record write puts the record (only if its attempt id
-is new), its `record` event and the head in the same transaction. Every write is durable when DynamoDB
-acknowledges it.
+Appends are optimistic on the station's own head: read it (strongly consistent), then one TransactWriteItems
+that puts the new events only if their seqs are free and moves the head only if it still holds the seq that
+was read. Only handles of the same station can lose that race (they re-read and retry); within one process a
+lock keeps the slots from racing. A station's first append also enters it in the factory anchor (same
+transaction, so no chain exists that the anchor does not list); later the anchor is moved forward outside any
+transaction every `ANCHOR_EVERY` appends, at `checkpoint()` and at `close()` — stations never wait for each
+other. A record write puts the record (only if its attempt id is new), its events, its seal (which also fixes
+`unit_n`), the head and the unit item in one transaction; the unit item only if its `n` is still the one read,
+so two stations recording one serial serialise on that item, and a provision that would be stored over a live
+identity it does not know (`base.live_conflict`: another station made the unit live meanwhile) is refused with
+`UnitAlreadyLive` (nothing written; the message is the re-scan policy's answer). Every write is durable when
+DynamoDB acknowledges it.
 
-`audit()` reads the head before and after reading every row and starts again if a writer moved it meanwhile,
-so a busy line never produces a false alarm. Unlike the SQLite audit it holds the chain in memory (fine for a
-station's table, not for millions of rows) and keeps no unit-table digest, so `since_checkpoint` re-checks
-everything (against the anchor when one is configured through the environment).
+`audit()` checks this ledger's station, `audit(all_stations=True)` every station the factory anchor or a
+record names: each chain against its own head (re-read until it did not move) and against the factory anchor
+(a chain shorter than its anchored seq was truncated, another hash there re-chained, a chain missing from the
+anchor had its entry deleted), each seal against its record (a seal newer than the records read fetches its
+record, so a busy factory gives no false alarm), records no chain seals (whole factory only), the units those
+records touch against a replay of all their records from every station in seal order, and the station's
+journal. The signed anchor log (`anchor.py`, both environment variables set) checkpoints this station's chain.
+Unlike the SQLite audit it holds the records in memory (fine for a factory's table, not for millions of rows)
+and keeps no unit-table digest, so `since_checkpoint` re-checks everything. The factory anchor lives in the
+same table: it catches a rewrite of one station's chain by someone who does not also rewrite the anchor; the
+signed checkpoints outside the table are what stops someone who does.
 
 This module must not talk to AWS IoT, must not hold key material, and must not hand out its client.
 """
