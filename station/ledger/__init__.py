@@ -26,6 +26,7 @@ from station.ledger.base import (
     LedgerUnavailable,
     RowRef,
     UnitAlreadyLive,
+    UnitClaimed,
     UnitPage,
     UnitSummary,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "LedgerUnavailable",
     "RowRef",
     "UnitAlreadyLive",
+    "UnitClaimed",
     "UnitPage",
     "UnitSummary",
     "add_location_arguments",

@@ -97,6 +97,23 @@ class UnitAlreadyLive(UnitFault):
         )
 
 
+class UnitClaimed(UnitFault):
+    """`claim_unit` refused: another attempt (at `station_id`/`slot`, since `since`) is provisioning the unit
+    right now. Nothing was written; the unit waits until that attempt ends."""
+
+    def __init__(self, serial: str, station_id: str, slot: str, since: float) -> None:
+        self.serial = serial
+        self.station_id = station_id
+        self.slot = slot
+        self.since = since
+        at = datetime.fromtimestamp(float(since or 0.0), UTC).strftime("%H:%M:%S")
+        super().__init__(
+            "Being provisioned elsewhere",
+            f"{serial} is being provisioned at {station_id}/{slot} (since {at} UTC).",
+            "Put the unit aside and scan it again once that station has finished; then QA decides.",
+        )
+
+
 def live_conflict(previous: UnitState | None, record: AttemptRecord) -> LiveIdentity | None:
     """The live identity a provision `record` must not be stored over, or None.
 
@@ -1086,6 +1103,26 @@ class Ledger(ABC):
     @abstractmethod
     def journal_pending(self) -> list[JournalEntry]:
         """Open entries, oldest first: what `station reconcile` must roll back or complete."""
+
+    # -- one live station per unit -------------------------------------------------------------------------
+    def claim_unit(self, serial: str, attempt_id: str, *, station_id: str = "", slot: str = "") -> None:
+        """Claim the unit for one attempt before its first AWS side effect: raises `UnitAlreadyLive` if the
+        unit has a live identity, `UnitClaimed` if another attempt holds it (a shared ledger only). This
+        default checks `unit(serial)` only: one station's slots are kept apart by the pipeline itself."""
+        state = self.unit(serial)
+        if state is not None and state.live:
+            newest = max(state.live, key=lambda i: float(i.since or 0.0))
+            made = [r for r in self.find(newest.attempt_id) if r.attempt_id == newest.attempt_id]
+            where = made[0] if made else None
+            raise UnitAlreadyLive(
+                serial, newest, where.station_id if where else state.station_id, where.slot if where else ""
+            )
+
+    def release_unit(self, serial: str, attempt_id: str) -> None:
+        """Give up the claim `attempt_id` holds on the unit (an attempt that ends without a record; a record
+        releases it by itself). Releasing a claim one does not hold changes nothing. This default holds no
+        claims."""
+        return None
 
     # -- anchoring ----------------------------------------------------------------------------------------
     def checkpoint(self, reason: str = "manual") -> Any:

@@ -88,6 +88,7 @@ from station.ledger.base import (
     RecordRow,
     RowRef,
     UnitAlreadyLive,
+    UnitClaimed,
     UnitPage,
     as_record,
     canonical_json,
@@ -116,6 +117,9 @@ RECORD = "record"
 UNIT = "unit"
 JOURNAL = "journal"
 COUNTER = "counter"
+CLAIM = "claim"
+# A claim not released nor ended by a record lapses after this long (a station killed mid-attempt).
+CLAIM_TTL_S = 600.0
 # Global secondary indexes: name → (hash attribute, range attribute or None, range type).
 INDEXES: dict[str, tuple[str, str | None, str]] = {
     "records_by_serial": ("r_serial", None, "S"),
@@ -190,6 +194,7 @@ class DynamoLedger(Ledger):
         self.anchor = anchor if anchor is not None else Anchor.for_location(f"dynamodb://{table}")
         self._lock = threading.RLock()
         self._appends_since_anchor = 0
+        self._claims: set[tuple[str, str]] = set()  # (serial, attempt id) this handle claimed
         errors = self._errors()
         try:
             self._ensure_table(create)
@@ -557,6 +562,8 @@ class DynamoLedger(Ledger):
             self._call(lambda: self._append([], checked=1, prepare=prepare))
         except ValueError as exc:
             raise ValueError(f"attempt {rec.attempt_id} is already recorded") from exc
+        if (rec.serial, rec.attempt_id) in self._claims:
+            self.release_unit(rec.serial, rec.attempt_id)  # recorded: the unit's item says the rest
         self._wrote_record()
         return digest
 
@@ -1048,6 +1055,89 @@ class DynamoLedger(Ledger):
 
         return self._call(work)
 
+    # ------------------------------------------------------------------------------- one live station
+    def claim_unit(self, serial: str, attempt_id: str, *, station_id: str = "", slot: str = "") -> None:
+        """One conditional transaction before the attempt's first AWS side effect: the unit item must have no
+        live identity (`u_live` = 0, or no item) and the `claim`/serial item must be free, lapsed
+        (`CLAIM_TTL_S`) or this attempt's. Raises `UnitAlreadyLive` or `UnitClaimed`; a claim is a lock, not
+        a fact: it is not chained, and the attempt's record (or `release_unit`) removes it."""
+        client = self._client
+        now = time.time()
+        station = station_id or self.station_id
+        unit_check = {
+            "ConditionCheck": {
+                "TableName": self.table,
+                "Key": _key(UNIT, serial),
+                "ConditionExpression": "attribute_not_exists(#pk) OR #live = :zero",
+                "ExpressionAttributeNames": {"#pk": "pk", "#live": "u_live"},
+                "ExpressionAttributeValues": {":zero": {"N": "0"}},
+            }
+        }
+        claim_put = {
+            "Put": {
+                "TableName": self.table,
+                "Item": {
+                    **_key(CLAIM, serial),
+                    "attempt_id": {"S": attempt_id},
+                    "station_id": {"S": station},
+                    "slot": {"S": slot},
+                    "since": {"N": repr(now)},
+                    "until": {"N": repr(now + CLAIM_TTL_S)},
+                },
+                "ConditionExpression": "attribute_not_exists(#pk) OR #until < :now OR #att = :me",
+                "ExpressionAttributeNames": {"#pk": "pk", "#until": "until", "#att": "attempt_id"},
+                "ExpressionAttributeValues": {":now": {"N": repr(now)}, ":me": {"S": attempt_id}},
+            }
+        }
+
+        def work() -> None:
+            for _ in range(3):  # the unit or the claim may change between a refusal and reading why
+                try:
+                    client.transact_write_items(TransactItems=[unit_check, claim_put])
+                except client.exceptions.TransactionCanceledException as exc:
+                    reasons = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
+                    if reasons[:1] == ["ConditionalCheckFailed"]:
+                        Ledger.claim_unit(self, serial, attempt_id)  # names the live identity and raises
+                    elif len(reasons) > 1 and reasons[1] == "ConditionalCheckFailed":
+                        item = client.get_item(
+                            TableName=self.table, Key=_key(CLAIM, serial), ConsistentRead=True
+                        ).get("Item")
+                        if item is not None:
+                            raise UnitClaimed(
+                                serial,
+                                _str(item.get("station_id")),
+                                _str(item.get("slot")),
+                                float(item["since"]["N"]) if "since" in item else 0.0,
+                            ) from None
+                    elif "TransactionConflict" not in reasons:
+                        raise self._unavailable(exc) from exc
+                    continue
+                self._claims.add((serial, attempt_id))
+                return
+            raise LedgerUnavailable(
+                "Ledger busy",
+                f"Could not claim {serial}: its unit item kept changing.",
+                "Scan the unit again.",
+            )
+
+        self._call(work)
+
+    def release_unit(self, serial: str, attempt_id: str) -> None:
+        client = self._client
+        self._claims.discard((serial, attempt_id))
+
+        def work() -> None:
+            with contextlib.suppress(client.exceptions.ConditionalCheckFailedException):
+                client.delete_item(
+                    TableName=self.table,
+                    Key=_key(CLAIM, serial),
+                    ConditionExpression="#att = :me",
+                    ExpressionAttributeNames={"#att": "attempt_id"},
+                    ExpressionAttributeValues={":me": {"S": attempt_id}},
+                )
+
+        self._call(work)
+
     # ----------------------------------------------------------------------------------------- journal
     def journal_open(self, **fields: Any) -> int:
         columns, extra = journal_columns(fields)
@@ -1275,6 +1365,7 @@ def _unit_item(state: UnitState, record: AttemptRecord, seq: int) -> dict[str, A
         "u_outcome": {"S": state.last_outcome or "-"},
         "u_target": {"S": unit_target(state, record) or "-"},
         "u_station": {"S": record.station_id or "-"},
+        "u_live": {"N": str(len(state.live))},  # what `claim_unit` conditions on
     }
 
 

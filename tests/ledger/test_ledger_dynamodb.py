@@ -17,7 +17,7 @@ from ledger_contract import BackendUnderTest, LedgerContract, make_record, note
 from moto import mock_aws
 
 from station.errors import InputError
-from station.ledger import LedgerMissing, LedgerUnavailable, UnitAlreadyLive, open_ledger
+from station.ledger import LedgerMissing, LedgerUnavailable, UnitAlreadyLive, UnitClaimed, open_ledger
 from station.ledger.base import GENESIS_HASH, canonical_json
 from station.ledger.dynamodb import (
     CHAIN,
@@ -495,3 +495,43 @@ def test_a_table_of_the_old_schema_is_refused_clearly(aws: Any, table: str) -> N
     with pytest.raises(LedgerUnavailable, match="older station") as refused:
         DynamoLedger(table, client=aws, station_id=ST1)
     assert "one hash chain per station" in refused.value.message
+
+
+def test_a_claim_before_any_aws_work_keeps_a_serial_at_one_station(aws: Any, table: str) -> None:
+    one, two = (DynamoLedger(table, client=aws, station_id=name) for name in (ST1, ST2))
+    first = make_record("SN0077", station_id=ST1, slot="s2")
+    one.claim_unit("SN0077", first.attempt_id, slot="s2")
+    one.claim_unit("SN0077", first.attempt_id, slot="s2")  # the same attempt again: still its claim
+    second = make_record("SN0077", station_id=ST2, certificate_id="ef" * 32)
+    with pytest.raises(UnitClaimed) as busy:
+        two.claim_unit("SN0077", second.attempt_id, slot="s1")
+    assert (busy.value.station_id, busy.value.slot) == (ST1, "s2")
+    assert "SN0077 is being provisioned at line1-st1/s2" in busy.value.message
+    one.record_attempt(first)  # recorded: the claim is gone, the unit is live
+    assert (
+        aws.get_item(TableName=table, Key={"pk": {"S": "claim"}, "sk": {"S": "SN0077"}}).get("Item") is None
+    )
+    with pytest.raises(UnitAlreadyLive) as live:
+        two.claim_unit("SN0077", second.attempt_id, slot="s1")
+    assert (live.value.station_id, live.value.slot) == (ST1, "s2")
+    # A unit that never became live can be claimed again once the holder releases it (a failed attempt).
+    failed = make_record("SN0078", station_id=ST1)
+    one.claim_unit("SN0078", failed.attempt_id)
+    two.release_unit("SN0078", "not-the-holder")  # changes nothing
+    with pytest.raises(UnitClaimed):
+        two.claim_unit("SN0078", second.attempt_id)
+    one.release_unit("SN0078", failed.attempt_id)
+    two.claim_unit("SN0078", second.attempt_id)
+    assert one.audit(all_stations=True).ok  # claims are locks, not facts: not in any chain
+
+
+def test_the_default_claim_of_a_one_station_ledger_refuses_a_live_unit(tmp_path: Any) -> None:
+    from station.ledger.sqlite import SqliteLedger
+
+    with SqliteLedger(str(tmp_path / "ledger.sqlite")) as ledger:
+        ledger.claim_unit("SN0001", "a1")  # nothing live: fine
+        made = make_record("SN0001", slot="s4")
+        ledger.record_attempt(made)
+        with pytest.raises(UnitAlreadyLive) as live:
+            ledger.claim_unit("SN0001", "a2")
+        assert (live.value.station_id, live.value.slot) == (made.station_id, "s4")
