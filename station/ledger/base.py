@@ -133,9 +133,8 @@ def live_conflict(previous: UnitState | None, record: AttemptRecord) -> LiveIden
             continue
         if identity.attempt_id == record.attempt_id:
             continue
-        if identity.target == record.target or float(identity.since or 0.0) >= float(
-            record.started_at or 0.0
-        ):
+        started = float(record.started_at or 0.0)  # 0: unknown, so only the same-target rule applies
+        if identity.target == record.target or (started and float(identity.since or 0.0) >= started):
             return identity
     return None
 

@@ -535,3 +535,21 @@ def test_the_default_claim_of_a_one_station_ledger_refuses_a_live_unit(tmp_path:
         with pytest.raises(UnitAlreadyLive) as live:
             ledger.claim_unit("SN0001", "a2")
         assert (live.value.station_id, live.value.slot) == (made.station_id, "s4")
+
+
+def test_another_target_conflicts_only_when_made_live_meanwhile(aws: Any, table: str) -> None:
+    one, two = (DynamoLedger(table, client=aws, station_id=name) for name in (ST1, ST2))
+    one.record_attempt(make_record("SN0050", target="lab-us", started_at=100.0, finished_at=110.0))
+    # Station 2's attempt for another target started after that identity was live: the re-scan check saw it
+    # (and the product's policy allowed a second target), so it is stored.
+    two.record_attempt(
+        make_record("SN0050", station_id=ST2, certificate_id="aa" * 32, started_at=120.0, finished_at=130.0)
+    )
+    one.record_attempt(make_record("SN0051", target="lab-us", started_at=100.0, finished_at=110.0))
+    with pytest.raises(UnitAlreadyLive):  # started before it was live: it could not have known
+        two.record_attempt(
+            make_record(
+                "SN0051", station_id=ST2, certificate_id="bb" * 32, started_at=105.0, finished_at=130.0
+            )
+        )
+    assert {i.target for i in two.unit("SN0050").live} == {"lab-us", "lab-eu"}  # type: ignore[union-attr]
