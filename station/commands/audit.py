@@ -67,6 +67,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_location_arguments(checkpoint)
+    checkpoint.add_argument(
+        "--station", metavar="ID", help="a shared (DynamoDB) ledger: this station's chain (default: --config's)"
+    )
     checkpoint.set_defaults(func=run_checkpoint)
     p.set_defaults(func=lambda args: _usage(p))
 
@@ -110,7 +113,7 @@ def _station_id(args: argparse.Namespace) -> str | None:
     """The station whose chain a shared ledger's audit checks: --station, else the config's [station] id."""
     if args.station:
         return str(args.station)
-    if args.config and not args.all_stations:
+    if args.config and not getattr(args, "all_stations", False):
         from station.config import load_config
 
         return load_config(args.config).station_id
@@ -150,7 +153,7 @@ def run_verify(args: argparse.Namespace) -> int:
 
 def run_checkpoint(args: argparse.Namespace) -> int:
     location = ledger_location(args.ledger, args.config)
-    with open_ledger(location, create=False) as ledger:
+    with open_ledger(location, create=False, station_id=_station_id(args)) as ledger:
         signed = ledger.checkpoint("manual")
     if signed is None:
         print(

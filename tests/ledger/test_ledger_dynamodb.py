@@ -553,3 +553,24 @@ def test_another_target_conflicts_only_when_made_live_meanwhile(aws: Any, table:
             )
         )
     assert {i.target for i in two.unit("SN0050").live} == {"lab-us", "lab-eu"}  # type: ignore[union-attr]
+
+
+def test_station_audit_verify_one_station_or_all(aws: Any, capsys: Any) -> None:
+    from station.cli import EXIT_INTEGRITY, EXIT_OK, main
+
+    url = f"dynamodb://cli-stations?region={REGION}"
+    for name in (ST1, ST2):
+        with open_ledger(url, station_id=name) as ledger:
+            ledger.record_attempt(make_record(f"{name}-SN1", station_id=name), events=[note(f"{name}-SN1")])
+    assert main(["audit", "verify", "--ledger", url, "--station", ST2, "--json"]) == EXIT_OK
+    mine = json.loads(capsys.readouterr().out)
+    assert mine["station"] == ST2 and [s["station"] for s in mine["stations"]] == [ST2]
+    assert main(["audit", "verify", "--ledger", url, "--all-stations"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert f"Station {ST1}: head event 2" in out and f"Station {ST2}: head event 2" in out
+    client = boto3.client("dynamodb", region_name=REGION)
+    DynamoTamperer(client, "cli-stations", ST1).edit_event(1, message="edited")
+    assert main(["audit", "verify", "--ledger", url, "--station", ST2]) == EXIT_OK
+    capsys.readouterr()
+    assert main(["audit", "verify", "--ledger", url, "--all-stations"]) == EXIT_INTEGRITY
+    assert f"first bad row is events 1 in station {ST1}'s chain" in capsys.readouterr().out
