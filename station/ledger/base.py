@@ -1104,13 +1104,24 @@ class Ledger(ABC):
         """Open entries, oldest first: what `station reconcile` must roll back or complete."""
 
     # -- one live station per unit -------------------------------------------------------------------------
-    def claim_unit(self, serial: str, attempt_id: str, *, station_id: str = "", slot: str = "") -> None:
+    def claim_unit(
+        self,
+        serial: str,
+        attempt_id: str,
+        *,
+        station_id: str = "",
+        slot: str = "",
+        replacing: Sequence[str] = (),
+    ) -> None:
         """Claim the unit for one attempt before its first AWS side effect: raises `UnitAlreadyLive` if the
-        unit has a live identity, `UnitClaimed` if another attempt holds it (a shared ledger only). This
-        default checks `unit(serial)` only: one station's slots are kept apart by the pipeline itself."""
+        unit's live certificates are not exactly `replacing` (the ones a re-provision replaces; none for a
+        first provision), `UnitClaimed` if another attempt holds it (a shared ledger only). Claiming again
+        with the same attempt id is harmless. This default checks `unit(serial)` only: one station's slots
+        are kept apart by the pipeline itself."""
         state = self.unit(serial)
-        if state is not None and state.live:
-            newest = max(state.live, key=lambda i: float(i.since or 0.0))
+        live = list(state.live) if state is not None else []
+        if state is not None and live and {i.certificate_id for i in live} != set(replacing):
+            newest = max(live, key=lambda i: float(i.since or 0.0))
             made = [r for r in self.find(newest.attempt_id) if r.attempt_id == newest.attempt_id]
             where = made[0] if made else None
             raise UnitAlreadyLive(

@@ -64,7 +64,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -1056,9 +1056,18 @@ class DynamoLedger(Ledger):
         return self._call(work)
 
     # ------------------------------------------------------------------------------- one live station
-    def claim_unit(self, serial: str, attempt_id: str, *, station_id: str = "", slot: str = "") -> None:
-        """One conditional transaction before the attempt's first AWS side effect: the unit item must have no
-        live identity (`u_live` = 0, or no item) and the `claim`/serial item must be free, lapsed
+    def claim_unit(
+        self,
+        serial: str,
+        attempt_id: str,
+        *,
+        station_id: str = "",
+        slot: str = "",
+        replacing: Sequence[str] = (),
+    ) -> None:
+        """One conditional transaction before the attempt's first AWS side effect: the unit item's live
+        certificates must be exactly `replacing` (none for a first provision; no item at all is fine too) and
+        the `claim`/serial item must be free, lapsed
         (`CLAIM_TTL_S`) or this attempt's. Raises `UnitAlreadyLive` or `UnitClaimed`; a claim is a lock, not
         a fact: it is not chained, and the attempt's record (or `release_unit`) removes it."""
         client = self._client
@@ -1068,9 +1077,9 @@ class DynamoLedger(Ledger):
             "ConditionCheck": {
                 "TableName": self.table,
                 "Key": _key(UNIT, serial),
-                "ConditionExpression": "attribute_not_exists(#pk) OR #live = :zero",
+                "ConditionExpression": "attribute_not_exists(#pk) OR #live = :expected",
                 "ExpressionAttributeNames": {"#pk": "pk", "#live": "u_live"},
-                "ExpressionAttributeValues": {":zero": {"N": "0"}},
+                "ExpressionAttributeValues": {":expected": {"S": live_key(replacing)}},
             }
         }
         claim_put = {
@@ -1097,7 +1106,8 @@ class DynamoLedger(Ledger):
                 except client.exceptions.TransactionCanceledException as exc:
                     reasons = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
                     if reasons[:1] == ["ConditionalCheckFailed"]:
-                        Ledger.claim_unit(self, serial, attempt_id)  # names the live identity and raises
+                        # Names the live identity and raises (unless the unit changed back meanwhile).
+                        Ledger.claim_unit(self, serial, attempt_id, replacing=replacing)
                     elif len(reasons) > 1 and reasons[1] == "ConditionalCheckFailed":
                         item = client.get_item(
                             TableName=self.table, Key=_key(CLAIM, serial), ConsistentRead=True
@@ -1334,6 +1344,11 @@ def _journal_entry(item: Mapping[str, Any]) -> JournalEntry:
     return JournalEntry(**fields)
 
 
+def live_key(certificate_ids: Iterable[str]) -> str:
+    """The unit item's `u_live`: its live certificate ids, sorted and comma-joined ("" when none)."""
+    return ",".join(sorted(set(certificate_ids)))
+
+
 def _heads_of(item: Mapping[str, Any] | None) -> dict[str, tuple[int, str]]:
     """The factory anchor item's `heads` map as station → (seq, hash)."""
     heads: dict[str, tuple[int, str]] = {}
@@ -1365,7 +1380,8 @@ def _unit_item(state: UnitState, record: AttemptRecord, seq: int) -> dict[str, A
         "u_outcome": {"S": state.last_outcome or "-"},
         "u_target": {"S": unit_target(state, record) or "-"},
         "u_station": {"S": record.station_id or "-"},
-        "u_live": {"N": str(len(state.live))},  # what `claim_unit` conditions on
+        # What `claim_unit` conditions on: the live certificate ids, sorted ("" when none is live).
+        "u_live": {"S": live_key(i.certificate_id for i in state.live)},
     }
 
 

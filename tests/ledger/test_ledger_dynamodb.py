@@ -574,3 +574,16 @@ def test_station_audit_verify_one_station_or_all(aws: Any, capsys: Any) -> None:
     capsys.readouterr()
     assert main(["audit", "verify", "--ledger", url, "--all-stations"]) == EXIT_INTEGRITY
     assert f"first bad row is events 1 in station {ST1}'s chain" in capsys.readouterr().out
+
+
+def test_a_re_provision_claims_the_unit_it_replaces(aws: Any, table: str) -> None:
+    one, two = (DynamoLedger(table, client=aws, station_id=name) for name in (ST1, ST2))
+    made = make_record("SN0090", station_id=ST1)
+    one.record_attempt(made)
+    with pytest.raises(UnitAlreadyLive):
+        two.claim_unit("SN0090", "r1", replacing=["not-the-live-one"])
+    two.claim_unit(
+        "SN0090", "r1", replacing=[made.certificate_id]
+    )  # the replace policy names what it replaces
+    with pytest.raises(UnitClaimed):
+        one.claim_unit("SN0090", "r2", replacing=[made.certificate_id])
