@@ -15,7 +15,10 @@ Layout (partition key `pk`, sort key `sk`, both strings). Per station ID — no 
 Table-wide, so every station (and its QA desk) sees every unit:
 - `record` / attempt id: one attempt record (`body` = canonical JSON; `st` = the station whose chain seals it,
   `chain_seq` its seal's seq there, `u_n` its place in the unit's history);
-- `unit` / serial: one unit's current `UnitState` (`body`) and `n`, the number of records applied to it;
+- `unit` / serial: one unit's current `UnitState` (`body`), `n` (the number of records applied to it) and
+  `u_live` (its live certificate ids);
+- `claim` / serial: which attempt (station, slot, until when) is provisioning the unit (`claim_unit`): a lock,
+  not a fact — not chained, removed by the attempt's record or `release_unit`, lapsed after `CLAIM_TTL_S`;
 - `factory` / `heads`: the factory anchor, a map station → {seq, hash, at};
 - `meta` / `schema`: the schema version (3; a table of an older version is refused: keep it as evidence).
 
