@@ -197,9 +197,14 @@ def main() -> int:
     try:
         for count in [int(n) for n in args.stations.split(",")]:
             rows.append(run_factory(args, described, work / "lab" / "lab.json", count, work))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)  # kept even if stopping the lab fails
     finally:
         lab.send_signal(signal.SIGINT)
-        lab.wait(30)
+        try:
+            lab.wait(30)
+        except subprocess.TimeoutExpired:
+            lab.kill()
+            lab.wait(10)
         shutil.rmtree(work, ignore_errors=True)
     print(
         f"Factory on one lab, {args.slots} slots per station, {args.units_per_station} units per station, "

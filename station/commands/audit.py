@@ -68,7 +68,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_location_arguments(checkpoint)
     checkpoint.add_argument(
-        "--station", metavar="ID", help="a shared (DynamoDB) ledger: this station's chain (default: --config's)"
+        "--station",
+        metavar="ID",
+        help="a shared (DynamoDB) ledger: this station's chain (default: --config's)",
     )
     checkpoint.set_defaults(func=run_checkpoint)
     p.set_defaults(func=lambda args: _usage(p))
