@@ -175,6 +175,7 @@ def run_factory(
         "find_p99_ms": sorted(finds)[int(0.99 * (len(finds) - 1))] if finds else 0.0,
         "failed_stations": failed_stations,
         "audits": audits,
+        "not_pass_titles": sorted({f"{u['outcome']}: {u.get('title', '')}" for u in not_pass}),
     }
 
 
