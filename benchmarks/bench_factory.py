@@ -137,13 +137,20 @@ def run_factory(
             failed_stations.append((name, process.returncode, err[-500:]))
     units = [u for doc in documents.values() for u in doc["units"]]
     starts, ends, finds = [], [], []
-    for doc in documents.values():
-        location = doc["ledger"]
+    # The shared ledger takes the lab's keys (as the station processes do); read each ledger once.
+    control = described["control_plane"]
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", str(control["aws_access_key_id"]))
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", str(control["aws_secret_access_key"]))
+    audits = []
+    for location in dict.fromkeys(doc["ledger"] for doc in documents.values()):
         with open_ledger(location, create=False) as ledger:
+            t0 = time.perf_counter()
+            verdict = ledger.audit(all_stations=True)
+            audits.append((verdict.ok, len(verdict.stations) or 1, time.perf_counter() - t0))
             for record in ledger.records():
                 starts.append(record.started_at)
                 ends.append(record.finished_at)
-            for unit in doc["units"][:20]:
+            for unit in [u for d in documents.values() if d["ledger"] == location for u in d["units"][:20]]:
                 t0 = time.perf_counter()
                 ledger.find(unit["serial"])
                 finds.append((time.perf_counter() - t0) * 1000)
@@ -167,6 +174,8 @@ def run_factory(
         "record_p99_ms": record_ms[int(0.99 * (len(record_ms) - 1))] if record_ms else 0.0,
         "find_p99_ms": sorted(finds)[int(0.99 * (len(finds) - 1))] if finds else 0.0,
         "failed_stations": failed_stations,
+        "audits": audits,
+        "not_pass_titles": sorted({f"{u['outcome']}: {u.get('title', '')}" for u in not_pass}),
     }
 
 
@@ -189,9 +198,14 @@ def main() -> int:
     try:
         for count in [int(n) for n in args.stations.split(",")]:
             rows.append(run_factory(args, described, work / "lab" / "lab.json", count, work))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)  # kept even if stopping the lab fails
     finally:
         lab.send_signal(signal.SIGINT)
-        lab.wait(30)
+        try:
+            lab.wait(30)
+        except subprocess.TimeoutExpired:
+            lab.kill()
+            lab.wait(10)
         shutil.rmtree(work, ignore_errors=True)
     print(
         f"Factory on one lab, {args.slots} slots per station, {args.units_per_station} units per station, "
@@ -209,6 +223,10 @@ def main() -> int:
             f"{r['budget_writes_per_unit']:>19.2f} {r['record_p50_ms']:>8.1f}/{r['record_p99_ms']:<8.1f} "
             f"{r['find_p99_ms']:>11.2f}"
         )
+        for ok, chains, seconds in r["audits"]:
+            print(
+                f"    audit --all-stations: {'intact' if ok else 'FAILED'}, {chains} chain(s), {seconds:.1f} s"
+            )
         for name, code, err in r["failed_stations"]:
             print(f"    station {name} exited {code}: {err}")
     return 0

@@ -870,7 +870,7 @@ class DemoLine:
             self.config = load_config(self.config_path)
             from station.ledger import open_ledger
 
-            self.ledger = open_ledger(self.config.ledger_path)
+            self.ledger = open_ledger(self.config.ledger_path, station_id=self.config.station_id)
             self.context = StationContext(
                 self.config,
                 ledger=self.ledger,

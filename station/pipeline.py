@@ -282,6 +282,7 @@ class _Run:
         self.flasher: FlasherLike | None = None
         self.registration: Any = None
         self.thing_created = False
+        self.claimed = False  # this attempt holds the ledger's claim on the serial (released by its record)
 
     @property
     def journal_id(self) -> Any:
@@ -421,6 +422,18 @@ class Pipeline:
         request = run.request
         result = run.result
         old = self._prior_identities(request)
+        # A shared ledger lets one attempt at a time work on a serial, factory-wide: a second station (or
+        # slot) scanning the same unit meanwhile gets the re-scan answer before anything is touched.
+        claim = getattr(self._ledger, "claim_unit", None)
+        if callable(claim):
+            claim(
+                request.serial,
+                result.attempt_id,
+                station_id=request.station_id,
+                slot=request.slot,
+                replacing=[i.certificate_id for i in old],
+            )
+            run.claimed = True
 
         def identify() -> DeviceInfoLike:
             if run.flasher is None:
@@ -771,15 +784,25 @@ class Pipeline:
             log.error("could not record the attempt for %s: %s", result.serial, type(exc).__name__)
             if error is None:
                 attempt.compensate()
+            # The ledger's own refusal (another station made the unit live meanwhile) is the unit's answer;
+            # anything else means the ledger could not be written.
+            refusal = exc if isinstance(exc, UnitFault) else None
             self._set_outcome(
                 result,
-                StationFault(
+                refusal
+                or StationFault(
                     "Ledger unavailable",
                     "The station could not write this unit's record, so the unit was not passed.",
                     "Call a technician to check the ledger; then scan the unit again.",
                 ),
             )
             finished = self._finished_event(run, keep=False)
+            release = getattr(self._ledger, "release_unit", None)
+            if run.claimed and callable(release):
+                try:
+                    release(result.serial, result.attempt_id)
+                except Exception:  # the claim expires by itself; the unit's outcome is already decided
+                    log.exception("could not release the claim on %s", result.serial)
         # Close the journal only when the record is written and AWS holds nothing unaccounted for: a
         # failed rollback keeps it open for the line's cleaner (station.cleanup) or `station reconcile`.
         if not attempt.aws_clean and error is None and result.outcome != Outcome.PASS:

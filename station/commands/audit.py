@@ -3,7 +3,8 @@ checkpoint`: sign the chain head into the anchor log now (e.g. at a shift's end)
 
 verify checks every event row and attempt record against the hash chain, the unit table against a replay of
 the records, the journal against its chained events, and the chain against the newest signed checkpoint
-(truncation, re-chaining). Exit 0 when all hold, 5 (`EXIT_INTEGRITY`) naming what it found otherwise. On a
+(truncation, re-chaining); on a shared DynamoDB ledger, one station's chain (`--station`, else the config's
+`[station] id`) or every station's (`--all-stations`) against its own head and the factory anchor. Exit 0 when all hold, 5 (`EXIT_INTEGRITY`) naming what it found otherwise. On a
 terminal it shows progress on stderr. Read-only on the ledger: it never repairs, rewrites or re-chains
 anything (checkpoint only appends to the anchor log, outside the ledger).
 """
@@ -24,6 +25,7 @@ EXAMPLES = """examples:
   station audit verify --ledger /var/lib/station/ledger.sqlite
   station audit verify --since-checkpoint          (only what came after the last signed checkpoint)
   station audit verify --config station.toml --json
+  station audit verify --ledger "dynamodb://station-ledger?region=eu-west-1" --all-stations
   station audit checkpoint --ledger ledger.sqlite   (sign the head now, e.g. at a shift's end)
 """
 
@@ -45,6 +47,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="trust everything up to the newest signed checkpoint and verify only what came after it",
     )
+    verify.add_argument(
+        "--station",
+        metavar="ID",
+        help="a shared (DynamoDB) ledger: check this station's chain (default: --config's [station] id, "
+        "else every station)",
+    )
+    verify.add_argument(
+        "--all-stations",
+        action="store_true",
+        help="a shared (DynamoDB) ledger: check every station's chain and the factory anchor",
+    )
     verify.set_defaults(func=run_verify)
     checkpoint = actions.add_parser(
         "checkpoint",
@@ -54,6 +67,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_location_arguments(checkpoint)
+    checkpoint.add_argument(
+        "--station",
+        metavar="ID",
+        help="a shared (DynamoDB) ledger: this station's chain (default: --config's)",
+    )
     checkpoint.set_defaults(func=run_checkpoint)
     p.set_defaults(func=lambda args: _usage(p))
 
@@ -93,25 +111,43 @@ def _progress(enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
         yield update
 
 
+def _station_id(args: argparse.Namespace) -> str | None:
+    """The station whose chain a shared ledger's audit checks: --station, else the config's [station] id."""
+    if args.station:
+        return str(args.station)
+    if args.config and not getattr(args, "all_stations", False):
+        from station.config import load_config
+
+        return load_config(args.config).station_id
+    return None
+
+
 def run_verify(args: argparse.Namespace) -> int:
     location = ledger_location(args.ledger, args.config)
     with (
-        open_ledger(location, create=False) as ledger,
+        open_ledger(location, create=False, station_id=_station_id(args)) as ledger,
         _progress(sys.stderr.isatty() and not args.json) as tick,
     ):
-        result = ledger.audit(progress=tick, since_checkpoint=args.since_checkpoint)
+        result = ledger.audit(
+            progress=tick, since_checkpoint=args.since_checkpoint, all_stations=args.all_stations
+        )
     if args.json:
         print(json.dumps({"ledger": location, **result.to_dict()}))
     elif result.ok:
         scope = f" after the checkpoint at event {result.since_seq}" if result.since_seq else ""
         print(f"Ledger intact{scope}: {result.checked} rows, {result.units_checked} unit states checked.")
-        print(f"Head: event {result.head_seq}, hash {result.head_hash}")
+        if result.stations:
+            for station, seq, digest in result.stations:
+                print(f"Station {station}: head event {seq}, hash {digest}")
+        else:
+            print(f"Head: event {result.head_seq}, hash {result.head_hash}")
         if result.anchored_seq:
             print(f"Anchored: matches the signed checkpoint at event {result.anchored_seq}.")
         if result.anchor_note:
             print(f"Note: {result.anchor_note}.")
     else:
-        print(f"Ledger TAMPERED: first bad row is {result.first_bad_row}: {result.reason}.")
+        where = f" in station {result.station}'s chain" if result.station else ""
+        print(f"Ledger TAMPERED: first bad row is {result.first_bad_row}{where}: {result.reason}.")
         print(f"{result.checked} row(s) checked before it.")
         print("Next: keep a copy of the file as evidence and call the person responsible for the ledger.")
     return EXIT_OK if result.ok else EXIT_INTEGRITY
@@ -119,7 +155,7 @@ def run_verify(args: argparse.Namespace) -> int:
 
 def run_checkpoint(args: argparse.Namespace) -> int:
     location = ledger_location(args.ledger, args.config)
-    with open_ledger(location, create=False) as ledger:
+    with open_ledger(location, create=False, station_id=_station_id(args)) as ledger:
         signed = ledger.checkpoint("manual")
     if signed is None:
         print(

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     operator = qa.operator_name(config, args.operator)
     location = ledger_location(args, config)
     try:
-        ledger: Any = open_ledger(location)
+        ledger: Any = open_ledger(location, station_id=config.station_id)
     except StationError as error:
         ledger = None
         ledger_problem = Check("ledger", False, f"{location}: {error.message}", error.next_action)

@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from station.ledger import open_ledger
 
     config = load_config(args.config)
-    with open_ledger(config.ledger_path) as ledger:
+    with open_ledger(config.ledger_path, station_id=config.station_id) as ledger:
         context = StationContext(config, ledger=ledger, on_event=None if args.json else _progress)
         result = context.provision(args.serial, args.port, product=args.product, target=args.target)
     summary = result.summary()

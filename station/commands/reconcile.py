@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from station.ledger import open_ledger
 
     config = load_config(args.config)
-    with open_ledger(config.ledger_path) as ledger:
+    with open_ledger(config.ledger_path, station_id=config.station_id) as ledger:
         context = StationContext(config, ledger=ledger)
         items = context.reconcile(only_target=args.target, min_age_s=args.min_age)
     failed = [i for i in items if i.action == "failed"]

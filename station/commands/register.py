@@ -234,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
     # The ledger is opened by the library once every local check (files, names) has passed.
     result = qa.register_files(
         config,
-        lambda: open_ledger(location),
+        lambda: open_ledger(location, station_id=config.station_id),
         cert=args.cert,
         key=args.key,
         p12=args.p12,

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     from station.ledger import open_ledger
 
     config = load_config(args.config)
-    with open_ledger(ledger_location(args, config), create=False) as ledger:
+    with open_ledger(ledger_location(args, config), create=False, station_id=config.station_id) as ledger:
         require_pin(args, config, ledger, action="revoke")
         try:
             plan = qa.plan_revoke(config, ledger, args.serial, target=args.target)

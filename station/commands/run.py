@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     relay = EventRelay()
-    with open_ledger(config.ledger_path) as ledger:
+    with open_ledger(config.ledger_path, station_id=config.station_id) as ledger:
         context = StationContext(config, ledger=ledger, operator=args.operator)
         line = Line.from_context(context, on_event=relay)
         try:

@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from station.ledger import open_ledger
 
     config = load_config(args.config)
-    with open_ledger(ledger_location(args, config), create=False) as ledger:
+    with open_ledger(ledger_location(args, config), create=False, station_id=config.station_id) as ledger:
         require_pin(args, config, ledger, action="transfer")
         try:
             plan = qa.plan_transfer(

@@ -1,7 +1,8 @@
 """The station's ledger: attempt records, a hash-chained event log and the crash journal.
 
-`open_ledger(location)` picks the backend from the location: `dynamodb://TABLE?region=R&endpoint_url=U` for
-DynamoDB, anything else is a path to an SQLite file (the default). `ledger_location(...)` resolves where the
+`open_ledger(location, station_id=…)` picks the backend from the location:
+`dynamodb://TABLE?region=R[&station=ID][&endpoint_url=U]` for DynamoDB (one shared table, one hash chain per
+station), anything else is a path to an SQLite file (the default). `ledger_location(...)` resolves where the
 ledger is for a command: `--ledger`, then `--config` (station.toml), then `STATION_LEDGER`.
 
 This package records what happened; it must not talk to AWS IoT, run any step of the pipeline, or hold keys.
@@ -24,6 +25,8 @@ from station.ledger.base import (
     LedgerMissing,
     LedgerUnavailable,
     RowRef,
+    UnitAlreadyLive,
+    UnitClaimed,
     UnitPage,
     UnitSummary,
 )
@@ -38,6 +41,8 @@ __all__ = [
     "LedgerMissing",
     "LedgerUnavailable",
     "RowRef",
+    "UnitAlreadyLive",
+    "UnitClaimed",
     "UnitPage",
     "UnitSummary",
     "add_location_arguments",
@@ -48,13 +53,19 @@ __all__ = [
 ENV_VAR = "STATION_LEDGER"
 
 
-def open_ledger(location: str | os.PathLike[str], *, create: bool = True) -> Ledger:
-    """Open (or, with `create`, make) the ledger at `location`."""
+def open_ledger(
+    location: str | os.PathLike[str], *, create: bool = True, station_id: str | None = None
+) -> Ledger:
+    """Open (or, with `create`, make) the ledger at `location`.
+
+    `station_id` (station.toml's `[station] id`) picks this station's hash chain in a shared DynamoDB ledger
+    (the URL's `station=` may name it instead; they must agree). An SQLite file is one station's ledger and
+    ignores it."""
     text = os.fspath(location)
     if text.startswith("dynamodb://"):
         from station.ledger.dynamodb import DynamoLedger
 
-        return DynamoLedger.from_url(text, create=create)
+        return DynamoLedger.from_url(text, create=create, station_id=station_id)
     from station.ledger.sqlite import SqliteLedger
 
     return SqliteLedger(text, create=create)

@@ -33,12 +33,13 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Self, TextIO
 
-from station.errors import InputError, StationFault
+from station.errors import InputError, StationFault, UnitFault
 from station.model import Event, Outcome
-from station.units import UnitState, iso_utc
+from station.units import LiveIdentity, UnitState, iso_utc
 
 if TYPE_CHECKING:
     from station.ledger.anchor import Anchor
@@ -74,6 +75,68 @@ class LedgerMissing(InputError):
 
 class LedgerUnavailable(StationFault):
     """The ledger cannot be read or written (locked too long, disk full, not a ledger, newer schema)."""
+
+
+class UnitAlreadyLive(UnitFault):
+    """`record_attempt` refused a provision record: the unit already has a live identity the record neither
+    replaces nor could have known about (another station or slot made the unit live while this attempt ran).
+    Nothing was written. `identity` is that live identity, `station_id`/`slot` where it was made; the message
+    is the re-scan policy's answer ("SN… was provisioned on … at station/slot as …; send it to QA")."""
+
+    def __init__(self, serial: str, identity: LiveIdentity, station_id: str = "", slot: str = "") -> None:
+        self.serial = serial
+        self.identity = identity
+        self.station_id = station_id
+        self.slot = slot
+        day = datetime.fromtimestamp(float(identity.since or 0.0), UTC).strftime("%Y-%m-%d")
+        super().__init__(
+            "Already provisioned",
+            f"{serial} was provisioned on {day} at {station_id}/{slot} as "
+            f"{identity.thing_name or identity.certificate_id[:12]}; send it to QA.",
+            "Put the unit in the QA tray: QA re-verifies, revokes or re-provisions it.",
+        )
+
+
+class UnitClaimed(UnitFault):
+    """`claim_unit` refused: another attempt (at `station_id`/`slot`, since `since`) is provisioning the unit
+    right now. Nothing was written; the unit waits until that attempt ends."""
+
+    def __init__(self, serial: str, station_id: str, slot: str, since: float) -> None:
+        self.serial = serial
+        self.station_id = station_id
+        self.slot = slot
+        self.since = since
+        at = datetime.fromtimestamp(float(since or 0.0), UTC).strftime("%H:%M:%S")
+        super().__init__(
+            "Being provisioned elsewhere",
+            f"{serial} is being provisioned at {station_id}/{slot} (since {at} UTC).",
+            "Put the unit aside and scan it again once that station has finished; then QA decides.",
+        )
+
+
+def live_conflict(previous: UnitState | None, record: AttemptRecord) -> LiveIdentity | None:
+    """The live identity a provision `record` must not be stored over, or None.
+
+    A successful provision that makes a new identity live conflicts with a live identity of the unit's
+    stored state that is not its own certificate, not named in its `extra["replaced"]`, and either in the same
+    target (storing the record would silently drop a live certificate) or made live after this attempt
+    started (another station or slot provisioned the unit meanwhile: the re-scan check could not see it).
+    Pure: reads only its two arguments."""
+    if previous is None or not record.certificate_id or record.outcome not in ("PASS", "DONE"):
+        return None
+    if str(record.action or "provision") != "provision":
+        return None
+    replaced = record.extra.get("replaced") or []
+    named = {str(c) for c in ([replaced] if isinstance(replaced, str) else replaced)}
+    for identity in previous.live:
+        if identity.certificate_id == record.certificate_id or identity.certificate_id in named:
+            continue
+        if identity.attempt_id == record.attempt_id:
+            continue
+        started = float(record.started_at or 0.0)  # 0: unknown, so only the same-target rule applies
+        if identity.target == record.target or (started and float(identity.since or 0.0) >= started):
+            return identity
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -527,6 +590,10 @@ class AuditResult:
     anchored_seq: int = 0  # the newest signed checkpoint the chain was checked against (0: none)
     anchor_note: str = ""  # what the anchor check found or why it could not run
     since_seq: int = 0  # incremental audit: rows up to this seq were trusted from the checkpoint
+    # A ledger with one chain per station (DynamoDB): the station whose chain the verdict (or the first bad
+    # row) is about ("" for a one-station ledger), and every audited station's (id, head seq, head hash).
+    station: str = ""
+    stations: tuple[tuple[str, int, str], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         bad = self.first_bad_row
@@ -542,6 +609,8 @@ class AuditResult:
             "anchored_seq": self.anchored_seq,
             "anchor_note": self.anchor_note,
             "since_seq": self.since_seq,
+            "station": self.station,
+            "stations": [{"station": s, "head_seq": n, "head_hash": h} for s, n, h in self.stations],
         }
 
 
@@ -932,12 +1001,16 @@ class Ledger(ABC):
         """The chain head: (seq, hash) of the last event, (0, GENESIS_HASH) for an empty ledger."""
 
     @abstractmethod
-    def audit(self, *, progress: Progress | None = None, since_checkpoint: bool = False) -> AuditResult:
+    def audit(
+        self, *, progress: Progress | None = None, since_checkpoint: bool = False, all_stations: bool = False
+    ) -> AuditResult:
         """Check the chain, every record against it, the unit table against a replay of the records, the
         journal against its chained events and the chain against the newest signed checkpoint.
 
         `progress(done, total)` is called now and then; `since_checkpoint` trusts everything up to the newest
         valid checkpoint and verifies only what came after it (see the backend for what is re-checked).
+        `all_stations`: on a ledger with one chain per station (DynamoDB), every station's chain and the
+        factory anchor instead of this ledger's station only; a one-station ledger ignores it.
         """
 
     # -- records ------------------------------------------------------------------------------------------
@@ -1029,6 +1102,37 @@ class Ledger(ABC):
     @abstractmethod
     def journal_pending(self) -> list[JournalEntry]:
         """Open entries, oldest first: what `station reconcile` must roll back or complete."""
+
+    # -- one live station per unit -------------------------------------------------------------------------
+    def claim_unit(
+        self,
+        serial: str,
+        attempt_id: str,
+        *,
+        station_id: str = "",
+        slot: str = "",
+        replacing: Sequence[str] = (),
+    ) -> None:
+        """Claim the unit for one attempt before its first AWS side effect: raises `UnitAlreadyLive` if the
+        unit's live certificates are not exactly `replacing` (the ones a re-provision replaces; none for a
+        first provision), `UnitClaimed` if another attempt holds it (a shared ledger only). Claiming again
+        with the same attempt id is harmless. This default checks `unit(serial)` only: one station's slots
+        are kept apart by the pipeline itself."""
+        state = self.unit(serial)
+        live = list(state.live) if state is not None else []
+        if state is not None and live and {i.certificate_id for i in live} != set(replacing):
+            newest = max(live, key=lambda i: float(i.since or 0.0))
+            made = [r for r in self.find(newest.attempt_id) if r.attempt_id == newest.attempt_id]
+            where = made[0] if made else None
+            raise UnitAlreadyLive(
+                serial, newest, where.station_id if where else state.station_id, where.slot if where else ""
+            )
+
+    def release_unit(self, serial: str, attempt_id: str) -> None:
+        """Give up the claim `attempt_id` holds on the unit (an attempt that ends without a record; a record
+        releases it by itself). Releasing a claim one does not hold changes nothing. This default holds no
+        claims."""
+        return None
 
     # -- anchoring ----------------------------------------------------------------------------------------
     def checkpoint(self, reason: str = "manual") -> Any:

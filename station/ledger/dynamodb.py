@@ -1,35 +1,58 @@
-"""An optional ledger backend on Amazon DynamoDB: one table, the same chain, conditional writes.
+"""An optional ledger backend on Amazon DynamoDB: one table a whole factory shares, one hash chain per station.
 
-Location: `dynamodb://TABLE?region=eu-west-1[&endpoint_url=URL][&profile=NAME]`. Credentials come from the
-usual boto3 chain (environment, profile, instance role). With `create=True` the table is made if missing
-(on-demand billing).
+Location: `dynamodb://TABLE?region=eu-west-1[&station=ID][&endpoint_url=URL][&profile=NAME]`; the station id
+usually comes from station.toml's `[station] id` through `open_ledger(..., station_id=...)` (a URL's `station=`
+must agree with it). Without either, a handle writes the `default` chain and audits every station.
+Credentials come from the usual boto3 chain (environment, profile, instance role). With `create=True` the table
+is made if missing (on-demand billing).
 
-Layout (partition key `pk`, sort key `sk`, both strings):
-- `chain` / zero-padded seq: one event — `seq`, `prev_hash`, `hash` and `body` (the event's canonical JSON:
+Layout (partition key `pk`, sort key `sk`, both strings). Per station ID — no two stations write these:
+- `chain#ID` / zero-padded seq: one event — `seq`, `prev_hash`, `hash` and `body` (the event's canonical JSON:
   DynamoDB numbers cannot tell 2 from 2.0, so the hashed content is kept as the exact text that was hashed);
-- `head` / `-`: the last seq and hash; `record` / attempt id: one attempt record (`body` = canonical JSON);
-- `unit` / serial: one unit's current `UnitState` (`body`), written in the record's transaction;
-- `journal` / zero-padded id: one journal entry; `counter` / `journal`: the journal id counter;
-  `meta` / `schema`: the schema version.
+- `head#ID` / `-`: the station's last seq and hash;
+- `journal#ID` / zero-padded id: one journal entry; `counter` / `journal#ID`: its id counter (ids are per
+  station, and `journal_pending()` and so reconcile see only the station's own entries).
+Table-wide, so every station (and its QA desk) sees every unit:
+- `record` / attempt id: one attempt record (`body` = canonical JSON; `st` = the station whose chain seals it,
+  `chain_seq` its seal's seq there, `u_n` its place in the unit's history);
+- `unit` / serial: one unit's current `UnitState` (`body`), `n` (the number of records applied to it) and
+  `u_live` (its live certificate ids);
+- `claim` / serial: which attempt (station, slot, until when) is provisioning the unit (`claim_unit`): a lock,
+  not a fact — not chained, removed by the attempt's record or `release_unit`, lapsed after `CLAIM_TTL_S`;
+- `factory` / `heads`: the factory anchor, a map station → {seq, hash, at};
+- `meta` / `schema`: the schema version (3; a table of an older version is refused: keep it as evidence).
 
 Lookups are Queries on global secondary indexes, never Scans (GSIs are sparse: only items carrying the
 index's key attributes are in it): records by serial (`r_serial`), thing name (`r_thing`), certificate id
 (`r_cp` = its first 4 characters, range `r_cert`, so a prefix is `begins_with`) and write order (`r_all`,
-range `r_seq`); units by lower-cased serial (`u_fold`), and newest first overall (`u_all`) or per state
-(`u_state`), both with range `u_order` (last attempt time, then seq). GSIs are eventually consistent: a
-record is findable a moment after it is written.
+range `r_seq`, microseconds of the write); units by lower-cased serial (`u_fold`), and newest first overall
+(`u_all`) or per state (`u_state`), both with range `u_order` (last attempt time, then seq). GSIs are
+eventually consistent: a record is findable a moment after it is written.
 
-Appends are optimistic: read the head (strongly consistent), then one TransactWriteItems that puts the new
-event only if its seq is free and moves the head only if it still holds the seq that was read. A writer that
-loses the race (another station or process on the same table) re-reads the head and tries again; within one
-process a lock keeps the slots from racing each other. A record write puts the record (only if its attempt id
-is new), its `record` event and the head in the same transaction. Every write is durable when DynamoDB
-acknowledges it.
+Appends are optimistic on the station's own head: read it (strongly consistent), then one TransactWriteItems
+that puts the new events only if their seqs are free and moves the head only if it still holds the seq that
+was read. Only handles of the same station can lose that race (they re-read and retry); within one process a
+lock keeps the slots from racing. A station's first append also enters it in the factory anchor (same
+transaction, so no chain exists that the anchor does not list); later the anchor is moved forward outside any
+transaction every `ANCHOR_EVERY` appends, at `checkpoint()` and at `close()` — stations never wait for each
+other. A record write puts the record (only if its attempt id is new), its events, its seal (which also fixes
+`unit_n`), the head and the unit item in one transaction; the unit item only if its `n` is still the one read,
+so two stations recording one serial serialise on that item, and a provision that would be stored over a live
+identity it does not know (`base.live_conflict`: another station made the unit live meanwhile) is refused with
+`UnitAlreadyLive` (nothing written; the message is the re-scan policy's answer). Every write is durable when
+DynamoDB acknowledges it.
 
-`audit()` reads the head before and after reading every row and starts again if a writer moved it meanwhile,
-so a busy line never produces a false alarm. Unlike the SQLite audit it holds the chain in memory (fine for a
-station's table, not for millions of rows) and keeps no unit-table digest, so `since_checkpoint` re-checks
-everything (against the anchor when one is configured through the environment).
+`audit()` checks this ledger's station, `audit(all_stations=True)` every station the factory anchor or a
+record names: each chain against its own head (re-read until it did not move) and against the factory anchor
+(a chain shorter than its anchored seq was truncated, another hash there re-chained, a chain missing from the
+anchor had its entry deleted), each seal against its record (a seal newer than the records read fetches its
+record, so a busy factory gives no false alarm), records no chain seals (whole factory only), the units those
+records touch against a replay of all their records from every station in seal order, and the station's
+journal. The signed anchor log (`anchor.py`, both environment variables set) checkpoints this station's chain.
+Unlike the SQLite audit it holds the records in memory (fine for a factory's table, not for millions of rows)
+and keeps no unit-table digest, so `since_checkpoint` re-checks everything. The factory anchor lives in the
+same table: it catches a rewrite of one station's chain by someone who does not also rewrite the anchor; the
+signed checkpoints outside the table are what stops someone who does.
 
 This module must not talk to AWS IoT, must not hold key material, and must not hand out its client.
 """
@@ -40,9 +63,11 @@ import base64
 import contextlib
 import dataclasses
 import json
+import logging
+import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -53,7 +78,6 @@ from station.ledger.base import (
     JOURNAL_EVENT,
     MAX_PAGE,
     RECORD_EVENT,
-    SCHEMA_VERSION,
     AttemptRecord,
     AuditResult,
     ChainRow,
@@ -66,6 +90,8 @@ from station.ledger.base import (
     Progress,
     RecordRow,
     RowRef,
+    UnitAlreadyLive,
+    UnitClaimed,
     UnitPage,
     as_record,
     canonical_json,
@@ -73,12 +99,13 @@ from station.ledger.base import (
     check_units,
     encode_appended_event,
     encode_attempt_events,
+    encode_event,
     encode_journal_event,
-    encode_record_seal,
     event_from_fields,
     is_cert_prefix,
     journal_columns,
     journal_mismatch,
+    live_conflict,
     page_limit,
     plain,
     unit_target,
@@ -87,10 +114,15 @@ from station.ledger.base import (
 from station.model import Event
 from station.units import UnitState, apply
 
-CHAIN = "chain"
+CHAIN = "chain"  # partitions are per station: `chain#ID`, `head#ID`, `journal#ID`
+HEAD = "head"
 RECORD = "record"
 UNIT = "unit"
 JOURNAL = "journal"
+COUNTER = "counter"
+CLAIM = "claim"
+# A claim not released nor ended by a record lapses after this long (a station killed mid-attempt).
+CLAIM_TTL_S = 600.0
 # Global secondary indexes: name → (hash attribute, range attribute or None, range type).
 INDEXES: dict[str, tuple[str, str | None, str]] = {
     "records_by_serial": ("r_serial", None, "S"),
@@ -101,15 +133,36 @@ INDEXES: dict[str, tuple[str, str | None, str]] = {
     "units_by_time": ("u_all", "u_order", "S"),
     "units_by_state": ("u_state", "u_order", "S"),
 }
-HEAD_KEY = {"pk": {"S": "head"}, "sk": {"S": "-"}}
 SCHEMA_KEY = {"pk": {"S": "meta"}, "sk": {"S": "schema"}}
-COUNTER_KEY = {"pk": {"S": "counter"}, "sk": {"S": "journal"}}
+FACTORY_KEY = {"pk": {"S": "factory"}, "sk": {"S": "heads"}}
+# 3: one chain, head and journal per station, the factory anchor, unit items versioned by their record count.
+DYNAMO_SCHEMA_VERSION = 3
+DEFAULT_STATION = "default"  # the chain of a ledger opened without a station id
+STATION_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 MAX_APPEND_TRIES = 50
 AUDIT_TRIES = 5
+# The factory anchor gets a station's head with its first append (in that transaction), then after every
+# ANCHOR_EVERY appends, at `checkpoint()` and at `close()` of a handle that wrote.
+ANCHOR_EVERY = 16
 
 
 def seq_key(seq: int) -> str:
     return f"{seq:020d}"
+
+
+def station_pk(kind: str, station_id: str) -> str:
+    """The partition of one station's items of `kind` (chain, head, journal)."""
+    return f"{kind}#{station_id}"
+
+
+def check_station_id(station_id: str) -> str:
+    if not STATION_ID.match(station_id):
+        raise InputError(
+            "Bad station id",
+            f"{station_id!r} cannot name a station's chain in a shared ledger.",
+            "Use 1–64 letters, digits, '.', '_', ':' or '-' (the [station] id of station.toml).",
+        )
+    return station_id
 
 
 class _Conflict(Exception):
@@ -123,11 +176,28 @@ class _AlreadyClosed(Exception):
 class DynamoLedger(Ledger):
     """The ledger in one DynamoDB table."""
 
-    def __init__(self, table: str, *, client: Any, create: bool = True, anchor: Anchor | None = None) -> None:
+    def __init__(
+        self,
+        table: str,
+        *,
+        client: Any,
+        create: bool = True,
+        anchor: Anchor | None = None,
+        station_id: str | None = None,
+    ) -> None:
         self.table = table
         self._client = client
+        # Without a station id the handle writes the `default` chain and audits every station.
+        self.station_id = check_station_id(station_id) if station_id else DEFAULT_STATION
+        self._own_station = bool(station_id)
+        self._chain_pk = station_pk(CHAIN, self.station_id)
+        self._head_key = _key(station_pk(HEAD, self.station_id), "-")
+        self._journal_pk = station_pk(JOURNAL, self.station_id)
+        self._counter_key = _key(COUNTER, station_pk(JOURNAL, self.station_id))
         self.anchor = anchor if anchor is not None else Anchor.for_location(f"dynamodb://{table}")
         self._lock = threading.RLock()
+        self._appends_since_anchor = 0
+        self._claims: set[tuple[str, str]] = set()  # (serial, attempt id) this handle claimed
         errors = self._errors()
         try:
             self._ensure_table(create)
@@ -135,15 +205,24 @@ class DynamoLedger(Ledger):
             raise self._unavailable(exc) from exc
 
     @classmethod
-    def from_url(cls, url: str, *, create: bool = True) -> DynamoLedger:
+    def from_url(cls, url: str, *, create: bool = True, station_id: str | None = None) -> DynamoLedger:
+        """`dynamodb://TABLE?region=R[&station=ID][&endpoint_url=U][&profile=P]`; `station_id` (the config's
+        `[station] id`) is used when the URL names no station, and must agree with it when it does."""
         import boto3  # only when this backend is chosen: SQLite stations never load boto3 for the ledger
 
         parsed = urlparse(url)
         table = parsed.netloc or parsed.path.lstrip("/")
         query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+        named = query.get("station")
+        if named and station_id and named != station_id:
+            raise InputError(
+                "Two station ids",
+                f"The ledger location names station {named!r} but this station is {station_id!r}.",
+                "Drop `station=` from the ledger URL (the station's [station] id is used) or make them agree.",
+            )
         session = boto3.Session(profile_name=query.get("profile"), region_name=query.get("region"))
         client = session.client("dynamodb", endpoint_url=query.get("endpoint_url"))
-        return cls(table, client=client, create=create)
+        return cls(table, client=client, create=create, station_id=named or station_id)
 
     # -------------------------------------------------------------------------------------------- setup
     def _errors(self) -> tuple[type[BaseException], ...]:
@@ -201,26 +280,33 @@ class DynamoLedger(Ledger):
         try:
             client.put_item(
                 TableName=self.table,
-                Item={**SCHEMA_KEY, "version": {"N": str(SCHEMA_VERSION)}},
+                Item={**SCHEMA_KEY, "version": {"N": str(DYNAMO_SCHEMA_VERSION)}},
                 ConditionExpression="attribute_not_exists(pk)",
             )
         except client.exceptions.ConditionalCheckFailedException:
             item = client.get_item(TableName=self.table, Key=SCHEMA_KEY, ConsistentRead=True)["Item"]
             version = int(item["version"]["N"])
-            if version > SCHEMA_VERSION:
+            if version > DYNAMO_SCHEMA_VERSION:
                 raise LedgerUnavailable(
                     "Ledger from a newer station",
                     f"The ledger table {self.table} has schema version {version}; this station knows "
-                    f"{SCHEMA_VERSION}.",
+                    f"{DYNAMO_SCHEMA_VERSION}.",
                     "Update the station software before using this ledger.",
                 ) from None
-            if version < SCHEMA_VERSION:
+            if version < DYNAMO_SCHEMA_VERSION:
                 raise LedgerUnavailable(
                     "Ledger from an older station",
                     f"The ledger table {self.table} has schema version {version}; this station needs "
-                    f"{SCHEMA_VERSION} (unit states and their indexes, the journal in the chain).",
+                    f"{DYNAMO_SCHEMA_VERSION} (one hash chain per station and a factory anchor of their heads).",
                     "Keep the old table as it is (it is evidence) and point this station at a new table.",
                 ) from None
+        # The factory anchor: one item whose `heads` map lists each station's (seq, hash).
+        with contextlib.suppress(client.exceptions.ConditionalCheckFailedException):
+            client.put_item(
+                TableName=self.table,
+                Item={**FACTORY_KEY, "heads": {"M": {}}},
+                ConditionExpression="attribute_not_exists(pk)",
+            )
 
     def _call(self, work: Callable[[], Any]) -> Any:
         try:
@@ -230,7 +316,9 @@ class DynamoLedger(Ledger):
 
     # ------------------------------------------------------------------------------------------- chain
     def _head(self) -> tuple[int, str]:
-        item = self._client.get_item(TableName=self.table, Key=HEAD_KEY, ConsistentRead=True).get("Item")
+        item = self._client.get_item(TableName=self.table, Key=self._head_key, ConsistentRead=True).get(
+            "Item"
+        )
         if item is None:
             return 0, GENESIS_HASH
         return int(item["seq"]["N"]), item["hash"]["S"]
@@ -243,10 +331,10 @@ class DynamoLedger(Ledger):
         checked: int | None = None,
         prepare: Callable[[], tuple[list[str], Callable[[int], list[dict[str, Any]]]]] | None = None,
     ) -> int:
-        """One transaction: `extra_items(last_seq)` (transact items; the first `checked` of them refuse a
-        duplicate) + the events + the head move; retried on a lost race (TransactionConflict included).
-        `prepare()`, when given, is called on every try to build the event bodies and `extra_items` from
-        fresh reads. Returns the last event's seq."""
+        """One transaction on this station's chain: `extra_items(last_seq)` (transact items; the first
+        `checked` of them refuse a duplicate) + the events + the head move; retried on a lost race
+        (TransactionConflict included). `prepare()`, when given, is called on every try to build the event
+        bodies and `extra_items` from fresh reads. Returns the last event's seq."""
         bodies = [fields_json] if isinstance(fields_json, str) else list(fields_json)
         with self._lock:
             for _ in range(MAX_APPEND_TRIES):
@@ -264,7 +352,7 @@ class DynamoLedger(Ledger):
                             "Put": {
                                 "TableName": self.table,
                                 "Item": {
-                                    "pk": {"S": CHAIN},
+                                    "pk": {"S": self._chain_pk},
                                     "sk": {"S": seq_key(seq)},
                                     "seq": {"N": str(seq)},
                                     "prev_hash": {"S": prev},
@@ -278,7 +366,7 @@ class DynamoLedger(Ledger):
                     prev = digest
                 head_update: dict[str, Any] = {
                     "TableName": self.table,
-                    "Key": HEAD_KEY,
+                    "Key": self._head_key,
                     "UpdateExpression": "SET #s = :new, #h = :hash",
                     "ExpressionAttributeNames": {"#s": "seq", "#h": "hash"},
                     "ExpressionAttributeValues": {":new": {"N": str(seq)}, ":hash": {"S": prev}},
@@ -295,17 +383,79 @@ class DynamoLedger(Ledger):
                     *event_puts,
                     {"Update": head_update},
                 ]
+                if not old_seq:
+                    # A station's first append enters it in the factory anchor in the same transaction, so
+                    # no chain can exist that the anchor does not list (the only write all stations share,
+                    # once per station).
+                    items.append({"Update": self._factory_update(seq, prev, first=True)})
                 try:
                     self._transact(items, len(extra) if checked is None else checked)
-                    self._wrote = True  # close() signs a checkpoint of what this handle wrote
-                    return seq
                 except _Conflict:
                     continue
+                self._wrote = True  # close() signs a checkpoint of what this handle wrote
+                self._appends_since_anchor = 0 if not old_seq else self._appends_since_anchor + 1
+                if self._appends_since_anchor >= ANCHOR_EVERY:
+                    self._anchor_factory(seq, prev)
+                return seq
             raise LedgerUnavailable(
                 "Ledger busy",
-                f"Could not append to the DynamoDB ledger {self.table}: other writers kept moving its head.",
-                "Try again; if it persists, check how many stations write to this table.",
+                f"Could not append to station {self.station_id}'s chain in the DynamoDB ledger {self.table}: "
+                "other writers kept moving its head.",
+                "Try again; if it persists, check that each station process has its own station id.",
             )
+
+    def _factory_update(self, seq: int, digest: str, *, first: bool = False) -> dict[str, Any]:
+        """The update of this station's entry in the factory anchor: only forwards (a higher seq)."""
+        condition = "attribute_not_exists(#heads.#st)"
+        values: dict[str, Any] = {
+            ":v": {"M": {"seq": {"N": str(seq)}, "hash": {"S": digest}, "at": {"N": repr(time.time())}}}
+        }
+        if not first:
+            condition += " OR #heads.#st.#seq < :seq"
+            values[":seq"] = {"N": str(seq)}
+        update: dict[str, Any] = {
+            "TableName": self.table,
+            "Key": FACTORY_KEY,
+            "UpdateExpression": "SET #heads.#st = :v",
+            "ConditionExpression": condition,
+            "ExpressionAttributeNames": {"#heads": "heads", "#st": self.station_id},
+            "ExpressionAttributeValues": values,
+        }
+        if not first:
+            update["ExpressionAttributeNames"]["#seq"] = "seq"
+        return update
+
+    def _anchor_factory(self, seq: int | None = None, digest: str | None = None) -> None:
+        """Move this station's entry in the factory anchor to its head (outside any append's transaction, so
+        stations never wait for each other). A failure is logged, never raised: the records are committed."""
+        client = self._client
+        try:
+            if seq is None or digest is None:
+                seq, digest = self._head()
+            if not seq:
+                return
+            client.update_item(**self._factory_update(seq, digest))
+            self._appends_since_anchor = 0
+        except client.exceptions.ConditionalCheckFailedException:
+            self._appends_since_anchor = 0  # another handle of this station anchored a later head
+        except self._errors() as exc:
+            logging.getLogger(__name__).warning("factory anchor not updated: %s", _code(exc) or exc)
+
+    def factory_heads(self) -> dict[str, tuple[int, str]]:
+        """The factory anchor: each station's (seq, hash) as it last anchored it."""
+
+        def work() -> dict[str, tuple[int, str]]:
+            item = self._client.get_item(TableName=self.table, Key=FACTORY_KEY, ConsistentRead=True).get(
+                "Item"
+            )
+            return _heads_of(item)
+
+        return self._call(work)
+
+    def checkpoint(self, reason: str = "manual") -> Any:
+        """Anchor this station's head in the factory item, then sign it into the anchor log (if any)."""
+        self._call(self._anchor_factory)
+        return super().checkpoint(reason)
 
     def _transact(self, items: list[dict[str, Any]], checked: int) -> None:
         client = self._client
@@ -331,10 +481,13 @@ class DynamoLedger(Ledger):
     def record_attempt(
         self, record: AttemptRecord | Mapping[str, Any], *, events: Sequence[Event] = ()
     ) -> str:
+        """See `Ledger.record_attempt`. The unit item is written only if it is still the version read (its
+        record count `n`), so two stations recording the same serial serialise on it; a provision that would
+        be stored over a live identity it does not know (`base.live_conflict`: another station made the unit
+        live meanwhile) raises `UnitAlreadyLive` and writes nothing."""
         rec = as_record(record)
         digest = rec.canonical_hash()
-        bodies = [fields_json for _, fields_json in encode_attempt_events(events)]
-        bodies.append(encode_record_seal(rec, digest)[1])
+        event_bodies = [fields_json for _, fields_json in encode_attempt_events(events)]
         body = canonical_json(rec.to_dict())
         client = self._client
 
@@ -344,16 +497,32 @@ class DynamoLedger(Ledger):
                 TableName=self.table, Key=_key(UNIT, rec.serial), ConsistentRead=True
             ).get("Item")
             previous = _unit_of(current) if current else None
+            conflict = live_conflict(previous, rec)
+            if conflict is not None:
+                made = client.get_item(
+                    TableName=self.table, Key=_key(RECORD, conflict.attempt_id), ConsistentRead=True
+                ).get("Item")
+                where = _record_of(made) if made else None
+                raise UnitAlreadyLive(
+                    rec.serial,
+                    conflict,
+                    where.station_id if where else "",
+                    where.slot if where else "",
+                )
             state = apply(previous, rec)
+            old_n = _int(current.get("n")) if current else 0
+            written_at = time.time_ns() // 1000
 
             def items(seq: int) -> list[dict[str, Any]]:
                 record_item: dict[str, Any] = {
                     **_key(RECORD, rec.attempt_id),
-                    "chain_seq": {"N": str(seq)},  # for ordering only; the audit trusts the chain, not this
+                    "chain_seq": {"N": str(seq)},  # for the audit's seal order in this station's chain
+                    "st": {"S": self.station_id},  # the chain that seals it
+                    "u_n": {"N": str(old_n + 1)},  # its place in the unit's history (replay order)
                     "body": {"S": body},
                     "r_serial": {"S": rec.serial},
                     "r_all": {"S": RECORD},
-                    "r_seq": {"N": str(seq)},
+                    "r_seq": {"N": str(written_at)},  # write order across stations (microseconds)
                 }
                 if rec.thing_name:
                     record_item["r_thing"] = {"S": rec.thing_name}
@@ -362,14 +531,14 @@ class DynamoLedger(Ledger):
                     record_item["r_cert"] = {"S": rec.certificate_id}
                 unit_put: dict[str, Any] = {
                     "TableName": self.table,
-                    "Item": _unit_item(state, rec, seq),
+                    "Item": {**_unit_item(state, rec, seq), "n": {"N": str(old_n + 1)}},
                 }
                 if current is None:
                     unit_put["ConditionExpression"] = "attribute_not_exists(pk)"
                 else:
-                    unit_put["ConditionExpression"] = "#v = :v"
-                    unit_put["ExpressionAttributeNames"] = {"#v": "seq"}
-                    unit_put["ExpressionAttributeValues"] = {":v": current["seq"]}
+                    unit_put["ConditionExpression"] = "#n = :n"
+                    unit_put["ExpressionAttributeNames"] = {"#n": "n"}
+                    unit_put["ExpressionAttributeValues"] = {":n": {"N": str(old_n)}}
                 return [
                     {
                         "TableName": self.table,
@@ -379,12 +548,25 @@ class DynamoLedger(Ledger):
                     unit_put,
                 ]
 
-            return bodies, items
+            # The seal also fixes the record's place in the unit's history (`unit_n`): the audit replays a
+            # unit's records from every station in that order.
+            seal = encode_event(
+                Event(
+                    kind=RECORD_EVENT,
+                    serial=rec.serial,
+                    slot=rec.slot,
+                    outcome=rec.outcome,
+                    data={"attempt_id": rec.attempt_id, "record_hash": digest, "unit_n": old_n + 1},
+                )
+            )[1]
+            return [*event_bodies, seal], items
 
         try:
-            self._call(lambda: self._append(bodies, checked=1, prepare=prepare))
+            self._call(lambda: self._append([], checked=1, prepare=prepare))
         except ValueError as exc:
             raise ValueError(f"attempt {rec.attempt_id} is already recorded") from exc
+        if (rec.serial, rec.attempt_id) in self._claims:
+            self.release_unit(rec.serial, rec.attempt_id)  # recorded: the unit's item says the rest
         self._wrote_record()
         return digest
 
@@ -415,9 +597,9 @@ class DynamoLedger(Ledger):
         for page in pages:
             yield from page.get("Items", [])
 
-    def _chain_items(self, after_seq: int = 0) -> Iterator[dict[str, Any]]:
+    def _chain_items(self, after_seq: int = 0, station_id: str | None = None) -> Iterator[dict[str, Any]]:
         return self._query(
-            CHAIN,
+            station_pk(CHAIN, station_id or self.station_id),
             key_condition="pk = :pk AND sk > :after",
             values={":after": {"S": seq_key(after_seq)}},
         )
@@ -443,38 +625,24 @@ class DynamoLedger(Ledger):
 
         return self._call(work)
 
-    def audit(self, *, progress: Progress | None = None, since_checkpoint: bool = False) -> AuditResult:
+    def audit(
+        self, *, progress: Progress | None = None, since_checkpoint: bool = False, all_stations: bool = False
+    ) -> AuditResult:
+        """This ledger's station (or, with `all_stations` or a ledger opened without a station id, every
+        station): each chain against its own head and the factory anchor, each seal against its record, the
+        units those records touch against a replay of all their records (every station's, in the order the
+        seals fix), and the station's journal. `since_checkpoint` re-checks everything here."""
         try:
             checkpoint = self.anchor.latest() if self.anchor is not None else None
         except AnchorError as exc:
             return AuditResult(False, 0, RowRef("anchor", 0), str(exc), anchor_note=str(exc))
+        every = all_stations or not self._own_station
 
         def work() -> AuditResult:
             for _ in range(AUDIT_TRIES):
-                head_item = self._client.get_item(
-                    TableName=self.table, Key=HEAD_KEY, ConsistentRead=True
-                ).get("Item")
-                records = {
-                    item["sk"]["S"]: (_int(item.get("chain_seq")), RecordRow(item["sk"]["S"], _body(item)))
-                    for item in self._query(RECORD)
-                }
-                rows = [
-                    ChainRow(
-                        _int(item.get("seq")),
-                        _str(item.get("prev_hash")),
-                        _str(item.get("hash")),
-                        _body(item),
-                    )
-                    for item in self._chain_items()
-                ]
-                units = [(item["sk"]["S"], _body(item)) for item in self._query(UNIT)]
-                journal = [_journal_entry(item) for item in self._query(JOURNAL)]
-                head_again = self._client.get_item(
-                    TableName=self.table, Key=HEAD_KEY, ConsistentRead=True
-                ).get("Item")
-                if head_item == head_again:
-                    head = None if head_item is None else (int(head_item["seq"]["N"]), head_item["hash"]["S"])
-                    return self._verdict(rows, head, records, units, journal, checkpoint, progress)
+                result = self._audit_once(every, checkpoint, progress)
+                if result is not None:
+                    return result
             raise LedgerUnavailable(
                 "Ledger busy",
                 "The ledger kept changing while it was being checked.",
@@ -483,29 +651,195 @@ class DynamoLedger(Ledger):
 
         return self._call(work)
 
-    @staticmethod
+    def _station_snapshot(
+        self, station_id: str
+    ) -> tuple[tuple[int, str] | None, list[ChainRow], list[JournalEntry]]:
+        """One station's head, chain rows and journal, read until the head did not move meanwhile."""
+        head_key = _key(station_pk(HEAD, station_id), "-")
+        for _ in range(AUDIT_TRIES):
+            head_item = self._client.get_item(TableName=self.table, Key=head_key, ConsistentRead=True).get(
+                "Item"
+            )
+            rows = [
+                ChainRow(
+                    _int(item.get("seq")), _str(item.get("prev_hash")), _str(item.get("hash")), _body(item)
+                )
+                for item in self._chain_items(station_id=station_id)
+            ]
+            journal = [_journal_entry(item) for item in self._query(station_pk(JOURNAL, station_id))]
+            again = self._client.get_item(TableName=self.table, Key=head_key, ConsistentRead=True).get("Item")
+            if head_item == again:
+                head = (
+                    None if head_item is None else (_int(head_item.get("seq")), _str(head_item.get("hash")))
+                )
+                return head, rows, journal
+        raise LedgerUnavailable(
+            "Ledger busy",
+            f"Station {station_id}'s chain kept changing while it was being checked.",
+            "Run the audit again when the line is quieter.",
+        )
+
+    def _audit_once(self, every: bool, checkpoint: Any, progress: Progress | None) -> AuditResult | None:
+        """One pass of the audit; None when a unit moved past the records read (another station wrote it
+        meanwhile): the caller reads again. Reads records, then each chain, then the units: a seal newer than
+        the records read fetches its record (consistently), so a busy factory gives no false alarm."""
+        factory_item = self._client.get_item(TableName=self.table, Key=FACTORY_KEY, ConsistentRead=True).get(
+            "Item"
+        )
+        factory = _heads_of(factory_item)
+        record_items = {item["sk"]["S"]: item for item in self._query(RECORD)}
+        stations = (
+            sorted(set(factory) | {_str(item.get("st")) for item in record_items.values()} - {""})
+            if every
+            else [self.station_id]
+        )
+        by_station: dict[str, dict[str, tuple[int, RecordRow]]] = {}
+
+        def remember(item: dict[str, Any]) -> tuple[int, RecordRow]:
+            record_items[item["sk"]["S"]] = item
+            found = (_int(item.get("chain_seq")), RecordRow(item["sk"]["S"], _body(item)))
+            by_station.setdefault(_str(item.get("st")), {})[item["sk"]["S"]] = found
+            return found
+
+        for item in list(record_items.values()):
+            remember(item)
+        heads: list[tuple[str, int, str]] = []
+        checked = journal_checked = 0
+        sealed_n: dict[str, int] = {}  # attempt id → its place in the unit's history, as its seal says
+        for station_id in stations:
+            head, rows, journal = self._station_snapshot(station_id)
+            records = by_station.setdefault(station_id, {})
+
+            def lookup(
+                attempt_id: str,
+                records: dict[str, tuple[int, RecordRow]] = records,
+                station_id: str = station_id,
+            ) -> Any:
+                found = records.get(attempt_id)
+                if found is None and attempt_id and attempt_id not in record_items:
+                    item = self._client.get_item(
+                        TableName=self.table, Key=_key(RECORD, attempt_id), ConsistentRead=True
+                    ).get("Item")
+                    if item is not None and _str(item.get("st")) == station_id:
+                        found = remember(item)
+                return found
+
+            own = station_id == self.station_id
+            result, station_sealed = self._verdict(
+                rows,
+                head,
+                records,
+                lookup,
+                journal,
+                checkpoint if own else None,
+                factory.get(station_id),
+                factory_item is not None,
+                progress,
+            )
+            result = dataclasses.replace(result, station=station_id)
+            if not result.ok:
+                return result
+            sealed_n.update(station_sealed)
+            checked += result.checked
+            journal_checked += result.journal_checked
+            heads.append((station_id, result.head_seq, result.head_hash))
+        if every:
+            # Records no station's chain seals (their `st` names no chain, or a chain that does not seal them).
+            for attempt_id in sorted(record_items):
+                if attempt_id not in sealed_n:
+                    return AuditResult(
+                        False,
+                        checked,
+                        RowRef("records", attempt_id),
+                        "the record is not in the chain of any station (inserted)",
+                        station=_str(record_items[attempt_id].get("st")),
+                    )
+        places = {aid: _int(item.get("u_n")) for aid, item in record_items.items()}
+        for attempt_id, n in sealed_n.items():
+            if places.get(attempt_id) != n:
+                return AuditResult(
+                    False,
+                    checked,
+                    RowRef("records", attempt_id),
+                    "the record's place in its unit's history does not match its seal (edited)",
+                )
+        # Units: the ones this audit's records touch (all of them for the whole factory), replayed from every
+        # station's records in the order the seals fix.
+        bodies = {aid: _body(item) for aid, item in record_items.items()}
+        serials = {
+            str(fields.get("serial", ""))
+            for aid, fields in bodies.items()
+            if fields and (every or aid in sealed_n)
+        }
+        if every:
+            unit_items = list(self._query(UNIT))
+        else:
+            unit_items = self._batch_get([_key(UNIT, s) for s in sorted(serials)])
+        ordered = sorted(
+            (
+                (AttemptRecord(**fields), places.get(aid, -1))
+                for aid, fields in bodies.items()
+                if fields and str(fields.get("serial", "")) in serials
+            ),
+            key=lambda pair: (pair[0].serial, pair[1]),
+        )
+        counts: dict[str, int] = {}
+        for record, _ in ordered:
+            counts[record.serial] = counts.get(record.serial, 0) + 1
+        if any(_int(item.get("n")) > counts.get(item["sk"]["S"], 0) for item in unit_items):
+            return None  # a unit moved on after its records were read: read everything again
+        groups = [
+            (serial, [r for r, _ in ordered if r.serial == serial])
+            for serial in dict.fromkeys(r.serial for r, _ in ordered)
+        ]
+        units = sorted((item["sk"]["S"], _body(item)) for item in unit_items)
+        units_checked, serial, why = check_units(groups, units)
+        own_head = next(((n, h) for s, n, h in heads if s == self.station_id), (0, GENESIS_HASH))
+        note = "" if checkpoint else "no signed checkpoint: truncation or re-chaining cannot be detected"
+        base = AuditResult(
+            True,
+            checked,
+            head_seq=own_head[0],
+            head_hash=own_head[1],
+            units_checked=units_checked,
+            journal_checked=journal_checked,
+            anchored_seq=checkpoint.seq if checkpoint else 0,
+            anchor_note=note,
+            station="" if every else self.station_id,
+            stations=tuple(heads),
+        )
+        if serial:
+            return dataclasses.replace(base, ok=False, first_bad_row=RowRef("units", serial), reason=why)
+        return base
+
     def _verdict(
+        self,
         rows: list[ChainRow],
         head: tuple[int, str] | None,
         records: dict[str, tuple[int, RecordRow]],
-        units: list[tuple[str, dict[str, Any] | None]],
+        lookup: Callable[[str], tuple[int, RecordRow] | None],
         journal: list[JournalEntry],
         checkpoint: Any,
+        anchored: tuple[int, str] | None,
+        has_factory: bool,
         progress: Progress | None,
-    ) -> AuditResult:
-        verifier = ChainVerifier(records.get, watch_seq=checkpoint.seq if checkpoint else 0)
+    ) -> tuple[AuditResult, dict[str, int]]:
+        """One station's chain, seals, records, anchors (signed checkpoint, factory) and journal; with the
+        unit places its seals fix."""
+        verifier = ChainVerifier(lookup, watch_seq=checkpoint.seq if checkpoint else 0)
         chained_journal: dict[int, dict[str, Any]] = {}
+        hashes: dict[int, str] = {}
+        sealed: dict[str, int] = {}
         for row in rows:
             if not verifier.feed(row):
                 break
-            if row.fields is not None and row.fields.get("kind") == JOURNAL_EVENT:
-                data = row.fields.get("data") or {}
+            hashes[row.seq] = row.hash
+            kind = row.fields.get("kind") if row.fields is not None else None
+            data = (row.fields or {}).get("data") or {}
+            if kind == JOURNAL_EVENT:
                 chained_journal[int(data.get("journal_id", 0))] = data
-        sealed = {
-            str((row.fields or {}).get("data", {}).get("attempt_id", ""))
-            for row in rows
-            if row.fields and row.fields.get("kind") == RECORD_EVENT
-        }
+            elif kind == RECORD_EVENT:
+                sealed[str(data.get("attempt_id", ""))] = int(data.get("unit_n", -1))
         result = verifier.finish(
             head, len(records), lambda: next((a for a in sorted(records) if a not in sealed), None)
         )
@@ -513,7 +847,7 @@ class DynamoLedger(Ledger):
         if progress is not None:
             progress(result.head_seq, head[0] if head else 0)
         if not result.ok:
-            return result
+            return result, sealed
         if checkpoint is not None:
             verdict = anchor_verdict(checkpoint, result.head_seq, verifier.watched_hash)
             if verdict:
@@ -523,41 +857,33 @@ class DynamoLedger(Ledger):
                     first_bad_row=RowRef("events", checkpoint.seq),
                     reason=verdict,
                     anchor_note=verdict,
-                )
-        note = "" if checkpoint else "no signed checkpoint: truncation or re-chaining cannot be detected"
-        ordered = sorted(
-            (AttemptRecord(**row.fields) for _, row in records.values() if row.fields),
-            key=lambda r: (r.serial, records[r.attempt_id][0]),
-        )
-        groups = [
-            (serial, [r for r in ordered if r.serial == serial])
-            for serial in dict.fromkeys(r.serial for r in ordered)
-        ]
-        checked, serial, why = check_units(groups, sorted(units))
-        if serial:
-            return dataclasses.replace(
-                result,
-                ok=False,
-                first_bad_row=RowRef("units", serial),
-                reason=why,
-                units_checked=checked,
-                anchor_note=note,
+                ), sealed
+        factory_why = ""
+        if not has_factory:
+            factory_why = "the factory anchor item is missing (deleted)"
+        elif anchored is None:
+            if result.head_seq:
+                factory_why = "the station's chain is not in the factory anchor (its entry was deleted)"
+        elif result.head_seq < anchored[0]:
+            factory_why = (
+                f"the chain ends at event {result.head_seq} but the factory anchor lists event {anchored[0]} "
+                "(truncated)"
             )
+        elif hashes.get(anchored[0]) != anchored[1]:
+            factory_why = f"event {anchored[0]} differs from the factory anchor's hash (re-chained)"
+        if factory_why:
+            at = anchored[0] if anchored else 1
+            return dataclasses.replace(
+                result, ok=False, first_bad_row=RowRef("factory", at), reason=factory_why
+            ), sealed
         by_id = {e.id: e for e in journal}
         for journal_id in sorted(set(by_id) | set(chained_journal)):
             why = journal_mismatch(by_id.get(journal_id), chained_journal.get(journal_id))
             if why:
                 return dataclasses.replace(
-                    result,
-                    ok=False,
-                    first_bad_row=RowRef("journal", journal_id),
-                    reason=why,
-                    units_checked=checked,
-                    anchor_note=note,
-                )
-        return dataclasses.replace(
-            result, units_checked=checked, journal_checked=len(by_id), anchor_note=note
-        )
+                    result, ok=False, first_bad_row=RowRef("journal", journal_id), reason=why
+                ), sealed
+        return dataclasses.replace(result, journal_checked=len(by_id)), sealed
 
     # ----------------------------------------------------------------------------------------- records
     def _in_order(self) -> Iterator[list[dict[str, Any]]]:
@@ -628,7 +954,7 @@ class DynamoLedger(Ledger):
         )
         if direct is not None:
             items[q] = direct
-        return sorted(items.values(), key=lambda item: _int(item.get("chain_seq")))
+        return sorted(items.values(), key=lambda item: _int(item.get("r_seq")))
 
     def find(self, query: str) -> list[AttemptRecord]:
         q = query.strip()
@@ -732,6 +1058,99 @@ class DynamoLedger(Ledger):
 
         return self._call(work)
 
+    # ------------------------------------------------------------------------------- one live station
+    def claim_unit(
+        self,
+        serial: str,
+        attempt_id: str,
+        *,
+        station_id: str = "",
+        slot: str = "",
+        replacing: Sequence[str] = (),
+    ) -> None:
+        """One conditional transaction before the attempt's first AWS side effect: the unit item's live
+        certificates must be exactly `replacing` (none for a first provision; no item at all is fine too) and
+        the `claim`/serial item must be free, lapsed
+        (`CLAIM_TTL_S`) or this attempt's. Raises `UnitAlreadyLive` or `UnitClaimed`; a claim is a lock, not
+        a fact: it is not chained, and the attempt's record (or `release_unit`) removes it."""
+        client = self._client
+        now = time.time()
+        station = station_id or self.station_id
+        unit_check = {
+            "ConditionCheck": {
+                "TableName": self.table,
+                "Key": _key(UNIT, serial),
+                "ConditionExpression": "attribute_not_exists(#pk) OR #live = :expected",
+                "ExpressionAttributeNames": {"#pk": "pk", "#live": "u_live"},
+                "ExpressionAttributeValues": {":expected": {"S": live_key(replacing)}},
+            }
+        }
+        claim_put = {
+            "Put": {
+                "TableName": self.table,
+                "Item": {
+                    **_key(CLAIM, serial),
+                    "attempt_id": {"S": attempt_id},
+                    "station_id": {"S": station},
+                    "slot": {"S": slot},
+                    "since": {"N": repr(now)},
+                    "until": {"N": repr(now + CLAIM_TTL_S)},
+                },
+                "ConditionExpression": "attribute_not_exists(#pk) OR #until < :now OR #att = :me",
+                "ExpressionAttributeNames": {"#pk": "pk", "#until": "until", "#att": "attempt_id"},
+                "ExpressionAttributeValues": {":now": {"N": repr(now)}, ":me": {"S": attempt_id}},
+            }
+        }
+
+        def work() -> None:
+            for _ in range(3):  # the unit or the claim may change between a refusal and reading why
+                try:
+                    client.transact_write_items(TransactItems=[unit_check, claim_put])
+                except client.exceptions.TransactionCanceledException as exc:
+                    reasons = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
+                    if reasons[:1] == ["ConditionalCheckFailed"]:
+                        # Names the live identity and raises (unless the unit changed back meanwhile).
+                        Ledger.claim_unit(self, serial, attempt_id, replacing=replacing)
+                    elif len(reasons) > 1 and reasons[1] == "ConditionalCheckFailed":
+                        item = client.get_item(
+                            TableName=self.table, Key=_key(CLAIM, serial), ConsistentRead=True
+                        ).get("Item")
+                        if item is not None:
+                            raise UnitClaimed(
+                                serial,
+                                _str(item.get("station_id")),
+                                _str(item.get("slot")),
+                                float(item["since"]["N"]) if "since" in item else 0.0,
+                            ) from None
+                    elif "TransactionConflict" not in reasons:
+                        raise self._unavailable(exc) from exc
+                    continue
+                self._claims.add((serial, attempt_id))
+                return
+            raise LedgerUnavailable(
+                "Ledger busy",
+                f"Could not claim {serial}: its unit item kept changing.",
+                "Scan the unit again.",
+            )
+
+        self._call(work)
+
+    def release_unit(self, serial: str, attempt_id: str) -> None:
+        client = self._client
+        self._claims.discard((serial, attempt_id))
+
+        def work() -> None:
+            with contextlib.suppress(client.exceptions.ConditionalCheckFailedException):
+                client.delete_item(
+                    TableName=self.table,
+                    Key=_key(CLAIM, serial),
+                    ConditionExpression="#att = :me",
+                    ExpressionAttributeNames={"#att": "attempt_id"},
+                    ExpressionAttributeValues={":me": {"S": attempt_id}},
+                )
+
+        self._call(work)
+
     # ----------------------------------------------------------------------------------------- journal
     def journal_open(self, **fields: Any) -> int:
         columns, extra = journal_columns(fields)
@@ -739,7 +1158,7 @@ class DynamoLedger(Ledger):
         def work() -> int:
             counter = self._client.update_item(
                 TableName=self.table,
-                Key=COUNTER_KEY,
+                Key=self._counter_key,
                 UpdateExpression="ADD #n :one",
                 ExpressionAttributeNames={"#n": "n"},
                 ExpressionAttributeValues={":one": {"N": "1"}},
@@ -748,7 +1167,7 @@ class DynamoLedger(Ledger):
             journal_id = int(counter["Attributes"]["n"]["N"])
             now = time.time()
             item = {
-                "pk": {"S": JOURNAL},
+                "pk": {"S": self._journal_pk},
                 "sk": {"S": seq_key(journal_id)},
                 "id": {"N": str(journal_id)},
                 "opened_at": {"N": repr(now)},
@@ -766,7 +1185,7 @@ class DynamoLedger(Ledger):
 
     def journal_update(self, journal_id: int, **fields: Any) -> None:
         columns, extra = journal_columns(fields)
-        key = {"pk": {"S": JOURNAL}, "sk": {"S": seq_key(int(journal_id))}}
+        key = _key(self._journal_pk, seq_key(int(journal_id)))
         client = self._client
 
         def prepare() -> tuple[list[str], Callable[[int], list[dict[str, Any]]]]:
@@ -802,7 +1221,7 @@ class DynamoLedger(Ledger):
         self._call(lambda: self._append([], prepare=prepare, checked=0))
 
     def journal_close(self, journal_id: int, outcome: str | None = None) -> None:
-        key = {"pk": {"S": JOURNAL}, "sk": {"S": seq_key(int(journal_id))}}
+        key = _key(self._journal_pk, seq_key(int(journal_id)))
         client = self._client
         closed: list[bool] = []
 
@@ -846,7 +1265,7 @@ class DynamoLedger(Ledger):
     def journal_pending(self) -> list[JournalEntry]:
         def work() -> list[JournalEntry]:
             items = self._query(
-                JOURNAL,
+                self._journal_pk,
                 FilterExpression="attribute_not_exists(#closed)",
                 ExpressionAttributeNames={"#closed": "closed_at"},
             )
@@ -856,10 +1275,12 @@ class DynamoLedger(Ledger):
 
     # ---------------------------------------------------------------------------------------- lifetime
     def close(self) -> None:
+        if self._wrote:
+            self._call(self._anchor_factory)
         self._close_anchor()  # boto3 clients hold no resources that need closing
 
     def __repr__(self) -> str:
-        return f"DynamoLedger({self.table!r})"
+        return f"DynamoLedger({self.table!r}, station_id={self.station_id!r})"
 
 
 # -------------------------------------------------------------------------------------------------------
@@ -926,6 +1347,20 @@ def _journal_entry(item: Mapping[str, Any]) -> JournalEntry:
     return JournalEntry(**fields)
 
 
+def live_key(certificate_ids: Iterable[str]) -> str:
+    """The unit item's `u_live`: its live certificate ids, sorted and comma-joined ("" when none)."""
+    return ",".join(sorted(set(certificate_ids)))
+
+
+def _heads_of(item: Mapping[str, Any] | None) -> dict[str, tuple[int, str]]:
+    """The factory anchor item's `heads` map as station → (seq, hash)."""
+    heads: dict[str, tuple[int, str]] = {}
+    for station_id, attr in ((item or {}).get("heads", {}).get("M") or {}).items():
+        entry = attr.get("M") or {}
+        heads[station_id] = (_int(entry.get("seq")), _str(entry.get("hash")))
+    return heads
+
+
 def _key(pk: str, sk: str) -> dict[str, Any]:
     return {"pk": {"S": pk}, "sk": {"S": sk}}
 
@@ -948,6 +1383,8 @@ def _unit_item(state: UnitState, record: AttemptRecord, seq: int) -> dict[str, A
         "u_outcome": {"S": state.last_outcome or "-"},
         "u_target": {"S": unit_target(state, record) or "-"},
         "u_station": {"S": record.station_id or "-"},
+        # What `claim_unit` conditions on: the live certificate ids, sorted ("" when none is live).
+        "u_live": {"S": live_key(i.certificate_id for i in state.live)},
     }
 
 

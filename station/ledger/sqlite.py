@@ -453,7 +453,10 @@ class SqliteLedger(Ledger):
         return out
 
     # ------------------------------------------------------------------------------------------- audit
-    def audit(self, *, progress: Progress | None = None, since_checkpoint: bool = False) -> AuditResult:
+    def audit(
+        self, *, progress: Progress | None = None, since_checkpoint: bool = False, all_stations: bool = False
+    ) -> AuditResult:
+        # One file is one station's ledger: all stations are this one (`all_stations` changes nothing).
         try:
             checkpoint = self.anchor.latest() if self.anchor is not None else None
         except AnchorError as exc:
