@@ -390,8 +390,14 @@ class DynamoLedger(Ledger):
                     items.append({"Update": self._factory_update(seq, prev, first=True)})
                 try:
                     self._transact(items, len(extra) if checked is None else checked)
-                except _Conflict:
-                    continue
+                except (_Conflict, ValueError) as refused:
+                    # An answer lost under load makes botocore send the transaction again; if the first try
+                    # committed, the retry is refused by its own conditions. The head then holds exactly the
+                    # hash this transaction computed (it covers the bodies): that write is ours, and done.
+                    if self._head() != (seq, prev):
+                        if isinstance(refused, _Conflict):
+                            continue
+                        raise
                 self._wrote = True  # close() signs a checkpoint of what this handle wrote
                 self._appends_since_anchor = 0 if not old_seq else self._appends_since_anchor + 1
                 if self._appends_since_anchor >= ANCHOR_EVERY:

@@ -268,3 +268,25 @@ def test_lose_over_the_http_admin_path(plane: ControlPlane) -> None:
     assert remote.faults.clear(fault_id) is True
     iot.create_thing(thingName=thing + "-b")  # answered again
     assert remote.status()["faults_fired"]["lose"] == 1
+
+
+def test_a_shared_ledger_write_whose_answer_is_lost_is_not_taken_for_a_refusal(
+    plane: ControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The DynamoDB ledger on the lab: the transaction that opens a journal entry commits, its answer is lost,
+    botocore sends it again and the retry is refused by its own conditions. The ledger must see its own write
+    (the head holds the hash it computed), not 'the item already exists'."""
+    from station.lab.control import LAB_ACCESS_KEY_ID, LAB_SECRET_ACCESS_KEY
+    from station.ledger import open_ledger
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", LAB_ACCESS_KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", LAB_SECRET_ACCESS_KEY)
+    url = f"dynamodb://lost-{secrets.token_hex(3)}?region=eu-west-1&endpoint_url={plane.endpoint_url}"
+    with open_ledger(url, station_id="st-lost") as ledger:
+        ledger.journal_open(attempt_id="a0", serial="SIM000100")  # the station's first append
+        plane.faults.set("lose", api="TransactWriteItems", count=1)
+        journal_id = ledger.journal_open(attempt_id="a1", serial="SIM000101")
+        assert plane.faults.fired["lose"] >= 1
+        assert [e.serial for e in ledger.journal_pending()] == ["SIM000100", "SIM000101"]
+        assert [e.id for e in ledger.journal_pending()][-1] == journal_id
+        assert ledger.audit().ok
