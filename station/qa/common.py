@@ -311,3 +311,24 @@ def _with_action(attempt: Attempt, fields: dict[str, Any]) -> dict[str, Any]:
 def no_key(identity: Identity) -> Identity:
     """The identity without its key (what may be journaled, recorded or registered)."""
     return Identity(certificate_pem=identity.certificate_pem, certificate_id=identity.certificate_id)
+
+
+def registration_fields(
+    dest: Target, reg: Any, error: StationError | None, *, title: str, message: str, next_action: str
+) -> dict[str, Any]:
+    """The record fields every QA action that registers a certificate in `dest` shares (register, transfer):
+    where it went, what it says, and in `extra` what the attempt made there (read by reconcile and revoke)."""
+    return {
+        "certificate_arn": reg.certificate_arn if reg is not None else "",
+        "target": dest.name,
+        "account_id": (reg.account_id if reg is not None and reg.account_id else "") or dest.registry_key[0],
+        "region": dest.region,
+        "title": title,
+        "message": message,
+        "next_action": next_action,
+        "error_kind": type(error).__name__ if error is not None else "",
+        "extra": {
+            "certificate_created": bool(reg.created) if reg is not None else False,
+            "thing_created": bool(reg.thing_created) if reg is not None else False,
+        },
+    }

@@ -35,6 +35,7 @@ from station.qa.common import (
     load_certificate,
     note,
     qa_attempt,
+    registration_fields,
     registries,
     run_qa,
     unit_names,
@@ -275,29 +276,17 @@ def register_certificate(
                 verified=verify,
                 **data,
             )
+        fields = registration_fields(dest, reg, error, title=title, message=message, next_action=next_action)
+        fields["extra"].update(source=source, verified=verify and error is None)
         return {
+            **fields,
             "outcome": str(outcome),
             "product": product_name,
             "thing_name": thing_name,
             "certificate_id": cert_id,
             "certificate_pem": public.certificate_pem,
-            "certificate_arn": reg.certificate_arn if reg is not None else "",
-            "target": dest.name,
-            "account_id": (reg.account_id if reg is not None and reg.account_id else "")
-            or dest.registry_key[0],
-            "region": dest.region,
-            "title": title,
-            "message": message,
-            "next_action": next_action,
-            "error_kind": type(error).__name__ if error is not None else "",
             "key_source": "file",
             "verify_mode": "host" if verify else "",
-            "extra": {
-                "source": source,
-                "verified": verify and error is None,
-                "certificate_created": bool(reg.created) if reg is not None else False,
-                "thing_created": bool(reg.thing_created) if reg is not None else False,
-            },
         }
 
     try:

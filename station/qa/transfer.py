@@ -31,6 +31,7 @@ from station.qa.common import (
     live_records,
     note,
     qa_attempt,
+    registration_fields,
     registries,
     run_qa,
     unit_names,
@@ -258,7 +259,15 @@ def transfer_unit(
             message = f"{plan.serial} now works in {where} as {plan.thing_name}"
             message += f"; revoked in {src.name}." if source_revoked else f"; still registered in {src.name}."
             next_action = ""
+        fields = registration_fields(dest, reg, error, title=title, message=message, next_action=next_action)
+        fields["extra"].update(
+            source_target=src.name,
+            source_attempt_id=plan.source_attempt_id,
+            source_revoked=source_revoked and error is None,
+            revoked=[d.item.certificate_id for d in done if d.ok] if error is None else [],
+        )
         return {
+            **fields,
             "outcome": str(outcome_of(error, proved=False)),
             "device_id": base.device_id if base is not None else None,
             "firmware": base.firmware if base is not None else None,
@@ -267,24 +276,7 @@ def transfer_unit(
             "thing_name": plan.thing_name,
             "certificate_id": identity.certificate_id,
             "certificate_pem": identity.certificate_pem,
-            "certificate_arn": reg.certificate_arn if reg is not None else "",
-            "target": dest.name,
-            "account_id": (reg.account_id if reg is not None and reg.account_id else "")
-            or dest.registry_key[0],
-            "region": dest.region,
-            "title": title,
-            "message": message,
-            "next_action": next_action,
-            "error_kind": type(error).__name__ if error is not None else "",
             "key_source": base.key_source if base is not None else "",
-            "extra": {
-                "source_target": src.name,
-                "source_attempt_id": plan.source_attempt_id,
-                "source_revoked": source_revoked and error is None,
-                "revoked": [d.item.certificate_id for d in done if d.ok] if error is None else [],
-                "certificate_created": bool(reg.created) if reg is not None else False,
-                "thing_created": bool(reg.thing_created) if reg is not None else False,
-            },
         }
 
     registration = run_qa(attempt, body, conclude=conclude)
