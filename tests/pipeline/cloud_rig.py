@@ -86,3 +86,28 @@ def registry_truth(plane: ControlPlane) -> dict[str, Any]:
     }
     things = {t["thingName"] for t in iot.list_things(maxResults=250)["things"]}
     return {"certificates": certificates, "things": things}
+
+
+# A station process that registers one unit and stops before verify, for tests that kill it there (SIGKILL):
+# what a crashed station leaves in AWS and in its journal. Format with here, config, marker and serial.
+KILL_SCRIPT = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {here!r})
+from pipeline_fakes import FakeFlasher, Log
+from station.config import load_config
+from station.context import StationContext
+from station.ledger import open_ledger
+
+config = load_config({config!r})
+ledger = open_ledger(config.ledger_path)
+log = Log()
+
+def verifier(identity, **kw):
+    Path({marker!r}).write_text("registered")
+    time.sleep(120)  # the test kills the process here: registered and written, not verified
+
+ctx = StationContext(config, ledger=ledger, verifier=verifier,
+                     flasher_factory=lambda port, **kw: FakeFlasher(log, device_id=None))
+ctx.provision({serial!r}, "loop://unit", slot="s1")
+"""

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cloud_rig import registry_truth, unique_digits, write_config
+from cloud_rig import KILL_SCRIPT, registry_truth, unique_digits, write_config
 from pipeline_fakes import FakeFlasher, FakeVerifier, Log
 
 from station.cli import main as station_main
@@ -216,29 +216,6 @@ def test_line_with_throttling_on_all_pass(tmp_path: Path, plane: ControlPlane) -
         assert all(truth["certificates"].get(r.certificate_id) == "ACTIVE" for r in results)
     finally:
         station.ledger.close()
-
-
-KILL_SCRIPT = """
-import sys, time
-from pathlib import Path
-sys.path.insert(0, {here!r})
-from pipeline_fakes import FakeFlasher, Log
-from station.config import load_config
-from station.context import StationContext
-from station.ledger import open_ledger
-
-config = load_config({config!r})
-ledger = open_ledger(config.ledger_path)
-log = Log()
-
-def verifier(identity, **kw):
-    Path({marker!r}).write_text("registered")
-    time.sleep(120)  # the test kills the process here: registered and written, not verified
-
-ctx = StationContext(config, ledger=ledger, verifier=verifier,
-                     flasher_factory=lambda port, **kw: FakeFlasher(log, device_id=None))
-ctx.provision({serial!r}, "loop://unit", slot="s1")
-"""
 
 
 def test_killed_between_register_and_verify_then_reconcile(tmp_path: Path, plane: ControlPlane) -> None:

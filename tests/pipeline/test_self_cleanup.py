@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cloud_rig import REGION, unique_digits, write_config
+from cloud_rig import KILL_SCRIPT, REGION, unique_digits, write_config
 from pipeline_fakes import FakeFlasher, Log
 
 from station.config import load_config
@@ -80,28 +80,6 @@ def certificate_status(plane: ControlPlane, region: str, cert_id: str) -> str | 
 
 
 # --------------------------------------------------------------------------------------------------- (a)
-
-KILL_SCRIPT = """
-import sys, time
-from pathlib import Path
-sys.path.insert(0, {here!r})
-from pipeline_fakes import FakeFlasher, Log
-from station.config import load_config
-from station.context import StationContext
-from station.ledger import open_ledger
-
-config = load_config({config!r})
-ledger = open_ledger(config.ledger_path)
-log = Log()
-
-def verifier(identity, **kw):
-    Path({marker!r}).write_text("registered")
-    time.sleep(120)  # the test takes the lab down and kills the process here
-
-ctx = StationContext(config, ledger=ledger, verifier=verifier,
-                     flasher_factory=lambda port, **kw: FakeFlasher(log, device_id=None))
-ctx.provision({serial!r}, "loop://unit", slot="s1")
-"""
 
 
 def test_a_killed_stations_orphan_is_removed_by_the_next_line_without_a_command(
