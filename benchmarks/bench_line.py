@@ -10,7 +10,7 @@ The three diagnostic options add overhead: take the headline figures from a run 
 
 Three processes, so that only the station's own CPU is measured:
 - the lab: `station lab` (moto control plane + TLS data plane), throttling at AWS's default quotas;
-- the simulated units: this script with `--farm`, running `station.demo.Jigs` — one paced PROV/1 device per
+- the simulated units: this script with `--farm`, running `station.lab.demo.Jigs` — one paced PROV/1 device per
   slot on a real pty at `--baud` (wire time: 10 bits a byte), a fresh device (new id, new flash) per unit;
 - the station: this process — the real `StationContext` + `Line` over a station.toml pointing at both.
   Its CPU (user + system, every thread, awscrt's native ones included) is read with `time.process_time()`
@@ -59,7 +59,7 @@ BITS_PER_BYTE = 10
 
 def farm_main(args: argparse.Namespace) -> int:
     """The simulated units, in their own process: commands on stdin, one JSON line per answer on stdout."""
-    from station.demo import Jigs
+    from station.lab.demo import Jigs
 
     slots = [f"slot-{i + 1}" for i in range(args.slots)]
     jigs = Jigs(args.farm, slots, ca_file=args.ca_file, paced=True, baud=args.baud)
@@ -302,7 +302,7 @@ def run_line(
 ) -> Run:
     from station.config import load_config
     from station.context import StationContext
-    from station.demo import Feeder
+    from station.lab.demo import Feeder
     from station.ledger import open_ledger
     from station.line import Line
     from station.model import Event

@@ -11,9 +11,11 @@ query, a plan turned into the sentence a person confirms, a result turned into a
 Re-verify reserves the slot on the line (`Line.reserve`) so no unit starts there meanwhile; a line without
 reservations (a test stand-in) is only asked whether the slot is idle.
 
-It imports only station core modules, and those lazily (boto3 and cryptography load when QA first acts, not
-when the operator screen starts); never boto3, serial, awscrt or cryptography directly, nor textual. It never
-holds a private key: an imported file's key is dropped before anything is registered.
+It lives in the core, not in the TUI: the command that opens the screen (`station run`, `station demo`) builds
+it and hands it to the app, which sees it only as `station.tui.api.QaServicesAPI` — so the TUI reaches no
+AWS library, not even through this module. It imports station core modules lazily (boto3 and cryptography
+load when QA first acts, not when the operator screen starts), never textual nor the lab. It never holds a
+private key: an imported file's key is dropped before anything is registered.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ class QaServices:
     `registry_factory(target)` and `flasher_factory(port, *, family, baud, options)` replace the real ones
     (the lab, the demo and tests inject theirs); `line` lends re-verify its slot. `station_id` names the
     station to the registries it makes (default: the config's); the ledger's notes use the config's.
+    `operator` records the actions (default: the config's operator, as the screen's header shows it).
     """
 
     def __init__(
@@ -90,7 +93,7 @@ class QaServices:
         config: Any,
         ledger: Any,
         *,
-        operator: str,
+        operator: str | None = None,
         line: Any = None,
         registry_factory: Callable[[Target], Any] | None = None,
         flasher_factory: Callable[..., Any] | None = None,
@@ -101,7 +104,7 @@ class QaServices:
         # (record, slot): put the recorded unit into the slot's jig before a re-verify (the demo's jigs).
         self._put_in_jig = put_in_jig
         self.ledger = ledger
-        self.operator = operator
+        self.operator = operator or str(getattr(config, "operator", None) or "") or "operator"
         self.line = line
         self.station_id = station_id or str(getattr(config, "station_id", "") or "") or "station"
         self._registry_factory = registry_factory

@@ -10,14 +10,14 @@ Slots take the `--families` round-robin (default: every family for the interacti
 Headless, every unit is a fresh simulated device of its slot's family (new device id, new store). A PROV/1
 unit's printed serial is its device id, so the station's cross-check passes; ExpressLink, nRF91 and ESP32 units
 carry family serials (`EL####`, `NRF####`, `ESP####`) that are not their device ids (ThingName, IMEI, MAC), so
-the demo's products turn the cross-check off (see `station.demo`). On a mixed line every slot takes an even
+the demo's products turn the cross-check off (see `station.lab.demo`). On a mixed line every slot takes an even
 share of the units. A demo fault (`--fault-every K`, `--fault KIND`) makes every K-th unit a bad one that must
 come out FAIL with what it registered rolled back (a family gets only the faults its simulator can act out).
 The summary gives per unit the family, serial, outcome, thing name, device id, certificate id, target, step
 timings and the unit's store; then the totals, per family too.
 
 Exit codes: 0 when every unit PASSed, or every non-PASS was an injected demo fault that came out as expected;
-otherwise 1 (a unit FAILed unexpectedly) or 3 (an ERROR). A thin layer over `station.demo.DemoLine`.
+otherwise 1 (a unit FAILed unexpectedly) or 3 (an ERROR). A thin layer over `station.lab.demo.DemoLine`.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ demo faults: disconnect (drops off part-way), bad-store (its store corrupts what
 """
 
 # The demo faults by name, kept here so that `station --help` need not import the demo (and with it the
-# lab, moto and botocore); tests/robustness/test_startup.py checks it equals station.demo's list.
+# lab, moto and botocore); tests/robustness/test_startup.py checks it equals station.lab.demo's list.
 FAULT_CHOICES = ("mixed", "disconnect", "bad-store", "wrong-unit")
 
 STEP_ORDER = ("identify", "identity", "write", "register", "write_register", "verify", "record", "total")
@@ -133,8 +133,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from station.demo import FAMILIES, parse_families
     from station.errors import InputError
+    from station.lab.demo import FAMILIES, parse_families
 
     if args.families is not None:
         args.families = parse_families(args.families)
@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_headless(args: argparse.Namespace) -> int:
-    from station.demo import DemoLine
+    from station.lab.demo import DemoLine
 
     families_of: dict[str, str] = {}  # slot → family, once the demo has assigned them
 
@@ -306,7 +306,8 @@ def run_interactive(args: argparse.Namespace) -> int:
             "The interactive demo needs the station's screen (station.tui), which is not installed here.",
             "Run `station demo --headless` instead.",
         ) from None
-    from station.demo import DemoLine
+    from station.desk import QaServices
+    from station.lab.demo import DemoLine
 
     relay = EventRelay()
     # An operator types any serial the slot's product accepts: without the device-id cross-check the unit in
@@ -329,14 +330,13 @@ def run_interactive(args: argparse.Namespace) -> int:
     )
     with demo:
         assert demo.config is not None
-        code = run_app(
+        qa = QaServices(
             demo.config,
-            demo.line,
             demo.ledger,
-            relay=relay,
-            welcome=welcome(demo, every),
+            line=demo.line,
             put_in_jig=demo.put_back,  # QA's re-verify: the recorded unit goes back into the chosen jig
         )
+        code = run_app(demo.config, demo.line, qa=qa, relay=relay, welcome=welcome(demo, every))
     if code:
         from station.commands.run import screen_ended
 
@@ -346,7 +346,7 @@ def run_interactive(args: argparse.Namespace) -> int:
 
 def welcome(demo: Any, every: int) -> str:
     """What the newcomer reads first: what each slot holds and what to type."""
-    from station.demo import FAMILIES
+    from station.lab.demo import FAMILIES
     from station.lab.lab import LAB_QA_PIN
 
     if demo.mixed:

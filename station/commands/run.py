@@ -2,7 +2,7 @@
 
 Opens the ledger, builds the line (one worker per configured slot) and shows the operator screen until the
 operator quits (Ctrl+Q); then lets the units in progress finish and stops the line. Thin: the wiring is
-`station.context`, the screen is `station.tui`.
+`station.context`, the QA desk's services `station.desk`, the screen `station.tui`.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from station.config import load_config
     from station.context import StationContext
+    from station.desk import QaServices
     from station.ledger import open_ledger
     from station.line import Line
     from station.tui import EventRelay, run_app
@@ -46,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
         context = StationContext(config, ledger=ledger, operator=args.operator)
         line = Line.from_context(context, on_event=relay)
         try:
-            code = run_app(config, line, ledger, relay=relay, operator=args.operator)
+            qa = QaServices(config, ledger, operator=args.operator, line=line)
+            code = run_app(config, line, qa=qa, relay=relay, operator=args.operator)
         finally:
             busy = [s.serial for s in line.slots() if s.state == "busy"]
             if busy:

@@ -1,9 +1,10 @@
 """The station's Textual UI: the operator screen and the QA desk. The only package that imports textual.
 
-Entry points: `run_app(config, line, ledger, relay=…)` runs the screen over a line built with
-`on_event=relay` (an `EventRelay`); `build_app(...)` returns the app without running it (tests, the demo).
-The UI is a thin view: it calls the line and `station.tui.services`, never boto3, serial, awscrt or
-cryptography (import-linter checks).
+Entry points: `run_app(config, line, qa=…, relay=…)` runs the screen over a line built with
+`on_event=relay` (an `EventRelay`), with the QA desk's services (`station.desk.QaServices`) built by the
+caller; `build_app(...)` returns the app without running it (tests). The UI is a thin view: it calls the line
+and the services through Protocols (`station.tui.api`), never boto3, serial, awscrt or cryptography, not even
+through a core module (import-linter checks).
 """
 
 from station.tui.app import StationApp, build_app, run_app

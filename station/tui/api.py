@@ -1,11 +1,14 @@
 """What the screens need from the core, as small Protocols, and the station facts shown in the header.
 
-The TUI is a thin view: it calls `LineAPI.scan/slots` and reads the line's events; the QA desk calls the
-functions in `station.tui.services`. The Protocols are structural, so the real `station.line.Line` and the
-test fakes fit without inheriting from anything. `StationInfo` is the header's content, built once from a
+The TUI is a thin view: it calls `LineAPI.scan/slots` and reads the line's events; the QA desk calls a
+`QaServicesAPI`, which the command that opens the screen builds (`station.desk.QaServices`) and hands to the
+app. The Protocols are structural, so the real `station.line.Line`, `station.desk.QaServices` and the test
+fakes fit without inheriting from anything. `StationInfo` is the header's content, built once from a
 `StationConfig` by `station_info`.
 
-It must not import textual (it is shared with plain code and tests) nor any AWS, serial or crypto library.
+It must not import textual (it is shared with plain code and tests) nor any AWS, serial or crypto library,
+nor any core module that does, not even indirectly (import-linter checks): that is why the desk's services
+are a Protocol here and their implementation lives in the core.
 """
 
 from __future__ import annotations
@@ -37,6 +40,71 @@ class LineAPI(Protocol):
 
     def scan(self, serial: str, slot: str | None = None) -> str: ...
     def slots(self) -> Sequence[SlotLike]: ...
+
+
+class ActionResult(Protocol):
+    """What a QA action did, in a title and one sentence for a notification (`station.desk.ActionResult`)."""
+
+    @property
+    def title(self) -> str: ...
+    @property
+    def message(self) -> str: ...
+
+
+class Prepared(Protocol):
+    """An action planned from the ledger alone, with what the person is asked before anything is done."""
+
+    @property
+    def title(self) -> str: ...
+    @property
+    def body(self) -> str: ...
+    @property
+    def confirm_label(self) -> str: ...
+    @property
+    def plan(self) -> Any: ...  # handed back unchanged once confirmed
+
+
+class QaServicesAPI(Protocol):
+    """What the QA desk calls (`station.desk.QaServices`): blocking calls, run in a thread worker, never on
+    the UI thread. Records, events and unit states are the ledger's own types, read by attribute."""
+
+    @property
+    def operator(self) -> str: ...
+    @property
+    def ledger(self) -> Any: ...  # the PIN guard counts wrong PINs in it
+
+    def target_names(self) -> list[str]: ...
+    def product_names(self) -> list[str]: ...
+    def slot_names(self) -> list[str]: ...
+    def find(self, query: str) -> list[Any]: ...
+    def events(self, serials: Sequence[str]) -> list[Any]: ...
+    def unit(self, serial: str) -> Any: ...
+    def default_slot(self, record: Any) -> str | None: ...
+    def audit(self) -> ActionResult: ...
+    def export(self, fmt: str, path: str) -> ActionResult: ...
+    def prepare_revoke(self, record: Any) -> Prepared: ...
+    def revoke(self, record: Any, *, plan: Any = None) -> ActionResult: ...
+    def prepare_transfer(self, record: Any, destination: str, *, revoke_source: bool) -> Prepared: ...
+    def transfer(
+        self, record: Any, destination: str, *, revoke_source: bool, plan: Any = None
+    ) -> ActionResult: ...
+    def import_certificate(
+        self,
+        path: str,
+        *,
+        password: str | None,
+        serial: str,
+        target: str,
+        product: str | None = None,
+        thing: str | None = None,
+        key_path: str | None = None,
+        verify: bool = False,
+    ) -> ActionResult: ...
+    def reverify(
+        self, record: Any, slot: str | None, *, key_path: str | None = None, password: str | None = None
+    ) -> ActionResult: ...
+    def prepare_reprovision(self, record: Any, slot: str) -> Prepared: ...
+    def reprovision(self, record: Any, slot: str, *, plan: Any = None) -> ActionResult: ...
 
 
 @dataclass(frozen=True)

@@ -4,14 +4,16 @@ Wiring (what `station run` and `station demo` do):
 
     relay = EventRelay()
     line = Line(config, ledger=ledger, on_event=relay)
-    run_app(config, line, ledger, relay=relay)      # returns when the operator quits
+    qa = QaServices(config, ledger, line=line)      # station.desk: the QA desk's services, built by the command
+    run_app(config, line, qa=qa, relay=relay)       # returns when the operator quits
     line.stop()
 
 The app never runs a unit itself: the line does, on its own threads; the relay turns the line's events into
-messages for the operator screen. The QA desk calls `station.tui.services.QaServices`.
+messages for the operator screen. The QA desk calls the services it is handed, through the Protocol
+`station.tui.api.QaServicesAPI`; without them (no ledger) the desk stays closed.
 
-It must not import boto3, serial, awscrt or cryptography (import-linter checks), nor call the core on the
-UI thread.
+It must not import boto3, serial, awscrt or cryptography, not even through a core module (import-linter
+checks, indirect imports included), nor call the core on the UI thread.
 """
 
 from __future__ import annotations
@@ -25,12 +27,11 @@ from textual.binding import Binding, BindingType
 from textual.notifications import SeverityLevel
 
 from station.qapin import PinGuard
-from station.tui.api import LineAPI, StationInfo, station_info
+from station.tui.api import LineAPI, QaServicesAPI, StationInfo, station_info
 from station.tui.operator.screen import OperatorScreen
 from station.tui.qa.desk import QaDeskScreen
 from station.tui.qa.pin import PinScreen
 from station.tui.relay import EventRelay
-from station.tui.services import QaServices
 
 QUIT_CONFIRM_S = 4.0  # a second quit key within this many seconds quits even with units in progress
 
@@ -50,7 +51,7 @@ class StationApp(App[None]):
         line: LineAPI,
         info: StationInfo,
         relay: EventRelay | None = None,
-        qa: QaServices | None = None,
+        qa: QaServicesAPI | None = None,
         clock: Callable[[], float] = time.time,
         poll_interval: float | None = 1.0,
         welcome: str | None = None,
@@ -126,8 +127,7 @@ class StationApp(App[None]):
         qa = self.qa
         if self._pin_guard is None:
             # One guard for the app's life; its count of wrong PINs lives in the ledger anyway.
-            ledger = getattr(qa, "ledger", None)
-            self._pin_guard = PinGuard(pin, ledger=ledger, where="QA desk", operator=self.info.operator)
+            self._pin_guard = PinGuard(pin, ledger=qa.ledger, where="QA desk", operator=self.info.operator)
 
         def opened(ok: bool | None) -> None:
             if ok:
@@ -139,30 +139,16 @@ class StationApp(App[None]):
 def build_app(
     config: Any,
     line: LineAPI,
-    ledger: Any = None,
     *,
+    qa: QaServicesAPI | None = None,
     relay: EventRelay | None = None,
     operator: str | None = None,
-    registry_factory: Callable[..., Any] | None = None,
-    flasher_factory: Callable[..., Any] | None = None,
     clock: Callable[[], float] = time.time,
     poll_interval: float | None = 1.0,
     welcome: str | None = None,
-    put_in_jig: Callable[[Any, str], None] | None = None,
 ) -> StationApp:
-    """The app over `line` for a `StationConfig`; the QA desk works when a ledger is given."""
+    """The app over `line` for a `StationConfig`; the QA desk works when its services (`qa`) are given."""
     info = station_info(config, operator=operator)
-    qa = None
-    if ledger is not None:
-        qa = QaServices(
-            config,
-            ledger,
-            operator=info.operator,
-            line=line,
-            registry_factory=registry_factory,
-            flasher_factory=flasher_factory,
-            put_in_jig=put_in_jig,
-        )
     return StationApp(
         line=line, info=info, relay=relay, qa=qa, clock=clock, poll_interval=poll_interval, welcome=welcome
     )
@@ -171,30 +157,18 @@ def build_app(
 def run_app(
     config: Any,
     line: LineAPI,
-    ledger: Any = None,
     *,
+    qa: QaServicesAPI | None = None,
     relay: EventRelay | None = None,
     operator: str | None = None,
-    registry_factory: Callable[..., Any] | None = None,
-    flasher_factory: Callable[..., Any] | None = None,
     welcome: str | None = None,
-    put_in_jig: Callable[[Any, str], None] | None = None,
 ) -> int:
     """Run the operator screen until the operator quits; 0, or non-zero when the screen ended on an error.
 
-    `relay` must be the `on_event` the line was built with, or the cards will not move. The caller stops
-    the line afterwards, and turns a non-zero result into a non-zero exit (a supervisor restarts it).
+    `relay` must be the `on_event` the line was built with, or the cards will not move. `qa` is the QA
+    desk's services (`station.desk.QaServices`), built by the caller. The caller stops the line afterwards,
+    and turns a non-zero result into a non-zero exit (a supervisor restarts it).
     """
-    app = build_app(
-        config,
-        line,
-        ledger,
-        relay=relay,
-        operator=operator,
-        registry_factory=registry_factory,
-        flasher_factory=flasher_factory,
-        welcome=welcome,
-        put_in_jig=put_in_jig,
-    )
+    app = build_app(config, line, qa=qa, relay=relay, operator=operator, welcome=welcome)
     app.run()
     return app.return_code or 0

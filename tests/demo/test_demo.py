@@ -1,4 +1,4 @@
-"""`station demo` and `station.demo.DemoLine`: the lab, simulated units in jigs and the real line.
+"""`station demo` and `station.lab.demo.DemoLine`: the lab, simulated units in jigs and the real line.
 
 One-family (PROV/1) runs first, then mixed lines: slots of PROV/1, ExpressLink, nRF91 and ESP32 units (the ESP32
 ones in-process, behind the fake esptool link). The headless runs go through `station.cli.main` in this process. What the registry holds is read with boto3
@@ -24,9 +24,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from station.cli import main as station_main
-from station.demo import DEMO_FAULTS, FAMILIES, DemoLine, assign_families, parse_families
 from station.errors import InputError
 from station.lab.control import DEFAULT_ACCOUNT_ID, DEFAULT_REGION, ControlPlane
+from station.lab.demo import DEMO_FAULTS, FAMILIES, DemoLine, assign_families, parse_families
 from station.ledger import open_ledger
 from station.model import Outcome
 
@@ -295,21 +295,24 @@ def test_interactive_demo_opens_the_operator_screen_over_the_demo_line(
 
     seen: dict[str, Any] = {}
 
-    def fake_run_app(config: Any, line: Any, ledger: Any = None, *, relay: Any = None, **kw: Any) -> int:
+    def fake_run_app(config: Any, line: Any, *, qa: Any = None, relay: Any = None, **kw: Any) -> int:
         # What a newcomer does on the screen: type a serial, watch the unit pass.
         slot = line.scan("SIM0001")
         assert line.wait_idle(60)
         seen["slot"] = slot
         seen["result"] = line.results()[0]
         seen["relay"] = relay
-        seen["ledger"] = ledger
+        seen["qa_line"] = qa.line
+        seen["qa_found"] = [r.serial for r in qa.ledger.find("SIM0001")]  # the demo's own ledger
         return 0
 
     monkeypatch.setattr(station.tui, "run_app", fake_run_app)
     code = station_main(["demo", "--slots", "2", "--state-dir", str(tmp_path)])
     assert code == 0
     assert seen["slot"] == "slot-1" and seen["result"].outcome == Outcome.PASS
-    assert seen["relay"] is not None and seen["ledger"] is not None
+    assert seen["relay"] is not None
+    # The QA desk's services come from the command, over the demo's own line and ledger.
+    assert seen["qa_line"] is not None and seen["qa_found"] == ["SIM0001"]
 
 
 @pytest.mark.parametrize(
@@ -554,7 +557,7 @@ def test_interactive_demo_is_a_mixed_line_and_a_scan_goes_to_a_slot_of_its_famil
     seen: dict[str, Any] = {}
     leftovers = Leftovers()
 
-    def fake_run_app(config: Any, line: Any, ledger: Any = None, *, relay: Any = None, **kw: Any) -> int:
+    def fake_run_app(config: Any, line: Any, *, relay: Any = None, **kw: Any) -> int:
         seen["products"] = {name: p.flasher for name, p in config.products.items()}
         seen["slot_products"] = {name: s.product for name, s in config.slots.items()}
         seen["welcome"] = kw.get("welcome")

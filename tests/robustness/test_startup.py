@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-HEAVY = ("botocore", "boto3", "awscrt", "awsiot", "textual", "moto", "station.lab", "station.demo")
+HEAVY = ("botocore", "boto3", "awscrt", "awsiot", "textual", "moto", "station.lab")
 
 CHILD = """
 import json, sys
@@ -51,7 +51,7 @@ def test_show_imports_nothing_heavy(tmp_path):
 
 def test_demo_fault_choices_match_the_demo():
     from station.commands.demo import FAULT_CHOICES
-    from station.demo import DEMO_FAULTS, MIXED
+    from station.lab.demo import DEMO_FAULTS, MIXED
 
     assert (MIXED, *DEMO_FAULTS) == FAULT_CHOICES
 

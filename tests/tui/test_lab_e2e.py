@@ -15,6 +15,7 @@ from flashers.simulators.prov1 import Prov1Device, check_connectivity
 from flashers.simulators.pty import PtyDevice
 from station.config import load_config
 from station.context import StationContext
+from station.desk import QaServices
 from station.lab import Lab
 from station.ledger import open_ledger
 from station.line import Line
@@ -42,7 +43,9 @@ async def test_scan_pass_then_qa_revoke_and_the_unit_can_no_longer_connect(tmp_p
             with open_ledger(config.ledger_path) as ledger:
                 line = Line.from_context(StationContext(config, ledger=ledger), on_event=relay)
                 try:
-                    app = build_app(config, line, ledger, relay=relay, poll_interval=0.5)
+                    app = build_app(
+                        config, line, qa=QaServices(config, ledger, line=line), relay=relay, poll_interval=0.5
+                    )
                     async with app.run_test(size=(100, 32), notifications=True) as pilot:
                         await type_scan(pilot, SERIAL)
                         card = app.operator.cards["s1"]
@@ -107,7 +110,9 @@ async def test_lab_control_plane_down_shows_error_with_a_technician_action(tmp_p
             with open_ledger(config.ledger_path) as ledger:
                 line = Line.from_context(StationContext(config, ledger=ledger), on_event=relay)
                 try:
-                    app = build_app(config, line, ledger, relay=relay, poll_interval=0.5)
+                    app = build_app(
+                        config, line, qa=QaServices(config, ledger, line=line), relay=relay, poll_interval=0.5
+                    )
                     async with app.run_test(size=(100, 32), notifications=True) as pilot:
                         await type_scan(pilot, "SIM0002")
                         card = app.operator.cards["s1"]

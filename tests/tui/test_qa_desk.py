@@ -30,6 +30,7 @@ from textual.pilot import Pilot
 from textual.widgets import Button, Checkbox, DataTable, Input, Label, Select
 from tui_fakes import type_scan, wait_until
 
+from station.desk import QaServices
 from station.errors import InputError
 from station.ledger.base import Ledger
 from station.line import RESERVED, Line
@@ -84,10 +85,8 @@ async def desk(tmp_path: Path) -> AsyncIterator[Desk]:
     app = build_app(
         config,
         line,
-        ledger,
+        qa=QaServices(config, ledger, line=line, registry_factory=registries, flasher_factory=jig.factory),
         relay=relay,
-        registry_factory=registries,
-        flasher_factory=jig.factory,
         poll_interval=None,
     )
     try:

@@ -26,11 +26,11 @@ from qa_fixtures import (
 )
 
 from station import qa
+from station.desk import QaServices
 from station.errors import CertificateRejected, InputError, StationFault, UnitFault
 from station.ledger.base import Ledger
 from station.line import RESERVED, Line
 from station.model import Target
-from station.tui.services import QaServices
 
 ROOT = Path(__file__).resolve().parents[2]
 

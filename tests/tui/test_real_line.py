@@ -14,6 +14,7 @@ from textual.widgets import Static
 from tui_fakes import type_scan, wait_until
 
 from station.context import StationContext
+from station.desk import QaServices
 from station.errors import UnitFault
 from station.ledger import open_ledger
 from station.line import Line
@@ -155,9 +156,8 @@ async def test_operator_screen_over_the_real_line(tmp_path: Path) -> None:
         )
         line = Line.from_context(context, on_event=relay)
         try:
-            app = build_app(
-                config, line, ledger, relay=relay, registry_factory=registry_factory, poll_interval=0.1
-            )
+            qa = QaServices(config, ledger, line=line, registry_factory=registry_factory)
+            app = build_app(config, line, qa=qa, relay=relay, poll_interval=0.1)
             async with app.run_test(size=(80, 24)) as pilot:
                 # A fast unit frees its slot at once, so pin each unit to its own slot.
                 await type_scan(pilot, "1:SN00000001")

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from station.cli import EXIT_OK, EXIT_USAGE, main
+from station.desk import QaServices
 from station.line import Line
 from station.tui.relay import EventRelay
 
@@ -39,14 +40,17 @@ def test_run_opens_the_screen_over_the_real_line_and_stops_it_after(
     config.write_text(text)
     seen: dict[str, Any] = {}
 
-    def fake_run_app(cfg: Any, line: Any, ledger: Any, *, relay: Any, operator: Any) -> int:
-        seen.update(station=cfg.station_id, line=line, ledger=ledger, relay=relay, operator=operator)
+    def fake_run_app(cfg: Any, line: Any, *, qa: Any, relay: Any, operator: Any) -> int:
+        seen.update(station=cfg.station_id, line=line, qa=qa, relay=relay, operator=operator)
         seen["slots"] = [(s.name, s.state) for s in line.slots()]
         return 0
 
     monkeypatch.setattr("station.tui.run_app", fake_run_app)
     assert main(["run", "--config", str(config), "--operator", "night-shift"]) == EXIT_OK
     assert seen["station"] == "lab" and seen["operator"] == "night-shift"
+    # The command built the QA desk's services (the screen gets them, it never builds them: no boto3 in it).
+    assert isinstance(seen["qa"], QaServices) and seen["qa"].operator == "night-shift"
+    assert seen["qa"].line is seen["line"]
     assert isinstance(seen["line"], Line) and isinstance(seen["relay"], EventRelay)
     assert seen["slots"] == [("sim1", "idle")]
     assert [s.state for s in seen["line"].slots()] == ["stopped"]  # the line was stopped on the way out

@@ -23,6 +23,7 @@ from textual.pilot import Pilot
 from textual.widgets import DataTable, Input
 from tui_fakes import LAB_INFO, ScriptedLine, type_scan, wait_until
 
+from station.desk import QaServices
 from station.model import Outcome
 from station.tui.api import StationInfo, TargetInfo
 from station.tui.app import StationApp, build_app
@@ -126,9 +127,8 @@ def test_snapshot_qa_desk(snap_compare: Any, tmp_path: Path, monkeypatch: pytest
     app = build_app(
         config,
         line,
-        ledger,
+        qa=QaServices(config, ledger, line=line, registry_factory=lambda t: FakeRegistry(t, calls)),
         relay=relay,
-        registry_factory=lambda t: FakeRegistry(t, calls),
         poll_interval=None,
     )
 

@@ -27,8 +27,9 @@ from flashers.simulators.pty import PtyDevice
 from station.cli import main as station_main
 from station.config import load_config
 from station.context import StationContext
-from station.demo import DemoLine
+from station.desk import QaServices
 from station.lab import Lab
+from station.lab.demo import DemoLine
 from station.ledger import open_ledger
 from station.line import Line
 from station.model import Outcome
@@ -119,7 +120,9 @@ async def test_a_unit_revoked_by_the_cli_reads_revoked_in_every_view(
                 relay = EventRelay()
                 line = Line.from_context(StationContext(config, ledger=ledger), on_event=relay)
                 try:
-                    app = build_app(config, line, ledger, relay=relay, poll_interval=0.5)
+                    app = build_app(
+                        config, line, qa=QaServices(config, ledger, line=line), relay=relay, poll_interval=0.5
+                    )
                     async with app.run_test(size=(120, 36), notifications=True) as pilot:
                         desk = await open_desk(app, pilot)
                         await find(app, pilot, desk, serial)
@@ -161,9 +164,8 @@ async def test_desk_reverify_in_the_demo_passes_for_the_unit_in_its_jig(tmp_path
         assert demo.config is not None and demo.ledger is not None
         slot = demo.slot_names[0]
         jig_unit = demo.devices[slot]
-        app = build_app(
-            demo.config, demo.line, demo.ledger, relay=relay, poll_interval=0.5, put_in_jig=demo.put_back
-        )
+        qa = QaServices(demo.config, demo.ledger, line=demo.line, put_in_jig=demo.put_back)
+        app = build_app(demo.config, demo.line, qa=qa, relay=relay, poll_interval=0.5)
         async with app.run_test(size=(120, 36), notifications=True) as pilot:
             await type_scan(pilot, "SIM0007")  # what an operator types in the demo
             card = app.operator.cards[slot]
@@ -209,7 +211,7 @@ async def test_desk_import_of_the_keychain_pair_registers_and_verify_connects(tm
         with open_ledger(config.ledger_path) as ledger:
             line = Line.from_context(StationContext(config, ledger=ledger))
             try:
-                app = build_app(config, line, ledger, poll_interval=0.5)
+                app = build_app(config, line, qa=QaServices(config, ledger, line=line), poll_interval=0.5)
                 async with app.run_test(size=(120, 40), notifications=True) as pilot:
                     await open_desk(app, pilot)
                     await pilot.press("f8")
@@ -253,9 +255,8 @@ async def test_desk_reprovision_replaces_the_identity_and_revokes_the_old_one(tm
     with demo:
         assert demo.config is not None and demo.ledger is not None
         slot = demo.slot_names[0]
-        app = build_app(
-            demo.config, demo.line, demo.ledger, relay=relay, poll_interval=0.5, put_in_jig=demo.put_back
-        )
+        qa = QaServices(demo.config, demo.ledger, line=demo.line, put_in_jig=demo.put_back)
+        app = build_app(demo.config, demo.line, qa=qa, relay=relay, poll_interval=0.5)
         async with app.run_test(size=(120, 36), notifications=True) as pilot:
             await type_scan(pilot, "SIM0008")
             card = app.operator.cards[slot]

@@ -7,8 +7,9 @@ QA actions included. Actions work on the record under the cursor: re-verify (F5)
 (F8), export records (F9) and check the ledger (F4) need no record. The outcome column and the detail also
 show what the unit is now (its state, from the ledger): a revoked unit's PASS reads "✔ PASS · ⊘ revoked …".
 Revoke and transfer are planned from the ledger first and ask for confirmation with that plan (what will be
-deleted, where the certificate goes, which thing is kept); `station.tui.services.QaServices` carries them
-out through `station.qa`, which records every action with the operator as the CLI does.
+deleted, where the certificate goes, which thing is kept); `station.desk.QaServices` (the desk
+sees only `station.tui.api.QaServicesAPI`) carries them out through `station.qa`, which records every action
+with the operator as the CLI does.
 
 All ledger and cloud calls, plans included, run in thread workers; results come back as messages. It must
 not call boto3, serial, awscrt or cryptography, nor the core on the UI thread.
@@ -30,7 +31,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Label, Static
 
 from station.errors import StationError
-from station.tui.api import StationInfo
+from station.tui.api import ActionResult, Prepared, QaServicesAPI, StationInfo
 from station.tui.qa.dialogs import (
     ConfirmScreen,
     ExportChoice,
@@ -43,7 +44,6 @@ from station.tui.qa.dialogs import (
     TransferChoice,
     TransferScreen,
 )
-from station.tui.services import ActionResult, Prepared, QaServices
 from station.tui.state import OUTCOME_LABEL
 
 RECORD_COLUMNS = ("When", "Serial", "Outcome", "Thing", "Certificate", "Target", "Slot", "Operator")
@@ -154,7 +154,7 @@ class QaDeskScreen(Screen[None]):
         Binding("f9", "export", "Export"),
     ]
 
-    def __init__(self, services: QaServices, info: StationInfo) -> None:
+    def __init__(self, services: QaServicesAPI, info: StationInfo) -> None:
         super().__init__(id="qa-desk")
         self.services = services
         self.info = info
