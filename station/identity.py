@@ -436,14 +436,14 @@ def _checked(cert: x509.Certificate, what: str) -> x509.Certificate:
 
 def _load_cert_pem_block(block: bytes) -> x509.Certificate | None:
     try:
-        return _guarded(x509.load_pem_x509_certificate, block)  # type: ignore[no-any-return]
+        return _guarded(x509.load_pem_x509_certificate, block)
     except Exception:  # cryptography raises ValueError and friends for damaged blocks
         return None
 
 
 def _load_cert_der(data: bytes) -> x509.Certificate | None:
     try:
-        return _guarded(x509.load_der_x509_certificate, data)  # type: ignore[no-any-return]
+        return _guarded(x509.load_der_x509_certificate, data)
     except Exception:
         return None
 
@@ -740,7 +740,7 @@ def _load_private_key(data: bytes, password: bytes | None, what: str) -> Private
                 f"{MAX_RSA_KEY_BITS} bits.",
                 "Use an RSA 2048, 3072 or 4096 key, or an EC P-256/P-384 key.",
             )
-        return key  # type: ignore[no-any-return]
+        return key
     raise InputError(
         f"Unreadable {what}",
         f"The {what} cannot be read: it is {reason}.",
