@@ -38,11 +38,12 @@ import random
 import struct
 import threading
 import zlib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from flashers.esp32 import DEFAULT_NVS_OFFSET, DEFAULT_NVS_SIZE, DEFAULT_PARTITION_TABLE_OFFSET
+from flashers.simulators._common import parse_faults
 from flashers.simulators.esp32 import APP_OFFSET, app_image, partition_table
 from flashers.simulators.pty import Link
 
@@ -87,24 +88,8 @@ class Faults:
 
     @classmethod
     def parse(cls, specs: list[str] | tuple[str, ...]) -> Faults:
-        faults = cls()
-        known = {f.name for f in fields(cls)}
-        for spec in specs:
-            name, eq, value = spec.partition("=")
-            name = name.strip().replace("-", "_")
-            if name not in known:
-                raise ValueError(f"unknown fault {name!r}; known: {', '.join(sorted(known))}")
-            if name == "disconnect_on_write":
-                if not eq or not value.strip().isdigit() or int(value) < 1:
-                    raise ValueError(
-                        "fault disconnect_on_write needs a block number ≥ 1: disconnect_on_write=N"
-                    )
-                faults.disconnect_on_write = int(value)
-            else:
-                setattr(
-                    faults, name, value.strip().lower() not in ("0", "false", "no", "off") if eq else True
-                )
-        return faults
+        """From `NAME[=VALUE]` strings, e.g. `silent`, `bad_store`, `disconnect_on_write=3`."""
+        return parse_faults(cls, specs, ranges={"disconnect_on_write": (1, None)})
 
 
 def slip_encode(frame: bytes) -> bytes:

@@ -61,7 +61,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -104,7 +104,7 @@ from flashers.expresslink import (
     escape,
     unescape,
 )
-from flashers.simulators._common import flood, line_noise, write_json_atomic
+from flashers.simulators._common import flood, line_noise, parse_faults, write_json_atomic
 from flashers.simulators.pty import Link
 
 log = logging.getLogger(__name__)
@@ -182,31 +182,9 @@ class Faults:
     @classmethod
     def parse(cls, specs: list[str] | tuple[str, ...]) -> Faults:
         """From `NAME[=VALUE]` strings, e.g. `silent`, `slow=0.5`, `lose=0.1`, `disconnect_on=CONNECT`."""
-        faults = cls()
-        known = {f.name for f in fields(cls)}
-        for spec in specs:
-            name, eq, value = spec.partition("=")
-            name = name.strip().replace("-", "_")
-            if name not in known:
-                raise ValueError(f"unknown fault {name!r}; known: {', '.join(sorted(known))}")
-            if name in ("silent", "garbage", "flood"):
-                setattr(
-                    faults, name, value.strip().lower() not in ("0", "false", "no", "off") if eq else True
-                )
-                continue
-            if not eq or not value.strip():
-                raise ValueError(f"fault {name} needs a value: {name}=X")
-            if name == "disconnect_on":
-                faults.disconnect_on = value.strip().upper()
-            elif name in ("connect_hint", "seed"):
-                setattr(faults, name, int(value))
-            else:
-                number = float(value)
-                if number < 0 or (name in ("lose", "corrupt") and number > 1):
-                    raise ValueError(f"fault {name}={value} is out of range")
-                setattr(faults, name, number)
-        if faults.connect_hint is not None and not 1 <= faults.connect_hint <= 99:
-            raise ValueError("fault connect_hint must be a hint number 1..99")
+        faults = parse_faults(cls, specs, probabilities=("lose", "corrupt"), ranges={"connect_hint": (1, 99)})
+        if faults.disconnect_on is not None:
+            faults.disconnect_on = faults.disconnect_on.upper()  # a command name, as the module reads it
         return faults
 
 

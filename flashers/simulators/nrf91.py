@@ -58,12 +58,12 @@ import re
 import secrets
 import threading
 import uuid
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from flashers.nrf91 import DEFAULT_SEC_TAG, MAX_COMMAND, MAX_SEC_TAG, hello_topic, luhn_ok
-from flashers.simulators._common import flood, line_noise, write_json_atomic
+from flashers.simulators._common import flood, line_noise, parse_faults, write_json_atomic
 from flashers.simulators.pty import Link
 
 log = logging.getLogger(__name__)
@@ -106,31 +106,7 @@ class Faults:
     @classmethod
     def parse(cls, specs: list[str] | tuple[str, ...]) -> Faults:
         """From `NAME[=VALUE]` strings, e.g. `corrupt=0.05`, `disconnect=2`, `silent`."""
-        faults = cls()
-        known = {f.name for f in fields(cls)}
-        for spec in specs:
-            name, eq, value = spec.partition("=")
-            name = name.strip().replace("-", "_")
-            if name not in known:
-                raise ValueError(f"unknown fault {name!r}; known: {', '.join(sorted(known))}")
-            current = getattr(faults, name)
-            if isinstance(current, bool):
-                setattr(
-                    faults, name, value.strip().lower() not in ("0", "false", "no", "off") if eq else True
-                )
-                continue
-            if not eq:
-                raise ValueError(f"fault {name!r} needs a value ({name}=...)")
-            try:
-                number = float(value) if name in ("corrupt", "lose", "slow", "urc") else int(value)
-            except ValueError:
-                raise ValueError(f"fault {name!r} needs a number, not {value!r}") from None
-            if name in ("corrupt", "lose", "urc") and not 0.0 <= number <= 1.0:
-                raise ValueError(f"fault {name!r} is a probability from 0 to 1")
-            if number < 0:
-                raise ValueError(f"fault {name!r} cannot be negative")
-            setattr(faults, name, number)
-        return faults
+        return parse_faults(cls, specs, probabilities=("corrupt", "lose", "urc"))
 
 
 def new_imei(rng: random.Random | None = None) -> str:

@@ -35,7 +35,7 @@ import re
 import secrets
 import threading
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -61,7 +61,7 @@ from flashers.prov1 import (
     encode_frame,
     sha256_hex,
 )
-from flashers.simulators._common import flood, line_noise, write_json_atomic
+from flashers.simulators._common import flood, line_noise, parse_faults, write_json_atomic
 from flashers.simulators.pty import LineModel, Link
 
 log = logging.getLogger(__name__)
@@ -90,30 +90,7 @@ class Faults:
     @classmethod
     def parse(cls, specs: list[str] | tuple[str, ...]) -> Faults:
         """From `NAME[=VALUE]` strings, e.g. `corrupt=0.05`, `lose=0.05`, `disconnect=10`, `silent`."""
-        faults = cls()
-        known = {f.name: f for f in fields(cls)}
-        for spec in specs:
-            name, eq, value = spec.partition("=")
-            name = name.strip().replace("-", "_")
-            if name not in known:
-                raise ValueError(f"unknown fault {name!r}; known: {', '.join(known)}")
-            current = getattr(faults, name)
-            if isinstance(current, bool):
-                setattr(
-                    faults, name, (value.strip().lower() not in ("0", "false", "no", "off")) if eq else True
-                )
-            elif name in ("disconnect", "seed"):
-                if not eq:
-                    raise ValueError(f"fault {name} needs a number: {name}=N")
-                setattr(faults, name, int(value))
-            else:
-                if not eq:
-                    raise ValueError(f"fault {name} needs a value: {name}=X")
-                number = float(value)
-                if number < 0 or (name in ("corrupt", "lose") and number > 1):
-                    raise ValueError(f"fault {name}={value} is out of range")
-                setattr(faults, name, number)
-        return faults
+        return parse_faults(cls, specs, probabilities=("corrupt", "lose"))
 
 
 class Flash:
