@@ -79,12 +79,10 @@ from flashers.base import (
     DeviceInfo,
     DeviceNotAnswering,
     DeviceRejected,
-    Flasher,
     NotSupported,
-    WireStats,
     WriteProof,
 )
-from flashers.serialio import OVERFLOW, LineIO, open_port, wire_time
+from flashers.serialio import OVERFLOW, LineFlasher, wire_time
 from station.errors import StationError, StationFault, UnitFault
 from station.model import Identity
 
@@ -460,7 +458,7 @@ class _Timeout(Exception):
         self.junk = junk
 
 
-class ExpressLinkFlasher(Flasher):
+class ExpressLinkFlasher(LineFlasher[Timing]):
     """Host side of an AWS IoT ExpressLink module on one port (hardware path or any pyserial URL)."""
 
     family = FAMILY
@@ -478,25 +476,20 @@ class ExpressLinkFlasher(Flasher):
         hota_certificate: str | None = None,
         connect_timeout_s: float | str | None = None,
     ) -> None:
-        self.port = port
-        self.baudrate = baudrate
-        self.timing = timing or Timing()
+        timing = timing or Timing()
         if connect_timeout_s is not None:
-            self.timing = replace(self.timing, connect_s=_connect_timeout(connect_timeout_s))
+            timing = replace(timing, connect_s=_connect_timeout(connect_timeout_s))
         self.hota_pem = _load_hota_certificate(hota_certificate) if hota_certificate else None
-        self._io = LineIO(
-            open_port(
-                port, baudrate=baudrate, write_timeout_s=self.timing.write_timeout_s, exclusive=exclusive
-            ),
+        super().__init__(
+            port,
+            baudrate=baudrate,
+            timing=timing,
+            exclusive=exclusive,
             # Room for a full command's worth of reply (an escaped certificate on one line); a flood still
             # costs at most this much memory per line.
             max_line=MAX_COMMAND + 1024,
-            name=port,
         )
-        self.stats = WireStats()
-        self._info: DeviceInfo | None = None
         self.about: str | None = None
-        self._contact = False
         self._stale = False  # a reply may still be on its way (a command timed out): resync before the next
         self._original_endpoint: str | None = None  # the endpoint before this session changed it
 

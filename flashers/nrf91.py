@@ -76,14 +76,12 @@ from flashers.base import (
     DeviceInfo,
     DeviceNotAnswering,
     DeviceRejected,
-    Flasher,
     ObjectProof,
     ProofMismatch,
-    WireStats,
     WriteProof,
     check_certificate_fits_csr,
 )
-from flashers.serialio import OVERFLOW, LineIO, open_port, wire_time
+from flashers.serialio import OVERFLOW, LineFlasher, wire_time
 from station.errors import StationError, StationFault, UnitFault
 from station.model import Identity
 
@@ -246,7 +244,7 @@ class _CmeError(Exception):
         self.code = code
 
 
-class Nrf91Flasher(Flasher):
+class Nrf91Flasher(LineFlasher[Timing]):
     """Host side of the nRF91 AT interface on one port (hardware path or any pyserial URL).
 
     Product options (`[products.NAME.options]`): `sec_tag` (default 16842753), `read_attestation` (false: when
@@ -285,19 +283,9 @@ class Nrf91Flasher(Flasher):
                 "Call a technician to fix sec_tag in the product's options.",
             )
         self.sec_tag = tag
-        self.port = port
-        self.baudrate = baudrate
-        self.timing = timing or Timing()
-        self._io = LineIO(
-            open_port(
-                port, baudrate=baudrate, write_timeout_s=self.timing.write_timeout_s, exclusive=exclusive
-            ),
-            max_line=MAX_LINE,
-            name=port,
+        super().__init__(
+            port, baudrate=baudrate, timing=timing or Timing(), exclusive=exclusive, max_line=MAX_LINE
         )
-        self.stats = WireStats()
-        self._info: DeviceInfo | None = None
-        self._contact = False
         self._backoff = 1
         self._srtt: float | None = (
             None  # smoothed time the modem takes beyond the wire (Karn: first tries only)

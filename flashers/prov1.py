@@ -53,15 +53,13 @@ from flashers.base import (
     DeviceInfo,
     DeviceNotAnswering,
     DeviceRejected,
-    Flasher,
     LineTooNoisy,
     ObjectProof,
     ProofMismatch,
-    WireStats,
     WriteProof,
     check_certificate_fits_csr,
 )
-from flashers.serialio import OVERFLOW, LineIO, open_port, wire_time
+from flashers.serialio import OVERFLOW, LineFlasher, wire_time
 from station.errors import StationError, StationFault, UnitFault
 from station.model import Identity
 
@@ -210,7 +208,7 @@ _NEXT_RESEAT = (
 )
 
 
-class Prov1Flasher(Flasher):
+class Prov1Flasher(LineFlasher[Timing]):
     """Host side of PROV/1 on one port (hardware path or any pyserial URL)."""
 
     family = "prov1"
@@ -230,25 +228,15 @@ class Prov1Flasher(Flasher):
         timing: Timing | None = None,
         exclusive: bool = True,
     ) -> None:
-        self.port = port
-        self.baudrate = baudrate
-        self.timing = timing or Timing()
-        self._io = LineIO(
-            open_port(
-                port, baudrate=baudrate, write_timeout_s=self.timing.write_timeout_s, exclusive=exclusive
-            ),
-            max_line=MAX_LINE,
-            name=port,
+        super().__init__(
+            port, baudrate=baudrate, timing=timing or Timing(), exclusive=exclusive, max_line=MAX_LINE
         )
         self._seq = random.randrange(256)  # a fresh start per session: a stale cached answer cannot match
-        self._info: DeviceInfo | None = None
         self._maxline = MAX_LINE
         self._chunk = CHUNK
-        self._contact = False  # the device has answered at least once in this session
         self._srtt: float | None = None  # smoothed device service time (round trip minus wire time)
         self._backoff = 1
         self._budget = 0  # retransmissions left for the current operation
-        self.stats = WireStats()
         self._device_key_pending = False  # KEYGEN made a key on the device in this session
         self._csr_pem: str | None = None
         self._written_cert_sha: str | None = None  # the certificate this session sent a COMMIT for

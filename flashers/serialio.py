@@ -8,6 +8,8 @@
   or never stops talking costs at most the deadline and `max_line` bytes of memory, never a hang.
 - `wire_time(n, baud)` is the time n bytes take on a UART (10 bits a byte: start, 8 data, stop); flashers
   derive their timeouts from it.
+- `LineFlasher` is the one constructor path of the line-protocol flashers (PROV/1, ExpressLink, nRF91 AT):
+  port, baud rate, the family's timing, the opened `LineIO`, wire counters and the per-session unit state.
 
 A port that hangs up mid-exchange (the unit dropped off the line) becomes `DeviceDisconnected`. This module
 must not know any protocol, log line contents (they may carry key material) or import boto3/awscrt.
@@ -18,11 +20,18 @@ from __future__ import annotations
 import contextlib
 import errno
 import time
-from typing import Final, Protocol
+from typing import Final, Generic, Protocol, TypeVar
 
 import serial
 
-from flashers.base import DeviceDisconnected, DeviceNotAnswering, PortUnavailable
+from flashers.base import (
+    DeviceDisconnected,
+    DeviceInfo,
+    DeviceNotAnswering,
+    Flasher,
+    PortUnavailable,
+    WireStats,
+)
 
 try:
     from termios import error as _TermiosError  # tcflush/tcsetattr on a hung-up tty raise this, not OSError
@@ -205,3 +214,35 @@ class LineIO:
         self.closed = True
         with contextlib.suppress(*_PORT_ERRORS):  # the unit already hung up: nothing left to release
             self._port.close()
+
+
+class _Timing(Protocol):
+    """What `LineFlasher` reads of a family's timing (each family has its own `Timing` dataclass)."""
+
+    @property
+    def write_timeout_s(self) -> float: ...
+
+
+T = TypeVar("T", bound=_Timing)
+
+
+class LineFlasher(Flasher, Generic[T]):
+    """A flasher that talks lines over one serial port. Its constructor opens the port (a `PortUnavailable`
+    when it cannot be had) and sets what every line flasher keeps: `port`, `baudrate`, `timing`, `stats`, the
+    `LineIO`, the unit's `DeviceInfo` once identified and whether the unit has answered in this session.
+
+    A family checks its own options before calling it, so a bad option never leaves a port open.
+    """
+
+    def __init__(self, port: str, *, baudrate: int, timing: T, exclusive: bool, max_line: int) -> None:
+        self.port = port
+        self.baudrate = baudrate
+        self.timing = timing
+        self._io = LineIO(
+            open_port(port, baudrate=baudrate, write_timeout_s=timing.write_timeout_s, exclusive=exclusive),
+            max_line=max_line,
+            name=port,
+        )
+        self.stats = WireStats()
+        self._info: DeviceInfo | None = None
+        self._contact = False  # the unit has answered at least once in this session
