@@ -28,9 +28,12 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from station.errors import StationFault
+
+if TYPE_CHECKING:
+    from station.lab.demo import DemoLine  # the lab loads only when a demo starts
 
 EXAMPLES = """examples:
   station demo
@@ -160,9 +163,24 @@ def run(args: argparse.Namespace) -> int:
     return run_headless(args)
 
 
-def run_headless(args: argparse.Namespace) -> int:
-    from station.lab.demo import DemoLine
+def demo_line(args: argparse.Namespace, **mode: Any) -> DemoLine:
+    """The `DemoLine` the command's options describe; `mode` adds what headless or interactive decides."""
+    from station.lab.demo import DemoLine  # the lab loads here, when a demo starts
 
+    return DemoLine(
+        args.state_dir,
+        slots=args.slots,
+        families=args.families,
+        paced=args.paced,
+        baud=args.baud,
+        lab_throttling=not args.no_throttling,
+        fault=args.fault,
+        printer=args.printer,
+        **mode,
+    )
+
+
+def run_headless(args: argparse.Namespace) -> int:
     families_of: dict[str, str] = {}  # slot → family, once the demo has assigned them
 
     def progress(event: Any) -> None:
@@ -174,18 +192,8 @@ def run_headless(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
-    demo = DemoLine(
-        args.state_dir,
-        slots=args.slots,
-        families=args.families,
-        paced=args.paced,
-        baud=args.baud,
-        lab_throttling=not args.no_throttling,
-        fault_every=args.fault_every,
-        fault=args.fault,
-        on_event=None if args.json else progress,
-        printer=args.printer,
-        **joining(args),
+    demo = demo_line(
+        args, fault_every=args.fault_every, on_event=None if args.json else progress, **joining(args)
     )
     families_of.update(demo.slot_families)
     with demo:
@@ -307,27 +315,13 @@ def run_interactive(args: argparse.Namespace) -> int:
             "Run `station demo --headless` instead.",
         ) from None
     from station.desk import QaServices
-    from station.lab.demo import DemoLine
 
     relay = EventRelay()
     # An operator types any serial the slot's product accepts: without the device-id cross-check the unit in
     # the jig takes it, so a newcomer need not know the simulated unit's id. A fresh unit goes into a jig after
     # each unit; every third is a faulty demo unit (FAIL and its rollback).
     every = args.fault_every or 3
-    demo = DemoLine(
-        args.state_dir,
-        slots=args.slots,
-        families=args.families,
-        paced=args.paced,
-        baud=args.baud,
-        lab_throttling=not args.no_throttling,
-        fault_every=every,
-        fault=args.fault,
-        on_event=relay,
-        auto_replace=True,
-        check_device_id=False,
-        printer=args.printer,
-    )
+    demo = demo_line(args, fault_every=every, on_event=relay, auto_replace=True, check_device_id=False)
     with demo:
         assert demo.config is not None
         qa = QaServices(
