@@ -84,6 +84,21 @@ def _kind(annotation: Any) -> type:
     return typing.cast(type, annotation)
 
 
+def line_fault(link: Link, faults: Any, *, flood: Callable[[Link], None], noise: Callable[[], bytes]) -> bool:
+    """The faults a line-protocol unit acts out instead of its protocol when a command arrives: `silent`
+    (answers nothing), `flood` (starts talking and never stops), `garbage` (answers `noise()`). True when one
+    of them answered, so the command is not run."""
+    if faults.silent:
+        return True
+    if faults.flood:
+        flood(link)
+        return True
+    if faults.garbage:
+        link.send(noise())
+        return True
+    return False
+
+
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """Replace `path` with `data` as JSON (owner-only): temp file, fsync, rename — so a power cut in the
     middle leaves the old flash or the new one, whole, never a torn file."""

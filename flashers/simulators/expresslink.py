@@ -104,7 +104,7 @@ from flashers.expresslink import (
     escape,
     unescape,
 )
-from flashers.simulators._common import flood, line_noise, parse_faults, write_json_atomic
+from flashers.simulators._common import flood, line_fault, line_noise, parse_faults, write_json_atomic
 from flashers.simulators.pty import Link
 
 log = logging.getLogger(__name__)
@@ -465,13 +465,9 @@ class ExpressLinkDevice:
             link.disconnect()  # power lost / cable pulled: RAM state goes, the flash stays
             self._drop_connection(wait_s=0.0)
             return
-        if faults.silent:
-            return
-        if faults.flood:
-            self._flood(link)
-            return
-        if faults.garbage:
-            link.send(self._noise(self._rng.randint(8, 120)) + b"\r\n")
+        if line_fault(
+            link, faults, flood=self._flood, noise=lambda: self._noise(self._rng.randint(8, 120)) + b"\r\n"
+        ):
             return
         if faults.slow and not link.sleep(faults.slow):
             return

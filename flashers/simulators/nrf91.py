@@ -63,7 +63,7 @@ from pathlib import Path
 from typing import Any
 
 from flashers.nrf91 import DEFAULT_SEC_TAG, MAX_COMMAND, MAX_SEC_TAG, hello_topic, luhn_ok
-from flashers.simulators._common import flood, line_noise, parse_faults, write_json_atomic
+from flashers.simulators._common import flood, line_fault, line_noise, parse_faults, write_json_atomic
 from flashers.simulators.pty import Link
 
 log = logging.getLogger(__name__)
@@ -290,13 +290,12 @@ class Nrf91Modem:
 
     def _dispatch(self, command: bytes, link: Link) -> None:
         faults = self.faults
-        if faults.silent:
-            return
-        if faults.flood:
-            self._flood(link)
-            return
-        if faults.garbage:
-            link.send(self._noise(self._rng.randint(8, 80)) + b"\r\n" + self._noise(40) + b"\r\n")
+        if line_fault(
+            link,
+            faults,
+            flood=self._flood,
+            noise=lambda: self._noise(self._rng.randint(8, 80)) + b"\r\n" + self._noise(40) + b"\r\n",
+        ):
             return
         if faults.corrupt and self._rng.random() < faults.corrupt:
             command = self._damage(command)

@@ -61,7 +61,7 @@ from flashers.prov1 import (
     encode_frame,
     sha256_hex,
 )
-from flashers.simulators._common import flood, line_noise, parse_faults, write_json_atomic
+from flashers.simulators._common import flood, line_fault, line_noise, parse_faults, write_json_atomic
 from flashers.simulators.pty import LineModel, Link
 
 log = logging.getLogger(__name__)
@@ -212,13 +212,9 @@ class Prov1Device(LineModel):
 
     def handle_line(self, line: bytes, link: Link) -> None:
         faults = self.faults
-        if faults.silent:
-            return
-        if faults.flood:
-            self._flood(link)
-            return
-        if faults.garbage:
-            self._send(link, self._noise(self._rng.randint(8, 120)) + b"\n")
+        if line_fault(
+            link, faults, flood=self._flood, noise=lambda: self._noise(self._rng.randint(8, 120)) + b"\n"
+        ):
             return
         if faults.corrupt and self._rng.random() < faults.corrupt:
             line = self._damage(line)
