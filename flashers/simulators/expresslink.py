@@ -523,6 +523,21 @@ class ExpressLinkDevice:
         if suffix:
             raise _Err(ERR_PARAMETER)
 
+    def _topic(self, suffix: str) -> tuple[int, str]:
+        """The topic index a command names and the topic configured there (`ERR_PARAMETER_UNDEFINED` if none)."""
+        index = self._topic_index(suffix)
+        topic = self._config.get(f"Topic{index}")
+        if not topic:
+            raise _Err(ERR_PARAMETER_UNDEFINED)
+        return index, topic
+
+    def _connection(self) -> Any:
+        """The module's live MQTT connection (`ERR_NO_CONNECTION` when it is not connected)."""
+        conn = self._conn
+        if conn is None:
+            raise _Err(ERR_NO_CONNECTION)
+        return conn
+
     @staticmethod
     def _topic_index(suffix: str, *, required: bool = True) -> int:
         if not suffix:
@@ -672,13 +687,8 @@ class ExpressLinkDevice:
         return ["OK 0 IDLE"]
 
     def _cmd_subscribe(self, suffix: str, param: str | None, link: Link) -> list[str]:
-        index = self._topic_index(suffix)
-        topic = self._config.get(f"Topic{index}")
-        if not topic:
-            raise _Err(ERR_PARAMETER_UNDEFINED)
-        conn = self._conn
-        if conn is None:
-            raise _Err(ERR_NO_CONNECTION)
+        index, topic = self._topic(suffix)
+        conn = self._connection()
         from awscrt import mqtt
 
         try:
@@ -699,26 +709,16 @@ class ExpressLinkDevice:
         return ["OK"]
 
     def _cmd_unsubscribe(self, suffix: str, param: str | None, link: Link) -> list[str]:
-        index = self._topic_index(suffix)
-        topic = self._config.get(f"Topic{index}")
-        if not topic:
-            raise _Err(ERR_PARAMETER_UNDEFINED)
-        conn = self._conn
-        if conn is None:
-            raise _Err(ERR_NO_CONNECTION)
+        _, topic = self._topic(suffix)
+        conn = self._connection()
         with contextlib.suppress(Exception):
             conn.unsubscribe(topic)
         return ["OK"]
 
     def _cmd_send(self, suffix: str, param: str | None, link: Link) -> list[str]:
-        index = self._topic_index(suffix)
-        topic = self._config.get(f"Topic{index}")
-        if not topic:
-            raise _Err(ERR_PARAMETER_UNDEFINED)
+        _, topic = self._topic(suffix)
         message = self._unescaped(param or "")
-        conn = self._conn
-        if conn is None:
-            raise _Err(ERR_NO_CONNECTION)
+        conn = self._connection()
         from awscrt import mqtt
 
         qos = mqtt.QoS.AT_LEAST_ONCE if self._config.get("QoS") == "1" else mqtt.QoS.AT_MOST_ONCE
