@@ -15,6 +15,8 @@ CORE = [
     "station.ledger",
     "station.config",
     "station.units",
+    "station.qa",
+    "station.desk",  # the QA desk's services live in the core: no Textual there either
 ]
 
 
