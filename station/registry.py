@@ -54,7 +54,7 @@ from station.config import is_over_broad, render_policy
 from station.errors import CertificateRejected, StationError, StationFault, UnitFault
 from station.identity import certificate_id as local_certificate_id
 from station.identity import check_aws_acceptance
-from station.model import Identity, Target
+from station.model import Identity, Registration, Target
 from station.ratelimit import DEFAULT_QUOTAS, Budget, RateBudget, shared_budget_for
 
 __all__ = [
@@ -84,30 +84,6 @@ _RECONCILE = (
 # ---------------------------------------------------------------------------------------------------------
 # Plain results
 # ---------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Registration:
-    """A certificate in one registry, and exactly what this attempt did there (what a rollback may undo).
-
-    Mutable on purpose: `create_thing` / `attach` (or the pipeline, through `thing_name`/`thing_created`)
-    fill in the rest as the attempt goes.
-    """
-
-    certificate_id: str
-    certificate_arn: str
-    created: bool  # this attempt registered the certificate (False: it was there already)
-    target: str = ""
-    account_id: str = ""
-    region: str = ""
-    activated: bool = False  # it was there INACTIVE and this attempt activated it
-    thing_name: str | None = None
-    thing_created: bool = False  # this attempt made the thing
-    policy_attached: bool = False  # this attempt attached the target's policy
-    thing_attached: bool = False  # this attempt attached the certificate to the thing
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -349,7 +325,7 @@ class Registry:
             except StationError as error:
                 # No answer (lost, timed out, AWS failing): the thing may exist now. It did not a moment ago
                 # and its name is the unit's, so if it is there this call made it: say so to the caller.
-                error.thing_maybe_created = name  # type: ignore[attr-defined]
+                error.thing_maybe_created = name
                 raise
             except ClientError as error:
                 if error_code(error) == EXISTS:
