@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Unpack
 
+from flashers.base import Capabilities, DeviceInfo
 from station.journal import JournalEntry, JournalFields, Stage, journal_fields
 from station.ledger import AttemptRecord
 from station.model import Event, Identity, Registration, Secret, Target
@@ -43,19 +44,10 @@ def fake_sign_csr(csr: str, issuer: Any, *, common_name: str, days: int) -> str:
 
 
 @dataclass(frozen=True)
-class Caps:
+class Caps(Capabilities):
+    """The real capabilities type; a fake unit takes a station-made key unless a test says otherwise."""
+
     writes_key: bool = True
-    device_keygen: bool = False
-    device_verify: bool = False
-    reads_certificate: bool = False
-    observable: bool = False
-
-
-@dataclass(frozen=True)
-class Info:
-    device_id: str | None
-    firmware: str | None = "fake-1.0"
-    evidence: dict[str, str] = field(default_factory=dict)
 
 
 class Log:
@@ -110,10 +102,10 @@ class FakeFlasher:
             self.log.add(f"flasher.{name}.failed")
             raise fault
 
-    def identify(self) -> Info:
+    def identify(self) -> DeviceInfo:
         self.log.add("flasher.identify")
         self._maybe_fail("identify")
-        return Info(self.device_id)
+        return DeviceInfo(self.device_id, "fake-1.0", family=self.family)
 
     def write_identity(self, identity: Identity, *, ca_pem: str | None = None) -> str:
         self.log.add("flasher.write.start")

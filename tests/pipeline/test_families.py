@@ -50,6 +50,7 @@ from pipeline_fakes import (
     fake_sign_csr,
 )
 
+from flashers.base import Capabilities
 from station.errors import StationFault, UnitFault
 from station.model import Event, Outcome, Target
 from station.pipeline import Pipeline, UnitRequest
@@ -60,11 +61,9 @@ from station.pipeline import Pipeline, UnitRequest
 
 
 @dataclass(frozen=True)
-class ObsCaps:
+class ObsCaps(Capabilities):
     writes_key: bool = True
     device_keygen: bool = True
-    device_verify: bool = False
-    reads_certificate: bool = False
     observable: bool = True
 
 
