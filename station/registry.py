@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
 from botocore.exceptions import ClientError
@@ -70,6 +70,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Where a certificate came from decides who is at fault when AWS refuses it.
 ORIGINS = ("unit", "station", "file")
@@ -497,30 +498,18 @@ class Registry:
     def remove_observer(self, observer: ObserverRegistration) -> None:
         """Delete the observer's certificate (AWS's order), its thing and its policy. Each part that is already
         gone counts as removed; a StationFault lists what is left."""
-        left: list[str] = []
-        first_error: StationError | None = None
-        try:
-            self._delete_certificate(observer.certificate_id, None)
-        except StationError as error:
-            first_error = error
-            left.append(f"certificate {observer.certificate_id[:12]}…")
-        for what, remove in (
-            (f"thing {observer.name!r}", lambda: self._delete_thing(observer.name)),
-            (f"policy {observer.name!r}", lambda: self._delete_policy(observer.name)),
-        ):
-            try:
-                remove()
-            except StationError as error:
-                first_error = first_error or error
-                left.append(what)
-        if left:
-            raise StationFault(
-                "Observer not removed",
-                f"Could not remove the station's observer in {self.where}: {', '.join(left)} remain"
-                + (f" ({first_error.message})" if first_error else "")
-                + ".",
-                f"Delete what is left (named {observer.name}) in the AWS IoT console, or call a technician.",
-            )
+        left = _Leftovers()
+        left.remove(
+            f"certificate {observer.certificate_id[:12]}…",
+            lambda: self._delete_certificate(observer.certificate_id, None),
+        )
+        left.remove(f"thing {observer.name!r}", lambda: self._delete_thing(observer.name))
+        left.remove(f"policy {observer.name!r}", lambda: self._delete_policy(observer.name))
+        left.raise_if_any(
+            "Observer not removed",
+            f"Could not remove the station's observer in {self.where}",
+            f"Delete what is left (named {observer.name}) in the AWS IoT console, or call a technician.",
+        )
 
     def _delete_policy(self, name: str) -> None:
         # A policy cannot be deleted while attached; detaching is asynchronous in AWS (409 until settled).
@@ -563,85 +552,47 @@ class Registry:
     # ------------------------------------------------------------------------------------------ undo
     def rollback(self, registration: Registration) -> None:
         """Undo exactly what this attempt did, in AWS's order. Raises StationFault listing what is left."""
-        left: list[str] = []
-        first_error: StationError | None = None
+        left = _Leftovers()
         cert_id = registration.certificate_id
         arn = registration.certificate_arn
         if registration.created:
-            try:
-                self._delete_certificate(cert_id, arn)
-            except StationError as error:
-                first_error = first_error or error
-                left.append(f"certificate {cert_id[:12]}…")
+            left.remove(f"certificate {cert_id[:12]}…", lambda: self._delete_certificate(cert_id, arn))
         else:
-            steps: list[tuple[bool, str, Callable[[], None]]] = [
-                (
-                    registration.policy_attached,
+            if registration.policy_attached:
+                left.remove(
                     f"policy {self.target.policy_name!r} on certificate {cert_id[:12]}…",
                     lambda: self._detach_policy(self.target.policy_name, arn),
-                ),
-                (
-                    registration.thing_attached and bool(registration.thing_name),
-                    f"thing {registration.thing_name!r} attached to certificate {cert_id[:12]}…",
-                    lambda: self._detach_thing(str(registration.thing_name), arn),
-                ),
-                (
-                    registration.activated,
-                    f"certificate {cert_id[:12]}… activated",
-                    lambda: self._deactivate(cert_id),
-                ),
-            ]
-            for needed, what, step in steps:
-                if not needed:
-                    continue
-                try:
-                    step()
-                except StationError as error:
-                    first_error = first_error or error
-                    left.append(what)
+                )
+            if registration.thing_attached and registration.thing_name:
+                thing = registration.thing_name
+                left.remove(
+                    f"thing {thing!r} attached to certificate {cert_id[:12]}…",
+                    lambda: self._detach_thing(thing, arn),
+                )
+            if registration.activated:
+                left.remove(f"certificate {cert_id[:12]}… activated", lambda: self._deactivate(cert_id))
         if registration.thing_created and registration.thing_name:
-            try:
-                self._delete_thing(registration.thing_name)
-            except StationError as error:
-                first_error = first_error or error
-                left.append(f"thing {registration.thing_name!r}")
-        if left:
-            raise StationFault(
-                "Rollback incomplete",
-                f"Could not undo everything in {self.where}: {', '.join(left)} remain"
-                + (f" ({first_error.message})" if first_error else "")
-                + ".",
-                _RECONCILE,
-            )
+            made = registration.thing_name
+            left.remove(f"thing {made!r}", lambda: self._delete_thing(made))
+        left.raise_if_any("Rollback incomplete", f"Could not undo everything in {self.where}", _RECONCILE)
 
     def revoke(self, certificate_id: str, *, delete_thing: str | None = None) -> bool:
         """Remove the certificate from this registry (AWS's order); delete `delete_thing` if named.
 
         Returns True if the certificate was there. Deleting the thing is for things the station made.
         """
-        left: list[str] = []
-        first_error: StationError | None = None
-        existed = False
-        try:
-            existed = self._delete_certificate(certificate_id, None)
-        except StationError as error:
-            first_error = error
-            left.append(f"certificate {certificate_id[:12]}…")
+        left = _Leftovers()
+        existed = left.remove(
+            f"certificate {certificate_id[:12]}…", lambda: self._delete_certificate(certificate_id, None)
+        )
         if delete_thing:
-            try:
-                self._delete_thing(delete_thing)
-            except StationError as error:
-                first_error = first_error or error
-                left.append(f"thing {delete_thing!r}")
-        if left:
-            raise StationFault(
-                "Revoke incomplete",
-                f"Could not revoke everything in {self.where}: {', '.join(left)} remain"
-                + (f" ({first_error.message})" if first_error else "")
-                + ".",
-                "Retry `station revoke`; if it keeps failing, run `station reconcile` or call a technician.",
-            )
-        return existed
+            left.remove(f"thing {delete_thing!r}", lambda: self._delete_thing(delete_thing))
+        left.raise_if_any(
+            "Revoke incomplete",
+            f"Could not revoke everything in {self.where}",
+            "Retry `station revoke`; if it keeps failing, run `station reconcile` or call a technician.",
+        )
+        return bool(existed)
 
     def _delete_certificate(self, certificate_id: str, arn: str | None) -> bool:
         """Detach policies, detach things, INACTIVE, delete. False if the certificate was not there."""
@@ -856,6 +807,29 @@ class Registry:
 # ---------------------------------------------------------------------------------------------------------
 # Small helpers
 # ---------------------------------------------------------------------------------------------------------
+
+
+class _Leftovers:
+    """What an undo (rollback, revoke, observer removal) could not remove: every step is tried, the first
+    error is kept, and one StationFault at the end lists everything that is left."""
+
+    def __init__(self) -> None:
+        self.left: list[str] = []
+        self.first_error: StationError | None = None
+
+    def remove(self, what: str, step: Callable[[], T]) -> T | None:
+        """Run one step; on a StationError note `what` as left (None is returned) and carry on."""
+        try:
+            return step()
+        except StationError as error:
+            self.first_error = self.first_error or error
+            self.left.append(what)
+            return None
+
+    def raise_if_any(self, title: str, failed: str, next_action: str) -> None:
+        if self.left:
+            detail = f" ({self.first_error.message})" if self.first_error else ""
+            raise StationFault(title, f"{failed}: {', '.join(self.left)} remain{detail}.", next_action)
 
 
 def _rejected(error: StationError, origin: str) -> StationError:
