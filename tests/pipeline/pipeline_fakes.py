@@ -22,6 +22,7 @@ from station.model import Event, Identity, Registration, Secret, Target
 from station.pipeline import Pipeline, UnitRequest, UnitResult, record_fields
 
 FAKE_KEY_MARK = "FAKEKEYMATERIAL"
+ARN_PREFIX = "arn:aws:iot:eu-west-1:111122223333:cert/"
 
 
 def fake_pem(tag: str) -> str:
@@ -189,7 +190,7 @@ class FakeRegistry:
             created = cid not in self.certificates
             self.certificates.setdefault(cid, {"status": "ACTIVE", "things": set(), "policy": False})
         # The real type, so the pipeline is tested against what `station.registry.Registry` returns.
-        return Registration(cid, f"arn:aws:iot:eu-west-1:111122223333:cert/{cid}", created)
+        return Registration(cid, f"{ARN_PREFIX}{cid}", created)
 
     def create_thing(self, name: str) -> bool:
         self._enter("create_thing")
@@ -225,7 +226,15 @@ class FakeRegistry:
         self._enter("describe")
         with self._lock:
             cert = self.certificates.get(certificate_id)
-            return None if cert is None else {"certificateId": certificate_id, "status": cert["status"]}
+            if cert is None:
+                return None
+            return {
+                "certificateId": certificate_id,
+                "certificateArn": f"{ARN_PREFIX}{certificate_id}",
+                "status": cert["status"],
+                "account_id": "111122223333",
+                "region": "eu-west-1",
+            }
 
     def data_endpoint(self) -> tuple[str, int]:
         return self.endpoint
