@@ -65,8 +65,6 @@ STEPS = ("identify", "identity", "write", "register", "verify", "record")
 
 KEY_SOURCES = ("station", "device", "auto")
 
-CLEANUP_PENDING = Stage.CLEANUP_PENDING  # journal stage: the attempt is over, AWS still holds what it made
-
 
 # ---------------------------------------------------------------------------------------------------------
 # The seams, as the pipeline sees them (structural: the real classes need not inherit from these).

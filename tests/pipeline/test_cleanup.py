@@ -15,9 +15,10 @@ from test_line import FakeContext
 
 from station.cleanup import Cleaner
 from station.errors import InputError, StationFault, UnitFault
+from station.journal import Stage
 from station.line import Line
 from station.model import Event, Outcome
-from station.pipeline import CLEANUP_PENDING, reconcile
+from station.pipeline import reconcile
 
 STATION = "st-1"
 
@@ -64,7 +65,7 @@ def test_a_round_finishes_a_pending_entry_once_the_registry_answers() -> None:
 
     assert cleaner.run_once() is False  # AWS still refuses
     assert cleaner.pending == 1 and len(rig.registry.certificates) == 1
-    assert rig.ledger.open_journals()[0].stage == CLEANUP_PENDING
+    assert rig.ledger.open_journals()[0].stage == Stage.CLEANUP_PENDING
 
     rig.registry.faults.clear()  # AWS answers again
     assert cleaner.run_once() is True
@@ -83,8 +84,10 @@ def test_only_this_stations_entries_that_are_over_are_touched() -> None:
     before = cleaner.started_at - 60
     after = cleaner.started_at + 1
     common = {"target": TARGET.name, "thing_name": "t"}
-    ledger.journal_open(serial="other", station_id="st-2", stage=CLEANUP_PENDING, attempt_id="a1", **common)
-    ledger.journal_open(serial="nostation", stage=CLEANUP_PENDING, attempt_id="a2", **common)
+    ledger.journal_open(
+        serial="other", station_id="st-2", stage=Stage.CLEANUP_PENDING, attempt_id="a1", **common
+    )
+    ledger.journal_open(serial="nostation", stage=Stage.CLEANUP_PENDING, attempt_id="a2", **common)
     ledger.journal_open(serial="live", station_id=STATION, stage="registered", attempt_id="live", **common)
     young = ledger.journal_open(
         serial="young", station_id=STATION, stage="attached", attempt_id="a4", **common
@@ -98,7 +101,7 @@ def test_only_this_stations_entries_that_are_over_are_touched() -> None:
     busy = ledger.journal_open(serial="busy", station_id=STATION, stage="attached", attempt_id="a7", **common)
     ledger.backdate(busy, before, updated_at=cleaner.started_at)
     ledger.journal_open(
-        serial="pending", station_id=STATION, stage=CLEANUP_PENDING, attempt_id="a6", **common
+        serial="pending", station_id=STATION, stage=Stage.CLEANUP_PENDING, attempt_id="a6", **common
     )
 
     assert cleaner.run_once() is True

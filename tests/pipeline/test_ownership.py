@@ -21,8 +21,8 @@ from pipeline_fakes import (
 
 from station.errors import StationFault, UnitFault
 from station.identity import Identity
+from station.journal import Stage
 from station.model import Outcome
-from station.pipeline import CLEANUP_PENDING
 
 
 class LostAnswerRegistry(FakeRegistry):
@@ -113,7 +113,7 @@ def test_an_undo_that_fails_is_an_error_that_says_cleanup_is_pending() -> None:
     assert "rework bin" not in result.next_action and "cleanup pending" in result.next_action
     assert len(registry.certificates) == 1  # the fake's rollback really failed
     (entry,) = rig.ledger.open_journals()
-    assert entry.stage == CLEANUP_PENDING
+    assert entry.stage == Stage.CLEANUP_PENDING
     (record,) = rig.ledger.records
     assert record.outcome == "ERROR" and record.title == "Cleanup pending"
     finished = [e for e in rig.events if e.kind == "unit_finished"]
@@ -129,7 +129,7 @@ def test_a_failed_register_whose_hidden_registration_cannot_be_undone_is_pending
     rig = make_rig(log=log, registry=FakeRegistry(log, faults=faults))
     result = rig.pipeline.run(rig.request(), rig.flasher)
     assert result.outcome == Outcome.ERROR and result.title == "Cleanup pending"
-    assert rig.ledger.open_journals()[0].stage == CLEANUP_PENDING
+    assert rig.ledger.open_journals()[0].stage == Stage.CLEANUP_PENDING
 
 
 class LostThingRegistry(FakeRegistry):
