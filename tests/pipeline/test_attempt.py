@@ -10,6 +10,7 @@ import pytest
 
 from station.attempt import Attempt, classify, outcome_of
 from station.errors import InputError, StationError, StationFault, UnitFault
+from station.journal import journal_fields
 from station.model import Event, Outcome
 from station.units import Action
 
@@ -30,11 +31,13 @@ class Book:
         return len(self.loose)
 
     def journal_open(self, **fields: Any) -> int:
-        self.journal[len(self.journal) + 1] = dict(fields)
+        columns, notes = journal_fields(fields)  # the ledger's own check: one name per field
+        self.journal[len(self.journal) + 1] = {**columns, **notes}
         return len(self.journal)
 
     def journal_update(self, journal_id: int, **fields: Any) -> None:
-        self.journal[journal_id].update(fields)
+        columns, notes = journal_fields(fields)
+        self.journal[journal_id].update({**columns, **notes})
 
     def journal_close(self, journal_id: int, outcome: str | None = None) -> None:
         self.closed.append((journal_id, outcome))
