@@ -34,9 +34,10 @@ import traceback
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, Unpack
 
 from station.errors import StationError, StationFault, UnitFault
+from station.journal import JournalFields, Stage
 from station.model import Event, Outcome
 from station.units import Action
 
@@ -54,8 +55,8 @@ class AttemptLedger(Protocol):
 
     def record_attempt(self, record: Any, *, events: Sequence[Event] = ()) -> Any: ...
     def append_event(self, event: Event) -> Any: ...
-    def journal_open(self, **fields: Any) -> Any: ...
-    def journal_update(self, journal_id: Any, **fields: Any) -> Any: ...
+    def journal_open(self, **fields: Unpack[JournalFields]) -> Any: ...
+    def journal_update(self, journal_id: Any, **fields: Unpack[JournalFields]) -> Any: ...
     def journal_close(self, journal_id: Any, outcome: str | None = None) -> Any: ...
 
 
@@ -233,7 +234,7 @@ class Attempt:
         return ms
 
     # ---------------------------------------------------------------------------------------- journal
-    def journal_open(self, **fields: Any) -> Any:
+    def journal_open(self, **fields: Unpack[JournalFields]) -> Any:
         """Open the crash journal (before the first AWS side effect)."""
         fields.setdefault("attempt_id", self.attempt_id)
         fields.setdefault("serial", self.serial)
@@ -241,7 +242,7 @@ class Attempt:
         self.journal_id = self.ledger.journal_open(**fields)
         return self.journal_id
 
-    def journal(self, **fields: Any) -> None:
+    def journal(self, **fields: Unpack[JournalFields]) -> None:
         """Update the open journal entry (nothing when none is open)."""
         if self.journal_id is not None:
             self.ledger.journal_update(self.journal_id, **fields)
@@ -315,7 +316,7 @@ class Attempt:
             self.compensations.append(comp)
         if entry.action in CLOUD_UNDO and comp.ok:
             try:
-                self.journal(state="rolled_back")
+                self.journal(stage=Stage.ROLLED_BACK)
             except Exception:
                 log.exception("could not mark the journal of %s rolled back", self.serial)
         self.emit(

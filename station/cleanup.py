@@ -31,12 +31,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection
 from dataclasses import replace
 from typing import Any
 
+from station.journal import JournalEntry, Stage
 from station.model import Event
-from station.pipeline import CLEANUP_PENDING, ReconcileItem
+from station.pipeline import ReconcileItem
 
 log = logging.getLogger(__name__)
 
@@ -44,27 +45,7 @@ DEFAULT_INTERVAL_S = 10.0
 DEFAULT_MAX_INTERVAL_S = 30.0
 DEFAULT_MAX_ATTEMPTS = 120  # rounds per entry: ≥ an hour at the longest back-off
 
-RunReconcile = Callable[[Callable[[Any], bool], Callable[[Event], None] | None], list[ReconcileItem]]
-
-
-def _field(entry: Any, name: str, default: Any = None) -> Any:
-    if isinstance(entry, Mapping):
-        return entry.get(name, default)
-    return getattr(entry, name, default)
-
-
-def entry_station(entry: Any) -> str:
-    """The station that opened a journal entry ("" when the entry does not say)."""
-    value = _field(entry, "station_id")
-    if not value:
-        extra = _field(entry, "extra")
-        if isinstance(extra, Mapping):
-            value = extra.get("station_id")
-    return str(value or "")
-
-
-def entry_id(entry: Any) -> Any:
-    return _field(entry, "id", _field(entry, "journal_id"))
+RunReconcile = Callable[[Callable[[JournalEntry], bool], Callable[[Event], None] | None], list[ReconcileItem]]
 
 
 class Cleaner:
@@ -144,36 +125,33 @@ class Cleaner:
             self._thread.join(timeout)
 
     # ------------------------------------------------------------------------------------------ a round
-    def mine(self, entry: Any, in_flight: Collection[str] | None = None) -> bool:
+    def mine(self, entry: JournalEntry, in_flight: Collection[str] | None = None) -> bool:
         """May the cleaner act on this entry now? (this station's, not in a live slot, and over)"""
-        if entry_station(entry) != self.station_id:
+        if entry.station_id != self.station_id:
             return False
         flying = self._in_flight() if in_flight is None else in_flight
-        if str(_field(entry, "attempt_id", "") or "") in flying:
+        if entry.attempt_id in flying:
             return False
-        stage = str(_field(entry, "stage", "") or _field(entry, "state", "") or "")
-        if stage == CLEANUP_PENDING:
+        if entry.stage == Stage.CLEANUP_PENDING:
             return True
-        opened = _field(entry, "opened_at")
-        if not isinstance(opened, int | float) or float(opened) >= self.started_at:
+        if entry.opened_at >= self.started_at:
             return False
-        updated = _field(entry, "updated_at")
-        return not isinstance(updated, int | float) or self._clock() - float(updated) >= self.settle_s
+        return self._clock() - entry.updated_at >= self.settle_s
 
     def run_once(self) -> bool:
         """One round; True when nothing of this station is left pending (or only given-up entries)."""
         flying = set(self._in_flight())
         entries = [e for e in self._ledger.journal_pending() if self.mine(e, flying)]
         with self._lock:
-            todo = {entry_id(e) for e in entries if self._attempts.get(entry_id(e), 0) < self.max_attempts}
+            todo = {e.id for e in entries if self._attempts.get(e.id, 0) < self.max_attempts}
         failed: set[Any] = set()
         if todo:
-            items = self._run(lambda entry: entry_id(entry) in todo, self._emit)
+            items = self._run(lambda entry: entry.id in todo, self._emit)
             failed = {i.journal_id for i in items if i.action in ("failed", "skipped")}
             for item in items:
                 log.info("cleanup: %s %s %s", item.action, item.serial, item.detail)
         left = [e for e in self._ledger.journal_pending() if self.mine(e, flying)]
-        left_ids = {entry_id(e) for e in left}
+        left_ids = {e.id for e in left}
         with self._lock:
             self._rounds += 1
             for jid in failed & left_ids:
@@ -231,7 +209,9 @@ def cleaner_for(
     interval = float(getattr(config, "cleanup_interval_s", DEFAULT_INTERVAL_S))
     longest = float(getattr(config, "cleanup_max_interval_s", max(DEFAULT_MAX_INTERVAL_S, interval)))
 
-    def run(include: Callable[[Any], bool], emit: Callable[[Event], None] | None) -> list[ReconcileItem]:
+    def run(
+        include: Callable[[JournalEntry], bool], emit: Callable[[Event], None] | None
+    ) -> list[ReconcileItem]:
         return list(reconcile(include=include, on_event=emit))
 
     return Cleaner(

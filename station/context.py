@@ -153,7 +153,7 @@ def default_observer_factory(
     from station.observe import Observer
 
     host, port = registry.data_endpoint()
-    where = getattr(registry, "where", None) or "{}/{}".format(*target.registry_key)
+    where = registry.where or "{}/{}".format(*target.registry_key)
     return Observer.start(
         registry,  # type: ignore[arg-type]  # the real Registry has provision_observer/remove_observer
         station_id=station_id,

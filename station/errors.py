@@ -20,6 +20,9 @@ class StationError(Exception):
     """
 
     outcome = "ERROR"
+    # A registry's CreateThing that never answered names the thing here: it was absent a moment before, so
+    # if it exists now this attempt made it (the pipeline then owns it and its rollback deletes it).
+    thing_maybe_created: str | None = None
 
     def __init__(self, title: str, message: str, next_action: str) -> None:
         super().__init__(f"{title}: {message} Next: {next_action}")

@@ -71,6 +71,7 @@ class LineContext(Protocol):
     def slot_ports(self) -> dict[str, str]: ...
     def prepare(self, serial: str, *, slot: str, product: str | None, target: str | None) -> UnitRequest: ...
     def open_flasher(self, slot: str, port: str, request: UnitRequest) -> FlasherLike: ...
+    def close(self) -> object: ...  # the line closes a context it made itself
 
 
 @dataclass(frozen=True)
@@ -284,9 +285,7 @@ class Line:
             # Bounded: a round in progress may be waiting on AWS; the thread is a daemon either way.
             self._cleaner.stop(10.0 if deadline is None else max(0.1, deadline - time.monotonic()))
         if self._owns_context and not any(w.is_alive() for w in self._workers.values()):
-            close = getattr(self._ctx, "close", None)
-            if close is not None:
-                close()
+            self._ctx.close()
 
     def __enter__(self) -> Line:
         return self

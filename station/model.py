@@ -1,4 +1,4 @@
-"""Plain data shared by the whole station: outcomes, targets, identities, events.
+"""Plain data shared by the whole station: outcomes, targets, identities, registrations, events.
 
 Dataclasses only: no I/O, no AWS, no serial. A private key lives in a `Secret`, whose repr and str never show
 the bytes, so a key cannot leak through a log line, an event, an exception or a screenshot by accident.
@@ -7,7 +7,7 @@ the bytes, so a key cannot leak through a log line, an event, an exception or a 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -55,6 +55,31 @@ class Identity:
     certificate_pem: str
     certificate_id: str
     private_key: Secret | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass
+class Registration:
+    """A certificate in one registry, and exactly what this attempt did there (what a rollback may undo).
+
+    Made by the registry's `register` (`station.registry.Registry`, or a test's fake). Mutable on purpose:
+    `attach` and the pipeline (`thing_name`, `thing_created`, and `created` for a certificate this attempt
+    generated) fill in the rest as the attempt goes.
+    """
+
+    certificate_id: str
+    certificate_arn: str
+    created: bool  # this attempt registered the certificate (False: it was there already)
+    target: str = ""
+    account_id: str = ""
+    region: str = ""
+    activated: bool = False  # it was there INACTIVE and this attempt activated it
+    thing_name: str | None = None
+    thing_created: bool = False  # this attempt made the thing
+    policy_attached: bool = False  # this attempt attached the target's policy
+    thing_attached: bool = False  # this attempt attached the certificate to the thing
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)

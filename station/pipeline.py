@@ -42,7 +42,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, Unpack
 
 from station.attempt import (
     Attempt,
@@ -54,8 +54,9 @@ from station.attempt import (
     unexpected_fault,
 )
 from station.errors import StationError, StationFault, UnitFault
-from station.model import Event, Identity, Outcome, Target
-from station.units import Action
+from station.journal import REPLACE_REVOKE, JournalEntry, JournalFields, Stage
+from station.model import Event, Identity, Outcome, Registration, Target
+from station.units import Action, LiveIdentity, RecordLike, UnitState
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,6 @@ STEPS = ("identify", "identity", "write", "register", "verify", "record")
 
 KEY_SOURCES = ("station", "device", "auto")
 
-CLEANUP_PENDING = "cleanup_pending"  # journal stage: the attempt is over, AWS still holds what it made
-
 
 # ---------------------------------------------------------------------------------------------------------
 # The seams, as the pipeline sees them (structural: the real classes need not inherit from these).
@@ -73,6 +72,8 @@ CLEANUP_PENDING = "cleanup_pending"  # journal stage: the attempt is over, AWS s
 
 
 class CapabilitiesLike(Protocol):
+    """What a family can do (`flashers.base.Capabilities`); the pipeline plans the unit's flow from it."""
+
     @property
     def writes_key(self) -> bool: ...
     @property
@@ -81,6 +82,8 @@ class CapabilitiesLike(Protocol):
     def device_verify(self) -> bool: ...
     @property
     def reads_certificate(self) -> bool: ...
+    @property
+    def observable(self) -> bool: ...
 
 
 class HelloWatchLike(Protocol):
@@ -101,10 +104,14 @@ class ObserverLike(Protocol):
 
 
 class DeviceInfoLike(Protocol):
+    """What `identify` reports (`flashers.base.DeviceInfo`)."""
+
     @property
     def device_id(self) -> str | None: ...
     @property
     def firmware(self) -> str | None: ...
+    @property
+    def evidence(self) -> Mapping[str, str]: ...
 
 
 class FlasherLike(Protocol):
@@ -119,22 +126,20 @@ class FlasherLike(Protocol):
     def keygen(self, common_name: str) -> str: ...
     def read_certificate(self) -> str: ...
     def device_verify(self, host: str, port: int, thing_name: str) -> None: ...
+    def go_online(self) -> None: ...
     def wipe(self) -> None: ...
     def close(self) -> None: ...
-
-
-class RegistrationLike(Protocol):
-    @property
-    def certificate_id(self) -> str: ...
 
 
 class RegistryLike(Protocol):
     """One target's AWS IoT registry (`station.registry.Registry`)."""
 
-    def register(self, identity: Identity, *, origin: str = "unit") -> Any: ...
+    @property
+    def where(self) -> str: ...
+    def register(self, identity: Identity, *, origin: str = "unit") -> Registration: ...
     def create_thing(self, name: str) -> bool: ...
-    def attach(self, registration: Any, thing_name: str) -> None: ...
-    def rollback(self, registration: Any) -> None: ...
+    def attach(self, registration: Registration, thing_name: str) -> None: ...
+    def rollback(self, registration: Registration) -> None: ...
     def revoke(self, certificate_id: str, *, delete_thing: str | None = None) -> bool: ...
     def describe(self, certificate_id: str) -> dict[str, Any] | None: ...
     def data_endpoint(self) -> tuple[str, int]: ...
@@ -145,8 +150,19 @@ class LedgerLike(Protocol):
 
     def record_attempt(self, record: Any, *, events: Sequence[Event] = ()) -> Any: ...
     def append_event(self, event: Event) -> Any: ...
-    def journal_open(self, **fields: Any) -> Any: ...
-    def journal_update(self, journal_id: Any, **fields: Any) -> Any: ...
+    def find(self, query: str) -> Sequence[RecordLike]: ...
+    def claim_unit(
+        self,
+        serial: str,
+        attempt_id: str,
+        *,
+        station_id: str = "",
+        slot: str = "",
+        replacing: Sequence[str] = (),
+    ) -> None: ...
+    def release_unit(self, serial: str, attempt_id: str) -> None: ...
+    def journal_open(self, **fields: Unpack[JournalFields]) -> Any: ...
+    def journal_update(self, journal_id: Any, **fields: Unpack[JournalFields]) -> Any: ...
     def journal_close(self, journal_id: Any, outcome: str | None = None) -> Any: ...
 
 
@@ -280,7 +296,7 @@ class _Run:
         self.attempt = attempt
         self.identity: Identity | None = None
         self.flasher: FlasherLike | None = None
-        self.registration: Any = None
+        self.registration: Registration | None = None
         self.thing_created = False
         self.claimed = False  # this attempt holds the ledger's claim on the serial (released by its record)
 
@@ -310,7 +326,7 @@ class Pipeline:
         device_id_matches: Callable[[str, str], bool] | None = None,
         check_certificate: Callable[[str], None] | None = None,
         observer_for: Callable[[Target], ObserverLike] | None = None,
-        unit_state: Callable[[str], Any] | None = None,
+        unit_state: Callable[[str], UnitState | None] | None = None,
     ) -> None:
         """`unit_state(serial)` is the unit's current state (`station.units.UnitState`, or None for a unit
         never seen): a serial with a live identity is refused or replaced as `UnitRequest.on_reprovision`
@@ -424,16 +440,14 @@ class Pipeline:
         old = self._prior_identities(request)
         # A shared ledger lets one attempt at a time work on a serial, factory-wide: a second station (or
         # slot) scanning the same unit meanwhile gets the re-scan answer before anything is touched.
-        claim = getattr(self._ledger, "claim_unit", None)
-        if callable(claim):
-            claim(
-                request.serial,
-                result.attempt_id,
-                station_id=request.station_id,
-                slot=request.slot,
-                replacing=[i.certificate_id for i in old],
-            )
-            run.claimed = True
+        self._ledger.claim_unit(
+            request.serial,
+            result.attempt_id,
+            station_id=request.station_id,
+            slot=request.slot,
+            replacing=[i.certificate_id for i in old],
+        )
+        run.claimed = True
 
         def identify() -> DeviceInfoLike:
             if run.flasher is None:
@@ -447,7 +461,7 @@ class Pipeline:
         assert flasher is not None
         result.device_id = info.device_id or None
         result.firmware = info.firmware or None
-        evidence = getattr(info, "evidence", None)
+        evidence = info.evidence
         if evidence:
             # What the unit proved about itself (e.g. the nRF91's attestation token) goes into its record.
             result.extra["device_evidence"] = {str(k): str(v) for k, v in evidence.items()}
@@ -487,17 +501,17 @@ class Pipeline:
             self._retire(run, old)
 
     # -------------------------------------------------------------------------------------- re-scans
-    def _prior_identities(self, request: UnitRequest) -> list[Any]:
+    def _prior_identities(self, request: UnitRequest) -> list[LiveIdentity]:
         """The unit's live identities in the request's target when it is re-scanned (before anything is
         touched): refused with a FAIL unless the product replaces them (then they are returned)."""
         if self._unit_state is None:
             return []
         state = self._unit_state(request.serial)
-        live = list(getattr(state, "live", ()) or ())
-        if not live:
+        live = list(state.live) if state is not None else []
+        if state is None or not live:
             return []
         if request.on_reprovision != "replace":
-            newest = max(live, key=lambda i: float(getattr(i, "since", 0.0) or 0.0))
+            newest = max(live, key=lambda i: i.since)
             raise UnitFault(
                 "Already provisioned",
                 f"{request.serial} was provisioned on {_day(newest.since)} at {self._where_made(newest, state)} "
@@ -506,21 +520,20 @@ class Pipeline:
             )
         return [i for i in live if i.target == request.target.name]
 
-    def _where_made(self, identity: Any, state: Any) -> str:
+    def _where_made(self, identity: LiveIdentity, state: UnitState) -> str:
         """station/slot of the attempt that made `identity` live (its record), else of the unit's state."""
-        find = getattr(self._ledger, "find", None)
-        if callable(find) and identity.attempt_id:
+        if identity.attempt_id:
             try:
                 made = [
-                    r for r in find(identity.attempt_id) if _field(r, "attempt_id") == identity.attempt_id
+                    r for r in self._ledger.find(identity.attempt_id) if r.attempt_id == identity.attempt_id
                 ]
             except Exception:
                 made = []
             if made:
-                return f"{_field(made[0], 'station_id', '')}/{_field(made[0], 'slot', '')}"
-        return f"{getattr(state, 'station_id', '')}/{getattr(state, 'slot', '')}"
+                return f"{made[0].station_id}/{made[0].slot}"
+        return f"{state.station_id}/{state.slot}"
 
-    def _retire(self, run: _Run, old: list[Any]) -> None:
+    def _retire(self, run: _Run, old: list[LiveIdentity]) -> None:
         """The new identity is verified: revoke the unit's old certificates in AWS (AWS's order). Each revoke
         has a journal entry of its own, closed once done; one that fails stays open for reconcile (the unit
         is then `superseded`: its record names both). A failure here does not fail the unit."""
@@ -540,11 +553,11 @@ class Pipeline:
                     slot=request.slot,
                     product=request.product,
                     target=request.target.name,
-                    account=result.registry[0],
+                    account_id=result.registry[0],
                     region=result.registry[1],
                     certificate_id=cert_id,
                     thing_name=identity.thing_name,
-                    state="revoking",
+                    stage=Stage.REVOKING,
                     purpose=REPLACE_REVOKE,
                     station_id=request.station_id,  # whose cleaner may finish it (station.cleanup)
                 )
@@ -553,7 +566,7 @@ class Pipeline:
                 detail = exc.message if isinstance(exc, StationError) else type(exc).__name__
                 if journal_id is not None:
                     try:  # over for this attempt: the line's cleaner (or reconcile) revokes it when AWS answers
-                        self._ledger.journal_update(journal_id, state=CLEANUP_PENDING)
+                        self._ledger.journal_update(journal_id, stage=Stage.CLEANUP_PENDING)
                     except Exception:
                         log.exception("could not mark the retire journal of %s", request.serial)
                 run.attempt.emit(
@@ -606,12 +619,12 @@ class Pipeline:
         run.attempt.journal_open(
             product=request.product,
             target=request.target.name,
-            account=result.registry[0],
+            account_id=result.registry[0],
             region=result.registry[1],
             certificate_id=identity.certificate_id,
             certificate_pem=identity.certificate_pem,
             thing_name=thing_name,
-            state="registering",
+            stage=Stage.REGISTERING,
             station_id=request.station_id,  # whose cleaner may finish it (station.cleanup)
         )
         cloud_error: list[BaseException] = []
@@ -688,7 +701,7 @@ class Pipeline:
         finally:
             if "registration" in made:
                 run.registration = made["registration"]
-                run.result.certificate_arn = str(getattr(run.registration, "certificate_arn", "") or "")
+                run.result.certificate_arn = run.registration.certificate_arn
             run.thing_created = run.result.thing_created = bool(made.get("thing_created", False))
 
     # ------------------------------------------------------------------------------------------ verify
@@ -705,14 +718,14 @@ class Pipeline:
             ca_bytes=run.request.ca_bytes,
             where=_where(registry, run.request.target),
         )
-        run.attempt.journal(state="verified")
+        run.attempt.journal(stage=Stage.VERIFIED)
 
     def _device_verify(self, run: _Run, flasher: FlasherLike, thing_name: str) -> None:
         registry = self._registry_for(run.request.target)
         host, port = registry.data_endpoint()
         self._point_device(run, flasher, thing_name)
         flasher.device_verify(host, port, thing_name)
-        run.attempt.journal(state="verified")
+        run.attempt.journal(stage=Stage.VERIFIED)
 
     @staticmethod
     def _point_device(run: _Run, flasher: FlasherLike, thing_name: str) -> None:
@@ -727,15 +740,14 @@ class Pipeline:
         """Watch the unit's hello with the station's observer: subscribe first, then tell the unit to go
         online, then wait (bounded) for a hello carrying the certificate id that was registered."""
         request = run.request
-        go_online = getattr(flasher, "go_online", None)
-        if self._observer_for is None or not callable(go_online):
+        if self._observer_for is None:
             raise _cannot_verify()
         observer = self._observer_for(request.target)  # StationFault when it cannot be made or connect
         watch = observer.watch(thing_name)  # subscribed before the unit can say anything
         try:
             # From here the unit may be live on the target: a failure wipes it like a device-side verify.
             self._point_device(run, flasher, thing_name)
-            go_online()
+            flasher.go_online()
             hello = watch.wait(request.hello_timeout_s)
         finally:
             watch.close()
@@ -757,7 +769,7 @@ class Pipeline:
                 f"station registered ({expected[:12]}…).",
                 "Put the unit in the rework bin.",
             )
-        run.attempt.journal(state="verified")
+        run.attempt.journal(stage=Stage.VERIFIED)
 
     # ------------------------------------------------------------------------------------------ record
     def _finish(self, run: _Run, error: StationError | None) -> None:
@@ -797,10 +809,9 @@ class Pipeline:
                 ),
             )
             finished = self._finished_event(run, keep=False)
-            release = getattr(self._ledger, "release_unit", None)
-            if run.claimed and callable(release):
+            if run.claimed:
                 try:
-                    release(result.serial, result.attempt_id)
+                    self._ledger.release_unit(result.serial, result.attempt_id)
                 except Exception:  # the claim expires by itself; the unit's outcome is already decided
                     log.exception("could not release the claim on %s", result.serial)
         # Close the journal only when the record is written and AWS holds nothing unaccounted for: a
@@ -815,7 +826,7 @@ class Pipeline:
         """The attempt is over but AWS still holds what it made: say so in its journal entry, so a cleaner
         knows it may act on it now (an entry without this mark may belong to a unit still in progress)."""
         try:
-            run.attempt.journal(state=CLEANUP_PENDING)
+            run.attempt.journal(stage=Stage.CLEANUP_PENDING)
         except Exception:
             log.exception("could not mark the journal of %s cleanup pending", run.request.serial)
 
@@ -872,7 +883,7 @@ def register_in_target(
     origin: str,
     key_source: str = "",
     made: dict[str, Any] | None = None,
-) -> tuple[Any, bool]:
+) -> tuple[Registration, bool]:
     """The cloud half of the step order: register the certificate, make the thing, attach policy and thing.
 
     The journal is updated after each AWS step and the undo (roll back only what this call made) is
@@ -885,7 +896,7 @@ def register_in_target(
     made = {} if made is None else made
     registration = registry.register(identity, origin=origin)
     made["registration"] = registration
-    answered_created = bool(getattr(registration, "created", True))
+    answered_created = registration.created
     created = answered_created or _claim_generated(registration, key_source)
     attempt.undo(
         "aws",
@@ -895,32 +906,29 @@ def register_in_target(
         certificate_id=identity.certificate_id,
         thing_name=thing_name,
     )
-    arn = str(getattr(registration, "certificate_arn", "") or "")
+    arn = registration.certificate_arn
     attempt.journal(
-        state="registered",
+        stage=Stage.REGISTERED,
         certificate_created=created,
         certificate_arn=arn,
-        **({} if answered_created else {"registry_answer": "already registered"}),
+        registry_answer="" if answered_created else "already registered",
     )
     try:
         thing_created = bool(registry.create_thing(thing_name))
     except BaseException as exc:
         # The registry could not learn whether its CreateThing took effect, and the thing was not there
         # before: the attempt owns it if it exists, so the rollback (or reconcile) deletes it.
-        if getattr(exc, "thing_maybe_created", None) == thing_name:
+        if isinstance(exc, StationError) and exc.thing_maybe_created == thing_name:
             made["thing_created"] = True
             _note_thing(registration, thing_name, True)
-            attempt.journal(state="thing", thing_created=True, thing_answer="lost")
+            attempt.journal(stage=Stage.THING, thing_created=True, thing_answer="lost")
         raise
     made["thing_created"] = thing_created
     _note_thing(registration, thing_name, thing_created)
-    attempt.journal(state="thing", thing_created=thing_created)
+    attempt.journal(stage=Stage.THING, thing_created=thing_created)
     registry.attach(registration, thing_name)
-    attempt.journal(state="attached")
+    attempt.journal(stage=Stage.ATTACHED)
     return registration, thing_created
-
-
-REPLACE_REVOKE = "replace_revoke"  # journal `purpose` of an old certificate a re-provision must revoke
 
 
 def _day(epoch: float) -> str:
@@ -929,9 +937,8 @@ def _day(epoch: float) -> str:
 
 def _where(registry: RegistryLike, target: Target) -> str:
     """ "<account>/<region>" for the verify's messages."""
-    where = getattr(registry, "where", None)
-    if isinstance(where, str) and where:
-        return where
+    if registry.where:
+        return registry.where
     account, region = target.registry_key
     return f"{account}/{region}"
 
@@ -990,7 +997,7 @@ def _plan_verify(key_source: str, caps: CapabilitiesLike, *, can_observe: bool =
         return "host"  # the station holds the key until verify is done
     if caps.device_verify:
         return "device"
-    if can_observe and bool(getattr(caps, "observable", False)):
+    if can_observe and caps.observable:
         return "observe"  # the unit announces itself; the station watches with its own identity
     raise _cannot_verify()
 
@@ -1004,14 +1011,10 @@ def _cannot_verify() -> StationFault:
     )
 
 
-def _note_thing(registration: Any, thing_name: str, created: bool) -> None:
+def _note_thing(registration: Registration, thing_name: str, created: bool) -> None:
     """Tell the registration which thing this attempt made, so rollback deletes it and only it."""
-    for name, value in (("thing_name", thing_name), ("thing_created", created)):
-        if hasattr(registration, name):
-            try:
-                setattr(registration, name, value)
-            except (AttributeError, TypeError):
-                object.__setattr__(registration, name, value)
+    registration.thing_name = thing_name
+    registration.thing_created = created
 
 
 _KEPT_TEXT = (
@@ -1020,7 +1023,7 @@ _KEPT_TEXT = (
 )
 
 
-def _claim_generated(registration: Any, key_source: str) -> bool:
+def _claim_generated(registration: Registration, key_source: str) -> bool:
     """Ownership follows the identity's origin, not the API's answer.
 
     A certificate this attempt generated (a fresh station key, or a device key whose CSR this attempt
@@ -1029,12 +1032,9 @@ def _claim_generated(registration: Any, key_source: str) -> bool:
     attempt's: a rollback must delete it. Only a certificate read from the unit ("read") or imported may
     conclude "not ours". True when the registration was claimed.
     """
-    if key_source not in ("station", "device") or not hasattr(registration, "created"):
+    if key_source not in ("station", "device"):
         return False
-    try:
-        registration.created = True
-    except (AttributeError, TypeError):
-        object.__setattr__(registration, "created", True)
+    registration.created = True
     return True
 
 
@@ -1112,8 +1112,7 @@ RECONCILE_MESSAGE = "station stopped mid-provisioning; rolled back by reconcile"
 
 
 class ReconcileLedger(LedgerLike, Protocol):
-    def journal_pending(self) -> list[Any]: ...
-    def find(self, query: str) -> list[Any]: ...
+    def journal_pending(self) -> list[JournalEntry]: ...
 
 
 @dataclass
@@ -1138,12 +1137,6 @@ class ReconcileItem:
         }
 
 
-def _field(entry: Any, name: str, default: Any = None) -> Any:
-    if isinstance(entry, Mapping):
-        return entry.get(name, default)
-    return getattr(entry, name, default)
-
-
 def reconcile(
     ledger: ReconcileLedger,
     *,
@@ -1155,7 +1148,7 @@ def reconcile(
     station_id: str = "",
     on_event: Callable[[Event], None] | None = None,
     now: Callable[[], float] = time.time,
-    include: Callable[[Any], bool] | None = None,
+    include: Callable[[JournalEntry], bool] | None = None,
 ) -> list[ReconcileItem]:
     """Resolve every pending journal entry so that no certificate stays registered without a PASS record.
 
@@ -1171,32 +1164,30 @@ def reconcile(
     for entry in ledger.journal_pending():
         if include is not None and not include(entry):
             continue
-        jid = _field(entry, "id", _field(entry, "journal_id"))
         item = ReconcileItem(
-            journal_id=jid,
-            serial=str(_field(entry, "serial", "") or ""),
-            target=str(_field(entry, "target", "") or ""),
-            certificate_id=str(_field(entry, "certificate_id", "") or ""),
+            journal_id=entry.id,
+            serial=entry.serial,
+            target=entry.target,
+            certificate_id=entry.certificate_id,
             action="failed",
         )
         if only_target is not None and item.target != only_target:
             continue
-        opened = _field(entry, "opened_at")
-        if min_age_s > 0 and isinstance(opened, int | float) and now() - float(opened) < min_age_s:
+        if min_age_s > 0 and now() - entry.opened_at < min_age_s:
             item.action, item.detail = "skipped", "opened too recently (a unit may still be in progress)"
             items.append(item)
             continue
-        retire = _entry_purpose(entry) == REPLACE_REVOKE
+        retire = entry.purpose == REPLACE_REVOKE
         attempt = Attempt(
             ledger,
             serial=item.serial,
             # The record reconcile may write: the stopped provision's, or its own for a re-provision's
             # old certificate it revoked.
             action=Action.RECONCILE if retire else Action.PROVISION,
-            slot=str(_field(entry, "slot", "") or ""),
+            slot=entry.slot,
             station_id=station_id,
             on_event=on_event,
-            attempt_id=None if retire else (str(_field(entry, "attempt_id", "") or "") or None),
+            attempt_id=None if retire else (entry.attempt_id or None),
         )
         try:
             _reconcile_one(ledger, entry, item, targets, registry_for, record_factory, attempt)
@@ -1214,16 +1205,9 @@ def reconcile(
     return items
 
 
-def _entry_purpose(entry: Any) -> str:
-    extra = _field(entry, "extra", None) or {}
-    return str(
-        _field(entry, "purpose", "") or (extra.get("purpose", "") if isinstance(extra, Mapping) else "")
-    )
-
-
 def _retire_one(
     ledger: ReconcileLedger,
-    entry: Any,
+    entry: JournalEntry,
     item: ReconcileItem,
     target: Target,
     registry: RegistryLike,
@@ -1244,21 +1228,21 @@ def _retire_one(
         attempt_id=attempt.attempt_id,
         serial=item.serial,
         slot=attempt.slot,
-        product=str(_field(entry, "product", "") or ""),
+        product=entry.product,
         target=target.name,
         station_id=attempt.station_id,
         registry=target.registry_key,
         outcome=Outcome.DONE,
         title="Old certificate revoked",
         message=item.detail,
-        thing_name=str(_field(entry, "thing_name", "") or ""),
+        thing_name=entry.thing_name,
         certificate_id=item.certificate_id,
         started_at=attempt.started_at,
         finished_at=time.time(),
         action=Action.RECONCILE,
         extra={
             "revoked": [item.certificate_id],
-            "replaced_by_attempt": str(_field(entry, "attempt_id", "") or ""),
+            "replaced_by_attempt": entry.attempt_id,
         },
     )
     attempt.total()
@@ -1279,7 +1263,7 @@ def _reconcile_event(attempt: Attempt, item: ReconcileItem) -> Event:
 
 def _reconcile_one(
     ledger: ReconcileLedger,
-    entry: Any,
+    entry: JournalEntry,
     item: ReconcileItem,
     targets: Mapping[str, Target],
     registry_for: Callable[[Target], RegistryLike],
@@ -1295,28 +1279,26 @@ def _reconcile_one(
         _retire_one(ledger, entry, item, target, registry_for(target), attempt, record_factory)
         return
     records = ledger.find(item.certificate_id) if item.certificate_id else []
-    attempt_id = _field(entry, "attempt_id")
-    passed = [
-        r for r in records if str(_field(r, "outcome")) == Outcome.PASS and _field(r, "target") == target.name
-    ]
+    attempt_id = entry.attempt_id or None
+    passed = [r for r in records if str(r.outcome) == Outcome.PASS and r.target == target.name]
     if passed:
         ledger.journal_close(item.journal_id, outcome=str(Outcome.PASS))
         item.action, item.detail = "kept", "a PASS record exists for this certificate"
         return
     registry = registry_for(target)
-    thing = _field(entry, "thing_name") if _field(entry, "thing_created") else None
+    thing = entry.thing_name if entry.thing_created else None
     # revoke detaches, deactivates and deletes in AWS's order, and says whether the certificate was there.
     if item.certificate_id and registry.revoke(item.certificate_id, delete_thing=thing):
         item.action, item.detail = "rolled_back", RECONCILE_MESSAGE
     else:
         item.action, item.detail = "nothing_registered", "the certificate is not registered in the target"
-    has_record = attempt_id is not None and any(_field(r, "attempt_id") == attempt_id for r in records)
+    has_record = attempt_id is not None and any(r.attempt_id == attempt_id for r in records)
     if not has_record:
         result = UnitResult(
             attempt_id=str(attempt_id or uuid.uuid4().hex),
             serial=item.serial,
-            slot=str(_field(entry, "slot", "") or ""),
-            product=str(_field(entry, "product", "") or ""),
+            slot=entry.slot,
+            product=entry.product,
             target=target.name,
             station_id=station_id,
             registry=target.registry_key,
@@ -1325,12 +1307,12 @@ def _reconcile_one(
             message=RECONCILE_MESSAGE,
             next_action="Scan the unit again to provision it.",
             error_kind="StationFault",
-            thing_name=str(_field(entry, "thing_name", "") or ""),
+            thing_name=entry.thing_name,
             certificate_id=item.certificate_id,
             compensations=[
                 Compensation("revoke" if item.action == "rolled_back" else "reconcile", True, item.detail)
             ],
-            started_at=float(_field(entry, "opened_at", 0.0) or 0.0),
+            started_at=entry.opened_at,
             finished_at=time.time(),
         )
         _reconcile_event(attempt, item)

@@ -1,28 +1,24 @@
-"""One target's AWS IoT registry through boto3: register without CA, things, policy, rollback, revoke, transfer.
+"""One target's AWS IoT registry: register without CA, things, policy, attach, rollback, revoke, preflight.
 
-What it does:
-- builds one boto3 session per target: the lab's static keys and control-plane URL, or an AWS profile, and
-  when the target names a role, STS AssumeRole into that account (session "station-<station id>",
-  refreshed by botocore before it expires);
+What it does (over `station.aws.AwsIot`, which owns the session, the metered client, throttling and the
+translation of AWS errors into operator words):
 - registers a certificate with `RegisterCertificateWithoutCA` (status ACTIVE), idempotently: the certificate
   id is computed locally (SHA-256 of the DER), a 409 means "already there" and the attempt carries on;
 - makes the thing (idempotent, remembering whether this attempt made it), makes sure the target's policy
   exists, attaches policy and thing principal;
 - undoes all that in AWS's order (detach policies, detach things, INACTIVE, delete; delete the thing only if
   this attempt made it) for a rollback, a revoke, or the source side of a transfer;
-- meters every HTTP request through one shared `RateBudget` per (account, region) and botocore's adaptive
-  retry mode, and waits out throttling (bounded) so the operator never sees it as a failure;
-- translates AWS errors by error code and exception type into `UnitFault` / `StationFault` / `InputError`
-  with operator words;
+- decides whose fault a refused certificate is (by its origin: the unit, the station or a person's file);
 - makes and removes the station's own observer (`provision_observer` / `remove_observer`): a certificate, a
   thing and a policy of its own that may connect as that one client id and subscribe to / receive the topics
   it is given (the hellos of units whose key the station never holds; see `station.observe`). It is never
   journaled as a unit and uses neither the target's device policy, thing type nor thing group, so reconcile,
-  preflight and fleet operations never meet it as a unit.
+  preflight and fleet operations never meet it as a unit;
+- preflight: read-only checks of credentials, endpoint, policy (present, not over-broad), thing type/group.
 
-It must not: import the lab (the lab is reached only through `Target.endpoint_url` and credentials); decide
-anything by matching error message text; send a certificate to AWS before checking it locally; ever use
-`forceDelete` (moto leaves a dangling policy attachment with it, and AWS's order is the documented one);
+It must not: build sessions or clients or translate AWS errors itself (`station.aws` does); import the lab;
+decide anything by matching error message text; send a certificate to AWS before checking it locally; ever
+use `forceDelete` (moto leaves a dangling policy attachment with it, and AWS's order is the documented one);
 handle private keys (only certificates go to AWS).
 """
 
@@ -31,41 +27,35 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import random
-import re
 import socket
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
-import botocore.loaders
-import botocore.session
-from botocore.config import Config
-from botocore.credentials import CredentialProvider, CredentialResolver, RefreshableCredentials
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectionClosedError,
-    ConnectTimeoutError,
-    CredentialRetrievalError,
-    EndpointConnectionError,
-    NoCredentialsError,
-    NoRegionError,
-    PartialCredentialsError,
-    ProfileNotFound,
-    ReadTimeoutError,
-)
+from botocore.exceptions import ClientError
 
+from station.aws import (
+    CERT_INVALID,
+    CERT_STATE,
+    DELETE_CONFLICT,
+    EXISTS,
+    INVALID_REQUEST,
+    NOT_FOUND,
+    AwsIot,
+    account_from_arn,
+    error_code,
+    session_for,
+)
 from station.config import is_over_broad, render_policy
 from station.errors import CertificateRejected, StationError, StationFault, UnitFault
 from station.identity import certificate_id as local_certificate_id
 from station.identity import check_aws_acceptance
-from station.model import Identity, Target
-from station.ratelimit import DEFAULT_QUOTAS, Budget, RateBudget, shared_budget_for, throttled_fault
+from station.model import Identity, Registration, Target
+from station.ratelimit import DEFAULT_QUOTAS, Budget, RateBudget, shared_budget_for
 
 __all__ = [
     "DEFAULT_QUOTAS",
@@ -75,49 +65,12 @@ __all__ = [
     "RateBudget",
     "Registration",
     "Registry",
+    "session_for",
     "shared_budget",
 ]
 
 log = logging.getLogger(__name__)
-
-# Error codes, by family. Decisions are made on these codes (and exception types), never on message text.
-THROTTLING_CODES = frozenset(
-    {"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded", "SlowDown"}
-)
-CREDENTIAL_CODES = frozenset(
-    {
-        "UnauthorizedException",
-        "AccessDenied",
-        "AccessDeniedException",
-        "ExpiredToken",
-        "ExpiredTokenException",
-        "InvalidClientTokenId",
-        "UnrecognizedClientException",
-        "SignatureDoesNotMatch",
-        "InvalidSignatureException",
-        "MissingAuthenticationToken",
-        "IncompleteSignature",
-        "RequestExpired",
-        "AuthFailure",
-    }
-)
-UNAVAILABLE_CODES = frozenset(
-    {
-        "ServiceUnavailableException",
-        "ServiceUnavailable",
-        "InternalFailureException",
-        "InternalFailure",
-        "InternalServerError",
-        "InternalError",
-        "InternalException",
-    }
-)
-_NOT_FOUND = "ResourceNotFoundException"
-_EXISTS = "ResourceAlreadyExistsException"
-_DELETE_CONFLICT = "DeleteConflictException"
-_CERT_STATE = "CertificateStateException"
-_CERT_INVALID = "CertificateValidationException"
-_INVALID_REQUEST = "InvalidRequestException"
+T = TypeVar("T")
 
 # Where a certificate came from decides who is at fault when AWS refuses it.
 ORIGINS = ("unit", "station", "file")
@@ -132,30 +85,6 @@ _RECONCILE = (
 # ---------------------------------------------------------------------------------------------------------
 # Plain results
 # ---------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Registration:
-    """A certificate in one registry, and exactly what this attempt did there (what a rollback may undo).
-
-    Mutable on purpose: `create_thing` / `attach` (or the pipeline, through `thing_name`/`thing_created`)
-    fill in the rest as the attempt goes.
-    """
-
-    certificate_id: str
-    certificate_arn: str
-    created: bool  # this attempt registered the certificate (False: it was there already)
-    target: str = ""
-    account_id: str = ""
-    region: str = ""
-    activated: bool = False  # it was there INACTIVE and this attempt activated it
-    thing_name: str | None = None
-    thing_created: bool = False  # this attempt made the thing
-    policy_attached: bool = False  # this attempt attached the target's policy
-    thing_attached: bool = False  # this attempt attached the certificate to the thing
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -226,112 +155,6 @@ def shared_budget(target: Target, quotas: Mapping[str, float] | None = None) -> 
     return shared_budget_for(target.registry_key, quotas)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Sessions and credentials
-# ---------------------------------------------------------------------------------------------------------
-
-
-def _session_name(station_id: str) -> str:
-    # STS RoleSessionName: 2–64 characters of [\w+=,.@-].
-    name = "station-" + re.sub(r"[^\w+=,.@-]", "-", station_id or "station")
-    return name[:64]
-
-
-class _AssumedRoleProvider(CredentialProvider):
-    """Credentials from STS AssumeRole, refreshed by botocore ahead of their expiry."""
-
-    METHOD = "station-assume-role"
-    CANONICAL_NAME = "station-assume-role"
-
-    def __init__(self, fetch: Callable[[], dict[str, Any]]) -> None:
-        super().__init__()
-        self._fetch = fetch
-
-    def load(self) -> RefreshableCredentials:
-        return RefreshableCredentials.create_from_metadata(
-            metadata=self._fetch(), refresh_using=self._fetch, method=self.METHOD
-        )
-
-
-_loader: Any = None
-_loader_lock = threading.Lock()
-
-
-def _core_session() -> botocore.session.Session:
-    """A botocore session sharing one model loader with every other: parsing the IoT service model costs
-    ~0.7 s per session otherwise, and a station makes one session per target."""
-    global _loader
-    with _loader_lock:
-        if _loader is None:
-            _loader = botocore.loaders.create_loader()
-    core = botocore.session.Session()
-    core.register_component("data_loader", _loader)
-    return core
-
-
-def _base_session(target: Target) -> boto3.Session:
-    if target.aws_access_key_id and target.aws_secret_access_key:
-        return boto3.Session(
-            botocore_session=_core_session(),
-            aws_access_key_id=target.aws_access_key_id,
-            aws_secret_access_key=target.aws_secret_access_key,
-            region_name=target.region,
-        )
-    return boto3.Session(
-        botocore_session=_core_session(), profile_name=target.profile, region_name=target.region
-    )
-
-
-def session_for(target: Target, *, station_id: str = "station", duration_s: int = 3600) -> boto3.Session:
-    """A boto3 session acting in the target's account (assuming `target.role_arn` when it is set)."""
-    base = _base_session(target)
-    if not target.role_arn:
-        return base
-    sts = base.client("sts", region_name=target.region, endpoint_url=target.endpoint_url)
-    role_arn = target.role_arn
-    name = _session_name(station_id)
-
-    def fetch() -> dict[str, Any]:
-        creds = sts.assume_role(RoleArn=role_arn, RoleSessionName=name, DurationSeconds=duration_s)[
-            "Credentials"
-        ]
-        expiry = creds["Expiration"]
-        return {
-            "access_key": creds["AccessKeyId"],
-            "secret_key": creds["SecretAccessKey"],
-            "token": creds["SessionToken"],
-            "expiry_time": expiry.isoformat() if isinstance(expiry, datetime) else str(expiry),
-        }
-
-    core = _core_session()
-    core.register_component("credential_provider", CredentialResolver([_AssumedRoleProvider(fetch)]))
-    return boto3.Session(botocore_session=core, region_name=target.region)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Error translation
-# ---------------------------------------------------------------------------------------------------------
-
-
-def error_code(error: ClientError) -> str:
-    return str(error.response.get("Error", {}).get("Code", ""))
-
-
-def _http_status(error: ClientError) -> int:
-    try:
-        return int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-    except (TypeError, ValueError):
-        return 0
-
-
-def _account_from_arn(arn: str | None) -> str | None:
-    if arn and arn.startswith("arn:"):
-        parts = arn.split(":")
-        if len(parts) > 4 and parts[4]:
-            return parts[4]
-    return None
-
-
 class Registry:
     """One target's registry (account + region). Thread-safe: slots may share one instance.
 
@@ -359,184 +182,39 @@ class Registry:
         self.budget = budget if budget is not None else shared_budget(target)
         self.throttle_wait_s = throttle_wait_s
         self.delete_wait_s = delete_wait_s
-        self._config = Config(
-            region_name=target.region,
-            retries={"mode": "adaptive", "max_attempts": max_attempts},
-            connect_timeout=connect_timeout_s,
-            read_timeout=read_timeout_s,
+        self._aws = AwsIot(
+            target,
+            budget=self.budget,
+            station_id=station_id,
+            max_attempts=max_attempts,
+            throttle_wait_s=throttle_wait_s,
+            connect_timeout_s=connect_timeout_s,
+            read_timeout_s=read_timeout_s,
+            session=session,
         )
-        self._session = session
-        self._lock = threading.RLock()  # boto3 sessions are not thread-safe while making clients
-        self._iot: Any = None
-        self._account_id = target.account_id
+        self._call = self._aws.call
+        self._lock = threading.RLock()
         self._endpoint: str | None = None
         self._policy_ready = False
         self._policy_lock = threading.Lock()
 
-    # ------------------------------------------------------------------------------------------ plumbing
     def __repr__(self) -> str:
         return f"Registry({self.target.name!r}, {self.where})"
 
     @property
     def where(self) -> str:
         """The registry as "<account>/<region>" for messages, without any AWS call."""
-        account = self._account_id or _account_from_arn(self.target.role_arn) or self.target.registry_key[0]
-        return f"{account}/{self.target.region}"
-
-    def _boto_session(self) -> boto3.Session:
-        with self._lock:
-            if self._session is None:
-                try:
-                    self._session = session_for(self.target, station_id=self.station_id)
-                except (BotoCoreError, ClientError) as error:
-                    raise self._translate(error, "session") from error
-            return self._session
-
-    def _client(self) -> Any:
-        if self._iot is not None:
-            return self._iot
-        with self._lock:
-            if self._iot is None:
-                session = self._boto_session()
-                try:
-                    client = session.client(
-                        "iot",
-                        region_name=self.target.region,
-                        endpoint_url=self.target.endpoint_url,
-                        config=self._config,
-                    )
-                except (BotoCoreError, ClientError) as error:
-                    raise self._translate(error, "session") from error
-                # Every HTTP request (botocore's own retries included) draws from the shared budget.
-                client.meta.events.register("before-send.iot", self._meter)
-                self._iot = client
-            return self._iot
-
-    def _meter(self, event_name: str = "", **_: Any) -> None:
-        self.budget.acquire(event_name.rsplit(".", 1)[-1])
-
-    def _api_name(self, op: str) -> str:
-        mapping = getattr(self._iot.meta, "method_to_api_mapping", {}) if self._iot is not None else {}
-        return str(mapping.get(op, op))
-
-    def _call(self, op: str, passthrough: Collection[str] = (), **kwargs: Any) -> dict[str, Any]:
-        """Call one IoT API. Throttling is waited out (bounded); codes in `passthrough` reach the caller
-        as ClientError; every other failure becomes a StationError."""
-        method = getattr(self._client(), op)
-        # The bound counts from the first attempt: botocore's own retries (and its adaptive limiter's
-        # waits) inside each call are part of the time the operator is kept waiting.
-        deadline = time.monotonic() + self.throttle_wait_s
-        delay = 0.25
-        while True:
-            try:
-                return dict(method(**kwargs))
-            except ClientError as error:
-                code = error_code(error)
-                if code in THROTTLING_CODES:
-                    if time.monotonic() + delay > deadline:
-                        raise throttled_fault(self.where, self._api_name(op), self.throttle_wait_s) from None
-                    log.info("AWS throttled %s in %s; waiting %.2f s", self._api_name(op), self.where, delay)
-                    # Jittered exponential back-off: slots throttled together must not retry together.
-                    time.sleep(delay * random.uniform(0.5, 1.0))
-                    delay = min(delay * 2, 4.0)
-                    continue
-                if code in passthrough:
-                    raise
-                raise self._translate(error, op) from error
-            except BotoCoreError as error:
-                raise self._translate(error, op) from error
-
-    def _translate(self, error: Exception, op: str) -> StationError:
-        """Operator words for an AWS failure, by error code or exception type (never by message text)."""
-        api = self._api_name(op) if op != "session" else "the AWS session"
-        where = self.where
-        if isinstance(error, ClientError):
-            code = error_code(error)
-            if code in CREDENTIAL_CODES:
-                return StationFault(
-                    "AWS credentials refused",
-                    f"AWS credentials for {where} were refused ({code}) on {api}.",
-                    "Call a technician: the station's AWS credentials or role are missing, expired or lack "
-                    "permission for this target.",
-                )
-            if code in THROTTLING_CODES:
-                return throttled_fault(where, api, self.throttle_wait_s)
-            if code in UNAVAILABLE_CODES or _http_status(error) >= 500:
-                return StationFault(
-                    "AWS IoT unavailable",
-                    f"AWS IoT in {where} failed ({code or _http_status(error)}) on {api}.",
-                    "Wait a minute and scan the unit again; if it keeps failing, call a technician.",
-                )
-            if code == "LimitExceededException":
-                return StationFault(
-                    "AWS limit reached",
-                    f"AWS IoT in {where} refused {api}: an account limit is reached ({code}).",
-                    "Call a technician: the account needs a limit increase or a clean-up.",
-                )
-            return StationFault(
-                "AWS IoT refused a request",
-                f"AWS IoT in {where} refused {api} ({code or _http_status(error)}).",
-                "Call a technician with this message; the station log has the details.",
-            )
-        if isinstance(error, (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError)):
-            return StationFault(
-                "AWS credentials missing",
-                f"No usable AWS credentials for {where} ({type(error).__name__}).",
-                "Call a technician: configure the station's AWS profile or role for this target.",
-            )
-        if isinstance(error, ProfileNotFound):
-            return StationFault(
-                "AWS profile not found",
-                f"The AWS profile {self.target.profile!r} for target {self.target.name!r} does not exist.",
-                "Call a technician: create the profile or fix the target's profile in station.toml.",
-            )
-        if isinstance(error, NoRegionError):
-            return StationFault(
-                "AWS region missing",
-                f"Target {self.target.name!r} has no region.",
-                "Call a technician: set the target's region in station.toml.",
-            )
-        if isinstance(
-            error, (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError)
-        ):
-            url = self.target.endpoint_url or f"AWS IoT in {self.target.region}"
-            return StationFault(
-                "AWS IoT unreachable",
-                f"The station could not reach {url} for {where} ({type(error).__name__}).",
-                "Check the station's network connection (and proxy/firewall); then scan the unit again.",
-            )
-        return StationFault(
-            "AWS call failed",
-            f"{api} for {where} failed ({type(error).__name__}).",
-            "Call a technician with this message; the station log has the details.",
-        )
+        return self._aws.where
 
     # ------------------------------------------------------------------------------------------ account
     @property
     def account_id(self) -> str:
         """The target's account: configured, or asked of STS (get_caller_identity) once and cached."""
-        if self._account_id:
-            return self._account_id
-        with self._lock:
-            if not self._account_id:
-                session = self._boto_session()
-                try:
-                    sts = session.client(
-                        "sts", region_name=self.target.region, endpoint_url=self.target.endpoint_url
-                    )
-                    self._account_id = str(sts.get_caller_identity()["Account"])
-                except (BotoCoreError, ClientError) as error:
-                    raise self._translate(error, "session") from error
-            return self._account_id
+        return self._aws.account_id
 
     def caller_account(self) -> str:
         """The account the credentials really act in (always asks STS; for preflight)."""
-        session = self._boto_session()
-        try:
-            sts = session.client("sts", region_name=self.target.region, endpoint_url=self.target.endpoint_url)
-            return str(sts.get_caller_identity()["Account"])
-        except (BotoCoreError, ClientError) as error:
-            raise self._translate(error, "session") from error
+        return self._aws.caller_account()
 
     def data_endpoint(self) -> tuple[str, int]:
         """(host, port) of the iot:Data-ATS endpoint: the configured one, or discovered once and cached."""
@@ -574,16 +252,16 @@ class Registry:
         try:
             answer = self._call(
                 "register_certificate_without_ca",
-                passthrough=(_EXISTS, _CERT_INVALID),
+                passthrough=(EXISTS, CERT_INVALID),
                 certificatePem=pem,
                 status="ACTIVE",
             )
         except ClientError as error:
-            if error_code(error) == _CERT_INVALID:
+            if error_code(error) == CERT_INVALID:
                 raise _rejected(
                     CertificateRejected(
                         "Certificate not accepted by AWS IoT",
-                        f"AWS IoT in {self.where} refused the certificate ({_CERT_INVALID}).",
+                        f"AWS IoT in {self.where} refused the certificate ({CERT_INVALID}).",
                         "Issue a new certificate for this unit (RSA ≥ 2048 or EC P-256/P-384, SHA-256+).",
                     ),
                     origin,
@@ -605,7 +283,7 @@ class Registry:
             certificate_arn=arn,
             created=created,
             target=self.target.name,
-            account_id=_account_from_arn(arn) or self._account_id or "",
+            account_id=account_from_arn(arn) or self._aws.known_account,
             region=self.target.region,
         )
 
@@ -636,22 +314,22 @@ class Registry:
     def create_thing(self, name: str) -> bool:
         """Make the thing unless it exists; True when this call made it. Adds the target's thing group."""
         try:
-            self._call("describe_thing", passthrough=(_NOT_FOUND,), thingName=name)
+            self._call("describe_thing", passthrough=(NOT_FOUND,), thingName=name)
             created = False
         except ClientError:
             kwargs: dict[str, Any] = {"thingName": name}
             if self.target.thing_type:
                 kwargs["thingTypeName"] = self.target.thing_type
             try:
-                self._call("create_thing", passthrough=(_EXISTS, _NOT_FOUND), **kwargs)
+                self._call("create_thing", passthrough=(EXISTS, NOT_FOUND), **kwargs)
                 created = True
             except StationError as error:
                 # No answer (lost, timed out, AWS failing): the thing may exist now. It did not a moment ago
                 # and its name is the unit's, so if it is there this call made it: say so to the caller.
-                error.thing_maybe_created = name  # type: ignore[attr-defined]
+                error.thing_maybe_created = name
                 raise
             except ClientError as error:
-                if error_code(error) == _EXISTS:
+                if error_code(error) == EXISTS:
                     created = False  # another slot made it between our describe and create
                 else:
                     raise StationFault(
@@ -663,7 +341,7 @@ class Registry:
             try:
                 self._call(
                     "add_thing_to_thing_group",
-                    passthrough=(_NOT_FOUND,),
+                    passthrough=(NOT_FOUND,),
                     thingGroupName=self.target.thing_group,
                     thingName=name,
                 )
@@ -690,7 +368,7 @@ class Registry:
                 return False
             name = self.target.policy_name
             try:
-                self._call("get_policy", passthrough=(_NOT_FOUND,), policyName=name)
+                self._call("get_policy", passthrough=(NOT_FOUND,), policyName=name)
                 self._policy_ready = True
                 return False
             except ClientError:
@@ -706,7 +384,7 @@ class Registry:
             if reason and not self.target.lab:
                 raise _over_broad(name, self.where, reason)
             try:
-                self._call("create_policy", passthrough=(_EXISTS,), policyName=name, policyDocument=document)
+                self._call("create_policy", passthrough=(EXISTS,), policyName=name, policyDocument=document)
                 created = True
             except ClientError:
                 created = False  # another station or slot made it first
@@ -767,7 +445,7 @@ class Registry:
         """The certificate as this registry sees it (JSON-ready), or None when it is not registered."""
         try:
             answer = self._call(
-                "describe_certificate", passthrough=(_NOT_FOUND,), certificateId=certificate_id
+                "describe_certificate", passthrough=(NOT_FOUND,), certificateId=certificate_id
             )
         except ClientError:
             return None
@@ -778,7 +456,7 @@ class Registry:
             if key in description:
                 value = description[key]
                 result[key] = value.isoformat() if isinstance(value, datetime) else value
-        result["account_id"] = _account_from_arn(result.get("certificateArn")) or self._account_id
+        result["account_id"] = account_from_arn(result.get("certificateArn")) or self._aws.known_account
         result["region"] = self.target.region
         return result
 
@@ -820,36 +498,24 @@ class Registry:
     def remove_observer(self, observer: ObserverRegistration) -> None:
         """Delete the observer's certificate (AWS's order), its thing and its policy. Each part that is already
         gone counts as removed; a StationFault lists what is left."""
-        left: list[str] = []
-        first_error: StationError | None = None
-        try:
-            self._delete_certificate(observer.certificate_id, None)
-        except StationError as error:
-            first_error = error
-            left.append(f"certificate {observer.certificate_id[:12]}…")
-        for what, remove in (
-            (f"thing {observer.name!r}", lambda: self._delete_thing(observer.name)),
-            (f"policy {observer.name!r}", lambda: self._delete_policy(observer.name)),
-        ):
-            try:
-                remove()
-            except StationError as error:
-                first_error = first_error or error
-                left.append(what)
-        if left:
-            raise StationFault(
-                "Observer not removed",
-                f"Could not remove the station's observer in {self.where}: {', '.join(left)} remain"
-                + (f" ({first_error.message})" if first_error else "")
-                + ".",
-                f"Delete what is left (named {observer.name}) in the AWS IoT console, or call a technician.",
-            )
+        left = _Leftovers()
+        left.remove(
+            f"certificate {observer.certificate_id[:12]}…",
+            lambda: self._delete_certificate(observer.certificate_id, None),
+        )
+        left.remove(f"thing {observer.name!r}", lambda: self._delete_thing(observer.name))
+        left.remove(f"policy {observer.name!r}", lambda: self._delete_policy(observer.name))
+        left.raise_if_any(
+            "Observer not removed",
+            f"Could not remove the station's observer in {self.where}",
+            f"Delete what is left (named {observer.name}) in the AWS IoT console, or call a technician.",
+        )
 
     def _delete_policy(self, name: str) -> None:
         # A policy cannot be deleted while attached; detaching is asynchronous in AWS (409 until settled).
         self._delete_when_settled(
             "delete_policy",
-            (_DELETE_CONFLICT,),
+            (DELETE_CONFLICT,),
             lambda code: StationFault(
                 "Policy still attached",
                 f"AWS IoT in {self.where} would not delete policy {name!r} ({code}).",
@@ -872,11 +538,11 @@ class Registry:
         delay = 0.1
         while True:
             try:
-                self._call(op, passthrough=(*retry_codes, _NOT_FOUND), **kwargs)
+                self._call(op, passthrough=(*retry_codes, NOT_FOUND), **kwargs)
                 return
             except ClientError as error:
                 code = error_code(error)
-                if code == _NOT_FOUND:
+                if code == NOT_FOUND:
                     return  # gone meanwhile (e.g. another station's revoke)
                 if time.monotonic() + delay > deadline:
                     raise give_up(code) from error
@@ -886,85 +552,47 @@ class Registry:
     # ------------------------------------------------------------------------------------------ undo
     def rollback(self, registration: Registration) -> None:
         """Undo exactly what this attempt did, in AWS's order. Raises StationFault listing what is left."""
-        left: list[str] = []
-        first_error: StationError | None = None
+        left = _Leftovers()
         cert_id = registration.certificate_id
         arn = registration.certificate_arn
         if registration.created:
-            try:
-                self._delete_certificate(cert_id, arn)
-            except StationError as error:
-                first_error = first_error or error
-                left.append(f"certificate {cert_id[:12]}…")
+            left.remove(f"certificate {cert_id[:12]}…", lambda: self._delete_certificate(cert_id, arn))
         else:
-            steps: list[tuple[bool, str, Callable[[], None]]] = [
-                (
-                    registration.policy_attached,
+            if registration.policy_attached:
+                left.remove(
                     f"policy {self.target.policy_name!r} on certificate {cert_id[:12]}…",
                     lambda: self._detach_policy(self.target.policy_name, arn),
-                ),
-                (
-                    registration.thing_attached and bool(registration.thing_name),
-                    f"thing {registration.thing_name!r} attached to certificate {cert_id[:12]}…",
-                    lambda: self._detach_thing(str(registration.thing_name), arn),
-                ),
-                (
-                    registration.activated,
-                    f"certificate {cert_id[:12]}… activated",
-                    lambda: self._deactivate(cert_id),
-                ),
-            ]
-            for needed, what, step in steps:
-                if not needed:
-                    continue
-                try:
-                    step()
-                except StationError as error:
-                    first_error = first_error or error
-                    left.append(what)
+                )
+            if registration.thing_attached and registration.thing_name:
+                thing = registration.thing_name
+                left.remove(
+                    f"thing {thing!r} attached to certificate {cert_id[:12]}…",
+                    lambda: self._detach_thing(thing, arn),
+                )
+            if registration.activated:
+                left.remove(f"certificate {cert_id[:12]}… activated", lambda: self._deactivate(cert_id))
         if registration.thing_created and registration.thing_name:
-            try:
-                self._delete_thing(registration.thing_name)
-            except StationError as error:
-                first_error = first_error or error
-                left.append(f"thing {registration.thing_name!r}")
-        if left:
-            raise StationFault(
-                "Rollback incomplete",
-                f"Could not undo everything in {self.where}: {', '.join(left)} remain"
-                + (f" ({first_error.message})" if first_error else "")
-                + ".",
-                _RECONCILE,
-            )
+            made = registration.thing_name
+            left.remove(f"thing {made!r}", lambda: self._delete_thing(made))
+        left.raise_if_any("Rollback incomplete", f"Could not undo everything in {self.where}", _RECONCILE)
 
     def revoke(self, certificate_id: str, *, delete_thing: str | None = None) -> bool:
         """Remove the certificate from this registry (AWS's order); delete `delete_thing` if named.
 
         Returns True if the certificate was there. Deleting the thing is for things the station made.
         """
-        left: list[str] = []
-        first_error: StationError | None = None
-        existed = False
-        try:
-            existed = self._delete_certificate(certificate_id, None)
-        except StationError as error:
-            first_error = error
-            left.append(f"certificate {certificate_id[:12]}…")
+        left = _Leftovers()
+        existed = left.remove(
+            f"certificate {certificate_id[:12]}…", lambda: self._delete_certificate(certificate_id, None)
+        )
         if delete_thing:
-            try:
-                self._delete_thing(delete_thing)
-            except StationError as error:
-                first_error = first_error or error
-                left.append(f"thing {delete_thing!r}")
-        if left:
-            raise StationFault(
-                "Revoke incomplete",
-                f"Could not revoke everything in {self.where}: {', '.join(left)} remain"
-                + (f" ({first_error.message})" if first_error else "")
-                + ".",
-                "Retry `station revoke`; if it keeps failing, run `station reconcile` or call a technician.",
-            )
-        return existed
+            left.remove(f"thing {delete_thing!r}", lambda: self._delete_thing(delete_thing))
+        left.raise_if_any(
+            "Revoke incomplete",
+            f"Could not revoke everything in {self.where}",
+            "Retry `station revoke`; if it keeps failing, run `station reconcile` or call a technician.",
+        )
+        return bool(existed)
 
     def _delete_certificate(self, certificate_id: str, arn: str | None) -> bool:
         """Detach policies, detach things, INACTIVE, delete. False if the certificate was not there."""
@@ -972,7 +600,7 @@ class Registry:
         if arn is None:
             try:
                 answer = self._call(
-                    "describe_certificate", passthrough=(_NOT_FOUND,), certificateId=certificate_id
+                    "describe_certificate", passthrough=(NOT_FOUND,), certificateId=certificate_id
                 )
             except ClientError:
                 return False
@@ -987,20 +615,20 @@ class Registry:
             try:
                 self._call(
                     "update_certificate",
-                    passthrough=(_CERT_STATE, _NOT_FOUND),
+                    passthrough=(CERT_STATE, NOT_FOUND),
                     certificateId=certificate_id,
                     newStatus="INACTIVE",
                 )
             except ClientError as error:
-                if error_code(error) == _NOT_FOUND:
+                if error_code(error) == NOT_FOUND:
                     return False
                 # CertificateStateException: REVOKED (or in transfer) cannot go INACTIVE; delete decides.
         # Detaching is asynchronous in AWS: the delete answers 409 DeleteConflict until it has settled.
         self._delete_when_settled(
             "delete_certificate",
-            (_DELETE_CONFLICT, _CERT_STATE),
+            (DELETE_CONFLICT, CERT_STATE),
             lambda code: StationFault(
-                "Certificate still attached" if code == _DELETE_CONFLICT else "Certificate still active",
+                "Certificate still attached" if code == DELETE_CONFLICT else "Certificate still active",
                 f"AWS IoT in {self.where} would not delete certificate {certificate_id[:12]}… "
                 f"({code}) within {self.delete_wait_s:.0f} s.",
                 _RECONCILE,
@@ -1012,17 +640,17 @@ class Registry:
     def _detach_policy(self, policy: str, arn: str) -> None:
         # Already detached or gone: the goal is reached.
         with contextlib.suppress(ClientError):
-            self._call("detach_policy", passthrough=(_NOT_FOUND,), policyName=policy, target=arn)
+            self._call("detach_policy", passthrough=(NOT_FOUND,), policyName=policy, target=arn)
 
     def _detach_thing(self, thing: str, arn: str) -> None:
         with contextlib.suppress(ClientError):
-            self._call("detach_thing_principal", passthrough=(_NOT_FOUND,), thingName=thing, principal=arn)
+            self._call("detach_thing_principal", passthrough=(NOT_FOUND,), thingName=thing, principal=arn)
 
     def _deactivate(self, certificate_id: str) -> None:
         with contextlib.suppress(ClientError):
             self._call(
                 "update_certificate",
-                passthrough=(_NOT_FOUND,),
+                passthrough=(NOT_FOUND,),
                 certificateId=certificate_id,
                 newStatus="INACTIVE",
             )
@@ -1032,7 +660,7 @@ class Registry:
         # so InvalidRequest from DeleteThing is retried within the same bound as certificate deletes.
         self._delete_when_settled(
             "delete_thing",
-            (_INVALID_REQUEST,),
+            (INVALID_REQUEST,),
             lambda code: StationFault(
                 "Thing still in use",
                 f"AWS IoT in {self.where} would not delete thing {name!r} ({code}).",
@@ -1070,8 +698,7 @@ class Registry:
                 )
             )
         else:
-            with self._lock:
-                self._account_id = self._account_id or account
+            self._aws.learn_account(account)
             how = "assumed role" if self.target.role_arn else ("profile" if self.target.profile else "keys")
             checks.append(Check("credentials", True, f"AWS account {account} ({how}), {self.target.region}."))
         checks.append(self._check_endpoint())
@@ -1123,7 +750,7 @@ class Registry:
     def _check_policy(self) -> list[Check]:
         name = self.target.policy_name
         try:
-            answer = self._call("get_policy", passthrough=(_NOT_FOUND,), policyName=name)
+            answer = self._call("get_policy", passthrough=(NOT_FOUND,), policyName=name)
             document: str | None = str(answer.get("policyDocument", ""))
             found = Check("policy", True, f"Policy {name!r} exists in {self.where}.")
         except ClientError:
@@ -1164,7 +791,7 @@ class Registry:
 
     def _check_exists(self, label: str, op: str, kwargs: dict[str, Any], name: str) -> Check:
         try:
-            self._call(op, passthrough=(_NOT_FOUND,), **kwargs)
+            self._call(op, passthrough=(NOT_FOUND,), **kwargs)
         except ClientError:
             return Check(
                 label,
@@ -1180,6 +807,29 @@ class Registry:
 # ---------------------------------------------------------------------------------------------------------
 # Small helpers
 # ---------------------------------------------------------------------------------------------------------
+
+
+class _Leftovers:
+    """What an undo (rollback, revoke, observer removal) could not remove: every step is tried, the first
+    error is kept, and one StationFault at the end lists everything that is left."""
+
+    def __init__(self) -> None:
+        self.left: list[str] = []
+        self.first_error: StationError | None = None
+
+    def remove(self, what: str, step: Callable[[], T]) -> T | None:
+        """Run one step; on a StationError note `what` as left (None is returned) and carry on."""
+        try:
+            return step()
+        except StationError as error:
+            self.first_error = self.first_error or error
+            self.left.append(what)
+            return None
+
+    def raise_if_any(self, title: str, failed: str, next_action: str) -> None:
+        if self.left:
+            detail = f" ({self.first_error.message})" if self.first_error else ""
+            raise StationFault(title, f"{failed}: {', '.join(self.left)} remain{detail}.", next_action)
 
 
 def _rejected(error: StationError, origin: str) -> StationError:

@@ -24,6 +24,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from station.journal import journal_fields
 from station.lab.control import DEFAULT_ACCOUNT_ID, ControlPlane
 from station.model import Target
 
@@ -102,10 +103,12 @@ class _JournalOnly:
         self.journal: dict[int, dict[str, Any]] = {}
 
     def journal_open(self, **fields: Any) -> int:
+        journal_fields(fields)  # the ledger's own check: one name per field
         self.journal[len(self.journal) + 1] = dict(fields)
         return len(self.journal)
 
     def journal_update(self, journal_id: int, **fields: Any) -> None:
+        journal_fields(fields)
         self.journal[journal_id].update(fields)
 
     def journal_close(self, journal_id: int, outcome: str | None = None) -> None:

@@ -267,6 +267,13 @@ def test_a_rollback_that_cannot_reach_aws_says_what_is_left_and_what_to_do(targe
     assert failed.value.title == "Rollback incomplete"
     assert "certificate abababababab" in failed.value.message and "unit-left" in failed.value.message
     assert "station reconcile" in failed.value.next_action
+    with pytest.raises(StationFault) as failed:
+        registry.revoke("cd" * 32, delete_thing="unit-gone")
+    assert failed.value.title == "Revoke incomplete"
+    assert failed.value.message.startswith(
+        f"Could not revoke everything in {registry.where}: certificate cdcdcdcdcdcd…"
+    )
+    assert "thing 'unit-gone' remain (" in failed.value.message
 
 
 # ---------------------------------------------------------------------------------------------- revoke

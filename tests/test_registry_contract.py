@@ -5,7 +5,7 @@ fixtures; the tests are shared, so the fake cannot drift from what the real regi
 What is checked is what the pipeline relies on: registering is idempotent and says whether this call created
 the certificate; a thing is made once; rollback undoes only what the registration says was made; revoke
 removes a certificate and says whether it was there; describe sees ACTIVE certificates and nothing after a
-removal; the data endpoint is a (host, port).
+removal; `where` names the account and region describe reports; the data endpoint is a (host, port).
 """
 
 from __future__ import annotations
@@ -95,6 +95,13 @@ class RegistryContract:
         described = registry.describe(identity.certificate_id)
         assert described is not None and described["status"] == "ACTIVE"
         assert described["certificateId"] == identity.certificate_id
+
+    def test_where_names_the_registry_describe_reports(self, registry: Any) -> None:
+        identity = new_identity("SIM100006")
+        registry.register(identity, origin="station")
+        described = registry.describe(identity.certificate_id)
+        assert registry.where == f"{described['account_id']}/{described['region']}"
+        assert described["certificateArn"].endswith(f"cert/{identity.certificate_id}")
 
     def test_the_data_endpoint_is_a_host_and_port(self, registry: Any) -> None:
         host, port = registry.data_endpoint()

@@ -35,9 +35,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Self, TextIO
+from typing import TYPE_CHECKING, Any, Literal, Self, TextIO, Unpack
 
 from station.errors import InputError, StationFault, UnitFault
+from station.journal import COLUMNS as JOURNAL_COLUMNS
+from station.journal import JournalEntry, JournalFields, journal_fields
 from station.model import Event, Outcome
 from station.units import LiveIdentity, UnitState, iso_utc
 
@@ -267,7 +269,8 @@ def journal_snapshot(entry: JournalEntry) -> dict[str, Any]:
     """What the chain says about a journal entry after a write: compared with the row by the audit."""
     data: dict[str, Any] = {"journal_id": int(entry.id)}
     for name in JOURNAL_CHAINED:
-        data[name] = getattr(entry, name)
+        value = getattr(entry, name)
+        data[name] = str(value) if name == "stage" else value
     data["closed"] = entry.closed_at is not None
     data["outcome"] = entry.outcome
     return data
@@ -437,80 +440,15 @@ def as_record(record: AttemptRecord | Mapping[str, Any]) -> AttemptRecord:
 # Journal
 # ---------------------------------------------------------------------------------------------------------
 
-JOURNAL_FIELDS = (
-    "attempt_id",
-    "serial",
-    "target",
-    "account_id",
-    "region",
-    "slot",
-    "product",
-    "certificate_id",
-    "certificate_pem",
-    "certificate_arn",
-    "certificate_created",
-    "thing_name",
-    "thing_created",
-    "stage",
-)
-# The pipeline says "state" and "account"; both mean the same columns.
-_JOURNAL_ALIASES = {"state": "stage", "account": "account_id", "target_name": "target"}
-_JOURNAL_BOOLS = ("certificate_created", "thing_created")
+JOURNAL_FIELDS = JOURNAL_COLUMNS  # the journal's stored columns, in order (`station.journal.COLUMNS`)
 
 
 def journal_columns(fields: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split journal keyword fields into known columns and `extra`, normalised and checked for keys."""
-    columns: dict[str, Any] = {}
-    extra: dict[str, Any] = {}
-    for key, value in fields.items():
-        name = _JOURNAL_ALIASES.get(key, key)
-        if name in _JOURNAL_BOOLS:
-            columns[name] = None if value is None else bool(value)
-        elif name in JOURNAL_FIELDS:
-            columns[name] = "" if value is None else str(value)
-        else:
-            extra[key] = value
-    extra = plain(extra)
-    reject_key_material(canonical_json([columns, extra]), "journal entry")
-    return columns, extra
-
-
-@dataclass(frozen=True)
-class JournalEntry:
-    """One in-flight provisioning attempt, written before its first AWS side effect."""
-
-    id: int
-    attempt_id: str = ""
-    serial: str = ""
-    target: str = ""
-    account_id: str = ""
-    region: str = ""
-    slot: str = ""
-    product: str = ""
-    certificate_id: str = ""
-    certificate_pem: str = ""
-    certificate_arn: str = ""
-    certificate_created: bool | None = None  # None: not known yet (register did not answer)
-    thing_name: str = ""
-    thing_created: bool = False
-    stage: str = ""  # e.g. registering → registered → thing → attached → verified / rolled_back
-    opened_at: float = 0.0
-    updated_at: float = 0.0
-    closed_at: float | None = None
-    outcome: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def state(self) -> str:
-        """The pipeline's word for `stage`."""
-        return self.stage
-
-    @property
-    def account(self) -> str:
-        return self.account_id
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    """Check one journal write (`station.journal.journal_fields`: unknown names are a TypeError, an unknown
+    stage a ValueError) and refuse key material; (columns, notes for the row's `extra`)."""
+    columns, notes = journal_fields(fields)
+    reject_key_material(canonical_json([columns, notes]), "journal entry")
+    return columns, notes
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1083,16 +1021,17 @@ class Ledger(ABC):
 
     # -- journal ------------------------------------------------------------------------------------------
     @abstractmethod
-    def journal_open(self, **fields: Any) -> int:
+    def journal_open(self, **fields: Unpack[JournalFields]) -> int:
         """Open a journal entry (durably) before the attempt's first AWS side effect; returns its id.
 
-        Fields: attempt_id, serial, target, account_id (or account), region, slot, product, certificate_id,
-        certificate_pem, certificate_arn, certificate_created, thing_name, thing_created, stage (or state).
-        Anything else is kept in `extra`. A `journal` event is chained in the same transaction.
+        Fields (`station.journal.JournalEntry`, one name each): attempt_id, serial, target, account_id, region,
+        slot, product, certificate_id, certificate_pem, certificate_arn, certificate_created, thing_name,
+        thing_created, stage (a `Stage`), station_id, purpose, registry_answer, thing_answer. Any other name is
+        a TypeError. A `journal` event is chained in the same transaction.
         """
 
     @abstractmethod
-    def journal_update(self, journal_id: int, **fields: Any) -> None:
+    def journal_update(self, journal_id: int, **fields: Unpack[JournalFields]) -> None:
         """Update an open entry (durably, chained). Raises KeyError for an unknown or closed entry."""
 
     @abstractmethod

@@ -1181,7 +1181,7 @@ class DynamoLedger(Ledger):
                 "extra": {"S": canonical_json(extra)},
                 **{name: _attr(value) for name, value in columns.items()},
             }
-            entry = JournalEntry(id=journal_id, **columns, opened_at=now, updated_at=now, extra=extra)
+            entry = JournalEntry(id=journal_id, **columns, **extra, opened_at=now, updated_at=now)
             body = encode_journal_event(entry, "open")[1]
             put = {"TableName": self.table, "Item": item, "ConditionExpression": "attribute_not_exists(pk)"}
             self._append(body, lambda seq: [put], checked=1)
@@ -1203,7 +1203,7 @@ class DynamoLedger(Ledger):
             old_extra = item["extra"]["S"]
             merged = {**json.loads(old_extra), **extra}
             now = time.time()
-            entry = dataclasses.replace(_journal_entry(item), **columns, updated_at=now, extra=merged)
+            entry = dataclasses.replace(_journal_entry(item), **columns, **extra, updated_at=now)
             # Every attribute name goes through a placeholder: DynamoDB reserves hundreds of words.
             names = {f"#c{i}": name for i, name in enumerate(columns)}
             names.update({"#pk": "pk", "#closed": "closed_at", "#upd": "updated_at", "#extra": "extra"})
@@ -1335,22 +1335,19 @@ def _attr(value: Any) -> dict[str, Any]:
 
 
 def _journal_entry(item: Mapping[str, Any]) -> JournalEntry:
-    fields: dict[str, Any] = {"id": int(item["id"]["N"])}
+    row: dict[str, Any] = {}
     for name, attr in item.items():
-        if name in ("pk", "sk", "id"):
+        if name in ("pk", "sk"):
             continue
-        if name == "extra":
-            fields["extra"] = json.loads(attr["S"])
-        elif "N" in attr:
-            fields[name] = float(attr["N"])
+        if "N" in attr:
+            row[name] = attr["N"] if name == "id" else float(attr["N"])
         elif "BOOL" in attr:
-            fields[name] = bool(attr["BOOL"])
+            row[name] = bool(attr["BOOL"])
         elif "NULL" in attr:
-            fields[name] = None
+            row[name] = None
         else:
-            fields[name] = attr["S"]
-    fields["thing_created"] = bool(fields.get("thing_created"))
-    return JournalEntry(**fields)
+            row[name] = attr["S"]
+    return JournalEntry.from_stored(row)
 
 
 def live_key(certificate_ids: Iterable[str]) -> str:

@@ -40,6 +40,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from station.journal import Stage
 from station.ledger.anchor import Anchor, AnchorError, Checkpoint, anchor_verdict
 from station.ledger.base import (
     EVENT_FIELDS,
@@ -941,17 +942,11 @@ def _record(row: tuple[Any, ...]) -> AttemptRecord:
 
 
 def _journal_value(value: Any) -> Any:
-    return int(value) if isinstance(value, bool) else value
+    if isinstance(value, bool):
+        return int(value)
+    return str(value) if isinstance(value, Stage) else value
 
 
 def _journal_entry(row: tuple[Any, ...]) -> JournalEntry:
     names = ("id", *JOURNAL_FIELDS, "opened_at", "updated_at", "closed_at", "outcome", "extra")
-    fields = dict(zip(names, row, strict=True))
-    fields["extra"] = json.loads(fields["extra"] or "{}")
-    for name in ("certificate_created", "thing_created"):
-        fields[name] = None if fields[name] is None else bool(fields[name])
-    fields["thing_created"] = bool(fields["thing_created"])
-    for name in JOURNAL_FIELDS:
-        if fields[name] is None and name not in ("certificate_created", "thing_created"):
-            fields[name] = ""
-    return JournalEntry(**fields)
+    return JournalEntry.from_stored(dict(zip(names, row, strict=True)))

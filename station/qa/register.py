@@ -24,6 +24,7 @@ from station.context import server_ca
 from station.errors import InputError, StationError
 from station.identity import certificate_id as local_certificate_id
 from station.identity import check_aws_acceptance
+from station.journal import Stage
 from station.ledger import Ledger
 from station.model import Identity, Outcome, Target
 from station.pipeline import register_in_target
@@ -221,12 +222,12 @@ def register_certificate(
         attempt.journal_open(
             product=product_name,
             target=dest.name,
-            account=dest.registry_key[0],
+            account_id=dest.registry_key[0],
             region=dest.region,
             certificate_id=cert_id,
             certificate_pem=public.certificate_pem,
             thing_name=thing_name,
-            state="registering",
+            stage=Stage.REGISTERING,
         )
         reg, _ = attempt.step(
             "register", lambda: register_in_target(attempt, registry, public, thing_name, origin="file")
@@ -252,7 +253,7 @@ def register_certificate(
                 ),
             )
             state["verify"] = dict(verified.as_dict()) if hasattr(verified, "as_dict") else {"passed": True}
-            attempt.journal(state="verified")
+            attempt.journal(stage=Stage.VERIFIED)
         return reg
 
     def conclude(error: StationError | None) -> dict[str, Any]:

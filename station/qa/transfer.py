@@ -19,6 +19,7 @@ from station.config import StationConfig
 from station.errors import InputError, StationError, StationFault
 from station.identity import certificate_id as local_certificate_id
 from station.identity import check_aws_acceptance
+from station.journal import Stage
 from station.ledger import AttemptRecord, Ledger
 from station.model import Identity
 from station.pipeline import register_in_target
@@ -197,12 +198,12 @@ def transfer_unit(
         attempt.journal_open(
             product=plan.product,
             target=dest.name,
-            account=dest.registry_key[0],
+            account_id=dest.registry_key[0],
             region=dest.region,
             certificate_id=identity.certificate_id,
             certificate_pem=identity.certificate_pem,
             thing_name=plan.thing_name,
-            state="registering",
+            stage=Stage.REGISTERING,
         )
         reg, _ = attempt.step(
             "register",

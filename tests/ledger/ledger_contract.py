@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import pytest
 
+from station.journal import Stage
 from station.ledger import AttemptRecord, Ledger
 from station.ledger.base import CSV_COLUMNS, GENESIS_HASH
 from station.model import Event
@@ -267,7 +268,7 @@ class LedgerContract:
             ledger.journal_open(serial="SN0001", certificate_pem=KEY_PEM)
         jid = ledger.journal_open(serial="SN0001", certificate_pem=CERT_PEM)
         with pytest.raises(ValueError, match="private key"):
-            ledger.journal_update(jid, note=KEY_PEM)
+            ledger.journal_update(jid, certificate_arn=KEY_PEM)
         assert [j.certificate_pem for j in ledger.journal_pending()] == [CERT_PEM]
 
     def test_invalid_records_are_refused(self, ledger: Ledger) -> None:
@@ -419,19 +420,19 @@ class LedgerContract:
             attempt_id="a1",
             serial="SN0001",
             target="lab-eu",
-            account="123456789012",
+            account_id="123456789012",
             region="eu-west-1",
             certificate_id=CERT_ID,
             certificate_pem=CERT_PEM,
             thing_name="prov1-SN0001",
-            state="registering",
+            stage="registering",
             slot="s1",
         )
         second = ledger.journal_open(attempt_id="a2", serial="SN0002", stage="registering")
         assert first != second
-        ledger.journal_update(first, state="registered", certificate_created=True, certificate_arn="arn:x")
-        ledger.journal_update(first, stage="thing", thing_created=True, retries=2)
-        ledger.journal_update(first, retries=3, why="slow")
+        ledger.journal_update(first, stage="registered", certificate_created=True, certificate_arn="arn:x")
+        ledger.journal_update(first, stage="thing", thing_created=True, thing_answer="lost")
+        ledger.journal_update(first, station_id="st-1", purpose="replace_revoke")
         pending = ledger.journal_pending()
         assert [p.id for p in pending] == [first, second]  # oldest first
         entry = pending[0]
@@ -442,18 +443,14 @@ class LedgerContract:
             "123456789012",
             "eu-west-1",
         )
-        assert (entry.stage, entry.state, entry.thing_created, entry.certificate_created) == (
-            "thing",
-            "thing",
-            True,
-            True,
-        )
+        assert (entry.stage, entry.thing_created, entry.certificate_created) == (Stage.THING, True, True)
         assert (entry.certificate_id, entry.certificate_pem, entry.certificate_arn) == (
             CERT_ID,
             CERT_PEM,
             "arn:x",
         )
-        assert entry.extra == {"retries": 3, "why": "slow"}
+        assert (entry.thing_answer, entry.station_id, entry.purpose) == ("lost", "st-1", "replace_revoke")
+        assert entry.unknown == {}
         assert entry.opened_at <= entry.updated_at and entry.closed_at is None
         assert pending[1].certificate_created is None and pending[1].thing_created is False
 
@@ -463,7 +460,7 @@ class LedgerContract:
         with pytest.raises(KeyError):
             ledger.journal_update(first, stage="verified")  # a closed entry is no longer in flight
         with pytest.raises(KeyError):
-            ledger.journal_update(99999, stage="x")
+            ledger.journal_update(99999, stage="verified")
         with pytest.raises(KeyError):
             ledger.journal_close(99999)
         ledger.close()
@@ -474,9 +471,31 @@ class LedgerContract:
             third = again.journal_open(serial="SN0003")
             assert third not in (first, second)
 
+    def test_journal_refuses_unknown_fields_and_stages(self, ledger: Ledger) -> None:
+        with pytest.raises(TypeError, match="'state' \\(the field is 'stage'\\)"):
+            ledger.journal_open(serial="SN0001", state="registering")  # type: ignore[call-arg]
+        with pytest.raises(TypeError, match="'retries'"):
+            ledger.journal_open(serial="SN0001", retries=2)  # type: ignore[call-arg]
+        with pytest.raises(ValueError, match="unknown journal stage 'registred'"):
+            ledger.journal_open(serial="SN0001", stage="registred")  # type: ignore[arg-type]
+        assert ledger.journal_pending() == [] and ledger.events("SN0001") == []  # nothing was written
+        jid = ledger.journal_open(serial="SN0001", stage=Stage.REGISTERING)
+        with pytest.raises(TypeError, match="'account' \\(the field is 'account_id'\\)"):
+            ledger.journal_update(jid, account="123456789012")  # type: ignore[call-arg]
+        (entry,) = ledger.journal_pending()
+        assert (entry.id, entry.stage, entry.account_id) == (jid, Stage.REGISTERING, "")
+        assert ledger.audit().ok
+
+    def test_every_stage_round_trips(self, ledger: Ledger) -> None:
+        ids = {stage: ledger.journal_open(serial=f"SN{i:04d}", stage=stage) for i, stage in enumerate(Stage)}
+        read = {e.id: e.stage for e in ledger.journal_pending()}
+        assert read == {jid: stage for stage, jid in ids.items()}
+        assert all(type(stage) is Stage for stage in read.values())
+        assert ledger.audit().ok
+
     def test_journal_writes_are_chained_without_the_pem(self, ledger: Ledger) -> None:
-        jid = ledger.journal_open(serial="SN0001", state="registering", certificate_pem=CERT_PEM)
-        ledger.journal_update(jid, state="registered", certificate_id=CERT_ID, certificate_created=True)
+        jid = ledger.journal_open(serial="SN0001", stage="registering", certificate_pem=CERT_PEM)
+        ledger.journal_update(jid, stage="registered", certificate_id=CERT_ID, certificate_created=True)
         ledger.journal_close(jid, "PASS")
         ledger.journal_close(jid)  # a second close changes nothing, so it chains nothing
         chained = ledger.events("SN0001")
@@ -499,10 +518,10 @@ class LedgerContract:
             ledger.append_event(note(kind="journal"))
 
     def test_journal_closed_by_hand_is_caught(self, backend: BackendUnderTest, ledger: Ledger) -> None:
-        done = ledger.journal_open(serial="SN0001", state="registering")
+        done = ledger.journal_open(serial="SN0001", stage="registering")
         ledger.journal_close(done, "PASS")
-        jid = ledger.journal_open(serial="SN0002", state="registering", certificate_id=CERT_ID)
-        ledger.journal_update(jid, state="registered", certificate_created=True)
+        jid = ledger.journal_open(serial="SN0002", stage="registering", certificate_id=CERT_ID)
+        ledger.journal_update(jid, stage="registered", certificate_created=True)
         assert ledger.audit().ok
         backend.tamper.close_journal(jid)  # someone hides the orphan from reconcile
         result = self._audit(backend)

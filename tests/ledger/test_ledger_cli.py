@@ -187,7 +187,7 @@ def test_units_rejects_an_unknown_outcome(capsys: Any, ledger_path: Path) -> Non
 
 def test_show_a_unit(capsys: Any, ledger_path: Path) -> None:
     with open_ledger(ledger_path) as ledger:
-        ledger.journal_open(serial="SN0002", state="registering", certificate_id=CERT_ID)
+        ledger.journal_open(serial="SN0002", stage="registering", certificate_id=CERT_ID)
     code, out, _ = run(capsys, "show", "SN0001", "--ledger", str(ledger_path), "--json")
     assert code == EXIT_OK
     shown = json.loads(out)

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from ledger_contract import BackendUnderTest, LedgerContract, make_record, note
 
+from station.journal import Stage
 from station.ledger import LedgerMissing, LedgerUnavailable, open_ledger
 from station.ledger.anchor import Anchor
 from station.ledger.base import RECORD_JSON_FIELDS, SCHEMA_VERSION, canonical_json
@@ -249,8 +250,8 @@ _WRITER = textwrap.dedent(
             ledger.append_event(Event(kind="note", serial=sys.argv[4], data={"i": i}))
     else:
         ledger.append_event(Event(kind="unit_started", serial="SN-K"))
-        jid = ledger.journal_open(serial="SN-K", certificate_id="ab" * 32, state="registering")
-        ledger.journal_update(jid, state="registered", certificate_created=True)
+        jid = ledger.journal_open(serial="SN-K", certificate_id="ab" * 32, stage="registering")
+        ledger.journal_update(jid, stage="registered", certificate_created=True)
         print(jid, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)  # no close, no atexit, no flush: a station killed mid-unit
     """
@@ -507,3 +508,28 @@ def test_a_checkpoint_that_cannot_be_written_does_not_fail_the_unit(tmp_path: Pa
         ledger.record_attempt(make_record())
         assert ledger.unit("SN0001") is not None
     assert "checkpoint not signed" in caplog.text
+
+
+def test_a_journal_row_of_an_older_station_is_read_and_kept(tmp_path: Path) -> None:
+    """Older stations stored notes in the row's `extra` JSON under any name; the typed entry reads its own
+    fields from there, keeps the keys it does not know (read-only) and never loses them on an update."""
+    path = tmp_path / "ledger.sqlite"
+    with SqliteLedger(path) as ledger:
+        jid = ledger.journal_open(serial="SN-OLD", stage=Stage.CLEANUP_PENDING, account_id="123456789012")
+    # As an older station wrote it: its notes (one this version has no field for) in `extra`.
+    old_extra = {"station_id": "st-1", "purpose": "replace_revoke", "retries": 2}
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE journal SET extra = ? WHERE id = ?", (json.dumps(old_extra), jid))
+    with SqliteLedger(path) as ledger:
+        (entry,) = ledger.journal_pending()
+        assert (entry.serial, entry.stage, entry.account_id) == (
+            "SN-OLD",
+            Stage.CLEANUP_PENDING,
+            "123456789012",
+        )
+        assert (entry.station_id, entry.purpose, entry.unknown) == ("st-1", "replace_revoke", {"retries": 2})
+        ledger.journal_update(jid, thing_answer="lost")
+        assert ledger.audit().ok
+    with sqlite3.connect(path) as conn:
+        (stored,) = conn.execute("SELECT extra FROM journal WHERE id = ?", (jid,)).fetchone()
+    assert json.loads(stored) == {**old_extra, "thing_answer": "lost"}

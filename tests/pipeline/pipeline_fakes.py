@@ -12,15 +12,17 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from types import SimpleNamespace
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Unpack
 
-from station.model import Event, Identity, Secret, Target
-from station.pipeline import Pipeline, UnitRequest, record_fields
-from station.registry import Registration
+from flashers.base import Capabilities, DeviceInfo
+from station.journal import JournalEntry, JournalFields, Stage, journal_fields
+from station.ledger import AttemptRecord
+from station.model import Event, Identity, Registration, Secret, Target
+from station.pipeline import Pipeline, UnitRequest, UnitResult, record_fields
 
 FAKE_KEY_MARK = "FAKEKEYMATERIAL"
+ARN_PREFIX = "arn:aws:iot:eu-west-1:111122223333:cert/"
 
 
 def fake_pem(tag: str) -> str:
@@ -43,17 +45,10 @@ def fake_sign_csr(csr: str, issuer: Any, *, common_name: str, days: int) -> str:
 
 
 @dataclass(frozen=True)
-class Caps:
+class Caps(Capabilities):
+    """The real capabilities type; a fake unit takes a station-made key unless a test says otherwise."""
+
     writes_key: bool = True
-    device_keygen: bool = False
-    device_verify: bool = False
-    reads_certificate: bool = False
-
-
-@dataclass(frozen=True)
-class Info:
-    device_id: str | None
-    firmware: str | None = "fake-1.0"
 
 
 class Log:
@@ -108,10 +103,10 @@ class FakeFlasher:
             self.log.add(f"flasher.{name}.failed")
             raise fault
 
-    def identify(self) -> Info:
+    def identify(self) -> DeviceInfo:
         self.log.add("flasher.identify")
         self._maybe_fail("identify")
-        return Info(self.device_id)
+        return DeviceInfo(self.device_id, "fake-1.0", family=self.family)
 
     def write_identity(self, identity: Identity, *, ca_pem: str | None = None) -> str:
         self.log.add("flasher.write.start")
@@ -139,6 +134,10 @@ class FakeFlasher:
         self.log.add("flasher.device_verify")
         self.verify_calls.append((host, port, thing_name))
         self._maybe_fail("device_verify")
+
+    def go_online(self) -> None:
+        self.log.add("flasher.go_online")
+        self._maybe_fail("go_online")
 
     def wipe(self) -> None:
         self.log.add("flasher.wipe")
@@ -170,6 +169,7 @@ class FakeRegistry:
         self.certificates: dict[str, dict[str, Any]] = {}
         self.things: set[str] = set()
         self.endpoint = ("data.fake.example", 8883)
+        self.where = "111122223333/eu-west-1"
 
     def _enter(self, name: str) -> None:
         self.log.add(f"registry.{name}")
@@ -190,7 +190,7 @@ class FakeRegistry:
             created = cid not in self.certificates
             self.certificates.setdefault(cid, {"status": "ACTIVE", "things": set(), "policy": False})
         # The real type, so the pipeline is tested against what `station.registry.Registry` returns.
-        return Registration(cid, f"arn:aws:iot:eu-west-1:111122223333:cert/{cid}", created)
+        return Registration(cid, f"{ARN_PREFIX}{cid}", created)
 
     def create_thing(self, name: str) -> bool:
         self._enter("create_thing")
@@ -226,7 +226,15 @@ class FakeRegistry:
         self._enter("describe")
         with self._lock:
             cert = self.certificates.get(certificate_id)
-            return None if cert is None else {"certificateId": certificate_id, "status": cert["status"]}
+            if cert is None:
+                return None
+            return {
+                "certificateId": certificate_id,
+                "certificateArn": f"{ARN_PREFIX}{certificate_id}",
+                "status": cert["status"],
+                "account_id": "111122223333",
+                "region": "eu-west-1",
+            }
 
     def data_endpoint(self) -> tuple[str, int]:
         return self.endpoint
@@ -266,68 +274,116 @@ class FakeVerifier:
 
 
 class FakeLedger:
-    """Records, events and a journal, all in memory; logs each journal/record operation in order."""
+    """Records, events and a journal, all in memory; logs each journal/record operation in order.
+
+    It keeps and returns the ledger's own types (`AttemptRecord`, `JournalEntry`) and checks a journal write
+    as the real ledger does (`station.journal.journal_fields`: unknown names and stages are refused)."""
 
     def __init__(self, log: Log, *, faults: dict[str, BaseException] | None = None) -> None:
         self.log = log
         self.faults = dict(faults or {})
         self._lock = threading.Lock()
-        self.records: list[dict[str, Any]] = []
+        self.records: list[AttemptRecord] = []
         self.events: list[Event] = []
-        self.journal: dict[int, dict[str, Any]] = {}
+        self.journal: dict[int, JournalEntry] = {}
+        self.stages: dict[int, list[Stage]] = {}  # every stage each entry went through, in order
+        self.claims: dict[str, str] = {}  # serial → attempt id holding it
 
     def _maybe_fail(self, name: str) -> None:
         fault = self.faults.get(name)
         if fault is not None:
             raise fault
 
-    def record_attempt(self, record: dict[str, Any], *, events: Sequence[Event] = ()) -> None:
+    def record_attempt(self, record: AttemptRecord, *, events: Sequence[Event] = ()) -> str:
         self.log.add("ledger.record")
         self._maybe_fail("record_attempt")
         with self._lock:
             self.events.extend(events)  # the attempt's events come with its record
-            self.records.append(dict(record))
+            self.records.append(record)
+            if self.claims.get(record.serial) == record.attempt_id:
+                del self.claims[record.serial]  # a record releases its attempt's claim
+        return record.canonical_hash()
 
     def append_event(self, event: Event) -> None:
         with self._lock:
             self.events.append(event)
 
-    def journal_open(self, **fields: Any) -> int:
+    def claim_unit(
+        self,
+        serial: str,
+        attempt_id: str,
+        *,
+        station_id: str = "",
+        slot: str = "",
+        replacing: Sequence[str] = (),
+    ) -> None:
+        with self._lock:
+            self.claims[serial] = attempt_id
+
+    def release_unit(self, serial: str, attempt_id: str) -> None:
+        with self._lock:
+            if self.claims.get(serial) == attempt_id:
+                del self.claims[serial]
+
+    def journal_open(self, **fields: Unpack[JournalFields]) -> int:
         self.log.add("journal.open")
         self._maybe_fail("journal_open")
+        columns, notes = journal_fields(fields)
+        now = time.time()
         with self._lock:
             jid = len(self.journal) + 1
-            self.journal[jid] = {**fields, "open": True, "states": [fields.get("state")]}
+            self.journal[jid] = JournalEntry(id=jid, **columns, **notes, opened_at=now, updated_at=now)
+            self.stages[jid] = [self.journal[jid].stage]
         return jid
 
-    def journal_update(self, journal_id: int, **fields: Any) -> None:
-        self.log.add(f"journal.update.{fields.get('state')}")
+    def journal_update(self, journal_id: int, **fields: Unpack[JournalFields]) -> None:
+        self.log.add(f"journal.update.{fields.get('stage')}")
+        columns, notes = journal_fields(fields)
         with self._lock:
             entry = self.journal[journal_id]
-            entry.update(fields)
-            entry["states"].append(fields.get("state"))
+            if entry.closed_at is not None:
+                raise KeyError(f"no open journal entry {journal_id}")
+            self.journal[journal_id] = replace(entry, **columns, **notes, updated_at=time.time())
+            self.stages[journal_id].append(self.journal[journal_id].stage)
 
     def journal_close(self, journal_id: int, outcome: str | None = None) -> None:
         self.log.add("journal.close")
         with self._lock:
-            self.journal[journal_id]["open"] = False
-            self.journal[journal_id]["outcome"] = outcome
+            entry = self.journal[journal_id]
+            if entry.closed_at is None:
+                self.journal[journal_id] = replace(entry, closed_at=time.time(), outcome=outcome)
 
-    def journal_pending(self) -> list[SimpleNamespace]:
+    def journal_pending(self) -> list[JournalEntry]:
         with self._lock:
-            return [SimpleNamespace(id=jid, **e) for jid, e in self.journal.items() if e["open"]]
+            return [e for e in self.journal.values() if e.closed_at is None]
 
-    def find(self, query: str) -> list[SimpleNamespace]:
+    def find(self, query: str) -> list[AttemptRecord]:
         with self._lock:
             return [
-                SimpleNamespace(**r)
-                for r in self.records
-                if query in (r.get("serial"), r.get("certificate_id"), r.get("thing_name"))
+                r for r in self.records if query in (r.serial, r.certificate_id, r.thing_name, r.attempt_id)
             ]
 
-    def open_journals(self) -> list[dict[str, Any]]:
+    # -- for tests ------------------------------------------------------------------------------------------
+    def open_journals(self) -> list[JournalEntry]:
+        return self.journal_pending()
+
+    def backdate(self, journal_id: int, opened_at: float, updated_at: float | None = None) -> None:
+        """Make an entry look opened (and last updated) at another time, as a stopped station's would."""
         with self._lock:
-            return [e for e in self.journal.values() if e["open"]]
+            entry = self.journal[journal_id]
+            self.journal[journal_id] = replace(
+                entry, opened_at=opened_at, updated_at=opened_at if updated_at is None else updated_at
+            )
+
+    def reopen(self, journal_id: int) -> None:
+        """As if the station died between the record and the close."""
+        with self._lock:
+            self.journal[journal_id] = replace(self.journal[journal_id], closed_at=None, outcome=None)
+
+
+def fake_record(result: UnitResult) -> AttemptRecord:
+    """The ledger's record of a result (what `station.context.make_record` builds)."""
+    return AttemptRecord.from_fields(record_fields(result))
 
 
 TARGET = Target(
@@ -382,7 +438,7 @@ def make_rig(
         new_identity=fake_new_identity,
         sign_csr=fake_sign_csr,
         certificate_id=fake_certificate_id,
-        record_factory=lambda result: dict(record_fields(result)),
+        record_factory=fake_record,
         on_event=collect,
     )
     return Rig(log, flasher, registry, verifier, ledger, pipeline, events)

@@ -10,6 +10,7 @@ import pytest
 
 from station.attempt import Attempt, classify, outcome_of
 from station.errors import InputError, StationError, StationFault, UnitFault
+from station.journal import journal_fields
 from station.model import Event, Outcome
 from station.units import Action
 
@@ -30,11 +31,13 @@ class Book:
         return len(self.loose)
 
     def journal_open(self, **fields: Any) -> int:
-        self.journal[len(self.journal) + 1] = dict(fields)
+        columns, notes = journal_fields(fields)  # the ledger's own check: one name per field
+        self.journal[len(self.journal) + 1] = {**columns, **notes}
         return len(self.journal)
 
     def journal_update(self, journal_id: int, **fields: Any) -> None:
-        self.journal[journal_id].update(fields)
+        columns, notes = journal_fields(fields)
+        self.journal[journal_id].update({**columns, **notes})
 
     def journal_close(self, journal_id: int, outcome: str | None = None) -> None:
         self.closed.append((journal_id, outcome))
@@ -66,7 +69,7 @@ def test_compensations_run_aws_first_newest_first_and_a_key_is_replaced_in_place
 def test_a_failed_cloud_undo_keeps_the_journal_open() -> None:
     book = Book()
     attempt = Attempt(book, serial="SN2")
-    attempt.journal_open(certificate_id="c" * 64, state="registering")
+    attempt.journal_open(certificate_id="c" * 64, stage="registering")
 
     def refuse() -> None:
         raise StationFault("AWS down", "AWS did not answer.", "Wait.")
@@ -90,7 +93,7 @@ def test_run_records_once_with_its_action_timings_and_events() -> None:
     book = Book()
     seen: list[Event] = []
     attempt = Attempt(book, serial="SN3", action=Action.REVOKE, operator="qa", on_event=seen.append)
-    attempt.journal_open(state="revoking")
+    attempt.journal_open(stage="revoking")
     value = attempt.run(
         lambda: attempt.step("revoke", lambda: 42),
         conclude=lambda e: {"outcome": str(outcome_of(e, proved=False)), "title": "Revoked"},
@@ -111,7 +114,7 @@ def test_a_record_that_cannot_be_written_undoes_the_attempt() -> None:
     book = Full()
     undone: list[str] = []
     attempt = Attempt(book, serial="SN4", action=Action.REGISTER)
-    attempt.journal_open(state="registering")
+    attempt.journal_open(stage="registering")
     with pytest.raises(StationFault) as error:
         attempt.run(
             lambda: attempt.undo("aws", "rollback", lambda: undone.append("rollback")),

@@ -10,14 +10,15 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from pipeline_fakes import TARGET, FakeLedger, FakeRegistry, FakeVerifier, Log, make_rig
+from pipeline_fakes import TARGET, FakeLedger, FakeRegistry, FakeVerifier, Log, fake_record, make_rig
 from test_line import FakeContext
 
 from station.cleanup import Cleaner
 from station.errors import InputError, StationFault, UnitFault
+from station.journal import Stage
 from station.line import Line
 from station.model import Event, Outcome
-from station.pipeline import CLEANUP_PENDING, reconcile, record_fields
+from station.pipeline import reconcile
 
 STATION = "st-1"
 
@@ -32,7 +33,7 @@ def runner(ledger: FakeLedger, registry: FakeRegistry) -> Callable[..., Any]:
             ledger,
             targets={TARGET.name: TARGET},
             registry_for=lambda target: registry,
-            record_factory=lambda result: dict(record_fields(result)),
+            record_factory=fake_record,
             station_id=STATION,
             on_event=on_event,
             include=include,
@@ -64,13 +65,13 @@ def test_a_round_finishes_a_pending_entry_once_the_registry_answers() -> None:
 
     assert cleaner.run_once() is False  # AWS still refuses
     assert cleaner.pending == 1 and len(rig.registry.certificates) == 1
-    assert rig.ledger.open_journals()[0]["state"] == CLEANUP_PENDING
+    assert rig.ledger.open_journals()[0].stage == Stage.CLEANUP_PENDING
 
     rig.registry.faults.clear()  # AWS answers again
     assert cleaner.run_once() is True
     assert cleaner.pending == 0
     assert rig.registry.certificates == {} and rig.ledger.open_journals() == []
-    assert [r["outcome"] for r in rig.ledger.records] == ["ERROR"]  # the attempt's own record stands
+    assert [r.outcome for r in rig.ledger.records] == ["ERROR"]  # the attempt's own record stands
     assert [e.outcome for e in events] == ["failed", "ok"]
     assert all(e.slot == "" for e in events)  # a slot card now shows another unit: no slot on these
 
@@ -83,31 +84,28 @@ def test_only_this_stations_entries_that_are_over_are_touched() -> None:
     before = cleaner.started_at - 60
     after = cleaner.started_at + 1
     common = {"target": TARGET.name, "thing_name": "t"}
-    ledger.journal_open(serial="other", station_id="st-2", state=CLEANUP_PENDING, attempt_id="a1", **common)
-    ledger.journal_open(serial="nostation", state=CLEANUP_PENDING, attempt_id="a2", **common)
-    ledger.journal_open(serial="live", station_id=STATION, state="registered", attempt_id="live", **common)
     ledger.journal_open(
-        serial="young", station_id=STATION, state="attached", opened_at=after, attempt_id="a4", **common
+        serial="other", station_id="st-2", stage=Stage.CLEANUP_PENDING, attempt_id="a1", **common
     )
-    ledger.journal_open(
-        serial="killed", station_id=STATION, state="attached", opened_at=before, attempt_id="a5", **common
+    ledger.journal_open(serial="nostation", stage=Stage.CLEANUP_PENDING, attempt_id="a2", **common)
+    ledger.journal_open(serial="live", station_id=STATION, stage="registered", attempt_id="live", **common)
+    young = ledger.journal_open(
+        serial="young", station_id=STATION, stage="attached", attempt_id="a4", **common
     )
+    ledger.backdate(young, after)
+    killed = ledger.journal_open(
+        serial="killed", station_id=STATION, stage="attached", attempt_id="a5", **common
+    )
+    ledger.backdate(killed, before)
     # Opened before the cleaner started, but updated a moment ago: another process under this station id.
+    busy = ledger.journal_open(serial="busy", station_id=STATION, stage="attached", attempt_id="a7", **common)
+    ledger.backdate(busy, before, updated_at=cleaner.started_at)
     ledger.journal_open(
-        serial="busy",
-        station_id=STATION,
-        state="attached",
-        opened_at=before,
-        updated_at=cleaner.started_at,
-        attempt_id="a7",
-        **common,
-    )
-    ledger.journal_open(
-        serial="pending", station_id=STATION, state=CLEANUP_PENDING, attempt_id="a6", **common
+        serial="pending", station_id=STATION, stage=Stage.CLEANUP_PENDING, attempt_id="a6", **common
     )
 
     assert cleaner.run_once() is True
-    still_open = sorted(e["serial"] for e in ledger.open_journals())
+    still_open = sorted(e.serial for e in ledger.open_journals())
     assert still_open == ["busy", "live", "nostation", "other", "young"]
 
 

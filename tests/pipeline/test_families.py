@@ -46,12 +46,14 @@ from pipeline_fakes import (
     Log,
     fake_certificate_id,
     fake_new_identity,
+    fake_record,
     fake_sign_csr,
 )
 
+from flashers.base import Capabilities
 from station.errors import StationFault, UnitFault
 from station.model import Event, Outcome, Target
-from station.pipeline import Pipeline, UnitRequest, record_fields
+from station.pipeline import Pipeline, UnitRequest
 
 # ---------------------------------------------------------------------------------------------------------
 # Part 1: verify by observing, with fakes
@@ -59,11 +61,9 @@ from station.pipeline import Pipeline, UnitRequest, record_fields
 
 
 @dataclass(frozen=True)
-class ObsCaps:
+class ObsCaps(Capabilities):
     writes_key: bool = True
     device_keygen: bool = True
-    device_verify: bool = False
-    reads_certificate: bool = False
     observable: bool = True
 
 
@@ -171,7 +171,7 @@ def obs_rig(
         new_identity=fake_new_identity,
         sign_csr=fake_sign_csr,
         certificate_id=fake_certificate_id,
-        record_factory=lambda result: dict(record_fields(result)),
+        record_factory=fake_record,
         on_event=events.append,
         observer_for=observer_for if observe else None,
     )

@@ -37,6 +37,9 @@ class FakeContext:
     def slot_ports(self) -> dict[str, str]:
         return dict(self.ports)
 
+    def close(self) -> None:
+        pass
+
     def prepare(self, serial: str, *, slot: str, product: str | None, target: str | None) -> UnitRequest:
         serial = naming.validate_serial(serial, r"SN[0-9]{8}", product="widget")
         return UnitRequest(

@@ -21,8 +21,8 @@ from pipeline_fakes import (
 
 from station.errors import StationFault, UnitFault
 from station.identity import Identity
+from station.journal import Stage
 from station.model import Outcome
-from station.pipeline import CLEANUP_PENDING
 
 
 class LostAnswerRegistry(FakeRegistry):
@@ -46,10 +46,10 @@ def test_a_station_key_certificate_met_as_already_registered_is_still_this_attem
     assert result.outcome == Outcome.FAIL
     assert registry.certificates == {}, "the attempt's own certificate was left registered"
     (entry,) = rig.ledger.journal.values()
-    assert entry["certificate_created"] is True and entry["registry_answer"] == "already registered"
-    assert entry["open"] is False and entry["state"] == "rolled_back"
+    assert entry.certificate_created is True and entry.registry_answer == "already registered"
+    assert entry.closed_at is not None and entry.stage == "rolled_back"
     (record,) = rig.ledger.records
-    assert record["compensations"][0] == {
+    assert record.compensations[0] == {
         "action": "rollback",
         "ok": True,
         "detail": "What this attempt made in AWS was deleted.",
@@ -70,7 +70,7 @@ def test_a_device_key_whose_csr_this_attempt_signed_is_owned_too() -> None:
 
     assert result.key_source == "device" and result.outcome == Outcome.FAIL
     assert registry.certificates == {}
-    assert rig.ledger.journal[1]["certificate_created"] is True
+    assert rig.ledger.journal[1].certificate_created is True
 
 
 def test_a_certificate_read_from_the_unit_and_already_registered_is_kept() -> None:
@@ -93,8 +93,8 @@ def test_a_certificate_read_from_the_unit_and_already_registered_is_kept() -> No
 
     assert result.key_source == "read" and result.outcome == Outcome.FAIL
     assert cid in registry.certificates
-    assert rig.ledger.journal[1]["certificate_created"] is False
-    detail = rig.ledger.records[0]["compensations"][0]["detail"]
+    assert rig.ledger.journal[1].certificate_created is False
+    detail = rig.ledger.records[0].compensations[0]["detail"]
     assert "registered before this attempt and was kept" in detail
     assert "was deleted" not in detail
 
@@ -113,9 +113,9 @@ def test_an_undo_that_fails_is_an_error_that_says_cleanup_is_pending() -> None:
     assert "rework bin" not in result.next_action and "cleanup pending" in result.next_action
     assert len(registry.certificates) == 1  # the fake's rollback really failed
     (entry,) = rig.ledger.open_journals()
-    assert entry["state"] == CLEANUP_PENDING
+    assert entry.stage == Stage.CLEANUP_PENDING
     (record,) = rig.ledger.records
-    assert record["outcome"] == "ERROR" and record["title"] == "Cleanup pending"
+    assert record.outcome == "ERROR" and record.title == "Cleanup pending"
     finished = [e for e in rig.events if e.kind == "unit_finished"]
     assert finished[-1].title == "Cleanup pending"
 
@@ -129,7 +129,7 @@ def test_a_failed_register_whose_hidden_registration_cannot_be_undone_is_pending
     rig = make_rig(log=log, registry=FakeRegistry(log, faults=faults))
     result = rig.pipeline.run(rig.request(), rig.flasher)
     assert result.outcome == Outcome.ERROR and result.title == "Cleanup pending"
-    assert rig.ledger.open_journals()[0]["state"] == CLEANUP_PENDING
+    assert rig.ledger.open_journals()[0].stage == Stage.CLEANUP_PENDING
 
 
 class LostThingRegistry(FakeRegistry):
@@ -154,7 +154,7 @@ def test_a_thing_whose_create_answer_was_lost_is_the_attempts_and_is_deleted() -
     assert result.thing_created is True
     assert registry.things == set() and registry.certificates == {}
     (entry,) = rig.ledger.journal.values()
-    assert entry["thing_created"] is True and entry["thing_answer"] == "lost" and entry["open"] is False
+    assert entry.thing_created is True and entry.thing_answer == "lost" and entry.closed_at is not None
 
 
 def test_a_thing_that_failed_without_the_registry_saying_maybe_is_not_claimed() -> None:

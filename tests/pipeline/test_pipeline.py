@@ -19,12 +19,13 @@ from pipeline_fakes import (
     Log,
     fake_new_identity,
     fake_pem,
+    fake_record,
     make_rig,
 )
 
 from station.errors import InputError, StationFault, UnitFault
 from station.model import Identity, Outcome
-from station.pipeline import Pipeline, record_fields
+from station.pipeline import Pipeline
 
 
 def unit(msg: str = "no echo") -> UnitFault:
@@ -60,9 +61,9 @@ def test_pass_runs_the_steps_in_order_and_records_once() -> None:
 
     assert len(rig.ledger.records) == 1
     record = rig.ledger.records[0]
-    assert record["outcome"] == "PASS"
-    assert record["certificate_id"] in rig.registry.certificates
-    assert record["thing_name"] == "widget-SN00000001"
+    assert record.outcome == "PASS"
+    assert record.certificate_id in rig.registry.certificates
+    assert record.thing_name == "widget-SN00000001"
     assert rig.flasher.certificate is not None and rig.flasher.has_key
     assert rig.ledger.open_journals() == []
     assert result.journal_closed and result.recorded
@@ -132,8 +133,8 @@ def test_verify_failure_rolls_back_and_wipes() -> None:
     assert rig.flasher.wiped and rig.flasher.certificate is None
     assert [(c.action, c.ok) for c in result.compensations] == [("rollback", True), ("wipe", True)]
     record = rig.ledger.records[0]
-    assert record["outcome"] == "FAIL"
-    assert [c["action"] for c in record["compensations"]] == ["rollback", "wipe"]
+    assert record.outcome == "FAIL"
+    assert [c["action"] for c in record.compensations] == ["rollback", "wipe"]
     comp_events = [(e.step, e.outcome) for e in rig.events if e.kind == "compensation"]
     assert comp_events == [("rollback", "ok"), ("wipe", "ok")]
     assert rig.ledger.open_journals() == []
@@ -199,8 +200,8 @@ def test_identify_mismatch_fails_before_anything_is_registered() -> None:
     assert not [n for n in log.names() if n.startswith("registry.") or n.startswith("journal.")]
     assert not rig.flasher.wiped and rig.flasher.certificate is None  # nothing was written, nothing to wipe
     assert result.compensations == []
-    assert len(rig.ledger.records) == 1 and rig.ledger.records[0]["outcome"] == "FAIL"
-    assert rig.ledger.records[0]["device_id"] == "SN99999999"
+    assert len(rig.ledger.records) == 1 and rig.ledger.records[0].outcome == "FAIL"
+    assert rig.ledger.records[0].device_id == "SN99999999"
     finished = [e for e in rig.events if e.kind == "step_finished"]
     assert [(e.step, e.outcome) for e in finished] == [("identify", "ok"), ("record", "ok")]
 
@@ -226,7 +227,7 @@ def test_failed_rollback_keeps_the_journal_open_for_reconcile() -> None:
         in result.message
     )
     assert "rework bin" not in result.next_action
-    assert rig.ledger.open_journals()[0]["state"] == "cleanup_pending"
+    assert rig.ledger.open_journals()[0].stage == "cleanup_pending"
     assert [(c.action, c.ok) for c in result.compensations] == [("rollback", False), ("wipe", True)]
     assert [(e.step, e.outcome) for e in rig.events if e.kind == "compensation"] == [
         ("rollback", "failed"),
@@ -260,12 +261,12 @@ def test_journal_is_opened_before_register_and_tracks_each_aws_step() -> None:
 
     assert seen == [1]
     entry = ledger.journal[1]
-    assert entry["states"] == ["registering", "registered", "thing", "attached", "verified"]
-    assert entry["certificate_id"] == result.certificate_id
-    assert entry["thing_name"] == result.thing_name
-    assert entry["thing_created"] is True and entry["certificate_created"] is True
-    assert entry["attempt_id"] == result.attempt_id
-    assert not entry["open"]
+    assert ledger.stages[1] == ["registering", "registered", "thing", "attached", "verified"]
+    assert entry.certificate_id == result.certificate_id
+    assert entry.thing_name == result.thing_name
+    assert entry.thing_created is True and entry.certificate_created is True
+    assert entry.attempt_id == result.attempt_id
+    assert entry.closed_at is not None
 
 
 def test_journal_unavailable_means_no_aws_call() -> None:
@@ -334,8 +335,8 @@ def test_keyboard_interrupt_compensates_records_and_reraises() -> None:
         rig.pipeline.run(rig.request(), rig.flasher)
     assert_nothing_left(rig)
     assert rig.flasher.wiped
-    assert rig.ledger.records[0]["outcome"] == "ERROR"
-    assert rig.ledger.records[0]["title"] == "Station interrupted"
+    assert rig.ledger.records[0].outcome == "ERROR"
+    assert rig.ledger.records[0].title == "Station interrupted"
     assert rig.ledger.open_journals() == []
 
 
@@ -465,7 +466,7 @@ def test_the_key_is_never_in_events_or_records_and_is_dropped_after_verify() -> 
         new_identity=tracking_new_identity,
         sign_csr=lambda *a, **k: "",
         certificate_id=lambda pem: "x" * 64,
-        record_factory=lambda result: dict(record_fields(result)),
+        record_factory=fake_record,
         on_event=rig.events.append,
     )
     result = pipeline.run(rig.request(), rig.flasher)

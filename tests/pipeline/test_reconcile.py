@@ -6,11 +6,11 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from pipeline_fakes import TARGET, FakeLedger, FakeRegistry, FakeVerifier, Log, make_rig
+from pipeline_fakes import TARGET, FakeLedger, FakeRegistry, FakeVerifier, Log, fake_record, make_rig
 
 from station.errors import StationFault, UnitFault
 from station.model import Outcome
-from station.pipeline import RECONCILE_MESSAGE, reconcile, record_fields
+from station.pipeline import RECONCILE_MESSAGE, reconcile
 
 
 class Snapshot:
@@ -26,6 +26,7 @@ class Snapshot:
         self.ledger = FakeLedger(log)
         self.ledger.journal = copy.deepcopy(self.rig.ledger.journal)
         self.ledger.records = copy.deepcopy(self.rig.ledger.records)
+        self.ledger.stages = copy.deepcopy(self.rig.ledger.stages)
         self.registry = FakeRegistry(log)
         self.registry.certificates = copy.deepcopy(self.rig.registry.certificates)
         self.registry.things = set(self.rig.registry.things)
@@ -36,7 +37,7 @@ def run_reconcile(ledger: FakeLedger, registry: FakeRegistry, **kw: Any) -> list
         ledger,
         targets={TARGET.name: TARGET},
         registry_for=lambda target: registry,
-        record_factory=lambda result: dict(record_fields(result)),
+        record_factory=fake_record,
         **kw,
     )
 
@@ -66,8 +67,8 @@ def test_killed_between_register_and_verify_then_reconcile_leaves_no_orphan() ->
     assert snap.registry.certificates == {} and snap.registry.things == set()
     assert snap.ledger.open_journals() == []
     (record,) = snap.ledger.records
-    assert record["outcome"] == "ERROR" and record["message"] == RECONCILE_MESSAGE
-    assert record["serial"] == "SN00000001" and record["certificate_id"] == items[0].certificate_id
+    assert record.outcome == "ERROR" and record.message == RECONCILE_MESSAGE
+    assert record.serial == "SN00000001" and record.certificate_id == items[0].certificate_id
     events = [e for e in snap.ledger.events if e.kind == "compensation" and e.step == "reconcile"]
     assert len(events) == 1 and events[0].outcome == "ok"
 
@@ -86,7 +87,7 @@ def test_killed_inside_register_before_the_journal_was_updated() -> None:
     rig.registry.create_thing = dying_create_thing  # type: ignore[method-assign]
     rig.pipeline.run(rig.request(), rig.flasher)
     assert snap.ledger is not None and snap.registry is not None
-    assert snap.ledger.open_journals()[0]["state"] == "registered"
+    assert snap.ledger.open_journals()[0].stage == "registered"
 
     items = run_reconcile(snap.ledger, snap.registry)
     assert [i.action for i in items] == ["rolled_back"]
@@ -98,7 +99,7 @@ def test_killed_after_the_pass_record_keeps_the_unit() -> None:
     rig = make_rig()
     result = rig.pipeline.run(rig.request(), rig.flasher)
     assert result.outcome == Outcome.PASS
-    rig.ledger.journal[1]["open"] = True  # as if the station died between the record and the close
+    rig.ledger.reopen(1)  # as if the station died between the record and the close
 
     items = run_reconcile(rig.ledger, rig.registry)
     assert [i.action for i in items] == ["kept"]
@@ -118,7 +119,7 @@ def test_failed_rollback_is_finished_by_reconcile_without_a_second_record() -> N
     items = run_reconcile(rig.ledger, registry)
     assert [i.action for i in items] == ["rolled_back"]
     assert registry.certificates == {} and registry.things == set()
-    assert [r["outcome"] for r in rig.ledger.records] == [
+    assert [r.outcome for r in rig.ledger.records] == [
         "ERROR"
     ]  # the pipeline's record stands (cleanup pending)
     assert rig.ledger.open_journals() == []
@@ -159,13 +160,13 @@ def test_target_filter_and_unknown_targets() -> None:
     items = run_reconcile(ledger, registry)
     assert [(i.serial, i.action) for i in items] == [("A", "failed")]
     assert "not in the station configuration" in items[0].detail
-    assert [e["serial"] for e in ledger.open_journals()] == ["A"]
+    assert [e.serial for e in ledger.open_journals()] == ["A"]
 
 
 def test_young_entries_are_skipped_with_a_minimum_age() -> None:
     log = Log()
     ledger = FakeLedger(log)
-    ledger.journal_open(serial="A", target=TARGET.name, certificate_id="c1", opened_at=1000.0)
+    ledger.backdate(ledger.journal_open(serial="A", target=TARGET.name, certificate_id="c1"), 1000.0)
     items = run_reconcile(ledger, FakeRegistry(log), min_age_s=60, now=lambda: 1010.0)
     assert [i.action for i in items] == ["skipped"] and len(ledger.open_journals()) == 1
     items = run_reconcile(ledger, FakeRegistry(log), min_age_s=60, now=lambda: 1100.0)

@@ -112,7 +112,7 @@ def test_a_killed_stations_orphan_is_removed_by_the_next_line_without_a_command(
     config = load_config(config_path)
     with open_ledger(config.ledger_path) as ledger:
         (entry,) = ledger.journal_pending()
-        assert entry.extra.get("station_id") == config.station_id
+        assert entry.station_id == config.station_id
     plane.faults.clear()
     assert certificate_status(plane, REGION, entry.certificate_id) == "ACTIVE"  # the orphan a kill leaves
     plane.faults.set("down")  # and the lab is still down when the station starts again
