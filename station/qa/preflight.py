@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from station.attempt import Attempt, EventSink
-from station.config import StationConfig, is_over_broad
+from station.config import StationConfig
 from station.context import registry_factory
 from station.errors import StationError
 from station.ledger import Ledger
 from station.model import Target
+from station.policy import is_over_broad
 from station.qa.common import RegistryFactory, find_target, note
 from station.registry import Check
 
