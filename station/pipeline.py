@@ -55,6 +55,7 @@ from station.attempt import (
 )
 from station.errors import StationError, StationFault, UnitFault
 from station.model import Event, Identity, Outcome, Target
+from station.plain import plain_dict
 from station.units import Action
 
 log = logging.getLogger(__name__)
@@ -1128,14 +1129,7 @@ class ReconcileItem:
     detail: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "journal_id": self.journal_id,
-            "serial": self.serial,
-            "target": self.target,
-            "certificate_id": self.certificate_id,
-            "action": self.action,
-            "detail": self.detail,
-        }
+        return plain_dict(self)
 
 
 def _field(entry: Any, name: str, default: Any = None) -> Any:
