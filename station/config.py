@@ -441,9 +441,9 @@ class _SlotTable(_Schema):
 
 
 class _File(_Schema):
-    """The whole file. Named tables are only shaped here; each is validated on its own (`validate_config`)."""
+    """The whole file's shape: which tables there are. Each table is then validated on its own."""
 
-    station: Annotated[StationSettings, Field(description="a [station] table")]
+    station: Annotated[Table, Field(description="a [station] table")]
     targets: Annotated[
         dict[str, Table],
         Field(description="a [targets] table (one [targets.NAME] per AWS account and region)"),
@@ -451,7 +451,7 @@ class _File(_Schema):
     ]
     products: dict[str, Table] = Field(default_factory=dict)
     slots: dict[str, Table] = Field(default_factory=dict)
-    budget: Annotated[BudgetSettings | None, Field(description="a [budget] table")] = None
+    budget: Table | None = None
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -762,12 +762,18 @@ def _named(data: Mapping[str, Any], section: str) -> dict[str, dict[str, Any]]:
     return {name: value for name, value in tables.items() if isinstance(value, dict)}
 
 
-def _station_rules(p: _Problems, station: StationSettings, table: Mapping[str, Any]) -> StationSettings:
-    if station.qa_pin is not None and station.qa_pin_hash is not None:
+def _station(p: _Problems, data: Mapping[str, Any]) -> StationSettings | None:
+    table = data.get("station")
+    if not isinstance(table, dict):
+        return None  # reported with the file's shape
+    if "qa_pin" in table and "qa_pin_hash" in table:
         p.add(
             ("station", "qa_pin"),
             "give qa_pin_hash only (the plain qa_pin is for the lab and the demo), not both.",
         )
+    station: StationSettings | None = p.validate(StationSettings, table, ("station",))
+    if station is None:
+        return None
     interval, longest = station.cleanup_interval_s, station.cleanup_max_interval_s
     if "cleanup_max_interval_s" not in table:
         longest = max(30.0, interval)
@@ -776,9 +782,7 @@ def _station_rules(p: _Problems, station: StationSettings, table: Mapping[str, A
             ("station", "cleanup_max_interval_s"),
             f"expected at least cleanup_interval_s ({interval:g} s), got {longest:g}.",
         )
-    return dataclasses.replace(
-        station, cleanup_interval_s=float(interval), cleanup_max_interval_s=float(longest)
-    )
+    return dataclasses.replace(station, cleanup_max_interval_s=longest)
 
 
 def _target(p: _Problems, name: str, table: dict[str, Any]) -> Target | None:
@@ -848,10 +852,13 @@ def _slot(p: _Problems, name: str, table: dict[str, Any]) -> Slot | None:
 def validate_config(data: Mapping[str, Any], *, path: Path, text: str = "") -> StationConfig:
     """Validate already-parsed TOML data (`text` is the source, used only to find line numbers)."""
     p = _Problems(path, text)
-    whole: _File | None = p.validate(_File, data, ())
-    station = None
-    if whole is not None:
-        station = _station_rules(p, whole.station, data["station"])
+    p.validate(_File, data, ())
+    station = _station(p, data)
+    budget = (
+        p.validate(BudgetSettings, data["budget"], ("budget",))
+        if isinstance(data.get("budget"), dict)
+        else None
+    )
 
     targets: dict[str, Target] = {}
     for name, table in _named(data, "targets").items():
@@ -900,10 +907,10 @@ def validate_config(data: Mapping[str, Any], *, path: Path, text: str = "") -> S
         slots[name] = slot
 
     p.raise_if_any()
-    assert whole is not None and station is not None  # no problems: the file validated
+    assert station is not None  # no problems: [station] validated
     settings = {one.name: getattr(station, one.name) for one in dataclasses.fields(StationSettings)}
     return StationConfig(
-        **settings, path=path, targets=targets, products=products, slots=slots, budget=whole.budget
+        **settings, path=path, targets=targets, products=products, slots=slots, budget=budget
     )
 
 
