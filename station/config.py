@@ -646,7 +646,6 @@ def _unwrap(kind: Any) -> Any:
         return kind
 
 
-@functools.cache
 def _keys_of(schema: Any) -> dict[str, tuple[str, Any]]:
     """A table class's keys as written in the file → (what is expected, the key's type)."""
     if isinstance(schema, type) and issubclass(schema, BaseModel):
