@@ -70,13 +70,13 @@ from station import naming
 from station.errors import ConfigError, InputError
 from station.identity import KEY_TYPES, MAX_DAYS
 from station.model import Issuer, Target
-from station.policy import ACCOUNT_RE, policy_problem
 
-# Re-exported for callers that predate station.policy (the registry); new code imports station.policy.
+# `X as X`: re-exported for callers that predate station.policy (the registry); new code imports that.
+from station.policy import ACCOUNT_RE, LEAST_PRIVILEGE_POLICY_JSON, policy_problem
 from station.policy import LEAST_PRIVILEGE_POLICY as LEAST_PRIVILEGE_POLICY
-from station.policy import LEAST_PRIVILEGE_POLICY_JSON as LEAST_PRIVILEGE_POLICY_JSON
 from station.policy import is_over_broad as is_over_broad
 from station.policy import render_policy as render_policy
+from station.qapin import parse_pin_hash
 
 DEFAULT_BAUD = 115200
 
@@ -218,30 +218,17 @@ def _pin_as_text(value: Any) -> Any:
     return value
 
 
-def _pin_hash_check(value: str) -> str | None:
-    from station.qapin import parse_pin_hash
+def _accepted_by(parse: Callable[[str], object], explain: Callable[[InputError], str]) -> AfterValidator:
+    """A check that `parse` takes the value; its `InputError`, put in the config's words, is the message."""
 
-    try:
-        parse_pin_hash(value)
-    except InputError as error:
-        return f"{error.message} {error.next_action}"
-    return None
+    def check(value: str) -> str | None:
+        try:
+            parse(value)
+        except InputError as error:
+            return explain(error)
+        return None
 
-
-def _template_check(value: str) -> str | None:
-    try:
-        naming.validate_template(value)
-    except InputError as error:
-        return f"{error.message} Expected a template such as '{{product}}-{{serial}}'."
-    return None
-
-
-def _serial_pattern_check(value: str) -> str | None:
-    try:
-        naming.compile_serial_pattern(value)
-    except InputError as error:
-        return f"expected a regular expression for the whole serial, e.g. 'SN[0-9]{{8}}': {error.message}"
-    return None
+    return _check(check)
 
 
 def _family_check(value: str) -> str | None:
@@ -333,7 +320,9 @@ class StationSettings:
     ] = field(default=None, repr=False)  # not a key, but no reason to print it
     # The QA PIN as a salted scrypt hash (station.qapin); production stations keep only this.
     qa_pin_hash: Annotated[
-        Text | None, Field(description="the line `station pin-hash` prints"), _check(_pin_hash_check)
+        Text | None,
+        Field(description="the line `station pin-hash` prints"),
+        _accepted_by(parse_pin_hash, lambda error: f"{error.message} {error.next_action}"),
     ] = field(default=None, repr=False)
     # The line's cleaner (station.cleanup): first retry after this, backing off up to the maximum
     # (left out: the larger of 30 s and cleanup_interval_s).
@@ -378,7 +367,13 @@ class _TargetTable(_Schema):
     ]
     policy_document: Annotated[Text | None, _check(policy_problem)] = None
     policy_file: Annotated[Text | None, AfterValidator(_policy_file)] = None  # → its absolute path
-    thing_name_template: Annotated[Text, _check(_template_check)] = naming.DEFAULT_TEMPLATE
+    thing_name_template: Annotated[
+        Text,
+        _accepted_by(
+            naming.validate_template,
+            lambda error: f"{error.message} Expected a template such as '{{product}}-{{serial}}'.",
+        ),
+    ] = naming.DEFAULT_TEMPLATE
     account_id: Annotated[Text | None, _pattern(ACCOUNT_RE, "a 12-digit AWS account id as a string")] = None
     profile: Annotated[Text | None, _not_blank("expected a profile name.")] = None
     role_arn: Annotated[
@@ -412,7 +407,14 @@ class _TargetTable(_Schema):
 
 class _ProductTable(_Schema):
     serial_pattern: Annotated[
-        Text, Field(description="a regular expression such as 'SN[0-9]{8}'"), _check(_serial_pattern_check)
+        Text,
+        Field(description="a regular expression such as 'SN[0-9]{8}'"),
+        _accepted_by(
+            naming.compile_serial_pattern,
+            lambda error: (
+                f"expected a regular expression for the whole serial, e.g. 'SN[0-9]{{8}}': {error.message}"
+            ),
+        ),
     ]
     flasher: Annotated[
         Text,
