@@ -16,12 +16,14 @@ Adding a key is one line in its table's class. A `[station]` key, for example:
 
     bell: Annotated[Bool, Field(description="true or false")] = False
 
-`StationConfig` extends `StationSettings`, so the value is `config.bell` at once. Use the TOML value types
+`StationConfig` extends `StationSettings`, so the value is `config.bell` at once (give a new key a default:
+files without it, and code that builds a `StationConfig` itself, keep working). Use the TOML value types
 below (`Text`, `Int`, `Number`, `Bool`, `Table`); `Field(description=...)` says what is expected (shown when
 the key is missing or of the wrong type), `Field(alias=...)` names a key whose attribute is spelt
-differently, and `_check(fn)` adds a check whose message (`fn`'s answer) is shown as it is. `[budget]` and
-`[station.labels]` work the same way; a key of `[targets.*]`, `[products.*]` or `[slots.*]` also needs its
-attribute on `Target` / `Product` / `Slot`, since those are built from the table by `_target` / ….
+differently, and `_check(fn)` adds a check whose answer (None, or what is wrong) is shown as it is.
+`[budget]` and `[station.labels]` work the same way. A key of `[targets.*]`, `[products.*]` or `[slots.*]`
+also needs its attribute on `Target` (station/model.py), `Product` or `Slot`, which are made from the
+validated table key by key.
 
 Layout (every table is keyed by name; see fixtures/configs/station.toml):
 
