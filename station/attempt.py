@@ -39,6 +39,7 @@ from typing import Any, Protocol, TypeVar, Unpack
 from station.errors import StationError, StationFault, UnitFault
 from station.journal import JournalFields, Stage
 from station.model import Event, Outcome
+from station.plain import plain_dict
 from station.units import Action
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,7 @@ class Compensation:
     detail: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"action": self.action, "ok": self.ok, "detail": self.detail}
+        return plain_dict(self)
 
 
 _UNDO_TEXT = {

@@ -1,38 +1,71 @@
 """`station.toml` → validated, typed configuration: the station, its targets, products and slots.
 
-What it does: reads the file with tomllib, refuses unknown keys (a typo must not pass silently), checks
-every value and every cross-reference (product → target, slot → product), resolves relative paths against
-the config file's folder, reads policy documents given as files, and returns a `StationConfig`. Every
-problem is reported in one `ConfigError` whose message names the file, the line (found by a small
-best-effort locator, since tomllib gives no positions) and the field, and says what is expected.
-
-It also renders a target's policy document (`render_policy`) and tells whether a policy is over-broad
-(`is_over_broad`), which preflight uses to refuse `iot:*` on `*` for any target not marked as lab.
+What it does: reads the file with tomllib and validates it against a pydantic (v2) schema: every table is a
+class below whose fields are the keys it allows, each with its TOML type, default and check, and unknown
+keys are refused (a typo must not pass silently). The few rules that span keys or tables (policy_document or
+policy_file; static credentials only for lab targets; role_arn's account; product → target, slot → product,
+one unit per port) are checked after. Relative paths are resolved against the config file's folder and policy
+files are read. Every problem is reported in one `ConfigError` whose lines name the file, the line (tomllib
+gives no positions, so `SourceLocator` finds them in the text), the field, what is expected and what was found.
 
 What it must not do: talk to AWS, open serial ports, read keys or passphrases (a factory CA's passphrase
-stays in the environment variable the config names), or write anything.
+stays in the environment variable the config names), or write anything. Policy documents themselves (the
+least-privilege default, rendering, the over-broad check) are `station.policy`'s job.
+
+Adding a key is one line in its table's class. A `[station]` key, for example:
+
+    bell: Annotated[Bool, Field(description="true or false")] = False
+
+`StationConfig` extends `StationSettings`, so the value is `config.bell` at once (give a new key a default:
+files without it, and code that builds a `StationConfig` itself, keep working). Use the TOML value types
+below (`Text`, `Int`, `Number`, `Bool`, `Table`); `Field(description=...)` says what is expected (shown when
+the key is missing or of the wrong type), `Field(alias=...)` names a key whose attribute is spelt
+differently, and `_check(fn)` adds a check whose answer (None, or what is wrong) is shown as it is.
+`[budget]` and `[station.labels]` work the same way. A key of `[targets.*]`, `[products.*]` or `[slots.*]`
+also needs its attribute on `Target` (station/model.py), `Product` or `Slot`, which are made from the
+validated table key by key.
 
 Layout (every table is keyed by name; see fixtures/configs/station.toml):
 
     [station]            id, ledger, operator?, qa_pin_hash? (or a plain qa_pin: lab and demo),
-                         cleanup_interval_s?, cleanup_max_interval_s?, [station.labels]
+                         cleanup_interval_s?, cleanup_max_interval_s?, language?, [station.labels]
     [targets.NAME]       region, policy_name, policy_document | policy_file, profile? role_arn? …
     [targets.NAME.issuer] certificate_file, key_file, passphrase_env?
     [products.NAME]      serial_pattern, flasher, target, on_reprovision ("refuse" | "replace"),
                          [products.NAME.options] (per-family, free-form)
     [slots.NAME]         port, baud?, product?
+    [budget]             store, fallback_share?
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import functools
 import json
 import re
 import tomllib
+import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, NoReturn, Union, get_args, get_origin, get_type_hints
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    Strict,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    with_config,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 import flashers as flasher_plugins
 from station import naming
@@ -40,35 +73,16 @@ from station.errors import ConfigError, InputError
 from station.identity import KEY_TYPES, MAX_DAYS
 from station.model import Issuer, Target
 
+# `X as X`: re-exported for callers that predate station.policy (the registry); new code imports that.
+from station.policy import ACCOUNT_RE, LEAST_PRIVILEGE_POLICY_JSON, policy_problem
+from station.policy import LEAST_PRIVILEGE_POLICY as LEAST_PRIVILEGE_POLICY
+from station.policy import is_over_broad as is_over_broad
+from station.policy import render_policy as render_policy
+from station.qapin import parse_pin_hash
+
 DEFAULT_BAUD = 115200
 
-# The least-privilege device policy (docs: aws-iot.md): one shared policy; thing policy variables tie each
-# client to its own thing name and topics. REGION and ACCOUNT are filled in per target by render_policy.
-LEAST_PRIVILEGE_POLICY: dict[str, Any] = {
-    "Version": "2012-10-17",
-    "Statement": [
-        {
-            "Effect": "Allow",
-            "Action": "iot:Connect",
-            "Resource": "arn:aws:iot:REGION:ACCOUNT:client/${iot:Connection.Thing.ThingName}",
-            "Condition": {"Bool": {"iot:Connection.Thing.IsAttached": "true"}},
-        },
-        {
-            "Effect": "Allow",
-            "Action": ["iot:Publish", "iot:Receive"],
-            "Resource": "arn:aws:iot:REGION:ACCOUNT:topic/things/${iot:Connection.Thing.ThingName}/*",
-        },
-        {
-            "Effect": "Allow",
-            "Action": "iot:Subscribe",
-            "Resource": "arn:aws:iot:REGION:ACCOUNT:topicfilter/things/${iot:Connection.Thing.ThingName}/*",
-        },
-    ],
-}
-LEAST_PRIVILEGE_POLICY_JSON = json.dumps(LEAST_PRIVILEGE_POLICY, indent=2) + "\n"
-
 _REGION_RE = re.compile(r"[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d{1,2}")
-_ACCOUNT_RE = re.compile(r"\d{12}")
 _ROLE_ARN_RE = re.compile(r"arn:aws[a-z-]*:iam::(\d{12}):role/[\w+=,.@/-]{1,512}")
 _STATION_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -80,14 +94,368 @@ _URL_RE = re.compile(r"https?://[^\s/]+(/\S*)?")
 _PIN_RE = re.compile(r"\d{4,12}")
 _ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _THING_TYPE_RE = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
+_LANGUAGE_RE = re.compile(r"[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*")  # en, ja, pt_BR, zh-Hant
 # Any rate a USB-serial adapter can do; devices use odd ones (74880, 250000), so no fixed list.
 _BAUD_MIN, _BAUD_MAX = 50, 12_000_000
-_PLACEHOLDER_RE = re.compile(r"\b(REGION|ACCOUNT)\b")
 
 _FIX = "Fix station.toml and run the command again."
 MAX_CONFIG_BYTES = 256 * 1024  # a station.toml is a few kilobytes, even with dozens of slots
 MAX_POLICY_BYTES = 64 * 1024  # AWS IoT allows 2,048 characters of policy (whitespace aside)
 MAX_PROBLEMS_SHOWN = 25  # a wrong file (not a config) must not turn into a message of thousands of lines
+REPROVISION_POLICIES = ("refuse", "replace")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Value types and checks. TOML's types are kept apart (strict): "8883" is not a port, true is not a number.
+
+_CHECK_ERROR = "station_config"
+
+
+def _fail(reason: str) -> NoReturn:
+    """Refuse a value with `reason` as the whole message (no "Value error, " prefix)."""
+    raise PydanticCustomError(_CHECK_ERROR, "{reason}", {"reason": reason})
+
+
+def _check(test: Callable[[Any], str | None]) -> AfterValidator:
+    """A check after the type is right: `test` answers None (fine) or what is wrong."""
+
+    def run(value: Any) -> Any:
+        reason = test(value)
+        if reason:
+            _fail(reason)
+        return value
+
+    return AfterValidator(run)
+
+
+def _pattern(regex: re.Pattern[str], expected: str) -> AfterValidator:
+    return _check(
+        lambda value: None if regex.fullmatch(value) else f"expected {expected}, got {_kind(value)}."
+    )
+
+
+def _within(low: float, high: float, expected: str) -> AfterValidator:
+    return _check(lambda value: None if low <= value <= high else f"expected {expected}, got {value}.")
+
+
+def _seconds(low: float, high: float) -> AfterValidator:
+    return _check(lambda v: None if low <= v <= high else f"expected {low:g}–{high:g} seconds, got {v}.")
+
+
+def _one_of(choices: tuple[str, ...], expected: str) -> AfterValidator:
+    return _check(lambda value: None if value in choices else f"expected {expected}, got {value!r}.")
+
+
+def _not_blank(message: str) -> AfterValidator:
+    return _check(lambda value: None if value.strip() else message)
+
+
+def _no_nul(value: str) -> str | None:
+    # A NUL cannot be in a path, a port, a name or a pattern; Python's path calls raise on it.
+    return "contains a NUL character (\\0); expected plain text." if "\x00" in value else None
+
+
+Text = Annotated[str, Strict(), _check(_no_nul)]
+Int = Annotated[int, Strict()]
+Number = Annotated[float, Strict()]  # an integer or a float, not a boolean
+Bool = Annotated[bool, Strict()]
+Table = Annotated[dict[str, Any], Strict()]
+
+
+def _base(info: ValidationInfo) -> Path:
+    """The config file's folder, which relative paths are resolved against (the validation context)."""
+    context = info.context if isinstance(info.context, dict) else {}
+    return Path(context.get("base", "."))
+
+
+def _existing_file(value: str, info: ValidationInfo) -> str:
+    base = _base(info)
+    resolved = (base / value).resolve() if value else base
+    try:
+        found = bool(value) and resolved.is_file()
+    except OSError:  # a name too long for the file system, say
+        found = False
+    if not found:
+        _fail(f"expected an existing file (relative to {base}); {resolved} does not exist.")
+    return str(resolved)
+
+
+def _policy_file(value: str, info: ValidationInfo) -> str:
+    """The policy file's absolute path, once it is known to hold a usable policy document."""
+    resolved = _existing_file(value, info)
+    try:
+        document = _read_policy(resolved)
+    except (OSError, ValueError) as error:  # UnicodeDecodeError is a ValueError
+        _fail(f"expected a readable UTF-8 JSON file ({error}).")
+    reason = policy_problem(document)
+    if reason:
+        _fail(f"{resolved}: {reason}")
+    return resolved
+
+
+def _read_policy(path: str) -> str:
+    with Path(path).open("rb") as handle:
+        raw = handle.read(MAX_POLICY_BYTES + 1)
+    if len(raw) > MAX_POLICY_BYTES:
+        raise ValueError(f"it is larger than {MAX_POLICY_BYTES:,} bytes")
+    return raw.decode("utf-8")
+
+
+def _ledger(value: Any, info: ValidationInfo) -> Path | str:
+    if not isinstance(value, str):
+        _fail(f"expected the ledger file's path, e.g. 'ledger.sqlite', got {_kind(value)}.")
+    reason = _no_nul(value) or (
+        None if value.strip() else "expected a path to the ledger file, got an empty string."
+    )
+    if reason:
+        _fail(reason)
+    # A shared ledger (several stations) is a URL and stays one; a file is resolved against the config.
+    return value if value.startswith("dynamodb://") else (_base(info) / value).resolve()
+
+
+def _pin_as_text(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        # A PIN written as a number loses leading zeros ("0042" → 42): insist on a string.
+        _fail(f'expected the PIN as a quoted string of 4-12 digits, e.g. qa_pin = "{value:04d}".')
+    return value
+
+
+def _accepted_by(parse: Callable[[str], object], explain: Callable[[InputError], str]) -> AfterValidator:
+    """A check that `parse` takes the value; its `InputError`, put in the config's words, is the message."""
+
+    def check(value: str) -> str | None:
+        try:
+            parse(value)
+        except InputError as error:
+            return explain(error)
+        return None
+
+    return _check(check)
+
+
+def _family_check(value: str) -> str | None:
+    # Families are whatever is installed in the `station.flashers` entry-point group (the built-in ones
+    # register exactly like a third party's), checked at load so a misspelt family is caught before the
+    # first unit is in the jig.
+    families = flasher_plugins.available()
+    return None if value in families else f"expected one of {', '.join(families)}, got {value!r}."
+
+
+def _payload_check(value: str) -> str | None:
+    from station.labels import check_payload_template  # the label printer, only when labels are configured
+
+    return check_payload_template(value)
+
+
+def _budget_store_check(value: str) -> str | None:
+    if value.startswith("dynamodb://") and "region=" in value:
+        return None
+    return f"expected 'dynamodb://TABLE?region=REGION', got {value!r}."
+
+
+# --------------------------------------------------------------------------------------------------------
+# The schema: one class per table. Classes that are also the result carry their own validation config.
+
+_FORBID = ConfigDict(extra="forbid")
+
+
+@with_config(_FORBID)
+@dataclass(frozen=True)
+class LabelSettings:
+    """`[station.labels]`: the label printed for every PASS (see station/labels.py)."""
+
+    printer: Annotated[
+        Text,
+        Field(description="'tcp://HOST:9100', 'lp://QUEUE' or a file path"),
+        _not_blank("expected where labels go, got an empty string."),
+    ]  # tcp://host:9100, lp://QUEUE, file:PATH or a path
+    qr_payload: Annotated[
+        Text,
+        Field(description="a template such as '{thing_name}' or 'https://example.com/u/{serial}'"),
+        _check(_payload_check),
+    ] = "{thing_name}"
+    timeout_s: Annotated[
+        Number,
+        Field(description="seconds to wait for the printer"),
+        _check(lambda v: None if 0 < v <= 60 else f"expected 0-60 seconds, got {v}."),
+    ] = 5.0
+
+
+@with_config(_FORBID)
+@dataclass(frozen=True)
+class BudgetSettings:
+    """`[budget]`: where the AWS rate budget shared by several stations lives (none: this station alone)."""
+
+    store: Annotated[
+        Text,
+        Field(description="a shared store such as 'dynamodb://station-budget?region=eu-west-1'"),
+        _check(_budget_store_check),
+    ]  # dynamodb://TABLE?region=R[&endpoint_url=URL][&profile=P]
+    fallback_share: Annotated[
+        Number,
+        Field(description="a number between 0 and 1 (e.g. 1/number of stations)"),
+        _check(lambda v: None if 0 < v <= 1 else f"expected a share of the quota between 0 and 1, got {v}."),
+    ] = 0.25  # of each quota, used alone while the store does not answer
+
+
+@with_config(_FORBID)
+@dataclass(frozen=True, kw_only=True)
+class StationSettings:
+    """`[station]`: which station this is, where its ledger is, and how it behaves."""
+
+    station_id: Annotated[
+        Text,
+        Field(alias="id", description="a station id such as 'line1-station3'"),
+        _pattern(_STATION_ID_RE, "a station id of letters, digits, '.', '_' or '-' (1-64)"),
+    ]
+    ledger_path: Annotated[
+        Path | str,  # a file, or a shared ledger's URL (dynamodb://TABLE?region=…)
+        Field(alias="ledger", description="the ledger file's path, e.g. 'ledger.sqlite'"),
+        PlainValidator(_ledger),
+    ]
+    operator: Text | None = None
+    qa_pin: Annotated[
+        Text | None,
+        Field(description="a string of 4-12 digits"),
+        BeforeValidator(_pin_as_text),
+        _pattern(_PIN_RE, "a string of 4-12 digits"),
+    ] = field(default=None, repr=False)  # not a key, but no reason to print it
+    # The QA PIN as a salted scrypt hash (station.qapin); production stations keep only this.
+    qa_pin_hash: Annotated[
+        Text | None,
+        Field(description="the line `station pin-hash` prints"),
+        _accepted_by(parse_pin_hash, lambda error: f"{error.message} {error.next_action}"),
+    ] = field(default=None, repr=False)
+    # The line's cleaner (station.cleanup): first retry after this, backing off up to the maximum
+    # (left out: the larger of 30 s and cleanup_interval_s).
+    cleanup_interval_s: Annotated[Number, Field(description="seconds"), _seconds(0.1, 3600.0)] = 10.0
+    cleanup_max_interval_s: Annotated[Number, Field(description="seconds"), _seconds(0.1, 3600.0)] = 30.0
+    # The language of the operator's and QA screens ("en", "ja"); None: from the locale.
+    language: Annotated[
+        Text | None,
+        Field(description="a language code such as 'en' or 'ja'"),
+        _pattern(_LANGUAGE_RE, "a language code such as 'en' or 'ja'"),
+    ] = None
+    labels: Annotated[LabelSettings | None, Field(description="a [station.labels] table")] = None
+
+
+class _Schema(BaseModel):
+    """A table whose result is built separately (its name is its key; some keys turn into others)."""
+
+    model_config = _FORBID
+
+
+class _IssuerTable(_Schema):
+    certificate_file: Annotated[
+        Text, Field(description="the factory CA certificate's path"), AfterValidator(_existing_file)
+    ]
+    key_file: Annotated[Text, Field(description="the factory CA key's path"), AfterValidator(_existing_file)]
+    passphrase_env: Annotated[
+        Text | None,
+        _pattern(_ENV_RE, "the NAME of an environment variable (the passphrase itself never goes here)"),
+    ] = None
+
+
+class _TargetTable(_Schema):
+    region: Annotated[
+        Text,
+        Field(description="an AWS region such as 'eu-west-1'"),
+        _pattern(_REGION_RE, "an AWS region such as 'eu-west-1'"),
+    ]
+    policy_name: Annotated[
+        Text,
+        Field(description="the AWS IoT policy name to attach, e.g. 'station-device'"),
+        _pattern(_POLICY_NAME_RE, "an AWS IoT policy name (letters, digits, '_+=,.@-', up to 128)"),
+    ]
+    policy_document: Annotated[Text | None, _check(policy_problem)] = None
+    policy_file: Annotated[Text | None, AfterValidator(_policy_file)] = None  # → its absolute path
+    thing_name_template: Annotated[
+        Text,
+        _accepted_by(
+            naming.validate_template,
+            lambda error: f"{error.message} Expected a template such as '{{product}}-{{serial}}'.",
+        ),
+    ] = naming.DEFAULT_TEMPLATE
+    account_id: Annotated[Text | None, _pattern(ACCOUNT_RE, "a 12-digit AWS account id as a string")] = None
+    profile: Annotated[Text | None, _not_blank("expected a profile name.")] = None
+    role_arn: Annotated[
+        Text | None,
+        _pattern(_ROLE_ARN_RE, "an IAM role ARN such as 'arn:aws:iam::123456789012:role/station'"),
+    ] = None
+    endpoint: Annotated[
+        Text | None,
+        _pattern(
+            _HOST_RE, "a host name without scheme or port, e.g. 'abc123-ats.iot.eu-west-1.amazonaws.com'"
+        ),
+    ] = None
+    port: Annotated[Int, _within(1, 65535, "a TCP port 1-65535 (8883 or 443)")] = 8883
+    ca_file: Annotated[Text | None, AfterValidator(_existing_file)] = None  # → its absolute path
+    endpoint_url: Annotated[
+        Text | None, _pattern(_URL_RE, "an http(s) URL such as 'http://127.0.0.1:5000'")
+    ] = None
+    aws_access_key_id: Text | None = None
+    aws_secret_access_key: Text | None = None
+    thing_type: Annotated[
+        Text | None, _pattern(_THING_TYPE_RE, "a thing type name ([a-zA-Z0-9:_-], up to 128)")
+    ] = None
+    thing_group: Annotated[
+        Text | None, _pattern(_THING_TYPE_RE, "a thing group name ([a-zA-Z0-9:_-], up to 128)")
+    ] = None
+    key_type: Annotated[Text, _one_of(KEY_TYPES, f"one of {', '.join(KEY_TYPES)}")] = "ec-p256"
+    certificate_days: Annotated[Int, _within(1, MAX_DAYS, f"1 to {MAX_DAYS} days")] = 3650
+    issuer: Annotated[_IssuerTable | None, Field(description="certificate_file and key_file")] = None
+    lab: Bool = False  # lab/dev targets may use broad policies and static credentials; production ones not
+
+
+class _ProductTable(_Schema):
+    serial_pattern: Annotated[
+        Text,
+        Field(description="a regular expression such as 'SN[0-9]{8}'"),
+        _accepted_by(
+            naming.compile_serial_pattern,
+            lambda error: (
+                f"expected a regular expression for the whole serial, e.g. 'SN[0-9]{{8}}': {error.message}"
+            ),
+        ),
+    ]
+    flasher: Annotated[
+        Text,
+        Field(description="an installed device family (`station flashers` lists them)"),
+        _check(_family_check),
+    ]
+    target: Annotated[Text, Field(description="the name of a [targets.NAME] table")]
+    options: Table = Field(default_factory=dict)  # per-family flasher options, passed through
+    on_reprovision: Annotated[
+        Text,
+        Field(description="'refuse' or 'replace'"),
+        _one_of(REPROVISION_POLICIES, "'refuse' or 'replace'"),
+    ] = "refuse"
+
+
+class _SlotTable(_Schema):
+    port: Annotated[
+        Text,
+        Field(description="a serial port or URL such as '/dev/ttyUSB0'"),
+        _not_blank("expected a serial port or URL such as '/dev/ttyUSB0' or 'socket://host:port'."),
+    ]
+    baud: Annotated[
+        Int, _within(_BAUD_MIN, _BAUD_MAX, f"a baud rate from {_BAUD_MIN} to {_BAUD_MAX}, e.g. 115200")
+    ] = DEFAULT_BAUD
+    product: Text | None = None
+
+
+class _File(_Schema):
+    """The whole file's shape: which tables there are. Each table is then validated on its own."""
+
+    station: Annotated[Table, Field(description="a [station] table")]
+    targets: Annotated[
+        dict[str, Table],
+        Field(description="a [targets] table (one [targets.NAME] per AWS account and region)"),
+        _check(lambda v: None if v else "expected at least one [targets.NAME] table."),
+    ]
+    products: dict[str, Table] = Field(default_factory=dict)
+    slots: dict[str, Table] = Field(default_factory=dict)
+    budget: Table | None = None
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -116,9 +484,6 @@ class Product:
         return naming.validate_serial(raw, self.serial_pattern, product=self.name)
 
 
-REPROVISION_POLICIES = ("refuse", "replace")
-
-
 @dataclass(frozen=True)
 class Slot:
     """One position on the station: a serial port URL (pyserial `serial_for_url`) and, optionally, a product."""
@@ -129,25 +494,18 @@ class Slot:
     product: str | None = None
 
 
-@dataclass(frozen=True)
-class StationConfig:
-    """A loaded, validated station.toml. Paths are absolute (resolved against the config's folder)."""
+@dataclass(frozen=True, kw_only=True)
+class StationConfig(StationSettings):
+    """A loaded, validated station.toml: the `[station]` settings (inherited) and every other table.
+
+    Paths are absolute (resolved against the config's folder).
+    """
 
     path: Path
-    station_id: str
-    ledger_path: Path | str  # a file, or a shared ledger's URL (dynamodb://TABLE?region=…)
-    operator: str | None = None
-    qa_pin: str | None = field(default=None, repr=False)  # not a key, but no reason to print it
-    # The line's cleaner (station.cleanup): first retry after this, backing off up to the maximum.
-    cleanup_interval_s: float = 10.0
-    cleanup_max_interval_s: float = 30.0
     targets: dict[str, Target] = field(default_factory=dict)
     products: dict[str, Product] = field(default_factory=dict)
     slots: dict[str, Slot] = field(default_factory=dict)
     budget: BudgetSettings | None = None
-    labels: LabelSettings | None = None
-    # The QA PIN as a salted scrypt hash (station.qapin); production stations keep only this.
-    qa_pin_hash: str | None = field(default=None, repr=False)
 
     def target(self, name: str) -> Target:
         try:
@@ -237,7 +595,7 @@ class SourceLocator:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Validation
+# Problems: pydantic's errors in the station's words, each at its file:line
 
 
 def _toml_key(part: str) -> str:
@@ -250,109 +608,6 @@ def _where(path: tuple[str, ...]) -> str:
         return "the file"
     table, key = path[:-1], path[-1]
     return f"[{'.'.join(map(_toml_key, table))}] {_toml_key(key)}" if table else _toml_key(key)
-
-
-class _Checker:
-    """Collects problems while walking the parsed TOML; raises them all at the end."""
-
-    def __init__(self, path: Path, text: str) -> None:
-        self.path = path
-        self.base = path.parent
-        self.locator = SourceLocator(text)
-        self.problems: list[tuple[int, str]] = []
-
-    def problem(self, keypath: tuple[str, ...], expected: str) -> None:
-        if len(self.problems) > MAX_PROBLEMS_SHOWN:  # counted, not located: the message shows only the first
-            self.problems.append((1 << 62, ""))
-            return
-        line = self.locator.line_of(keypath)
-        at = f"{self.path}:{line}" if line else f"{self.path}"
-        self.problems.append((line or 0, f"{at}: {_where(keypath)}: {expected}"))
-
-    def raise_if_any(self) -> None:
-        if not self.problems:
-            return
-        count = len(self.problems)
-        title = "Invalid station configuration" + (f" ({count} problems)" if count > 1 else "")
-        # In file order, so the person fixing them can walk down the file.
-        ordered = [text for _, text in sorted(self.problems, key=lambda item: item[0])]
-        if count > MAX_PROBLEMS_SHOWN:
-            ordered = [*ordered[:MAX_PROBLEMS_SHOWN], f"… and {count - MAX_PROBLEMS_SHOWN} more problems."]
-        raise ConfigError(title, "\n".join(ordered), _FIX)
-
-    # -- table and key helpers ------------------------------------------------------------------------
-
-    def table(self, data: Mapping[str, Any], keypath: tuple[str, ...], *, required: bool) -> dict[str, Any]:
-        value = data.get(keypath[-1]) if keypath else data
-        if value is None:
-            if required:
-                self.problem(keypath, f"missing table; add a [{'.'.join(keypath)}] section.")
-            return {}
-        if not isinstance(value, dict):
-            self.problem(keypath, f"expected a table ([{'.'.join(keypath)}]), got {_kind(value)}.")
-            return {}
-        return value
-
-    def unknown_keys(
-        self, table: Mapping[str, Any], keypath: tuple[str, ...], allowed: tuple[str, ...]
-    ) -> None:
-        for key in table:
-            if key in allowed:
-                continue
-            close = difflib.get_close_matches(key, allowed, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else f" Allowed: {', '.join(allowed)}."
-            self.problem((*keypath, key), f"unknown key.{hint}")
-
-    def get(
-        self,
-        table: Mapping[str, Any],
-        keypath: tuple[str, ...],
-        kind: type | tuple[type, ...],
-        *,
-        required: bool = False,
-        default: Any = None,
-        check: Callable[[Any], str | None] | None = None,
-        what: str = "",
-    ) -> Any:
-        key = keypath[-1]
-        if key not in table:
-            if required:
-                self.problem(keypath, f"missing; expected {what or _type_name(kind)}.")
-            return default
-        value = table[key]
-        # TOML booleans are not integers here, even though bool is a subclass of int in Python.
-        wrong_type = not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind))
-        if wrong_type:
-            self.problem(keypath, f"expected {what or _type_name(kind)}, got {_kind(value)}.")
-            return default
-        if isinstance(value, str) and "\x00" in value:
-            # A NUL cannot be in a path, a port, a name or a pattern; Python's path calls raise on it.
-            self.problem(keypath, "contains a NUL character (\\0); expected plain text.")
-            return default
-        if check is not None:
-            reason = check(value)
-            if reason:
-                self.problem(keypath, reason)
-                return default
-        return value
-
-    def existing_file(self, value: str, keypath: tuple[str, ...]) -> str | None:
-        resolved = (self.base / value).resolve() if value else self.base
-        if not value or not resolved.is_file():
-            self.problem(
-                keypath, f"expected an existing file (relative to {self.base}); {resolved} does not exist."
-            )
-            return None
-        return str(resolved)
-
-
-def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
-    return kind if isinstance(kind, tuple) else (kind,)
-
-
-def _type_name(kind: type | tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", bool: "true or false", dict: "a table", list: "an array"}
-    return " or ".join(names.get(k, k.__name__) for k in _as_tuple(kind))
 
 
 def _kind(value: Any) -> str:
@@ -370,483 +625,300 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
-def _pattern_check(regex: re.Pattern[str], expected: str) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        if regex.fullmatch(value):
+# What a TOML value of the wrong type should have been, when the field does not say it itself.
+_TYPE_NAMES = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "float_type": "a number",
+    "bool_type": "true or false",
+}
+_TABLE_TYPES = {"dict_type", "model_type", "model_attributes_type", "dataclass_type", "dataclass_args_type"}
+_UNKNOWN_KEY = {"extra_forbidden", "unexpected_keyword_argument"}
+
+
+def _unwrap(kind: Any) -> Any:
+    """`X` from `Annotated[X, …]`, `X | None` and their combinations."""
+    while True:
+        if get_origin(kind) is Annotated:
+            kind = get_args(kind)[0]
+            continue
+        if get_origin(kind) in (Union, types.UnionType):
+            others = [arg for arg in get_args(kind) if arg is not type(None)]
+            if len(others) == 1:
+                kind = others[0]
+                continue
+        return kind
+
+
+def _keys_of(schema: Any) -> dict[str, tuple[str, Any]]:
+    """A table class's keys as written in the file → (what is expected, the key's type)."""
+    if isinstance(schema, type) and issubclass(schema, BaseModel):
+        return {
+            info.alias or name: (info.description or "", info.annotation)
+            for name, info in schema.model_fields.items()
+        }
+    if not dataclasses.is_dataclass(schema):
+        return {}
+    hints = get_type_hints(schema, include_extras=True)
+    keys: dict[str, tuple[str, Any]] = {}
+    for one in dataclasses.fields(schema):
+        hint = hints[one.name]
+        infos = [item for item in getattr(hint, "__metadata__", ()) if isinstance(item, FieldInfo)]
+        key = next((info.alias for info in infos if info.alias), one.name)
+        keys[key] = (next((info.description for info in infos if info.description), ""), hint)
+    return keys
+
+
+def _table_at(schema: Any, loc: tuple[str, ...]) -> Any:
+    """The table class (or None) at `loc` inside `schema`, following nested tables and named tables."""
+    kind: Any = schema
+    for part in loc:
+        kind = _unwrap(kind)
+        if get_origin(kind) is dict:
+            kind = get_args(kind)[1]
+            continue
+        found = _keys_of(kind).get(part)
+        if found is None:
             return None
-        return f"expected {expected}, got {_kind(value)}."
-
-    return check
-
-
-def _range_check(low: int, high: int, expected: str) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        return None if low <= value <= high else f"expected {expected}, got {value}."
-
-    return check
+        kind = found[1]
+    return _unwrap(kind)
 
 
-def _station_section(c: _Checker, data: Mapping[str, Any]) -> dict[str, Any]:
-    keypath = ("station",)
-    table = c.table(data, keypath, required=True)
-    c.unknown_keys(
-        table,
-        keypath,
-        (
-            "id",
-            "operator",
-            "ledger",
-            "qa_pin",
-            "qa_pin_hash",
-            "labels",
-            "cleanup_interval_s",
-            "cleanup_max_interval_s",
-        ),
-    )
-    station_id = c.get(
-        table,
-        (*keypath, "id"),
-        str,
-        required=True,
-        check=_pattern_check(_STATION_ID_RE, "a station id of letters, digits, '.', '_' or '-' (1-64)"),
-        what="a station id such as 'line1-station3'",
-    )
-    operator = c.get(table, (*keypath, "operator"), str)
-    ledger = c.get(
-        table,
-        (*keypath, "ledger"),
-        str,
-        required=True,
-        check=lambda v: None if v.strip() else "expected a path to the ledger file, got an empty string.",
-        what="the ledger file's path, e.g. 'ledger.sqlite'",
-    )
-    pin_path = (*keypath, "qa_pin")
-    qa_pin = None
-    if isinstance(table.get("qa_pin"), int) and not isinstance(table.get("qa_pin"), bool):
-        # A PIN written as a number loses leading zeros ("0042" → 42): insist on a string.
-        c.problem(
-            pin_path,
-            f'expected the PIN as a quoted string of 4-12 digits, e.g. qa_pin = "{table["qa_pin"]:04d}".',
+def _expected(schema: Any, loc: tuple[str, ...]) -> str:
+    if not loc:
+        return ""
+    return _keys_of(_table_at(schema, loc[:-1])).get(loc[-1], ("", None))[0]
+
+
+class _Problems:
+    """Collects problems while the file's tables are validated; raises them all at the end."""
+
+    def __init__(self, path: Path, text: str) -> None:
+        self.path = path
+        self.base = path.parent
+        self.locator = SourceLocator(text)
+        self.problems: list[tuple[int, str]] = []
+
+    def add(self, keypath: tuple[str, ...], text: str) -> None:
+        if len(self.problems) > MAX_PROBLEMS_SHOWN:  # counted, not located: the message shows only the first
+            self.problems.append((1 << 62, ""))
+            return
+        line = self.locator.line_of(keypath)
+        at = f"{self.path}:{line}" if line else f"{self.path}"
+        self.problems.append((line or 0, f"{at}: {_where(keypath)}: {text}"))
+
+    def validate(self, schema: Any, data: Any, keypath: tuple[str, ...]) -> Any:
+        """`data` validated against `schema` (a table class), or None once its problems are added."""
+        try:
+            return _adapter(schema).validate_python(data, context={"base": self.base})
+        except ValidationError as error:
+            for detail in error.errors(include_url=False):
+                loc = tuple(str(part) for part in detail["loc"])
+                self.add((*keypath, *loc), _explain(schema, keypath, loc, detail))
+            return None
+
+    def raise_if_any(self) -> None:
+        if not self.problems:
+            return
+        count = len(self.problems)
+        title = "Invalid station configuration" + (f" ({count} problems)" if count > 1 else "")
+        # In file order, so the person fixing them can walk down the file.
+        ordered = [text for _, text in sorted(self.problems, key=lambda item: item[0])]
+        if count > MAX_PROBLEMS_SHOWN:
+            ordered = [*ordered[:MAX_PROBLEMS_SHOWN], f"… and {count - MAX_PROBLEMS_SHOWN} more problems."]
+        raise ConfigError(title, "\n".join(ordered), _FIX)
+
+
+@functools.cache
+def _adapter(schema: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(schema)
+
+
+def _explain(schema: Any, keypath: tuple[str, ...], loc: tuple[str, ...], detail: ErrorDetails) -> str:
+    """One pydantic error as the station says it: what is wrong, what is expected, what was found."""
+    kind = detail["type"]
+    if kind == _CHECK_ERROR:
+        return str((detail.get("ctx") or {}).get("reason", detail["msg"]))
+    if kind in _UNKNOWN_KEY:
+        allowed = tuple(_keys_of(_table_at(schema, loc[:-1])))
+        close = difflib.get_close_matches(loc[-1], allowed, n=1)
+        return "unknown key." + (
+            f" Did you mean {close[0]!r}?" if close else f" Allowed: {', '.join(allowed)}."
         )
-    else:
-        qa_pin = c.get(
-            table,
-            pin_path,
-            str,
-            check=_pattern_check(_PIN_RE, "a string of 4-12 digits"),
-            what="a string of 4-12 digits",
+    if kind.startswith("missing"):
+        return f"missing; expected {_expected(schema, loc) or 'a value'}."
+    if kind in _TABLE_TYPES:
+        return f"expected a table ([{'.'.join((*keypath, *loc))}]), got {_kind(detail['input'])}."
+    expected = _expected(schema, loc) or _TYPE_NAMES.get(kind, "a value of another type")
+    return f"expected {expected}, got {_kind(detail['input'])}."
+
+
+# --------------------------------------------------------------------------------------------------------
+# Validation: the file, then each named table on its own, then the rules that span keys and tables
+
+
+def _named(data: Mapping[str, Any], section: str) -> dict[str, dict[str, Any]]:
+    """The section's NAME → table pairs that are tables (the rest were reported with the file's shape)."""
+    tables = data.get(section)
+    if not isinstance(tables, dict):
+        return {}
+    return {name: value for name, value in tables.items() if isinstance(value, dict)}
+
+
+def _station(p: _Problems, data: Mapping[str, Any]) -> StationSettings | None:
+    table = data.get("station")
+    if not isinstance(table, dict):
+        return None  # reported with the file's shape
+    if "qa_pin" in table and "qa_pin_hash" in table:
+        p.add(
+            ("station", "qa_pin"),
+            "give qa_pin_hash only (the plain qa_pin is for the lab and the demo), not both.",
         )
-    hash_path = (*keypath, "qa_pin_hash")
-    qa_pin_hash = c.get(
-        table, hash_path, str, check=_pin_hash_check, what="the line `station pin-hash` prints"
-    )
-    if qa_pin is not None and qa_pin_hash is not None:
-        c.problem(pin_path, "give qa_pin_hash only (the plain qa_pin is for the lab and the demo), not both.")
-    seconds = _seconds_check(0.1, 3600.0)
-    interval = c.get(
-        table, (*keypath, "cleanup_interval_s"), (int, float), default=10.0, check=seconds, what="seconds"
-    )
-    longest = c.get(
-        table, (*keypath, "cleanup_max_interval_s"), (int, float), default=None, check=seconds, what="seconds"
-    )
-    if longest is None:
-        longest = max(30.0, float(interval))
+    station: StationSettings | None = p.validate(StationSettings, table, ("station",))
+    if station is None:
+        return None
+    interval, longest = station.cleanup_interval_s, station.cleanup_max_interval_s
+    if "cleanup_max_interval_s" not in table:
+        longest = max(30.0, interval)
     elif longest < interval:
-        c.problem(
-            (*keypath, "cleanup_max_interval_s"),
+        p.add(
+            ("station", "cleanup_max_interval_s"),
             f"expected at least cleanup_interval_s ({interval:g} s), got {longest:g}.",
         )
-        longest = interval
-    return {
-        "station_id": station_id,
-        "operator": operator,
-        # A shared ledger (several stations) is a URL and stays one; a file is resolved against the config.
-        "ledger_path": (
-            ledger
-            if ledger and ledger.startswith("dynamodb://")
-            else (c.base / ledger).resolve()
-            if ledger
-            else None
-        ),
-        "qa_pin": qa_pin,
-        "qa_pin_hash": qa_pin_hash,
-        "cleanup_interval_s": float(interval),
-        "cleanup_max_interval_s": float(longest),
-    }
+    return dataclasses.replace(station, cleanup_max_interval_s=longest)
 
 
-def _pin_hash_check(value: str) -> str | None:
-    from station.qapin import parse_pin_hash
-
-    try:
-        parse_pin_hash(value)
-    except InputError as error:
-        return f"{error.message} {error.next_action}"
-    return None
-
-
-def _seconds_check(low: float, high: float) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        return None if low <= value <= high else f"expected {low:g}–{high:g} seconds, got {value}."
-
-    return check
-
-
-_TARGET_KEYS = (
-    "region",
-    "policy_name",
-    "policy_document",
-    "policy_file",
-    "thing_name_template",
-    "account_id",
-    "profile",
-    "role_arn",
-    "endpoint",
-    "port",
-    "ca_file",
-    "endpoint_url",
-    "aws_access_key_id",
-    "aws_secret_access_key",
-    "thing_type",
-    "thing_group",
-    "key_type",
-    "certificate_days",
-    "issuer",
-    "lab",
-)
-_ISSUER_KEYS = ("certificate_file", "key_file", "passphrase_env")
-
-
-def _template_check(value: str) -> str | None:
-    try:
-        naming.validate_template(value)
-    except InputError as error:
-        return f"{error.message} Expected a template such as '{{product}}-{{serial}}'."
-    return None
-
-
-def _policy_text_problem(text: str) -> str | None:
-    try:
-        document = json.loads(text)
-    except ValueError as error:
-        return f"expected a JSON policy document; it is not valid JSON ({error})."
-    statements = document.get("Statement") if isinstance(document, dict) else None
-    if not isinstance(statements, list | dict) or not statements:
-        return 'expected a JSON policy document with a "Statement" list.'
-    return None
-
-
-def _target(c: _Checker, name: str, table: dict[str, Any]) -> Target | None:
+def _target(p: _Problems, name: str, table: dict[str, Any]) -> Target | None:
     kp = ("targets", name)
-    c.unknown_keys(table, kp, _TARGET_KEYS)
-    before = len(c.problems)
+    before = len(p.problems)
     if not _NAME_RE.fullmatch(name):
-        c.problem(kp, "expected a target name of letters, digits, '.', '_' or '-'.")
-    region = c.get(
-        table,
-        (*kp, "region"),
-        str,
-        required=True,
-        check=_pattern_check(_REGION_RE, "an AWS region such as 'eu-west-1'"),
-        what="an AWS region such as 'eu-west-1'",
-    )
-    policy_name = c.get(
-        table,
-        (*kp, "policy_name"),
-        str,
-        required=True,
-        check=_pattern_check(
-            _POLICY_NAME_RE, "an AWS IoT policy name (letters, digits, '_+=,.@-', up to 128)"
-        ),
-        what="the AWS IoT policy name to attach, e.g. 'station-device'",
-    )
-    policy_document: str | None = None
-    inline = c.get(table, (*kp, "policy_document"), str)
-    policy_file = c.get(table, (*kp, "policy_file"), str)
-    if inline is not None and policy_file is not None:
-        c.problem((*kp, "policy_file"), "give either policy_document (inline) or policy_file, not both.")
-    elif inline is not None:
-        reason = _policy_text_problem(inline)
-        if reason:
-            c.problem((*kp, "policy_document"), reason)
-        policy_document = inline
-    elif policy_file is not None:
-        resolved = c.existing_file(policy_file, (*kp, "policy_file"))
-        if resolved:
-            try:
-                with Path(resolved).open("rb") as handle:
-                    raw_policy = handle.read(MAX_POLICY_BYTES + 1)
-                if len(raw_policy) > MAX_POLICY_BYTES:
-                    raise ValueError(f"it is larger than {MAX_POLICY_BYTES:,} bytes")
-                policy_document = raw_policy.decode("utf-8")
-            except (OSError, ValueError) as error:  # UnicodeDecodeError is a ValueError
-                c.problem((*kp, "policy_file"), f"expected a readable UTF-8 JSON file ({error}).")
-            else:
-                reason = _policy_text_problem(policy_document)
-                if reason:
-                    c.problem((*kp, "policy_file"), f"{resolved}: {reason}")
-    else:
-        policy_document = LEAST_PRIVILEGE_POLICY_JSON  # safe default: the least-privilege policy
-    template = c.get(
-        table,
-        (*kp, "thing_name_template"),
-        str,
-        default=naming.DEFAULT_TEMPLATE,
-        check=_template_check,
-    )
-    account_id = c.get(
-        table,
-        (*kp, "account_id"),
-        str,
-        check=_pattern_check(_ACCOUNT_RE, "a 12-digit AWS account id as a string"),
-    )
-    profile = c.get(
-        table, (*kp, "profile"), str, check=lambda v: None if v.strip() else "expected a profile name."
-    )
-    role_arn = c.get(
-        table,
-        (*kp, "role_arn"),
-        str,
-        check=_pattern_check(
-            _ROLE_ARN_RE, "an IAM role ARN such as 'arn:aws:iam::123456789012:role/station'"
-        ),
-    )
-    if role_arn:
-        role_account = _ROLE_ARN_RE.fullmatch(role_arn).group(1)  # type: ignore[union-attr]
-        if account_id and account_id != role_account:
-            c.problem((*kp, "account_id"), f"is {account_id}, but role_arn is in account {role_account}.")
-        account_id = account_id or role_account
-    endpoint = c.get(
-        table,
-        (*kp, "endpoint"),
-        str,
-        check=_pattern_check(
-            _HOST_RE, "a host name without scheme or port, e.g. 'abc123-ats.iot.eu-west-1.amazonaws.com'"
-        ),
-    )
-    port = c.get(
-        table,
-        (*kp, "port"),
-        int,
-        default=8883,
-        check=_range_check(1, 65535, "a TCP port 1-65535 (8883 or 443)"),
-    )
-    ca_file = c.get(table, (*kp, "ca_file"), str)
-    if ca_file is not None:
-        ca_file = c.existing_file(ca_file, (*kp, "ca_file"))
-    endpoint_url = c.get(
-        table,
-        (*kp, "endpoint_url"),
-        str,
-        check=_pattern_check(_URL_RE, "an http(s) URL such as 'http://127.0.0.1:5000'"),
-    )
-    key_id = c.get(table, (*kp, "aws_access_key_id"), str)
-    secret = c.get(table, (*kp, "aws_secret_access_key"), str)
-    lab = c.get(table, (*kp, "lab"), bool, default=False)
-    if (key_id is None) != (secret is None):
-        missing = "aws_secret_access_key" if secret is None else "aws_access_key_id"
-        c.problem(
+        p.add(kp, "expected a target name of letters, digits, '.', '_' or '-'.")
+    # Rules about which keys are given are checked on the table as written, so they show with any other.
+    if "policy_document" in table and "policy_file" in table:
+        p.add((*kp, "policy_file"), "give either policy_document (inline) or policy_file, not both.")
+        table = {key: value for key, value in table.items() if key != "policy_file"}
+    key_id, secret = "aws_access_key_id" in table, "aws_secret_access_key" in table
+    if key_id != secret:
+        missing = "aws_access_key_id" if secret else "aws_secret_access_key"
+        p.add(
             (*kp, missing),
             "missing; static credentials need both aws_access_key_id and aws_secret_access_key.",
         )
-    if (key_id is not None or secret is not None) and not lab:
-        which = "aws_access_key_id" if key_id is not None else "aws_secret_access_key"
-        c.problem(
-            (*kp, which),
+    if (key_id or secret) and table.get("lab") is not True:
+        p.add(
+            (*kp, "aws_access_key_id" if key_id else "aws_secret_access_key"),
             "static credentials in station.toml are for lab targets only (lab = true); use profile or role_arn.",
         )
-    thing_type = c.get(
-        table,
-        (*kp, "thing_type"),
-        str,
-        check=_pattern_check(_THING_TYPE_RE, "a thing type name ([a-zA-Z0-9:_-], up to 128)"),
-    )
-    thing_group = c.get(
-        table,
-        (*kp, "thing_group"),
-        str,
-        check=_pattern_check(_THING_TYPE_RE, "a thing group name ([a-zA-Z0-9:_-], up to 128)"),
-    )
-    key_type = c.get(
-        table,
-        (*kp, "key_type"),
-        str,
-        default="ec-p256",
-        check=lambda v: None if v in KEY_TYPES else f"expected one of {', '.join(KEY_TYPES)}, got {v!r}.",
-    )
-    days = c.get(
-        table,
-        (*kp, "certificate_days"),
-        int,
-        default=3650,
-        check=_range_check(1, MAX_DAYS, f"1 to {MAX_DAYS} days"),
-    )
-    issuer = _issuer(c, table, (*kp, "issuer"))
-    if len(c.problems) > before:
+    t = p.validate(_TargetTable, table, kp)
+    if t is None:
         return None
+    account_id = t.account_id
+    if t.role_arn:
+        role_account = _ROLE_ARN_RE.fullmatch(t.role_arn).group(1)  # type: ignore[union-attr]
+        if account_id and account_id != role_account:
+            p.add((*kp, "account_id"), f"is {account_id}, but role_arn is in account {role_account}.")
+        account_id = account_id or role_account
+    if len(p.problems) > before:
+        return None
+    if t.policy_file is not None:
+        document = _read_policy(t.policy_file)
+    else:  # inline, or the safe default: the least-privilege policy
+        document = t.policy_document if t.policy_document is not None else LEAST_PRIVILEGE_POLICY_JSON
+    issuer = t.issuer
     return Target(
         name=name,
-        region=region,
-        policy_name=policy_name,
-        policy_document=policy_document or "",
-        thing_name_template=template,
+        **t.model_dump(exclude={"policy_document", "policy_file", "issuer", "account_id"}),
+        policy_document=document,
         account_id=account_id,
-        profile=profile,
-        role_arn=role_arn,
-        endpoint=endpoint,
-        port=port,
-        ca_file=ca_file,
-        endpoint_url=endpoint_url,
-        aws_access_key_id=key_id,
-        aws_secret_access_key=secret,
-        thing_type=thing_type,
-        thing_group=thing_group,
-        key_type=key_type,
-        certificate_days=days,
-        issuer=issuer,
-        lab=lab,
+        issuer=None if issuer is None else Issuer(**issuer.model_dump()),
     )
 
 
-def _issuer(c: _Checker, target_table: Mapping[str, Any], kp: tuple[str, ...]) -> Issuer | None:
-    if "issuer" not in target_table:
-        return None
-    table = c.table(target_table, kp, required=False)
-    if not table:
-        if isinstance(target_table.get("issuer"), dict):
-            c.problem(kp, "empty; expected certificate_file and key_file.")
-        return None
-    c.unknown_keys(table, kp, _ISSUER_KEYS)
-    cert = c.get(
-        table, (*kp, "certificate_file"), str, required=True, what="the factory CA certificate's path"
-    )
-    key = c.get(table, (*kp, "key_file"), str, required=True, what="the factory CA key's path")
-    env = c.get(
-        table,
-        (*kp, "passphrase_env"),
-        str,
-        check=_pattern_check(
-            _ENV_RE, "the NAME of an environment variable (the passphrase itself never goes here)"
-        ),
-    )
-    cert_path = c.existing_file(cert, (*kp, "certificate_file")) if cert is not None else None
-    key_path = c.existing_file(key, (*kp, "key_file")) if key is not None else None
-    if cert_path is None or key_path is None:
-        return None
-    return Issuer(certificate_file=cert_path, key_file=key_path, passphrase_env=env)
-
-
-def _product(c: _Checker, name: str, table: dict[str, Any]) -> Product | None:
+def _product(p: _Problems, name: str, table: dict[str, Any]) -> Product | None:
     kp = ("products", name)
-    c.unknown_keys(table, kp, ("serial_pattern", "flasher", "target", "options", "on_reprovision"))
-    before = len(c.problems)
-    if not _NAME_RE.fullmatch(name) or naming.THING_NAME_RE.fullmatch(name) is None:
-        c.problem(
-            kp, "expected a product name of letters, digits, '_' or '-' (it may appear in thing names)."
-        )
-
-    def pattern_check(value: str) -> str | None:
-        try:
-            naming.compile_serial_pattern(value)
-        except InputError as error:
-            return f"expected a regular expression for the whole serial, e.g. 'SN[0-9]{{8}}': {error.message}"
-        return None
-
-    pattern = c.get(
-        table,
-        (*kp, "serial_pattern"),
-        str,
-        required=True,
-        check=pattern_check,
-        what="a regular expression such as 'SN[0-9]{8}'",
-    )
-    # Families are whatever is installed in the `station.flashers` entry-point group (the built-in ones
-    # register exactly like a third party's), checked at load so a misspelt family is caught before the
-    # first unit is in the jig.
-    families = flasher_plugins.available()
-    flasher = c.get(
-        table,
-        (*kp, "flasher"),
-        str,
-        required=True,
-        check=lambda v: None if v in families else f"expected one of {', '.join(families)}, got {v!r}.",
-        what=f"an installed flasher family ({', '.join(families)})",
-    )
-    target = c.get(table, (*kp, "target"), str, required=True, what="the name of a [targets.NAME] table")
-    options = c.get(table, (*kp, "options"), dict, default={})
-    on_reprovision = c.get(
-        table,
-        (*kp, "on_reprovision"),
-        str,
-        default="refuse",
-        check=lambda v: None if v in REPROVISION_POLICIES else f"expected 'refuse' or 'replace', got {v!r}.",
-        what="'refuse' or 'replace'",
-    )
-    if len(c.problems) > before:
-        return None
-    return Product(
-        name=name,
-        serial_pattern=pattern,
-        flasher=flasher,
-        target=target,
-        options=dict(options),
-        on_reprovision=on_reprovision,
-    )
+    named = bool(_NAME_RE.fullmatch(name)) and naming.THING_NAME_RE.fullmatch(name) is not None
+    if not named:
+        p.add(kp, "expected a product name of letters, digits, '_' or '-' (it may appear in thing names).")
+    product = p.validate(_ProductTable, table, kp)
+    return Product(name=name, **product.model_dump()) if product is not None and named else None
 
 
-def _slot(c: _Checker, name: str, table: dict[str, Any]) -> Slot | None:
+def _slot(p: _Problems, name: str, table: dict[str, Any]) -> Slot | None:
     kp = ("slots", name)
-    c.unknown_keys(table, kp, ("port", "baud", "product"))
-    before = len(c.problems)
-    if not _NAME_RE.fullmatch(name):
-        c.problem(kp, "expected a slot name of letters, digits, '.', '_' or '-'.")
-    port = c.get(
-        table,
-        (*kp, "port"),
-        str,
-        required=True,
-        check=lambda v: (
-            None
-            if v.strip()
-            else "expected a serial port or URL such as '/dev/ttyUSB0' or 'socket://host:port'."
-        ),
-        what="a serial port or URL such as '/dev/ttyUSB0'",
-    )
-    baud = c.get(
-        table,
-        (*kp, "baud"),
-        int,
-        default=DEFAULT_BAUD,
-        check=_range_check(_BAUD_MIN, _BAUD_MAX, f"a baud rate from {_BAUD_MIN} to {_BAUD_MAX}, e.g. 115200"),
-    )
-    product = c.get(table, (*kp, "product"), str)
-    if len(c.problems) > before:
-        return None
-    return Slot(name=name, port=port, baud=baud, product=product)
+    named = bool(_NAME_RE.fullmatch(name))
+    if not named:
+        p.add(kp, "expected a slot name of letters, digits, '.', '_' or '-'.")
+    slot = p.validate(_SlotTable, table, kp)
+    return Slot(name=name, **slot.model_dump()) if slot is not None and named else None
 
 
-def _named_tables(
-    c: _Checker, data: Mapping[str, Any], section: str, *, required: bool
-) -> dict[str, dict[str, Any]]:
-    tables = c.table(data, (section,), required=required)
-    out: dict[str, dict[str, Any]] = {}
-    for name, value in tables.items():
-        if not isinstance(value, dict):
-            c.problem((section, name), f"expected a table [{section}.{name}], got {_kind(value)}.")
+def validate_config(data: Mapping[str, Any], *, path: Path, text: str = "") -> StationConfig:
+    """Validate already-parsed TOML data (`text` is the source, used only to find line numbers)."""
+    p = _Problems(path, text)
+    p.validate(_File, data, ())
+    station = _station(p, data)
+    budget = (
+        p.validate(BudgetSettings, data["budget"], ("budget",))
+        if isinstance(data.get("budget"), dict)
+        else None
+    )
+
+    targets: dict[str, Target] = {}
+    for name, table in _named(data, "targets").items():
+        target = _target(p, name, table)
+        if target is not None:
+            targets[name] = target
+    # Cross-references are checked against every declared name, valid or not, so one mistake in a target
+    # does not also show up as a dangling reference in each product that uses it.
+    target_names = set(_named(data, "targets"))
+
+    products: dict[str, Product] = {}
+    for name, table in _named(data, "products").items():
+        product = _product(p, name, table)
+        if product is None:
             continue
-        out[name] = value
-    if required and isinstance(data.get(section), dict) and not out:
-        c.problem((section,), f"expected at least one [{section}.NAME] table.")
-    return out
+        if product.target not in target_names:
+            known = ", ".join(sorted(target_names)) or "none"
+            p.add(
+                ("products", name, "target"),
+                f"names target {product.target!r}, which is not defined (known: {known}).",
+            )
+            continue
+        products[name] = product
+    product_names = set(_named(data, "products"))
 
+    slots: dict[str, Slot] = {}
+    ports: dict[str, str] = {}
+    for name, table in _named(data, "slots").items():
+        slot = _slot(p, name, table)
+        if slot is None:
+            continue
+        if slot.product is not None and slot.product not in product_names:
+            known = ", ".join(sorted(product_names)) or "none"
+            p.add(
+                ("slots", name, "product"),
+                f"names product {slot.product!r}, which is not defined (known: {known}).",
+            )
+            continue
+        if slot.port in ports:
+            p.add(
+                ("slots", name, "port"),
+                f"{slot.port!r} is already used by slot {ports[slot.port]!r}; one unit per port.",
+            )
+            continue
+        ports[slot.port] = name
+        slots[name] = slot
 
-def _declared(data: Mapping[str, Any], section: str) -> set[str]:
-    tables = data.get(section)
-    return (
-        {name for name, value in tables.items() if isinstance(value, dict)}
-        if isinstance(tables, dict)
-        else set()
+    p.raise_if_any()
+    assert station is not None  # no problems: [station] validated
+    settings = {one.name: getattr(station, one.name) for one in dataclasses.fields(StationSettings)}
+    return StationConfig(
+        **settings, path=path, targets=targets, products=products, slots=slots, budget=budget
     )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Reading the file
 
 
 def _parse_error_line(error: tomllib.TOMLDecodeError) -> int | None:
@@ -913,233 +985,3 @@ def load_config(path: str | Path) -> StationConfig:
             _FIX,
         ) from None
     return validate_config(data, path=path, text=text)
-
-
-@dataclass(frozen=True)
-class LabelSettings:
-    """`[station.labels]`: the label printed for every PASS (see station/labels.py)."""
-
-    printer: str  # tcp://host:9100, lp://QUEUE, file:PATH or a path
-    qr_payload: str = "{thing_name}"
-    timeout_s: float = 5.0
-
-
-def _labels_section(c: _Checker, data: Mapping[str, Any]) -> LabelSettings | None:
-    station = data.get("station")
-    if not isinstance(station, Mapping) or "labels" not in station:
-        return None
-    keypath = ("station", "labels")
-    table = c.table(station, keypath, required=True)
-    c.unknown_keys(table, keypath, ("printer", "qr_payload", "timeout_s"))
-    from station.labels import check_payload_template
-
-    printer = c.get(
-        table,
-        (*keypath, "printer"),
-        str,
-        required=True,
-        check=lambda v: None if v.strip() else "expected where labels go, got an empty string.",
-        what="'tcp://HOST:9100', 'lp://QUEUE' or a file path",
-    )
-    payload = c.get(
-        table,
-        (*keypath, "qr_payload"),
-        str,
-        default="{thing_name}",
-        check=check_payload_template,
-        what="a template such as '{thing_name}' or 'https://example.com/u/{serial}'",
-    )
-    timeout = c.get(
-        table,
-        (*keypath, "timeout_s"),
-        (int, float),
-        default=5.0,
-        check=lambda v: None if 0 < v <= 60 else f"expected 0-60 seconds, got {v}.",
-        what="seconds to wait for the printer",
-    )
-    if printer is None:
-        return None
-    return LabelSettings(printer=printer, qr_payload=payload or "{thing_name}", timeout_s=float(timeout))
-
-
-@dataclass(frozen=True)
-class BudgetSettings:
-    """`[budget]`: where the AWS rate budget shared by several stations lives (none: this station alone)."""
-
-    store: str  # dynamodb://TABLE?region=R[&endpoint_url=URL][&profile=P]
-    fallback_share: float = 0.25  # of each quota, used alone while the store does not answer
-
-
-def _budget_section(c: _Checker, data: Mapping[str, Any]) -> BudgetSettings | None:
-    keypath = ("budget",)
-    if "budget" not in data:
-        return None
-    table = c.table(data, keypath, required=True)
-    c.unknown_keys(table, keypath, ("store", "fallback_share"))
-    store = c.get(
-        table,
-        (*keypath, "store"),
-        str,
-        required=True,
-        check=lambda v: (
-            None
-            if v.startswith("dynamodb://") and "region=" in v
-            else f"expected 'dynamodb://TABLE?region=REGION', got {v!r}."
-        ),
-        what="a shared store such as 'dynamodb://station-budget?region=eu-west-1'",
-    )
-    share = c.get(
-        table,
-        (*keypath, "fallback_share"),
-        (int, float),
-        default=0.25,
-        check=lambda v: None if 0 < v <= 1 else f"expected a share of the quota between 0 and 1, got {v}.",
-        what="a number between 0 and 1 (e.g. 1/number of stations)",
-    )
-    if store is None:
-        return None
-    return BudgetSettings(store=store, fallback_share=float(share))
-
-
-def validate_config(data: Mapping[str, Any], *, path: Path, text: str = "") -> StationConfig:
-    """Validate already-parsed TOML data (`text` is the source, used only to find line numbers)."""
-    c = _Checker(path, text)
-    c.unknown_keys(data, (), ("station", "targets", "products", "slots", "budget"))
-    station = _station_section(c, data)
-    budget = _budget_section(c, data)
-    labels = _labels_section(c, data)
-
-    targets: dict[str, Target] = {}
-    for name, table in _named_tables(c, data, "targets", required=True).items():
-        target = _target(c, name, table)
-        if target is not None:
-            targets[name] = target
-    # Cross-references are checked against every declared name, valid or not, so one mistake in a target
-    # does not also show up as a dangling reference in each product that uses it.
-    target_names = _declared(data, "targets")
-
-    products: dict[str, Product] = {}
-    for name, table in _named_tables(c, data, "products", required=False).items():
-        product = _product(c, name, table)
-        if product is None:
-            continue
-        if product.target not in target_names:
-            known = ", ".join(sorted(target_names)) or "none"
-            c.problem(
-                ("products", name, "target"),
-                f"names target {product.target!r}, which is not defined (known: {known}).",
-            )
-            continue
-        products[name] = product
-    product_names = _declared(data, "products")
-
-    slots: dict[str, Slot] = {}
-    ports: dict[str, str] = {}
-    for name, table in _named_tables(c, data, "slots", required=False).items():
-        slot = _slot(c, name, table)
-        if slot is None:
-            continue
-        if slot.product is not None and slot.product not in product_names:
-            known = ", ".join(sorted(product_names)) or "none"
-            c.problem(
-                ("slots", name, "product"),
-                f"names product {slot.product!r}, which is not defined (known: {known}).",
-            )
-            continue
-        if slot.port in ports:
-            c.problem(
-                ("slots", name, "port"),
-                f"{slot.port!r} is already used by slot {ports[slot.port]!r}; one unit per port.",
-            )
-            continue
-        ports[slot.port] = name
-        slots[name] = slot
-
-    c.raise_if_any()
-    return StationConfig(
-        path=path,
-        station_id=station["station_id"],
-        ledger_path=station["ledger_path"],
-        operator=station["operator"],
-        qa_pin=station["qa_pin"],
-        cleanup_interval_s=station["cleanup_interval_s"],
-        cleanup_max_interval_s=station["cleanup_max_interval_s"],
-        budget=budget,
-        labels=labels,
-        qa_pin_hash=station["qa_pin_hash"],
-        targets=targets,
-        products=products,
-        slots=slots,
-    )
-
-
-# --------------------------------------------------------------------------------------------------------
-# Policies
-
-
-def render_policy(target: Target, account_id: str) -> str:
-    """The target's policy document with the REGION and ACCOUNT placeholders filled in.
-
-    Placeholders are whole words (so `REGIONAL` is left alone); the result must be valid JSON.
-    """
-    if not isinstance(account_id, str) or not _ACCOUNT_RE.fullmatch(account_id):
-        raise InputError(
-            "Invalid account id",
-            f"Cannot fill in the policy for target {target.name!r}: {account_id!r} is not a 12-digit account id.",
-            "Check the target's credentials (preflight shows the account they resolve to).",
-        )
-    values = {"REGION": target.region, "ACCOUNT": account_id}
-    text = _PLACEHOLDER_RE.sub(lambda m: values[m.group(1)], target.policy_document)
-    reason = _policy_text_problem(text)
-    if reason:
-        raise ConfigError(
-            "Invalid policy document",
-            f"The policy document of target {target.name!r} is unusable: {reason}",
-            "Fix policy_document / policy_file of this target in station.toml.",
-        )
-    return text
-
-
-_ALL_IOT_RESOURCE = re.compile(r"arn:aws[a-z-]*:iot:[^:]*:[^:]*:\*")
-
-
-def _as_list(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    return value if isinstance(value, list) else [value]
-
-
-def is_over_broad(policy_json: str) -> str | None:
-    """Why this policy is too broad for a production target, or None when it is not.
-
-    Over-broad: an Allow statement whose actions include `*` or `iot:*` on a resource that is `*` (or an
-    ARN matching every IoT resource), or any Allow with NotAction/NotResource (they grant everything else).
-    Deny statements never make a policy broader. Invalid JSON is an `InputError`, not a verdict.
-    """
-    try:
-        document = json.loads(policy_json)
-    except (ValueError, TypeError) as error:
-        raise InputError(
-            "Invalid policy document", f"The policy is not valid JSON ({error}).", "Fix the policy document."
-        ) from None
-    if not isinstance(document, dict):
-        raise InputError(
-            "Invalid policy document", "The policy is not a JSON object.", "Fix the policy document."
-        )
-    for index, statement in enumerate(_as_list(document.get("Statement")), start=1):
-        if not isinstance(statement, dict) or str(statement.get("Effect", "")).lower() != "allow":
-            continue
-        sid = f" ({statement['Sid']})" if isinstance(statement.get("Sid"), str) else ""
-        if "NotAction" in statement or "NotResource" in statement:
-            which = "NotAction" if "NotAction" in statement else "NotResource"
-            return f"statement {index}{sid} allows with {which}, which grants everything not listed"
-        actions = [a for a in _as_list(statement.get("Action")) if isinstance(a, str)]
-        resources = [r for r in _as_list(statement.get("Resource")) if isinstance(r, str)]
-        broad_actions = [a for a in actions if a.strip().lower() in ("*", "iot:*")]
-        broad_resources = [r for r in resources if r.strip() == "*" or _ALL_IOT_RESOURCE.fullmatch(r.strip())]
-        if broad_actions and broad_resources:
-            return (
-                f"statement {index}{sid} allows {broad_actions[0]} on resource {broad_resources[0]}: any device "
-                "could act as any other"
-            )
-    return None

@@ -56,6 +56,7 @@ from station.attempt import (
 from station.errors import StationError, StationFault, UnitFault
 from station.journal import REPLACE_REVOKE, JournalEntry, JournalFields, Stage
 from station.model import Event, Identity, Outcome, Registration, Target
+from station.plain import plain_dict
 from station.units import Action, LiveIdentity, RecordLike, UnitState
 
 log = logging.getLogger(__name__)
@@ -1127,14 +1128,7 @@ class ReconcileItem:
     detail: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "journal_id": self.journal_id,
-            "serial": self.serial,
-            "target": self.target,
-            "certificate_id": self.certificate_id,
-            "action": self.action,
-            "detail": self.detail,
-        }
+        return plain_dict(self)
 
 
 def reconcile(

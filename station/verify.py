@@ -29,7 +29,7 @@ import logging
 import secrets
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from awscrt import mqtt
@@ -39,6 +39,7 @@ from awsiot import mqtt_connection_builder
 from station.errors import StationError, StationFault, UnitFault
 from station.identity import check_identity
 from station.model import Identity
+from station.plain import plain_dict
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class VerifyResult:
     connect_attempts: int = 1
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return plain_dict(self)
 
 
 class _ConnectPacer:

@@ -13,9 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from station import config
-from station.config import SourceLocator, is_over_broad, load_config, render_policy, validate_config
+from station.config import SourceLocator, load_config, validate_config
 from station.errors import ConfigError, InputError
 from station.model import Target
+from station.policy import LEAST_PRIVILEGE_POLICY, LEAST_PRIVILEGE_POLICY_JSON, is_over_broad, render_policy
 from station.qapin import pin_matches
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -81,7 +82,7 @@ def test_minimal_config(tmp_path: Path) -> None:
     assert (target.region, target.port, target.key_type, target.lab) == ("eu-west-1", 8883, "ec-p256", False)
     assert target.thing_name_template == "{product}-{serial}"
     # No policy given: the least-privilege one, not something broad.
-    assert json.loads(target.policy_document) == config.LEAST_PRIVILEGE_POLICY
+    assert json.loads(target.policy_document) == LEAST_PRIVILEGE_POLICY
     assert cfg.products["sensor"].validate_serial("SN123456\r\n") == "SN123456"
     assert cfg.slots["slot1"].baud == config.DEFAULT_BAUD
     assert cfg.target_for("sensor") is target
@@ -106,7 +107,7 @@ def test_production_like_fixture() -> None:
     eu, us = cfg.targets["prod-eu"], cfg.targets["prod-us"]
     assert eu.account_id == "111122223333"  # taken from the role ARN
     assert eu.endpoint == "a1b2c3d4e5f6g7-ats.iot.eu-west-1.amazonaws.com"
-    assert json.loads(eu.policy_document) == config.LEAST_PRIVILEGE_POLICY  # read from ../policies/
+    assert json.loads(eu.policy_document) == LEAST_PRIVILEGE_POLICY  # read from ../policies/
     assert us.profile == "factory-us" and us.key_type == "ec-p384"
     assert us.issuer is not None
     assert Path(us.issuer.certificate_file) == (FIXTURES / "certs" / "factory-ca.pem").resolve()
@@ -286,9 +287,9 @@ def test_policy_document_rules(tmp_path: Path) -> None:
         'policy_name = "station-device"\n', 'policy_name = "x"\npolicy_file = "policies/p.json"\n'
     )
     assert "Statement" in problem_for(problems(tmp_path, empty), "policy_file")
-    (tmp_path / "policies" / "p.json").write_text(config.LEAST_PRIVILEGE_POLICY_JSON)
+    (tmp_path / "policies" / "p.json").write_text(LEAST_PRIVILEGE_POLICY_JSON)
     cfg = load_config(write(tmp_path, empty))
-    assert cfg.targets["prod"].policy_document == config.LEAST_PRIVILEGE_POLICY_JSON
+    assert cfg.targets["prod"].policy_document == LEAST_PRIVILEGE_POLICY_JSON
 
 
 def test_credentials_and_account_rules(tmp_path: Path) -> None:
@@ -339,6 +340,104 @@ def test_a_broken_target_is_not_reported_again_as_a_dangling_reference(tmp_path:
     assert len(lines) == 1 and "region" in lines[0]
 
 
+# ---- the schema: unknown keys, types, defaults, the [station] settings -------------------------------------
+
+
+def test_unknown_keys_are_refused_at_their_line_in_every_table(tmp_path: Path) -> None:
+    text = MINIMAL.replace('ledger = "ledger.sqlite"\n', 'ledger = "ledger.sqlite"\nstation_id = "x"\n')
+    text = text.replace('target = "prod"\n', 'target = "prod"\nflash = "prov1"\n')
+    text = text.replace("[slots.slot1]\n", '[slots.slot1]\nspeed = 9600\n[targets.prod.issuer]\nkey = "k"\n')
+    path = write(tmp_path, text)
+    lines = problems(tmp_path, text)
+    # The attribute's name is not a key: only what the file format calls it (id) is.
+    line = problem_for(lines, "station_id")
+    assert line.startswith(f"{path}:{line_of(text, 'station_id =')}: [station] station_id: unknown key.")
+    flash = problem_for(lines, "flash")
+    assert flash.startswith(f"{path}:{line_of(text, 'flash =')}: [products.sensor] flash: unknown key.")
+    assert "Did you mean 'flasher'?" in flash
+    speed = problem_for(lines, "speed")
+    assert speed.startswith(f"{path}:{line_of(text, 'speed =')}: [slots.slot1] speed: unknown key.")
+    assert "Allowed: port, baud, product." in speed  # nothing close: every key the table takes
+    key = problem_for(lines, "key")
+    assert key.startswith(f"{path}:{line_of(text, 'key = ')}: [targets.prod.issuer] key: unknown key.")
+
+
+@pytest.mark.parametrize(
+    ("edit", "field", "expected"),
+    [
+        (('port = "/dev/ttyUSB0"\n', 'port = "/dev/ttyUSB0"\nbaud = "fast"\n'), "baud",
+         "expected an integer, got 'fast' (a string)."),
+        (('region = "eu-west-1"\n', "region = 5\n"), "region",
+         "expected an AWS region such as 'eu-west-1', got 5 (a number)."),
+        (('ledger = "ledger.sqlite"\n', 'ledger = "ledger.sqlite"\ncleanup_interval_s = true\n'),
+         "cleanup_interval_s", "expected seconds, got true (a boolean)."),
+        (('ledger = "ledger.sqlite"\n', 'ledger = "ledger.sqlite"\noperator = ["a"]\n'), "operator",
+         "expected a string, got an array."),
+        (('ledger = "ledger.sqlite"\n', "ledger = 1.5\n"), "ledger",
+         "expected the ledger file's path, e.g. 'ledger.sqlite', got 1.5 (a number)."),
+        (('region = "eu-west-1"\n', 'region = "eu-west-1"\nissuer = "ca.pem"\n'), "issuer",
+         "expected a table ([targets.prod.issuer]), got 'ca.pem' (a string)."),
+        (('ledger = "ledger.sqlite"\n', 'ledger = "ledger.sqlite"\nlabels = 9100\n'), "labels",
+         "expected a table ([station.labels]), got 9100 (a number)."),
+    ],
+)  # fmt: skip
+def test_a_value_of_the_wrong_type_names_what_is_expected_and_what_was_found(
+    tmp_path: Path, edit: tuple[str, str], field: str, expected: str
+) -> None:
+    old, new = edit
+    text = MINIMAL.replace(old, new, 1)
+    path = write(tmp_path, text)
+    line = problem_for(problems(tmp_path, text), field)
+    key_line = line_of(text, new.splitlines()[-1])
+    assert line.startswith(f"{path}:{key_line}: [") and line.endswith(f"] {field}: {expected}"), line
+
+
+def test_language_is_optional_and_a_language_code(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, MINIMAL)).language is None  # None: the locale decides
+    for code in ("ja", "en", "pt_BR", "zh-Hant"):
+        text = MINIMAL.replace("[station]\n", f'[station]\nlanguage = "{code}"\n')
+        assert load_config(write(tmp_path, text)).language == code
+    for wrong, words in (
+        ('"Japanese!"', "a language code such as 'en' or 'ja', got 'Japanese!'"),
+        ("1", "got 1"),
+    ):
+        text = MINIMAL.replace("[station]\n", f"[station]\nlanguage = {wrong}\n")
+        line = problem_for(problems(tmp_path, text), "language")
+        assert line.startswith(f"{tmp_path / 'station.toml'}:2: [station] language: expected a language code")
+        assert words in line
+
+
+def test_station_defaults_and_cross_field_rules(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, MINIMAL))
+    assert (cfg.cleanup_interval_s, cfg.cleanup_max_interval_s) == (10.0, 30.0)
+    assert (cfg.operator, cfg.qa_pin, cfg.qa_pin_hash, cfg.labels, cfg.budget) == (None,) * 5
+    slow = MINIMAL.replace("[station]\n", "[station]\ncleanup_interval_s = 45\n")
+    cfg = load_config(write(tmp_path, slow))  # the maximum follows a longer first interval
+    assert (cfg.cleanup_interval_s, cfg.cleanup_max_interval_s) == (45.0, 45.0)
+    assert isinstance(cfg.cleanup_max_interval_s, float)
+    shorter = slow.replace("[station]\n", "[station]\ncleanup_max_interval_s = 20\n")
+    assert "at least cleanup_interval_s (45 s), got 20" in problem_for(
+        problems(tmp_path, shorter), "cleanup_max_interval_s"
+    )
+    shared = MINIMAL.replace('ledger = "ledger.sqlite"', 'ledger = "dynamodb://units?region=eu-west-1"')
+    assert load_config(write(tmp_path, shared)).ledger_path == "dynamodb://units?region=eu-west-1"
+    budget = MINIMAL + '\n[budget]\nstore = "dynamodb://b?region=eu-west-1"\n'
+    assert load_config(write(tmp_path, budget)).budget == config.BudgetSettings(
+        "dynamodb://b?region=eu-west-1"
+    )
+    wrong = MINIMAL + '\n[budget]\nstore = "s3://b"\nfallback_share = 2\n'
+    lines = problems(tmp_path, wrong)
+    assert "expected 'dynamodb://TABLE?region=REGION', got 's3://b'" in problem_for(lines, "store")
+    assert "between 0 and 1, got 2" in problem_for(lines, "fallback_share")
+
+
+def test_families_are_the_installed_entry_points(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = MINIMAL.replace('flasher = "prov1"', 'flasher = "acme"')
+    assert "got 'acme'" in problem_for(problems(tmp_path, text), "flasher")
+    monkeypatch.setattr(config.flasher_plugins, "available", lambda: ["acme", "prov1"])
+    assert load_config(write(tmp_path, text)).products["sensor"].flasher == "acme"
+
+
 # ---- the source locator --------------------------------------------------------------------------------------
 
 
@@ -379,7 +478,7 @@ def _target(document: str, region: str = "eu-west-1") -> Target:
 
 
 def test_render_policy_fills_region_and_account() -> None:
-    rendered = json.loads(render_policy(_target(config.LEAST_PRIVILEGE_POLICY_JSON), "123456789012"))
+    rendered = json.loads(render_policy(_target(LEAST_PRIVILEGE_POLICY_JSON), "123456789012"))
     resources = [s["Resource"] for s in rendered["Statement"]]
     assert resources[0] == "arn:aws:iot:eu-west-1:123456789012:client/${iot:Connection.Thing.ThingName}"
     assert all(r.startswith("arn:aws:iot:eu-west-1:123456789012:") for r in resources)
@@ -395,7 +494,7 @@ def test_render_policy_replaces_whole_words_only() -> None:
 
 def test_render_policy_refuses_a_bad_account() -> None:
     with pytest.raises(InputError, match="12-digit"):
-        render_policy(_target(config.LEAST_PRIVILEGE_POLICY_JSON), "12345")
+        render_policy(_target(LEAST_PRIVILEGE_POLICY_JSON), "12345")
     with pytest.raises(ConfigError, match="not valid JSON"):
         render_policy(_target("{nope"), "123456789012")
 
@@ -420,7 +519,7 @@ def _policy(*statements: dict) -> str:
             _policy({"Effect": "Allow", "Action": "iot:*", "Resource": "arn:aws:iot:eu-west-1:1:topic/x"}),
             False,
         ),
-        (config.LEAST_PRIVILEGE_POLICY_JSON, False),
+        (LEAST_PRIVILEGE_POLICY_JSON, False),
     ],
 )
 def test_is_over_broad(policy: str, broad: bool) -> None:
@@ -439,7 +538,7 @@ def test_is_over_broad_refuses_invalid_json() -> None:
 
 def test_policy_fixture_is_the_least_privilege_policy() -> None:
     text = (FIXTURES / "policies" / "thing-policy.json").read_text()
-    assert json.loads(text) == config.LEAST_PRIVILEGE_POLICY
+    assert json.loads(text) == LEAST_PRIVILEGE_POLICY
     assert "${iot:Connection.Thing.ThingName}" in text and "REGION:ACCOUNT" in text
     assert is_over_broad(text) is None
 

@@ -37,12 +37,13 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from station.errors import StationFault
 from station.lab import _awsca, _certrules, _wire
+from station.plain import plain_dict
 
 if TYPE_CHECKING:
     import boto3
@@ -237,7 +238,7 @@ class Fault:
         )
 
     def as_dict(self) -> dict[str, Any]:
-        return {key: value for key, value in asdict(self).items() if not key.startswith("_")}
+        return plain_dict(self)  # without _rng (private)
 
 
 _FAULT_FIELDS = (

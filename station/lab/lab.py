@@ -218,7 +218,7 @@ class Lab:
         assert self.data is not None
         port = self.data.port_for(account_id, region)
         role_arn = None if account_id == DEFAULT_ACCOUNT_ID else self.control.role_arn(account_id)
-        from station.config import LEAST_PRIVILEGE_POLICY_JSON
+        from station.policy import LEAST_PRIVILEGE_POLICY_JSON
 
         target = Target(
             name=target_name(index, region),
@@ -394,7 +394,7 @@ class JoinedLab(Lab):
         self.data = None
         self.start_seconds = 0.0
         self._ca_file = ca_file
-        from station.config import LEAST_PRIVILEGE_POLICY_JSON
+        from station.policy import LEAST_PRIVILEGE_POLICY_JSON
 
         self.registries = []
         for account in accounts:

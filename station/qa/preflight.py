@@ -12,11 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from station.attempt import Attempt, EventSink
-from station.config import StationConfig, is_over_broad
+from station.config import StationConfig
 from station.context import registry_factory
 from station.errors import StationError
 from station.ledger import Ledger
 from station.model import Target
+from station.plain import plain, plain_dict
+from station.policy import is_over_broad
 from station.qa.common import RegistryFactory, find_target, note
 from station.registry import Check
 
@@ -37,13 +39,7 @@ class TargetReport:
         return all(c.ok for c in self.checks)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "target": self.target,
-            "lab": self.lab,
-            "where": self.where,
-            "ok": self.ok,
-            "checks": [c.as_dict() for c in self.checks],
-        }
+        return {**plain_dict(self, exclude=("checks",)), "ok": self.ok, "checks": plain(self.checks)}
 
 
 @dataclass(frozen=True)
@@ -56,11 +52,8 @@ class PreflightReport:
         return all(c.ok for c in self.station) and all(t.ok for t in self.targets)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "station": [c.as_dict() for c in self.station],
-            "targets": [t.as_dict() for t in self.targets],
-        }
+        # The station's own checks first, as people read the report (the fields are the other way round).
+        return {"ok": self.ok, "station": plain(self.station), "targets": plain(self.targets)}
 
 
 def _document_check(target: Target) -> Check | None:

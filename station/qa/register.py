@@ -15,7 +15,7 @@ import contextlib
 import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from station.attempt import outcome_of
@@ -28,6 +28,7 @@ from station.journal import Stage
 from station.ledger import Ledger
 from station.model import Identity, Outcome, Target
 from station.pipeline import register_in_target
+from station.plain import plain_dict
 from station.qa.common import (
     EventSink,
     RegistryFactory,
@@ -74,7 +75,7 @@ class RegisterResult:
         )
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "changed": self.changed}
+        return {**plain_dict(self), "changed": self.changed}
 
 
 def registered_text(target: Target, thing_name: str, reg: Any) -> str:

@@ -18,6 +18,7 @@ from station.context import StationContext
 from station.errors import InputError
 from station.ledger import Ledger
 from station.pipeline import UnitResult
+from station.plain import plain_dict
 from station.qa.common import QA_STEP_PREFIX, NotFound, unit_records, unit_state
 from station.qa.reverify import SlotReserver
 
@@ -33,7 +34,7 @@ class ReprovisionPlan:
     replaces: tuple[str, ...]  # certificate ids live in the target now
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return plain_dict(self)
 
 
 def plan_reprovision(config: StationConfig, ledger: Ledger, query: str, *, slot: str) -> ReprovisionPlan:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from station.attempt import EventSink, outcome_of
@@ -31,6 +31,7 @@ from station.identity import certificate_id as local_certificate_id
 from station.ledger import AttemptRecord, Ledger
 from station.model import Identity, Target
 from station.pipeline import FlasherLike, UnitRequest
+from station.plain import plain_dict
 from station.qa.common import (
     QA_STEP_PREFIX,
     NotFound,
@@ -81,7 +82,7 @@ class ReverifyResult:
     message: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"ok": True, **asdict(self)}
+        return {"ok": True, **plain_dict(self)}
 
 
 def reverify_record(

@@ -11,13 +11,14 @@ certificate ids it removed (what the unit's state reads).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from station.attempt import Attempt, outcome_of
 from station.config import StationConfig
 from station.errors import StationError, StationFault
 from station.ledger import AttemptRecord, Ledger
+from station.plain import plain, plain_dict
 from station.qa.common import (
     EventSink,
     NotFound,
@@ -46,7 +47,7 @@ class RevokeItem:
     keep_reason: str = ""  # why the recorded thing is kept
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return plain_dict(self)
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class RevokePlan:
         return list(dict.fromkeys(item.target for item in self.items))
 
     def as_dict(self) -> dict[str, Any]:
-        return {"serial": self.serial, "items": [item.as_dict() for item in self.items]}
+        return plain_dict(self)
 
 
 @dataclass(frozen=True)
@@ -75,13 +76,7 @@ class RevokeDone:
     error: dict[str, str] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            **self.item.as_dict(),
-            "ok": self.ok,
-            "existed": self.existed,
-            "thing_deleted": self.thing_deleted,
-            "error": self.error,
-        }
+        return {**self.item.as_dict(), **plain_dict(self, exclude=("item",))}
 
 
 @dataclass(frozen=True)
@@ -99,13 +94,8 @@ class RevokeResult:
         return sum(1 for d in self.done if d.ok and d.existed)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "serial": self.serial,
-            "operator": self.operator,
-            "revoked": self.revoked,
-            "items": [d.as_dict() for d in self.done],
-        }
+        shown = plain_dict(self, exclude=("done",))
+        return {"ok": self.ok, **shown, "revoked": self.revoked, "items": plain(self.done)}
 
 
 def revoke_items(

@@ -11,7 +11,7 @@ revoke that fails leaves the transfer done and recorded, and raises "Transfer ha
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from station.attempt import outcome_of
@@ -23,6 +23,7 @@ from station.journal import Stage
 from station.ledger import AttemptRecord, Ledger
 from station.model import Identity
 from station.pipeline import register_in_target
+from station.plain import plain_dict
 from station.qa.common import (
     EventSink,
     NotFound,
@@ -60,10 +61,7 @@ class TransferPlan:
     source_revoke: tuple[RevokeItem, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("certificate_pem")
-        data["source_revoke"] = [item.as_dict() for item in self.source_revoke]
-        return data
+        return plain_dict(self)  # without certificate_pem (not shown: repr=False)
 
 
 @dataclass(frozen=True)
