@@ -1,0 +1,175 @@
+"""Routing a scan to the jig that holds the unit, through the real wiring: PROV/1 simulators on real ptys, the
+lab's control plane and data plane, the real registry, verify and ledger.
+
+A scan without a slot must go to the idle jig whose unit reports the scanned serial as its id, and a serial no
+idle jig holds must be refused at the scan: nothing recorded, no AWS call, no unit touched beyond reading ids.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cloud_rig import REGION, registry_truth, unique_digits, write_config
+
+from flashers.simulators.prov1 import Prov1Device
+from flashers.simulators.pty import PtyDevice
+from station.config import load_config
+from station.context import StationContext
+from station.errors import InputError
+from station.lab.control import DEFAULT_ACCOUNT_ID, ControlPlane
+from station.lab.dataplane import DataPlane
+from station.ledger import open_ledger
+from station.line import Line
+from station.model import Outcome
+from station.registry import Registry
+
+THING_POLICY = (
+    Path(__file__).resolve().parents[2] / "fixtures" / "policies" / "thing-policy.json"
+).read_text()
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ControlPlane, DataPlane]]:
+    with ControlPlane(throttling=False) as plane:
+        data = DataPlane({(DEFAULT_ACCOUNT_ID, REGION): 0}, tmp_path_factory.mktemp("lab"))
+        data.start()
+        try:
+            yield plane, data
+        finally:
+            data.stop()
+
+
+class CountingRegistry:
+    """The real registry, counting every call the station makes on it."""
+
+    def __init__(self, real: Registry, calls: list[str]) -> None:
+        self._real = real
+        self._calls = calls
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._real, name)
+        if not callable(value):
+            return value
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self._calls.append(name)
+            return value(*args, **kwargs)
+
+        return counted
+
+
+class TwoJigs:
+    """A station with two slots whose ports are the ptys of two simulated PROV/1 units (the jigs)."""
+
+    def __init__(self, tmp_path: Path, lab: tuple[ControlPlane, DataPlane]) -> None:
+        plane, data = lab
+        self.plane = plane
+        self.models = [Prov1Device(tmp_path / "devices", device_id=f"SIM{unique_digits()}") for _ in range(2)]
+        self.ptys = [PtyDevice(model).start() for model in self.models]
+        path = write_config(
+            tmp_path,
+            plane.endpoint_url,
+            slots=2,
+            data_port=data.port_for(DEFAULT_ACCOUNT_ID, REGION),
+            ca_file=str(data.ca_file),
+            policy_document=THING_POLICY,
+        )
+        text = path.read_text()
+        for i, pty in enumerate(self.ptys):
+            text = text.replace(f'"loop://s{i + 1}"', f'"{pty.port}"')
+        path.write_text(text)
+        self.config = load_config(path)
+        self.ledger = open_ledger(self.config.ledger_path)
+        self.calls: list[str] = []
+        self.context = StationContext(
+            self.config,
+            ledger=self.ledger,
+            registry_factory=lambda target: CountingRegistry(
+                Registry(target, station_id="route", max_attempts=2, delete_wait_s=5), self.calls
+            ),
+        )
+        self.line = Line.from_context(self.context)
+
+    def close(self) -> None:
+        self.line.stop(timeout=30)
+        for pty in self.ptys:
+            pty.stop()
+        self.ledger.close()
+
+
+@pytest.fixture
+def jigs(tmp_path: Path, lab: tuple[ControlPlane, DataPlane]) -> Iterator[TwoJigs]:
+    rig = TwoJigs(tmp_path, lab)
+    yield rig
+    rig.close()
+
+
+def test_a_scan_goes_to_the_jig_that_holds_the_unit(jigs: TwoJigs) -> None:
+    in_jig_2 = jigs.models[1].device_id
+    assert jigs.line.scan(in_jig_2) == "s2"  # s1 is free too: the next-free rule would have taken it
+    assert jigs.line.wait_idle(60)
+    (result,) = jigs.line.results()
+    assert (result.serial, result.slot, result.outcome) == (in_jig_2, "s2", Outcome.PASS), result.message
+    assert result.device_id == in_jig_2
+    (record,) = jigs.ledger.find(in_jig_2)
+    assert record.outcome == "PASS" and record.slot == "s2"
+    assert jigs.models[1].live()["cert"] == record.certificate_pem  # written into the unit in jig 2
+    assert jigs.models[0].live()["cert"] is None  # the unit in jig 1 was only asked its id
+    # After its provisioning jig 2's answer is forgotten: the unit in jig 1 still routes to jig 1.
+    in_jig_1 = jigs.models[0].device_id
+    assert jigs.line.scan(in_jig_1) == "s1"
+    assert jigs.line.wait_idle(60)
+    assert [r.outcome for r in jigs.line.results()] == [Outcome.PASS, Outcome.PASS]
+
+
+def test_a_serial_no_jig_holds_is_refused_before_anything_is_done(jigs: TwoJigs) -> None:
+    before = registry_truth(jigs.plane)
+    stranger = f"SIM{unique_digits()}"
+    with pytest.raises(InputError) as refused:
+        jigs.line.scan(stranger)
+    held = [m.device_id for m in jigs.models]
+    assert refused.value.message == f"Scanned {stranger}, but jig s1 holds {held[0]}; jig s2 holds {held[1]}."
+    assert all(s.state == "idle" for s in jigs.line.slots())
+    assert jigs.line.wait_idle(5) and jigs.line.results() == []
+    assert jigs.ledger.find(stranger) == [] and jigs.ledger.unit(stranger) is None  # no record, no FAIL
+    assert jigs.calls == []  # not one AWS call
+    assert registry_truth(jigs.plane) == before
+    assert all(m.live()["cert"] is None for m in jigs.models)
+
+
+def test_a_unit_swapped_into_a_jig_is_asked_again(jigs: TwoJigs, tmp_path: Path) -> None:
+    first = jigs.models[0].device_id
+    with pytest.raises(InputError):
+        jigs.line.scan(f"SIM{unique_digits()}")  # both jigs answered: their ids are cached now
+    # Swap the unit in jig 1 for another (a new device node behind the same configured port path is what a
+    # real jig shows; here the configured port is the pty itself, so restart the pty's model in place).
+    other = Prov1Device(tmp_path / "devices", device_id=f"SIM{unique_digits()}")
+    jigs.ptys[0].model = other  # the same pty now answers as the new unit
+    assert jigs.line.scan(other.device_id) == "s1"  # not in the cache: the jigs were asked afresh
+    assert jigs.line.wait_idle(60)
+    (result,) = jigs.line.results()
+    assert result.outcome == Outcome.PASS and result.device_id == other.device_id != first
+
+
+def test_scans_of_both_units_at_once_each_reach_their_own_jig(jigs: TwoJigs) -> None:
+    serials = [m.device_id for m in reversed(jigs.models)]
+    slots: dict[str, str] = {}
+
+    def scan(serial: str) -> None:
+        slots[serial] = jigs.line.scan(serial)
+
+    threads = [threading.Thread(target=scan, args=(s,)) for s in serials]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert slots == {jigs.models[0].device_id: "s1", jigs.models[1].device_id: "s2"}
+    assert jigs.line.wait_idle(60)
+    assert sorted((r.slot, r.outcome) for r in jigs.line.results()) == [
+        ("s1", Outcome.PASS),
+        ("s2", Outcome.PASS),
+    ]
