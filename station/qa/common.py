@@ -40,6 +40,13 @@ class NotFound(InputError):
     """No such unit, record or target: the person asked for something the ledger or the config does not have."""
 
 
+class AlreadyDone(StationError):
+    """What was asked is already so (a transfer to the target the unit is already registered in): nothing to
+    do, nothing changed in AWS and nothing recorded. Not a failure: its outcome is DONE."""
+
+    outcome = "DONE"
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Inputs: operator, certificate, target, serial, thing name
 # ---------------------------------------------------------------------------------------------------------
