@@ -436,6 +436,7 @@ class Line:
         """The idle jig holding the scanned unit; None leaves the choice to the plain "next free slot" rule
         (nothing to route: a bad scan, no idle jig of the product, or a product that does not cross-check)."""
         candidates: list[tuple[str, UnitRequest, str]] = []
+        unchecked: list[str] = []  # idle jigs of a product whose label does not carry the unit's id
         with self._lock:
             if self._stopping:
                 return None
@@ -446,13 +447,14 @@ class Line:
                     request = self._ctx.prepare(serial, slot=name, product=product, target=target)
                 except InputError:
                     continue
-                if not request.check_device_id:
-                    return name  # its label does not carry the unit's id: any free jig of the product
-                candidates.append((name, request, state.port))
+                if request.check_device_id:
+                    candidates.append((name, request, state.port))
+                else:
+                    unchecked.append(name)
             known = {name: self._unit_ids.get(name) for name, _request, _port in candidates}
             epochs = {name: self._unit_id_epoch[name] for name in known}
         if not candidates:
-            return None
+            return unchecked[0] if unchecked else None
         scanned = candidates[0][1].serial
         for name, _request, port in candidates:
             seen = known[name]
@@ -473,6 +475,8 @@ class Line:
                 and same_unit(scanned, answer.unit_id)
             ):
                 return name
+        if unchecked:
+            return unchecked[0]  # any free jig of that product takes it
         for name, _request, _port in candidates:
             answer = answers.get(name)
             if isinstance(answer, _UnitId) and answer.unit_id is None:

@@ -8,6 +8,7 @@ idle jig holds must be refused at the scan: nothing recorded, no AWS call, no un
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -173,3 +174,100 @@ def test_scans_of_both_units_at_once_each_reach_their_own_jig(jigs: TwoJigs) -> 
         ("s1", Outcome.PASS),
         ("s2", Outcome.PASS),
     ]
+
+
+# ------------------------------------------------------------------------- the rules, over fast fakes
+
+
+class JigContext:
+    """The line's wiring over the pipeline fakes, with jigs that say which unit they hold (`held`: slot →
+    unit id, an exception to raise, or a number of seconds to hang before answering)."""
+
+    def __init__(self, held: dict[str, Any]) -> None:
+        from pipeline_fakes import TARGET, FakeFlasher, FakeRegistry, Log, make_rig
+
+        self._target, self._flasher, self.log = TARGET, FakeFlasher, Log()
+        self.rig = make_rig(log=self.log, registry=FakeRegistry(self.log), on_event=self._forward)
+        self.pipeline = self.rig.pipeline
+        self.on_event: Any = None
+        self.held = dict(held)
+        self.reads: list[str] = []
+        self.opened_while_reading: list[str] = []
+        self._reading: set[str] = set()
+
+    def _forward(self, event: Any) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def slot_ports(self) -> dict[str, str]:
+        return {slot: f"loop://{slot}" for slot in self.held}
+
+    def prepare(self, serial: str, *, slot: str, product: str | None, target: str | None) -> Any:
+        from station import naming
+        from station.pipeline import UnitRequest
+
+        serial = naming.validate_serial(serial, r"SN[0-9]{8}", product="widget")
+        return UnitRequest(serial=serial, target=self._target, slot=slot, product="widget", thing_name=str)
+
+    def read_unit_id(self, slot: str, port: str, request: Any) -> str | None:
+        self.reads.append(slot)
+        self._reading.add(slot)
+        try:
+            held = self.held[slot]
+            if isinstance(held, BaseException):
+                raise held
+            if isinstance(held, float):
+                time.sleep(held)
+                return None
+            return str(held)
+        finally:
+            self._reading.discard(slot)
+
+    def open_flasher(self, slot: str, port: str, request: Any) -> Any:
+        if slot in self._reading:
+            self.opened_while_reading.append(slot)
+        held = self.held[slot]
+        return self._flasher(self.log, device_id=held if isinstance(held, str) else request.serial)
+
+
+def test_a_jig_without_an_answering_unit_is_named_and_a_slow_one_bounds_the_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from flashers.base import DeviceNotAnswering
+
+    monkeypatch.setattr("station.line.UNIT_ID_TIMEOUT_S", 0.5)
+    ctx = JigContext({"s1": DeviceNotAnswering(), "s2": 3.0, "s3": "SN00000003"})
+    line = Line.from_context(ctx)
+    try:
+        started = time.monotonic()
+        with pytest.raises(InputError) as refused:
+            line.scan("SN00000009")
+        assert time.monotonic() - started < 2.0  # the hanging jig did not hold the scan for its 3 s
+        assert refused.value.message == (
+            "Scanned SN00000009, but jig s1: no unit answers; jig s2: no answer in time; jig s3 holds SN00000003."
+        )
+        assert ctx.rig.ledger.records == [] and ctx.log.names() == []
+    finally:
+        line.stop(timeout=10)
+
+
+def test_answers_are_kept_until_the_jig_finishes_a_unit(monkeypatch: pytest.MonkeyPatch) -> None:
+    ctx = JigContext({"s1": "SN00000001", "s2": "SN00000002"})
+    line = Line.from_context(ctx)
+    try:
+        with pytest.raises(InputError):
+            line.scan("SN00000009")  # both jigs asked
+        assert sorted(ctx.reads) == ["s1", "s2"]
+        assert line.scan("SN00000002") == "s2"  # from what s2 said: not asked again
+        assert sorted(ctx.reads) == ["s1", "s2"]
+        assert line.wait_idle(10)
+        ctx.held["s2"] = "SN00000005"  # the next unit in jig 2
+        assert line.scan("SN00000005") == "s2"  # s2's answer was forgotten after its unit: asked afresh
+        assert line.wait_idle(10)
+        assert ctx.reads.count("s2") == 2 and ctx.opened_while_reading == []
+        assert [(r.serial, r.slot, r.outcome) for r in line.results()] == [
+            ("SN00000002", "s2", Outcome.PASS),
+            ("SN00000005", "s2", Outcome.PASS),
+        ]
+    finally:
+        line.stop(timeout=10)
