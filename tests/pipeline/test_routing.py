@@ -271,3 +271,61 @@ def test_answers_are_kept_until_the_jig_finishes_a_unit(monkeypatch: pytest.Monk
         ]
     finally:
         line.stop(timeout=10)
+
+
+# ------------------------------------------------------------------- every family that reads its id
+
+# Family → (the label's pattern when it carries the unit's own id, product options, thing-name template).
+ID_LABELS: dict[str, tuple[str, dict[str, Any], str | None]] = {
+    "nrf91": ("[0-9]{15}", {"key_source": "station"}, None),  # the IMEI
+    "esp32": ("[0-9A-F]{12}", {"connect_mode": "no-reset", "reset_after": False}, None),  # the MAC
+    "expresslink": ("[0-9a-f]{32}", {}, "{device_id}"),  # the ThingName
+}
+
+
+@pytest.mark.parametrize("family", sorted(ID_LABELS))
+def test_a_scan_of_the_units_own_id_reaches_its_jig_for_every_family(tmp_path: Path, family: str) -> None:
+    from station.demo import Jigs
+    from station.lab import Lab
+    from station.lab.lab import LabProduct
+
+    pattern, options, template = ID_LABELS[family]
+    with Lab(tmp_path / "lab", accounts=1, regions=["eu-west-1"], throttling=False) as lab:
+        jigs = Jigs(
+            tmp_path,
+            ["s1", "s2"],
+            ca_file=lab.ca_file,
+            data_port=lab.registry().data_port,
+            families={"s1": family, "s2": family},
+        )
+        try:
+            units = [jigs.insert_unit(slot) for slot in ("s1", "s2")]
+            toml = tmp_path / "station.toml"
+            product = LabProduct(
+                flasher=family, serial_pattern=pattern, options=options, thing_name_template=template
+            )
+            toml.write_text(
+                lab.station_toml(
+                    ledger=str(tmp_path / "ledger.sqlite"),
+                    slots={"s1": jigs.port("s1"), "s2": jigs.port("s2")},
+                    products={"unit": product},
+                )
+            )
+            config = load_config(toml)
+            with open_ledger(config.ledger_path) as ledger:
+                line = Line.from_context(StationContext(config, ledger=ledger))
+                try:
+                    with pytest.raises(InputError) as refused:
+                        line.scan(units[0].device_id[:-1] + ("0" if units[0].device_id[-1] != "0" else "1"))
+                    assert f"jig s1 holds {units[0].device_id}; jig s2 holds {units[1].device_id}." in (
+                        refused.value.message
+                    )
+                    assert line.scan(units[1].device_id) == "s2"
+                    assert line.wait_idle(90)
+                    (result,) = line.results()
+                    assert (result.slot, result.device_id) == ("s2", units[1].device_id)
+                    assert result.outcome == Outcome.PASS, result.message
+                finally:
+                    line.stop(timeout=30)
+        finally:
+            jigs.stop()
