@@ -743,8 +743,8 @@ class DemoLine:
     label); the families whose device id is not their serial have it off anyway (module docstring). Without
     `state_dir`, a temporary folder is used and removed at `stop()`. `routed`: the operator scans without a
     slot and the station finds the jig by the unit's id (the interactive demo); a `wrong-unit` unit would then
-    be refused at the scan rather than FAIL, so the fault plan leaves it out, and the units put in the jigs at
-    start follow the plan too (with `auto_replace`), so "every K-th unit" counts from the first.
+    be refused at the scan rather than FAIL, so the fault plan leaves it out. With `auto_replace` the units put
+    in the jigs at start follow the fault plan too, so "every K-th unit" counts from the first.
     """
 
     def __init__(

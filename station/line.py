@@ -121,9 +121,8 @@ class _Reservation:
 
     def __enter__(self) -> SlotState:
         self._held = self._line._take(self.slot, self._serial, self._purpose)
-        self._line._wait_for_unit_id_read(
-            self.slot
-        )  # the holder opens the port next: not while a scan reads it
+        # The holder opens the slot's port next: not while a scan is reading the jig's unit id on it.
+        self._line._wait_for_unit_id_read(self.slot)
         return self._held
 
     def __exit__(self, *exc: object) -> None:
@@ -486,8 +485,8 @@ class Line:
             answer = answers.get(name)
             if isinstance(answer, _UnitId):
                 held.append(_("jig {slot} holds {unit}").format(slot=name, unit=answer.unit_id))
-            elif isinstance(answer, StationError):
-                held.append(_("jig {slot}: no unit answers").format(slot=name))
+            elif isinstance(answer, StationError):  # e.g. "Device not answering", "Serial port unavailable"
+                held.append(_("jig {slot}: {problem}").format(slot=name, problem=answer.title))
             else:
                 held.append(_("jig {slot}: no answer in time").format(slot=name))
         log.info("scan %s matches no idle jig: %s", scanned, "; ".join(held))
@@ -519,9 +518,9 @@ class Line:
                 answers[name] = _UnitId(read(name, port, request), node)
             except StationError as error:
                 answers[name] = error
-            except Exception as error:
+            except Exception:
                 log.exception("jig %s: could not read which unit it holds", name)
-                answers[name] = StationError(type(error).__name__, "", "")
+                answers[name] = StationError(_("unit id not readable"), "", "")
             finally:
                 lock.release()
 

@@ -45,7 +45,9 @@ EXAMPLES = """examples:
 families:    prov1 (serials SIM####), expresslink (EL####), nrf91 (NRF####), esp32 (ESP####; the real
              esptool on a pty), or all
 demo faults: disconnect (drops off part-way), bad-store (its store corrupts what it keeps; not ExpressLink),
-             wrong-unit (not the unit that was scanned; PROV/1 only), mixed (each in turn; the default)
+             wrong-unit (not the unit that was scanned; PROV/1, headless only: the interactive demo sends a
+             scan to the jig holding that unit, so such a label is refused at the scan instead),
+             mixed (each in turn; the default)
 """
 
 # The demo faults by name, kept here so that `station --help` need not import the demo (and with it the

@@ -55,7 +55,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="simulated PROV/1 units to start, one slot each in station.toml (default 2; 0: none)",
     )
-    p.add_argument("--json", action="store_true", help="print lab.json on stdout once ready")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='print lab.json on stdout once ready, then a line {"units": [{slot, port, serial}, …]}',
+    )
     p.set_defaults(func=run)
 
 
@@ -98,11 +102,11 @@ def run(args: argparse.Namespace) -> int:
                 stop_units(units)
                 raise
             if args.json:
-                described = lab.description()
-                described["units"] = [
-                    {"slot": name, "port": port, "serial": serial} for name, (port, serial) in slots.items()
+                print(json.dumps(lab.description()), flush=True)
+                units_json = [
+                    {"slot": n, "port": port, "serial": serial} for n, (port, serial) in slots.items()
                 ]
-                print(json.dumps(described), flush=True)
+                print(json.dumps({"units": units_json}), flush=True)
             else:
                 print(f"Lab ready in {lab.start_seconds:.2f} s.", flush=True)
                 print(f"  control plane: {lab.control.endpoint_url}", flush=True)

@@ -99,9 +99,10 @@ def test_station_lab_writes_a_config_that_station_run_starts_on(
     )
     try:
         assert lab.stdout is not None
-        first = lab.stdout.readline()  # lab.json, once the lab and its units are up
+        first = lab.stdout.readline()  # lab.json, once the lab and its units are up; then the units
         assert first, lab.stderr.read() if lab.stderr else ""
-        units = json.loads(first)["units"]
+        assert json.loads(first) == json.loads((state / "lab.json").read_text())
+        units = json.loads(lab.stdout.readline())["units"]
         assert [u["slot"] for u in units] == ["s1", "s2"]
         config = state / "station.toml"
         seen: dict[str, Any] = {}

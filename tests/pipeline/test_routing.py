@@ -244,7 +244,8 @@ def test_a_jig_without_an_answering_unit_is_named_and_a_slow_one_bounds_the_wait
             line.scan("SN00000009")
         assert time.monotonic() - started < 2.0  # the hanging jig did not hold the scan for its 3 s
         assert refused.value.message == (
-            "Scanned SN00000009, but jig s1: no unit answers; jig s2: no answer in time; jig s3 holds SN00000003."
+            "Scanned SN00000009, but jig s1: Device not answering; jig s2: no answer in time; "
+            "jig s3 holds SN00000003."
         )
         assert ctx.rig.ledger.records == [] and ctx.log.names() == []
     finally:
