@@ -1,6 +1,7 @@
 """The Flasher contract: what every device family's host-side driver offers the pipeline.
 
-A flasher drives one unit on one serial port: it identifies the unit, writes an identity (certificate, key and
+A flasher drives one unit on one serial port: it identifies the unit (or only reads its id, `read_unit_id`:
+what the line routes a scan by), writes an identity (certificate, key and
 optional CA) and proves what it wrote, or lets the unit make its own key (CSR) and installs the certificate
 for it, reads a unit's own certificate, asks the unit to check its own connection, and wipes credentials the
 station staged. `Capabilities` tells the pipeline which of those flows a family supports; an unsupported
@@ -218,6 +219,16 @@ class Flasher(ABC):
     @abstractmethod
     def identify(self) -> DeviceInfo:
         """Ask the unit who it is (device id, firmware)."""
+
+    def read_unit_id(self) -> str | None:
+        """The unit's own id (the `device_id` that `identify` reports), read without changing anything on the
+        unit: what the line asks an idle jig to learn which unit sits in it, before any unit is started there.
+
+        The default asks `identify`; a family whose identify does more (takes a modem offline, loads a
+        flasher stub, reads an attestation token) overrides it with the cheapest read of the id alone. None:
+        the unit has no id of its own. Raises the same device errors as `identify`.
+        """
+        return self.identify().device_id
 
     @abstractmethod
     def write_identity(self, identity: Identity, *, ca_pem: str | None = None) -> WriteProof:

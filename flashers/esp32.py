@@ -729,6 +729,15 @@ class Esp32Flasher(Flasher):
         self._info = DeviceInfo(device_id=mac.hex().upper(), firmware=firmware, family=self.family)
         return self._info
 
+    def read_unit_id(self) -> str | None:
+        # The ROM loader answers the MAC itself: no stub upload, no flash attach, no partition table read.
+        if not self._connected:
+            self.chip = self._link.detect_chip()
+        mac = self._link.read_mac()
+        if len(mac) != 6:
+            raise DeviceGarbage("It gave a MAC address of the wrong length.")
+        return mac.hex().upper()
+
     def write_identity(self, identity: Identity, *, ca_pem: str | None = None) -> WriteProof:
         if identity.private_key is None:
             raise StationFault(

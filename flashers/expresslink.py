@@ -510,6 +510,12 @@ class ExpressLinkFlasher(LineFlasher[Timing]):
         self._info = DeviceInfo(device_id=thing, firmware=firmware, family=self.family)
         return self._info
 
+    def read_unit_id(self) -> str | None:
+        # The ThingName alone (identify also reads the version and the about text).
+        self._probe()
+        thing = self._conf_get("ThingName")
+        return thing if _THING.fullmatch(thing) else None
+
     def write_identity(self, identity: Identity, *, ca_pem: str | None = None) -> WriteProof:
         raise NotSupported(self.family, "store a key made by the station (the module keeps its own)")
 

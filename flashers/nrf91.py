@@ -313,6 +313,14 @@ class Nrf91Flasher(LineFlasher[Timing]):
         self._info = DeviceInfo(device_id=imei, firmware=firmware, family=self.family, evidence=evidence)
         return self._info
 
+    def read_unit_id(self) -> str | None:
+        # The IMEI alone: identify also takes the modem offline (and may read the attestation token), which a
+        # look at which unit sits in the jig must not do.
+        self._contact = False
+        self._command("AT")
+        self._command("AT+CMEE=1")
+        return self._imei()
+
     def attestation_token(self) -> AttestationToken:
         """`AT%ATTESTTOKEN`: the modem's device identity token (device UUID, type, firmware UUID) and its COSE
         signature, as nRF Cloud onboarding takes it. The station keeps the text; it does not check the signature

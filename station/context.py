@@ -463,6 +463,19 @@ class StationContext:
         options = {k: v for k, v in product_cfg.options.items() if k not in PIPELINE_OPTIONS}
         return self._flasher_factory(port, family=product_cfg.flasher, baud=baud, options=options)
 
+    def read_unit_id(self, slot: str, port: str, request: UnitRequest) -> str | None:
+        """Which unit sits on `port`: its own id, read by the product's family in a session of its own (the
+        port is closed again before this returns). None: the family cannot tell (a flasher without
+        `read_unit_id`) or the unit has no id. Raises the flasher's errors (a unit not answering, a port
+        that cannot be opened)."""
+        flasher = self.open_flasher(slot, port, request)
+        try:
+            read = getattr(flasher, "read_unit_id", None)
+            unit_id = read() if callable(read) else None
+        finally:
+            flasher.close()
+        return str(unit_id) if unit_id else None
+
     def provision(
         self,
         serial: str,

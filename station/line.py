@@ -24,13 +24,25 @@ A line over the real wiring also runs a cleaner (`station.cleanup`): what an att
 background with back-off until AWS answers; `cleanup_pending()` says how many entries still wait. It stops
 with the line and never touches an attempt in flight in one of the line's slots.
 
+Routing a scan without a slot: when the serial's product cross-checks the scan against the unit's own id
+(`check_device_id`, the label carries the device id) and the wiring can read a jig's unit id
+(`read_unit_id`), the scan goes to the idle jig that holds that unit, not merely the next free one. The line
+asks each idle jig of the product which unit it holds (in parallel, bounded by `UNIT_ID_TIMEOUT_S`, each jig in
+a session of its own before any unit starts there) and keeps the answer per jig until that jig's unit changes
+(another device node behind the port), a unit finished there, or QA gave the jig back. A cached answer is
+trusted for a match; a refusal is always made on fresh answers. When no idle jig holds the unit, `scan`
+raises `InputError` ("Scanned X, but jig N holds Y") — nothing is started, recorded or sent to AWS: the unit
+was not even touched, so it gets no FAIL. A scan with a slot (`2:SN…`) goes to that slot as before (the
+pipeline's own cross-check stays the last word there).
+
 It must not: know the step order (that is the pipeline's), talk to AWS, serial ports or the lab itself, or
-block the caller of `scan` on a unit's work.
+block the caller of `scan` on a unit's work (reading the idle jigs' ids is bounded and touches no unit).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -39,14 +51,19 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from station.cleanup import cleaner_for
-from station.errors import InputError
+from station.errors import InputError, StationError
+from station.i18n import _
 from station.model import Event
 from station.pipeline import FlasherLike, Pipeline, UnitRequest, UnitResult
+from station.pipeline import _same_id as same_unit  # the pipeline's own cross-check rule: route by the same
 
 log = logging.getLogger(__name__)
 
 IDLE, BUSY, STOPPED = "idle", "busy", "stopped"
 RESERVED = "reserved"  # lent out by `Line.reserve` (e.g. QA re-verifying a unit on it): no unit starts here
+# How long a scan waits for the idle jigs to say which unit each holds (they answer in parallel; a PROV/1 unit
+# on a pty answers in milliseconds, an ESP32's ROM loader in well under a second).
+UNIT_ID_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -75,6 +92,15 @@ class LineContext(Protocol):
 
 
 @dataclass(frozen=True)
+class _UnitId:
+    """What a jig said about the unit in it: its id (None: the family cannot tell), and the device node that
+    was behind the jig's port then (another node means another unit was put in)."""
+
+    unit_id: str | None
+    node: str
+
+
+@dataclass(frozen=True)
 class _Job:
     request: UnitRequest
     port: str
@@ -96,6 +122,8 @@ class _Reservation:
 
     def __enter__(self) -> SlotState:
         self._held = self._line._take(self.slot, self._serial, self._purpose)
+        # The holder opens the slot's port next: not while a scan is reading the jig's unit id on it.
+        self._line._wait_for_unit_id_read(self.slot)
         return self._held
 
     def __exit__(self, *exc: object) -> None:
@@ -148,6 +176,14 @@ class Line:
         self._results: list[UnitResult] = []
         self._stopping = False
         self._in_flight: dict[str, str] = {}  # slot → attempt id of the unit it runs (for the cleaner)
+        # Routing by the unit's id (module docstring): the wiring's reader, what each jig said, and a lock per
+        # jig held while its unit id is read (a unit starts on the jig only after the read closed the port).
+        self._read_unit_id: Callable[[str, str, UnitRequest], str | None] | None = getattr(
+            context, "read_unit_id", None
+        )
+        self._unit_ids: dict[str, _UnitId] = {}
+        self._unit_id_epoch: dict[str, int] = {}  # bumped whenever a jig's answer is forgotten
+        self._reading: dict[str, threading.Lock] = {}
         ports = context.slot_ports()
         if not ports:
             raise InputError(
@@ -157,6 +193,8 @@ class Line:
             )
         for name, port in ports.items():
             self._states[name] = SlotState(name=name, port=port)
+            self._reading[name] = threading.Lock()
+            self._unit_id_epoch[name] = 0
             self._queues[name] = queue.SimpleQueue()
             worker = threading.Thread(target=self._work, args=(name,), name=f"slot-{name}", daemon=True)
             self._workers[name] = worker
@@ -185,8 +223,12 @@ class Line:
         The serial is checked against the product's pattern first; a bad scan, an unknown or busy slot, no
         free slot, or a serial already in progress in another slot raises `InputError` and starts nothing.
         `product`/`target` override the slot's defaults; `port` overrides the slot's port for this unit (the
-        demo gives each simulated unit its own pty).
+        demo gives each simulated unit its own pty). Without `slot` and `port`, a unit whose product
+        cross-checks its id goes to the idle jig that holds it (module docstring), and `InputError` says which
+        units the idle jigs hold when none holds this one.
         """
+        if slot is None and port is None and self._read_unit_id is not None:
+            slot = self._route(serial, product=product, target=target)
         with self._lock:
             if self._stopping:
                 raise InputError("Line stopped", "The line is shutting down.", "Start the station again.")
@@ -251,6 +293,7 @@ class Line:
 
     def _give_back(self, slot: str, held: SlotState) -> None:
         with self._lock:
+            self._forget_unit_id(slot)  # QA may have put another unit in the jig
             state = self._states[slot]
             if state.state == RESERVED:
                 self._states[slot] = replace(state, state=IDLE, serial="", step="")
@@ -386,6 +429,120 @@ class Line:
             "Scan the unit's label again, or type a serial one of the slots takes.",
         )
 
+    # ------------------------------------------------------------------------- routing by the unit's id
+    def _route(self, serial: str, *, product: str | None, target: str | None) -> str | None:
+        """The idle jig holding the scanned unit; None leaves the choice to the plain "next free slot" rule
+        (nothing to route: a bad scan, no idle jig of the product, or a product that does not cross-check)."""
+        candidates: list[tuple[str, UnitRequest, str]] = []
+        unchecked: list[str] = []  # idle jigs of a product whose label does not carry the unit's id
+        with self._lock:
+            if self._stopping:
+                return None
+            for name, state in self._states.items():
+                if state.state != IDLE:
+                    continue
+                try:
+                    request = self._ctx.prepare(serial, slot=name, product=product, target=target)
+                except InputError:
+                    continue
+                if request.check_device_id:
+                    candidates.append((name, request, state.port))
+                else:
+                    unchecked.append(name)
+            known = {name: self._unit_ids.get(name) for name, _request, _port in candidates}
+            epochs = {name: self._unit_id_epoch[name] for name in known}
+        if not candidates:
+            return unchecked[0] if unchecked else None
+        scanned = candidates[0][1].serial
+        for name, _request, port in candidates:
+            seen = known[name]
+            fresh = seen is not None and seen.node == _node(port)
+            if fresh and seen is not None and seen.unit_id is not None and same_unit(scanned, seen.unit_id):
+                return name
+        # No jig is known to hold it: ask every candidate afresh before saying so.
+        answers = self._read_unit_ids(candidates)
+        with self._lock:
+            for name, answer in answers.items():
+                if isinstance(answer, _UnitId) and self._unit_id_epoch[name] == epochs[name]:
+                    self._unit_ids[name] = answer
+        for name, _request, _port in candidates:
+            answer = answers.get(name)
+            if (
+                isinstance(answer, _UnitId)
+                and answer.unit_id is not None
+                and same_unit(scanned, answer.unit_id)
+            ):
+                return name
+        if unchecked:
+            return unchecked[0]  # any free jig of that product takes it
+        for name, _request, _port in candidates:
+            answer = answers.get(name)
+            if isinstance(answer, _UnitId) and answer.unit_id is None:
+                return name  # this jig cannot tell which unit it holds: the pipeline's identify will
+        held = []
+        for name, _request, _port in candidates:
+            answer = answers.get(name)
+            if isinstance(answer, _UnitId):
+                held.append(_("jig {slot} holds {unit}").format(slot=name, unit=answer.unit_id))
+            elif isinstance(answer, StationError):  # e.g. "Device not answering", "Serial port unavailable"
+                held.append(_("jig {slot}: {problem}").format(slot=name, problem=answer.title))
+            else:
+                held.append(_("jig {slot}: no answer in time").format(slot=name))
+        log.info("scan %s matches no idle jig: %s", scanned, "; ".join(held))
+        raise InputError(
+            _("Unit not in a free jig"),
+            _("Scanned {serial}, but {jigs}.").format(serial=scanned, jigs="; ".join(held)),
+            _(
+                "Nothing was done to any unit. Put {serial} in a free jig and scan it again, or scan the label "
+                "of the unit that is in the jig."
+            ).format(serial=scanned),
+        )
+
+    def _read_unit_ids(
+        self, candidates: list[tuple[str, UnitRequest, str]]
+    ) -> dict[str, _UnitId | StationError | None]:
+        """Ask each jig which unit it holds, all at once, for at most `UNIT_ID_TIMEOUT_S`. A jig missing from
+        the answer did not answer in time; a `StationError` is why it could not answer."""
+        read = self._read_unit_id
+        assert read is not None
+        answers: dict[str, _UnitId | StationError | None] = {}
+        deadline = time.monotonic() + UNIT_ID_TIMEOUT_S
+
+        def ask(name: str, request: UnitRequest, port: str) -> None:
+            lock = self._reading[name]
+            if not lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                return
+            try:
+                node = _node(port)
+                answers[name] = _UnitId(read(name, port, request), node)
+            except StationError as error:
+                answers[name] = error
+            except Exception:
+                log.exception("jig %s: could not read which unit it holds", name)
+                answers[name] = StationError(_("unit id not readable"), "", "")
+            finally:
+                lock.release()
+
+        threads = [
+            threading.Thread(target=ask, args=candidate, name=f"unit-id-{candidate[0]}", daemon=True)
+            for candidate in candidates
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return dict(answers)
+
+    def _wait_for_unit_id_read(self, slot: str) -> None:
+        """Let a read of the jig's unit id that is in progress close the port first."""
+        with self._reading[slot]:
+            pass
+
+    def _forget_unit_id(self, slot: str) -> None:
+        """Under `_lock`: the jig's unit changed (or may have): its next scan asks it again."""
+        self._unit_ids.pop(slot, None)
+        self._unit_id_epoch[slot] = self._unit_id_epoch.get(slot, 0) + 1
+
     def _work(self, name: str) -> None:
         q = self._queues[name]
         while True:
@@ -399,6 +556,7 @@ class Line:
             def open_flasher(request: UnitRequest = request, port: str = port) -> FlasherLike:
                 return self._ctx.open_flasher(name, port, request)
 
+            self._wait_for_unit_id_read(name)
             try:
                 result = self._ctx.pipeline.run(request, open_flasher=open_flasher)
             except BaseException as error:
@@ -410,6 +568,7 @@ class Line:
             finally:
                 with self._lock:
                     self._in_flight.pop(name, None)
+                    self._forget_unit_id(name)  # provisioned (or failed): the next unit is another one
                     state = self._states[name]
                     if result is not None:
                         self._results.append(result)
@@ -425,3 +584,10 @@ class Line:
         with self._lock:
             self._states[name] = replace(self._states[name], state=STOPPED)
             self._lock.notify_all()
+
+
+def _node(port: str) -> str:
+    """The device node behind a port path (a jig's stable name may point at the node of the unit in it)."""
+    if "://" in port:
+        return port  # a URL (loop://, an in-process port): its name is all there is
+    return os.path.realpath(port)

@@ -31,7 +31,13 @@ EXAMPLES = """examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("audit", help="check the ledger's integrity")
+    p = sub.add_parser(
+        "audit",
+        help="check the ledger's integrity",
+        description="Check the ledger's integrity (verify) or sign its head now (checkpoint).",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     actions = p.add_subparsers(dest="audit_command", metavar="ACTION")
     verify = actions.add_parser(
         "verify",

@@ -48,7 +48,9 @@ EXAMPLES = """examples:
 families:    prov1 (serials SIM####), expresslink (EL####), nrf91 (NRF####), esp32 (ESP####; the real
              esptool on a pty), or all
 demo faults: disconnect (drops off part-way), bad-store (its store corrupts what it keeps; not ExpressLink),
-             wrong-unit (not the unit that was scanned; PROV/1 only), mixed (each in turn; the default)
+             wrong-unit (not the unit that was scanned; PROV/1, headless only: the interactive demo sends a
+             scan to the jig holding that unit, so such a label is refused at the scan instead),
+             mixed (each in turn; the default)
 """
 
 # The demo faults by name, kept here so that `station --help` need not import the demo (and with it the
@@ -317,11 +319,12 @@ def run_interactive(args: argparse.Namespace) -> int:
     from station.desk import QaServices
 
     relay = EventRelay()
-    # An operator types any serial the slot's product accepts: without the device-id cross-check the unit in
-    # the jig takes it, so a newcomer need not know the simulated unit's id. A fresh unit goes into a jig after
-    # each unit; every third is a faulty demo unit (FAIL and its rollback).
+    # The operator types the serial of a unit in a jig (the welcome and the help panel list them, faulty ones
+    # marked); the station sends it to the jig holding that unit (PROV/1, whose label is its id) or to the
+    # family's free jig. A fresh unit goes into a jig after each unit; every third put in is a faulty demo
+    # unit (FAIL and its rollback), decided when it is put in, so the announced ones are the ones that FAIL.
     every = args.fault_every or 3
-    demo = demo_line(args, fault_every=every, on_event=relay, auto_replace=True, check_device_id=False)
+    demo = demo_line(args, fault_every=every, on_event=relay, auto_replace=True, routed=True)
     with demo:
         assert demo.config is not None
         qa = QaServices(
@@ -339,33 +342,20 @@ def run_interactive(args: argparse.Namespace) -> int:
 
 
 def welcome(demo: Any, every: int) -> str:
-    """What the newcomer reads first: what each slot holds and what to type."""
-    from station.lab.demo import FAMILIES
+    """What the newcomer reads first: the serial of the unit in each jig, which of them are faulty, what to do."""
+    from station.i18n import _
     from station.lab.lab import LAB_QA_PIN
 
-    if demo.mixed:
-        first_of: dict[str, str] = {}
-        for slot, family in demo.slot_families.items():
-            first_of.setdefault(family, slot)
-        jigs = ", ".join(
-            f"{FAMILIES[f].label} in {slot} (type {FAMILIES[f].example_serial})"
-            for f, slot in first_of.items()
-        )
-        what = (
-            f"Each jig holds a simulated unit: {jigs}. Type a serial and press Enter: it goes to the next free "
-            "jig of its family (or put the slot number first, e.g. 2:"
-            f"{FAMILIES[demo.slot_families[demo.slot_names[1]]].example_serial})."
-        )
-    else:
-        family = FAMILIES[demo.families[0]]
-        what = (
-            f"Type a serial such as {family.example_serial} and press Enter to provision the {family.label} unit "
-            "in the next free jig."
-        )
-    return (
-        f"This is the lab, not AWS. {what} Every {_nth(every)}unit is a faulty demo unit: watch it FAIL and "
-        f"roll back. F3 opens the QA desk (PIN {LAB_QA_PIN}); Ctrl+Q quits."
+    units = demo.jig_units()
+    jigs = ", ".join(f"{u.slot} {u.family} {u.serial}" for u in units)
+    faulty = ", ".join(f"{u.serial} ({u.fault_text})" for u in units if u.faulty)
+    text = _("This is the lab, not AWS. Type the serial of a unit in a jig and press Enter: {jigs}.").format(
+        jigs=jigs
     )
+    if faulty:
+        text += " " + _("Faulty demo units, watch them FAIL and roll back: {units}.").format(units=faulty)
+    text += " " + _("Every {nth}unit put in a jig is a faulty demo unit.").format(nth=_nth(every))
+    return text + " " + _("F3 opens the QA desk (PIN {pin}); Ctrl+Q quits.").format(pin=LAB_QA_PIN)
 
 
 def _nth(n: int) -> str:

@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 
-from station.cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
+from station.cli import EXIT_ERROR, EXIT_FAIL, EXIT_OK
 from station.commands.register import (
     add_pin_argument,
     add_station_arguments,
@@ -27,6 +27,7 @@ from station.commands.register import (
     not_found,
     require_pin,
 )
+from station.i18n import _
 
 EXAMPLES = """examples:
   station revoke SA00001234                 (asks before revoking)
@@ -36,10 +37,10 @@ EXAMPLES = """examples:
 
 exit codes:
   0  revoked (or nothing was registered any more)
+  1  "n" at the question: nothing revoked
   2  bad input or config; or no terminal to confirm and no --yes; a QA PIN missing, wrong or locked
   3  ERROR: a revoke failed in AWS (what is left is named; retry)
   4  not found: no such unit, no PASS record, or no such target
-  130 cancelled at the question
 """
 
 
@@ -84,8 +85,8 @@ def run(args: argparse.Namespace) -> int:
         if not confirm(
             f"The unit will no longer connect to {', '.join(plan.targets)}. Revoke?", yes=args.yes
         ):
-            print("Cancelled: nothing was revoked.", file=out)
-            return EXIT_INTERRUPTED
+            print(_("Nothing revoked."), file=out)
+            return EXIT_FAIL
         result = qa.revoke_unit(
             config, ledger, plan.serial, operator=qa.operator_name(config, args.operator), plan=plan
         )

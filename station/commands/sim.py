@@ -25,12 +25,24 @@ from typing import Any
 
 from station.errors import InputError
 
+EXAMPLES = """examples:
+  station sim prov1
+  station sim prov1 --device-id SIM00000123 --state-dir sim --fault corrupt=0.05 --fault lose=0.05
+  station sim expresslink --ca-file lab/ca.pem --port 8883
+  station sim nrf91 --endpoint localhost:8883 --ca-file lab/ca.pem
+  station sim esp32 --state-dir sim          (esptool --before no-reset works on it)
+
+The first line on stdout is the port; `station sim FAMILY --help` lists the family's options and faults.
+"""
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "sim",
         help="run a simulated unit on a new pty (prints the port first)",
         description="Start one simulated device on a new pseudo-terminal and serve it until interrupted.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     families = p.add_subparsers(dest="family", metavar="FAMILY")
     q = families.add_parser(

@@ -19,7 +19,7 @@ import argparse
 import json
 import sys
 
-from station.cli import EXIT_INTERRUPTED, EXIT_OK
+from station.cli import EXIT_FAIL, EXIT_OK
 from station.commands.register import (
     add_pin_argument,
     add_station_arguments,
@@ -28,6 +28,8 @@ from station.commands.register import (
     not_found,
     require_pin,
 )
+from station.errors import StationError
+from station.i18n import _
 
 EXAMPLES = """examples:
   station transfer SA00001234 --to prod-us                    (asks first)
@@ -36,13 +38,14 @@ EXAMPLES = """examples:
   echo "$QA_PIN" | station transfer SA00001234 --to prod-us --pin-stdin --yes   (a station with a QA PIN)
 
 exit codes:
-  0  transferred (registered in the destination; revoked at the source with --revoke-source)
-  1  FAIL: AWS refused the unit's certificate in the destination
+  0  transferred (registered in the destination; revoked at the source with --revoke-source), or already
+     there: run again, it answers DONE "Already at target" and changes nothing
+  1  FAIL: AWS refused the unit's certificate in the destination; or "n" at the question (nothing
+     transferred)
   2  bad input or config; same registry; or no terminal to confirm and no --yes; a QA PIN missing,
      wrong or locked
   3  ERROR: station, network or AWS problem (a half-done transfer says what is left)
   4  not found: no such unit, no PASS record, or no such target
-  130 cancelled at the question
 """
 
 
@@ -97,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
             )
         except qa.NotFound as error:
             return not_found(args, error)
+        except qa.AlreadyDone as there:
+            return already_done(args, there)
         out = sys.stderr if args.json else sys.stdout
         if not args.yes or not args.json:
             print(
@@ -107,8 +112,8 @@ def run(args: argparse.Namespace) -> int:
             if plan.revoke_source:
                 print(f"  then revoke it in {plan.source_target}", file=out)
         if not confirm(f"Register the unit's certificate in {plan.destination}?", yes=args.yes):
-            print("Cancelled: nothing was changed.", file=out)
-            return EXIT_INTERRUPTED
+            print(_("Nothing transferred."), file=out)
+            return EXIT_FAIL
         result = qa.transfer_unit(
             config,
             ledger,
@@ -131,4 +136,13 @@ def run(args: argparse.Namespace) -> int:
     if not plan.revoke_source:
         print(f"  source       {plan.source_target}: still registered (use --revoke-source to remove it)")
     print(f"  recorded     attempt {reg.attempt_id} by {reg.operator}")
+    return EXIT_OK
+
+
+def already_done(args: argparse.Namespace, done: StationError) -> int:
+    """A transfer run again: the unit is registered in the destination already. DONE, exit 0."""
+    if args.json:
+        print(json.dumps({"ok": True, "changed": False, **done.as_dict()}))  # kind AlreadyDone, outcome DONE
+    else:
+        print(f"{done.title}: {done.message}\n{done.next_action}")
     return EXIT_OK

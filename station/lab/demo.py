@@ -38,6 +38,14 @@ The device ids of ExpressLink, nRF91 and ESP32 units are not their printed seria
 demo turns the cross-check off (`check_device_id = false`): any serial of the product's pattern provisions
 the unit in the jig. A real line keeps the check by printing the device id on the label.
 
+What the demo announces is data (`DemoLine.jig_units()` → `JigUnit`: slot, family, the serial to type,
+the fault if any and the outcome it must come out with), so a help panel can show exactly the units in the
+jigs and which of them are faulty; a faulty unit is made faulty when it is put in its jig, so scanning an
+announced serial gives the announced outcome. The interactive demo (`routed=True`) keeps the cross-check on
+for PROV/1, whose label carries its id, so the station sends each scan to the jig holding that unit
+(`station.line`); the other families' scans go to the next free jig of their family (one per family on the
+default line).
+
 Demo faults are units that are bad on purpose, so a newcomer sees FAIL and its rollback: a unit that drops
 off the line part-way, one whose store corrupts what it keeps (hash mismatch), one that is not the unit that
 was scanned. Each has the outcome it must come out with (`DemoUnit.expected`). A family gets only the faults
@@ -249,6 +257,22 @@ class DemoUnit:
             stop = getattr(self.model, "stop", None)  # the ESP32 fake: off the in-process port registry
             if callable(stop):
                 stop()
+
+
+@dataclass(frozen=True)
+class JigUnit:
+    """One unit waiting in a jig, as the demo announces it (for the operator screen's help panel)."""
+
+    slot: str
+    family: str  # how a person calls its family ("PROV/1", "nRF91", …)
+    serial: str  # the label on the unit: what to scan
+    fault: str | None  # its demo fault (None: a good unit)
+    fault_text: str  # the fault for a person ("" for a good unit)
+    expected: Outcome  # what scanning it gives: PASS, or FAIL for a faulty unit
+
+    @property
+    def faulty(self) -> bool:
+        return self.fault is not None
 
 
 def demo_faults(name: str | None) -> Faults:
@@ -717,7 +741,10 @@ class DemoLine:
     in-process ESP32 units are never paced); unpaced, units go at pty speed. `check_device_id=False` lets any
     serial a product accepts provision the unit in the jig (for a newcomer who cannot read a simulated unit's
     label); the families whose device id is not their serial have it off anyway (module docstring). Without
-    `state_dir`, a temporary folder is used and removed at `stop()`.
+    `state_dir`, a temporary folder is used and removed at `stop()`. `routed`: the operator scans without a
+    slot and the station finds the jig by the unit's id (the interactive demo); a `wrong-unit` unit would then
+    be refused at the scan rather than FAIL, so the fault plan leaves it out. With `auto_replace` the units put
+    in the jigs at start follow the fault plan too, so "every K-th unit" counts from the first.
     """
 
     def __init__(
@@ -736,6 +763,7 @@ class DemoLine:
         fault_every: int = 0,
         fault: str = MIXED,
         check_device_id: bool = True,
+        routed: bool = False,
         operator: str | None = None,
         registry_factory: Callable[..., Any] | None = None,
         printer: str | None = None,
@@ -764,6 +792,7 @@ class DemoLine:
         self.fault_every = fault_every
         self.fault = fault
         self.check_device_id = check_device_id
+        self.routed = routed
         self.operator = operator
         self._on_event = on_event
         self._registry_factory = registry_factory
@@ -827,8 +856,13 @@ class DemoLine:
         return self.check_device_id and FAMILIES[family].device_id_is_serial
 
     def supported_faults(self, family: str) -> tuple[str, ...]:
-        """The demo faults a unit of `family` can have here (`wrong-unit` only where the cross-check is on)."""
-        return tuple(f for f in FAMILIES[family].faults if f != "wrong-unit" or self.checks_device_id(family))
+        """The demo faults a unit of `family` can have here (`wrong-unit` only where the cross-check is on and
+        scans are not routed by the unit's id)."""
+        return tuple(
+            f
+            for f in FAMILIES[family].faults
+            if f != "wrong-unit" or (self.checks_device_id(family) and not self.routed)
+        )
 
     def products(self) -> dict[str, LabProduct]:
         """The generated station.toml's products: one per family on the line."""
@@ -856,7 +890,12 @@ class DemoLine:
             self.jigs.ca_file = self.lab.ca_file
             self.jigs.data_port = self.lab.registry().data_port
             for slot in self.slot_names:
-                self.jigs.insert_unit(slot)
+                # An interactive line's first units follow the fault plan like the ones after them; a headless
+                # run decides each unit's fault when it feeds it (`run_units`).
+                if self.auto_replace:
+                    self.insert_unit(slot)
+                else:
+                    self.jigs.insert_unit(slot)
             toml = self.lab.station_toml(
                 slots={s: self.jig_port(s) for s in self.slot_names},
                 products=self.products(),
@@ -946,6 +985,23 @@ class DemoLine:
             self._check_planned(slot, fault)
             chosen = fault
         return self.jigs.insert_unit(slot, fault=chosen)
+
+    def jig_units(self) -> list[JigUnit]:
+        """The units in the jigs now, in slot order: the serial to scan for each, and which are faulty."""
+        with self.jigs._lock:
+            units = [(slot, self.devices.get(slot)) for slot in self.slot_names]
+        return [
+            JigUnit(
+                slot=slot,
+                family=FAMILIES[unit.family].label,
+                serial=unit.serial,
+                fault=unit.fault,
+                fault_text=unit.fault_text,
+                expected=unit.expected,
+            )
+            for slot, unit in units
+            if unit is not None
+        ]
 
     def scan(self, slot: str) -> str:
         """Scan the unit in `slot`'s jig (its printed serial), as an operator would; returns the slot."""

@@ -73,8 +73,15 @@ def open_ledger(
 
 def add_location_arguments(parser: Any) -> None:
     """The options every ledger command takes to find its ledger (an argparse parser)."""
-    parser.add_argument("--ledger", metavar="PATH", help=f"the ledger file (default: ${ENV_VAR})")
-    parser.add_argument("--config", metavar="FILE", help="station.toml to read the ledger location from")
+    parser.add_argument(
+        "--ledger",
+        metavar="PATH",
+        help="the ledger: a file or a dynamodb:// URL (default: the [station] ledger of --config's "
+        f"station.toml, else ${ENV_VAR}, else ./station.toml's [station] ledger)",
+    )
+    parser.add_argument(
+        "--config", metavar="FILE", help="station.toml whose [station] ledger names the ledger"
+    )
 
 
 def ledger_location(ledger: str | None = None, config: str | None = None) -> str:

@@ -40,6 +40,14 @@ class NotFound(InputError):
     """No such unit, record or target: the person asked for something the ledger or the config does not have."""
 
 
+class AlreadyDone(InputError):
+    """What was asked is already so (a transfer to the target the unit is already registered in): nothing to
+    do, nothing changed in AWS and nothing recorded. An input the action refuses, like any InputError (the
+    desk shows it), but not a failure: its outcome is DONE, and `station transfer` exits 0 on it."""
+
+    outcome = "DONE"
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Inputs: operator, certificate, target, serial, thing name
 # ---------------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any
 from station.attempt import outcome_of
 from station.config import StationConfig
 from station.errors import InputError, StationError, StationFault
+from station.i18n import _
 from station.identity import certificate_id as local_certificate_id
 from station.identity import check_aws_acceptance
 from station.journal import Stage
@@ -25,6 +26,7 @@ from station.model import Identity
 from station.pipeline import register_in_target
 from station.plain import plain_dict
 from station.qa.common import (
+    AlreadyDone,
     EventSink,
     NotFound,
     RegistryFactory,
@@ -38,6 +40,7 @@ from station.qa.common import (
     run_qa,
     unit_names,
     unit_records,
+    unit_state,
 )
 from station.qa.register import RegisterResult, register_result
 from station.qa.revoke import RevokeDone, RevokeItem, revoke_item, revoke_items
@@ -102,6 +105,7 @@ def plan_transfer(
     """Which certificate goes to `to` (the unit's latest PASS record, or its latest one in `source`)."""
     dest = find_target(config, to)
     serial, records = unit_records(ledger, query)
+    _check_not_there_yet(ledger, serial, dest.name, revoke_source=revoke_source)
     passed = [r for r in live_records(serial, records) if r.certificate_pem]
     if source is not None:
         source_name = find_target(config, source).name
@@ -148,6 +152,43 @@ def plan_transfer(
         origin=_origin_of(record),
         revoke_source=revoke_source,
         source_revoke=source_revoke,
+    )
+
+
+def _check_not_there_yet(ledger: Ledger, serial: str, destination: str, *, revoke_source: bool) -> None:
+    """`AlreadyDone` when the unit's state says it is registered in `destination` already (a transfer run
+    again): nothing to do. With `revoke_source` and the same certificate still live elsewhere, what is left
+    is a revoke, which `station revoke` does (`InputError`)."""
+    state = unit_state(ledger, serial)
+    there = state.live_in(destination) if state is not None else None
+    if state is None or there is None:
+        return
+    elsewhere = sorted(
+        i.target for i in state.live if i.target != destination and i.certificate_id == there.certificate_id
+    )
+    facts = {
+        "serial": serial,
+        "certificate": there.certificate_id[:12],
+        "target": destination,
+        "thing": there.thing_name or "-",
+    }
+    if revoke_source and elsewhere:
+        raise InputError(
+            _("Already at target"),
+            _(
+                "{serial}'s certificate {certificate}… is registered in {target} already (thing {thing}); it is "
+                "also still registered in {source}."
+            ).format(**facts, source=", ".join(elsewhere)),
+            _("To remove it there, run `station revoke {serial} --target {source}`.").format(
+                serial=serial, source=elsewhere[0]
+            ),
+        )
+    raise AlreadyDone(
+        _("Already at target"),
+        _("{serial}'s certificate {certificate}… is registered in {target} already (thing {thing}).").format(
+            **facts
+        ),
+        _("Nothing to do: nothing was changed or recorded."),
     )
 
 

@@ -296,14 +296,16 @@ def test_interactive_demo_opens_the_operator_screen_over_the_demo_line(
     seen: dict[str, Any] = {}
 
     def fake_run_app(config: Any, line: Any, *, qa: Any = None, relay: Any = None, **kw: Any) -> int:
-        # What a newcomer does on the screen: type a serial, watch the unit pass.
-        slot = line.scan("SIM0001")
+        # What a newcomer does on the screen: type the serial the demo names for slot-1's unit, watch it pass.
+        (unit, *_) = qa._put_in_jig.__self__.jig_units()
+        slot = line.scan(unit.serial)
+        seen["serial"] = unit.serial
         assert line.wait_idle(60)
         seen["slot"] = slot
         seen["result"] = line.results()[0]
         seen["relay"] = relay
         seen["qa_line"] = qa.line
-        seen["qa_found"] = [r.serial for r in qa.ledger.find("SIM0001")]  # the demo's own ledger
+        seen["qa_found"] = [r.serial for r in qa.ledger.find(unit.serial)]  # the demo's own ledger
         return 0
 
     monkeypatch.setattr(station.tui, "run_app", fake_run_app)
@@ -312,7 +314,7 @@ def test_interactive_demo_opens_the_operator_screen_over_the_demo_line(
     assert seen["slot"] == "slot-1" and seen["result"].outcome == Outcome.PASS
     assert seen["relay"] is not None
     # The QA desk's services come from the command, over the demo's own line and ledger.
-    assert seen["qa_line"] is not None and seen["qa_found"] == ["SIM0001"]
+    assert seen["qa_line"] is not None and seen["qa_found"] == [seen["serial"]]
 
 
 @pytest.mark.parametrize(
@@ -561,8 +563,11 @@ def test_interactive_demo_is_a_mixed_line_and_a_scan_goes_to_a_slot_of_its_famil
         seen["products"] = {name: p.flasher for name, p in config.products.items()}
         seen["slot_products"] = {name: s.product for name, s in config.slots.items()}
         seen["welcome"] = kw.get("welcome")
-        # What a newcomer does: type one serial of each family, in any order, without a slot number.
-        seen["slots"] = {serial: line.scan(serial) for serial in ("ESP0001", "SIM0001", "NRF0001", "EL0001")}
+        demo = kw["put_in_jig"].__self__  # the DemoLine behind the screen
+        seen["announced"] = {u.serial: u for u in demo.jig_units()}
+        # What a newcomer does: type the serial of each unit the demo names, in any order, without a slot number.
+        order = sorted(seen["announced"], key=lambda serial: serial[:1])  # ESP…, EL…, NRF…, SIM…
+        seen["slots"] = {serial: line.scan(serial) for serial in order}
         with pytest.raises(InputError) as busy:
             line.scan("SIM0002")  # the only PROV/1 jig is still working on SIM0001
         seen["busy"] = busy.value.title
@@ -589,20 +594,20 @@ def test_interactive_demo_is_a_mixed_line_and_a_scan_goes_to_a_slot_of_its_famil
         "slot-3": "sim-nrf91",
         "slot-4": "sim-esp32",
     }
-    assert seen["slots"] == {
-        "SIM0001": "slot-1",
-        "EL0001": "slot-2",
-        "NRF0001": "slot-3",
-        "ESP0001": "slot-4",
+    assert seen["slots"] == {serial: u.slot for serial, u in seen["announced"].items()}
+    assert sorted(seen["slots"].values()) == ["slot-1", "slot-2", "slot-3", "slot-4"]
+    # Every unit comes out as announced: the third unit put in (slot-3's nRF91) is the faulty one.
+    assert {serial: r.outcome for serial, r in seen["results"].items()} == {
+        serial: u.expected for serial, u in seen["announced"].items()
     }
-    assert {serial: r.outcome for serial, r in seen["results"].items()} == dict.fromkeys(
-        seen["slots"], Outcome.PASS
-    )
+    assert [u.slot for u in seen["announced"].values() if u.faulty] == ["slot-3"]
     assert {r.family for r in seen["results"].values()} == set(ALL_FAMILIES)
     # Which refusal depends on whether the other families' units have finished yet: all slots busy, or only
     # the PROV/1 one.
-    assert seen["busy"] in ("No free slot", "No free slot for this unit")
+    assert seen["busy"] in ("No free slot", "No free slot for this unit", "Unit not in a free jig")
     assert seen["foreign"][0] == "Serial not for this line" and "EL[0-9]{4,8}" in seen["foreign"][1]
-    for family in FAMILIES.values():
-        assert f"{family.label} in slot-" in seen["welcome"] and family.example_serial in seen["welcome"]
+    for serial, unit in seen["announced"].items():
+        assert f"{unit.slot} {unit.family} {serial}" in seen["welcome"]
+    (faulty,) = [u for u in seen["announced"].values() if u.faulty]
+    assert f"watch them FAIL and roll back: {faulty.serial} ({faulty.fault_text})." in seen["welcome"]
     leftovers.assert_clean()

@@ -142,6 +142,26 @@ class FlasherContract:
             assert info.device_id == device.device_id
         assert info.firmware
 
+    def test_read_unit_id_is_the_device_id_and_a_later_session_still_works(
+        self,
+        make_device: MakeDevice,
+        open_flasher: OpenFlasher,
+        identity: Identity,
+        flasher_class: type[Flasher],
+    ) -> None:
+        # What the line routes a scan by: the same id identify gives, and the unit is as it was (a write in
+        # the next session, as the unit's provisioning would do, still goes through).
+        device = make_device()
+        with open_flasher(device.port) as flasher:
+            unit_id = flasher.read_unit_id()
+        with open_flasher(device.port) as flasher:
+            info = flasher.identify()
+            if flasher_class.capabilities.writes_key:
+                flasher.write_identity(identity)
+        assert unit_id is not None and unit_id == info.device_id
+        if device.device_id is not None:
+            assert unit_id == device.device_id
+
     # ----------------------------------------------------------------------------------------- write
     def test_write_identity_with_proof(
         self,

@@ -48,7 +48,6 @@ from qa_rig import (
 from station.cli import (
     EXIT_ERROR,
     EXIT_FAIL,
-    EXIT_INTERRUPTED,
     EXIT_NOT_FOUND,
     EXIT_OK,
     EXIT_USAGE,
@@ -478,7 +477,7 @@ def test_revoke_asks_and_refuses_without_a_terminal(
     monkeypatch.setattr("station.commands.register.is_interactive", lambda: True)
     monkeypatch.setattr(builtins, "input", lambda prompt="": "n")
     code, out, _ = cli(capsys, "revoke", serial, *args)
-    assert code == EXIT_INTERRUPTED and "nothing was revoked" in out
+    assert code == EXIT_FAIL and out.endswith("Nothing revoked.\n")  # an answer, not an interruption (130)
     assert certificate_status(lab, HOME, cert_id) == "ACTIVE"
 
     monkeypatch.setattr(builtins, "input", lambda prompt="": "y")
@@ -518,8 +517,9 @@ def test_transfer_with_revoke_source_moves_the_unit(
     serial, thing, device = register_fresh(lab, ledger, tmp_path, capsys)
     args = station_args(lab, ledger)
 
-    code, out = cli_json(capsys, "transfer", serial, "--to", "lab1-ap-northeast-1", "--yes", *args)
-    assert code == EXIT_USAGE and out["error"]["title"] == "Same registry"
+    # To where it is registered already: nothing to do (before: ERROR "Same registry", exit 2).
+    code, out = cli_json(capsys, "transfer", serial, "--to", HOME, "--yes", *args)
+    assert code == EXIT_OK and (out["outcome"], out["title"]) == ("DONE", "Already at target")
 
     code, out, err = cli(capsys, "transfer", serial, "--to", OTHER_ACCOUNT, *args)
     assert code == EXIT_USAGE and "--yes" in err  # no terminal to confirm
@@ -531,6 +531,47 @@ def test_transfer_with_revoke_source_moves_the_unit(
     hung = device_connect_error(lab, device, thing, HOME)
     assert hung is not None and hung.name == HANGUP
     assert not thing_exists(lab, HOME, thing) and thing_exists(lab, OTHER_ACCOUNT, thing)
+
+    # Run again: the unit's state says it is there already. DONE, exit 0, nothing changed or recorded.
+    with open_ledger(ledger) as book:
+        attempts = len(book.find(serial))
+    code, out = cli_json(capsys, "transfer", serial, "--to", OTHER_ACCOUNT, "--revoke-source", "--yes", *args)
+    assert code == EXIT_OK, out
+    assert (out["ok"], out["outcome"], out["kind"], out["changed"]) == (True, "DONE", "AlreadyDone", False)
+    assert out["message"] == (
+        f"{serial}'s certificate {device.certificate_id[:12]}… is registered in {OTHER_ACCOUNT} already "
+        f"(thing {thing})."
+    )
+    code, text, _ = cli(capsys, "transfer", serial, "--to", OTHER_ACCOUNT, "--yes", *args)
+    assert code == EXIT_OK and text.startswith("Already at target: ")
+    with open_ledger(ledger) as book:
+        assert len(book.find(serial)) == attempts
+    assert device_echo(lab, device, thing, OTHER_ACCOUNT).messages == 3
+
+
+def test_a_transfer_asked_again_with_revoke_source_points_at_revoke(
+    lab: Lab,
+    ledger: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    serial, thing, device = register_fresh(lab, ledger, tmp_path, capsys)
+    args = station_args(lab, ledger)
+    monkeypatch.setattr("station.commands.register.is_interactive", lambda: True)
+    monkeypatch.setattr(builtins, "input", lambda prompt="": "n")
+    code, out, _ = cli(capsys, "transfer", serial, "--to", OTHER_ACCOUNT, *args)
+    assert code == EXIT_FAIL and out.endswith("Nothing transferred.\n")
+    assert not thing_exists(lab, OTHER_ACCOUNT, thing)
+
+    code, out, _ = cli(capsys, "transfer", serial, "--to", OTHER_ACCOUNT, "--yes", *args)  # keeps the source
+    assert code == EXIT_OK, out
+    code, out = cli_json(capsys, "transfer", serial, "--to", OTHER_ACCOUNT, "--revoke-source", "--yes", *args)
+    assert code == EXIT_USAGE and out["error"]["title"] == "Already at target"
+    assert (
+        out["error"]["next_action"] == f"To remove it there, run `station revoke {serial} --target {HOME}`."
+    )
+    assert certificate_status(lab, HOME, device.certificate_id) == "ACTIVE"
 
 
 # ---------------------------------------------------------------------------------------------- preflight
