@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from station.demo import DemoLine
 from station.errors import InputError
+from station.lab.demo import DemoLine
 from station.model import Outcome
 
 

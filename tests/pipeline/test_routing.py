@@ -286,8 +286,8 @@ ID_LABELS: dict[str, tuple[str, dict[str, Any], str | None]] = {
 
 @pytest.mark.parametrize("family", sorted(ID_LABELS))
 def test_a_scan_of_the_units_own_id_reaches_its_jig_for_every_family(tmp_path: Path, family: str) -> None:
-    from station.demo import Jigs
     from station.lab import Lab
+    from station.lab.demo import Jigs
     from station.lab.lab import LabProduct
 
     pattern, options, template = ID_LABELS[family]
