@@ -559,11 +559,11 @@ def test_interactive_demo_is_a_mixed_line_and_a_scan_goes_to_a_slot_of_its_famil
     seen: dict[str, Any] = {}
     leftovers = Leftovers()
 
-    def fake_run_app(config: Any, line: Any, *, relay: Any = None, **kw: Any) -> int:
+    def fake_run_app(config: Any, line: Any, *, qa: Any = None, relay: Any = None, **kw: Any) -> int:
         seen["products"] = {name: p.flasher for name, p in config.products.items()}
         seen["slot_products"] = {name: s.product for name, s in config.slots.items()}
         seen["welcome"] = kw.get("welcome")
-        demo = kw["put_in_jig"].__self__  # the DemoLine behind the screen
+        demo = qa._put_in_jig.__self__  # the DemoLine behind the screen
         seen["announced"] = {u.serial: u for u in demo.jig_units()}
         # What a newcomer does: type the serial of each unit the demo names, in any order, without a slot number.
         order = sorted(seen["announced"], key=lambda serial: serial[:1])  # ESP…, EL…, NRF…, SIM…
