@@ -115,7 +115,9 @@ class JournalEntry:
             extra = json.loads(extra or "{}")
         for source in (extra, row):
             for key, value in source.items():
-                if source is row and key == "extra":
+                if source is row and key in ("extra", "unknown"):
+                    if key == "unknown" and isinstance(value, Mapping):
+                        unknown.update(value)  # a `to_dict` read back
                     continue
                 name = _OLD_NAMES.get(key, key)
                 if name in _FIELD_NAMES and name != "unknown":

@@ -99,6 +99,7 @@ def test_a_row_of_an_older_station_is_read() -> None:
     )
     assert (entry.thing_created, entry.certificate_created, entry.certificate_arn) == (False, None, "")
     assert (entry.opened_at, entry.closed_at) == (1000.0, None)
+    assert JournalEntry.from_stored(entry.to_dict()) == entry  # what `station show --json` prints reads back
     assert JournalEntry.from_stored({"id": 1}).stage is Stage.OPENED  # an entry opened without a stage
 
 

@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Self, TextIO, Unpack
 
 from station.errors import InputError, StationFault, UnitFault
-from station.journal import COLUMNS as JOURNAL_COLUMNS
 from station.journal import JournalEntry, JournalFields, journal_fields
 from station.model import Event, Outcome
 from station.units import LiveIdentity, UnitState, iso_utc
@@ -437,10 +436,8 @@ def as_record(record: AttemptRecord | Mapping[str, Any]) -> AttemptRecord:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Journal
+# Journal (the entry type and its stored columns are `station.journal`'s)
 # ---------------------------------------------------------------------------------------------------------
-
-JOURNAL_FIELDS = JOURNAL_COLUMNS  # the journal's stored columns, in order (`station.journal.COLUMNS`)
 
 
 def journal_columns(fields: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

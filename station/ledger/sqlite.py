@@ -40,13 +40,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from station.journal import COLUMNS as JOURNAL_FIELDS
 from station.journal import Stage
 from station.ledger.anchor import Anchor, AnchorError, Checkpoint, anchor_verdict
 from station.ledger.base import (
     EVENT_FIELDS,
     GENESIS_HASH,
     JOURNAL_EVENT,
-    JOURNAL_FIELDS,
     MAX_PAGE,
     RECORD_EVENT,
     RECORD_FIELDS,

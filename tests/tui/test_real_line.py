@@ -13,43 +13,30 @@ from qa_fixtures import make_config
 from textual.widgets import Static
 from tui_fakes import type_scan, wait_until
 
+from flashers.base import Capabilities, DeviceInfo
 from station.context import StationContext
 from station.desk import QaServices
 from station.errors import UnitFault
 from station.ledger import open_ledger
 from station.line import Line
-from station.model import Identity, Outcome, Target
+from station.model import Identity, Outcome, Registration, Target
 from station.tui.app import build_app
 from station.tui.relay import EventRelay
 
 BAD_UNIT = "SN00000066"  # its certificate "is not accepted" at verify
 
 
-@dataclass(frozen=True)
-class Caps:
-    writes_key: bool = True
-    device_keygen: bool = False
-    device_verify: bool = False
-    reads_certificate: bool = False
-
-
-@dataclass(frozen=True)
-class Info:
-    device_id: str | None = None
-    firmware: str | None = "sim-1.0"
-
-
 class Device:
     """A unit in the jig that takes its key and says nothing about itself."""
 
     family = "prov1"
-    capabilities = Caps()
+    capabilities = Capabilities(writes_key=True)
 
     def __init__(self, port: str) -> None:
         self.port = port
 
-    def identify(self) -> Info:
-        return Info()
+    def identify(self) -> DeviceInfo:
+        return DeviceInfo(None, "sim-1.0")
 
     def write_identity(self, identity: Identity, **_: Any) -> dict[str, str]:
         return {"certificate_id": identity.certificate_id}
@@ -63,20 +50,14 @@ class Device:
     def device_verify(self, host: str, port: int, thing_name: str) -> None:
         raise AssertionError("the station verifies this unit itself")
 
+    def go_online(self) -> None:
+        raise AssertionError("the station verifies this unit itself")
+
     def wipe(self) -> None:
         pass
 
     def close(self) -> None:
         pass
-
-
-@dataclass
-class Reg:
-    certificate_id: str
-    certificate_arn: str
-    created: bool = True
-    thing_name: str | None = None
-    thing_created: bool = False
 
 
 @dataclass
@@ -89,12 +70,17 @@ class Cloud:
     rolled_back: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def register(self, identity: Identity, *, origin: str = "unit") -> Reg:
+    @property
+    def where(self) -> str:
+        return f"123456789012/{self.target.region}"
+
+    def register(self, identity: Identity, *, origin: str = "unit") -> Registration:
         with self.lock:
             self.certificates[identity.certificate_id] = "ACTIVE"
-        return Reg(
+        return Registration(
             identity.certificate_id,
             f"arn:aws:iot:{self.target.region}:123456789012:cert/{identity.certificate_id}",
+            created=True,
         )
 
     def create_thing(self, name: str) -> bool:
