@@ -72,12 +72,7 @@ from station import naming
 from station.errors import ConfigError, InputError
 from station.identity import KEY_TYPES, MAX_DAYS
 from station.model import Issuer, Target
-
-# `X as X`: re-exported for callers that predate station.policy (the registry); new code imports that.
 from station.policy import ACCOUNT_RE, LEAST_PRIVILEGE_POLICY_JSON, policy_problem
-from station.policy import LEAST_PRIVILEGE_POLICY as LEAST_PRIVILEGE_POLICY
-from station.policy import is_over_broad as is_over_broad
-from station.policy import render_policy as render_policy
 from station.qapin import parse_pin_hash
 
 DEFAULT_BAUD = 115200

@@ -50,11 +50,11 @@ from station.aws import (
     error_code,
     session_for,
 )
-from station.config import is_over_broad, render_policy
 from station.errors import CertificateRejected, StationError, StationFault, UnitFault
 from station.identity import certificate_id as local_certificate_id
 from station.identity import check_aws_acceptance
 from station.model import Identity, Registration, Target
+from station.policy import is_over_broad, render_policy
 from station.ratelimit import DEFAULT_QUOTAS, Budget, RateBudget, shared_budget_for
 
 __all__ = [
