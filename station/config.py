@@ -15,7 +15,8 @@ stays in the environment variable the config names), or write anything.
 Layout (every table is keyed by name; see fixtures/configs/station.toml):
 
     [station]            id, ledger, operator?, qa_pin_hash? (or a plain qa_pin: lab and demo),
-                         cleanup_interval_s?, cleanup_max_interval_s?, [station.labels]
+                         cleanup_interval_s?, cleanup_max_interval_s?, card_reset_s?, bell?,
+                         [station.labels]
     [targets.NAME]       region, policy_name, policy_document | policy_file, profile? role_arn? …
     [targets.NAME.issuer] certificate_file, key_file, passphrase_env?
     [products.NAME]      serial_pattern, flasher, target, on_reprovision ("refuse" | "replace"),
@@ -141,6 +142,10 @@ class StationConfig:
     # The line's cleaner (station.cleanup): first retry after this, backing off up to the maximum.
     cleanup_interval_s: float = 10.0
     cleanup_max_interval_s: float = 30.0
+    # The operator screen: a finished unit's card returns to READY after this many seconds (0: only on the
+    # next scan for its slot); the terminal bell rings on FAIL and ERROR unless `bell` is false.
+    card_reset_s: float = 30.0
+    bell: bool = True
     targets: dict[str, Target] = field(default_factory=dict)
     products: dict[str, Product] = field(default_factory=dict)
     slots: dict[str, Slot] = field(default_factory=dict)
@@ -401,6 +406,8 @@ def _station_section(c: _Checker, data: Mapping[str, Any]) -> dict[str, Any]:
             "labels",
             "cleanup_interval_s",
             "cleanup_max_interval_s",
+            "card_reset_s",
+            "bell",
         ),
     )
     station_id = c.get(
@@ -457,6 +464,15 @@ def _station_section(c: _Checker, data: Mapping[str, Any]) -> dict[str, Any]:
             f"expected at least cleanup_interval_s ({interval:g} s), got {longest:g}.",
         )
         longest = interval
+    card_reset = c.get(
+        table,
+        (*keypath, "card_reset_s"),
+        (int, float),
+        default=30.0,
+        check=lambda v: None if 0 <= v <= 86400 else f"expected 0 (never) to 86400 seconds, got {v}.",
+        what="seconds (0: keep the outcome until the next scan)",
+    )
+    bell = c.get(table, (*keypath, "bell"), bool, default=True)
     return {
         "station_id": station_id,
         "operator": operator,
@@ -472,6 +488,8 @@ def _station_section(c: _Checker, data: Mapping[str, Any]) -> dict[str, Any]:
         "qa_pin_hash": qa_pin_hash,
         "cleanup_interval_s": float(interval),
         "cleanup_max_interval_s": float(longest),
+        "card_reset_s": float(card_reset),
+        "bell": bool(bell),
     }
 
 
@@ -1064,6 +1082,8 @@ def validate_config(data: Mapping[str, Any], *, path: Path, text: str = "") -> S
         qa_pin=station["qa_pin"],
         cleanup_interval_s=station["cleanup_interval_s"],
         cleanup_max_interval_s=station["cleanup_max_interval_s"],
+        card_reset_s=station["card_reset_s"],
+        bell=station["bell"],
         budget=budget,
         labels=labels,
         qa_pin_hash=station["qa_pin_hash"],

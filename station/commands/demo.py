@@ -28,6 +28,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 from station.errors import StationFault
@@ -334,7 +335,7 @@ def run_interactive(args: argparse.Namespace) -> int:
             demo.line,
             demo.ledger,
             relay=relay,
-            welcome=welcome(demo, every),
+            help_content=demo_help(demo, every),
             put_in_jig=demo.put_back,  # QA's re-verify: the recorded unit goes back into the chosen jig
         )
     if code:
@@ -344,34 +345,34 @@ def run_interactive(args: argparse.Namespace) -> int:
     return 0
 
 
-def welcome(demo: Any, every: int) -> str:
-    """What the newcomer reads first: what each slot holds and what to type."""
+def demo_help(demo: Any, every: int) -> Callable[[], Any]:
+    """The help panel's content (F1), read when it opens: the units in the jigs now, which are faulty, the PIN."""
     from station.demo import FAMILIES
+    from station.i18n import _
     from station.lab.lab import LAB_QA_PIN
+    from station.tui.operator.help import HelpContent, JigUnit
 
-    if demo.mixed:
-        first_of: dict[str, str] = {}
-        for slot, family in demo.slot_families.items():
-            first_of.setdefault(family, slot)
-        jigs = ", ".join(
-            f"{FAMILIES[f].label} in {slot} (type {FAMILIES[f].example_serial})"
-            for f, slot in first_of.items()
+    def content() -> HelpContent:
+        units = tuple(
+            JigUnit(
+                slot=slot,
+                family=FAMILIES[demo.slot_families[slot]].label,
+                serial=unit.serial,
+                fault=unit.fault_text,
+            )
+            for slot, unit in demo.devices.items()
         )
-        what = (
-            f"Each jig holds a simulated unit: {jigs}. Type a serial and press Enter: it goes to the next free "
-            "jig of its family (or put the slot number first, e.g. 2:"
-            f"{FAMILIES[demo.slot_families[demo.slot_names[1]]].example_serial})."
+        return HelpContent(
+            intro=_("This is the lab, not AWS: every jig holds a simulated unit."),
+            scan=(_("Scan (type) the serial of a unit below; after each unit, its jig gets a fresh one."),),
+            units=units,
+            faults=_(
+                "Every {nth}unit put in a jig is a faulty demo unit: watch it FAIL and roll back."
+            ).format(nth=_nth(every)),
+            qa_pin=LAB_QA_PIN,
         )
-    else:
-        family = FAMILIES[demo.families[0]]
-        what = (
-            f"Type a serial such as {family.example_serial} and press Enter to provision the {family.label} unit "
-            "in the next free jig."
-        )
-    return (
-        f"This is the lab, not AWS. {what} Every {_nth(every)}unit is a faulty demo unit: watch it FAIL and "
-        f"roll back. F3 opens the QA desk (PIN {LAB_QA_PIN}); Ctrl+Q quits."
-    )
+
+    return content
 
 
 def _nth(n: int) -> str:

@@ -557,7 +557,7 @@ def test_interactive_demo_is_a_mixed_line_and_a_scan_goes_to_a_slot_of_its_famil
     def fake_run_app(config: Any, line: Any, ledger: Any = None, *, relay: Any = None, **kw: Any) -> int:
         seen["products"] = {name: p.flasher for name, p in config.products.items()}
         seen["slot_products"] = {name: s.product for name, s in config.slots.items()}
-        seen["welcome"] = kw.get("welcome")
+        seen["help"] = kw["help_content"]()  # what F1 shows before any scan
         # What a newcomer does: type one serial of each family, in any order, without a slot number.
         seen["slots"] = {serial: line.scan(serial) for serial in ("ESP0001", "SIM0001", "NRF0001", "EL0001")}
         with pytest.raises(InputError) as busy:
@@ -600,6 +600,10 @@ def test_interactive_demo_is_a_mixed_line_and_a_scan_goes_to_a_slot_of_its_famil
     # the PROV/1 one.
     assert seen["busy"] in ("No free slot", "No free slot for this unit")
     assert seen["foreign"][0] == "Serial not for this line" and "EL[0-9]{4,8}" in seen["foreign"][1]
-    for family in FAMILIES.values():
-        assert f"{family.label} in slot-" in seen["welcome"] and family.example_serial in seen["welcome"]
+    # F1 names the unit waiting in each jig (its family and serial), which are faulty, and the QA PIN.
+    help_units = {unit.slot: unit for unit in seen["help"].units}
+    assert {unit.family for unit in help_units.values()} == {f.label for f in FAMILIES.values()}
+    for unit in help_units.values():
+        assert re.fullmatch(r"[A-Z]+[0-9]{8}", unit.serial)
+    assert seen["help"].qa_pin and "faulty" in seen["help"].faults
     leftovers.assert_clean()

@@ -1,4 +1,4 @@
-"""The counters bar: pass / fail / error, first-pass yield and units per hour, each with its word.
+"""The counters bar: the shift, pass / fail / error, first-pass yield and units per hour, each with its word.
 
 It must not compute anything itself beyond formatting: the figures come from `station.tui.state.Counters`.
 """
@@ -8,10 +8,13 @@ from __future__ import annotations
 from textual.content import Content
 from textual.widgets import Static
 
+from station.i18n import _
 from station.tui.state import Counters
 
 
-def counters_text(counters: Counters, now: float, cleanup_pending: int = 0) -> Content:
+def counters_text(
+    counters: Counters, now: float, cleanup_pending: int = 0, shift: int | None = None
+) -> Content:
     fpy = counters.first_pass_yield
     uph = counters.units_per_hour(now)
     # What failed attempts left in AWS until the line's cleaner has removed it (shown only while it is there).
@@ -21,6 +24,7 @@ def counters_text(counters: Counters, now: float, cleanup_pending: int = 0) -> C
         else ()
     )
     return Content.assemble(
+        *(((_("Shift {number}").format(number=shift), "bold"), "  ") if shift is not None else ()),
         ("✔ PASS ", "bold $success"),
         (str(counters.passed), "bold"),
         ("   ✘ FAIL ", "bold $error"),
@@ -38,5 +42,7 @@ def counters_text(counters: Counters, now: float, cleanup_pending: int = 0) -> C
 class CountersBar(Static):
     """One line of figures; `show` redraws it."""
 
-    def show(self, counters: Counters, now: float, cleanup_pending: int = 0) -> None:
-        self.update(counters_text(counters, now, cleanup_pending))
+    def show(
+        self, counters: Counters, now: float, cleanup_pending: int = 0, shift: int | None = None
+    ) -> None:
+        self.update(counters_text(counters, now, cleanup_pending, shift))
