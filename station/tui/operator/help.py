@@ -71,16 +71,7 @@ def help_text(content: HelpContent, keys: Sequence[tuple[str, str]]) -> Content:
 
     if content.intro:
         parts.append(content.intro)
-    heading(_("What to scan"))
-    parts.append(
-        "\n"
-        + _(
-            "Scan the serial label of the unit in a jig and press Enter: it goes to the next free slot that "
-            "takes it. Put the slot number first (2:SERIAL) to choose the slot."
-        )
-    )
-    for sentence in content.scan:
-        parts.append("\n" + sentence)
+    # The demo's units and PIN first: on a small screen they are what a newcomer opened the panel for.
     if content.units:
         heading(_("Units in the jigs now"))
         for unit in content.units:
@@ -91,6 +82,20 @@ def help_text(content: HelpContent, keys: Sequence[tuple[str, str]]) -> Content:
             parts.append((mark, "bold $error" if unit.fault else "$success"))
         if content.faults:
             parts.append("\n" + content.faults)
+    if content.qa_pin:
+        parts.append(
+            "\n" + _("F3 opens the QA desk; the QA PIN of this demo is {pin}.").format(pin=content.qa_pin)
+        )
+    heading(_("What to scan"))
+    parts.append(
+        "\n"
+        + _(
+            "Scan the serial label of the unit in a jig and press Enter: it goes to the next free slot that "
+            "takes it. Put the slot number first (2:SERIAL) to choose the slot."
+        )
+    )
+    for sentence in content.scan:
+        parts.append("\n" + sentence)
     heading(_("After the outcome"))
     parts.append(
         "\n"
@@ -103,9 +108,6 @@ def help_text(content: HelpContent, keys: Sequence[tuple[str, str]]) -> Content:
         parts.append("\n")
         parts.append((f"{key:<8}", "bold"))
         parts.append(what)
-    if content.qa_pin:
-        heading(_("QA desk"))
-        parts.append("\n" + _("The QA PIN of this demo is {pin}.").format(pin=content.qa_pin))
     return Content.assemble(*parts)
 
 

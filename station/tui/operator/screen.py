@@ -217,8 +217,7 @@ class OperatorScreen(Screen[None]):
     # ------------------------------------------------------------------------------------------ scanning
     @on(Input.Submitted, "#scan")
     def _scanned(self, event: Input.Submitted) -> None:
-        if event.value == event.input.value:
-            event.input.clear()  # Enter on what was typed (a pasted block's scans leave its tail in place)
+        # The scan field has cleared itself already (the next scan may be arriving behind this one).
         self.refocus()
         # A value can still hold line ends (set by a paste into a plain field, or a program): each is a scan.
         scans, rest = split_scans(event.value)
