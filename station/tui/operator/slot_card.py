@@ -133,7 +133,10 @@ class SlotCard(Vertical):
         self.query_one("#card-steps", Static).update(steps_text(card) if card.serial else "")
         self.query_one("#card-banner", Static).update(banner_text(card))
         if card.outcome is not None:
-            reason, action = why(card.outcome, card.title), do_next(card.outcome, card.next_action)
+            reason, action = (
+                why(card.outcome, card.title),
+                do_next(card.outcome, card.next_action, card.title),
+            )
         else:
             reason, action = card.message, card.next_action  # the screen's own notes (screen_problem)
         next_line = Content.assemble(("→ ", "bold"), action) if action else Content("")

@@ -12,21 +12,38 @@ words shown on a card or in the message line.
 
 from __future__ import annotations
 
-from station.i18n import _
+from station.i18n import N_, _
 from station.model import Outcome
 
 MAX_SHOWN_SCAN = 24  # characters of a refused scan repeated in the message line
 
+# Core titles whose words are the station's, not the bench's, and core next actions too long for a card:
+# the operator's version, keyed by the error's title (the core's text is unchanged in the log and record).
+_OPERATOR_WHY: dict[str, str] = {
+    "Write not proven": N_("The unit did not keep its credentials"),
+    "Device disconnected": N_("The unit dropped off the line"),
+    "Device refused the command": N_("The unit refused the credentials"),
+    "Already provisioned": N_("This unit already has an identity"),
+}
+_OPERATOR_DO: dict[str, str] = {
+    "Device disconnected": N_("Reseat the unit and scan it again; if it fails again, rework bin."),
+    "Write not proven": N_("Put the unit in the rework bin."),
+    "Already provisioned": N_("Put the unit in the QA tray."),
+}
 
-def do_next(outcome: Outcome, next_action: str) -> str:
+
+def do_next(outcome: Outcome, next_action: str, title: str = "") -> str:
     """The one next action for the operator.
 
-    PASS and FAIL keep the core's next action (about the unit: which bin, reseat it, the QA tray); an ERROR
-    is never the unit's fault and never the operator's to fix, so it always says to call a technician, as
-    the README does, whatever the core suggested to the technician.
+    PASS and FAIL keep the core's next action (about the unit: which bin, reseat it, the QA tray), in the
+    operator's shorter words where this module has them for the error's `title`; an ERROR is never the
+    unit's fault and never the operator's to fix, so it always says to call a technician, as the README
+    does, whatever the core suggested to the technician.
     """
     if outcome == Outcome.ERROR:
         return _("Call a technician.")
+    if title in _OPERATOR_DO:
+        return _(_OPERATOR_DO[title])
     if next_action:
         return next_action
     if outcome == Outcome.PASS:
@@ -37,8 +54,10 @@ def do_next(outcome: Outcome, next_action: str) -> str:
 
 
 def why(outcome: Outcome, title: str) -> str:
-    """A few words why: the core's title, except on a PASS (the big word says it all)."""
-    return "" if outcome == Outcome.PASS else title
+    """A few words why: the core's title (or the operator's words for it), none on a PASS (the big word)."""
+    if outcome == Outcome.PASS:
+        return ""
+    return _(_OPERATOR_WHY[title]) if title in _OPERATOR_WHY else title
 
 
 def shown_scan(text: str) -> str:
