@@ -364,7 +364,11 @@ def demo_help(demo: Any, every: int) -> Callable[[], Any]:
         )
         return HelpContent(
             intro=_("This is the lab, not AWS: every jig holds a simulated unit."),
-            scan=(_("Scan (type) the serial of a unit below; after each unit, its jig gets a fresh one."),),
+            scan=(
+                _(
+                    "Scan (type) the serial of a unit listed above; after each unit, its jig gets a fresh one."
+                ),
+            ),
             units=units,
             faults=_(
                 "Every {nth}unit put in a jig is a faulty demo unit: watch it FAIL and roll back."

@@ -26,7 +26,7 @@ _OPERATOR_WHY: dict[str, str] = {
     "Already provisioned": N_("This unit already has an identity"),
 }
 _OPERATOR_DO: dict[str, str] = {
-    "Device disconnected": N_("Reseat the unit and scan it again; if it fails again, rework bin."),
+    "Device disconnected": N_("Reseat the unit, scan again; if it fails again: rework bin."),
     "Write not proven": N_("Put the unit in the rework bin."),
     "Already provisioned": N_("Put the unit in the QA tray."),
 }
