@@ -326,3 +326,26 @@ async def test_a_long_next_action_ends_in_an_ellipsis_at_80x24() -> None:
         # A reason that does not fit its line is cut with an ellipsis by the style, not mid-word silently.
         reason = app.query_one("#card-2 #card-reason")
         assert reason.styles.text_overflow == "ellipsis" and reason.styles.text_wrap == "nowrap"
+
+
+async def test_many_slots_on_a_small_screen_keep_the_word_on_one_line() -> None:
+    """8 slots at 80×24: no room for the big letters; the card says ✘ FAIL and the serial on one line, and
+    the next action on the next."""
+    ports = {f"s{i}": f"/dev/ttyUSB{i}" for i in range(1, 9)}
+    relay = EventRelay()
+    line = ScriptedLine(ports, on_event=relay, scripts={"SN00000002": "fail"})
+    info = dataclasses.replace(LAB_INFO, slot_products=dict.fromkeys(ports, "widget"), bell=False)
+    app = StationApp(line=line, info=info, relay=relay, poll_interval=None)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await type_scan(pilot, "7:SN00000002")
+        await wait_until(pilot, lambda: app.operator.cards["s7"].outcome == Outcome.FAIL, what="FAIL on s7")
+        await pilot.pause()
+        card = app.query_one("#card-7")
+        assert "-tiny" in card.classes
+        assert str(app.query_one("#card-7 #card-banner", Static).render()) == "✘ FAIL  SN00000002"
+        assert (
+            str(app.query_one("#card-7 #card-next", Static).render()) == "→ Put the unit in the rework bin."
+        )
+        for part in ("banner", "next"):
+            assert app.query_one(f"#card-7 #card-{part}").region.bottom <= card.content_region.bottom
+    assert line.wait_idle(5)

@@ -44,9 +44,12 @@ def steps_text(card: CardState) -> Content:
     return Content.assemble(*parts)
 
 
-def banner_text(card: CardState) -> Content:
-    """The band: the outcome's word in three-line letters, or what the slot is doing in one line."""
+def banner_text(card: CardState, *, big: bool = True) -> Content:
+    """The band: the outcome's word in three-line letters (one line on a card too small for them), or what
+    the slot is doing in one line."""
     if card.outcome is not None:
+        if not big:  # the serial joins the word, so the next action keeps its line
+            return Content(f"{OUTCOME_LABEL[card.outcome]}  {card.serial}")
         return Content("\n".join(big_lines(card.outcome.value)))
     if card.active:
         return Content(_("▶ WORKING  {step}").format(step=card.step or _("queued")))
@@ -92,19 +95,30 @@ class SlotCard(Vertical):
     def on_resize(self) -> None:
         self.show()  # the next action is wrapped to the card's width and height
 
+    def _roomy(self) -> bool:
+        return self.screen.has_class("-roomy") if self.is_attached else False
+
+    def _tiny(self) -> bool:
+        """Too small for the big letters with the serial and the next action (many slots on a small screen)."""
+        height = self.content_size.height
+        return 0 < height < (5 if self._roomy() else 3) + 2
+
     def _rows_for_next(self) -> int:
         """The lines the next action may take: what the band, the serial and the steps leave (at least 1)."""
         height = self.content_size.height
         if height <= 0:
             return 3  # not laid out yet: on_resize draws it again
         card = self.card
-        roomy = self.screen.has_class("-roomy") if self.is_attached else False
+        roomy, tiny = self._roomy(), self._tiny()
         # The band's height as station.tcss gives it: big letters (+ padding when roomy), or one line.
-        banner = (5 if roomy else 3) if card.outcome is not None else (3 if roomy else 1)
+        big_band = 5 if roomy else 3  # the outcome in big letters
+        line_band = 3 if roomy else 1  # READY / WORKING
+        banner = 1 if tiny else big_band if card.outcome is not None else line_band
         steps = 0
-        if card.serial and (card.outcome is None or roomy):
+        if card.serial and not tiny and (card.outcome is None or roomy):
             steps = len(steps_text(card).wrap(max(1, self.content_size.width)))
-        return max(1, height - banner - 1 - steps)
+        unit = 0 if tiny and card.outcome is not None else 1  # a tiny done card has its serial in the band
+        return max(1, height - banner - unit - steps)
 
     def _fit(self, text: Content, rows: int) -> Content:
         """`text` wrapped to the card's width in at most `rows` lines, the last ending in … when cut."""
@@ -131,7 +145,9 @@ class SlotCard(Vertical):
             unit = Content.assemble(unit, (f"  {format_ms(card.duration_ms)}", "dim"))
         self.query_one("#card-unit", Static).update(unit)
         self.query_one("#card-steps", Static).update(steps_text(card) if card.serial else "")
-        self.query_one("#card-banner", Static).update(banner_text(card))
+        tiny = self._tiny()
+        self.set_class(tiny, "-tiny")
+        self.query_one("#card-banner", Static).update(banner_text(card, big=not tiny))
         if card.outcome is not None:
             reason, action = (
                 why(card.outcome, card.title),
