@@ -14,12 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from station.errors import InputError
-from station.i18n import _
+from station.i18n import N_, _
 from station.model import Event, Outcome
 from station.pipeline import STEPS
 
 # The prefix that sends a scan to one slot: "2:SN123" (slot number, 1-based) or "slot-2:SN123" (slot name).
-SCAN_HINT = "2:SERIAL sends it to slot 2"
+SCAN_HINT = N_("2:SERIAL sends it to slot 2")
 _PREFIX_RE = re.compile(r"^\s*([A-Za-z0-9._-]+)\s*:\s*(.*)$", re.DOTALL)
 _SLOT_NUMBER_RE = re.compile(r"[0-9]{1,4}")
 # A scan is a label's serial (at most 128 characters, station.naming) and perhaps a slot prefix. Longer is a
@@ -115,8 +115,8 @@ def _fresh_steps() -> dict[str, StepView]:
 class CardState:
     """One slot: its port and line state, the unit on it, its steps as they happen, and the last outcome.
 
-    The outcome stays until the next scan on the slot (`begin`), so an operator who looked away still sees
-    what to do with the unit in front of them.
+    The outcome stays until the next scan on the slot (`begin`) or until the screen's `card_reset_s` has
+    passed (`reset`), so an operator who looked away still sees what to do with the unit in front of them.
     """
 
     slot: str
@@ -147,11 +147,6 @@ class CardState:
         self.scans_accepted += 1
         if self.scans_accepted > self.units_started:
             self.begin(serial)
-
-    @property
-    def done(self) -> bool:
-        """The card shows a finished unit's outcome."""
-        return self.outcome is not None
 
     def screen_problem(self, error_name: str) -> None:
         """The screen failed to show an update for this slot: say so on the card (the unit carries on)."""
