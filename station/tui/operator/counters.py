@@ -17,7 +17,8 @@ def counters_text(
 ) -> Content:
     fpy = counters.first_pass_yield
     uph = counters.units_per_hour(now)
-    # What failed attempts left in AWS until the line's cleaner has removed it (shown only while it is there).
+    # What failed attempts left in AWS until the line's cleaner has removed it (shown only while it is there,
+    # before the yield and the rate, so a narrow screen cuts those rather than the warning).
     pending = (
         (("   ⚠ cleanup pending: ", "bold $warning"), (str(cleanup_pending), "bold"))
         if cleanup_pending
@@ -31,11 +32,11 @@ def counters_text(
         (str(counters.failed), "bold"),
         ("   ⚠ ERROR ", "bold $warning"),
         (str(counters.errored), "bold"),
+        *pending,
         "   first-pass yield ",
         ("–" if fpy is None else f"{fpy * 100:.0f}%", "bold"),
         "   units/h ",
         ("–" if uph is None else f"{uph:.0f}", "bold"),
-        *pending,
     )
 
 
