@@ -14,9 +14,9 @@ least-privilege default, rendering, the over-broad check) are `station.policy`'s
 
 Adding a key is one line in its table's class. A `[station]` key, for example:
 
-    bell: Annotated[Bool, Field(description="true or false")] = False
+    chime: Annotated[Bool, Field(description="true or false")] = False
 
-`StationConfig` extends `StationSettings`, so the value is `config.bell` at once (give a new key a default:
+`StationConfig` extends `StationSettings`, so the value is `config.chime` at once (give a new key a default:
 files without it, and code that builds a `StationConfig` itself, keep working). Use the TOML value types
 below (`Text`, `Int`, `Number`, `Bool`, `Table`); `Field(description=...)` says what is expected (shown when
 the key is missing or of the wrong type), `Field(alias=...)` names a key whose attribute is spelt
@@ -28,7 +28,8 @@ validated table key by key.
 Layout (every table is keyed by name; see fixtures/configs/station.toml):
 
     [station]            id, ledger, operator?, qa_pin_hash? (or a plain qa_pin: lab and demo),
-                         cleanup_interval_s?, cleanup_max_interval_s?, language?, [station.labels]
+                         cleanup_interval_s?, cleanup_max_interval_s?, language?, card_reset_s?, bell?,
+                         [station.labels]
     [targets.NAME]       region, policy_name, policy_document | policy_file, profile? role_arn? …
     [targets.NAME.issuer] certificate_file, key_file, passphrase_env?
     [products.NAME]      serial_pattern, flasher, target, on_reprovision ("refuse" | "replace"),
@@ -332,6 +333,14 @@ class StationSettings:
         _pattern(_LANGUAGE_RE, "a language code such as 'en' or 'ja'"),
     ] = None
     labels: Annotated[LabelSettings | None, Field(description="a [station.labels] table")] = None
+    # The operator screen: a finished unit's card returns to READY after this many seconds (0: only on the
+    # next scan for its slot); the terminal bell rings on FAIL and ERROR unless `bell` is false.
+    card_reset_s: Annotated[
+        Number,
+        Field(description="seconds (0: keep the outcome until the next scan)"),
+        _check(lambda v: None if 0 <= v <= 86400 else f"expected 0 (never) to 86400 seconds, got {v}."),
+    ] = 30.0
+    bell: Annotated[Bool, Field(description="true or false")] = True
 
 
 class _Schema(BaseModel):

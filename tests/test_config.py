@@ -98,6 +98,26 @@ def test_on_reprovision_defaults_to_refuse_and_takes_only_refuse_or_replace(tmp_
     assert f":{line_of(wrong, 'on_reprovision')}" in line
 
 
+def test_the_operator_screens_card_reset_and_bell(tmp_path: Path) -> None:
+    from station.tui.api import station_info
+
+    default = load_config(write(tmp_path, MINIMAL))
+    assert (default.card_reset_s, default.bell) == (30.0, True)
+    chosen = MINIMAL.replace(
+        'ledger = "ledger.sqlite"\n', 'ledger = "ledger.sqlite"\ncard_reset_s = 0\nbell = false\n'
+    )
+    cfg = load_config(write(tmp_path, chosen))
+    assert (cfg.card_reset_s, cfg.bell) == (0.0, False)
+    info = station_info(cfg)
+    assert (info.card_reset_s, info.bell) == (0.0, False)  # what the operator screen is given
+    wrong = MINIMAL.replace(
+        'ledger = "ledger.sqlite"\n', 'ledger = "ledger.sqlite"\ncard_reset_s = -5\nbell = "yes"\n'
+    )
+    lines = problems(tmp_path, wrong)
+    assert "-5" in problem_for(lines, "card_reset_s")
+    assert "true or false" in problem_for(lines, "bell")
+
+
 def test_production_like_fixture() -> None:
     cfg = load_config(CONFIGS / "station.toml")
     assert cfg.station_id == "line1-station3" and cfg.operator == "day-shift" and cfg.qa_pin is None

@@ -28,6 +28,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from station.errors import StationFault
@@ -319,7 +320,7 @@ def run_interactive(args: argparse.Namespace) -> int:
     from station.desk import QaServices
 
     relay = EventRelay()
-    # The operator types the serial of a unit in a jig (the welcome and the help panel list them, faulty ones
+    # The operator types the serial of a unit in a jig (the help panel, F1, lists them, faulty ones
     # marked); the station sends it to the jig holding that unit (PROV/1, whose label is its id) or to the
     # family's free jig. A fresh unit goes into a jig after each unit; every third put in is a faulty demo
     # unit (FAIL and its rollback), decided when it is put in, so the announced ones are the ones that FAIL.
@@ -333,7 +334,7 @@ def run_interactive(args: argparse.Namespace) -> int:
             line=demo.line,
             put_in_jig=demo.put_back,  # QA's re-verify: the recorded unit goes back into the chosen jig
         )
-        code = run_app(demo.config, demo.line, qa=qa, relay=relay, welcome=welcome(demo, every))
+        code = run_app(demo.config, demo.line, qa=qa, relay=relay, help_content=demo_help(demo, every))
     if code:
         from station.commands.run import screen_ended
 
@@ -341,21 +342,32 @@ def run_interactive(args: argparse.Namespace) -> int:
     return 0
 
 
-def welcome(demo: Any, every: int) -> str:
-    """What the newcomer reads first: the serial of the unit in each jig, which of them are faulty, what to do."""
+def demo_help(demo: Any, every: int) -> Callable[[], Any]:
+    """The help panel's content (F1), read when it opens: the units in the jigs now, which are faulty, the PIN."""
     from station.i18n import _
     from station.lab.lab import LAB_QA_PIN
+    from station.tui import HelpContent, JigUnit
 
-    units = demo.jig_units()
-    jigs = ", ".join(f"{u.slot} {u.family} {u.serial}" for u in units)
-    faulty = ", ".join(f"{u.serial} ({u.fault_text})" for u in units if u.faulty)
-    text = _("This is the lab, not AWS. Type the serial of a unit in a jig and press Enter: {jigs}.").format(
-        jigs=jigs
-    )
-    if faulty:
-        text += " " + _("Faulty demo units, watch them FAIL and roll back: {units}.").format(units=faulty)
-    text += " " + _("Every {nth}unit put in a jig is a faulty demo unit.").format(nth=_nth(every))
-    return text + " " + _("F3 opens the QA desk (PIN {pin}); Ctrl+Q quits.").format(pin=LAB_QA_PIN)
+    def content() -> HelpContent:
+        units = tuple(
+            JigUnit(slot=unit.slot, family=unit.family, serial=unit.serial, fault=unit.fault_text)
+            for unit in demo.jig_units()  # the demo's own list: the faulty ones are the ones that FAIL
+        )
+        return HelpContent(
+            intro=_("This is the lab, not AWS: every jig holds a simulated unit."),
+            scan=(
+                _(
+                    "Scan (type) the serial of a unit listed above; after each unit, its jig gets a fresh one."
+                ),
+            ),
+            units=units,
+            faults=_(
+                "Every {nth}unit put in a jig is a faulty demo unit: watch it FAIL and roll back."
+            ).format(nth=_nth(every)),
+            qa_pin=LAB_QA_PIN,
+        )
+
+    return content
 
 
 def _nth(n: int) -> str:

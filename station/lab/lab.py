@@ -295,7 +295,7 @@ class Lab:
             f"id = {json.dumps(station_id)}",
             f"ledger = {json.dumps(ledger)}",
             'operator = "trainee"',
-            # The lab's QA PIN is 0000 (the demo's welcome says so); even here only its salted hash is kept.
+            # The lab's QA PIN is 0000 (the demo's help panel, F1, says so); even here only its salted hash is kept.
             f"qa_pin_hash = {json.dumps(hash_pin(LAB_QA_PIN))}",
             "",
         ]

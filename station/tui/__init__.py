@@ -8,6 +8,7 @@ through a core module (import-linter checks).
 """
 
 from station.tui.app import StationApp, build_app, run_app
+from station.tui.operator.help import HelpContent, JigUnit
 from station.tui.relay import EventRelay
 
-__all__ = ["EventRelay", "StationApp", "build_app", "run_app"]
+__all__ = ["EventRelay", "HelpContent", "JigUnit", "StationApp", "build_app", "run_app"]

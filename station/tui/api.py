@@ -127,6 +127,10 @@ class StationInfo:
     targets: tuple[TargetInfo, ...] = ()
     slot_products: dict[str, str] = field(default_factory=dict)  # slot name → product
     qa_pin: str | None = field(default=None, repr=False)  # stored form: scrypt hash, or plain (lab)
+    # The operator screen's habits ([station] card_reset_s, bell): a finished card back to READY after this
+    # many seconds (0: on the next scan only), and the terminal bell on FAIL and ERROR.
+    card_reset_s: float = 30.0
+    bell: bool = True
 
     @property
     def lab(self) -> bool:
@@ -171,4 +175,6 @@ def station_info(config: Any, *, operator: str | None = None) -> StationInfo:
         ),
         slot_products=slot_products,
         qa_pin=stored_pin(config),  # the stored form: a scrypt hash, or the lab's plain PIN
+        card_reset_s=float(getattr(config, "card_reset_s", 30.0)),
+        bell=bool(getattr(config, "bell", True)),
     )

@@ -26,9 +26,13 @@ from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.notifications import SeverityLevel
 
+from station.i18n import _
+from station.model import Event
 from station.qapin import PinGuard
 from station.tui.api import LineAPI, QaServicesAPI, StationInfo, station_info
+from station.tui.operator.help import HelpSource
 from station.tui.operator.screen import OperatorScreen
+from station.tui.operator.shift import SHIFT_SERIAL, SHIFT_STEP
 from station.tui.qa.desk import QaDeskScreen
 from station.tui.qa.pin import PinScreen
 from station.tui.relay import EventRelay
@@ -54,10 +58,9 @@ class StationApp(App[None]):
         qa: QaServicesAPI | None = None,
         clock: Callable[[], float] = time.time,
         poll_interval: float | None = 1.0,
-        welcome: str | None = None,
+        help_content: HelpSource | None = None,
     ) -> None:
         super().__init__()
-        self.welcome = welcome  # shown once when the screen opens (the demo says what to type)
         self.line = line
         self.info = info
         self.relay = relay
@@ -65,7 +68,14 @@ class StationApp(App[None]):
         self.clock = clock
         # Read once, before the app runs: the screen needs the slot list to lay out its cards.
         self.operator = OperatorScreen(
-            line, info, line.slots(), relay=relay, clock=clock, poll_interval=poll_interval
+            line,
+            info,
+            line.slots(),
+            relay=relay,
+            clock=clock,
+            poll_interval=poll_interval,
+            help_content=help_content,  # F1 (the demo names its units and PIN there)
+            on_shift_change=self._record_shift if getattr(qa, "ledger", None) is not None else None,
         )
         self._quit_armed_at: float | None = None
         self._pin_guard: PinGuard | None = None
@@ -86,9 +96,32 @@ class StationApp(App[None]):
     def get_default_screen(self) -> OperatorScreen:
         return self.operator
 
-    def on_mount(self) -> None:
-        if self.welcome:
-            self.notify(self.welcome, title="Welcome", timeout=20)
+    def _record_shift(self, data: dict[str, Any]) -> None:
+        """The shift change into the ledger's event log (called off the UI thread by the operator screen)."""
+        ledger = getattr(self.qa, "ledger", None)
+        if ledger is None:
+            return
+        if self.info.operator:
+            data = {**data, "operator": self.info.operator}
+        ledger.append_event(
+            Event(
+                "note",
+                SHIFT_SERIAL,
+                step=SHIFT_STEP,
+                title="Shift change",
+                message=f"Shift {data.get('shift')} ended; shift {int(data.get('shift') or 0) + 1} started.",
+                data=data,
+                at=float(data.get("ended_at") or time.time()),
+            )
+        )
+
+    def tell(self, text: str, severity: SeverityLevel = "information") -> None:
+        """One sentence for the person at the screen: the operator screen's message line, else a notification."""
+        if self.screen is self.operator:
+            level = {"information": "info", "warning": "warning", "error": "error"}[severity]
+            self.operator.say(text, level)  # type: ignore[arg-type]
+        else:
+            self.notify(text, severity=severity)
 
     def on_unmount(self) -> None:
         if self.relay is not None:
@@ -100,10 +133,8 @@ class StationApp(App[None]):
         armed = self._quit_armed_at is not None and now - self._quit_armed_at < QUIT_CONFIRM_S
         if self.operator.busy and not armed:
             self._quit_armed_at = now
-            self.notify(
-                "Units are still in progress; press Ctrl+Q again to quit (they finish first).",
-                title="Units in progress",
-                severity="warning",
+            self.tell(
+                _("Units are still in progress; press Ctrl+Q again to quit (they finish first)."), "warning"
             )
             return
         if self.relay is not None:
@@ -112,17 +143,11 @@ class StationApp(App[None]):
 
     def action_open_qa(self) -> None:
         if self.qa is None:
-            self.notify(
-                "This station has no QA desk (no ledger was given).", title="QA desk", severity="warning"
-            )
+            self.tell(_("This station has no QA desk (no ledger was given)."), "warning")
             return
         pin = self.info.qa_pin
         if not pin:
-            self.notify(
-                "No QA PIN is configured, so the QA desk stays closed.",
-                title="QA desk closed",
-                severity="warning",
-            )
+            self.tell(_("No QA PIN is configured, so the QA desk stays closed."), "warning")
             return
         qa = self.qa
         if self._pin_guard is None:
@@ -145,12 +170,18 @@ def build_app(
     operator: str | None = None,
     clock: Callable[[], float] = time.time,
     poll_interval: float | None = 1.0,
-    welcome: str | None = None,
+    help_content: HelpSource | None = None,
 ) -> StationApp:
     """The app over `line` for a `StationConfig`; the QA desk works when its services (`qa`) are given."""
     info = station_info(config, operator=operator)
     return StationApp(
-        line=line, info=info, relay=relay, qa=qa, clock=clock, poll_interval=poll_interval, welcome=welcome
+        line=line,
+        info=info,
+        relay=relay,
+        qa=qa,
+        clock=clock,
+        poll_interval=poll_interval,
+        help_content=help_content,
     )
 
 
@@ -161,7 +192,7 @@ def run_app(
     qa: QaServicesAPI | None = None,
     relay: EventRelay | None = None,
     operator: str | None = None,
-    welcome: str | None = None,
+    help_content: HelpSource | None = None,
 ) -> int:
     """Run the operator screen until the operator quits; 0, or non-zero when the screen ended on an error.
 
@@ -169,6 +200,6 @@ def run_app(
     desk's services (`station.desk.QaServices`), built by the caller. The caller stops the line afterwards,
     and turns a non-zero result into a non-zero exit (a supervisor restarts it).
     """
-    app = build_app(config, line, qa=qa, relay=relay, operator=operator, welcome=welcome)
+    app = build_app(config, line, qa=qa, relay=relay, operator=operator, help_content=help_content)
     app.run()
     return app.return_code or 0

@@ -1,4 +1,4 @@
-"""The operator screen's state as plain data: scan parsing, one slot card, the shift's counters.
+"""The operator screen's state as plain data: scan parsing, one slot card, the shift's counters, the history.
 
 Kept apart from the widgets so it can be tested without a terminal and so the widgets only draw. Everything
 here runs on the UI thread (the app feeds it messages); nothing here blocks or does I/O.
@@ -9,20 +9,26 @@ It must not import textual, or any AWS, serial or crypto library.
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from station.errors import InputError
+from station.i18n import N_, _
 from station.model import Event, Outcome
 from station.pipeline import STEPS
 
 # The prefix that sends a scan to one slot: "2:SN123" (slot number, 1-based) or "slot-2:SN123" (slot name).
-SCAN_HINT = "2:SERIAL sends it to slot 2"
+SCAN_HINT = N_("2:SERIAL sends it to slot 2")
 _PREFIX_RE = re.compile(r"^\s*([A-Za-z0-9._-]+)\s*:\s*(.*)$", re.DOTALL)
 _SLOT_NUMBER_RE = re.compile(r"[0-9]{1,4}")
 # A scan is a label's serial (at most 128 characters, station.naming) and perhaps a slot prefix. Longer is a
 # stuck key or a scanner reading the wrong code, refused before any parsing.
 MAX_SCAN_CHARS = 160
+# What ends a scan: Enter (CR), a scanner set to LF or CR LF. Several scans can arrive in one read (a paste, a
+# fast scanner); each line is its own scan.
+_SCAN_END_RE = re.compile(r"\r\n|\r|\n")
+HISTORY_SIZE = 20  # units in the history pane
 
 OUTCOME_LABEL = {
     Outcome.PASS: "✔ PASS",
@@ -31,6 +37,17 @@ OUTCOME_LABEL = {
     Outcome.DONE: "● DONE",  # a QA action that proved nothing about the identity
 }
 STEP_MARK = {"pending": "·", "running": "▶", "ok": "✓", "failed": "✗"}
+
+
+def split_scans(text: str) -> tuple[list[str], str]:
+    """(complete scans, the unfinished rest) of text that may hold several scans ended by CR, LF or CR LF.
+
+    "SIM0006\rSIM0007\n" is two scans and no rest; "SIM0006\rSIM00" is one scan and "SIM00" still being
+    typed. Blank lines are dropped (a CR LF scanner, or Enter pressed twice).
+    """
+    parts = _SCAN_END_RE.split(text)
+    rest = parts.pop()
+    return [part for part in parts if part.strip()], rest
 
 
 def parse_scan(text: str, slot_names: Sequence[str]) -> tuple[str | None, str]:
@@ -98,8 +115,8 @@ def _fresh_steps() -> dict[str, StepView]:
 class CardState:
     """One slot: its port and line state, the unit on it, its steps as they happen, and the last outcome.
 
-    The outcome stays until the next scan on the slot (`begin`), so an operator who looked away still sees
-    what to do with the unit in front of them.
+    The outcome stays until the next scan on the slot (`begin`) or until the screen's `card_reset_s` has
+    passed (`reset`), so an operator who looked away still sees what to do with the unit in front of them.
     """
 
     slot: str
@@ -133,9 +150,15 @@ class CardState:
 
     def screen_problem(self, error_name: str) -> None:
         """The screen failed to show an update for this slot: say so on the card (the unit carries on)."""
-        self.message = f"The screen missed an update for this slot ({error_name}); the unit itself carries on in the line."
-        who = f"station show {self.serial}" if self.serial else "the station log"
-        self.next_action = f"Wait for the outcome; if the card does not show one, check `{who}`."
+        self.message = _(
+            "The screen missed an update for this slot ({error}); the unit itself carries on in the line."
+        ).format(error=error_name)
+        self.next_action = _("Wait for the outcome; if none shows, call a technician.")
+
+    def reset(self) -> None:
+        """Back to READY: the finished unit is gone from the card (its outcome stays in the history and log)."""
+        self.begin("")
+        self.state = "idle"
 
     def begin(self, serial: str) -> None:
         """A new unit on this slot: forget the previous one."""
@@ -240,3 +263,54 @@ class Counters:
         recent = sum(1 for t in self.finished_at if t >= since)
         span = max(self.MIN_SPAN_S, min(self.WINDOW_S, now - self.first_start))
         return recent * 3600.0 / span
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One finished unit as the history pane lists it."""
+
+    serial: str
+    outcome: Outcome
+    slot: str
+    at: float
+
+
+@dataclass
+class History:
+    """The last `HISTORY_SIZE` finished units, newest first."""
+
+    size: int = HISTORY_SIZE
+    entries: deque[HistoryEntry] = field(default_factory=deque)
+
+    def add(self, entry: HistoryEntry) -> None:
+        self.entries.appendleft(entry)
+        while len(self.entries) > self.size:
+            self.entries.pop()
+
+    def newest_first(self) -> list[HistoryEntry]:
+        return list(self.entries)
+
+
+@dataclass
+class Shift:
+    """One shift on the screen: its number (1 when the screen opens), when it began, and its counters."""
+
+    number: int = 1
+    started_at: float | None = None
+    counters: Counters = field(default_factory=Counters)
+
+    def next(self, at: float) -> Shift:
+        """The shift that follows this one: counters from zero."""
+        return Shift(number=self.number + 1, started_at=at)
+
+    def summary(self) -> dict[str, object]:
+        """The ended shift's figures, for the shift event (plain values, not translated)."""
+        fpy = self.counters.first_pass_yield
+        return {
+            "shift": self.number,
+            "started_at": self.started_at,
+            "pass": self.counters.passed,
+            "fail": self.counters.failed,
+            "error": self.counters.errored,
+            "first_pass_yield": None if fpy is None else round(fpy, 4),
+        }

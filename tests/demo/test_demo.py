@@ -562,7 +562,7 @@ def test_interactive_demo_is_a_mixed_line_and_a_scan_goes_to_a_slot_of_its_famil
     def fake_run_app(config: Any, line: Any, *, qa: Any = None, relay: Any = None, **kw: Any) -> int:
         seen["products"] = {name: p.flasher for name, p in config.products.items()}
         seen["slot_products"] = {name: s.product for name, s in config.slots.items()}
-        seen["welcome"] = kw.get("welcome")
+        seen["help"] = kw["help_content"]()  # what F1 shows before any scan
         demo = qa._put_in_jig.__self__  # the DemoLine behind the screen
         seen["announced"] = {u.serial: u for u in demo.jig_units()}
         # What a newcomer does: type the serial of each unit the demo names, in any order, without a slot number.
@@ -606,8 +606,14 @@ def test_interactive_demo_is_a_mixed_line_and_a_scan_goes_to_a_slot_of_its_famil
     # the PROV/1 one.
     assert seen["busy"] in ("No free slot", "No free slot for this unit", "Unit not in a free jig")
     assert seen["foreign"][0] == "Serial not for this line" and "EL[0-9]{4,8}" in seen["foreign"][1]
+    # F1 names the unit waiting in each jig (its slot, family and serial), which one is faulty and how, and the
+    # QA PIN; the faulty one is the one that FAILs (checked above).
+    help_units = {unit.serial: unit for unit in seen["help"].units}
+    assert set(help_units) == set(seen["announced"])
     for serial, unit in seen["announced"].items():
-        assert f"{unit.slot} {unit.family} {serial}" in seen["welcome"]
+        shown = help_units[serial]
+        assert (shown.slot, shown.family, shown.fault) == (unit.slot, unit.family, unit.fault_text)
     (faulty,) = [u for u in seen["announced"].values() if u.faulty]
-    assert f"watch them FAIL and roll back: {faulty.serial} ({faulty.fault_text})." in seen["welcome"]
+    assert help_units[faulty.serial].fault
+    assert seen["help"].qa_pin and "faulty" in seen["help"].faults
     leftovers.assert_clean()

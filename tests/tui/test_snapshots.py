@@ -116,6 +116,29 @@ def test_snapshot_fail_production(snap_compare: Any) -> None:
     assert snap_compare(app, run_before=scanned_to(app, "s1", Outcome.FAIL), terminal_size=(80, 24))
 
 
+def test_snapshot_outcomes_roomy(snap_compare: Any) -> None:
+    """120×40: the big outcomes with every step, the history pane beside the cards."""
+    app, _ = operator_app()
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await pilot.pause()
+        for index, serial in enumerate(("SN00000001", "SN00000002", "SN00000003"), start=1):
+            await type_scan(pilot, f"{index}:{serial}")
+        await wait_until(
+            pilot,
+            lambda: (
+                [outcome_of(app, s) for s in ("s1", "s2", "s3")]
+                == [Outcome.PASS, Outcome.FAIL, Outcome.ERROR]
+            ),
+            what="three outcomes",
+        )
+        await settle(pilot)
+        assert len(app.operator.history.newest_first()) == 3
+        assert app.query_one("#history").display
+
+    assert snap_compare(app, run_before=run_before, terminal_size=(120, 40))
+
+
 def test_snapshot_qa_desk(snap_compare: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The ledger dates its own "record" event with the wall clock: mask every time shown on the desk.
     monkeypatch.setattr(desk_module, "_when", lambda at: "YYYY-MM-DD hh:mm:ss" if at else "")

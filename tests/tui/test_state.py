@@ -206,3 +206,45 @@ def test_a_reserved_slot_says_so_instead_of_ready() -> None:
     assert "READY" in str(banner_text(CardState(slot="s1")))
     reserved = str(banner_text(CardState(slot="s1", state="reserved")))
     assert "RESERVED" in reserved and "READY" not in reserved
+
+
+@pytest.mark.parametrize(
+    ("text", "scans", "rest"),
+    [
+        ("SIM0006\rSIM0007\n", ["SIM0006", "SIM0007"], ""),  # a fast scanner: CR, then LF, in one read
+        ("SIM0006\r\nSIM0007\r\n", ["SIM0006", "SIM0007"], ""),  # CR LF is one end, not two
+        ("SIM0006\rSIM00", ["SIM0006"], "SIM00"),  # the next scan still being typed
+        ("SIM0006", [], "SIM0006"),
+        ("\r\n\n", [], ""),  # Enter pressed on nothing: no scans
+    ],
+)
+def test_split_scans(text: str, scans: list[str], rest: str) -> None:
+    from station.tui.state import split_scans
+
+    assert split_scans(text) == (scans, rest)
+
+
+def test_a_card_reset_is_ready_again_and_a_shift_starts_from_zero() -> None:
+    from station.tui.state import Shift
+
+    card = CardState(slot="s1")
+    card.apply(Event(kind="unit_started", serial="SN1", slot="s1"))
+    card.apply(Event(kind="unit_finished", serial="SN1", slot="s1", outcome="FAIL", title="t"))
+    assert card.outcome == Outcome.FAIL and card.serial == "SN1"
+    card.reset()
+    assert (card.outcome, card.serial, card.state, card.title) == (None, "", "idle", "")
+    assert card.units_started == 1  # a late acceptance of that unit's scan still does not wipe a newer one
+
+    shift = Shift(started_at=10.0)
+    shift.counters.finished("SN1", Outcome.PASS, 20.0)
+    shift.counters.finished("SN2", Outcome.FAIL, 30.0)
+    nxt = shift.next(40.0)
+    assert (nxt.number, nxt.started_at, nxt.counters.total) == (2, 40.0, 0)
+    assert shift.summary() == {
+        "shift": 1,
+        "started_at": 10.0,
+        "pass": 1,
+        "fail": 1,
+        "error": 0,
+        "first_pass_yield": 0.5,
+    }

@@ -250,3 +250,35 @@ async def type_scan(pilot: Pilot[Any], text: str) -> None:
         app.post_message(events.Key(_key_name(char), char))
     app.post_message(events.Key("enter", "\r"))
     await pilot.pause()
+
+
+async def feed_terminal(pilot: Pilot[Any], data: str) -> None:
+    """`data` as one read from the terminal: parsed by Textual's own xterm parser, its events posted at once.
+
+    A scanner set to CR or LF, or two scans in one read, arrive like this in a real terminal.
+    """
+    from textual._xterm_parser import XTermParser
+
+    parser = XTermParser()
+    app = pilot.app
+    for event in parser.feed(data):
+        app.post_message(event)
+    await pilot.pause()
+
+
+def shown_word(app: Any, index: int) -> str | None:
+    """The outcome word card `index` shows in big letters, or None (no outcome shown)."""
+    from textual.widgets import Static
+
+    from station.tui.operator.bigtext import big_lines
+
+    text = str(app.query_one(f"#card-{index} #card-banner", Static).render())
+    for word in ("PASS", "FAIL", "ERROR", "DONE"):
+        if text == "\n".join(big_lines(word)):
+            return word
+    return None
+
+
+def message_text(app: Any) -> str:
+    """The operator screen's message line."""
+    return str(app.operator.query_one("#message").render())
