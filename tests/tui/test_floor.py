@@ -25,6 +25,7 @@ from tui_fakes import (
     wait_until,
 )
 
+from station.desk import QaServices
 from station.model import Event, Outcome
 from station.tui.api import StationInfo
 from station.tui.app import StationApp, build_app
@@ -255,7 +256,7 @@ async def test_a_shift_change_resets_the_counters_and_is_recorded(
     ledger = make_ledger(tmp_path)
     relay = EventRelay()
     line = ScriptedLine(PORTS, on_event=relay, scripts=dict(SCRIPTS))
-    app = build_app(config, line, ledger, relay=relay, poll_interval=None)
+    app = build_app(config, line, qa=QaServices(config, ledger, line=line), relay=relay, poll_interval=None)
     try:
         async with app.run_test(size=size) as pilot:
             await type_scan(pilot, "1:SN00000001")

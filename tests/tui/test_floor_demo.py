@@ -7,11 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from station.demo import DemoLine
 from textual.widgets import Static
 from tui_fakes import shown_word, type_scan, wait_until
 
 from station.commands.demo import demo_help
+from station.desk import QaServices
+from station.lab.demo import DemoLine
 from station.model import Outcome
 from station.tui.app import build_app
 from station.tui.operator.help import HelpScreen
@@ -37,7 +38,7 @@ async def test_help_names_the_jigs_units_and_a_real_disconnect_reads_as_plain_wo
         app = build_app(
             demo.config,
             demo.line,
-            demo.ledger,
+            qa=QaServices(demo.config, demo.ledger, line=demo.line),
             relay=relay,
             help_content=demo_help(demo, 3),
             poll_interval=0.2,
