@@ -14,7 +14,7 @@ stays in the environment variable the config names), or write anything.
 
 Layout (every table is keyed by name; see fixtures/configs/station.toml):
 
-    [station]            id, ledger, operator?, qa_pin_hash? (or a plain qa_pin: lab and demo),
+    [station]            id, ledger, operator?, language?, qa_pin_hash? (or a plain qa_pin: lab and demo),
                          cleanup_interval_s?, cleanup_max_interval_s?, [station.labels]
     [targets.NAME]       region, policy_name, policy_document | policy_file, profile? role_arn? …
     [targets.NAME.issuer] certificate_file, key_file, passphrase_env?
@@ -71,6 +71,7 @@ _REGION_RE = re.compile(r"[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d{1,2}")
 _ACCOUNT_RE = re.compile(r"\d{12}")
 _ROLE_ARN_RE = re.compile(r"arn:aws[a-z-]*:iam::(\d{12}):role/[\w+=,.@/-]{1,512}")
 _STATION_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_LANGUAGE_RE = re.compile(r"[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})?")
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _POLICY_NAME_RE = re.compile(r"[\w+=,.@-]{1,128}")
 _HOST_RE = re.compile(
@@ -137,6 +138,8 @@ class StationConfig:
     station_id: str
     ledger_path: Path | str  # a file, or a shared ledger's URL (dynamodb://TABLE?region=…)
     operator: str | None = None
+    # The operator's language ("en", "ja"); None: `--lang`, else the locale (station.i18n).
+    language: str | None = None
     qa_pin: str | None = field(default=None, repr=False)  # not a key, but no reason to print it
     # The line's cleaner (station.cleanup): first retry after this, backing off up to the maximum.
     cleanup_interval_s: float = 10.0
@@ -395,6 +398,7 @@ def _station_section(c: _Checker, data: Mapping[str, Any]) -> dict[str, Any]:
         (
             "id",
             "operator",
+            "language",
             "ledger",
             "qa_pin",
             "qa_pin_hash",
@@ -412,6 +416,13 @@ def _station_section(c: _Checker, data: Mapping[str, Any]) -> dict[str, Any]:
         what="a station id such as 'line1-station3'",
     )
     operator = c.get(table, (*keypath, "operator"), str)
+    language = c.get(
+        table,
+        (*keypath, "language"),
+        str,
+        check=_pattern_check(_LANGUAGE_RE, "a language code such as 'en' or 'ja'"),
+        what="a language code such as 'en' or 'ja'",
+    )
     ledger = c.get(
         table,
         (*keypath, "ledger"),
@@ -460,6 +471,7 @@ def _station_section(c: _Checker, data: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "station_id": station_id,
         "operator": operator,
+        "language": language,
         # A shared ledger (several stations) is a URL and stays one; a file is resolved against the config.
         "ledger_path": (
             ledger
@@ -1061,6 +1073,7 @@ def validate_config(data: Mapping[str, Any], *, path: Path, text: str = "") -> S
         station_id=station["station_id"],
         ledger_path=station["ledger_path"],
         operator=station["operator"],
+        language=station["language"],
         qa_pin=station["qa_pin"],
         cleanup_interval_s=station["cleanup_interval_s"],
         cleanup_max_interval_s=station["cleanup_max_interval_s"],

@@ -62,6 +62,7 @@ from botocore.exceptions import (
 
 from station.config import is_over_broad, render_policy
 from station.errors import CertificateRejected, StationError, StationFault, UnitFault
+from station.i18n import N_, _
 from station.identity import certificate_id as local_certificate_id
 from station.identity import check_aws_acceptance
 from station.model import Identity, Target
@@ -123,7 +124,7 @@ _INVALID_REQUEST = "InvalidRequestException"
 ORIGINS = ("unit", "station", "file")
 
 _TECHNICIAN = "Call a technician; the unit itself is fine, scan it again once this is fixed."
-_RECONCILE = (
+_RECONCILE = N_(
     "Run `station reconcile` to remove what is left (or call a technician); do not reuse this unit's "
     "certificate until it is cleaned up."
 )
@@ -454,61 +455,79 @@ class Registry:
             code = error_code(error)
             if code in CREDENTIAL_CODES:
                 return StationFault(
-                    "AWS credentials refused",
-                    f"AWS credentials for {where} were refused ({code}) on {api}.",
-                    "Call a technician: the station's AWS credentials or role are missing, expired or lack "
-                    "permission for this target.",
+                    _("AWS credentials refused"),
+                    _("AWS credentials for {where} were refused ({code}) on {api}.").format(
+                        where=where, code=code, api=api
+                    ),
+                    _(
+                        "Call a technician: the station's AWS credentials or role are missing, expired or lack "
+                        "permission for this target."
+                    ),
                 )
             if code in THROTTLING_CODES:
                 return throttled_fault(where, api, self.throttle_wait_s)
             if code in UNAVAILABLE_CODES or _http_status(error) >= 500:
                 return StationFault(
-                    "AWS IoT unavailable",
-                    f"AWS IoT in {where} failed ({code or _http_status(error)}) on {api}.",
-                    "Wait a minute and scan the unit again; if it keeps failing, call a technician.",
+                    _("AWS IoT unavailable"),
+                    _("AWS IoT in {where} failed ({error}) on {api}.").format(
+                        where=where, error=code or _http_status(error), api=api
+                    ),
+                    _("Wait a minute and scan the unit again; if it keeps failing, call a technician."),
                 )
             if code == "LimitExceededException":
                 return StationFault(
-                    "AWS limit reached",
-                    f"AWS IoT in {where} refused {api}: an account limit is reached ({code}).",
-                    "Call a technician: the account needs a limit increase or a clean-up.",
+                    _("AWS limit reached"),
+                    _("AWS IoT in {where} refused {api}: an account limit is reached ({code}).").format(
+                        where=where, api=api, code=code
+                    ),
+                    _("Call a technician: the account needs a limit increase or a clean-up."),
                 )
             return StationFault(
-                "AWS IoT refused a request",
-                f"AWS IoT in {where} refused {api} ({code or _http_status(error)}).",
-                "Call a technician with this message; the station log has the details.",
+                _("AWS IoT refused a request"),
+                _("AWS IoT in {where} refused {api} ({error}).").format(
+                    where=where, api=api, error=code or _http_status(error)
+                ),
+                _("Call a technician with this message; the station log has the details."),
             )
         if isinstance(error, (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError)):
             return StationFault(
-                "AWS credentials missing",
-                f"No usable AWS credentials for {where} ({type(error).__name__}).",
-                "Call a technician: configure the station's AWS profile or role for this target.",
+                _("AWS credentials missing"),
+                _("No usable AWS credentials for {where} ({error_type}).").format(
+                    where=where, error_type=type(error).__name__
+                ),
+                _("Call a technician: configure the station's AWS profile or role for this target."),
             )
         if isinstance(error, ProfileNotFound):
             return StationFault(
-                "AWS profile not found",
-                f"The AWS profile {self.target.profile!r} for target {self.target.name!r} does not exist.",
-                "Call a technician: create the profile or fix the target's profile in station.toml.",
+                _("AWS profile not found"),
+                _("The AWS profile {profile!r} for target {name!r} does not exist.").format(
+                    profile=self.target.profile, name=self.target.name
+                ),
+                _("Call a technician: create the profile or fix the target's profile in station.toml."),
             )
         if isinstance(error, NoRegionError):
             return StationFault(
-                "AWS region missing",
-                f"Target {self.target.name!r} has no region.",
-                "Call a technician: set the target's region in station.toml.",
+                _("AWS region missing"),
+                _("Target {name!r} has no region.").format(name=self.target.name),
+                _("Call a technician: set the target's region in station.toml."),
             )
         if isinstance(
             error, (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError)
         ):
             url = self.target.endpoint_url or f"AWS IoT in {self.target.region}"
             return StationFault(
-                "AWS IoT unreachable",
-                f"The station could not reach {url} for {where} ({type(error).__name__}).",
-                "Check the station's network connection (and proxy/firewall); then scan the unit again.",
+                _("AWS IoT unreachable"),
+                _("The station could not reach {url} for {where} ({error_type}).").format(
+                    url=url, where=where, error_type=type(error).__name__
+                ),
+                _("Check the station's network connection (and proxy/firewall); then scan the unit again."),
             )
         return StationFault(
-            "AWS call failed",
-            f"{api} for {where} failed ({type(error).__name__}).",
-            "Call a technician with this message; the station log has the details.",
+            _("AWS call failed"),
+            _("{api} for {where} failed ({error_type}).").format(
+                api=api, where=where, error_type=type(error).__name__
+            ),
+            _("Call a technician with this message; the station log has the details."),
         )
 
     # ------------------------------------------------------------------------------------------ account
@@ -566,10 +585,12 @@ class Registry:
             raise _rejected(error, origin) from None
         if identity.certificate_id and identity.certificate_id != cert_id:
             raise StationFault(
-                "Certificate id mismatch",
-                f"The identity says certificate id {identity.certificate_id[:12]}… but its certificate's "
-                f"SHA-256 is {cert_id[:12]}….",
-                "Call a technician: the station built an inconsistent identity.",
+                _("Certificate id mismatch"),
+                _(
+                    "The identity says certificate id {certificate_id}… but its certificate's "
+                    "SHA-256 is {cert_id}…."
+                ).format(certificate_id=identity.certificate_id[:12], cert_id=cert_id[:12]),
+                _("Call a technician: the station built an inconsistent identity."),
             )
         try:
             answer = self._call(
@@ -582,9 +603,11 @@ class Registry:
             if error_code(error) == _CERT_INVALID:
                 raise _rejected(
                     CertificateRejected(
-                        "Certificate not accepted by AWS IoT",
-                        f"AWS IoT in {self.where} refused the certificate ({_CERT_INVALID}).",
-                        "Issue a new certificate for this unit (RSA ≥ 2048 or EC P-256/P-384, SHA-256+).",
+                        _("Certificate not accepted by AWS IoT"),
+                        _("AWS IoT in {where} refused the certificate ({CERT_INVALID}).").format(
+                            where=self.where, CERT_INVALID=_CERT_INVALID
+                        ),
+                        _("Issue a new certificate for this unit (RSA ≥ 2048 or EC P-256/P-384, SHA-256+)."),
                     ),
                     origin,
                 ) from None
@@ -592,10 +615,12 @@ class Registry:
         if str(answer.get("certificateId")) != cert_id:
             # A registry naming the certificate differently breaks idempotency and revoke-by-id.
             raise StationFault(
-                "Registry disagrees on the certificate id",
-                f"AWS IoT in {self.where} named the certificate {answer.get('certificateId')!s:.12}…, "
-                f"not its SHA-256 {cert_id[:12]}….",
-                "Call a technician: this endpoint does not behave like AWS IoT.",
+                _("Registry disagrees on the certificate id"),
+                _(
+                    "AWS IoT in {where} named the certificate {certificateId!s:.12}…, "
+                    "not its SHA-256 {cert_id}…."
+                ).format(where=self.where, certificateId=answer.get("certificateId"), cert_id=cert_id[:12]),
+                _("Call a technician: this endpoint does not behave like AWS IoT."),
             )
         return self._registration(cert_id, str(answer["certificateArn"]), created=True)
 
@@ -622,14 +647,18 @@ class Registry:
             return registration
         if status == "REVOKED":
             raise UnitFault(
-                "Certificate revoked",
-                f"This certificate is revoked in {self.where}; AWS IoT will not accept it again.",
-                "Give the unit a new certificate (a new identity) and provision it again.",
+                _("Certificate revoked"),
+                _("This certificate is revoked in {where}; AWS IoT will not accept it again.").format(
+                    where=self.where
+                ),
+                _("Give the unit a new certificate (a new identity) and provision it again."),
             )
         raise StationFault(
-            "Certificate in an unexpected state",
-            f"This certificate is registered in {self.where} with status {status or 'unknown'}.",
-            "Call a technician: resolve the certificate's state in the AWS IoT console, then retry.",
+            _("Certificate in an unexpected state"),
+            _("This certificate is registered in {where} with status {unknown}.").format(
+                where=self.where, unknown=status or "unknown"
+            ),
+            _("Call a technician: resolve the certificate's state in the AWS IoT console, then retry."),
         )
 
     # ------------------------------------------------------------------------------------------ things
@@ -655,9 +684,11 @@ class Registry:
                     created = False  # another slot made it between our describe and create
                 else:
                     raise StationFault(
-                        "Thing type missing",
-                        f"The thing type {self.target.thing_type!r} does not exist in {self.where}.",
-                        "Call a technician: create the thing type or fix the target in station.toml.",
+                        _("Thing type missing"),
+                        _("The thing type {thing_type!r} does not exist in {where}.").format(
+                            thing_type=self.target.thing_type, where=self.where
+                        ),
+                        _("Call a technician: create the thing type or fix the target in station.toml."),
                     ) from error
         if self.target.thing_group:
             try:
@@ -673,9 +704,11 @@ class Registry:
                 if isinstance(error, StationError):
                     raise
                 raise StationFault(
-                    "Thing group missing",
-                    f"The thing group {self.target.thing_group!r} does not exist in {self.where}.",
-                    "Call a technician: create the thing group or fix the target in station.toml.",
+                    _("Thing group missing"),
+                    _("The thing group {thing_group!r} does not exist in {where}.").format(
+                        thing_group=self.target.thing_group, where=self.where
+                    ),
+                    _("Call a technician: create the thing group or fix the target in station.toml."),
                 ) from error
         return created
 
@@ -697,9 +730,11 @@ class Registry:
                 pass
             if not self.target.policy_document:
                 raise StationFault(
-                    "Device policy missing",
-                    f"The policy {name!r} does not exist in {self.where}.",
-                    "Call a technician: create the policy in AWS IoT or give the target a policy document.",
+                    _("Device policy missing"),
+                    _("The policy {name!r} does not exist in {where}.").format(name=name, where=self.where),
+                    _(
+                        "Call a technician: create the policy in AWS IoT or give the target a policy document."
+                    ),
                 )
             document = self.policy_document()
             reason = is_over_broad(document)
@@ -838,11 +873,13 @@ class Registry:
                 left.append(what)
         if left:
             raise StationFault(
-                "Observer not removed",
+                _("Observer not removed"),
                 f"Could not remove the station's observer in {self.where}: {', '.join(left)} remain"
                 + (f" ({first_error.message})" if first_error else "")
                 + ".",
-                f"Delete what is left (named {observer.name}) in the AWS IoT console, or call a technician.",
+                _("Delete what is left (named {name}) in the AWS IoT console, or call a technician.").format(
+                    name=observer.name
+                ),
             )
 
     def _delete_policy(self, name: str) -> None:
@@ -851,9 +888,11 @@ class Registry:
             "delete_policy",
             (_DELETE_CONFLICT,),
             lambda code: StationFault(
-                "Policy still attached",
-                f"AWS IoT in {self.where} would not delete policy {name!r} ({code}).",
-                _RECONCILE,
+                _("Policy still attached"),
+                _("AWS IoT in {where} would not delete policy {name!r} ({code}).").format(
+                    where=self.where, name=name, code=code
+                ),
+                _(_RECONCILE),
             ),
             policyName=name,
         )
@@ -930,11 +969,11 @@ class Registry:
                 left.append(f"thing {registration.thing_name!r}")
         if left:
             raise StationFault(
-                "Rollback incomplete",
+                _("Rollback incomplete"),
                 f"Could not undo everything in {self.where}: {', '.join(left)} remain"
                 + (f" ({first_error.message})" if first_error else "")
                 + ".",
-                _RECONCILE,
+                _(_RECONCILE),
             )
 
     def revoke(self, certificate_id: str, *, delete_thing: str | None = None) -> bool:
@@ -958,11 +997,13 @@ class Registry:
                 left.append(f"thing {delete_thing!r}")
         if left:
             raise StationFault(
-                "Revoke incomplete",
+                _("Revoke incomplete"),
                 f"Could not revoke everything in {self.where}: {', '.join(left)} remain"
                 + (f" ({first_error.message})" if first_error else "")
                 + ".",
-                "Retry `station revoke`; if it keeps failing, run `station reconcile` or call a technician.",
+                _(
+                    "Retry `station revoke`; if it keeps failing, run `station reconcile` or call a technician."
+                ),
             )
         return existed
 
@@ -1000,10 +1041,19 @@ class Registry:
             "delete_certificate",
             (_DELETE_CONFLICT, _CERT_STATE),
             lambda code: StationFault(
-                "Certificate still attached" if code == _DELETE_CONFLICT else "Certificate still active",
-                f"AWS IoT in {self.where} would not delete certificate {certificate_id[:12]}… "
-                f"({code}) within {self.delete_wait_s:.0f} s.",
-                _RECONCILE,
+                _("Certificate still attached")
+                if code == _DELETE_CONFLICT
+                else _("Certificate still active"),
+                _(
+                    "AWS IoT in {where} would not delete certificate {certificate_id}… "
+                    "({code}) within {delete_wait_s:.0f} s."
+                ).format(
+                    where=self.where,
+                    certificate_id=certificate_id[:12],
+                    code=code,
+                    delete_wait_s=self.delete_wait_s,
+                ),
+                _(_RECONCILE),
             ),
             certificateId=certificate_id,
         )
@@ -1034,9 +1084,11 @@ class Registry:
             "delete_thing",
             (_INVALID_REQUEST,),
             lambda code: StationFault(
-                "Thing still in use",
-                f"AWS IoT in {self.where} would not delete thing {name!r} ({code}).",
-                _RECONCILE,
+                _("Thing still in use"),
+                _("AWS IoT in {where} would not delete thing {name!r} ({code}).").format(
+                    where=self.where, name=name, code=code
+                ),
+                _(_RECONCILE),
             ),
             thingName=name,
         )
@@ -1192,15 +1244,19 @@ def _rejected(error: StationError, origin: str) -> StationError:
         return StationFault(
             error.title,
             error.message,
-            "Call a technician: the station's key type or certificate settings for this target are wrong.",
+            _("Call a technician: the station's key type or certificate settings for this target are wrong."),
         )
     return UnitFault(error.title, error.message, error.next_action)
 
 
 def _over_broad(name: str, where: str, reason: str) -> StationFault:
     return StationFault(
-        "Device policy too broad",
-        f"The policy {name!r} in {where} is too broad: {reason}.",
-        "Call a technician: use a least-privilege policy (thing policy variables), or mark the target as "
-        "lab if this is a test account.",
+        _("Device policy too broad"),
+        _("The policy {name!r} in {where} is too broad: {reason}.").format(
+            name=name, where=where, reason=reason
+        ),
+        _(
+            "Call a technician: use a least-privilege policy (thing policy variables), or mark the target as "
+            "lab if this is a test account."
+        ),
     )

@@ -17,6 +17,7 @@ from typing import Any
 from station.attempt import Attempt, outcome_of
 from station.config import StationConfig
 from station.errors import StationError, StationFault
+from station.i18n import _
 from station.ledger import AttemptRecord, Ledger
 from station.qa.common import (
     EventSink,
@@ -175,9 +176,11 @@ def plan_revoke(
         chosen = {k: v for k, v in chosen.items() if k[1].startswith(certificate_id.lower())}
         if not chosen:
             raise NotFound(
-                "Unknown certificate",
-                f"{serial} has no registered certificate {certificate_id!r} in the ledger.",
-                "Check the certificate id with `station show`.",
+                _("Unknown certificate"),
+                _("{serial} has no registered certificate {certificate_id!r} in the ledger.").format(
+                    serial=serial, certificate_id=certificate_id
+                ),
+                _("Check the certificate id with `station show`."),
             )
     return RevokePlan(serial, revoke_items(passed, chosen))
 
@@ -294,10 +297,12 @@ def _revoke_one(
             body,
             conclude=conclude,
             not_recorded=lambda detail: StationFault(
-                "Revoked but not recorded",
-                f"{attempt.events[-1].message if attempt.events else 'The revoke was done in AWS'} But the "
-                f"ledger could not record it ({detail}).",
-                "Call a technician to check the ledger, and note the revoke by hand.",
+                _("Revoked but not recorded"),
+                _("{AWS} But the ledger could not record it ({detail}).").format(
+                    AWS=attempt.events[-1].message if attempt.events else "The revoke was done in AWS",
+                    detail=detail,
+                ),
+                _("Call a technician to check the ledger, and note the revoke by hand."),
             ),
         )
     except StationError as error:

@@ -17,6 +17,7 @@ from typing import Any
 from station.attempt import outcome_of
 from station.config import StationConfig
 from station.errors import InputError, StationError, StationFault
+from station.i18n import _
 from station.identity import certificate_id as local_certificate_id
 from station.identity import check_aws_acceptance
 from station.ledger import AttemptRecord, Ledger
@@ -110,20 +111,24 @@ def plan_transfer(
     if not passed:
         where = f" in {source}" if source else ""
         raise NotFound(
-            "No certificate to transfer",
-            f"The ledger holds no PASS record of {serial}{where} with its certificate.",
-            "Check the serial and the source target with `station show`.",
+            _("No certificate to transfer"),
+            _("The ledger holds no PASS record of {serial}{where} with its certificate.").format(
+                serial=serial, where=where
+            ),
+            _("Check the serial and the source target with `station show`."),
         )
     record = passed[-1]
     src = find_target(config, record.target)
     if src.registry_key == dest.registry_key:
         raise InputError(
-            "Same registry",
-            f"Target {dest.name!r} is the same account and region as {src.name!r}, where {serial} is "
-            "registered already.",
-            "Choose a destination target in another account or region.",
+            _("Same registry"),
+            _(
+                "Target {name!r} is the same account and region as {name2!r}, where {serial} is "
+                "registered already."
+            ).format(name=dest.name, name2=src.name, serial=serial),
+            _("Choose a destination target in another account or region."),
         )
-    _, product, thing_name = unit_names(
+    _target, product, thing_name = unit_names(
         config,
         dest,
         serial,
@@ -294,10 +299,12 @@ def transfer_unit(
     if failed:
         message = (failed[0].error or {}).get("message", "")
         raise StationFault(
-            "Transfer half done",
-            f"{plan.serial}'s certificate now works in {dest.name}, but revoking it in {src.name} "
-            f"failed: {message}",
-            f"Run `station revoke {plan.serial} --target {src.name}` again; if it keeps failing, "
-            "call a technician.",
+            _("Transfer half done"),
+            _(
+                "{serial}'s certificate now works in {name}, but revoking it in {name2} failed: {message}"
+            ).format(serial=plan.serial, name=dest.name, name2=src.name, message=message),
+            _(
+                "Run `station revoke {serial} --target {name}` again; if it keeps failing, call a technician."
+            ).format(serial=plan.serial, name=src.name),
         )
     return TransferResult(plan, result, done)

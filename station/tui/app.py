@@ -24,8 +24,10 @@ from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.notifications import SeverityLevel
 
+from station.i18n import N_, _
 from station.qapin import PinGuard
 from station.tui.api import LineAPI, StationInfo, station_info
+from station.tui.bindings import translate_bindings
 from station.tui.operator.screen import OperatorScreen
 from station.tui.qa.desk import QaDeskScreen
 from station.tui.qa.pin import PinScreen
@@ -42,7 +44,7 @@ class StationApp(App[None]):
     TITLE = "station"
     # No command palette: every action has its own key, and an operator should not browse app commands.
     ENABLE_COMMAND_PALETTE = False
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("ctrl+q", "quit", "Quit", priority=True)]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("ctrl+q", "quit", N_("Quit"), priority=True)]
 
     def __init__(
         self,
@@ -56,6 +58,7 @@ class StationApp(App[None]):
         welcome: str | None = None,
     ) -> None:
         super().__init__()
+        translate_bindings(self)
         self.welcome = welcome  # shown once when the screen opens (the demo says what to type)
         self.line = line
         self.info = info
@@ -87,7 +90,7 @@ class StationApp(App[None]):
 
     def on_mount(self) -> None:
         if self.welcome:
-            self.notify(self.welcome, title="Welcome", timeout=20)
+            self.notify(self.welcome, title=_("Welcome"), timeout=20)
 
     def on_unmount(self) -> None:
         if self.relay is not None:
@@ -100,8 +103,8 @@ class StationApp(App[None]):
         if self.operator.busy and not armed:
             self._quit_armed_at = now
             self.notify(
-                "Units are still in progress; press Ctrl+Q again to quit (they finish first).",
-                title="Units in progress",
+                _("Units are still in progress; press Ctrl+Q again to quit (they finish first)."),
+                title=_("Units in progress"),
                 severity="warning",
             )
             return
@@ -112,14 +115,16 @@ class StationApp(App[None]):
     def action_open_qa(self) -> None:
         if self.qa is None:
             self.notify(
-                "This station has no QA desk (no ledger was given).", title="QA desk", severity="warning"
+                _("This station has no QA desk (no ledger was given)."),
+                title=_("QA desk"),
+                severity="warning",
             )
             return
         pin = self.info.qa_pin
         if not pin:
             self.notify(
-                "No QA PIN is configured, so the QA desk stays closed.",
-                title="QA desk closed",
+                _("No QA PIN is configured, so the QA desk stays closed."),
+                title=_("QA desk closed"),
                 severity="warning",
             )
             return

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from station.errors import InputError, StationError, StationFault, UnitFault
+from station.i18n import _
 from station.model import Target
 
 if TYPE_CHECKING:
@@ -70,9 +71,9 @@ class _IdleCheck:
         state = {s.name: s for s in self._line.slots()}.get(slot)
         if state is not None and state.state != "idle":
             raise InputError(
-                "Slot busy",
+                _("Slot busy"),
                 f"Slot {slot} is {state.state}" + (f" with {state.serial}." if state.serial else "."),
-                "Wait for it, or put the unit on a free slot.",
+                _("Wait for it, or put the unit on a free slot."),
             )
         return contextlib.nullcontext()
 
@@ -125,9 +126,9 @@ class QaServices:
         query = query.strip()
         if not query:
             raise InputError(
-                "Nothing to search",
-                "The search field is empty.",
-                "Type a serial, thing name or certificate id.",
+                _("Nothing to search"),
+                _("The search field is empty."),
+                _("Type a serial, thing name or certificate id."),
             )
         records = list(self.ledger.find(query))
         records.sort(key=lambda r: getattr(r, "finished_at", 0.0) or 0.0, reverse=True)
@@ -148,33 +149,45 @@ class QaServices:
                 "Ledger intact", f"{result.checked} rows checked; the hash chain is unbroken."
             )
         raise StationFault(
-            "Ledger tampered",
-            f"The hash chain breaks at {result.first_bad_row}: {result.reason}.",
-            "Do not ship; keep a copy of the ledger as evidence and call the quality lead with this message.",
+            _("Ledger tampered"),
+            _("The hash chain breaks at {first_bad_row}: {reason}.").format(
+                first_bad_row=result.first_bad_row, reason=result.reason
+            ),
+            _(
+                "Do not ship; keep a copy of the ledger as evidence and call the quality lead with this message."
+            ),
         )
 
     def export(self, fmt: str, path: str) -> ActionResult:
         """`station export --format FMT --out PATH` at the desk: every attempt record, CSV or JSON."""
         if fmt not in ("csv", "json"):
-            raise InputError("Unknown format", f"{fmt!r} is not an export format.", "Choose csv or json.")
+            raise InputError(
+                _("Unknown format"),
+                _("{fmt!r} is not an export format.").format(fmt=fmt),
+                _("Choose csv or json."),
+            )
         out = Path(path).expanduser()
         if not path.strip() or out.is_dir():
             raise InputError(
-                "No file name", f"{path!r} is not a file path.", "Type a file path such as records.csv."
+                _("No file name"),
+                _("{path!r} is not a file path.").format(path=path),
+                _("Type a file path such as records.csv."),
             )
         if not out.parent.is_dir():
             raise InputError(
-                "No such folder",
-                f"The folder {out.parent} does not exist.",
-                "Type a path in an existing folder.",
+                _("No such folder"),
+                _("The folder {parent} does not exist.").format(parent=out.parent),
+                _("Type a path in an existing folder."),
             )
         try:
             count = self.ledger.export(fmt, out)
         except OSError as error:
             raise InputError(
-                "Cannot write the file",
-                f"{out} cannot be written ({error.strerror or type(error).__name__}).",
-                "Choose a path you may write to.",
+                _("Cannot write the file"),
+                _("{out} cannot be written ({error_type}).").format(
+                    out=out, error_type=error.strerror or type(error).__name__
+                ),
+                _("Choose a path you may write to."),
             ) from None
         return ActionResult("Records exported", f"{count} records written to {out} ({fmt}).")
 
@@ -226,9 +239,11 @@ class QaServices:
         except Exception as error:
             log.exception("QA %s failed unexpectedly", action)
             raise StationFault(
-                f"{action.capitalize()} failed",
-                f"The station could not {action} ({type(error).__name__}); the details are in the station log.",
-                "Try again; if it fails again, call a technician.",
+                _("{capitalize} failed").format(capitalize=action.capitalize()),
+                _(
+                    "The station could not {action} ({error_type}); the details are in the station log."
+                ).format(action=action, error_type=type(error).__name__),
+                _("Try again; if it fails again, call a technician."),
             ) from error
 
     # ------------------------------------------------------------------------------------------ revoke
@@ -236,9 +251,11 @@ class QaServices:
         """What revoking the record's certificate in its target means (from the ledger), to be confirmed."""
         if not getattr(record, "certificate_id", ""):
             raise InputError(
-                "Nothing to revoke",
-                f"The record of {record.serial} has no certificate (the attempt never got that far).",
-                "Pick a record with a certificate id.",
+                _("Nothing to revoke"),
+                _("The record of {serial} has no certificate (the attempt never got that far).").format(
+                    serial=record.serial
+                ),
+                _("Pick a record with a certificate id."),
             )
         from station import qa  # loads boto3 and cryptography: only once QA acts
 
@@ -381,9 +398,9 @@ class QaServices:
         """
         if not path.strip():
             raise InputError(
-                "No file",
-                "The certificate file path is empty.",
-                "Type the path of a .pem, .der, .cer or .p12 file.",
+                _("No file"),
+                _("The certificate file path is empty."),
+                _("Type the path of a .pem, .der, .cer or .p12 file."),
             )
         from station import qa  # loads boto3 and cryptography: only once QA acts
 

@@ -29,8 +29,10 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, RichLog
 
 from station.errors import InputError, StationError
+from station.i18n import N_, _
 from station.model import Event, Outcome
 from station.tui.api import LineAPI, SlotLike, StationInfo
+from station.tui.bindings import translate_bindings
 from station.tui.messages import (
     CompensationRan,
     LineEventMessage,
@@ -69,9 +71,9 @@ class OperatorScreen(Screen[None]):
 
     AUTO_FOCUS = "#scan"
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("f2", "toggle_log", "Log"),
-        Binding("f3", "app.open_qa", "QA desk"),
-        Binding("escape", "clear_scan", "Clear scan", show=False),
+        Binding("f2", "toggle_log", N_("Log")),
+        Binding("f3", "app.open_qa", N_("QA desk")),
+        Binding("escape", "clear_scan", N_("Clear scan"), show=False),
     ]
 
     def __init__(
@@ -85,6 +87,7 @@ class OperatorScreen(Screen[None]):
         poll_interval: float | None = 1.0,
     ) -> None:
         super().__init__(id="operator")
+        translate_bindings(self)
         self.line = line
         self.relay = relay
         self.info = info
@@ -115,8 +118,8 @@ class OperatorScreen(Screen[None]):
         pane = RichLog(id="log", wrap=True, max_lines=2000, markup=False)
         pane.can_focus = False  # a scanner must never type into the log
         yield pane
-        scan = Input(id="scan", placeholder="Scan a unit's serial and press Enter")
-        scan.border_title = f"Scan  ·  {SCAN_HINT}"
+        scan = Input(id="scan", placeholder=_("Scan a unit's serial and press Enter"))
+        scan.border_title = _("Scan  ·  {hint}").format(hint=_(SCAN_HINT))
         yield scan
         yield Footer()
 
