@@ -398,8 +398,8 @@ class StationContext:
             return next(iter(self.config.products))
         raise InputError(
             _("Which product?"),
-            _("Slot {none} has no product and the station knows several: {none2}.").format(
-                none=slot or "(none)", none2=", ".join(self.config.products) or "none"
+            _("Slot {slot} has no product and the station knows several: {products}.").format(
+                slot=slot or "(none)", products=", ".join(self.config.products) or "none"
             ),
             _("Choose the product (--product), or set product for this slot in station.toml."),
         )

@@ -969,7 +969,7 @@ def _read_file(path: str | os.PathLike[str], what: str) -> bytes:
             data = handle.read(MAX_INPUT_BYTES + 1)
         if len(data) > MAX_INPUT_BYTES:
             raise InputError(
-                _("{capitalize} too large").format(capitalize=what.capitalize()),
+                _("{what} too large").format(what=what.capitalize()),
                 _(
                     "{p} is larger than {MAX_INPUT_BYTES:,} bytes, the most the station reads (a {what} is a "
                     "few kilobytes)."
@@ -979,31 +979,31 @@ def _read_file(path: str | os.PathLike[str], what: str) -> bytes:
         return data
     except ValueError:  # a NUL byte in the path
         raise InputError(
-            _("{capitalize} path not usable").format(capitalize=what.capitalize()),
+            _("{what} path not usable").format(what=what.capitalize()),
             _("The path {path!r} contains a NUL character.").format(path=str(path)),
             _("Give the file's path again."),
         ) from None
     except FileNotFoundError:
         raise InputError(
-            _("{capitalize} not found").format(capitalize=what.capitalize()),
+            _("{what} not found").format(what=what.capitalize()),
             _("There is no file {p}.").format(p=p),
             _("Check the path."),
         ) from None
     except IsADirectoryError:
         raise InputError(
-            _("{capitalize} is a folder").format(capitalize=what.capitalize()),
+            _("{what} is a folder").format(what=what.capitalize()),
             _("{p} is a folder, not a file.").format(p=p),
             _("Give the file's path."),
         ) from None
     except PermissionError:
         raise InputError(
-            _("{capitalize} not readable").format(capitalize=what.capitalize()),
+            _("{what} not readable").format(what=what.capitalize()),
             _("The station may not read {p}.").format(p=p),
             _("Fix the file's permissions for the station's user."),
         ) from None
     except OSError as error:
         raise InputError(
-            _("{capitalize} not readable").format(capitalize=what.capitalize()),
+            _("{what} not readable").format(what=what.capitalize()),
             _("{p} cannot be read ({strerror}).").format(p=p, strerror=error.strerror),
             _("Check the file."),
         ) from None
@@ -1084,7 +1084,7 @@ def load_issuer(issuer: Issuer, *, now: datetime | None = None) -> LoadedIssuer:
     validity = _validity_problems(cert, _now(now))
     if validity:
         raise InputError(
-            _("Factory CA: {lower}").format(lower=validity[0][0].lower()),
+            _("Factory CA: {problem}").format(problem=validity[0][0].lower()),
             validity[0][1],
             _("Renew the factory CA."),
         )
@@ -1260,7 +1260,7 @@ def _refuse_costly_kdf(der: bytes, what: str) -> None:
     problem = _kdf_problem(der)
     if problem:
         raise InputError(
-            _("{capitalize} asks for too much work").format(capitalize=what.capitalize()),
+            _("{what} asks for too much work").format(what=what.capitalize()),
             _("The {what} cannot be opened at the station: {problem}.").format(what=what, problem=problem),
             _(
                 "Export it again with standard settings (for example openssl pkcs12 -export defaults) and retry."
@@ -1307,7 +1307,7 @@ def _load_pkcs12(data: bytes, password: bytes | None, what: str) -> tuple[list[x
 def _load(data: bytes, password: bytes | None, key_data: bytes | None, what: str) -> Identity:
     if len(data) > MAX_INPUT_BYTES:
         raise InputError(
-            _("{capitalize} too large").format(capitalize=what.capitalize()),
+            _("{what} too large").format(what=what.capitalize()),
             _(
                 "The {what} is {count:,} bytes; the station reads at most {MAX_INPUT_BYTES:,} bytes (a "
                 "certificate file is a few kilobytes)."

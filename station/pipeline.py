@@ -772,9 +772,9 @@ class Pipeline:
             raise UnitFault(
                 _("Unit announced another certificate"),
                 _(
-                    "{thing_name} connected with certificate {none}…, not the one the "
+                    "{thing_name} connected with certificate {announced}…, not the one the "
                     "station registered ({expected}…)."
-                ).format(thing_name=thing_name, none=announced[:12] or "(none)", expected=expected[:12]),
+                ).format(thing_name=thing_name, announced=announced[:12] or "(none)", expected=expected[:12]),
                 _("Put the unit in the rework bin."),
             )
         run.attempt.journal(state="verified")

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from station.errors import InputError
-from station.i18n import N_, _
+from station.i18n import N_, _, ngettext
 from station.model import Event
 
 PIN_RE = re.compile(r"[0-9]{4,12}")
@@ -194,9 +194,11 @@ class PinGuard:
         left = self.tries_left()
         raise InputError(
             _("Wrong PIN"),
-            _(
-                "That is not the QA PIN; {left} more wrong PIN{left2} lock it for {LOCK_S:.0f} minutes."
-            ).format(left=left, left2="s" if left != 1 else "", LOCK_S=LOCK_S / 60),
+            ngettext(
+                "That is not the QA PIN; {left} more wrong PIN locks it for {minutes:.0f} minutes.",
+                "That is not the QA PIN; {left} more wrong PINs lock it for {minutes:.0f} minutes.",
+                left,
+            ).format(left=left, minutes=LOCK_S / 60),
             _("Type the PIN again (after {wait:.0f} s).").format(wait=wait)
             if wait >= 1
             else _("Type the PIN again."),

@@ -121,7 +121,7 @@ def _stdin_line(what: str) -> bytes:
     line = sys.stdin.buffer.readline(MAX_STDIN_LINE + 1)
     if len(line.rstrip(b"\r\n")) > MAX_STDIN_LINE:
         raise InputError(
-            _("{capitalize} too long").format(capitalize=what.capitalize()),
+            _("{what} too long").format(what=what.capitalize()),
             _(
                 "The first line of standard input is longer than {MAX_STDIN_LINE} bytes; it is not a {what}."
             ).format(MAX_STDIN_LINE=MAX_STDIN_LINE, what=what),

@@ -42,8 +42,8 @@ def plan_reprovision(config: StationConfig, ledger: Ledger, query: str, *, slot:
     if slot not in config.slots:
         raise InputError(
             _("No such slot"),
-            _("There is no slot {slot!r}; the slots are {none}.").format(
-                slot=slot, none=", ".join(config.slots) or "none"
+            _("There is no slot {slot!r}; the slots are {slots}.").format(
+                slot=slot, slots=", ".join(config.slots) or "none"
             ),
             _("Put the unit on one of the station's slots and choose that one."),
         )

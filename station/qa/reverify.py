@@ -390,8 +390,8 @@ def _slot_reverify(
     if slot_cfg is None:
         raise InputError(
             _("No such slot"),
-            _("There is no slot {slot!r}; the slots are {none}.").format(
-                slot=slot, none=", ".join(config.slots) or "none"
+            _("There is no slot {slot!r}; the slots are {slots}.").format(
+                slot=slot, slots=", ".join(config.slots) or "none"
             ),
             _("Put the unit on one of the station's slots and choose that one."),
         )

@@ -239,7 +239,7 @@ class QaServices:
         except Exception as error:
             log.exception("QA %s failed unexpectedly", action)
             raise StationFault(
-                _("{capitalize} failed").format(capitalize=action.capitalize()),
+                _("{what} failed").format(what=action.capitalize()),
                 _(
                     "The station could not {action} ({error_type}); the details are in the station log."
                 ).format(action=action, error_type=type(error).__name__),
