@@ -457,7 +457,7 @@ class Nrf91Flasher(Flasher):
         try:
             pending = [t for t, _, _ in commands]
             for round_ in range(self.timing.proof_rounds):
-                for t, _, command in commands:
+                for t, _text, command in commands:
                     if t in pending:
                         self._touched.add(t)
                         self._write_one(t, command)

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from station.errors import StationError, StationFault, UnitFault
-from station.i18n import _
+from station.i18n import N_, _
 from station.model import Event, Outcome
 from station.units import Action
 
@@ -131,10 +131,10 @@ class Compensation:
         return {"action": self.action, "ok": self.ok, "detail": self.detail}
 
 
-_UNDO_TEXT = {
-    "rollback": "What this attempt made in AWS was deleted.",
-    "revoke": "The certificate found registered after a failed register was deleted.",
-    "wipe": "The device's staged credentials were wiped.",
+_UNDO_TEXT = {  # translated where an undo is reported
+    "rollback": N_("What this attempt made in AWS was deleted."),
+    "revoke": N_("The certificate found registered after a failed register was deleted."),
+    "wipe": N_("The device's staged credentials were wiped."),
 }
 
 
@@ -311,7 +311,9 @@ class Attempt:
         else:
             if entry.skip_if_false and value is False:
                 return  # nothing was there to undo
-            comp = Compensation(entry.action, True, entry.done_text or _UNDO_TEXT.get(entry.action, "done"))
+            comp = Compensation(
+                entry.action, True, _(entry.done_text or _UNDO_TEXT.get(entry.action, N_("done")))
+            )
         with self._lock:
             self.compensations.append(comp)
         if entry.action in CLOUD_UNDO and comp.ok:

@@ -157,7 +157,7 @@ def print_label(zpl: str, printer: str, *, timeout_s: float = 5.0) -> None:
     data = zpl.encode("utf-8")
     where = printer.strip()
     parts = urlsplit(where)
-    next_action = "Check the label printer (power, paper, network); reprint the label from the QA desk."
+    next_action = _("Check the label printer (power, paper, network); reprint the label from the QA desk.")
     if parts.scheme == "tcp":
         host, port = parts.hostname or "", parts.port or 9100
         try:

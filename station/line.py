@@ -324,11 +324,15 @@ class Line:
             serial,
             slot=slot,
             outcome="ERROR",
-            title="Station error",
-            message=f"The station stopped working on this unit unexpectedly ({type(error).__name__}); "
-            "the details are in the station log.",
-            next_action="Put the unit aside for a re-test and call a technician; run `station reconcile` "
-            "before the next shift.",
+            title=_("Station error"),
+            message=_(
+                "The station stopped working on this unit unexpectedly ({error_type}); the details are in the "
+                "station log."
+            ).format(error_type=type(error).__name__),
+            next_action=_(
+                "Put the unit aside for a re-test and call a technician; run `station reconcile` before the "
+                "next shift."
+            ),
         )
         try:
             self._event(event)

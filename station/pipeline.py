@@ -54,7 +54,7 @@ from station.attempt import (
     unexpected_fault,
 )
 from station.errors import StationError, StationFault, UnitFault
-from station.i18n import _
+from station.i18n import N_, _
 from station.model import Event, Identity, Outcome, Target
 from station.units import Action
 
@@ -569,7 +569,9 @@ class Pipeline:
                     "compensation",
                     step="retire",
                     outcome="failed",
-                    message=f"The old certificate {cert_id[:12]}… could not be revoked yet: {detail}",
+                    message=_(
+                        "The old certificate {certificate_id}… could not be revoked yet: {detail}"
+                    ).format(certificate_id=cert_id[:12], detail=detail),
                     data={"certificate_id": cert_id, "thing_name": identity.thing_name},
                 )
                 continue
@@ -858,18 +860,21 @@ class Pipeline:
     def _set_outcome(result: UnitResult, error: StationError | None) -> None:
         result.outcome = outcome_of(error)
         if error is None:
-            result.title = "Provisioned"
-            result.message = f"{result.thing_name} is registered in {result.target} and verified."
+            result.title = _("Provisioned")
+            result.message = _("{thing_name} is registered in {target} and verified.").format(
+                thing_name=result.thing_name, target=result.target
+            )
             left = [c for c in result.replaced if c not in result.replaced_revoked]
             if result.replaced_revoked:
                 gone = ", ".join(f"{c[:12]}…" for c in result.replaced_revoked)
-                result.message += f" It replaces certificate {gone}, revoked."
-            if left:
-                result.message += (
-                    f" The old certificate {', '.join(f'{c[:12]}…' for c in left)} could not be revoked yet; "
-                    "the station retries (reconcile)."
+                result.message += _(" It replaces certificate {certificates}, revoked.").format(
+                    certificates=gone
                 )
-            result.next_action = "Put the unit in the good bin."
+            if left:
+                result.message += _(
+                    " The old certificate {certificates} could not be revoked yet; the station retries (reconcile)."
+                ).format(certificates=", ".join(f"{c[:12]}…" for c in left))
+            result.next_action = _("Put the unit in the good bin.")
             result.error_kind = ""
         else:
             result.title = error.title
@@ -1042,7 +1047,7 @@ def _note_thing(registration: Any, thing_name: str, created: bool) -> None:
                 object.__setattr__(registration, name, value)
 
 
-_KEPT_TEXT = (
+_KEPT_TEXT = N_(  # translated where the undo is reported (station.attempt)
     "The certificate was registered before this attempt and was kept; what this attempt added to it in AWS "
     "was undone."
 )

@@ -7,6 +7,7 @@ When this fails after adding or changing text for people, update the catalogs an
 
 from __future__ import annotations
 
+import ast
 import logging
 import os
 import subprocess
@@ -139,3 +140,39 @@ def test_station_toml_names_the_language() -> None:
     data["station"]["language"] = "日本語"
     with pytest.raises(ConfigError, match="language code"):
         validate_config(data, path=path)
+
+
+def _shadowed_gettext(path: Path) -> list[str]:
+    """Functions that call `_()` but also bind `_` (`for _ in …`, `x, _ = …`): the call then hits the local."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    scopes = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
+    comprehensions = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+    found = []
+    for function in ast.walk(tree):
+        if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        binds, calls = False, False
+        todo: list[ast.AST] = list(ast.iter_child_nodes(function))
+        while todo:
+            node = todo.pop()
+            if isinstance(node, scopes):
+                continue
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "_":
+                calls = True
+            if isinstance(node, ast.Name) and node.id == "_" and isinstance(node.ctx, ast.Store):
+                # A comprehension's own loop variable stays in the comprehension.
+                binds = True
+            todo.extend(
+                child
+                for child in ast.iter_child_nodes(node)
+                if not (isinstance(node, comprehensions) and isinstance(child, ast.comprehension))
+            )
+        binds = binds or any(a.arg == "_" for a in function.args.args)
+        if binds and calls:
+            found.append(f"{path.relative_to(ROOT)}:{function.lineno} {function.name}")
+    return found
+
+
+def test_no_function_hides_gettext_behind_a_local_underscore() -> None:
+    files = [*(ROOT / "station").rglob("*.py"), *(ROOT / "flashers").rglob("*.py")]
+    assert [hit for path in files for hit in _shadowed_gettext(path)] == []

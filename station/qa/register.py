@@ -265,8 +265,8 @@ def register_certificate(
         else:
             assert reg is not None
             message = registered_text(dest, thing_name, reg)
-            title = "Registered" if outcome == Outcome.PASS else "Registered (not verified)"
-            next_action = "" if verify else "Verify the unit's connection (re-verify) when it is at hand."
+            title = _("Registered") if outcome == Outcome.PASS else _("Registered (not verified)")
+            next_action = "" if verify else _("Verify the unit's connection (re-verify) when it is at hand.")
             note(
                 attempt,
                 ok=True,

@@ -299,7 +299,9 @@ def _host_reverify(
     ca_bytes = server_ca(dest)
     attempt = qa_attempt(config, ledger, Action.REVERIFY, serial=serial, operator=operator, on_event=on_event)
     where = f"{dest.name} ({record.account_id or dest.registry_key[0]}/{dest.region})"
-    message = f"{serial} connected to {where} as {record.thing_name} with its identity, from the station."
+    message = _("{serial} connected to {where} as {thing_name} with its identity, from the station.").format(
+        serial=serial, where=where, thing_name=record.thing_name
+    )
     data = {
         "target": dest.name,
         "certificate_id": record.certificate_id,
@@ -330,7 +332,7 @@ def _host_reverify(
 
     def conclude(error: StationError | None) -> dict[str, Any]:
         if error is None:
-            note(attempt, ok=True, title="Re-verified", message=message, **data)
+            note(attempt, ok=True, title=_("Re-verified"), message=message, **data)
         else:
             note(
                 attempt,
@@ -430,7 +432,9 @@ def _slot_reverify(
     }
     seen: dict[str, Any] = {}  # what the unit said: device_id, firmware, family
     where = f"{dest.name} ({record.account_id or dest.registry_key[0]}/{dest.region})"
-    message = f"{serial} connected to {where} as {record.thing_name} with its own identity, from slot {slot}."
+    message = _(
+        "{serial} connected to {where} as {thing_name} with its own identity, from slot {slot}."
+    ).format(serial=serial, where=where, thing_name=record.thing_name, slot=slot)
 
     def failed_note(error: StationError) -> None:
         note(
@@ -503,7 +507,7 @@ def _slot_reverify(
                     note(
                         attempt,
                         ok=True,
-                        title="Re-verified",
+                        title=_("Re-verified"),
                         message=message,
                         device_id=seen.get("device_id"),
                         **data,

@@ -219,22 +219,29 @@ def revoke_item(
         )
         raise
     where = f"{item.target} ({registry.where})"
+    certificate = f"{item.certificate_id[:12]}…"
     if existed:
-        message = f"Certificate {item.certificate_id[:12]}… of {attempt.serial} is revoked in {where}"
+        message = _("Certificate {certificate} of {serial} is revoked in {where}").format(
+            certificate=certificate, serial=attempt.serial, where=where
+        )
     else:
-        message = f"Certificate {item.certificate_id[:12]}… was not registered in {where} (already revoked)"
+        message = _("Certificate {certificate} was not registered in {where} (already revoked)").format(
+            certificate=certificate, where=where
+        )
     if item.delete_thing:
         # Registry.revoke treats a thing already gone as deleted; say which case it can be.
         message += (
-            f"; thing {item.delete_thing} deleted" if existed else f"; thing {item.delete_thing} removed"
-        )
+            _("; thing {thing_name} deleted") if existed else _("; thing {thing_name} removed")
+        ).format(thing_name=item.delete_thing)
     elif item.thing_name and item.keep_reason:
-        message += f"; thing {item.thing_name} kept ({item.keep_reason})"
+        message += _("; thing {thing_name} kept ({reason})").format(
+            thing_name=item.thing_name, reason=item.keep_reason
+        )
     note(
         attempt,
         ok=True,
-        title="Certificate revoked" if existed else "Already revoked",
-        message=message + ".",
+        title=_("Certificate revoked") if existed else _("Already revoked"),
+        message=message + _("."),
         existed=existed,
         thing_deleted=item.delete_thing,
         action=Action.REVOKE,
@@ -267,7 +274,7 @@ def _revoke_one(
         outcome = outcome_of(error, proved=False)
         existed = bool(state.get("existed"))
         if error is None:
-            title = "Certificate revoked" if existed else "Already revoked"
+            title = _("Certificate revoked") if existed else _("Already revoked")
             message = attempt.events[-1].message if attempt.events else title
         else:
             title, message = error.title, error.message

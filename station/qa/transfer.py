@@ -209,7 +209,7 @@ def transfer_unit(
             thing_name=plan.thing_name,
             state="registering",
         )
-        reg, _ = attempt.step(
+        reg, _created = attempt.step(
             "register",
             lambda: register_in_target(attempt, registry, identity, plan.thing_name, origin=plan.origin),
         )
@@ -217,9 +217,15 @@ def transfer_unit(
         note(
             attempt,
             ok=True,
-            title="Transferred",
-            message=f"{plan.serial} now works in {dest.name} as {plan.thing_name}: "
-            + f"Certificate {identity.certificate_id[:12]}… registered.",
+            title=_("Transferred"),
+            message=_(
+                "{serial} now works in {target} as {thing_name}: Certificate {certificate}… registered."
+            ).format(
+                serial=plan.serial,
+                target=dest.name,
+                thing_name=plan.thing_name,
+                certificate=identity.certificate_id[:12],
+            ),
             **data,
         )
         if plan.revoke_source:
@@ -259,10 +265,13 @@ def transfer_unit(
             title, message, next_action = error.title, error.message, error.next_action
         else:
             assert reg is not None
-            title = "Transferred"
+            title = _("Transferred")
             where = f"{dest.name} ({(reg.account_id or dest.registry_key[0])}/{dest.region})"
-            message = f"{plan.serial} now works in {where} as {plan.thing_name}"
-            message += f"; revoked in {src.name}." if source_revoked else f"; still registered in {src.name}."
+            message = (
+                _("{serial} now works in {where} as {thing_name}; revoked in {source}.")
+                if source_revoked
+                else _("{serial} now works in {where} as {thing_name}; still registered in {source}.")
+            ).format(serial=plan.serial, where=where, thing_name=plan.thing_name, source=src.name)
             next_action = ""
         fields = registration_fields(dest, reg, error, title=title, message=message, next_action=next_action)
         fields["extra"].update(

@@ -146,7 +146,8 @@ class QaServices:
         result = self.ledger.audit()
         if result.ok:
             return ActionResult(
-                "Ledger intact", f"{result.checked} rows checked; the hash chain is unbroken."
+                _("Ledger intact"),
+                _("{count} rows checked; the hash chain is unbroken.").format(count=result.checked),
             )
         raise StationFault(
             _("Ledger tampered"),
@@ -189,7 +190,10 @@ class QaServices:
                 ),
                 _("Choose a path you may write to."),
             ) from None
-        return ActionResult("Records exported", f"{count} records written to {out} ({fmt}).")
+        return ActionResult(
+            _("Records exported"),
+            _("{count} records written to {out} ({format}).").format(count=count, out=out, format=fmt),
+        )
 
     # ------------------------------------------------------------------------------------------ parts
     def registry(self, target: Target) -> Any:
@@ -308,10 +312,13 @@ class QaServices:
         if result.revoked == 0:
             where = ", ".join(d.item.target for d in result.done)
             return ActionResult(
-                "Already revoked", f"{result.serial}'s certificate was not registered in {where} any more."
+                _("Already revoked"),
+                _("{serial}'s certificate was not registered in {where} any more.").format(
+                    serial=result.serial, where=where
+                ),
             )
         return ActionResult(
-            "Certificate revoked", " ".join(_revoked_text(result.serial, d) for d in result.done)
+            _("Certificate revoked"), " ".join(_revoked_text(result.serial, d) for d in result.done)
         )
 
     # ------------------------------------------------------------------------------------------ transfer
@@ -368,12 +375,23 @@ class QaServices:
         )
         reg = result.registration
         if confirmed.revoke_source:
-            tail = f"; revoked in {confirmed.source_target}"
+            text = _(
+                "{serial} now works in {target} ({account}/{region}) as {thing_name}; revoked in {source}."
+            )
         else:
-            tail = f"; still registered in {confirmed.source_target}"
+            text = _(
+                "{serial} now works in {target} ({account}/{region}) as {thing_name}; still registered in {source}."
+            )
         return ActionResult(
-            "Certificate transferred",
-            f"{confirmed.serial} now works in {reg.target} ({reg.account_id}/{reg.region}) as {reg.thing_name}{tail}.",
+            _("Certificate transferred"),
+            text.format(
+                serial=confirmed.serial,
+                target=reg.target,
+                account=reg.account_id,
+                region=reg.region,
+                thing_name=reg.thing_name,
+                source=confirmed.source_target,
+            ),
         )
 
     # ------------------------------------------------------------------------------------------ import
@@ -426,11 +444,11 @@ class QaServices:
             ),
         )
         if result.verify is not None:
-            title = "Certificate registered and verified"
+            title = _("Certificate registered and verified")
         elif result.changed:
-            title = "Certificate registered (not verified)"
+            title = _("Certificate registered (not verified)")
         else:
-            title = "Already registered (not verified)"
+            title = _("Already registered (not verified)")
         return ActionResult(title, result.message)
 
     # ------------------------------------------------------------------------------------------ re-verify
@@ -488,7 +506,7 @@ class QaServices:
             )
         finally:
             identity = None  # the key goes no further
-        return ActionResult("Re-verified", result.message)
+        return ActionResult(_("Re-verified"), result.message)
 
     def default_slot(self, record: Any) -> str | None:
         """The slot to preselect for a re-verify: the one the unit was provisioned on, if this station has it."""
@@ -544,20 +562,24 @@ class QaServices:
         if str(result.outcome) != "PASS":
             cls = UnitFault if str(result.outcome) == "FAIL" else StationFault
             raise cls(result.title, result.message, result.next_action)
-        return ActionResult("Re-provisioned", result.message)
+        return ActionResult(_("Re-provisioned"), result.message)
 
 
 def _revoked_text(serial: str, done: RevokeDone) -> str:
     item = done.item
     if not done.existed:
-        text = f"Certificate {_short(item.certificate_id)} was not registered in {item.target} any more"
+        text = _("Certificate {certificate} was not registered in {target} any more").format(
+            certificate=_short(item.certificate_id), target=item.target
+        )
     else:
-        text = f"Certificate {_short(item.certificate_id)} of {serial} is revoked in {item.target}"
+        text = _("Certificate {certificate} of {serial} is revoked in {target}").format(
+            certificate=_short(item.certificate_id), serial=serial, target=item.target
+        )
     if done.thing_deleted:
-        text += f"; thing {done.thing_deleted} deleted"
+        text += _("; thing {thing_name} deleted").format(thing_name=done.thing_deleted)
     elif item.thing_name:
-        text += f"; thing {item.thing_name} kept"
-    return text + "."
+        text += _("; thing {thing_name} kept").format(thing_name=item.thing_name)
+    return text + _(".")
 
 
 def _revoke_failure(first: RevokeDone, done_ok: list[RevokeDone]) -> StationError:
