@@ -46,6 +46,15 @@ def station_line(info: StationInfo) -> Content:
 class StationHeader(Vertical):
     """Two lines: the station line and the target stripe (class -lab or -production)."""
 
+    # One line each: what does not fit ends in "…" rather than stopping mid-word (Japanese takes two
+    # columns a character, so a narrow screen runs out sooner in some languages than in others).
+    DEFAULT_CSS = """
+    StationHeader > Static {
+        text-wrap: nowrap;
+        text-overflow: ellipsis;
+    }
+    """
+
     def __init__(self, info: StationInfo, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.info = info

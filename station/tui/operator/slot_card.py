@@ -15,6 +15,7 @@ from textual.containers import Vertical
 from textual.content import Content
 from textual.widgets import Static
 
+from station.i18n import _
 from station.model import Outcome
 from station.tui.state import OUTCOME_LABEL, CardState, format_ms
 
@@ -107,7 +108,9 @@ class SlotCard(Vertical):
         self.query_one("#card-banner", Static).update(banner_text(card))
         self.query_one("#card-reason", Static).update(Content(card.message))
         self.query_one("#card-next", Static).update(
-            Content.assemble(("→ ", "bold"), card.next_action) if card.next_action else ""
+            # The arrow is translated: without a space after it, a Japanese sentence (no spaces to wrap at)
+            # starts on the arrow's line instead of leaving the arrow alone on one.
+            Content.assemble((_("→ "), "bold"), card.next_action) if card.next_action else ""
         )
         self.remove_class(*_ALL_CLASSES)
         if card.outcome is not None:
