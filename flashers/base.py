@@ -136,7 +136,7 @@ class DeviceRejected(UnitFault):
     """The unit refused a command with an error code the station cannot work around."""
 
     def __init__(self, message: str, next_action: str = _REWORK) -> None:
-        super().__init__(_("Device refused the command"), message, next_action)
+        super().__init__(_("Device refused the command"), message, _(next_action))  # the default is N_
 
 
 class ProofMismatch(UnitFault):

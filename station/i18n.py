@@ -19,7 +19,11 @@ Updating the catalogs after adding or changing text (`python -m station.i18n --h
     uv run python -m station.i18n --check    # what tests/test_i18n.py checks: .pot current, catalogs complete
 
 It must not translate what is not for people: serials, thing names, certificate ids, AWS error codes, log keys,
-event names and the ledger's stored values (states, outcomes, kinds) stay as they are.
+event names and the ledger's stored values (states, outcomes, kinds) stay as they are. Sentences are translated
+when they are made (an error's title, message and next action), so a station running in Japanese also records
+those sentences in Japanese; nothing ever reads a sentence back to decide anything (outcomes come from types).
+A module constant that is a sentence is marked with `N_()` and translated with `_()` where it is used: it is
+read at import, before the language is chosen.
 """
 
 from __future__ import annotations

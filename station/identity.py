@@ -194,8 +194,8 @@ def _key_problem(key: PublicKeyTypes) -> tuple[str, str] | None:
     if isinstance(key, rsa.RSAPublicKey):
         if key.key_size < 2048:
             return (
-                "Certificate key too small",
-                f"RSA key is {key.key_size} bits; AWS IoT needs at least 2048.",
+                _("Certificate key too small"),
+                _("RSA key is {key_size} bits; AWS IoT needs at least 2048.").format(key_size=key.key_size),
             )
         return None
     if isinstance(key, ec.EllipticCurvePublicKey):
@@ -203,18 +203,24 @@ def _key_problem(key: PublicKeyTypes) -> tuple[str, str] | None:
             return None
         curve = _CURVE_NAMES.get(key.curve.name, key.curve.name)
         return (
-            "Certificate curve not accepted",
-            f"EC key is on curve {curve}; the station accepts only P-256 or P-384 for AWS IoT.",
+            _("Certificate curve not accepted"),
+            _("EC key is on curve {curve}; the station accepts only P-256 or P-384 for AWS IoT.").format(
+                curve=curve
+            ),
         )
     if isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
         name = _key_description(key)
         return (
-            "Certificate key type not accepted",
-            f"Key is {name}; AWS IoT does not accept {name} certificates (RSA 2048+ or EC P-256/P-384 only).",
+            _("Certificate key type not accepted"),
+            _(
+                "Key is {name}; AWS IoT does not accept {name} certificates (RSA 2048+ or EC P-256/P-384 only)."
+            ).format(name=name),
         )
     return (
-        "Certificate key type not accepted",
-        f"Key is {_key_description(key)}; AWS IoT accepts RSA (2048 bits or more) or EC P-256/P-384 keys.",
+        _("Certificate key type not accepted"),
+        _("Key is {key}; AWS IoT accepts RSA (2048 bits or more) or EC P-256/P-384 keys.").format(
+            key=_key_description(key)
+        ),
     )
 
 
@@ -232,9 +238,11 @@ def _signature_problem(cert: x509.Certificate | x509.CertificateSigningRequest) 
             return None
         name = f"RSA-PSS with {digest.name.upper() if digest else 'an unknown hash'}"
     return (
-        "Weak certificate signature",
-        f"The certificate is signed with {name}; AWS IoT needs a SHA-256, SHA-384 or SHA-512 signature "
-        "with RSA or ECDSA.",
+        _("Weak certificate signature"),
+        _(
+            "The certificate is signed with {name}; AWS IoT needs a SHA-256, SHA-384 or SHA-512 signature "
+            "with RSA or ECDSA."
+        ).format(name=name),
     )
 
 
@@ -542,25 +550,29 @@ def _validity_problems(cert: x509.Certificate, when: datetime) -> list[tuple[str
     if end < start:
         return [
             (
-                "Certificate validity empty",
-                f"The certificate's validity ends ({end:{fmt}}) before it starts ({start:{fmt}}).",
-                _REISSUE,
+                _("Certificate validity empty"),
+                _("The certificate's validity ends ({end}) before it starts ({start}).").format(
+                    end=f"{end:{fmt}}", start=f"{start:{fmt}}"
+                ),
+                _(_REISSUE),
             )
         ]
     if when < start:
         return [
             (
-                "Certificate not yet valid",
-                f"The certificate is not valid until {start:{fmt}} (now {when:{fmt}}).",
-                "Check the station's clock; if it is right, issue a certificate valid from today.",
+                _("Certificate not yet valid"),
+                _("The certificate is not valid until {start} (now {now}).").format(
+                    start=f"{start:{fmt}}", now=f"{when:{fmt}}"
+                ),
+                _("Check the station's clock; if it is right, issue a certificate valid from today."),
             )
         ]
     if when > end:
         return [
             (
-                "Certificate expired",
-                f"The certificate expired on {end:{fmt}}.",
-                "Issue a new certificate for this unit and register that one.",
+                _("Certificate expired"),
+                _("The certificate expired on {end}.").format(end=f"{end:{fmt}}"),
+                _("Issue a new certificate for this unit and register that one."),
             )
         ]
     return []
@@ -574,27 +586,31 @@ def acceptance_problems(cert: x509.Certificate, *, now: datetime | None = None) 
     except Exception:
         problems.append(
             (
-                "Certificate key type not accepted",
-                f"The certificate's key type ({cert.public_key_algorithm_oid.dotted_string}) is not supported; "
-                "AWS IoT accepts RSA (2048 bits or more) or EC P-256/P-384 keys.",
-                _REISSUE,
+                _("Certificate key type not accepted"),
+                _(
+                    "The certificate's key type ({dotted_string}) is not supported; "
+                    "AWS IoT accepts RSA (2048 bits or more) or EC P-256/P-384 keys."
+                ).format(dotted_string=cert.public_key_algorithm_oid.dotted_string),
+                _(_REISSUE),
             )
         )
     else:
         key_problem = _key_problem(public_key)
         if key_problem:
-            problems.append((*key_problem, _REISSUE))
+            problems.append((*key_problem, _(_REISSUE)))
     signature_problem = _signature_problem(cert)
     if signature_problem:
-        problems.append((*signature_problem, _REISSUE))
+        problems.append((*signature_problem, _(_REISSUE)))
     problems.extend(_validity_problems(cert, _now(now)))
     pem_length = len(cert.public_bytes(serialization.Encoding.PEM))
     if pem_length > MAX_PEM_CHARS:
         problems.append(
             (
-                "Certificate too large",
-                f"The certificate is {pem_length} characters as PEM; AWS IoT accepts at most {MAX_PEM_CHARS}.",
-                "Issue a certificate without the oversized extensions.",
+                _("Certificate too large"),
+                _(
+                    "The certificate is {pem_length} characters as PEM; AWS IoT accepts at most {MAX_PEM_CHARS}."
+                ).format(pem_length=pem_length, MAX_PEM_CHARS=MAX_PEM_CHARS),
+                _("Issue a certificate without the oversized extensions."),
             )
         )
     return problems
