@@ -102,6 +102,12 @@ class WriteProof:
 # ----------------------------------------------------------------------------------------------------------
 # Device errors. Titles and sentences are operator words; none of them carries frame contents.
 
+_OBJECT_WORDS = {
+    "key": N_("private key"),
+    "cert": N_("certificate"),
+    "ca": N_("CA certificate"),
+    "csr": N_("certificate request"),
+}
 _REWORK = N_("Put the unit in the rework bin.")
 _RESEAT = N_(
     "Reseat the unit in the jig, check its power, and try again; if it fails again, put it in the rework bin."
@@ -143,7 +149,9 @@ class ProofMismatch(UnitFault):
     """What the device stores is not what the station sent (hash or length differs)."""
 
     def __init__(self, slot: str, detail: str = "") -> None:
-        message = _("The {slot} the device stores does not match what the station sent.").format(slot=slot)
+        # Protocols name what they store (key, cert, ca); the operator reads words ("key, cert" from nRF91).
+        words = ", ".join(_(_OBJECT_WORDS.get(name.strip(), name.strip())) for name in slot.split(","))
+        message = _("The {slot} the device stores does not match what the station sent.").format(slot=words)
         super().__init__(_("Write not proven"), f"{message} {detail}".strip(), _(_REWORK))
 
 
