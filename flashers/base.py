@@ -103,7 +103,7 @@ class WriteProof:
 # Device errors. Titles and sentences are operator words; none of them carries frame contents.
 
 _OBJECT_WORDS = {
-    "key": N_("private key"),
+    "key": N_("key"),  # not "private key": the ledger refuses any text that looks like key material
     "cert": N_("certificate"),
     "ca": N_("CA certificate"),
     "csr": N_("certificate request"),

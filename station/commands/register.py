@@ -76,7 +76,12 @@ def print_error(args: argparse.Namespace, error: StationError, *, kind: str | No
             data["kind"] = kind
         print(json.dumps({"error": data}))
     else:
-        print(f"{error.title}: {error.message}\nNext: {error.next_action}", file=sys.stderr)
+        print(
+            _("{title}: {message}\nNext: {next_action}").format(
+                title=error.title, message=error.message, next_action=error.next_action
+            ),
+            file=sys.stderr,
+        )
 
 
 def not_found(args: argparse.Namespace, error: StationError) -> int:

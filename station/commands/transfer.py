@@ -28,6 +28,7 @@ from station.commands.register import (
     not_found,
     require_pin,
 )
+from station.i18n import _
 
 EXAMPLES = """examples:
   station transfer SA00001234 --to prod-us                    (asks first)
@@ -107,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             if plan.revoke_source:
                 print(f"  then revoke it in {plan.source_target}", file=out)
         if not confirm(f"Register the unit's certificate in {plan.destination}?", yes=args.yes):
-            print("Cancelled: nothing was changed.", file=out)
+            print(_("Cancelled: nothing was changed."), file=out)
             return EXIT_INTERRUPTED
         result = qa.transfer_unit(
             config,
