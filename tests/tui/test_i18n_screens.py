@@ -166,3 +166,47 @@ async def test_a_fail_card_in_japanese_names_the_unit_and_says_what_to_do(tmp_pa
             line.stop(timeout=10)
         (record,) = [r for r in ledger.records() if r.serial == serial]
         assert record.outcome == "FAIL"  # a stored value: never translated
+
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
+
+
+@pytest.mark.parametrize(
+    ("config_language", "argv", "environ_lang", "seen"),
+    [
+        ("ja", [], "en_US.UTF-8", "ja"),  # [station] language beats the locale
+        ("ja", ["--lang", "en"], "en_US.UTF-8", "en"),  # --lang on `station run` beats the config
+        (None, [], "ja_JP.UTF-8", "ja"),  # no config language: the locale
+    ],
+)
+def test_station_run_chooses_the_language_before_the_screen_opens(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    config_language: str | None,
+    argv: list[str],
+    environ_lang: str,
+    seen: str,
+) -> None:
+    from station import i18n
+    from station.cli import EXIT_OK, main
+
+    text = (FIXTURES / "configs" / "lab-station.toml").read_text()
+    text = text.replace(
+        'ca_file = "../certs/factory-ca.pem"', f'ca_file = "{FIXTURES / "certs" / "factory-ca.pem"}"'
+    )
+    if config_language:
+        text = text.replace("[station]\n", f'[station]\nlanguage = "{config_language}"\n', 1)
+    config = tmp_path / "station.toml"
+    config.write_text(text)
+    for name in ("LC_ALL", "LC_MESSAGES"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LANG", environ_lang)
+    chosen: list[str] = []
+
+    def fake_run_app(*args: Any, **kwargs: Any) -> int:
+        chosen.append(i18n.language())
+        return 0
+
+    monkeypatch.setattr("station.tui.run_app", fake_run_app)
+    assert main(["run", "--config", str(config), *argv]) == EXIT_OK
+    assert chosen == [seen]
