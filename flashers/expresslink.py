@@ -647,12 +647,12 @@ class ExpressLinkFlasher(Flasher):
             reply = self._command(f"SEND{VERIFY_TOPIC_INDEX}", param=nonce)
             if not reply.ok:
                 if reply.code == ERR_NO_CONNECTION:
-                    raise self._lost(host, f"publishing to {topic}")
+                    raise self._lost(host, _("publishing to {topic}").format(topic=topic))
                 raise command_error(f"AT+SEND{VERIFY_TOPIC_INDEX}", reply.code)
             self._await_echo(host, topic, nonce, deadline)
             state = self.connect_state()
             if not state.connected:
-                raise self._lost(host, "the check")
+                raise self._lost(host, _("the check"))
             if not state.customer:
                 raise StationFault(
                     _("Device still on staging"),
@@ -791,7 +791,7 @@ class ExpressLinkFlasher(Flasher):
         reply = self._command(f"SUBSCRIBE{index}")
         if not reply.ok:
             if reply.code == ERR_NO_CONNECTION:
-                raise self._lost(host, f"subscribing to {topic}")
+                raise self._lost(host, _("subscribing to {topic}").format(topic=topic))
             raise command_error(f"AT+SUBSCRIBE{index}", reply.code)
         while True:
             event = self._next_event()
@@ -811,7 +811,7 @@ class ExpressLinkFlasher(Flasher):
                     ).format(host=host, topic=topic)
                 )
             if event.id == EVENT_CONLOST:
-                raise self._lost(host, f"subscribing to {topic}")
+                raise self._lost(host, _("subscribing to {topic}").format(topic=topic))
 
     def _await_echo(self, host: str, topic: str, nonce: str, deadline: float) -> None:
         index = VERIFY_TOPIC_INDEX
@@ -828,7 +828,7 @@ class ExpressLinkFlasher(Flasher):
                 continue  # another message on the topic: not ours
             event = self._next_event()
             if event is not None and event.id == EVENT_CONLOST:
-                raise self._lost(host, f"publishing to {topic}")
+                raise self._lost(host, _("publishing to {topic}").format(topic=topic))
             if time.monotonic() >= deadline:
                 raise DeviceCheckDenied(
                     _(

@@ -1050,7 +1050,7 @@ def load_issuer(issuer: Issuer, *, now: datetime | None = None) -> LoadedIssuer:
                 ),
             )
         password = value.encode("utf-8")
-    what = f"factory CA key {issuer.key_file}"
+    what = _("factory CA key {key_file}").format(key_file=issuer.key_file)
     try:
         key = _load_private_key(key_data, password, what)
     except InputError as error:

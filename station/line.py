@@ -351,7 +351,11 @@ class Line:
                     _("Pick one of the station's slots."),
                 )
             if state.state == RESERVED:
-                what = f" ({state.step} of {state.serial})" if state.serial else ""
+                what = (
+                    _(" ({step} of {serial})").format(step=state.step, serial=state.serial)
+                    if state.serial
+                    else ""
+                )
                 raise InputError(
                     _("Slot reserved"),
                     _(

@@ -69,7 +69,7 @@ def validate_serial(raw: str, pattern: str | re.Pattern[str], *, product: str = 
     The whole serial must match (not a prefix), so a double scan or a stray character is caught.
     """
     serial = normalize_scan(raw)
-    which = f" for product {product!r}" if product else ""
+    which = _(" for product {product!r}").format(product=product) if product else ""
     if not serial:
         raise InputError(
             _("No serial"), _("The scanned serial{which} is empty.").format(which=which), _(_FIX_SCAN)

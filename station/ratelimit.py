@@ -160,7 +160,7 @@ def check_quotas(quotas: Mapping[str, float]) -> None:
 
 def throttled_fault(registry: str, api: str, waited_s: float) -> StationFault:
     """What the operator sees when throttling outlasts the bound: a station problem, not a bad unit."""
-    where = f" for {registry}" if registry else ""
+    where = _(" for {registry}").format(registry=registry) if registry else ""
     return StationFault(
         _("AWS is throttling"),
         _("AWS is throttling {api}{where}: still refused after waiting {waited_s:.0f} s.").format(

@@ -270,13 +270,13 @@ def _attempt(
                 _(_POLICY_NEXT),
             ) from None
         except _Interrupted as hung:
-            raise _policy_hangup(registry, thing_name, topic, "subscribing to", hung.name) from None
+            raise _policy_hangup(registry, thing_name, topic, _("subscribing to"), hung.name) from None
         except _Deadline:
             raise _echo_timeout(
-                registry, thing_name, topic, "the subscription was not acknowledged"
+                registry, thing_name, topic, _("the subscription was not acknowledged")
             ) from None
         except AwsCrtError as error:
-            raise _op_failed(registry, thing_name, topic, "subscribe", error) from None
+            raise _op_failed(registry, thing_name, topic, N_("subscribe"), error) from None
         subscribe_ms = (time.monotonic() - t1) * 1000.0
 
         t2 = time.monotonic()
@@ -288,15 +288,20 @@ def _attempt(
                 _wait(future, phase, deadline)
             _wait(echoed, phase, deadline)
         except _Interrupted as hung:
-            raise _policy_hangup(registry, thing_name, topic, "publishing to", hung.name) from None
+            raise _policy_hangup(registry, thing_name, topic, _("publishing to"), hung.name) from None
         except _Deadline:
             with lock:
                 missing = len(pending)
             raise _echo_timeout(
-                registry, thing_name, topic, f"{missing} of {messages} messages did not come back"
+                registry,
+                thing_name,
+                topic,
+                _("{missing} of {messages} messages did not come back").format(
+                    missing=missing, messages=messages
+                ),
             ) from None
         except AwsCrtError as error:
-            raise _op_failed(registry, thing_name, topic, "publish", error) from None
+            raise _op_failed(registry, thing_name, topic, N_("publish"), error) from None
         echo_ms = (time.monotonic() - t2) * 1000.0
         return VerifyResult(
             thing_name=thing_name,
@@ -502,11 +507,11 @@ def _echo_timeout(registry: str, thing_name: str, topic: str, what: str) -> Unit
 
 def _op_failed(registry: str, thing_name: str, topic: str, op: str, error: AwsCrtError) -> StationError:
     if error.name == "AWS_ERROR_MQTT_TIMEOUT":
-        return _echo_timeout(registry, thing_name, topic, f"the {op} was not acknowledged")
+        return _echo_timeout(registry, thing_name, topic, _("the {op} was not acknowledged").format(op=_(op)))
     return StationFault(
         _("Verify failed"),
         _("The {op} on {topic} at {registry} failed ({name}).").format(
-            op=op, topic=topic, registry=registry, name=error.name
+            op=_(op), topic=topic, registry=registry, name=error.name
         ),
         _("Check the network and scan the unit again; call a technician if it persists."),
     )

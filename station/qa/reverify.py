@@ -97,8 +97,12 @@ def reverify_record(
     if certificate_id:
         passed = [r for r in passed if r.certificate_id.startswith(certificate_id.strip().lower())]
     if not passed:
-        where = f" in {target}" if target else ""
-        which = f" with certificate {certificate_id[:12]}…" if certificate_id else ""
+        where = _(" in {target}").format(target=target) if target else ""
+        which = (
+            _(" with certificate {certificate}…").format(certificate=certificate_id[:12])
+            if certificate_id
+            else ""
+        )
         raise NotFound(
             _("Nothing to re-verify"),
             _(

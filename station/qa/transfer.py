@@ -109,7 +109,7 @@ def plan_transfer(
         source_name = find_target(config, source).name
         passed = [r for r in passed if r.target == source_name]
     if not passed:
-        where = f" in {source}" if source else ""
+        where = _(" in {target}").format(target=source) if source else ""
         raise NotFound(
             _("No certificate to transfer"),
             _("The ledger holds no PASS record of {serial}{where} with its certificate.").format(
