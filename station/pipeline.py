@@ -1085,7 +1085,7 @@ def cleanup_pending_fault(error: StationError, result: UnitResult) -> StationFau
             title=error.title,
             message=error.message,
             target=result.target,
-            finish=left or "the undo did not finish",
+            finish=left or _("the undo did not finish"),
         ),
         _(
             "Set the unit aside (do not ship it). The station removes the certificate by itself; if "

@@ -305,8 +305,8 @@ def _revoke_one(
             conclude=conclude,
             not_recorded=lambda detail: StationFault(
                 _("Revoked but not recorded"),
-                _("{AWS} But the ledger could not record it ({detail}).").format(
-                    AWS=attempt.events[-1].message if attempt.events else "The revoke was done in AWS",
+                _("{done} But the ledger could not record it ({detail}).").format(
+                    done=attempt.events[-1].message if attempt.events else _("The revoke was done in AWS."),
                     detail=detail,
                 ),
                 _("Call a technician to check the ledger, and note the revoke by hand."),
