@@ -1150,7 +1150,7 @@ def record_fields(result: UnitResult) -> Mapping[str, Any]:
 # Reconcile: resolve what a stopped station left in its journal.
 # ---------------------------------------------------------------------------------------------------------
 
-RECONCILE_MESSAGE = "station stopped mid-provisioning; rolled back by reconcile"
+RECONCILE_MESSAGE = N_("station stopped mid-provisioning; rolled back by reconcile")  # _() where used
 
 
 class ReconcileLedger(LedgerLike, Protocol):
@@ -1291,7 +1291,7 @@ def _retire_one(
         station_id=attempt.station_id,
         registry=target.registry_key,
         outcome=Outcome.DONE,
-        title="Old certificate revoked",
+        title=_("Old certificate revoked"),
         message=item.detail,
         thing_name=str(_field(entry, "thing_name", "") or ""),
         certificate_id=item.certificate_id,
@@ -1349,7 +1349,7 @@ def _reconcile_one(
     thing = _field(entry, "thing_name") if _field(entry, "thing_created") else None
     # revoke detaches, deactivates and deletes in AWS's order, and says whether the certificate was there.
     if item.certificate_id and registry.revoke(item.certificate_id, delete_thing=thing):
-        item.action, item.detail = "rolled_back", RECONCILE_MESSAGE
+        item.action, item.detail = "rolled_back", _(RECONCILE_MESSAGE)
     else:
         item.action, item.detail = "nothing_registered", "the certificate is not registered in the target"
     has_record = attempt_id is not None and any(_field(r, "attempt_id") == attempt_id for r in records)
@@ -1363,9 +1363,9 @@ def _reconcile_one(
             station_id=station_id,
             registry=target.registry_key,
             outcome=Outcome.ERROR,
-            title="Rolled back by reconcile",
-            message=RECONCILE_MESSAGE,
-            next_action="Scan the unit again to provision it.",
+            title=_("Rolled back by reconcile"),
+            message=_(RECONCILE_MESSAGE),
+            next_action=_("Scan the unit again to provision it."),
             error_kind="StationFault",
             thing_name=str(_field(entry, "thing_name", "") or ""),
             certificate_id=item.certificate_id,
