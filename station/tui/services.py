@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from station.errors import InputError, StationError, StationFault, UnitFault
-from station.i18n import _
+from station.i18n import N_, _
 from station.model import Target
 
 if TYPE_CHECKING:
@@ -243,10 +243,10 @@ class QaServices:
         except Exception as error:
             log.exception("QA %s failed unexpectedly", action)
             raise StationFault(
-                _("{what} failed").format(what=action.capitalize()),
+                _("{what} failed").format(what=_(action).capitalize()),
                 _(
                     "The station could not {action} ({error_type}); the details are in the station log."
-                ).format(action=action, error_type=type(error).__name__),
+                ).format(action=_(action), error_type=type(error).__name__),
                 _("Try again; if it fails again, call a technician."),
             ) from error
 
@@ -264,7 +264,7 @@ class QaServices:
         from station import qa  # loads boto3 and cryptography: only once QA acts
 
         plan: RevokePlan = self._guard(
-            "plan the revoke",
+            N_("plan the revoke"),
             lambda: qa.plan_revoke(
                 self.config,
                 self.ledger,
@@ -296,7 +296,7 @@ class QaServices:
         assert plan is not None
         confirmed = plan
         result = self._guard(
-            "revoke",
+            N_("revoke"),
             lambda: qa.revoke_unit(
                 self.config,
                 self.ledger,
@@ -327,7 +327,7 @@ class QaServices:
         from station import qa  # loads boto3 and cryptography: only once QA acts
 
         plan: TransferPlan = self._guard(
-            "plan the transfer",
+            N_("plan the transfer"),
             lambda: qa.plan_transfer(
                 self.config,
                 self.ledger,
@@ -362,7 +362,7 @@ class QaServices:
         assert plan is not None
         confirmed = plan
         result = self._guard(
-            "transfer",
+            N_("transfer"),
             lambda: qa.transfer_unit(
                 self.config,
                 self.ledger,
@@ -428,7 +428,7 @@ class QaServices:
         if key is not None:
             files["p12" if key.suffix.lower() in (".p12", ".pfx") else "key"] = key
         result = self._guard(
-            "register",
+            N_("register"),
             lambda: qa.register_files(
                 self.config,
                 self.ledger,
@@ -470,14 +470,15 @@ class QaServices:
             if key_path and key_path.strip():
                 key = Path(key_path.strip()).expanduser()
                 identity = self._guard(
-                    "read the key file", lambda: qa.load_certificate(None, p12=key, password=password or None)
+                    N_("read the key file"),
+                    lambda: qa.load_certificate(None, p12=key, password=password or None),
                 )
         elif self._put_in_jig is not None:
             # The unit whose identity is re-verified (the row may be a later record without one, e.g. a
             # refused re-scan) goes into the jig.
             put = self._put_in_jig
             checked = self._guard(
-                "find the record to re-verify",
+                N_("find the record to re-verify"),
                 lambda: qa.reverify_record(
                     self.config,
                     self.ledger,
@@ -486,10 +487,10 @@ class QaServices:
                     certificate_id=record.certificate_id or None,
                 ),
             )
-            self._guard("put the unit in the jig", lambda: put(checked, slot))
+            self._guard(N_("put the unit in the jig"), lambda: put(checked, slot))
         try:
             result = self._guard(
-                "re-verify",
+                N_("re-verify"),
                 lambda: qa.reverify_unit(
                     self.config,
                     self.ledger,
@@ -526,7 +527,7 @@ class QaServices:
         from station import qa  # loads boto3 and cryptography: only once QA acts
 
         plan = self._guard(
-            "plan the re-provision",
+            N_("plan the re-provision"),
             lambda: qa.plan_reprovision(self.config, self.ledger, record.serial, slot=slot),
         )
         old = ", ".join(_short(c) for c in plan.replaces)
@@ -547,14 +548,14 @@ class QaServices:
         if self._put_in_jig is not None:
             put = self._put_in_jig
             live = self._guard(
-                "find the unit's record",
+                N_("find the unit's record"),
                 lambda: qa.reverify_record(
                     self.config, self.ledger, record.serial, target=None, certificate_id=None
                 ),
             )
-            self._guard("put the unit in the jig", lambda: put(live, slot))
+            self._guard(N_("put the unit in the jig"), lambda: put(live, slot))
         result = self._guard(
-            "re-provision",
+            N_("re-provision"),
             lambda: qa.reprovision_unit(
                 self.config, self.ledger, confirmed, context=self._wiring(), line=self._reserver()
             ),
