@@ -10,7 +10,8 @@ Catalogs: English is the source text (no catalog). Each other language is one
 `station/locale/<lang>/LC_MESSAGES/station.po`, made from the template `station/locale/station.pot`.
 The `.po` file itself is loaded at run time (Babel's `read_po`, compiled in memory, cached per language) rather
 than a committed `.mo`: a fresh clone runs `uv run station demo --lang ja` with no build step, and there is no
-binary copy that can drift from the text a translator edits. Reading the catalog costs a few milliseconds, once.
+binary copy that can drift from the text a translator edits. The cost is paid once, at start, and only for a
+language other than English: importing Babel and compiling the catalog took about 0.3 s on the 2-core CI box.
 Fuzzy entries are not used (they show English until a translator confirms them).
 
 Updating the catalogs after adding or changing text (`python -m station.i18n --help`):
