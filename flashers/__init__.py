@@ -16,6 +16,7 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING
 
 from station.errors import StationFault
+from station.i18n import _
 
 if TYPE_CHECKING:
     from flashers.base import Flasher
@@ -46,22 +47,28 @@ def load(family: str) -> type[Flasher]:
     if ep is None:
         names = ", ".join(available()) or "none"
         raise StationFault(
-            "Unknown device family",
-            f"No flasher for device family {family!r} is installed (installed: {names}).",
-            "Call a technician to install the family's package or fix the product's family.",
+            _("Unknown device family"),
+            _("No flasher for device family {family!r} is installed (installed: {names}).").format(
+                family=family, names=names
+            ),
+            _("Call a technician to install the family's package or fix the product's family."),
         )
     try:
         cls = ep.load()
     except Exception as exc:
         raise StationFault(
-            "Device family failed to load",
-            f"The flasher for {family!r} ({ep.value}) could not be imported: {type(exc).__name__}.",
-            "Call a technician to reinstall the family's package.",
+            _("Device family failed to load"),
+            _("The flasher for {family!r} ({value}) could not be imported: {error_type}.").format(
+                family=family, value=ep.value, error_type=type(exc).__name__
+            ),
+            _("Call a technician to reinstall the family's package."),
         ) from None
     if not (isinstance(cls, type) and issubclass(cls, Flasher)):
         raise StationFault(
-            "Device family is not a flasher",
-            f"The entry point {family!r} ({ep.value}) does not name a Flasher class.",
-            "Call a technician to fix the family's package.",
+            _("Device family is not a flasher"),
+            _("The entry point {family!r} ({value}) does not name a Flasher class.").format(
+                family=family, value=ep.value
+            ),
+            _("Call a technician to fix the family's package."),
         )
     return cls

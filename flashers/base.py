@@ -26,6 +26,7 @@ from types import TracebackType
 from typing import ClassVar, Self
 
 from station.errors import StationFault, UnitFault
+from station.i18n import N_, _
 from station.model import Identity
 
 PROOF_READ_BACK = "read-back"  # the station read the stored object's hash after commit
@@ -102,8 +103,14 @@ class WriteProof:
 # ----------------------------------------------------------------------------------------------------------
 # Device errors. Titles and sentences are operator words; none of them carries frame contents.
 
-_REWORK = "Put the unit in the rework bin."
-_RESEAT = (
+_OBJECT_WORDS = {
+    "key": N_("key"),  # not "private key": the ledger refuses any text that looks like key material
+    "cert": N_("certificate"),
+    "ca": N_("CA certificate"),
+    "csr": N_("certificate request"),
+}
+_REWORK = N_("Put the unit in the rework bin.")
+_RESEAT = N_(
     "Reseat the unit in the jig, check its power, and try again; if it fails again, put it in the rework bin."
 )
 
@@ -112,50 +119,54 @@ class DeviceNotAnswering(UnitFault):
     """The unit said nothing (or nothing in time)."""
 
     def __init__(self, detail: str = "") -> None:
-        message = "The device is not answering: check it is seated in the jig and powered."
-        super().__init__("Device not answering", f"{message} {detail}".strip(), _RESEAT)
+        message = _("The device is not answering: check it is seated in the jig and powered.")
+        super().__init__(_("Device not answering"), f"{message} {detail}".strip(), _(_RESEAT))
 
 
 class DeviceGarbage(UnitFault):
     """The unit answered, but with bytes that are not the family's protocol (or a flood of them)."""
 
     def __init__(self, detail: str = "") -> None:
-        message = "The device answered garbage, not the expected protocol."
-        super().__init__("Device answered garbage", f"{message} {detail}".strip(), _RESEAT)
+        message = _("The device answered garbage, not the expected protocol.")
+        super().__init__(_("Device answered garbage"), f"{message} {detail}".strip(), _(_RESEAT))
 
 
 class DeviceDisconnected(UnitFault):
     """The unit dropped off the line (port hang-up) during an exchange."""
 
     def __init__(self, detail: str = "") -> None:
-        message = "The device disconnected from the serial line."
-        super().__init__("Device disconnected", f"{message} {detail}".strip(), _RESEAT)
+        message = _("The device disconnected from the serial line.")
+        super().__init__(_("Device disconnected"), f"{message} {detail}".strip(), _(_RESEAT))
 
 
 class DeviceRejected(UnitFault):
     """The unit refused a command with an error code the station cannot work around."""
 
     def __init__(self, message: str, next_action: str = _REWORK) -> None:
-        super().__init__("Device refused the command", message, next_action)
+        super().__init__(_("Device refused the command"), message, _(next_action))  # the default is N_
 
 
 class ProofMismatch(UnitFault):
     """What the device stores is not what the station sent (hash or length differs)."""
 
     def __init__(self, slot: str, detail: str = "") -> None:
-        message = f"The {slot} the device stores does not match what the station sent."
-        super().__init__("Write not proven", f"{message} {detail}".strip(), _REWORK)
+        # Protocols name what they store (key, cert, ca); the operator reads words ("key, cert" from nRF91).
+        words = ", ".join(_(_OBJECT_WORDS.get(name.strip(), name.strip())) for name in slot.split(","))
+        message = _("The {slot} the device stores does not match what the station sent.").format(slot=words)
+        super().__init__(_("Write not proven"), f"{message} {detail}".strip(), _(_REWORK))
 
 
 class LineTooNoisy(UnitFault):
     """Frames kept failing their checksum: a bad contact or a failing UART on the unit."""
 
     def __init__(self, detail: str = "") -> None:
-        message = "Too many transmission errors on the serial line."
+        message = _("Too many transmission errors on the serial line.")
         super().__init__(
-            "Serial line too noisy",
+            _("Serial line too noisy"),
             f"{message} {detail}".strip(),
-            "Reseat the unit and check the jig's cable; if it fails again, put the unit in the rework bin.",
+            _(
+                "Reseat the unit and check the jig's cable; if it fails again, put the unit in the rework bin."
+            ),
         )
 
 
@@ -164,9 +175,9 @@ class DeviceCheckFailed(UnitFault):
 
     def __init__(self, message: str) -> None:
         super().__init__(
-            "Device check failed",
+            _("Device check failed"),
             message,
-            "Check the certificate is registered and active in the target, then retry; otherwise rework.",
+            _("Check the certificate is registered and active in the target, then retry; otherwise rework."),
         )
 
 
@@ -175,9 +186,9 @@ class PortUnavailable(StationFault):
 
     def __init__(self, port: str, reason: str) -> None:
         super().__init__(
-            "Serial port unavailable",
-            f"The station cannot open serial port {port}: {reason}.",
-            "Check the jig's USB cable and that no other program uses the port, then call a technician.",
+            _("Serial port unavailable"),
+            _("The station cannot open serial port {port}: {reason}.").format(port=port, reason=reason),
+            _("Check the jig's USB cable and that no other program uses the port, then call a technician."),
         )
 
 
@@ -186,9 +197,9 @@ class NotSupported(StationFault):
 
     def __init__(self, family: str, what: str) -> None:
         super().__init__(
-            "Not supported by this device family",
-            f"Device family {family} cannot {what}.",
-            "Call a technician to fix the product's configuration for this family.",
+            _("Not supported by this device family"),
+            _("Device family {family} cannot {what}.").format(family=family, what=what),
+            _("Call a technician to fix the product's configuration for this family."),
         )
 
 
@@ -197,9 +208,9 @@ class DeviceCheckUnreachable(StationFault):
 
     def __init__(self, message: str) -> None:
         super().__init__(
-            "Device check could not connect",
+            _("Device check could not connect"),
             message,
-            "Check the station's network and the target's endpoint, then call a technician.",
+            _("Check the station's network and the target's endpoint, then call a technician."),
         )
 
 
@@ -240,23 +251,23 @@ class Flasher(ABC):
 
     def keygen(self, common_name: str) -> str:
         """Have the unit make its own key pair; return its CSR (PEM). The key never leaves the unit."""
-        raise NotSupported(self.family, "make its own key")
+        raise NotSupported(self.family, _("make its own key"))
 
     def install_certificate(self, cert_pem: str) -> WriteProof:
         """Install the certificate for the key the unit made with `keygen`, commit, and prove it."""
-        raise NotSupported(self.family, "install a certificate for a device-made key")
+        raise NotSupported(self.family, _("install a certificate for a device-made key"))
 
     def read_certificate(self) -> str:
         """Read the unit's own certificate (PEM)."""
-        raise NotSupported(self.family, "read its certificate")
+        raise NotSupported(self.family, _("read its certificate"))
 
     def device_verify(self, host: str, port: int, thing_name: str, timeout_s: float = 20.0) -> None:
         """Have the unit connect to `host:port` with its own credentials and prove an MQTT round trip."""
-        raise NotSupported(self.family, "check its own connection")
+        raise NotSupported(self.family, _("check its own connection"))
 
     def go_online(self) -> None:
         """Let the unit go online with what it holds now; it then announces itself (see `observable`)."""
-        raise NotSupported(self.family, "go online and announce itself")
+        raise NotSupported(self.family, _("go online and announce itself"))
 
     @abstractmethod
     def wipe(self) -> None:
@@ -313,7 +324,7 @@ def check_certificate_fits_csr(cert_pem: str, csr_pem: str | None, *, device: st
         same = False
     if not same:
         raise StationFault(
-            "Certificate does not fit the device key",
-            f"The certificate to install is not for the key the {device} made.",
-            "Call a technician: the certificate was signed for a different request.",
+            _("Certificate does not fit the device key"),
+            _("The certificate to install is not for the key the {device} made.").format(device=device),
+            _("Call a technician: the certificate was signed for a different request."),
         )

@@ -80,6 +80,7 @@ from flashers.base import (
 )
 from flashers.serialio import open_port
 from station.errors import StationError, StationFault, UnitFault
+from station.i18n import N_, _
 from station.model import Identity
 
 SECTOR: Final = 0x1000
@@ -102,7 +103,7 @@ _IMAGE_MAGIC: Final = 0xE9
 APP_HEADER_READ: Final = 0x20 + 256  # image header + first segment header + esp_app_desc_t
 
 _KEY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,14}")
-_RESEAT = (
+_RESEAT = N_(
     "Reseat the unit in the jig, check its power, and try again; if it fails again, put it in the rework bin."
 )
 
@@ -137,21 +138,23 @@ class NvsLayout:
             # The generator gives keys starting ap./sta. Wi-Fi side effects; NVS keys are at most 15 bytes.
             if not _KEY_NAME.fullmatch(name) or name.startswith(("ap.", "sta.")):
                 raise StationFault(
-                    "Bad NVS layout",
-                    f"NVS name {name!r} is not usable: 1–15 letters, digits or _ . - (not ap./sta.).",
-                    "Call a technician to fix nvs_namespace / nvs_*_key in the product's options.",
+                    _("Bad NVS layout"),
+                    _(
+                        "NVS name {name!r} is not usable: 1–15 letters, digits or _ . - (not ap./sta.)."
+                    ).format(name=name),
+                    _("Call a technician to fix nvs_namespace / nvs_*_key in the product's options."),
                 )
         if len(set(names[1:])) != 3:
             raise StationFault(
-                "Bad NVS layout",
-                "The certificate, key and CA need three different NVS keys.",
-                "Call a technician to fix nvs_*_key in the product's options.",
+                _("Bad NVS layout"),
+                _("The certificate, key and CA need three different NVS keys."),
+                _("Call a technician to fix nvs_*_key in the product's options."),
             )
         if self.encoding not in ("string", "binary"):
             raise StationFault(
-                "Bad NVS layout",
-                f"NVS encoding {self.encoding!r} is not string or binary.",
-                "Call a technician to fix nvs_encoding in the product's options.",
+                _("Bad NVS layout"),
+                _("NVS encoding {encoding!r} is not string or binary.").format(encoding=self.encoding),
+                _("Call a technician to fix nvs_encoding in the product's options."),
             )
 
     def rows(self, cert_pem: str, key_pem: str, ca_pem: str | None = None) -> list[NvsRow]:
@@ -240,9 +243,13 @@ def build_secure_cert_image(
     tlvs += secure_cert_tlv(TLV_PRIV_KEY, key + b"\x00")
     if len(tlvs) > size:
         raise StationFault(
-            "Credentials do not fit",
-            f"The certificate, CA and key take {len(tlvs)} bytes; the esp_secure_cert partition has {size}.",
-            "Call a technician: use an EC key or a shorter CA chain, or a bigger esp_secure_cert partition.",
+            _("Credentials do not fit"),
+            _(
+                "The certificate, CA and key take {count} bytes; the esp_secure_cert partition has {size}."
+            ).format(count=len(tlvs), size=size),
+            _(
+                "Call a technician: use an EC key or a shorter CA chain, or a bigger esp_secure_cert partition."
+            ),
         )
     return tlvs + b"\xff" * (size - len(tlvs))
 
@@ -272,10 +279,12 @@ def parse_secure_cert(image: bytes) -> dict[int, bytes]:
 def check_nvs_size(size: int) -> None:
     if size % NVS_PAGE or size < NVS_MIN_SIZE:
         raise StationFault(
-            "Bad NVS partition size",
-            f"An NVS partition of {size:#x} bytes cannot be generated: it must be a multiple of 0x1000 and "
-            f"at least {NVS_MIN_SIZE:#x}.",
-            "Call a technician to fix nvs_size in the product's options (from the partition table).",
+            _("Bad NVS partition size"),
+            _(
+                "An NVS partition of {size:#x} bytes cannot be generated: it must be a multiple of 0x1000 and "
+                "at least {NVS_MIN_SIZE:#x}."
+            ).format(size=size, NVS_MIN_SIZE=NVS_MIN_SIZE),
+            _("Call a technician to fix nvs_size in the product's options (from the partition table)."),
         )
 
 
@@ -297,23 +306,25 @@ def build_nvs_image(rows: Sequence[NvsRow], size: int) -> bytes:
         gen.nvs_close(nvs)
     except gen.InsufficientSizeError:
         raise StationFault(
-            "NVS partition too small",
-            f"The credentials do not fit an NVS partition of {size:#x} bytes.",
-            "Call a technician: use a bigger NVS partition or a smaller key type (EC P-256).",
+            _("NVS partition too small"),
+            _("The credentials do not fit an NVS partition of {size:#x} bytes.").format(size=size),
+            _("Call a technician: use a bigger NVS partition or a smaller key type (EC P-256)."),
         ) from None
     except gen.InputError:
         # Its message names the key and sizes only; never the value.
         raise StationFault(
-            "Credential too big for an NVS string",
-            "An NVS string holds at most 4000 bytes; a credential is longer.",
-            "Call a technician: use nvs_encoding = binary or a smaller key type (EC P-256).",
+            _("Credential too big for an NVS string"),
+            _("An NVS string holds at most 4000 bytes; a credential is longer."),
+            _("Call a technician: use nvs_encoding = binary or a smaller key type (EC P-256)."),
         ) from None
     image = out.getvalue()
     if len(image) != size:
         raise StationFault(
-            "NVS image has the wrong size",
-            f"The generator made {len(image)} bytes for a {size}-byte partition.",
-            "Call a technician: the NVS generator version may not fit this station.",
+            _("NVS image has the wrong size"),
+            _("The generator made {count} bytes for a {size}-byte partition.").format(
+                count=len(image), size=size
+            ),
+            _("Call a technician: the NVS generator version may not fit this station."),
         )
     return image
 
@@ -470,7 +481,9 @@ class EsptoolLink:
     def _need(self) -> Any:
         if self._esp is None:
             raise StationFault(
-                "ESP32 not connected", "The station used the ESP32 before connecting.", "Call a technician."
+                _("ESP32 not connected"),
+                _("The station used the ESP32 before connecting."),
+                _("Call a technician."),
             )
         return self._esp
 
@@ -575,9 +588,11 @@ def esptool_error(exc: BaseException) -> StationError:
     text = str(exc)
     if "Wrong boot mode" in text:
         return UnitFault(
-            "Device not in download mode",
-            "The ESP32 started its application instead of the ROM download mode.",
-            "Check the jig's reset wiring (EN and IO0), or hold BOOT while reseating; if it fails again, rework.",
+            _("Device not in download mode"),
+            _("The ESP32 started its application instead of the ROM download mode."),
+            _(
+                "Check the jig's reset wiring (EN and IO0), or hold BOOT while reseating; if it fails again, rework."
+            ),
         )
     if "No serial data received" in text or "Timed out" in text or "transfer stopped" in text:
         return DeviceNotAnswering()
@@ -590,7 +605,9 @@ def esptool_error(exc: BaseException) -> StationError:
     ):
         return DeviceGarbage()
     first = text.strip().splitlines()[0][:120] if text.strip() else type(exc).__name__
-    return DeviceRejected(f"The ESP32 loader refused an operation ({first}).", _RESEAT)
+    return DeviceRejected(
+        _("The ESP32 loader refused an operation ({first}).").format(first=first), _(_RESEAT)
+    )
 
 
 # ---------------------------------------------------------------------------------------------- flasher
@@ -601,9 +618,9 @@ def _as_int(value: int | str, what: str) -> int:
         return int(value, 0) if isinstance(value, str) else int(value)
     except (TypeError, ValueError):
         raise StationFault(
-            "Bad ESP32 option",
-            f"{what} must be a number (e.g. 0x9000), not {value!r}.",
-            "Call a technician to fix the product's options.",
+            _("Bad ESP32 option"),
+            _("{what} must be a number (e.g. 0x9000), not {value!r}.").format(what=what, value=value),
+            _("Call a technician to fix the product's options."),
         ) from None
 
 
@@ -648,17 +665,23 @@ class Esp32Flasher(Flasher):
         self.port = port
         if identity_format in REFUSED_FORMATS:
             raise StationFault(
-                "Identity format not supported",
-                f"identity_format {identity_format!r} keeps the key in the DS peripheral or derives it from an "
-                "eFuse key; burning eFuses is irreversible and the station never does it.",
-                'Call a technician: use identity_format = "esp_secure_cert" (plain key) or "nvs", and burn '
-                "eFuses, if wanted, in a separate, deliberate step outside the station.",
+                _("Identity format not supported"),
+                _(
+                    "identity_format {identity_format!r} keeps the key in the DS peripheral or derives it from an "
+                    "eFuse key; burning eFuses is irreversible and the station never does it."
+                ).format(identity_format=identity_format),
+                _(
+                    'Call a technician: use identity_format = "esp_secure_cert" (plain key) or "nvs", and burn '
+                    "eFuses, if wanted, in a separate, deliberate step outside the station."
+                ),
             )
         if identity_format not in IDENTITY_FORMATS:
             raise StationFault(
-                "Bad ESP32 option",
-                f"identity_format must be one of {', '.join(IDENTITY_FORMATS)}, not {identity_format!r}.",
-                "Call a technician to fix identity_format in the product's options.",
+                _("Bad ESP32 option"),
+                _("identity_format must be one of {IDENTITY_FORMATS}, not {identity_format!r}.").format(
+                    IDENTITY_FORMATS=", ".join(IDENTITY_FORMATS), identity_format=identity_format
+                ),
+                _("Call a technician to fix identity_format in the product's options."),
             )
         self.identity_format = identity_format
         self.nvs_offset = _as_int(nvs_offset, "nvs_offset")
@@ -670,10 +693,12 @@ class Esp32Flasher(Flasher):
         check_nvs_size(self.nvs_size)
         if self.nvs_offset % SECTOR or self.nvs_offset < self.partition_table_offset + SECTOR:
             raise StationFault(
-                "Bad NVS offset",
-                f"NVS offset {self.nvs_offset:#x} is not sector-aligned or would overwrite the bootloader or "
-                f"the partition table (at {self.partition_table_offset:#x}).",
-                "Call a technician to fix nvs_offset in the product's options (from the partition table).",
+                _("Bad NVS offset"),
+                _(
+                    "NVS offset {nvs_offset:#x} is not sector-aligned or would overwrite the bootloader or "
+                    "the partition table (at {partition_table_offset:#x})."
+                ).format(nvs_offset=self.nvs_offset, partition_table_offset=self.partition_table_offset),
+                _("Call a technician to fix nvs_offset in the product's options (from the partition table)."),
             )
         # The partition this product's credentials go to: NVS, or esp_secure_cert.
         self.part_offset, self.part_size = self.nvs_offset, self.nvs_size
@@ -684,11 +709,15 @@ class Esp32Flasher(Flasher):
             )
             if self.part_offset % SECTOR or self.part_offset < self.partition_table_offset + SECTOR:
                 raise StationFault(
-                    "Bad esp_secure_cert offset",
-                    f"secure_cert_offset {self.part_offset:#x} is not sector-aligned or would overwrite the "
-                    "bootloader or the partition table.",
-                    "Call a technician to fix secure_cert_offset in the product's options (from the partition "
-                    "table).",
+                    _("Bad esp_secure_cert offset"),
+                    _(
+                        "secure_cert_offset {part_offset:#x} is not sector-aligned or would overwrite the "
+                        "bootloader or the partition table."
+                    ).format(part_offset=self.part_offset),
+                    _(
+                        "Call a technician to fix secure_cert_offset in the product's options (from the partition "
+                        "table)."
+                    ),
                 )
         self.check_partition_table = bool(check_partition_table)
         self.reset_after = bool(reset_after)
@@ -707,9 +736,9 @@ class Esp32Flasher(Flasher):
             firmware = self._info.firmware if self._info else None
             if self._info is not None and mac.hex().upper() != self._info.device_id:
                 raise UnitFault(
-                    "A different unit",
-                    "The unit on this port changed since it was identified.",
-                    "Take both units out and start again with one.",
+                    _("A different unit"),
+                    _("The unit on this port changed since it was identified."),
+                    _("Take both units out and start again with one."),
                 )
         else:
             self.chip = self._link.detect_chip()
@@ -718,14 +747,16 @@ class Esp32Flasher(Flasher):
             mac = self._link.read_mac()
             if flash_size and self.part_offset + self.part_size > flash_size:
                 raise UnitFault(
-                    "Flash too small",
-                    f"The unit's flash ({flash_size // 1024} KB) ends before the credentials partition does.",
-                    "Put the unit in the rework bin (wrong module fitted?).",
+                    _("Flash too small"),
+                    _(
+                        "The unit's flash ({flash_size} KB) ends before the credentials partition does."
+                    ).format(flash_size=flash_size // 1024),
+                    _("Put the unit in the rework bin (wrong module fitted?)."),
                 )
             firmware = self._check_layout() if self.check_partition_table else None
             self._connected = True
         if len(mac) != 6:
-            raise DeviceGarbage("It gave a MAC address of the wrong length.")
+            raise DeviceGarbage(_("It gave a MAC address of the wrong length."))
         self._info = DeviceInfo(device_id=mac.hex().upper(), firmware=firmware, family=self.family)
         return self._info
 
@@ -741,17 +772,17 @@ class Esp32Flasher(Flasher):
     def write_identity(self, identity: Identity, *, ca_pem: str | None = None) -> WriteProof:
         if identity.private_key is None:
             raise StationFault(
-                "No key to write",
-                "An ESP32 cannot make its own key; the identity has none.",
-                "Call a technician: this product needs station-made keys (key_source = station).",
+                _("No key to write"),
+                _("An ESP32 cannot make its own key; the identity has none."),
+                _("Call a technician: this product needs station-made keys (key_source = station)."),
             )
         try:
             key_pem = identity.private_key.reveal().decode("ascii")
         except UnicodeDecodeError:
             raise StationFault(
-                "Key not writable",
-                "The private key is not PEM text.",
-                "Call a technician: the identity's key must be PEM.",
+                _("Key not writable"),
+                _("The private key is not PEM text."),
+                _("Call a technician: the identity's key must be PEM."),
             ) from None
         objects = [("cert", identity.certificate_pem), ("key", key_pem)]
         if ca_pem:
@@ -768,7 +799,7 @@ class Esp32Flasher(Flasher):
         self._written = True
         writes = 0
         try:
-            for _ in range(2):
+            for _attempt in range(2):
                 writes += 1
                 self._link.write_flash(parts)
                 if self._link.verify_flash(parts):
@@ -776,13 +807,15 @@ class Esp32Flasher(Flasher):
             else:
                 self._erase_best_effort()
                 raise ProofMismatch(
-                    "NVS partition",
-                    "The chip's digest of the written partition differs from the image after two writes; "
-                    "the partition has been erased.",
+                    _("NVS partition"),
+                    _(
+                        "The chip's digest of the written partition differs from the image after two writes; "
+                        "the partition has been erased."
+                    ),
                 )
         except DeviceDisconnected:
             raise DeviceDisconnected(
-                "Its NVS partition may be partly written: provision the unit again once it is back."
+                _("Its NVS partition may be partly written: provision the unit again once it is back.")
             ) from None
         proofs = tuple(
             ObjectProof(
@@ -811,7 +844,7 @@ class Esp32Flasher(Flasher):
         erased = [(self.part_offset, b"\xff" * self.part_size)]
         self._link.write_flash(erased)
         if not self._link.verify_flash(erased):
-            raise ProofMismatch("NVS partition", "It did not read back erased after the wipe.")
+            raise ProofMismatch(_("NVS partition"), _("It did not read back erased after the wipe."))
         self._written = False
 
     def close(self) -> None:
@@ -842,10 +875,12 @@ class Esp32Flasher(Flasher):
             table = parse_partition_table(raw)
         except ValueError:
             raise UnitFault(
-                "No partition table",
-                f"The unit has no valid partition table at {self.partition_table_offset:#x}: it has no "
-                "application firmware yet, or a damaged one.",
-                "Flash the product's firmware first; if it fails again, put the unit in the rework bin.",
+                _("No partition table"),
+                _(
+                    "The unit has no valid partition table at {partition_table_offset:#x}: it has no "
+                    "application firmware yet, or a damaged one."
+                ).format(partition_table_offset=self.partition_table_offset),
+                _("Flash the product's firmware first; if it fails again, put the unit in the rework bin."),
             ) from None
         if self.identity_format == "esp_secure_cert":
             if not any(
@@ -853,11 +888,15 @@ class Esp32Flasher(Flasher):
                 for p in table
             ):
                 raise UnitFault(
-                    "Partition layout differs",
-                    f"The unit's partition table has no esp_secure_cert partition (type 0x3F) at "
-                    f"{self.part_offset:#x}: its firmware is not this product's.",
-                    "Flash the product's firmware; if every unit says this, call a technician to check "
-                    "secure_cert_offset.",
+                    _("Partition layout differs"),
+                    _(
+                        "The unit's partition table has no esp_secure_cert partition (type 0x3F) at "
+                        "{part_offset:#x}: its firmware is not this product's."
+                    ).format(part_offset=self.part_offset),
+                    _(
+                        "Flash the product's firmware; if every unit says this, call a technician to check "
+                        "secure_cert_offset."
+                    ),
                 )
         else:
             matches = [
@@ -873,10 +912,14 @@ class Esp32Flasher(Flasher):
                 where = f"{self.nvs_offset:#x} ({self.nvs_size:#x} bytes)"
                 name = f" named {self.nvs_partition}" if self.nvs_partition else ""
                 raise UnitFault(
-                    "Partition layout differs",
-                    f"The unit's partition table has no NVS partition{name} at {where}: its firmware is not "
-                    "this product's.",
-                    "Flash the product's firmware; if every unit says this, call a technician to check nvs_offset.",
+                    _("Partition layout differs"),
+                    _(
+                        "The unit's partition table has no NVS partition{name} at {where}: its firmware is not "
+                        "this product's."
+                    ).format(name=name, where=where),
+                    _(
+                        "Flash the product's firmware; if every unit says this, call a technician to check nvs_offset."
+                    ),
                 )
         apps = sorted((p for p in table if p.type == PART_TYPE_APP), key=lambda p: p.offset)
         if not apps:

@@ -84,6 +84,7 @@ from flashers.base import (
 )
 from flashers.serialio import OVERFLOW, LineFlasher, wire_time
 from station.errors import StationError, StationFault, UnitFault
+from station.i18n import N_, _
 from station.model import Identity
 
 log = logging.getLogger(__name__)
@@ -296,11 +297,11 @@ def connect_hint(detail: str) -> int | None:
 # ----------------------------------------------------------------------------------------------------------
 # Operator messages
 
-_REWORK = "Put the unit in the rework bin."
-_RESEAT = (
+_REWORK = N_("Put the unit in the rework bin.")
+_RESEAT = N_(
     "Reseat the unit in the jig, check its power, and try again; if it fails again, put it in the rework bin."
 )
-_FIRMWARE = "Update the module's firmware, or put the unit in the rework bin."
+_FIRMWARE = N_("Update the module's firmware, or put the unit in the rework bin.")
 
 
 class DeviceLoginRefused(StationFault):
@@ -316,12 +317,16 @@ class DeviceLoginRefused(StationFault):
     def __init__(self, host: str, thing_name: str | None) -> None:
         client = f" as {thing_name}" if thing_name else ""
         super().__init__(
-            "Device login refused",
-            f"The module reached {host}, but AWS IoT refused its MQTT login{client} (ERR14 5) although the "
-            "station has just registered its certificate: the endpoint may belong to another account or "
-            "region than the target, or the policy or thing name does not let it connect.",
-            "Call a technician to check the target's endpoint, account and policy; if only this unit fails "
-            "like this, put it in the rework bin.",
+            _("Device login refused"),
+            _(
+                "The module reached {host}, but AWS IoT refused its MQTT login{client} (ERR14 5) although the "
+                "station has just registered its certificate: the endpoint may belong to another account or "
+                "region than the target, or the policy or thing name does not let it connect."
+            ).format(host=host, client=client),
+            _(
+                "Call a technician to check the target's endpoint, account and policy; if only this unit fails "
+                "like this, put it in the rework bin."
+            ),
         )
 
 
@@ -330,10 +335,12 @@ class DeviceConnectThrottled(StationFault):
 
     def __init__(self, host: str) -> None:
         super().__init__(
-            "Device connection on hold",
-            f"The module kept refusing to connect to {host} because of its back-off (ERR14 1): it was asked to "
-            "connect again too soon after a failed attempt.",
-            "Wait a minute and scan the unit again; if it keeps happening, call a technician.",
+            _("Device connection on hold"),
+            _(
+                "The module kept refusing to connect to {host} because of its back-off (ERR14 1): it was asked to "
+                "connect again too soon after a failed attempt."
+            ).format(host=host),
+            _("Wait a minute and scan the unit again; if it keeps happening, call a technician."),
         )
 
 
@@ -342,7 +349,7 @@ class DeviceCheckDenied(StationFault):
 
     def __init__(self, message: str) -> None:
         super().__init__(
-            "Device check not allowed", message, "Call a technician to check the target's policy."
+            _("Device check not allowed"), message, _("Call a technician to check the target's policy.")
         )
 
 
@@ -352,28 +359,38 @@ def connect_error(hint: int | None, host: str, thing_name: str | None = None) ->
         return DeviceConnectThrottled(host)
     if hint == HINT_NETWORK:
         return DeviceCheckUnreachable(
-            "The module could not reach the network (ERR14 2). If other units connect from this jig, this "
-            "unit's radio may be faulty."
+            _(
+                "The module could not reach the network (ERR14 2). If other units connect from this jig, this "
+                "unit's radio may be faulty."
+            )
         )
     if hint == HINT_ENDPOINT:
         return DeviceCheckUnreachable(
-            f"The module could not reach the endpoint {host} (ERR14 3): the name does not resolve or the "
-            "host does not answer."
+            _(
+                "The module could not reach the endpoint {host} (ERR14 3): the name does not resolve or the "
+                "host does not answer."
+            ).format(host=host)
         )
     if hint == HINT_TLS:
         return DeviceCheckUnreachable(
-            f"The module could not complete TLS with {host} (ERR14 4): it does not trust the server's "
-            "certificate, its clock is wrong, or the endpoint refused its certificate in the handshake."
+            _(
+                "The module could not complete TLS with {host} (ERR14 4): it does not trust the server's "
+                "certificate, its clock is wrong, or the endpoint refused its certificate in the handshake."
+            ).format(host=host)
         )
     if hint == HINT_LOGIN:
         return DeviceLoginRefused(host, thing_name)
     if hint == HINT_SERVICES:
         return DeviceCheckDenied(
-            f"The module connected to {host} but may not use the AWS IoT services it needs (ERR14 6): the "
-            "policy does not allow them (for example Jobs)."
+            _(
+                "The module connected to {host} but may not use the AWS IoT services it needs (ERR14 6): the "
+                "policy does not allow them (for example Jobs)."
+            ).format(host=host)
         )
     shown = "?" if hint is None else str(hint)
-    return DeviceCheckUnreachable(f"The module could not connect to {host} (ERR14 {shown}).")
+    return DeviceCheckUnreachable(
+        _("The module could not connect to {host} (ERR14 {shown}).").format(host=host, shown=shown)
+    )
 
 
 def command_error(command: str, code: int) -> StationError:
@@ -391,41 +408,59 @@ def command_error(command: str, code: int) -> StationError:
         ERR_INVALID_QUERY,
     ):
         return DeviceRejected(
-            f"The module does not understand {what}: it may not be an ExpressLink module, or its firmware "
-            "is too old.",
-            _FIRMWARE,
+            _(
+                "The module does not understand {what}: it may not be an ExpressLink module, or its firmware "
+                "is too old."
+            ).format(what=what),
+            _(_FIRMWARE),
         )
     if code == ERR_OVERFLOW:
-        return DeviceRejected(f"The module's command buffer overflowed on {what}.", _FIRMWARE)
+        return DeviceRejected(
+            _("The module's command buffer overflowed on {what}.").format(what=what), _(_FIRMWARE)
+        )
     if code == ERR_NO_CONNECTION:
-        return DeviceCheckUnreachable(f"The module lost its connection during {what}.")
+        return DeviceCheckUnreachable(_("The module lost its connection during {what}.").format(what=what))
     if code in (ERR_OUT_OF_RANGE, ERR_PARAMETER_UNDEFINED):
         return DeviceRejected(
-            f"The module refused the topic in {what}: it does not offer the topics ExpressLink requires.",
-            _FIRMWARE,
+            _(
+                "The module refused the topic in {what}: it does not offer the topics ExpressLink requires."
+            ).format(what=what),
+            _(_FIRMWARE),
         )
     if code == ERR_KEY_READONLY:
         return DeviceRejected(
-            f"The module will not change a setting the station needs ({what}): its vendor may have locked it."
+            _(
+                "The module will not change a setting the station needs ({what}): its vendor may have locked it."
+            ).format(what=what)
         )
     if code == ERR_KEY_WRITEONLY:
-        return DeviceRejected(f"The module will not reveal a setting the station needs ({what}).")
+        return DeviceRejected(
+            _("The module will not reveal a setting the station needs ({what}).").format(what=what)
+        )
     if code == ERR_ACTIVE_CONNECTION:
-        return DeviceRejected(f"The module refused {what} because it is still connected.", _RESEAT)
+        return DeviceRejected(
+            _("The module refused {what} because it is still connected.").format(what=what), _(_RESEAT)
+        )
     if code == ERR_INVALID_CERTIFICATE:
         return UnitFault(
-            "Device certificate unusable", f"The module reports its certificate as invalid ({what}).", _REWORK
+            _("Device certificate unusable"),
+            _("The module reports its certificate as invalid ({what}).").format(what=what),
+            _(_REWORK),
         )
     if code == ERR_CONFIGURATION:
         return StationFault(
-            "Module not configured",
-            f"The module says its configuration is incomplete ({what}), for example the line's network "
-            "name and passphrase were never set.",
-            "Call a technician to check the jig's network settings for the module.",
+            _("Module not configured"),
+            _(
+                "The module says its configuration is incomplete ({what}), for example the line's network "
+                "name and passphrase were never set."
+            ).format(what=what),
+            _("Call a technician to check the jig's network settings for the module."),
         )
     if code == ERR_NOT_ALLOWED:
-        return DeviceRejected(f"The module does not allow {what} in its current state.", _RESEAT)
-    return DeviceRejected(f"The module refused {what}.")
+        return DeviceRejected(
+            _("The module does not allow {what} in its current state.").format(what=what), _(_RESEAT)
+        )
+    return DeviceRejected(_("The module refused {what}.").format(what=what))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -499,9 +534,9 @@ class ExpressLinkFlasher(LineFlasher[Timing]):
         thing = self._conf_get("ThingName")
         if not _THING.fullmatch(thing):
             raise UnitFault(
-                "Device name not usable",
-                "The module's ThingName is empty or not a valid AWS IoT thing name.",
-                _REWORK,
+                _("Device name not usable"),
+                _("The module's ThingName is empty or not a valid AWS IoT thing name."),
+                _(_REWORK),
             )
         version = self._conf_get("Version")
         about = self._conf_get("About", optional=True)
@@ -517,7 +552,7 @@ class ExpressLinkFlasher(LineFlasher[Timing]):
         return thing if _THING.fullmatch(thing) else None
 
     def write_identity(self, identity: Identity, *, ca_pem: str | None = None) -> WriteProof:
-        raise NotSupported(self.family, "store a key made by the station (the module keeps its own)")
+        raise NotSupported(self.family, _("store a key made by the station (the module keeps its own)"))
 
     def read_certificate(self) -> str:
         self._ensure_contact()
@@ -533,9 +568,9 @@ class ExpressLinkFlasher(LineFlasher[Timing]):
             try:
                 lines = unescape(detail).splitlines()
             except EscapeError:
-                raise DeviceGarbage("Its certificate has a broken escape sequence.") from None
+                raise DeviceGarbage(_("Its certificate has a broken escape sequence.")) from None
         else:
-            raise DeviceGarbage("Its answer to AT+CONF? Certificate is not a certificate.")
+            raise DeviceGarbage(_("Its answer to AT+CONF? Certificate is not a certificate."))
         return _certificate_from_lines(lines)
 
     def connect_state(self) -> ConnectState:
@@ -546,7 +581,7 @@ class ExpressLinkFlasher(LineFlasher[Timing]):
             raise command_error("AT+CONNECT?", reply.code)
         state = parse_connect_state(reply.detail)
         if state is None:
-            raise DeviceGarbage("Its answer to AT+CONNECT? is malformed.")
+            raise DeviceGarbage(_("Its answer to AT+CONNECT? is malformed."))
         return state
 
     def endpoint(self) -> str:
@@ -562,9 +597,9 @@ class ExpressLinkFlasher(LineFlasher[Timing]):
         """
         if not _HOST.fullmatch(host):
             raise StationFault(
-                "Endpoint not usable",
-                "The target's endpoint is not a host name an ExpressLink module can take.",
-                "Call a technician to fix the target's endpoint.",
+                _("Endpoint not usable"),
+                _("The target's endpoint is not a host name an ExpressLink module can take."),
+                _("Call a technician to fix the target's endpoint."),
             )
         self._ensure_contact()
         if self.connect_state().connected:
@@ -576,9 +611,9 @@ class ExpressLinkFlasher(LineFlasher[Timing]):
             self._conf_set("Endpoint", host)
         if self._conf_get("Endpoint") != host:
             raise UnitFault(
-                "Device kept its old endpoint",
-                "The module accepted the new endpoint but reports a different one afterwards.",
-                _REWORK,
+                _("Device kept its old endpoint"),
+                _("The module accepted the new endpoint but reports a different one afterwards."),
+                _(_REWORK),
             )
 
     def device_verify(self, host: str, port: int, thing_name: str, timeout_s: float | None = None) -> None:
@@ -591,9 +626,9 @@ class ExpressLinkFlasher(LineFlasher[Timing]):
             timeout_s = self.timing.connect_s + 30.0
         if not _THING.fullmatch(thing_name):
             raise StationFault(
-                "Thing name not usable",
-                "The thing name is not a valid AWS IoT thing name, so it cannot be used in a topic.",
-                "Call a technician to fix the thing name template.",
+                _("Thing name not usable"),
+                _("The thing name is not a valid AWS IoT thing name, so it cannot be used in a topic."),
+                _("Call a technician to fix the thing name template."),
             )
         if int(port) not in (STANDARD_PORT, 443):
             # Not an error: the lab's simulator is configured with the lab's port itself (module docstring).
@@ -611,18 +646,20 @@ class ExpressLinkFlasher(LineFlasher[Timing]):
             reply = self._command(f"SEND{VERIFY_TOPIC_INDEX}", param=nonce)
             if not reply.ok:
                 if reply.code == ERR_NO_CONNECTION:
-                    raise self._lost(host, f"publishing to {topic}")
+                    raise self._lost(host, _("publishing to {topic}").format(topic=topic))
                 raise command_error(f"AT+SEND{VERIFY_TOPIC_INDEX}", reply.code)
             self._await_echo(host, topic, nonce, deadline)
             state = self.connect_state()
             if not state.connected:
-                raise self._lost(host, "the check")
+                raise self._lost(host, _("the check"))
             if not state.customer:
                 raise StationFault(
-                    "Device still on staging",
-                    f"The module connected to {host} but calls it its staging endpoint, not a customer one: "
-                    "the target's endpoint is the module vendor's staging account.",
-                    "Call a technician to fix the target's endpoint.",
+                    _("Device still on staging"),
+                    _(
+                        "The module connected to {host} but calls it its staging endpoint, not a customer one: "
+                        "the target's endpoint is the module vendor's staging account."
+                    ).format(host=host),
+                    _("Call a technician to fix the target's endpoint."),
                 )
             self._disconnect()
             if self.hota_pem is not None:
@@ -637,9 +674,9 @@ class ExpressLinkFlasher(LineFlasher[Timing]):
         self._conf_set("HOTAcertificate", pem)
         if self._read_pem("HOTAcertificate") != _normal_pem(pem):
             raise UnitFault(
-                "HOTA certificate not kept",
-                "The module accepted the host-update (HOTA) certificate but reads back a different one.",
-                _REWORK,
+                _("HOTA certificate not kept"),
+                _("The module accepted the host-update (HOTA) certificate but reads back a different one."),
+                _(_REWORK),
             )
 
     def hota_certificate(self) -> str:
@@ -662,9 +699,9 @@ class ExpressLinkFlasher(LineFlasher[Timing]):
             try:
                 lines = unescape(detail).splitlines()
             except EscapeError:
-                raise DeviceGarbage(f"Its {key} has a broken escape sequence.") from None
+                raise DeviceGarbage(_("Its {key} has a broken escape sequence.").format(key=key)) from None
         else:
-            raise DeviceGarbage(f"Its answer to AT+CONF? {key} is not a certificate.")
+            raise DeviceGarbage(_("Its answer to AT+CONF? {key} is not a certificate.").format(key=key))
         return _certificate_from_lines(lines)
 
     def wipe(self, *, factory_reset: bool = False) -> None:
@@ -695,9 +732,9 @@ class ExpressLinkFlasher(LineFlasher[Timing]):
             self._conf_set("Endpoint", original)
             if self._conf_get("Endpoint") != original:
                 raise UnitFault(
-                    "Device kept the customer endpoint",
-                    "The module did not take its previous endpoint back.",
-                    _REWORK,
+                    _("Device kept the customer endpoint"),
+                    _("The module did not take its previous endpoint back."),
+                    _(_REWORK),
                 )
 
     def close(self) -> None:
@@ -710,16 +747,19 @@ class ExpressLinkFlasher(LineFlasher[Timing]):
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise DeviceCheckUnreachable(f"The module did not connect to {host} within the deadline.")
-            reply, _ = self._exchange("CONNECT", None, min(self.timing.connect_s, remaining), 1, False)
+                raise DeviceCheckUnreachable(
+                    _("The module did not connect to {host} within the deadline.").format(host=host)
+                )
+            reply, _status = self._exchange("CONNECT", None, min(self.timing.connect_s, remaining), 1, False)
             if reply is None:
                 raise DeviceCheckUnreachable(
-                    f"The module did not finish connecting to {host} within "
-                    f"{min(self.timing.connect_s, remaining):.0f} s."
+                    _("The module did not finish connecting to {host} within {remaining:.0f} s.").format(
+                        host=host, remaining=min(self.timing.connect_s, remaining)
+                    )
                 )
             if reply.ok:
                 if not reply.detail.startswith("1"):
-                    raise DeviceGarbage("Its answer to AT+CONNECT is malformed.")
+                    raise DeviceGarbage(_("Its answer to AT+CONNECT is malformed."))
                 return
             if reply.code == ERR_NOT_ALLOWED and deadline - time.monotonic() > self.timing.poll_s:
                 # A CONNECT is already in progress (an earlier one that timed out here, or CONNECT!): its
@@ -750,14 +790,14 @@ class ExpressLinkFlasher(LineFlasher[Timing]):
         reply = self._command(f"SUBSCRIBE{index}")
         if not reply.ok:
             if reply.code == ERR_NO_CONNECTION:
-                raise self._lost(host, f"subscribing to {topic}")
+                raise self._lost(host, _("subscribing to {topic}").format(topic=topic))
             raise command_error(f"AT+SUBSCRIBE{index}", reply.code)
         while True:
             event = self._next_event()
             if event is None:
                 if time.monotonic() >= deadline:
                     raise DeviceCheckUnreachable(
-                        f"The module's subscription to {topic} was never acknowledged."
+                        _("The module's subscription to {topic} was never acknowledged.").format(topic=topic)
                     )
                 time.sleep(self.timing.poll_s)
                 continue
@@ -765,10 +805,12 @@ class ExpressLinkFlasher(LineFlasher[Timing]):
                 return
             if event.id == EVENT_SUBNACK and event.param == index:
                 raise DeviceCheckDenied(
-                    f"The module connected to {host}, but the policy does not let it subscribe to {topic}."
+                    _(
+                        "The module connected to {host}, but the policy does not let it subscribe to {topic}."
+                    ).format(host=host, topic=topic)
                 )
             if event.id == EVENT_CONLOST:
-                raise self._lost(host, f"subscribing to {topic}")
+                raise self._lost(host, _("subscribing to {topic}").format(topic=topic))
 
     def _await_echo(self, host: str, topic: str, nonce: str, deadline: float) -> None:
         index = VERIFY_TOPIC_INDEX
@@ -781,23 +823,27 @@ class ExpressLinkFlasher(LineFlasher[Timing]):
                     if unescape(reply.detail) == nonce:
                         return
                 except EscapeError:
-                    raise DeviceGarbage("A message it returned has a broken escape sequence.") from None
+                    raise DeviceGarbage(_("A message it returned has a broken escape sequence.")) from None
                 continue  # another message on the topic: not ours
             event = self._next_event()
             if event is not None and event.id == EVENT_CONLOST:
-                raise self._lost(host, f"publishing to {topic}")
+                raise self._lost(host, _("publishing to {topic}").format(topic=topic))
             if time.monotonic() >= deadline:
                 raise DeviceCheckDenied(
-                    f"The module connected to {host} and published on {topic}, but its message did not come "
-                    "back: the policy may not let it publish or receive there."
+                    _(
+                        "The module connected to {host} and published on {topic}, but its message did not come "
+                        "back: the policy may not let it publish or receive there."
+                    ).format(host=host, topic=topic)
                 )
             if event is None:
                 time.sleep(self.timing.poll_s)
 
     def _lost(self, host: str, during: str) -> StationError:
         return DeviceCheckDenied(
-            f"The module's connection to {host} was closed while {during}: the policy probably does not "
-            "allow it (AWS IoT closes the connection on a publish it does not allow)."
+            _(
+                "The module's connection to {host} was closed while {during}: the policy probably does not "
+                "allow it (AWS IoT closes the connection on a publish it does not allow)."
+            ).format(host=host, during=during)
         )
 
     def _next_event(self) -> Event | None:
@@ -808,15 +854,15 @@ class ExpressLinkFlasher(LineFlasher[Timing]):
             return None
         event = parse_event(reply.detail)
         if event is None:
-            raise DeviceGarbage("Its answer to AT+EVENT? is malformed.")
+            raise DeviceGarbage(_("Its answer to AT+EVENT? is malformed."))
         return event
 
     def _drain_events(self, limit: int = 64) -> None:
         """Drop events from before this check (an old SUBACK must not acknowledge the new subscription)."""
-        for _ in range(limit):
+        for _attempt in range(limit):
             if self._next_event() is None:
                 return
-        raise DeviceGarbage("Its event queue never empties.")
+        raise DeviceGarbage(_("Its event queue never empties."))
 
     def _disconnect(self) -> None:
         reply = self._command("DISCONNECT", attempts=self.timing.attempts)
@@ -863,7 +909,9 @@ class ExpressLinkFlasher(LineFlasher[Timing]):
         try:
             return unescape(reply.detail).strip()
         except EscapeError:
-            raise DeviceGarbage(f"Its answer to AT+CONF? {key} has a broken escape sequence.") from None
+            raise DeviceGarbage(
+                _("Its answer to AT+CONF? {key} has a broken escape sequence.").format(key=key)
+            ) from None
 
     def _conf_set(self, key: str, value: str) -> None:
         reply = self._command("CONF", param=f"{key}={value}", attempts=self.timing.attempts)
@@ -890,7 +938,7 @@ class ExpressLinkFlasher(LineFlasher[Timing]):
             return reply
         self._contact = False
         if junk:
-            raise DeviceGarbage(f"No valid answer to AT+{command.split(' ')[0]}.")
+            raise DeviceGarbage(_("No valid answer to AT+{split}.").format(split=command.split(" ")[0]))
         raise DeviceNotAnswering()
 
     def _exchange(
@@ -903,9 +951,9 @@ class ExpressLinkFlasher(LineFlasher[Timing]):
         wire = (text + "\r\n").encode("ascii")
         if len(wire) > MAX_COMMAND:
             raise StationFault(
-                "Command too long",
-                "A command for the module is longer than its command buffer.",
-                "Call a technician: the endpoint or thing name is far too long.",
+                _("Command too long"),
+                _("A command for the module is longer than its command buffer."),
+                _("Call a technician: the endpoint or thing name is far too long."),
             )
         timeout = min(MAX_TIMEOUT_S, timeout_s if timeout_s is not None else self.timing.command_s)
         junk = 0
@@ -961,26 +1009,28 @@ class ExpressLinkFlasher(LineFlasher[Timing]):
                 junk += 1
             if junk >= self.timing.max_junk:
                 self._stale = True
-                raise DeviceGarbage(f"It sent {junk} lines that are not ExpressLink replies.")
+                raise DeviceGarbage(
+                    _("It sent {junk} lines that are not ExpressLink replies.").format(junk=junk)
+                )
             if time.monotonic() >= deadline:  # a flood never lets read_line see its deadline
                 raise _Timeout(junk)
 
     def _read_more(self, reply: Reply) -> Reply:
         if reply.count > MAX_CERT_LINES:
-            raise DeviceGarbage("It announced an impossible number of lines.")
+            raise DeviceGarbage(_("It announced an impossible number of lines."))
         deadline = time.monotonic() + self.timing.command_s + wire_time(80 * reply.count, self.baudrate)
         lines: list[str] = []
         while len(lines) < reply.count:
             line = self._io.read_line(deadline)
             if line is None:
-                raise DeviceGarbage("It sent fewer lines than it announced.")
+                raise DeviceGarbage(_("It sent fewer lines than it announced."))
             if line is OVERFLOW:
-                raise DeviceGarbage("It sent a line far too long for its answer.")
+                raise DeviceGarbage(_("It sent a line far too long for its answer."))
             assert isinstance(line, bytes)
             try:
                 lines.append(line.decode("ascii"))
             except UnicodeDecodeError:
-                raise DeviceGarbage("Its answer is not text.") from None
+                raise DeviceGarbage(_("Its answer is not text.")) from None
         return Reply(reply.ok, reply.detail, reply.count, reply.code, tuple(lines))
 
     def _read_pem_to_end(self) -> list[str]:
@@ -990,18 +1040,18 @@ class ExpressLinkFlasher(LineFlasher[Timing]):
         while len(lines) < MAX_CERT_LINES:
             line = self._io.read_line(deadline)
             if line is None:
-                raise DeviceGarbage("Its certificate ended before its END line.")
+                raise DeviceGarbage(_("Its certificate ended before its END line."))
             if line is OVERFLOW:
-                raise DeviceGarbage("It sent a line far too long for a certificate.")
+                raise DeviceGarbage(_("It sent a line far too long for a certificate."))
             assert isinstance(line, bytes)
             try:
                 text = line.decode("ascii")
             except UnicodeDecodeError:
-                raise DeviceGarbage("Its certificate is not text.") from None
+                raise DeviceGarbage(_("Its certificate is not text.")) from None
             lines.append(text)
             if text.startswith("-----END"):
                 return lines
-        raise DeviceGarbage("Its certificate never ends.")
+        raise DeviceGarbage(_("Its certificate never ends."))
 
     def _resync(self) -> bool:
         """After a timed-out command a late reply may still come: consume it with an `AT` round trip.
@@ -1038,10 +1088,12 @@ def _connect_timeout(value: float | str) -> float:
         seconds = -1.0
     if not 1.0 <= seconds <= MAX_TIMEOUT_S:
         raise StationFault(
-            "Bad ExpressLink option",
-            f"connect_timeout_s must be a number of seconds from 1 to {MAX_TIMEOUT_S:.0f} (the guide's limit for "
-            f"any command), not {value!r}.",
-            "Call a technician to fix connect_timeout_s in the product's options.",
+            _("Bad ExpressLink option"),
+            _(
+                "connect_timeout_s must be a number of seconds from 1 to {MAX_TIMEOUT_S:.0f} (the guide's limit for "
+                "any command), not {value!r}."
+            ).format(MAX_TIMEOUT_S=MAX_TIMEOUT_S, value=value),
+            _("Call a technician to fix connect_timeout_s in the product's options."),
         )
     return seconds
 
@@ -1052,24 +1104,32 @@ def _load_hota_certificate(path: str) -> str:
         text = Path(path).expanduser().read_text(encoding="ascii")
     except (OSError, UnicodeDecodeError) as error:
         raise StationFault(
-            "HOTA certificate unreadable",
-            f"The product's hota_certificate {path!r} cannot be read ({getattr(error, 'strerror', None) or error}).",
-            "Call a technician to fix hota_certificate in the product's options (a PEM file, relative to the "
-            "station's working folder).",
+            _("HOTA certificate unreadable"),
+            _("The product's hota_certificate {path!r} cannot be read ({error}).").format(
+                path=path, error=getattr(error, "strerror", None) or error
+            ),
+            _(
+                "Call a technician to fix hota_certificate in the product's options (a PEM file, relative to the "
+                "station's working folder)."
+            ),
         ) from None
     try:
         pem = _certificate_from_lines(text.splitlines())
     except DeviceGarbage:
         raise StationFault(
-            "HOTA certificate not usable",
-            f"The product's hota_certificate {path!r} is not one PEM certificate.",
-            "Call a technician to give hota_certificate a PEM certificate file (-----BEGIN CERTIFICATE-----).",
+            _("HOTA certificate not usable"),
+            _("The product's hota_certificate {path!r} is not one PEM certificate.").format(path=path),
+            _(
+                "Call a technician to give hota_certificate a PEM certificate file (-----BEGIN CERTIFICATE-----)."
+            ),
         ) from None
     if len(escape(pem)) + 40 > MAX_COMMAND:
         raise StationFault(
-            "HOTA certificate too long",
-            f"The product's hota_certificate {path!r} does not fit in one ExpressLink command (9 KB).",
-            "Call a technician: use a shorter certificate (an EC one, or without extra text).",
+            _("HOTA certificate too long"),
+            _(
+                "The product's hota_certificate {path!r} does not fit in one ExpressLink command (9 KB)."
+            ).format(path=path),
+            _("Call a technician: use a shorter certificate (an EC one, or without extra text)."),
         )
     return pem
 
@@ -1083,12 +1143,12 @@ def _certificate_from_lines(lines: list[str]) -> str:
         or lines[-1] != "-----END CERTIFICATE-----"
         or not all(_PEM_LINE.fullmatch(line) for line in lines[1:-1])
     ):
-        raise DeviceGarbage("Its certificate is not a PEM certificate.")
+        raise DeviceGarbage(_("Its certificate is not a PEM certificate."))
     pem = "\n".join(lines) + "\n"
     from cryptography import x509
 
     try:
         x509.load_pem_x509_certificate(pem.encode("ascii"))
     except ValueError:
-        raise DeviceGarbage("Its certificate is not a valid X.509 certificate.") from None
+        raise DeviceGarbage(_("Its certificate is not a valid X.509 certificate.")) from None
     return pem

@@ -83,6 +83,7 @@ from flashers.base import (
 )
 from flashers.serialio import OVERFLOW, LineFlasher, wire_time
 from station.errors import StationError, StationFault, UnitFault
+from station.i18n import N_, _
 from station.model import Identity
 
 DEFAULT_SEC_TAG: Final = 16842753
@@ -177,7 +178,7 @@ _ALLOWANCE: Final = {
     "AT%KEYGEN": 15.0,  # key generation in the modem's secure domain
 }
 
-_RESEAT = (
+_RESEAT = N_(
     "Reseat the unit in the jig, check its power, and try again; if it fails again, put it in the rework bin."
 )
 
@@ -219,7 +220,7 @@ def _cbor_array(data: bytes) -> list[int | bytes]:
     if major != 4 or count > 16:
         raise ValueError("not a CBOR array")
     items: list[int | bytes] = []
-    for _ in range(count):
+    for _attempt in range(count):
         major, value = head()
         if major == 0:
             items.append(value)
@@ -278,9 +279,11 @@ class Nrf91Flasher(LineFlasher[Timing]):
             tag = -1
         if not 0 <= tag <= MAX_SEC_TAG:
             raise StationFault(
-                "Bad security tag",
-                f"The nRF91 security tag must be a number from 0 to {MAX_SEC_TAG}.",
-                "Call a technician to fix sec_tag in the product's options.",
+                _("Bad security tag"),
+                _("The nRF91 security tag must be a number from 0 to {MAX_SEC_TAG}.").format(
+                    MAX_SEC_TAG=MAX_SEC_TAG
+                ),
+                _("Call a technician to fix sec_tag in the product's options."),
             )
         self.sec_tag = tag
         super().__init__(
@@ -331,15 +334,15 @@ class Nrf91Flasher(LineFlasher[Timing]):
             raise self._cme(err, "reading its attestation token") from None
         found = [m for m in (_ATTEST_LINE.fullmatch(line) for line in lines) if m]
         if len(found) != 1:
-            raise DeviceGarbage("Its answer to ATTESTTOKEN has no attestation token.")
+            raise DeviceGarbage(_("Its answer to ATTESTTOKEN has no attestation token."))
         token, cose = found[0].group(1), found[0].group(2)
         try:
             fields = _cbor_array(b64url_decode(token))
             message, device_uuid, device_type, firmware_uuid = fields
         except (ValueError, TypeError):
-            raise DeviceGarbage("Its attestation token is not the modem's identity message.") from None
+            raise DeviceGarbage(_("Its attestation token is not the modem's identity message.")) from None
         if message != 1 or not isinstance(device_uuid, bytes) or len(device_uuid) != 16:
-            raise DeviceGarbage("Its attestation token is not the modem's identity message.")
+            raise DeviceGarbage(_("Its attestation token is not the modem's identity message."))
         return AttestationToken(
             text=f"{token}.{cose}",
             device_uuid=str(uuid.UUID(bytes=device_uuid)),
@@ -354,9 +357,9 @@ class Nrf91Flasher(LineFlasher[Timing]):
         if identity.private_key is None:
             if not self._device_key_pending:
                 raise StationFault(
-                    "No key to install",
-                    "The identity has no private key and the modem made none in this session.",
-                    "Call a technician: the pipeline must run keygen before installing a certificate.",
+                    _("No key to install"),
+                    _("The identity has no private key and the modem made none in this session."),
+                    _("Call a technician: the pipeline must run keygen before installing a certificate."),
                 )
             self._check_matches_csr(identity.certificate_pem)
             objects.append((TYPE_CERT, identity.certificate_pem))
@@ -367,9 +370,9 @@ class Nrf91Flasher(LineFlasher[Timing]):
                 objects.append((TYPE_KEY, key.decode("ascii")))
             except UnicodeDecodeError:
                 raise StationFault(
-                    "Key not writable",
-                    "The private key is not PEM text, which the modem needs.",
-                    "Call a technician: the identity's key must be PEM.",
+                    _("Key not writable"),
+                    _("The private key is not PEM text, which the modem needs."),
+                    _("Call a technician: the identity's key must be PEM."),
                 ) from None
         proof = self._write_objects(objects)
         self._device_key_pending = False
@@ -378,9 +381,11 @@ class Nrf91Flasher(LineFlasher[Timing]):
     def install_certificate(self, cert_pem: str) -> WriteProof:
         if not self._device_key_pending:
             raise StationFault(
-                "No device key",
-                "The modem has not made a key in this session, so there is nothing to install a certificate for.",
-                "Call a technician: run keygen first.",
+                _("No device key"),
+                _(
+                    "The modem has not made a key in this session, so there is nothing to install a certificate for."
+                ),
+                _("Call a technician: run keygen first."),
             )
         self._check_matches_csr(cert_pem)
         proof = self._write_objects([(TYPE_CERT, cert_pem)])
@@ -390,9 +395,11 @@ class Nrf91Flasher(LineFlasher[Timing]):
     def keygen(self, common_name: str) -> str:
         if not _CN.fullmatch(common_name):
             raise StationFault(
-                "Name not usable",
-                "The common name for the modem's key must be 1–64 letters, digits or : _ . @ - characters.",
-                "Call a technician to fix the thing name template.",
+                _("Name not usable"),
+                _(
+                    "The common name for the modem's key must be 1–64 letters, digits or : _ . @ - characters."
+                ),
+                _("Call a technician to fix the thing name template."),
             )
         self._ensure_session()
         command = f'AT%KEYGEN={self.sec_tag},2,0,"CN={common_name}"'
@@ -403,11 +410,11 @@ class Nrf91Flasher(LineFlasher[Timing]):
             raise self._cme(err, "make a key") from None
         found = [m for m in (_KEYGEN_LINE.fullmatch(line) for line in lines) if m]
         if len(found) != 1:
-            raise DeviceGarbage("Its answer to KEYGEN has no certificate request.")
+            raise DeviceGarbage(_("Its answer to KEYGEN has no certificate request."))
         try:
             der = b64url_decode(found[0].group(1))
         except (binascii.Error, ValueError):
-            raise DeviceGarbage("Its certificate request is not base64url.") from None
+            raise DeviceGarbage(_("Its certificate request is not base64url.")) from None
         pem = _csr_pem(der, common_name)
         self._device_key_pending = True
         self._csr_pem = pem
@@ -446,7 +453,7 @@ class Nrf91Flasher(LineFlasher[Timing]):
         try:
             pending = [t for t, _, _ in commands]
             for round_ in range(self.timing.proof_rounds):
-                for t, _, command in commands:
+                for t, _text, command in commands:
                     if t in pending:
                         self._touched.add(t)
                         self._write_one(t, command)
@@ -458,13 +465,17 @@ class Nrf91Flasher(LineFlasher[Timing]):
                     slots = ", ".join(SLOT_OF_TYPE.get(t, str(t)) for t in pending)
                     raise ProofMismatch(
                         slots,
-                        "The hash the modem lists differs from the station's after "
-                        f"{self.timing.proof_rounds} writes; what was written has been deleted.",
+                        _(
+                            "The hash the modem lists differs from the station's after "
+                            "{proof_rounds} writes; what was written has been deleted."
+                        ).format(proof_rounds=self.timing.proof_rounds),
                     )
         except DeviceDisconnected:
             raise DeviceDisconnected(
-                f"Its credentials in security tag {self.sec_tag} may be partly overwritten: "
-                "provision the unit again once it is back."
+                _(
+                    "Its credentials in security tag {sec_tag} may be partly overwritten: "
+                    "provision the unit again once it is back."
+                ).format(sec_tag=self.sec_tag)
             ) from None
         proofs = tuple(
             ObjectProof(
@@ -490,16 +501,22 @@ class Nrf91Flasher(LineFlasher[Timing]):
         what = SLOT_OF_TYPE.get(cred_type, "credential")
         if not text or '"' in text or not text.isascii():
             raise StationFault(
-                "Credential not writable",
-                f"The {what} is empty, not ASCII or contains a double quote, which an AT command cannot carry.",
-                "Call a technician: the credential must be plain PEM.",
+                _("Credential not writable"),
+                _(
+                    "The {what} is empty, not ASCII or contains a double quote, which an AT command cannot carry."
+                ).format(what=what),
+                _("Call a technician: the credential must be plain PEM."),
             )
         command = f'AT%CMNG=0,{self.sec_tag},{cred_type},"{text}"'
         if len(command) + 2 > MAX_COMMAND:
             raise StationFault(
-                "Credential too big for the modem",
-                f"The {what} makes an AT command of {len(command) + 2} bytes; the modem takes at most {MAX_COMMAND}.",
-                "Call a technician: use a smaller key type (EC P-256) or a shorter CA chain for this product.",
+                _("Credential too big for the modem"),
+                _(
+                    "The {what} makes an AT command of {command} bytes; the modem takes at most {MAX_COMMAND}."
+                ).format(what=what, command=len(command) + 2, MAX_COMMAND=MAX_COMMAND),
+                _(
+                    "Call a technician: use a smaller key type (EC P-256) or a shorter CA chain for this product."
+                ),
             )
         return command
 
@@ -518,7 +535,7 @@ class Nrf91Flasher(LineFlasher[Timing]):
         """
         seen: dict[int, list[str | None]] = {t: [] for t in types}
         pending = list(types)
-        for _ in range(4):
+        for _attempt in range(4):
             listed = self._list()
             for t in pending:
                 seen[t].append(listed.get(t))
@@ -582,12 +599,12 @@ class Nrf91Flasher(LineFlasher[Timing]):
         return result
 
     def _imei(self) -> str:
-        for _ in range(3):
+        for _attempt in range(3):
             lines = self._command("AT+CGSN")
             candidates = [line for line in lines if _IMEI.fullmatch(line)]
             if len(candidates) == 1 and luhn_ok(candidates[0]):
                 return candidates[0]
-        raise DeviceGarbage("It did not give a valid IMEI.")
+        raise DeviceGarbage(_("It did not give a valid IMEI."))
 
     def _firmware(self) -> str | None:
         lines = [line for line in self._command("AT+CGMR") if not _is_notification(line)]
@@ -605,7 +622,9 @@ class Nrf91Flasher(LineFlasher[Timing]):
         data = command.encode("ascii") + b"\r\n"
         if len(data) > MAX_COMMAND:
             raise StationFault(
-                "Command too long", "An AT command does not fit the modem's buffer.", "Call a technician."
+                _("Command too long"),
+                _("An AT command does not fit the modem's buffer."),
+                _("Call a technician."),
             )
         name = _command_name(command)
         allowance = next((v for k, v in _ALLOWANCE.items() if command.startswith(k)), 0.0)
@@ -653,13 +672,19 @@ class Nrf91Flasher(LineFlasher[Timing]):
         self._contact = False
         self._backoff = 1
         if not idempotent and attempts == 1 and silent:
-            raise DeviceNotAnswering(f"No answer to {name}; it is not repeated, as it would make a new key.")
+            raise DeviceNotAnswering(
+                _("No answer to {name}; it is not repeated, as it would make a new key.").format(name=name)
+            )
         if garbage and garbage >= silent:
-            raise DeviceGarbage(f"No valid answer to {name} after {attempts} tries.")
+            raise DeviceGarbage(
+                _("No valid answer to {name} after {attempts} tries.").format(name=name, attempts=attempts)
+            )
         if errors and not silent and not garbage:
             raise DeviceRejected(
-                f"The modem does not understand {name} (ERROR): its firmware may lack the command.",
-                "Update the unit's modem firmware, or put it in the rework bin.",
+                _("The modem does not understand {name} (ERROR): its firmware may lack the command.").format(
+                    name=name
+                ),
+                _("Update the unit's modem firmware, or put it in the rework bin."),
             )
         raise DeviceNotAnswering()
 
@@ -717,27 +742,35 @@ class Nrf91Flasher(LineFlasher[Timing]):
     def _cme(self, err: _CmeError, what: str) -> StationError:
         code = err.code
         if code == CME_NOT_FOUND:
-            return DeviceRejected(f"The modem could not {what}: not found (error 513).")
+            return DeviceRejected(_("The modem could not {what}: not found (error 513).").format(what=what))
         if code == CME_NO_ACCESS:
             return DeviceRejected(
-                f"The modem refused access to security tag {self.sec_tag} (error 514): it may be locked.",
-                "Put the unit in the rework bin; if every unit says this, call a technician to check sec_tag.",
+                _("The modem refused access to security tag {sec_tag} (error 514): it may be locked.").format(
+                    sec_tag=self.sec_tag
+                ),
+                _(
+                    "Put the unit in the rework bin; if every unit says this, call a technician to check sec_tag."
+                ),
             )
         if code == CME_MEMORY_FULL:
             return DeviceRejected(
-                "The modem's credential storage is full (error 515).",
-                "Put the unit in the rework bin to have unused credentials deleted.",
+                _("The modem's credential storage is full (error 515)."),
+                _("Put the unit in the rework bin to have unused credentials deleted."),
             )
         if code == CME_ACTIVE:
             return DeviceRejected(
-                "The modem stayed online and would not change credentials (error 518), even after AT+CFUN=4.",
-                _RESEAT,
+                _(
+                    "The modem stayed online and would not change credentials (error 518), even after AT+CFUN=4."
+                ),
+                _(_RESEAT),
             )
         if code == CME_EXISTS:
-            return DeviceRejected(f"The modem could not {what}: it already exists (error 519).")
+            return DeviceRejected(
+                _("The modem could not {what}: it already exists (error 519).").format(what=what)
+            )
         if code == CME_KEYGEN_FAILED:
-            return DeviceRejected("The modem failed to generate a key (error 523).", _RESEAT)
-        return DeviceRejected(f"The modem could not {what} (error {code}).")
+            return DeviceRejected(_("The modem failed to generate a key (error 523)."), _(_RESEAT))
+        return DeviceRejected(_("The modem could not {what} (error {code}).").format(what=what, code=code))
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -774,14 +807,14 @@ def _csr_pem(der: bytes, common_name: str) -> str:
     try:
         csr = x509.load_der_x509_csr(der)
     except ValueError:
-        raise DeviceGarbage("Its certificate request does not parse.") from None
+        raise DeviceGarbage(_("Its certificate request does not parse.")) from None
     if not csr.is_signature_valid:
         raise UnitFault(
-            "Bad certificate request",
-            "The modem's certificate request is not signed by its own key.",
-            "Put the unit in the rework bin.",
+            _("Bad certificate request"),
+            _("The modem's certificate request is not signed by its own key."),
+            _("Put the unit in the rework bin."),
         )
     names = [a.value for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
     if names != [common_name]:
-        raise DeviceGarbage("Its certificate request names a different unit.")
+        raise DeviceGarbage(_("Its certificate request names a different unit."))
     return csr.public_bytes(serialization.Encoding.PEM).decode("ascii")

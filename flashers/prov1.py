@@ -61,6 +61,7 @@ from flashers.base import (
 )
 from flashers.serialio import OVERFLOW, LineFlasher, wire_time
 from station.errors import StationError, StationFault, UnitFault
+from station.i18n import N_, _
 from station.model import Identity
 
 PROTO: Final = 1
@@ -203,7 +204,7 @@ _ALLOWANCE: Final = {
     "KEYGEN": 3.0,
 }
 
-_NEXT_RESEAT = (
+_NEXT_RESEAT = N_(
     "Reseat the unit in the jig, check its power, and try again; if it fails again, put it in the rework bin."
 )
 
@@ -254,9 +255,9 @@ class Prov1Flasher(LineFlasher[Timing]):
             objects.append(("key", identity.private_key.reveal()))
         elif not self._device_key_pending:
             raise StationFault(
-                "No key to install",
-                "The identity has no private key and the device made none in this session.",
-                "Call a technician: the pipeline must run keygen before installing a certificate.",
+                _("No key to install"),
+                _("The identity has no private key and the device made none in this session."),
+                _("Call a technician: the pipeline must run keygen before installing a certificate."),
             )
         objects.append(("cert", identity.certificate_pem.encode("ascii")))
         if ca_pem:
@@ -266,9 +267,11 @@ class Prov1Flasher(LineFlasher[Timing]):
     def install_certificate(self, cert_pem: str) -> WriteProof:
         if not self._device_key_pending:
             raise StationFault(
-                "No device key",
-                "The device has not made a key in this session, so there is nothing to install a certificate for.",
-                "Call a technician: run keygen first.",
+                _("No device key"),
+                _(
+                    "The device has not made a key in this session, so there is nothing to install a certificate for."
+                ),
+                _("Call a technician: run keygen first."),
             )
         self._check_matches_csr(cert_pem)
         return self._write_objects([("cert", cert_pem.encode("ascii"))])
@@ -276,24 +279,24 @@ class Prov1Flasher(LineFlasher[Timing]):
     def keygen(self, common_name: str) -> str:
         if not _TOKEN.fullmatch(common_name) or "*" in common_name or len(common_name) > 64:
             raise StationFault(
-                "Name not usable",
-                "The common name for the device's key must be 1–64 printable characters without spaces.",
-                "Call a technician to fix the thing name template.",
+                _("Name not usable"),
+                _("The common name for the device's key must be 1–64 printable characters without spaces."),
+                _("Call a technician to fix the thing name template."),
             )
         self._start_op(4 + 2 * math.ceil(1024 / CHUNK))
         self._ensure_session()
         reply = self._transact("KEYGEN", common_name)
         if len(reply) < 3 or reply[0] != "csr":
-            raise DeviceGarbage("Its answer to KEYGEN was malformed.")
+            raise DeviceGarbage(_("Its answer to KEYGEN was malformed."))
         length, digest = self._int(reply[1]), reply[2]
         data = self._read_object("csr", length)
         if sha256_hex(data) != digest:
-            raise ProofMismatch("certificate request", "It changed between the device and the station.")
+            raise ProofMismatch(_("certificate request"), _("It changed between the device and the station."))
         self._device_key_pending = True
         try:
             pem = data.decode("ascii")
         except UnicodeDecodeError:
-            raise DeviceGarbage("Its certificate request is not text.") from None
+            raise DeviceGarbage(_("Its certificate request is not text.")) from None
         self._csr_pem = pem
         return pem
 
@@ -303,19 +306,19 @@ class Prov1Flasher(LineFlasher[Timing]):
         length, digest = self._hash("cert")
         if length == 0:
             raise UnitFault(
-                "No certificate on the device",
-                "The device holds no certificate to read.",
-                "Put the unit in the rework bin (or provision it with a station-made key).",
+                _("No certificate on the device"),
+                _("The device holds no certificate to read."),
+                _("Put the unit in the rework bin (or provision it with a station-made key)."),
             )
         data = self._read_object("cert", length)
         if sha256_hex(data) != digest:
             raise ProofMismatch(
-                "certificate", "The certificate read differs from the device's own hash of it."
+                _("certificate"), _("The certificate read differs from the device's own hash of it.")
             )
         try:
             return data.decode("ascii")
         except UnicodeDecodeError:
-            raise DeviceGarbage("Its certificate is not text.") from None
+            raise DeviceGarbage(_("Its certificate is not text.")) from None
 
     def device_verify(self, host: str, port: int, thing_name: str, timeout_s: float = 20.0) -> None:
         self._start_op(4)
@@ -327,9 +330,9 @@ class Prov1Flasher(LineFlasher[Timing]):
             frame = b""
         if not frame or len(frame) > self._maxline:
             raise StationFault(
-                "Endpoint name too long",
-                "The endpoint host and thing name do not fit in one PROV/1 frame.",
-                "Call a technician: use a shorter thing name for this family.",
+                _("Endpoint name too long"),
+                _("The endpoint host and thing name do not fit in one PROV/1 frame."),
+                _("Call a technician: use a shorter thing name for this family."),
             )
         try:
             self._transact("CHECK", *args, allowance_s=timeout_s + 5.0)
@@ -384,10 +387,10 @@ class Prov1Flasher(LineFlasher[Timing]):
         except DeviceDisconnected:
             if commit_sent:
                 raise DeviceDisconnected(
-                    "It dropped off during the commit: it keeps either its old or its new credentials."
+                    _("It dropped off during the commit: it keeps either its old or its new credentials.")
                 ) from None
             raise DeviceDisconnected(
-                "Nothing was committed: the device keeps its previous credentials."
+                _("Nothing was committed: the device keeps its previous credentials.")
             ) from None
         except _DeviceError as err:
             self._abandon_staged()
@@ -408,7 +411,7 @@ class Prov1Flasher(LineFlasher[Timing]):
                 continue
             length, digest = self._hash(slot)
             if length != len(data) or digest != sha256_hex(data):
-                raise ProofMismatch(slot, "Its read-back after commit differs.")
+                raise ProofMismatch(slot, _("Its read-back after commit differs."))
             proofs.append(ObjectProof(slot, length, digest, PROOF_READ_BACK))
         frames, retries, wire = before
         return WriteProof(
@@ -442,7 +445,7 @@ class Prov1Flasher(LineFlasher[Timing]):
                     raise
                 next_offset = self._int(reply[0]) if reply else -1
                 if next_offset != offset + len(piece):
-                    raise DeviceGarbage("Its DATA acknowledgement points at the wrong offset.")
+                    raise DeviceGarbage(_("Its DATA acknowledgement points at the wrong offset."))
                 offset = next_offset
             try:
                 reply = self._transact("END")
@@ -450,36 +453,36 @@ class Prov1Flasher(LineFlasher[Timing]):
                 if err.code == ERR_HASH_MISMATCH and round_ == 0:
                     continue  # what arrived differs from what was sent despite the CRCs: send it once more
                 if err.code == ERR_HASH_MISMATCH:
-                    raise ProofMismatch(slot, "The device computed a different hash twice.") from None
+                    raise ProofMismatch(slot, _("The device computed a different hash twice.")) from None
                 raise
             if not reply or reply[0] != digest:
-                raise ProofMismatch(slot, "The device's hash at END differs from the station's.")
+                raise ProofMismatch(slot, _("The device's hash at END differs from the station's."))
             return digest
         raise ProofMismatch(slot)  # not reached: the loop returns or raises
 
     def _read_object(self, slot: str, length: int) -> bytes:
         if length < 0 or length > MAX_OBJECT:
-            raise DeviceGarbage("It announced an impossible object length.")
+            raise DeviceGarbage(_("It announced an impossible object length."))
         data = bytearray()
         while len(data) < length:
             reply = self._transact("READ", slot, str(len(data)))
             if len(reply) < 3 or reply[0] != slot or self._int(reply[1]) != len(data):
-                raise DeviceGarbage("Its READ answer is for a different place.")
+                raise DeviceGarbage(_("Its READ answer is for a different place."))
             try:
                 piece = base64.b64decode(reply[2], validate=True)
             except (binascii.Error, ValueError):
-                raise DeviceGarbage("Its READ answer is not base64.") from None
+                raise DeviceGarbage(_("Its READ answer is not base64.")) from None
             if not piece or len(piece) > self._chunk:
-                raise DeviceGarbage("Its READ answer has the wrong size.")
+                raise DeviceGarbage(_("Its READ answer has the wrong size."))
             data += piece
         if len(data) != length:
-            raise DeviceGarbage("It sent more than it announced.")
+            raise DeviceGarbage(_("It sent more than it announced."))
         return bytes(data)
 
     def _hash(self, slot: str) -> tuple[int, str]:
         reply = self._transact("HASH", slot)
         if len(reply) < 3 or reply[0] != slot or not _SHA256.fullmatch(reply[2]):
-            raise DeviceGarbage("Its HASH answer is malformed.")
+            raise DeviceGarbage(_("Its HASH answer is malformed."))
         return self._int(reply[1]), reply[2]
 
     def _abandon_staged(self) -> None:
@@ -509,8 +512,10 @@ class Prov1Flasher(LineFlasher[Timing]):
                 fields[name] = value
         if fields.get("proto") != str(PROTO):
             raise DeviceRejected(
-                f"The device speaks PROV/{fields.get('proto', '?')}, the station PROV/{PROTO}.",
-                "Update the unit's firmware, or put it in the rework bin.",
+                _("The device speaks PROV/{proto}, the station PROV/{PROTO}.").format(
+                    proto=fields.get("proto", "?"), PROTO=PROTO
+                ),
+                _("Update the unit's firmware, or put it in the rework bin."),
             )
         maxline = self._int(fields.get("maxline", str(MAX_LINE)))
         chunk = self._int(fields.get("chunk", str(CHUNK)))
@@ -542,9 +547,9 @@ class Prov1Flasher(LineFlasher[Timing]):
         frame = encode_frame(seq, verb, *args)
         if len(frame) > self._maxline:
             raise StationFault(
-                "Frame too long",
-                f"A {verb} frame does not fit the device's line length.",
-                "Call a technician.",
+                _("Frame too long"),
+                _("A {verb} frame does not fit the device's line length.").format(verb=verb),
+                _("Call a technician."),
             )
         allowance = _ALLOWANCE.get(verb, 0.0) if allowance_s is None else allowance_s
         attempts = self.timing.attempts if self._contact else self.timing.first_contact_attempts
@@ -629,55 +634,69 @@ class Prov1Flasher(LineFlasher[Timing]):
         try:
             return int(text)
         except ValueError:
-            raise DeviceGarbage("It answered a number that is not one.") from None
+            raise DeviceGarbage(_("It answered a number that is not one.")) from None
 
     def _rejected(self, err: _DeviceError) -> StationError:
         name = ERROR_NAMES.get(err.code, str(err.code))
         if err.code == ERR_TOOBIG:
             return StationFault(
-                "Credential too big for the device",
-                f"The device has no room for what {err.verb} sends (error {name}).",
-                "Call a technician: use a smaller key type (EC P-256) for this product.",
+                _("Credential too big for the device"),
+                _("The device has no room for what {verb} sends (error {name}).").format(
+                    verb=err.verb, name=name
+                ),
+                _("Call a technician: use a smaller key type (EC P-256) for this product."),
             )
         if err.code == ERR_SYNTAX:
             return DeviceRejected(
-                f"The device does not understand {err.verb} (error {name}): its firmware may be too old.",
-                "Update the unit's firmware, or put it in the rework bin.",
+                _(
+                    "The device does not understand {verb} (error {name}): its firmware may be too old."
+                ).format(verb=err.verb, name=name),
+                _("Update the unit's firmware, or put it in the rework bin."),
             )
         if err.code == ERR_STATE:
             return DeviceRejected(
-                f"The device lost its place during {err.verb} (error {name}): it may have restarted.",
-                _NEXT_RESEAT,
+                _("The device lost its place during {verb} (error {name}): it may have restarted.").format(
+                    verb=err.verb, name=name
+                ),
+                _(_NEXT_RESEAT),
             )
-        return DeviceRejected(f"The device refused {err.verb} with error {name}.")
+        return DeviceRejected(
+            _("The device refused {verb} with error {name}.").format(verb=err.verb, name=name)
+        )
 
 
 def _check_error(reason: str, host: str, port: int) -> StationError:
     where = f"{host}:{port}"
     if reason == "nocreds":
         return UnitFault(
-            "Device has no credentials",
-            "The device has no certificate and key to connect with.",
-            "Provision the unit again; if it fails again, put it in the rework bin.",
+            _("Device has no credentials"),
+            _("The device has no certificate and key to connect with."),
+            _("Provision the unit again; if it fails again, put it in the rework bin."),
         )
     if reason == "rejected":
-        return DeviceCheckFailed(f"The endpoint {where} did not accept the device's certificate.")
+        return DeviceCheckFailed(
+            _("The endpoint {where} did not accept the device's certificate.").format(where=where)
+        )
     if reason == "denied":
         return StationFault(
-            "Device check not allowed",
-            f"The device connected to {where}, but the policy did not let it subscribe and publish.",
-            "Call a technician to check the target's policy.",
+            _("Device check not allowed"),
+            _("The device connected to {where}, but the policy did not let it subscribe and publish.").format(
+                where=where
+            ),
+            _("Call a technician to check the target's policy."),
         )
     if reason == "echo":
         return StationFault(
-            "Device check got no echo",
-            f"The device connected to {where}, but its test message did not come back.",
-            "Call a technician to check the target's policy and broker.",
+            _("Device check got no echo"),
+            _("The device connected to {where}, but its test message did not come back.").format(where=where),
+            _("Call a technician to check the target's policy and broker."),
         )
     if reason == "tls":
         return DeviceCheckUnreachable(
-            f"The device could not complete TLS with {where} (server certificate not trusted?)."
+            _("The device could not complete TLS with {where} (server certificate not trusted?).").format(
+                where=where
+            )
         )
     if reason == "timeout":
-        return DeviceCheckUnreachable(f"The device's connection to {where} timed out.")
-    return DeviceCheckUnreachable(f"The device could not reach {where}.")
+        return DeviceCheckUnreachable(_("The device's connection to {where} timed out.").format(where=where))
+    return DeviceCheckUnreachable(_("The device could not reach {where}.").format(where=where))

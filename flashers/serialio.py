@@ -32,6 +32,7 @@ from flashers.base import (
     PortUnavailable,
     WireStats,
 )
+from station.i18n import _
 
 try:
     from termios import error as _TermiosError  # tcflush/tcsetattr on a hung-up tty raise this, not OSError
@@ -139,13 +140,13 @@ class LineIO:
     # ----------------------------------------------------------------------------------------------- write
     def write(self, data: bytes) -> None:
         if self.closed:
-            raise DeviceDisconnected("The port was already closed.")
+            raise DeviceDisconnected(_("The port was already closed."))
         try:
             written = self._port.write(data)
             self._port.flush()
         except serial.SerialTimeoutException:
             # The device stopped reading (its input is full): it is as good as silent.
-            raise DeviceNotAnswering("It stopped accepting data.") from None
+            raise DeviceNotAnswering(_("It stopped accepting data.")) from None
         except _PORT_ERRORS:
             raise DeviceDisconnected() from None
         self.bytes_out += written if isinstance(written, int) else len(data)
@@ -188,7 +189,7 @@ class LineIO:
 
     def _read_some(self) -> bytes:
         if self.closed:
-            raise DeviceDisconnected("The port was already closed.")
+            raise DeviceDisconnected(_("The port was already closed."))
         try:
             waiting = self._port.in_waiting
             # Never more than a line's worth at once: a flood is cut into bounded pieces.

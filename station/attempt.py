@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, Unpack
 
 from station.errors import StationError, StationFault, UnitFault
+from station.i18n import N_, _
 from station.journal import JournalFields, Stage
 from station.model import Event, Outcome
 from station.plain import plain_dict
@@ -68,17 +69,17 @@ class AttemptLedger(Protocol):
 
 def unexpected_fault() -> StationFault:
     return StationFault(
-        "Station error",
-        "An unexpected error stopped this unit; the details are in the station log.",
-        "Call a technician; scan the unit again once the station is fixed.",
+        _("Station error"),
+        _("An unexpected error stopped this unit; the details are in the station log."),
+        _("Call a technician; scan the unit again once the station is fixed."),
     )
 
 
 def interrupted_fault() -> StationFault:
     return StationFault(
-        "Station interrupted",
-        "The station was stopped while working on this unit; what was done in AWS was rolled back.",
-        "Run it again when the station is running.",
+        _("Station interrupted"),
+        _("The station was stopped while working on this unit; what was done in AWS was rolled back."),
+        _("Run it again when the station is running."),
     )
 
 
@@ -132,10 +133,10 @@ class Compensation:
         return plain_dict(self)
 
 
-_UNDO_TEXT = {
-    "rollback": "What this attempt made in AWS was deleted.",
-    "revoke": "The certificate found registered after a failed register was deleted.",
-    "wipe": "The device's staged credentials were wiped.",
+_UNDO_TEXT = {  # translated where an undo is reported
+    "rollback": N_("What this attempt made in AWS was deleted."),
+    "revoke": N_("The certificate found registered after a failed register was deleted."),
+    "wipe": N_("The device's staged credentials were wiped."),
 }
 
 
@@ -312,7 +313,9 @@ class Attempt:
         else:
             if entry.skip_if_false and value is False:
                 return  # nothing was there to undo
-            comp = Compensation(entry.action, True, entry.done_text or _UNDO_TEXT.get(entry.action, "done"))
+            comp = Compensation(
+                entry.action, True, _(entry.done_text or _UNDO_TEXT.get(entry.action, N_("done")))
+            )
         with self._lock:
             self.compensations.append(comp)
         if entry.action in CLOUD_UNDO and comp.ok:
@@ -386,10 +389,11 @@ class Attempt:
                 raise
             if failed_undo is not None:
                 raise StationFault(
-                    "Undo failed",
-                    f"{error.message} Undoing what the {self.action} made in AWS failed too: "
-                    f"{failed_undo.detail}",
-                    "Run `station reconcile` once AWS answers; if it keeps failing, call a technician.",
+                    _("Undo failed"),
+                    _("{message} Undoing what the {action} made in AWS failed too: {detail}").format(
+                        message=error.message, action=self.action, detail=failed_undo.detail
+                    ),
+                    _("Run `station reconcile` once AWS answers; if it keeps failing, call a technician."),
                 ) from None
             if error is exc:
                 raise
@@ -406,10 +410,12 @@ class Attempt:
                 raise not_recorded(detail) from None
             self.compensate()
             raise StationFault(
-                "Ledger unavailable",
-                f"The station could not write the record of {self.serial}, so the {self.action} was undone "
-                f"({detail}).",
-                "Call a technician to check the ledger; then run the action again.",
+                _("Ledger unavailable"),
+                _(
+                    "The station could not write the record of {serial}, so the {action} was undone "
+                    "({detail})."
+                ).format(serial=self.serial, action=self.action, detail=detail),
+                _("Call a technician to check the ledger; then run the action again."),
             ) from None
         self.journal_close(str(fields.get("outcome", Outcome.PASS)))
         return value

@@ -47,6 +47,7 @@ from botocore.exceptions import (
 )
 
 from station.errors import StationError, StationFault
+from station.i18n import _
 from station.model import Target
 from station.ratelimit import Budget, throttled_fault
 
@@ -209,61 +210,79 @@ def translate(
         code = error_code(error)
         if code in CREDENTIAL_CODES:
             return StationFault(
-                "AWS credentials refused",
-                f"AWS credentials for {where} were refused ({code}) on {api}.",
-                "Call a technician: the station's AWS credentials or role are missing, expired or lack "
-                "permission for this target.",
+                _("AWS credentials refused"),
+                _("AWS credentials for {where} were refused ({code}) on {api}.").format(
+                    where=where, code=code, api=api
+                ),
+                _(
+                    "Call a technician: the station's AWS credentials or role are missing, expired or lack "
+                    "permission for this target."
+                ),
             )
         if code in THROTTLING_CODES:
             return throttled_fault(where, api, throttle_wait_s)
         if code in UNAVAILABLE_CODES or http_status(error) >= 500:
             return StationFault(
-                "AWS IoT unavailable",
-                f"AWS IoT in {where} failed ({code or http_status(error)}) on {api}.",
-                "Wait a minute and scan the unit again; if it keeps failing, call a technician.",
+                _("AWS IoT unavailable"),
+                _("AWS IoT in {where} failed ({error}) on {api}.").format(
+                    where=where, error=code or http_status(error), api=api
+                ),
+                _("Wait a minute and scan the unit again; if it keeps failing, call a technician."),
             )
         if code == "LimitExceededException":
             return StationFault(
-                "AWS limit reached",
-                f"AWS IoT in {where} refused {api}: an account limit is reached ({code}).",
-                "Call a technician: the account needs a limit increase or a clean-up.",
+                _("AWS limit reached"),
+                _("AWS IoT in {where} refused {api}: an account limit is reached ({code}).").format(
+                    where=where, api=api, code=code
+                ),
+                _("Call a technician: the account needs a limit increase or a clean-up."),
             )
         return StationFault(
-            "AWS IoT refused a request",
-            f"AWS IoT in {where} refused {api} ({code or http_status(error)}).",
-            "Call a technician with this message; the station log has the details.",
+            _("AWS IoT refused a request"),
+            _("AWS IoT in {where} refused {api} ({error}).").format(
+                where=where, api=api, error=code or http_status(error)
+            ),
+            _("Call a technician with this message; the station log has the details."),
         )
     if isinstance(error, (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError)):
         return StationFault(
-            "AWS credentials missing",
-            f"No usable AWS credentials for {where} ({type(error).__name__}).",
-            "Call a technician: configure the station's AWS profile or role for this target.",
+            _("AWS credentials missing"),
+            _("No usable AWS credentials for {where} ({error_type}).").format(
+                where=where, error_type=type(error).__name__
+            ),
+            _("Call a technician: configure the station's AWS profile or role for this target."),
         )
     if isinstance(error, ProfileNotFound):
         return StationFault(
-            "AWS profile not found",
-            f"The AWS profile {target.profile!r} for target {target.name!r} does not exist.",
-            "Call a technician: create the profile or fix the target's profile in station.toml.",
+            _("AWS profile not found"),
+            _("The AWS profile {profile!r} for target {name!r} does not exist.").format(
+                profile=target.profile, name=target.name
+            ),
+            _("Call a technician: create the profile or fix the target's profile in station.toml."),
         )
     if isinstance(error, NoRegionError):
         return StationFault(
-            "AWS region missing",
-            f"Target {target.name!r} has no region.",
-            "Call a technician: set the target's region in station.toml.",
+            _("AWS region missing"),
+            _("Target {name!r} has no region.").format(name=target.name),
+            _("Call a technician: set the target's region in station.toml."),
         )
     if isinstance(
         error, (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError)
     ):
         url = target.endpoint_url or f"AWS IoT in {target.region}"
         return StationFault(
-            "AWS IoT unreachable",
-            f"The station could not reach {url} for {where} ({type(error).__name__}).",
-            "Check the station's network connection (and proxy/firewall); then scan the unit again.",
+            _("AWS IoT unreachable"),
+            _("The station could not reach {url} for {where} ({error_type}).").format(
+                url=url, where=where, error_type=type(error).__name__
+            ),
+            _("Check the station's network connection (and proxy/firewall); then scan the unit again."),
         )
     return StationFault(
-        "AWS call failed",
-        f"{api} for {where} failed ({type(error).__name__}).",
-        "Call a technician with this message; the station log has the details.",
+        _("AWS call failed"),
+        _("{api} for {where} failed ({error_type}).").format(
+            api=api, where=where, error_type=type(error).__name__
+        ),
+        _("Call a technician with this message; the station log has the details."),
     )
 
 

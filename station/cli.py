@@ -28,6 +28,7 @@ from collections.abc import Sequence
 
 from station import commands
 from station.errors import InputError, StationError, UnitFault
+from station.i18n import _, choose_language, set_language
 
 EXIT_OK = 0
 EXIT_FAIL = 1
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Factory provisioning station for AWS IoT devices.",
         epilog="Exit codes: 0 ok/PASS, 1 FAIL, 2 usage/input, 3 ERROR, 4 not found, 5 integrity, 130 interrupted.",
     )
+    add_language_argument(parser, default=None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
@@ -51,6 +53,21 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"{commands.__name__}.{info.name}")
         module.register(sub)
     return parser
+
+
+def add_language_argument(parser: argparse.ArgumentParser, default: object = argparse.SUPPRESS) -> None:
+    """`--lang CODE`: the language of what people read (before or after the command's name)."""
+    parser.add_argument(
+        "--lang",
+        metavar="CODE",
+        default=default,  # SUPPRESS on a command: its absence must not undo `station --lang ja COMMAND`
+        help="language for operators and QA, e.g. en or ja (default: [station] language, else the locale)",
+    )
+
+
+def apply_language(args: argparse.Namespace, config_language: str | None = None) -> str:
+    """Choose the language: --lang, else the config's `[station] language`, else the locale."""
+    return set_language(choose_language(getattr(args, "lang", None), config_language))
 
 
 def exit_code_for(error: StationError) -> int:
@@ -70,9 +87,15 @@ def _report(args: argparse.Namespace, error: StationError) -> None:
         if getattr(args, "json", False):
             print(json.dumps({"error": error.as_dict()}))
         else:
-            print(f"{error.title}: {error.message}\nNext: {error.next_action}", file=sys.stderr)
+            print(_format_error(error), file=sys.stderr)
     except OSError:  # standard output is gone too: standard error is the last place to say it
-        print(f"{error.title}: {error.message}\nNext: {error.next_action}", file=sys.stderr)
+        print(_format_error(error), file=sys.stderr)
+
+
+def _format_error(error: StationError) -> str:
+    return _("{title}: {message}\nNext: {next_action}").format(
+        title=error.title, message=error.message, next_action=error.next_action
+    )
 
 
 def _silence_stdout() -> None:
@@ -90,16 +113,22 @@ def output_error(error: OSError) -> StationError:
 
     if isinstance(error, BrokenPipeError):
         return StationFault(
-            "Output closed early",
-            "The program reading the station's output stopped before the end (for example `| head`); the "
-            "output is incomplete.",
-            "Read the whole output, or write it to a file with --out.",
+            _("Output closed early"),
+            _(
+                "The program reading the station's output stopped before the end (for example `| head`); the "
+                "output is incomplete."
+            ),
+            _("Read the whole output, or write it to a file with --out."),
         )
-    where = f" to {error.filename}" if error.filename else ""
+    reason = error.strerror or type(error).__name__
     return StationFault(
-        "Output not written",
-        f"Writing the output{where} failed: {error.strerror or type(error).__name__}; it is incomplete.",
-        "Free disk space or choose another --out file, then run the command again.",
+        _("Output not written"),
+        (
+            _("Writing the output to {file} failed: {reason}; it is incomplete.")
+            if error.filename
+            else _("Writing the output failed: {reason}; it is incomplete.")
+        ).format(file=error.filename, reason=reason),
+        _("Free disk space or choose another --out file, then run the command again."),
     )
 
 
@@ -109,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    apply_language(args)
     try:
         code = int(args.func(args))
         sys.stdout.flush()  # a closed pipe or full disk shows here, while it can still be reported
@@ -117,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _report(args, error)
         return exit_code_for(error)
     except KeyboardInterrupt:
-        print("Interrupted.", file=sys.stderr)
+        print(_("Interrupted."), file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError as error:
         _silence_stdout()
@@ -139,11 +169,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         _report(
             args,
             StationFault(
-                "Unexpected error",
+                _("Unexpected error"),
                 # The type only: an unexpected error's text is not vetted (it could quote anything).
-                f"The command stopped on an error the station did not expect ({type(error).__name__}).",
-                f"Run it again with {DEBUG_ENV}=1 for the details and report them to the station's "
-                "engineers.",
+                _("The command stopped on an error the station did not expect ({error_type}).").format(
+                    error_type=type(error).__name__
+                ),
+                _(
+                    "Run it again with {variable}=1 for the details and report them to the station's engineers."
+                ).format(variable=DEBUG_ENV),
             ),
         )
         return EXIT_ERROR
@@ -151,9 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _file_error(error: OSError) -> StationError:
     return InputError(
-        "File not usable",
+        _("File not usable"),
         f"{error.filename}: {error.strerror or type(error).__name__}.",
-        "Check the path and its folder's permissions, then run the command again.",
+        _("Check the path and its folder's permissions, then run the command again."),
     )
 
 

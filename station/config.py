@@ -81,6 +81,7 @@ DEFAULT_BAUD = 115200
 _REGION_RE = re.compile(r"[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d{1,2}")
 _ROLE_ARN_RE = re.compile(r"arn:aws[a-z-]*:iam::(\d{12}):role/[\w+=,.@/-]{1,512}")
 _STATION_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_LANGUAGE_RE = re.compile(r"[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})?")
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _POLICY_NAME_RE = re.compile(r"[\w+=,.@-]{1,128}")
 _HOST_RE = re.compile(

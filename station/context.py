@@ -42,6 +42,7 @@ from station import identity as identity_mod
 from station import naming
 from station.config import DEFAULT_BAUD, StationConfig
 from station.errors import ConfigError, InputError, StationError, StationFault
+from station.i18n import _
 from station.model import Event, Target
 from station.pipeline import (
     KEY_SOURCES,
@@ -78,9 +79,11 @@ def default_flasher_factory(port: str, *, family: str, baud: int, options: dict[
     except TypeError as error:
         # An option in [products.NAME.options] the family's flasher does not take.
         raise StationFault(
-            "Bad flasher options",
-            f"The {family} flasher does not accept the product's options ({error}).",
-            "Call a technician to fix [products.NAME.options] in station.toml.",
+            _("Bad flasher options"),
+            _("The {family} flasher does not accept the product's options ({error}).").format(
+                family=family, error=error
+            ),
+            _("Call a technician to fix [products.NAME.options] in station.toml."),
         ) from None
     return flasher
 
@@ -125,9 +128,11 @@ def server_ca(target: Target) -> bytes | None:
         return Path(target.ca_file).read_bytes()
     except OSError as error:
         raise ConfigError(
-            "Server CA not readable",
-            f"The CA file {target.ca_file} of target {target.name!r} cannot be read ({error.strerror}).",
-            "Fix ca_file of this target in station.toml.",
+            _("Server CA not readable"),
+            _("The CA file {ca_file} of target {name!r} cannot be read ({strerror}).").format(
+                ca_file=target.ca_file, name=target.name, strerror=error.strerror
+            ),
+            _("Fix ca_file of this target in station.toml."),
         ) from None
 
 
@@ -392,10 +397,11 @@ class StationContext:
         if len(self.config.products) == 1:
             return next(iter(self.config.products))
         raise InputError(
-            "Which product?",
-            f"Slot {slot or '(none)'} has no product and the station knows several: "
-            f"{', '.join(self.config.products) or 'none'}.",
-            "Choose the product (--product), or set product for this slot in station.toml.",
+            _("Which product?"),
+            _("Slot {slot} has no product and the station knows several: {products}.").format(
+                slot=slot or "(none)", products=", ".join(self.config.products) or "none"
+            ),
+            _("Choose the product (--product), or set product for this slot in station.toml."),
         )
 
     def prepare(
@@ -409,10 +415,11 @@ class StationContext:
         key_source = str(options.get("key_source", "auto"))
         if key_source not in KEY_SOURCES:
             raise ConfigError(
-                "Invalid key source",
-                f"Product {product_cfg.name!r} has key_source {key_source!r}; expected one of "
-                f"{', '.join(KEY_SOURCES)}.",
-                "Fix [products.NAME.options] key_source in station.toml.",
+                _("Invalid key source"),
+                _("Product {name!r} has key_source {key_source!r}; expected one of {KEY_SOURCES}.").format(
+                    name=product_cfg.name, key_source=key_source, KEY_SOURCES=", ".join(KEY_SOURCES)
+                ),
+                _("Fix [products.NAME.options] key_source in station.toml."),
             )
         template = target_cfg.thing_name_template
         station_id = self.station_id
@@ -435,10 +442,12 @@ class StationContext:
             or hello_timeout <= 0
         ):
             raise ConfigError(
-                "Invalid hello timeout",
-                f"Product {product_cfg.name!r} has hello_timeout_s {hello_timeout!r}; expected a number of "
-                "seconds above 0.",
-                "Fix [products.NAME.options] hello_timeout_s in station.toml.",
+                _("Invalid hello timeout"),
+                _(
+                    "Product {name!r} has hello_timeout_s {hello_timeout!r}; expected a number of "
+                    "seconds above 0."
+                ).format(name=product_cfg.name, hello_timeout=hello_timeout),
+                _("Fix [products.NAME.options] hello_timeout_s in station.toml."),
             )
         return UnitRequest(
             serial=serial,

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from station.errors import InputError, StationError, StationFault, UnitFault
+from station.i18n import N_, _
 from station.model import Target
 
 if TYPE_CHECKING:
@@ -72,9 +73,9 @@ class _IdleCheck:
         state = {s.name: s for s in self._line.slots()}.get(slot)
         if state is not None and state.state != "idle":
             raise InputError(
-                "Slot busy",
+                _("Slot busy"),
                 f"Slot {slot} is {state.state}" + (f" with {state.serial}." if state.serial else "."),
-                "Wait for it, or put the unit on a free slot.",
+                _("Wait for it, or put the unit on a free slot."),
             )
         return contextlib.nullcontext()
 
@@ -128,9 +129,9 @@ class QaServices:
         query = query.strip()
         if not query:
             raise InputError(
-                "Nothing to search",
-                "The search field is empty.",
-                "Type a serial, thing name or certificate id.",
+                _("Nothing to search"),
+                _("The search field is empty."),
+                _("Type a serial, thing name or certificate id."),
             )
         records = list(self.ledger.find(query))
         records.sort(key=lambda r: getattr(r, "finished_at", 0.0) or 0.0, reverse=True)
@@ -148,38 +149,54 @@ class QaServices:
         result = self.ledger.audit()
         if result.ok:
             return ActionResult(
-                "Ledger intact", f"{result.checked} rows checked; the hash chain is unbroken."
+                _("Ledger intact"),
+                _("{count} rows checked; the hash chain is unbroken.").format(count=result.checked),
             )
         raise StationFault(
-            "Ledger tampered",
-            f"The hash chain breaks at {result.first_bad_row}: {result.reason}.",
-            "Do not ship; keep a copy of the ledger as evidence and call the quality lead with this message.",
+            _("Ledger tampered"),
+            _("The hash chain breaks at {first_bad_row}: {reason}.").format(
+                first_bad_row=result.first_bad_row, reason=result.reason
+            ),
+            _(
+                "Do not ship; keep a copy of the ledger as evidence and call the quality lead with this message."
+            ),
         )
 
     def export(self, fmt: str, path: str) -> ActionResult:
         """`station export --format FMT --out PATH` at the desk: every attempt record, CSV or JSON."""
         if fmt not in ("csv", "json"):
-            raise InputError("Unknown format", f"{fmt!r} is not an export format.", "Choose csv or json.")
+            raise InputError(
+                _("Unknown format"),
+                _("{fmt!r} is not an export format.").format(fmt=fmt),
+                _("Choose csv or json."),
+            )
         out = Path(path).expanduser()
         if not path.strip() or out.is_dir():
             raise InputError(
-                "No file name", f"{path!r} is not a file path.", "Type a file path such as records.csv."
+                _("No file name"),
+                _("{path!r} is not a file path.").format(path=path),
+                _("Type a file path such as records.csv."),
             )
         if not out.parent.is_dir():
             raise InputError(
-                "No such folder",
-                f"The folder {out.parent} does not exist.",
-                "Type a path in an existing folder.",
+                _("No such folder"),
+                _("The folder {parent} does not exist.").format(parent=out.parent),
+                _("Type a path in an existing folder."),
             )
         try:
             count = self.ledger.export(fmt, out)
         except OSError as error:
             raise InputError(
-                "Cannot write the file",
-                f"{out} cannot be written ({error.strerror or type(error).__name__}).",
-                "Choose a path you may write to.",
+                _("Cannot write the file"),
+                _("{out} cannot be written ({error_type}).").format(
+                    out=out, error_type=error.strerror or type(error).__name__
+                ),
+                _("Choose a path you may write to."),
             ) from None
-        return ActionResult("Records exported", f"{count} records written to {out} ({fmt}).")
+        return ActionResult(
+            _("Records exported"),
+            _("{count} records written to {out} ({format}).").format(count=count, out=out, format=fmt),
+        )
 
     # ------------------------------------------------------------------------------------------ parts
     def registry(self, target: Target) -> Any:
@@ -229,9 +246,11 @@ class QaServices:
         except Exception as error:
             log.exception("QA %s failed unexpectedly", action)
             raise StationFault(
-                f"{action.capitalize()} failed",
-                f"The station could not {action} ({type(error).__name__}); the details are in the station log.",
-                "Try again; if it fails again, call a technician.",
+                _("{what} failed").format(what=_(action).capitalize()),
+                _(
+                    "The station could not {action} ({error_type}); the details are in the station log."
+                ).format(action=_(action), error_type=type(error).__name__),
+                _("Try again; if it fails again, call a technician."),
             ) from error
 
     # ------------------------------------------------------------------------------------------ revoke
@@ -239,14 +258,16 @@ class QaServices:
         """What revoking the record's certificate in its target means (from the ledger), to be confirmed."""
         if not getattr(record, "certificate_id", ""):
             raise InputError(
-                "Nothing to revoke",
-                f"The record of {record.serial} has no certificate (the attempt never got that far).",
-                "Pick a record with a certificate id.",
+                _("Nothing to revoke"),
+                _("The record of {serial} has no certificate (the attempt never got that far).").format(
+                    serial=record.serial
+                ),
+                _("Pick a record with a certificate id."),
             )
         from station import qa  # loads boto3 and cryptography: only once QA acts
 
         plan: RevokePlan = self._guard(
-            "plan the revoke",
+            N_("plan the revoke"),
             lambda: qa.plan_revoke(
                 self.config,
                 self.ledger,
@@ -278,7 +299,7 @@ class QaServices:
         assert plan is not None
         confirmed = plan
         result = self._guard(
-            "revoke",
+            N_("revoke"),
             lambda: qa.revoke_unit(
                 self.config,
                 self.ledger,
@@ -294,10 +315,13 @@ class QaServices:
         if result.revoked == 0:
             where = ", ".join(d.item.target for d in result.done)
             return ActionResult(
-                "Already revoked", f"{result.serial}'s certificate was not registered in {where} any more."
+                _("Already revoked"),
+                _("{serial}'s certificate was not registered in {where} any more.").format(
+                    serial=result.serial, where=where
+                ),
             )
         return ActionResult(
-            "Certificate revoked", " ".join(_revoked_text(result.serial, d) for d in result.done)
+            _("Certificate revoked"), " ".join(_revoked_text(result.serial, d) for d in result.done)
         )
 
     # ------------------------------------------------------------------------------------------ transfer
@@ -306,7 +330,7 @@ class QaServices:
         from station import qa  # loads boto3 and cryptography: only once QA acts
 
         plan: TransferPlan = self._guard(
-            "plan the transfer",
+            N_("plan the transfer"),
             lambda: qa.plan_transfer(
                 self.config,
                 self.ledger,
@@ -341,7 +365,7 @@ class QaServices:
         assert plan is not None
         confirmed = plan
         result = self._guard(
-            "transfer",
+            N_("transfer"),
             lambda: qa.transfer_unit(
                 self.config,
                 self.ledger,
@@ -354,12 +378,23 @@ class QaServices:
         )
         reg = result.registration
         if confirmed.revoke_source:
-            tail = f"; revoked in {confirmed.source_target}"
+            text = _(
+                "{serial} now works in {target} ({account}/{region}) as {thing_name}; revoked in {source}."
+            )
         else:
-            tail = f"; still registered in {confirmed.source_target}"
+            text = _(
+                "{serial} now works in {target} ({account}/{region}) as {thing_name}; still registered in {source}."
+            )
         return ActionResult(
-            "Certificate transferred",
-            f"{confirmed.serial} now works in {reg.target} ({reg.account_id}/{reg.region}) as {reg.thing_name}{tail}.",
+            _("Certificate transferred"),
+            text.format(
+                serial=confirmed.serial,
+                target=reg.target,
+                account=reg.account_id,
+                region=reg.region,
+                thing_name=reg.thing_name,
+                source=confirmed.source_target,
+            ),
         )
 
     # ------------------------------------------------------------------------------------------ import
@@ -384,9 +419,9 @@ class QaServices:
         """
         if not path.strip():
             raise InputError(
-                "No file",
-                "The certificate file path is empty.",
-                "Type the path of a .pem, .der, .cer or .p12 file.",
+                _("No file"),
+                _("The certificate file path is empty."),
+                _("Type the path of a .pem, .der, .cer or .p12 file."),
             )
         from station import qa  # loads boto3 and cryptography: only once QA acts
 
@@ -396,7 +431,7 @@ class QaServices:
         if key is not None:
             files["p12" if key.suffix.lower() in (".p12", ".pfx") else "key"] = key
         result = self._guard(
-            "register",
+            N_("register"),
             lambda: qa.register_files(
                 self.config,
                 self.ledger,
@@ -412,11 +447,11 @@ class QaServices:
             ),
         )
         if result.verify is not None:
-            title = "Certificate registered and verified"
+            title = _("Certificate registered and verified")
         elif result.changed:
-            title = "Certificate registered (not verified)"
+            title = _("Certificate registered (not verified)")
         else:
-            title = "Already registered (not verified)"
+            title = _("Already registered (not verified)")
         return ActionResult(title, result.message)
 
     # ------------------------------------------------------------------------------------------ re-verify
@@ -438,14 +473,15 @@ class QaServices:
             if key_path and key_path.strip():
                 key = Path(key_path.strip()).expanduser()
                 identity = self._guard(
-                    "read the key file", lambda: qa.load_certificate(None, p12=key, password=password or None)
+                    N_("read the key file"),
+                    lambda: qa.load_certificate(None, p12=key, password=password or None),
                 )
         elif self._put_in_jig is not None:
             # The unit whose identity is re-verified (the row may be a later record without one, e.g. a
             # refused re-scan) goes into the jig.
             put = self._put_in_jig
             checked = self._guard(
-                "find the record to re-verify",
+                N_("find the record to re-verify"),
                 lambda: qa.reverify_record(
                     self.config,
                     self.ledger,
@@ -454,10 +490,10 @@ class QaServices:
                     certificate_id=record.certificate_id or None,
                 ),
             )
-            self._guard("put the unit in the jig", lambda: put(checked, slot))
+            self._guard(N_("put the unit in the jig"), lambda: put(checked, slot))
         try:
             result = self._guard(
-                "re-verify",
+                N_("re-verify"),
                 lambda: qa.reverify_unit(
                     self.config,
                     self.ledger,
@@ -474,7 +510,7 @@ class QaServices:
             )
         finally:
             identity = None  # the key goes no further
-        return ActionResult("Re-verified", result.message)
+        return ActionResult(_("Re-verified"), result.message)
 
     def default_slot(self, record: Any) -> str | None:
         """The slot to preselect for a re-verify: the one the unit was provisioned on, if this station has it."""
@@ -494,7 +530,7 @@ class QaServices:
         from station import qa  # loads boto3 and cryptography: only once QA acts
 
         plan = self._guard(
-            "plan the re-provision",
+            N_("plan the re-provision"),
             lambda: qa.plan_reprovision(self.config, self.ledger, record.serial, slot=slot),
         )
         old = ", ".join(_short(c) for c in plan.replaces)
@@ -515,14 +551,14 @@ class QaServices:
         if self._put_in_jig is not None:
             put = self._put_in_jig
             live = self._guard(
-                "find the unit's record",
+                N_("find the unit's record"),
                 lambda: qa.reverify_record(
                     self.config, self.ledger, record.serial, target=None, certificate_id=None
                 ),
             )
-            self._guard("put the unit in the jig", lambda: put(live, slot))
+            self._guard(N_("put the unit in the jig"), lambda: put(live, slot))
         result = self._guard(
-            "re-provision",
+            N_("re-provision"),
             lambda: qa.reprovision_unit(
                 self.config, self.ledger, confirmed, context=self._wiring(), line=self._reserver()
             ),
@@ -530,20 +566,24 @@ class QaServices:
         if str(result.outcome) != "PASS":
             cls = UnitFault if str(result.outcome) == "FAIL" else StationFault
             raise cls(result.title, result.message, result.next_action)
-        return ActionResult("Re-provisioned", result.message)
+        return ActionResult(_("Re-provisioned"), result.message)
 
 
 def _revoked_text(serial: str, done: RevokeDone) -> str:
     item = done.item
     if not done.existed:
-        text = f"Certificate {_short(item.certificate_id)} was not registered in {item.target} any more"
+        text = _("Certificate {certificate} was not registered in {target} any more").format(
+            certificate=_short(item.certificate_id), target=item.target
+        )
     else:
-        text = f"Certificate {_short(item.certificate_id)} of {serial} is revoked in {item.target}"
+        text = _("Certificate {certificate} of {serial} is revoked in {target}").format(
+            certificate=_short(item.certificate_id), serial=serial, target=item.target
+        )
     if done.thing_deleted:
-        text += f"; thing {done.thing_deleted} deleted"
+        text += _("; thing {thing_name} deleted").format(thing_name=done.thing_deleted)
     elif item.thing_name:
-        text += f"; thing {item.thing_name} kept"
-    return text + "."
+        text += _("; thing {thing_name} kept").format(thing_name=item.thing_name)
+    return text + _(".")
 
 
 def _revoke_failure(first: RevokeDone, done_ok: list[RevokeDone]) -> StationError:

@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorithmOID
 
 from station.errors import CertificateRejected, InputError, StationError, UnitFault
+from station.i18n import N_, _
 from station.model import Identity, Issuer, Secret
 
 KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072")
@@ -109,8 +110,8 @@ _KEY_LABELS = {
 # DER of the PKCS#7 content types a PKCS#12 PFX's authSafe starts with (data, signedData).
 _P7_DATA_OIDS = (bytes.fromhex("06092a864886f70d010701"), bytes.fromhex("06092a864886f70d010702"))
 
-_FIX_FILE = "Export the certificate again as PEM, DER (.cer) or PKCS#12 (.p12) and retry."
-_REISSUE = "Issue a new certificate (EC P-256 or RSA 2048+, signed with SHA-256) and register that one."
+_FIX_FILE = N_("Export the certificate again as PEM, DER (.cer) or PKCS#12 (.p12) and retry.")
+_REISSUE = N_("Issue a new certificate (EC P-256 or RSA 2048+, signed with SHA-256) and register that one.")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -142,7 +143,11 @@ def _as_bytes(data: str | bytes, what: str) -> bytes:
     if isinstance(data, str):
         # PEM blocks are ASCII; text around them (openssl's "Bag Attributes", a dump) may not be.
         return data.encode("utf-8", "replace")
-    raise InputError(f"Unreadable {what}", f"The {what} is neither text nor bytes.", _FIX_FILE)
+    raise InputError(
+        _("Unreadable {what}").format(what=what),
+        _("The {what} is neither text nor bytes.").format(what=what),
+        _(_FIX_FILE),
+    )
 
 
 def _password_bytes(password: str | bytes | None) -> bytes | None:
@@ -155,15 +160,17 @@ def _password_bytes(password: str | bytes | None) -> bytes | None:
     raw = password if isinstance(password, bytes) else password.encode("utf-8", "surrogatepass")
     if b"\x00" in raw:
         raise InputError(
-            "Password not usable",
-            "The password contains a NUL character (\\0), which no certificate export can have set.",
-            "Type the password again; if it comes from a file or pipe, check that file's content.",
+            _("Password not usable"),
+            _("The password contains a NUL character (\\0), which no certificate export can have set."),
+            _("Type the password again; if it comes from a file or pipe, check that file's content."),
         )
     if len(raw) > MAX_PASSWORD_CHARS:
         raise InputError(
-            "Password too long",
-            f"The password is {len(raw)} bytes; the station accepts at most {MAX_PASSWORD_CHARS}.",
-            "Check that the right password (not a file's content) was given.",
+            _("Password too long"),
+            _("The password is {count} bytes; the station accepts at most {MAX_PASSWORD_CHARS}.").format(
+                count=len(raw), MAX_PASSWORD_CHARS=MAX_PASSWORD_CHARS
+            ),
+            _("Check that the right password (not a file's content) was given."),
         )
     return raw
 
@@ -187,8 +194,8 @@ def _key_problem(key: PublicKeyTypes) -> tuple[str, str] | None:
     if isinstance(key, rsa.RSAPublicKey):
         if key.key_size < 2048:
             return (
-                "Certificate key too small",
-                f"RSA key is {key.key_size} bits; AWS IoT needs at least 2048.",
+                _("Certificate key too small"),
+                _("RSA key is {key_size} bits; AWS IoT needs at least 2048.").format(key_size=key.key_size),
             )
         return None
     if isinstance(key, ec.EllipticCurvePublicKey):
@@ -196,18 +203,24 @@ def _key_problem(key: PublicKeyTypes) -> tuple[str, str] | None:
             return None
         curve = _CURVE_NAMES.get(key.curve.name, key.curve.name)
         return (
-            "Certificate curve not accepted",
-            f"EC key is on curve {curve}; the station accepts only P-256 or P-384 for AWS IoT.",
+            _("Certificate curve not accepted"),
+            _("EC key is on curve {curve}; the station accepts only P-256 or P-384 for AWS IoT.").format(
+                curve=curve
+            ),
         )
     if isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
         name = _key_description(key)
         return (
-            "Certificate key type not accepted",
-            f"Key is {name}; AWS IoT does not accept {name} certificates (RSA 2048+ or EC P-256/P-384 only).",
+            _("Certificate key type not accepted"),
+            _(
+                "Key is {name}; AWS IoT does not accept {name} certificates (RSA 2048+ or EC P-256/P-384 only)."
+            ).format(name=name),
         )
     return (
-        "Certificate key type not accepted",
-        f"Key is {_key_description(key)}; AWS IoT accepts RSA (2048 bits or more) or EC P-256/P-384 keys.",
+        _("Certificate key type not accepted"),
+        _("Key is {key}; AWS IoT accepts RSA (2048 bits or more) or EC P-256/P-384 keys.").format(
+            key=_key_description(key)
+        ),
     )
 
 
@@ -225,9 +238,11 @@ def _signature_problem(cert: x509.Certificate | x509.CertificateSigningRequest) 
             return None
         name = f"RSA-PSS with {digest.name.upper() if digest else 'an unknown hash'}"
     return (
-        "Weak certificate signature",
-        f"The certificate is signed with {name}; AWS IoT needs a SHA-256, SHA-384 or SHA-512 signature "
-        "with RSA or ECDSA.",
+        _("Weak certificate signature"),
+        _(
+            "The certificate is signed with {name}; AWS IoT needs a SHA-256, SHA-384 or SHA-512 signature "
+            "with RSA or ECDSA."
+        ).format(name=name),
     )
 
 
@@ -249,9 +264,9 @@ def _secret_of(key: PrivateKeyTypes) -> Secret:
         )
     except Exception:
         raise InputError(
-            "Unusable private key",
-            f"The {_key_description(key)} private key cannot be converted to PKCS#8.",
-            "Supply an RSA or EC private key.",
+            _("Unusable private key"),
+            _("The {key} private key cannot be converted to PKCS#8.").format(key=_key_description(key)),
+            _("Supply an RSA or EC private key."),
         ) from None
     return Secret(pem)
 
@@ -279,14 +294,18 @@ def _common_name(cert: x509.Certificate) -> str:
 def _check_common_name(common_name: str) -> str:
     if not isinstance(common_name, str) or not common_name.strip():
         raise InputError(
-            "No common name", "A certificate needs a common name (the thing name).", "Give the thing name."
+            _("No common name"),
+            _("A certificate needs a common name (the thing name)."),
+            _("Give the thing name."),
         )
     if len(common_name) > COMMON_NAME_MAX:
         raise InputError(
-            "Thing name too long for a certificate",
-            f"The common name is {len(common_name)} characters; a certificate's CN holds at most "
-            f"{COMMON_NAME_MAX} (thing names may be longer, certificates may not).",
-            "Shorten the target's thing_name_template so names stay within 64 characters.",
+            _("Thing name too long for a certificate"),
+            _(
+                "The common name is {count} characters; a certificate's CN holds at most "
+                "{COMMON_NAME_MAX} (thing names may be longer, certificates may not)."
+            ).format(count=len(common_name), COMMON_NAME_MAX=COMMON_NAME_MAX),
+            _("Shorten the target's thing_name_template so names stay within 64 characters."),
         )
     return common_name
 
@@ -294,9 +313,11 @@ def _check_common_name(common_name: str) -> str:
 def _check_days(days: int) -> int:
     if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_DAYS:
         raise InputError(
-            "Invalid validity",
-            f"Certificate validity must be 1 to {MAX_DAYS} days, not {days!r}.",
-            "Fix certificate_days in station.toml.",
+            _("Invalid validity"),
+            _("Certificate validity must be 1 to {MAX_DAYS} days, not {days!r}.").format(
+                MAX_DAYS=MAX_DAYS, days=days
+            ),
+            _("Fix certificate_days in station.toml."),
         )
     return days
 
@@ -336,10 +357,12 @@ def _pem_blocks(data: bytes) -> list[tuple[bytes, bytes]]:
             blocks.append((label, data[start:stop]))
             if len(blocks) > MAX_PEM_BLOCKS:
                 raise InputError(
-                    "Too many PEM blocks",
-                    f"The data holds more than {MAX_PEM_BLOCKS} PEM blocks; a certificate file holds a "
-                    "certificate, perhaps its chain and its key.",
-                    _FIX_FILE,
+                    _("Too many PEM blocks"),
+                    _(
+                        "The data holds more than {MAX_PEM_BLOCKS} PEM blocks; a certificate file holds a "
+                        "certificate, perhaps its chain and its key."
+                    ).format(MAX_PEM_BLOCKS=MAX_PEM_BLOCKS),
+                    _(_FIX_FILE),
                 )
             pos = stop
         else:
@@ -427,9 +450,11 @@ def _checked(cert: x509.Certificate, what: str) -> x509.Certificate:
     damaged = _unparsable_field(cert)
     if damaged is not None:
         raise InputError(
-            "Damaged certificate",
-            f"The {what} holds a certificate whose {damaged} cannot be decoded (damaged or edited).",
-            _FIX_FILE,
+            _("Damaged certificate"),
+            _("The {what} holds a certificate whose {damaged} cannot be decoded (damaged or edited).").format(
+                what=what, damaged=damaged
+            ),
+            _(_FIX_FILE),
         )
     return cert
 
@@ -458,9 +483,11 @@ def _parse_certificates(data: bytes, what: str) -> list[x509.Certificate]:
                 cert = _load_cert_pem_block(block)
                 if cert is None:
                     raise InputError(
-                        "Damaged certificate",
-                        f"The {what} has a CERTIFICATE block that cannot be decoded (damaged or edited).",
-                        _FIX_FILE,
+                        _("Damaged certificate"),
+                        _(
+                            "The {what} has a CERTIFICATE block that cannot be decoded (damaged or edited)."
+                        ).format(what=what),
+                        _(_FIX_FILE),
                     )
                 certs.append(_checked(cert, what))
         if certs:
@@ -469,9 +496,9 @@ def _parse_certificates(data: bytes, what: str) -> list[x509.Certificate]:
     cert = _load_cert_der(data)
     if cert is None:
         raise InputError(
-            "Not a certificate",
-            f"The {what} is neither PEM text nor a DER certificate.",
-            _FIX_FILE,
+            _("Not a certificate"),
+            _("The {what} is neither PEM text nor a DER certificate.").format(what=what),
+            _(_FIX_FILE),
         )
     return [_checked(cert, what)]
 
@@ -489,7 +516,7 @@ def _raise_no_certificate_in_pem(data: bytes, blocks: list[tuple[bytes, bytes]],
     else:
         shown = ", ".join(sorted(label.decode("ascii") for label in labels))
         message = f"The {what} holds PEM blocks of type {shown}, but no CERTIFICATE."
-    raise InputError("No certificate found", message, _FIX_FILE)
+    raise InputError(_("No certificate found"), message, _(_FIX_FILE))
 
 
 def certificate_der(cert: str | bytes) -> bytes:
@@ -507,7 +534,9 @@ def certificate_id(cert: str | bytes) -> str:
         raise
     except Exception as error:  # safety net: malformed input must end as a StationError
         raise InputError(
-            "Unreadable certificate", f"The certificate cannot be read ({type(error).__name__}).", _FIX_FILE
+            _("Unreadable certificate"),
+            _("The certificate cannot be read ({error_type}).").format(error_type=type(error).__name__),
+            _(_FIX_FILE),
         ) from None
 
 
@@ -521,25 +550,29 @@ def _validity_problems(cert: x509.Certificate, when: datetime) -> list[tuple[str
     if end < start:
         return [
             (
-                "Certificate validity empty",
-                f"The certificate's validity ends ({end:{fmt}}) before it starts ({start:{fmt}}).",
-                _REISSUE,
+                _("Certificate validity empty"),
+                _("The certificate's validity ends ({end}) before it starts ({start}).").format(
+                    end=f"{end:{fmt}}", start=f"{start:{fmt}}"
+                ),
+                _(_REISSUE),
             )
         ]
     if when < start:
         return [
             (
-                "Certificate not yet valid",
-                f"The certificate is not valid until {start:{fmt}} (now {when:{fmt}}).",
-                "Check the station's clock; if it is right, issue a certificate valid from today.",
+                _("Certificate not yet valid"),
+                _("The certificate is not valid until {start} (now {now}).").format(
+                    start=f"{start:{fmt}}", now=f"{when:{fmt}}"
+                ),
+                _("Check the station's clock; if it is right, issue a certificate valid from today."),
             )
         ]
     if when > end:
         return [
             (
-                "Certificate expired",
-                f"The certificate expired on {end:{fmt}}.",
-                "Issue a new certificate for this unit and register that one.",
+                _("Certificate expired"),
+                _("The certificate expired on {end}.").format(end=f"{end:{fmt}}"),
+                _("Issue a new certificate for this unit and register that one."),
             )
         ]
     return []
@@ -553,27 +586,31 @@ def acceptance_problems(cert: x509.Certificate, *, now: datetime | None = None) 
     except Exception:
         problems.append(
             (
-                "Certificate key type not accepted",
-                f"The certificate's key type ({cert.public_key_algorithm_oid.dotted_string}) is not supported; "
-                "AWS IoT accepts RSA (2048 bits or more) or EC P-256/P-384 keys.",
-                _REISSUE,
+                _("Certificate key type not accepted"),
+                _(
+                    "The certificate's key type ({dotted_string}) is not supported; "
+                    "AWS IoT accepts RSA (2048 bits or more) or EC P-256/P-384 keys."
+                ).format(dotted_string=cert.public_key_algorithm_oid.dotted_string),
+                _(_REISSUE),
             )
         )
     else:
         key_problem = _key_problem(public_key)
         if key_problem:
-            problems.append((*key_problem, _REISSUE))
+            problems.append((*key_problem, _(_REISSUE)))
     signature_problem = _signature_problem(cert)
     if signature_problem:
-        problems.append((*signature_problem, _REISSUE))
+        problems.append((*signature_problem, _(_REISSUE)))
     problems.extend(_validity_problems(cert, _now(now)))
     pem_length = len(cert.public_bytes(serialization.Encoding.PEM))
     if pem_length > MAX_PEM_CHARS:
         problems.append(
             (
-                "Certificate too large",
-                f"The certificate is {pem_length} characters as PEM; AWS IoT accepts at most {MAX_PEM_CHARS}.",
-                "Issue a certificate without the oversized extensions.",
+                _("Certificate too large"),
+                _(
+                    "The certificate is {pem_length} characters as PEM; AWS IoT accepts at most {MAX_PEM_CHARS}."
+                ).format(pem_length=pem_length, MAX_PEM_CHARS=MAX_PEM_CHARS),
+                _("Issue a certificate without the oversized extensions."),
             )
         )
     return problems
@@ -596,21 +633,27 @@ def check_aws_acceptance(cert_pem: str | bytes, *, now: datetime | None = None) 
         raise CertificateRejected(error.title, error.message, error.next_action) from None
     except Exception as error:  # safety net: anything unparseable is "not a certificate"
         raise CertificateRejected(
-            "Not a certificate", f"The data is not a certificate ({type(error).__name__}).", _FIX_FILE
+            _("Not a certificate"),
+            _("The data is not a certificate ({error_type}).").format(error_type=type(error).__name__),
+            _(_FIX_FILE),
         ) from None
     if len(certs) != 1:
         raise CertificateRejected(
-            "More than one certificate",
-            f"The PEM holds {len(certs)} certificates; AWS IoT registers one device certificate at a time.",
-            "Keep only the device's own certificate (the first one, not the CA chain) and retry.",
+            _("More than one certificate"),
+            _(
+                "The PEM holds {count} certificates; AWS IoT registers one device certificate at a time."
+            ).format(count=len(certs)),
+            _("Keep only the device's own certificate (the first one, not the CA chain) and retry."),
         )
     try:
         problems = acceptance_problems(certs[0], now=now)
     except Exception as error:  # a certificate too odd to inspect is not one AWS would take
         raise CertificateRejected(
-            "Certificate cannot be checked",
-            f"The certificate could not be inspected ({type(error).__name__}).",
-            _REISSUE,
+            _("Certificate cannot be checked"),
+            _("The certificate could not be inspected ({error_type}).").format(
+                error_type=type(error).__name__
+            ),
+            _(_REISSUE),
         ) from None
     if not problems:
         return
@@ -639,10 +682,11 @@ def _mismatch(cert: x509.Certificate, key: PrivateKeyTypes, what: str) -> InputE
     except Exception:  # an unsupported key type still deserves the mismatch message
         cert_key = cert.public_key_algorithm_oid.dotted_string
     return InputError(
-        "Key does not match certificate",
-        f"The private key ({_key_description(key)}) does not belong to the certificate "
-        f"(CN {_common_name(cert)!r}, {cert_key}) in {what}.",
-        "Supply the key file exported together with this certificate.",
+        _("Key does not match certificate"),
+        _(
+            "The private key ({key}) does not belong to the certificate (CN {cert!r}, {cert_key}) in {what}."
+        ).format(key=_key_description(key), cert=_common_name(cert), cert_key=cert_key, what=what),
+        _("Supply the key file exported together with this certificate."),
     )
 
 
@@ -693,9 +737,9 @@ def _load_private_key(data: bytes, password: bytes | None, what: str) -> Private
         blocks = [(label, block) for label, block in _pem_blocks(data) if label in _KEY_LABELS]
         if not blocks:
             raise InputError(
-                f"No private key in {what}",
-                f"The {what} holds no PRIVATE KEY block (or it is truncated).",
-                "Supply the private key file exported with the certificate.",
+                _("No private key in {what}").format(what=what),
+                _("The {what} holds no PRIVATE KEY block (or it is truncated).").format(what=what),
+                _("Supply the private key file exported with the certificate."),
             )
         label, block = blocks[0]
         encrypted = label == b"ENCRYPTED PRIVATE KEY" or b"Proc-Type: 4,ENCRYPTED" in block
@@ -709,9 +753,9 @@ def _load_private_key(data: bytes, password: bytes | None, what: str) -> Private
             encrypted = header is not None and data[header[1] : header[1] + 1] == b"\x30"
     if encrypted and not password:
         raise InputError(
-            f"Password needed for {what}",
-            f"The {what} is encrypted and no password was given.",
-            "Give the key's password (for example with --password-stdin).",
+            _("Password needed for {what}").format(what=what),
+            _("The {what} is encrypted and no password was given.").format(what=what),
+            _("Give the key's password (for example with --password-stdin)."),
         )
     if encrypted:
         _refuse_costly_kdf(_pem_der(data) if _looks_like_pem(data) else data, what)
@@ -726,25 +770,29 @@ def _load_private_key(data: bytes, password: bytes | None, what: str) -> Private
         if encrypted:
             # A wrong password and a damaged encrypted key cannot be told apart; the password is likelier.
             raise InputError(
-                f"Wrong password for {what}",
-                f"The password given does not open the {what} (wrong password, or the key is damaged).",
-                "Type the password again; it is the one set when the key was exported.",
+                _("Wrong password for {what}").format(what=what),
+                _(
+                    "The password given does not open the {what} (wrong password, or the key is damaged)."
+                ).format(what=what),
+                _("Type the password again; it is the one set when the key was exported."),
             ) from None
         unsupported = type(error).__name__ == "UnsupportedAlgorithm"
         reason = "of an unsupported kind" if unsupported else "damaged, truncated or not a private key"
     else:
         if isinstance(key, rsa.RSAPrivateKey) and key.key_size > MAX_RSA_KEY_BITS:
             raise InputError(
-                f"Private key too large in {what}",
-                f"The {what} is an RSA key of {key.key_size} bits; the station reads RSA keys of at most "
-                f"{MAX_RSA_KEY_BITS} bits.",
-                "Use an RSA 2048, 3072 or 4096 key, or an EC P-256/P-384 key.",
+                _("Private key too large in {what}").format(what=what),
+                _(
+                    "The {what} is an RSA key of {key_size} bits; the station reads RSA keys of at most "
+                    "{MAX_RSA_KEY_BITS} bits."
+                ).format(what=what, key_size=key.key_size, MAX_RSA_KEY_BITS=MAX_RSA_KEY_BITS),
+                _("Use an RSA 2048, 3072 or 4096 key, or an EC P-256/P-384 key."),
             )
         return key
     raise InputError(
-        f"Unreadable {what}",
-        f"The {what} cannot be read: it is {reason}.",
-        "Supply the private key as PEM (PKCS#8 or traditional) or DER.",
+        _("Unreadable {what}").format(what=what),
+        _("The {what} cannot be read: it is {reason}.").format(what=what, reason=reason),
+        _("Supply the private key as PEM (PKCS#8 or traditional) or DER."),
     )
 
 
@@ -759,9 +807,11 @@ def generate_private_key(key_type: str = DEFAULT_KEY_TYPE) -> CertificateIssuerP
     if key_type == "rsa-3072":
         return rsa.generate_private_key(public_exponent=65537, key_size=3072)
     raise InputError(
-        "Unknown key type",
-        f"Key type {key_type!r} is not one of {', '.join(KEY_TYPES)}.",
-        "Fix key_type in station.toml.",
+        _("Unknown key type"),
+        _("Key type {key_type!r} is not one of {KEY_TYPES}.").format(
+            key_type=key_type, KEY_TYPES=", ".join(KEY_TYPES)
+        ),
+        _("Fix key_type in station.toml."),
     )
 
 
@@ -863,9 +913,9 @@ def _load_csr(csr: bytes | str) -> x509.CertificateSigningRequest:
         return x509.load_der_x509_csr(data)
     except Exception:
         raise UnitFault(
-            "Unit sent a bad certificate request",
-            "The certificate request (CSR) from the unit cannot be decoded.",
-            "Retry once; if it happens again, put the unit in the rework bin.",
+            _("Unit sent a bad certificate request"),
+            _("The certificate request (CSR) from the unit cannot be decoded."),
+            _("Retry once; if it happens again, put the unit in the rework bin."),
         ) from None
 
 
@@ -886,11 +936,15 @@ def sign_csr(
     """
     if issuer is None:
         raise InputError(
-            "No factory CA for a unit-made key",
-            "This unit makes its own key, and a key the station does not hold can only be certified by a "
-            "factory CA; the target has no issuer.",
-            "Add an issuer (factory CA) to the target in station.toml, or use a flasher that takes a "
-            "station-made key.",
+            _("No factory CA for a unit-made key"),
+            _(
+                "This unit makes its own key, and a key the station does not hold can only be certified by a "
+                "factory CA; the target has no issuer."
+            ),
+            _(
+                "Add an issuer (factory CA) to the target in station.toml, or use a flasher that takes a "
+                "station-made key."
+            ),
         )
     _check_common_name(common_name)
     _check_days(days)
@@ -902,16 +956,18 @@ def sign_csr(
         valid, public_key = False, None
     if not valid or public_key is None:
         raise UnitFault(
-            "Unit's certificate request is not signed by its key",
-            "The signature on the unit's certificate request (CSR) does not verify.",
-            "Retry once; if it happens again, put the unit in the rework bin.",
+            _("Unit's certificate request is not signed by its key"),
+            _("The signature on the unit's certificate request (CSR) does not verify."),
+            _("Retry once; if it happens again, put the unit in the rework bin."),
         )
     problem = _key_problem(public_key)
     if problem:
         raise UnitFault(
-            "Unit made a key AWS IoT refuses",
-            f"The unit's certificate request carries a key AWS IoT would refuse: {problem[1]}",
-            "Check the unit's firmware key settings; put the unit in the rework bin.",
+            _("Unit made a key AWS IoT refuses"),
+            _("The unit's certificate request carries a key AWS IoT would refuse: {problem}").format(
+                problem=problem[1]
+            ),
+            _("Check the unit's firmware key settings; put the unit in the rework bin."),
         )
     cert = _unit_certificate(public_key, common_name, days, issuer, None, now)
     return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
@@ -929,35 +985,43 @@ def _read_file(path: str | os.PathLike[str], what: str) -> bytes:
             data = handle.read(MAX_INPUT_BYTES + 1)
         if len(data) > MAX_INPUT_BYTES:
             raise InputError(
-                f"{what.capitalize()} too large",
-                f"{p} is larger than {MAX_INPUT_BYTES:,} bytes, the most the station reads (a {what} is a "
-                "few kilobytes).",
-                f"Check that {p} is the right file.",
+                _("{what} too large").format(what=what.capitalize()),
+                _(
+                    "{p} is larger than {MAX_INPUT_BYTES:,} bytes, the most the station reads (a {what} is a "
+                    "few kilobytes)."
+                ).format(p=p, MAX_INPUT_BYTES=MAX_INPUT_BYTES, what=what),
+                _("Check that {p} is the right file.").format(p=p),
             )
         return data
     except ValueError:  # a NUL byte in the path
         raise InputError(
-            f"{what.capitalize()} path not usable",
-            f"The path {str(path)!r} contains a NUL character.",
-            "Give the file's path again.",
+            _("{what} path not usable").format(what=what.capitalize()),
+            _("The path {path!r} contains a NUL character.").format(path=str(path)),
+            _("Give the file's path again."),
         ) from None
     except FileNotFoundError:
         raise InputError(
-            f"{what.capitalize()} not found", f"There is no file {p}.", "Check the path."
+            _("{what} not found").format(what=what.capitalize()),
+            _("There is no file {p}.").format(p=p),
+            _("Check the path."),
         ) from None
     except IsADirectoryError:
         raise InputError(
-            f"{what.capitalize()} is a folder", f"{p} is a folder, not a file.", "Give the file's path."
+            _("{what} is a folder").format(what=what.capitalize()),
+            _("{p} is a folder, not a file.").format(p=p),
+            _("Give the file's path."),
         ) from None
     except PermissionError:
         raise InputError(
-            f"{what.capitalize()} not readable",
-            f"The station may not read {p}.",
-            "Fix the file's permissions for the station's user.",
+            _("{what} not readable").format(what=what.capitalize()),
+            _("The station may not read {p}.").format(p=p),
+            _("Fix the file's permissions for the station's user."),
         ) from None
     except OSError as error:
         raise InputError(
-            f"{what.capitalize()} not readable", f"{p} cannot be read ({error.strerror}).", "Check the file."
+            _("{what} not readable").format(what=what.capitalize()),
+            _("{p} cannot be read ({strerror}).").format(p=p, strerror=error.strerror),
+            _("Check the file."),
         ) from None
 
 
@@ -976,37 +1040,47 @@ def load_issuer(issuer: Issuer, *, now: datetime | None = None) -> LoadedIssuer:
         value = os.environ.get(issuer.passphrase_env)
         if value is None:
             raise InputError(
-                "Factory CA passphrase missing",
-                f"The factory CA key's passphrase is expected in the environment variable "
-                f"{issuer.passphrase_env}, which is not set.",
-                f"Set {issuer.passphrase_env} for the station's session and start again.",
+                _("Factory CA passphrase missing"),
+                _(
+                    "The factory CA key's passphrase is expected in the environment variable "
+                    "{passphrase_env}, which is not set."
+                ).format(passphrase_env=issuer.passphrase_env),
+                _("Set {passphrase_env} for the station's session and start again.").format(
+                    passphrase_env=issuer.passphrase_env
+                ),
             )
         password = value.encode("utf-8")
-    what = f"factory CA key {issuer.key_file}"
+    what = _("factory CA key {key_file}").format(key_file=issuer.key_file)
     try:
         key = _load_private_key(key_data, password, what)
     except InputError as error:
-        if issuer.passphrase_env or not error.title.startswith("Password needed"):
+        # The title is in the operator's language: compare with the same sentence, not an English prefix.
+        if issuer.passphrase_env or error.title != _("Password needed for {what}").format(what=what):
             raise
         raise InputError(
-            "Factory CA passphrase not configured",
-            f"The factory CA key {issuer.key_file} is passphrase-protected, and the target's issuer names no "
-            "passphrase_env.",
-            'Add passphrase_env = "NAME" to the target\'s [issuer] table and set that environment variable.',
+            _("Factory CA passphrase not configured"),
+            _(
+                "The factory CA key {key_file} is passphrase-protected, and the target's issuer names no "
+                "passphrase_env."
+            ).format(key_file=issuer.key_file),
+            _(
+                'Add passphrase_env = "NAME" to the target\'s [issuer] table and set that environment variable.'
+            ),
         ) from None
     if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
         raise InputError(
-            "Factory CA key not usable",
-            f"The factory CA key is {_key_description(key)}; unit certificates signed by it would be refused "
-            "by AWS IoT.",
-            "Use a factory CA with an RSA (2048+) or EC P-256/P-384 key.",
+            _("Factory CA key not usable"),
+            _(
+                "The factory CA key is {key}; unit certificates signed by it would be refused by AWS IoT."
+            ).format(key=_key_description(key)),
+            _("Use a factory CA with an RSA (2048+) or EC P-256/P-384 key."),
         )
     problem = _key_problem(key.public_key())
     if problem:
         raise InputError(
-            "Factory CA key not usable",
-            f"Unit certificates signed by this CA would be refused: {problem[1]}",
-            "Use a factory CA with an RSA (2048+) or EC P-256/P-384 key.",
+            _("Factory CA key not usable"),
+            _("Unit certificates signed by this CA would be refused: {problem}").format(problem=problem[1]),
+            _("Use a factory CA with an RSA (2048+) or EC P-256/P-384 key."),
         )
     if not _key_matches(cert, key):
         raise _mismatch(cert, key, f"the factory CA ({issuer.certificate_file}, {issuer.key_file})")
@@ -1017,13 +1091,19 @@ def load_issuer(issuer: Issuer, *, now: datetime | None = None) -> LoadedIssuer:
         is_ca = False
     if not is_ca:
         raise InputError(
-            "Not a CA certificate",
-            f"{issuer.certificate_file} is not a CA certificate (no basicConstraints CA:TRUE).",
-            "Point the target's issuer at the factory CA's certificate.",
+            _("Not a CA certificate"),
+            _("{certificate_file} is not a CA certificate (no basicConstraints CA:TRUE).").format(
+                certificate_file=issuer.certificate_file
+            ),
+            _("Point the target's issuer at the factory CA's certificate."),
         )
     validity = _validity_problems(cert, _now(now))
     if validity:
-        raise InputError(f"Factory CA: {validity[0][0].lower()}", validity[0][1], "Renew the factory CA.")
+        raise InputError(
+            _("Factory CA: {problem}").format(problem=validity[0][0].lower()),
+            validity[0][1],
+            _("Renew the factory CA."),
+        )
     return LoadedIssuer(
         certificate=cert,
         private_key=key,
@@ -1196,9 +1276,11 @@ def _refuse_costly_kdf(der: bytes, what: str) -> None:
     problem = _kdf_problem(der)
     if problem:
         raise InputError(
-            f"{what.capitalize()} asks for too much work",
-            f"The {what} cannot be opened at the station: {problem}.",
-            "Export it again with standard settings (for example openssl pkcs12 -export defaults) and retry.",
+            _("{what} asks for too much work").format(what=what.capitalize()),
+            _("The {what} cannot be opened at the station: {problem}.").format(what=what, problem=problem),
+            _(
+                "Export it again with standard settings (for example openssl pkcs12 -export defaults) and retry."
+            ),
         )
 
 
@@ -1214,14 +1296,16 @@ def _load_pkcs12(data: bytes, password: bytes | None, what: str) -> tuple[list[x
     else:
         if password:
             raise InputError(
-                f"Cannot open {what}",
-                f"The password given does not open the PKCS#12 {what} (wrong password or damaged file).",
-                "Type the password again; it is the one set when the file was exported.",
+                _("Cannot open {what}").format(what=what),
+                _(
+                    "The password given does not open the PKCS#12 {what} (wrong password or damaged file)."
+                ).format(what=what),
+                _("Type the password again; it is the one set when the file was exported."),
             )
         raise InputError(
-            f"Password needed for {what}",
-            f"The PKCS#12 {what} is password-protected (or damaged).",
-            "Give the password set when it was exported (for example with --password-stdin).",
+            _("Password needed for {what}").format(what=what),
+            _("The PKCS#12 {what} is password-protected (or damaged).").format(what=what),
+            _("Give the password set when it was exported (for example with --password-stdin)."),
         )
     certs = []
     if bundle.cert is not None:
@@ -1229,9 +1313,9 @@ def _load_pkcs12(data: bytes, password: bytes | None, what: str) -> tuple[list[x
     certs.extend(_checked(c.certificate, what) for c in bundle.additional_certs)
     if not certs:
         raise InputError(
-            "No certificate found",
-            f"The PKCS#12 {what} holds no certificate.",
-            "Export the certificate together with its key as PKCS#12 again.",
+            _("No certificate found"),
+            _("The PKCS#12 {what} holds no certificate.").format(what=what),
+            _("Export the certificate together with its key as PKCS#12 again."),
         )
     return certs, bundle.key
 
@@ -1239,13 +1323,17 @@ def _load_pkcs12(data: bytes, password: bytes | None, what: str) -> tuple[list[x
 def _load(data: bytes, password: bytes | None, key_data: bytes | None, what: str) -> Identity:
     if len(data) > MAX_INPUT_BYTES:
         raise InputError(
-            f"{what.capitalize()} too large",
-            f"The {what} is {len(data):,} bytes; the station reads at most {MAX_INPUT_BYTES:,} bytes (a "
-            "certificate file is a few kilobytes).",
-            "Check that this is the right file.",
+            _("{what} too large").format(what=what.capitalize()),
+            _(
+                "The {what} is {count:,} bytes; the station reads at most {MAX_INPUT_BYTES:,} bytes (a "
+                "certificate file is a few kilobytes)."
+            ).format(what=what, count=len(data), MAX_INPUT_BYTES=MAX_INPUT_BYTES),
+            _("Check that this is the right file."),
         )
     if not data.strip():
-        raise InputError(f"Empty {what}", f"The {what} is empty.", _FIX_FILE)
+        raise InputError(
+            _("Empty {what}").format(what=what), _("The {what} is empty.").format(what=what), _(_FIX_FILE)
+        )
     key: PrivateKeyTypes | None = None
     if _looks_like_pem(data):
         certs = _parse_certificates(data, what)
@@ -1267,12 +1355,12 @@ def _load(data: bytes, password: bytes | None, key_data: bytes | None, what: str
         # A separate key file wins over a key found in the bundle; it must still match a certificate.
         if not _looks_like_pem(key_data) and _looks_like_pkcs12(key_data):
             # The keychain pair: certificate as .cer, key inside the .p12 exported with it.
-            _, key = _load_pkcs12(key_data, password, "key file (PKCS#12)")
+            _unused, key = _load_pkcs12(key_data, password, "key file (PKCS#12)")
             if key is None:
                 raise InputError(
-                    "No private key found",
-                    "The PKCS#12 key file holds no private key.",
-                    "Export the PKCS#12 again with its private key.",
+                    _("No private key found"),
+                    _("The PKCS#12 key file holds no private key."),
+                    _("Export the PKCS#12 again with its private key."),
                 )
         else:
             key = _load_private_key(key_data, password, "key file")
@@ -1287,9 +1375,9 @@ def _safe_load(data: bytes, password: bytes | None, key_data: bytes | None, what
         raise
     except Exception as error:  # safety net: the contract is "an Identity or a StationError"
         raise InputError(
-            f"Unreadable {what}",
-            f"The {what} cannot be read ({type(error).__name__}).",
-            _FIX_FILE,
+            _("Unreadable {what}").format(what=what),
+            _("The {what} cannot be read ({error_type}).").format(what=what, error_type=type(error).__name__),
+            _(_FIX_FILE),
         ) from None
 
 

@@ -27,6 +27,7 @@ from string import Formatter
 from urllib.parse import urlsplit
 
 from station.errors import InputError, StationError, StationFault
+from station.i18n import _
 from station.model import Event
 
 DEFAULT_PAYLOAD = "{thing_name}"
@@ -72,13 +73,17 @@ def check_payload_template(template: str) -> str | None:
 def qr_payload(label: Label, template: str = DEFAULT_PAYLOAD) -> str:
     problem = check_payload_template(template)
     if problem:
-        raise InputError("Label QR payload", problem, "Fix [station.labels] qr_payload in station.toml.")
+        raise InputError(
+            _("Label QR payload"), problem, _("Fix [station.labels] qr_payload in station.toml.")
+        )
     payload = template.format(**label.fields())
     if len(payload.encode()) > MAX_PAYLOAD:
         raise InputError(
-            "Label QR payload too long",
-            f"The QR payload is {len(payload.encode())} bytes; a label holds at most {MAX_PAYLOAD}.",
-            "Shorten [station.labels] qr_payload in station.toml.",
+            _("Label QR payload too long"),
+            _("The QR payload is {count} bytes; a label holds at most {MAX_PAYLOAD}.").format(
+                count=len(payload.encode()), MAX_PAYLOAD=MAX_PAYLOAD
+            ),
+            _("Shorten [station.labels] qr_payload in station.toml."),
         )
     return payload
 
@@ -152,7 +157,7 @@ def print_label(zpl: str, printer: str, *, timeout_s: float = 5.0) -> None:
     data = zpl.encode("utf-8")
     where = printer.strip()
     parts = urlsplit(where)
-    next_action = "Check the label printer (power, paper, network); reprint the label from the QA desk."
+    next_action = _("Check the label printer (power, paper, network); reprint the label from the QA desk.")
     if parts.scheme == "tcp":
         host, port = parts.hostname or "", parts.port or 9100
         try:
@@ -161,8 +166,10 @@ def print_label(zpl: str, printer: str, *, timeout_s: float = 5.0) -> None:
                 conn.shutdown(socket.SHUT_WR)
         except OSError as exc:
             raise LabelError(
-                "Label not printed",
-                f"The label printer at {host}:{port} did not take the label ({type(exc).__name__}).",
+                _("Label not printed"),
+                _("The label printer at {host}:{port} did not take the label ({error_type}).").format(
+                    host=host, port=port, error_type=type(exc).__name__
+                ),
                 next_action,
             ) from None
         return
@@ -178,8 +185,10 @@ def print_label(zpl: str, printer: str, *, timeout_s: float = 5.0) -> None:
             )
         except (OSError, subprocess.SubprocessError) as exc:
             raise LabelError(
-                "Label not printed",
-                f"The print queue {queue!r} did not take the label ({type(exc).__name__}).",
+                _("Label not printed"),
+                _("The print queue {queue!r} did not take the label ({error_type}).").format(
+                    queue=queue, error_type=type(exc).__name__
+                ),
                 next_action,
             ) from None
         return
@@ -189,8 +198,10 @@ def print_label(zpl: str, printer: str, *, timeout_s: float = 5.0) -> None:
             out.write(data)
     except OSError as exc:
         raise LabelError(
-            "Label not written",
-            f"The label file {path} could not be written ({type(exc).__name__}).",
+            _("Label not written"),
+            _("The label file {path} could not be written ({error_type}).").format(
+                path=path, error_type=type(exc).__name__
+            ),
             next_action,
         ) from None
 

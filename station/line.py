@@ -187,9 +187,11 @@ class Line:
         ports = context.slot_ports()
         if not ports:
             raise InputError(
-                "No slots",
-                "The station configuration has no slots.",
-                'Add a slot table to station.toml, e.g. [slots.s1] with port = "/dev/ttyUSB0" and product = "sensor".',
+                _("No slots"),
+                _("The station configuration has no slots."),
+                _(
+                    'Add a slot table to station.toml, e.g. [slots.s1] with port = "/dev/ttyUSB0" and product = "sensor".'
+                ),
             )
         for name, port in ports.items():
             self._states[name] = SlotState(name=name, port=port)
@@ -231,7 +233,9 @@ class Line:
             slot = self._route(serial, product=product, target=target)
         with self._lock:
             if self._stopping:
-                raise InputError("Line stopped", "The line is shutting down.", "Start the station again.")
+                raise InputError(
+                    _("Line stopped"), _("The line is shutting down."), _("Start the station again.")
+                )
             if slot is not None:
                 name = self._pick(slot)
                 request = self._ctx.prepare(serial, slot=name, product=product, target=target)
@@ -243,9 +247,11 @@ class Line:
             )
             if twin is not None:
                 raise InputError(
-                    "Unit already in progress",
-                    f"{request.serial} is being provisioned in slot {twin.name} right now.",
-                    "Check the label: two units cannot have one serial. Wait for that slot to finish.",
+                    _("Unit already in progress"),
+                    _("{serial} is being provisioned in slot {name} right now.").format(
+                        serial=request.serial, name=twin.name
+                    ),
+                    _("Check the label: two units cannot have one serial. Wait for that slot to finish."),
                 )
             state = self._states[name]
             self._states[name] = replace(state, state=BUSY, serial=request.serial, step="")
@@ -284,7 +290,9 @@ class Line:
     def _take(self, slot: str, serial: str, purpose: str) -> SlotState:
         with self._lock:
             if self._stopping:
-                raise InputError("Line stopped", "The line is shutting down.", "Start the station again.")
+                raise InputError(
+                    _("Line stopped"), _("The line is shutting down."), _("Start the station again.")
+                )
             self._pick(slot)  # the same refusals as a scan on that slot
             held = replace(self._states[slot], state=RESERVED, serial=serial, step=purpose)
             self._states[slot] = held
@@ -357,11 +365,15 @@ class Line:
             serial,
             slot=slot,
             outcome="ERROR",
-            title="Station error",
-            message=f"The station stopped working on this unit unexpectedly ({type(error).__name__}); "
-            "the details are in the station log.",
-            next_action="Put the unit aside for a re-test and call a technician; run `station reconcile` "
-            "before the next shift.",
+            title=_("Station error"),
+            message=_(
+                "The station stopped working on this unit unexpectedly ({error_type}); the details are in the "
+                "station log."
+            ).format(error_type=type(error).__name__),
+            next_action=_(
+                "Put the unit aside for a re-test and call a technician; run `station reconcile` before the "
+                "next shift."
+            ),
         )
         try:
             self._event(event)
@@ -373,31 +385,39 @@ class Line:
             state = self._states.get(slot)
             if state is None:
                 raise InputError(
-                    "No such slot",
-                    f"There is no slot {slot!r}; the slots are {', '.join(self._states)}.",
-                    "Pick one of the station's slots.",
+                    _("No such slot"),
+                    _("There is no slot {slot!r}; the slots are {states}.").format(
+                        slot=slot, states=", ".join(self._states)
+                    ),
+                    _("Pick one of the station's slots."),
                 )
             if state.state == RESERVED:
-                what = f" ({state.step} of {state.serial})" if state.serial else ""
+                what = (
+                    _(" ({step} of {serial})").format(step=state.step, serial=state.serial)
+                    if state.serial
+                    else ""
+                )
                 raise InputError(
-                    "Slot reserved",
-                    f"Slot {slot} is reserved for QA{what}; the line starts no unit on it meanwhile.",
-                    "Wait for QA to finish on this slot, or use another slot.",
+                    _("Slot reserved"),
+                    _(
+                        "Slot {slot} is reserved for QA{what}; the line starts no unit on it meanwhile."
+                    ).format(slot=slot, what=what),
+                    _("Wait for QA to finish on this slot, or use another slot."),
                 )
             if state.state != IDLE:
                 raise InputError(
-                    "Slot busy",
-                    f"Slot {slot} is still working on {state.serial}.",
-                    "Wait for it to finish, or use another slot.",
+                    _("Slot busy"),
+                    _("Slot {slot} is still working on {serial}.").format(slot=slot, serial=state.serial),
+                    _("Wait for it to finish, or use another slot."),
                 )
             return slot
         for name, state in self._states.items():
             if state.state == IDLE:
                 return name
         raise InputError(
-            "No free slot",
-            "Every slot is busy with a unit.",
-            "Wait for a slot to finish, then scan the unit again.",
+            _("No free slot"),
+            _("Every slot is busy with a unit."),
+            _("Wait for a slot to finish, then scan the unit again."),
         )
 
     def _pick_for(self, serial: str, *, product: str | None, target: str | None) -> tuple[str, Any]:
@@ -417,16 +437,18 @@ class Line:
             if not any(state.state == IDLE for state in self._states.values()):
                 self._pick(None)  # every slot is taken: the plain "No free slot"
             raise InputError(
-                "No free slot for this unit",
-                f"Every slot that takes {serial.strip()!r} ({', '.join(takers)}) is busy.",
-                "Wait for one of them to finish, then scan the unit again.",
+                _("No free slot for this unit"),
+                _("Every slot that takes {serial!r} ({takers}) is busy.").format(
+                    serial=serial.strip(), takers=", ".join(takers)
+                ),
+                _("Wait for one of them to finish, then scan the unit again."),
             )
         if len(refusals) == 1:
             raise next(iter(refusals.values()))
         raise InputError(
-            "Serial not for this line",
+            _("Serial not for this line"),
             f"{serial.strip()!r} fits none of this line's products: " + " / ".join(refusals),
-            "Scan the unit's label again, or type a serial one of the slots takes.",
+            _("Scan the unit's label again, or type a serial one of the slots takes."),
         )
 
     # ------------------------------------------------------------------------- routing by the unit's id

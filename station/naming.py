@@ -15,6 +15,7 @@ import string
 from collections.abc import Mapping
 
 from station.errors import InputError
+from station.i18n import N_, _
 
 THING_NAME_MAX = 128
 THING_NAME_RE = re.compile(r"[a-zA-Z0-9:_-]+")
@@ -24,7 +25,7 @@ DEFAULT_TEMPLATE = "{product}-{serial}"
 # A serial longer than this is not a barcode but a stuck scanner or a paste accident.
 SERIAL_MAX = 128
 
-_FIX_SCAN = "Scan the unit's label again; if it keeps failing, check the product selected for this slot."
+_FIX_SCAN = N_("Scan the unit's label again; if it keeps failing, check the product selected for this slot.")
 
 
 def _show(text: str, limit: int = 40) -> str:
@@ -38,25 +39,27 @@ def compile_serial_pattern(pattern: str) -> re.Pattern[str]:
     """Compile a product's serial pattern (a Python regular expression matched against the whole serial)."""
     if not isinstance(pattern, str) or not pattern:
         raise InputError(
-            "Invalid serial pattern",
-            "A product's serial pattern must be a non-empty regular expression.",
-            "Set serial_pattern to a regular expression such as 'SN[0-9]{8}'.",
+            _("Invalid serial pattern"),
+            _("A product's serial pattern must be a non-empty regular expression."),
+            _("Set serial_pattern to a regular expression such as 'SN[0-9]{8}'."),
         )
     try:
         return re.compile(pattern)
     except (re.error, OverflowError, RecursionError, ValueError) as error:
         # re.compile raises several types for hostile patterns (huge repeat counts, deep nesting).
         raise InputError(
-            "Invalid serial pattern",
-            f"The serial pattern {_show(pattern)} is not a valid regular expression ({error}).",
-            "Fix serial_pattern in station.toml (Python regular-expression syntax).",
+            _("Invalid serial pattern"),
+            _("The serial pattern {pattern} is not a valid regular expression ({error}).").format(
+                pattern=_show(pattern), error=error
+            ),
+            _("Fix serial_pattern in station.toml (Python regular-expression syntax)."),
         ) from None
 
 
 def normalize_scan(raw: str) -> str:
     """What the scanner sent, without the surrounding whitespace and line ending it usually appends."""
     if not isinstance(raw, str):
-        raise InputError("Invalid serial", "The scanned serial is not text.", _FIX_SCAN)
+        raise InputError(_("Invalid serial"), _("The scanned serial is not text."), _(_FIX_SCAN))
     return raw.strip()
 
 
@@ -66,21 +69,27 @@ def validate_serial(raw: str, pattern: str | re.Pattern[str], *, product: str = 
     The whole serial must match (not a prefix), so a double scan or a stray character is caught.
     """
     serial = normalize_scan(raw)
-    which = f" for product {product!r}" if product else ""
+    which = _(" for product {product!r}").format(product=product) if product else ""
     if not serial:
-        raise InputError("No serial", f"The scanned serial{which} is empty.", _FIX_SCAN)
+        raise InputError(
+            _("No serial"), _("The scanned serial{which} is empty.").format(which=which), _(_FIX_SCAN)
+        )
     if len(serial) > SERIAL_MAX:
         raise InputError(
-            "Invalid serial",
-            f"The scanned serial {_show(serial)} is longer than {SERIAL_MAX} characters.",
-            _FIX_SCAN,
+            _("Invalid serial"),
+            _("The scanned serial {serial} is longer than {SERIAL_MAX} characters.").format(
+                serial=_show(serial), SERIAL_MAX=SERIAL_MAX
+            ),
+            _(_FIX_SCAN),
         )
     bad = [ch for ch in serial if not ch.isprintable()]
     if bad:
         raise InputError(
-            "Invalid serial",
-            f"The scanned serial {_show(serial)} contains the control character {bad[0]!r}.",
-            _FIX_SCAN,
+            _("Invalid serial"),
+            _("The scanned serial {serial} contains the control character {bad!r}.").format(
+                serial=_show(serial), bad=bad[0]
+            ),
+            _(_FIX_SCAN),
         )
     compiled = pattern if isinstance(pattern, re.Pattern) else compile_serial_pattern(pattern)
     try:
@@ -89,9 +98,11 @@ def validate_serial(raw: str, pattern: str | re.Pattern[str], *, product: str = 
         matched = False
     if not matched:
         raise InputError(
-            "Serial does not match",
-            f"The scanned serial {_show(serial)} does not match the pattern {compiled.pattern!r}{which}.",
-            _FIX_SCAN,
+            _("Serial does not match"),
+            _("The scanned serial {serial} does not match the pattern {pattern!r}{which}.").format(
+                serial=_show(serial), pattern=compiled.pattern, which=which
+            ),
+            _(_FIX_SCAN),
         )
     return serial
 
@@ -113,9 +124,11 @@ def check_thing_name(name: str) -> str:
     problem = thing_name_problem(name)
     if problem:
         raise InputError(
-            "Invalid thing name",
-            f"The thing name {_show(name if isinstance(name, str) else '')} cannot be used: {problem}.",
-            "Check the serial scanned and the target's thing_name_template in station.toml.",
+            _("Invalid thing name"),
+            _("The thing name {name} cannot be used: {problem}.").format(
+                name=_show(name if isinstance(name, str) else ""), problem=problem
+            ),
+            _("Check the serial scanned and the target's thing_name_template in station.toml."),
         )
     return name
 
@@ -124,9 +137,11 @@ def _parse_template(template: str) -> list[tuple[str, str | None]]:
     """Split a template into (literal, field-or-None) pairs, refusing anything but plain `{field}`."""
     if not isinstance(template, str) or not template:
         raise InputError(
-            "Invalid thing-name template",
-            "The thing-name template is empty.",
-            f"Set thing_name_template, for example {DEFAULT_TEMPLATE!r}.",
+            _("Invalid thing-name template"),
+            _("The thing-name template is empty."),
+            _("Set thing_name_template, for example {DEFAULT_TEMPLATE!r}.").format(
+                DEFAULT_TEMPLATE=DEFAULT_TEMPLATE
+            ),
         )
     # str.format would allow attribute access and format specs ({serial.__class__}, {serial:>999999});
     # only bare field names are allowed, so a template can never run code or blow up memory.
@@ -134,9 +149,11 @@ def _parse_template(template: str) -> list[tuple[str, str | None]]:
         pieces = list(string.Formatter().parse(template))
     except ValueError as error:
         raise InputError(
-            "Invalid thing-name template",
-            f"The thing-name template {_show(template)} is malformed ({error}).",
-            "Write fields as {product} or {serial}; write a literal brace as {{ or }}.",
+            _("Invalid thing-name template"),
+            _("The thing-name template {template} is malformed ({error}).").format(
+                template=_show(template), error=error
+            ),
+            _("Write fields as {product} or {serial}; write a literal brace as {{ or }}."),
         ) from None
     parts: list[tuple[str, str | None]] = []
     for literal, field, spec, conversion in pieces:
@@ -145,11 +162,13 @@ def _parse_template(template: str) -> list[tuple[str, str | None]]:
                 "{" + field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
             )
             raise InputError(
-                "Invalid thing-name template",
+                _("Invalid thing-name template"),
                 f"The thing-name template {_show(template)} uses {shown!r}; allowed fields are "
                 + ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS)
                 + " without format options.",
-                f"Fix thing_name_template in station.toml, for example {DEFAULT_TEMPLATE!r}.",
+                _("Fix thing_name_template in station.toml, for example {DEFAULT_TEMPLATE!r}.").format(
+                    DEFAULT_TEMPLATE=DEFAULT_TEMPLATE
+                ),
             )
         parts.append((literal, field))
     return parts
@@ -162,18 +181,24 @@ def validate_template(template: str) -> str:
     if literal_text and THING_NAME_RE.fullmatch(literal_text) is None:
         bad = next(ch for ch in literal_text if THING_NAME_RE.fullmatch(ch) is None)
         raise InputError(
-            "Invalid thing-name template",
-            f"The thing-name template {_show(template)} contains {bad!r}; thing names allow only letters, "
-            "digits, ':', '_' and '-'.",
-            "Fix thing_name_template in station.toml.",
+            _("Invalid thing-name template"),
+            _(
+                "The thing-name template {template} contains {bad!r}; thing names allow only letters, "
+                "digits, ':', '_' and '-'."
+            ).format(template=_show(template), bad=bad),
+            _("Fix thing_name_template in station.toml."),
         )
     if not any(field == "serial" or field == "device_id" for _, field in parts):
         # Without a per-unit field every unit would get the same thing name.
         raise InputError(
-            "Invalid thing-name template",
-            f"The thing-name template {_show(template)} has no {{serial}} or {{device_id}}, so every unit "
-            "would get the same thing name.",
-            f"Include {{serial}}, for example {DEFAULT_TEMPLATE!r}.",
+            _("Invalid thing-name template"),
+            _(
+                "The thing-name template {template} has no {{serial}} or {{device_id}}, so every unit "
+                "would get the same thing name."
+            ).format(template=_show(template)),
+            _("Include {{serial}}, for example {DEFAULT_TEMPLATE!r}.").format(
+                DEFAULT_TEMPLATE=DEFAULT_TEMPLATE
+            ),
         )
     return template
 
@@ -194,9 +219,11 @@ def render_thing_name(template: str, values: Mapping[str, str] | None = None, **
         value = given.get(field)
         if value is None or value == "":
             raise InputError(
-                "Cannot name the thing",
-                f"The thing-name template {_show(template)} needs {{{field}}}, which is not known for this unit.",
-                "Use a template with fields this station knows, or supply the missing value.",
+                _("Cannot name the thing"),
+                _(
+                    "The thing-name template {template} needs {{{field}}}, which is not known for this unit."
+                ).format(template=_show(template), field=field),
+                _("Use a template with fields this station knows, or supply the missing value."),
             )
         if not isinstance(value, str):
             value = str(value)

@@ -54,6 +54,7 @@ from awscrt.exceptions import AwsCrtError
 from awsiot import mqtt_connection_builder
 
 from station.errors import StationError, StationFault
+from station.i18n import N_, _
 from station.identity import new_identity
 from station.model import Identity
 
@@ -69,7 +70,7 @@ _CONNECT_INTERVAL_S = 1.0  # AWS: one CONNECT per second per client id
 _DISCONNECT_WAIT_S = 2.0
 _HELLO_FIELDS = ("certificate_id", "imei", "firmware")
 
-_TECHNICIAN = "Call a technician; the unit itself may be fine, scan it again once this is fixed."
+_TECHNICIAN = N_("Call a technician; the unit itself may be fine, scan it again once this is fixed.")
 
 
 def hello_topic(thing_name: str) -> str:
@@ -213,7 +214,7 @@ class Observer:
         identity = self._identity
         if identity is None or identity.private_key is None:
             raise StationFault(
-                "Observer released", "The station's observer was already removed.", _TECHNICIAN
+                _("Observer released"), _("The station's observer was already removed."), _(_TECHNICIAN)
             )
         deadline = time.monotonic() + timeout_s
         attempt = 0
@@ -228,11 +229,15 @@ class Observer:
                 _stop(connection)
                 if time.monotonic() + _CONNECT_INTERVAL_S >= deadline or attempt >= 5:
                     raise StationFault(
-                        "Observer not accepted",
-                        f"{self.where} would not let the station's observer {self.name} connect (its "
-                        "certificate or policy was refused).",
-                        "Call a technician: the station's AWS role must be able to register certificates and "
-                        "policies in this target.",
+                        _("Observer not accepted"),
+                        _(
+                            "{where} would not let the station's observer {name} connect (its "
+                            "certificate or policy was refused)."
+                        ).format(where=self.where, name=self.name),
+                        _(
+                            "Call a technician: the station's AWS role must be able to register certificates and "
+                            "policies in this target."
+                        ),
                     ) from None
                 time.sleep(_CONNECT_INTERVAL_S)
                 continue
@@ -265,9 +270,11 @@ class Observer:
         except AwsCrtError as error:
             # No chaining: the exception came from handling key bytes.
             raise StationFault(
-                "Observer cannot set up TLS",
-                f"awscrt could not load the station observer's certificate and key ({error.name}).",
-                _TECHNICIAN,
+                _("Observer cannot set up TLS"),
+                _("awscrt could not load the station observer's certificate and key ({name}).").format(
+                    name=error.name
+                ),
+                _(_TECHNICIAN),
             ) from None
 
     def _wait_connect(self, connection: Any, deadline: float) -> None:
@@ -276,17 +283,25 @@ class Observer:
             connection.connect().result(timeout=max(0.1, deadline - time.monotonic()))
         except concurrent.futures.TimeoutError:
             raise StationFault(
-                "Observer cannot connect",
-                f"The station's observer got no MQTT connection to {endpoint} in time.",
-                "Check the network, the target's endpoint and port, and its CA file; then scan the unit again.",
+                _("Observer cannot connect"),
+                _("The station's observer got no MQTT connection to {endpoint} in time.").format(
+                    endpoint=endpoint
+                ),
+                _(
+                    "Check the network, the target's endpoint and port, and its CA file; then scan the unit again."
+                ),
             ) from None
         except AwsCrtError as error:
             if error.name == HANGUP:
                 raise _HungUp() from None
             raise StationFault(
-                "Observer cannot connect",
-                f"The station's observer could not connect to {endpoint} ({error.name}).",
-                "Check the network, the target's endpoint and port, and its CA file; then scan the unit again.",
+                _("Observer cannot connect"),
+                _("The station's observer could not connect to {endpoint} ({name}).").format(
+                    endpoint=endpoint, name=error.name
+                ),
+                _(
+                    "Check the network, the target's endpoint and port, and its CA file; then scan the unit again."
+                ),
             ) from None
         except Exception as error:
             code = error.args[0] if error.args else None
@@ -313,16 +328,16 @@ class Observer:
         with self._cond:
             if self._released:
                 raise StationFault(
-                    "Observer released", "The station's observer was already removed.", _TECHNICIAN
+                    _("Observer released"), _("The station's observer was already removed."), _(_TECHNICIAN)
                 )
             # awscrt reconnects by itself after an interruption; give it a moment before giving up.
             while not self._connected:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise StationFault(
-                        "Observer disconnected",
-                        f"The station's observer is not connected to {self.where}.",
-                        "Check the network; then scan the unit again.",
+                        _("Observer disconnected"),
+                        _("The station's observer is not connected to {where}.").format(where=self.where),
+                        _("Check the network; then scan the unit again."),
                     )
                 self._cond.wait(remaining)
             connection = self._connection
@@ -330,22 +345,26 @@ class Observer:
             self._active += 1
         watch = HelloWatch(self, thing_name, generation)
         try:
-            future, _ = connection.subscribe(watch.topic, mqtt.QoS.AT_LEAST_ONCE, watch._on_message)
+            future, _packet_id = connection.subscribe(watch.topic, mqtt.QoS.AT_LEAST_ONCE, watch._on_message)
             future.result(timeout=max(0.1, deadline - time.monotonic()))
         except mqtt.SubscribeError:
             watch.close()
             raise StationFault(
-                "Observer may not subscribe",
-                f"{self.where} refused the station's observer a subscription to {watch.topic}.",
-                "Call a technician: the observer's policy must allow things/*/hello.",
+                _("Observer may not subscribe"),
+                _("{where} refused the station's observer a subscription to {topic}.").format(
+                    where=self.where, topic=watch.topic
+                ),
+                _("Call a technician: the observer's policy must allow things/*/hello."),
             ) from None
         except (concurrent.futures.TimeoutError, AwsCrtError) as error:
             watch.close()
             name = getattr(error, "name", type(error).__name__)
             raise StationFault(
-                "Observer cannot subscribe",
-                f"The station's observer could not subscribe to {watch.topic} at {self.where} ({name}).",
-                "Check the network; then scan the unit again.",
+                _("Observer cannot subscribe"),
+                _("The station's observer could not subscribe to {topic} at {where} ({name}).").format(
+                    topic=watch.topic, where=self.where, name=name
+                ),
+                _("Check the network; then scan the unit again."),
             ) from None
         except BaseException:
             watch.close()
@@ -412,10 +431,12 @@ class HelloWatch:
                     return dict(self._hellos[0])
                 if self._observer._interruptions != self._generation:
                     raise StationFault(
-                        "Observer lost its connection",
-                        f"The station's observer lost its connection to {self._observer.where} while "
-                        f"waiting for {self.thing_name}'s hello.",
-                        "Check the network; then scan the unit again.",
+                        _("Observer lost its connection"),
+                        _(
+                            "The station's observer lost its connection to {where} while "
+                            "waiting for {thing_name}'s hello."
+                        ).format(where=self._observer.where, thing_name=self.thing_name),
+                        _("Check the network; then scan the unit again."),
                     )
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

@@ -54,6 +54,7 @@ from station.attempt import (
     unexpected_fault,
 )
 from station.errors import StationError, StationFault, UnitFault
+from station.i18n import N_, _
 from station.journal import REPLACE_REVOKE, JournalEntry, JournalFields, Stage
 from station.model import Event, Identity, Outcome, Registration, Target
 from station.plain import plain_dict
@@ -278,9 +279,11 @@ class UnitResult:
 # Operator words for the cases the pipeline itself decides.
 def wrong_unit(scanned: str, device_id: str) -> UnitFault:
     return UnitFault(
-        "Wrong unit in the jig",
-        f"wrong unit in the jig: scanned {scanned}, device says {device_id}.",
-        "Put the right unit in the jig and scan again.",
+        _("Wrong unit in the jig"),
+        _("wrong unit in the jig: scanned {scanned}, device says {device_id}.").format(
+            scanned=scanned, device_id=device_id
+        ),
+        _("Put the right unit in the jig and scan again."),
     )
 
 
@@ -514,10 +517,16 @@ class Pipeline:
         if request.on_reprovision != "replace":
             newest = max(live, key=lambda i: i.since)
             raise UnitFault(
-                "Already provisioned",
-                f"{request.serial} was provisioned on {_day(newest.since)} at {self._where_made(newest, state)} "
-                f"as {newest.thing_name or newest.certificate_id[:12]}; send it to QA.",
-                "Put the unit in the QA tray: QA re-verifies, revokes or re-provisions it.",
+                _("Already provisioned"),
+                _(
+                    "{serial} was provisioned on {since} at {state} as {certificate_id}; send it to QA."
+                ).format(
+                    serial=request.serial,
+                    since=_day(newest.since),
+                    state=self._where_made(newest, state),
+                    certificate_id=newest.thing_name or newest.certificate_id[:12],
+                ),
+                _("Put the unit in the QA tray: QA re-verifies, revokes or re-provisions it."),
             )
         return [i for i in live if i.target == request.target.name]
 
@@ -574,7 +583,9 @@ class Pipeline:
                     "compensation",
                     step="retire",
                     outcome="failed",
-                    message=f"The old certificate {cert_id[:12]}… could not be revoked yet: {detail}",
+                    message=_(
+                        "The old certificate {certificate_id}… could not be revoked yet: {detail}"
+                    ).format(certificate_id=cert_id[:12], detail=detail),
                     data={"certificate_id": cert_id, "thing_name": identity.thing_name},
                 )
                 continue
@@ -597,7 +608,7 @@ class Pipeline:
                 except StationError as exc:
                     # The unit's own certificate breaks AWS's rules: the unit is bad, not the station.
                     raise UnitFault(
-                        "Device certificate rejected", exc.message, "Put the unit in the rework bin."
+                        _("Device certificate rejected"), exc.message, _("Put the unit in the rework bin.")
                     ) from None
             return Identity(certificate_pem=pem, certificate_id=self._certificate_id(pem))
         if key_source == "device":
@@ -755,20 +766,31 @@ class Pipeline:
         expected = run.result.certificate_id
         if hello is None:
             raise UnitFault(
-                "No hello from the unit",
-                f"{thing_name} did not announce itself on {watch.topic} within "
-                f"{request.hello_timeout_s:g} s of going online: {observer.where} did not accept its "
-                "certificate, or the unit cannot reach the target's endpoint.",
-                "Put the unit in the rework bin; if every unit fails like this, call a technician to check "
-                "the target's endpoint and policy.",
+                _("No hello from the unit"),
+                _(
+                    "{thing_name} did not announce itself on {topic} within "
+                    "{hello_timeout_s:g} s of going online: {where} did not accept its "
+                    "certificate, or the unit cannot reach the target's endpoint."
+                ).format(
+                    thing_name=thing_name,
+                    topic=watch.topic,
+                    hello_timeout_s=request.hello_timeout_s,
+                    where=observer.where,
+                ),
+                _(
+                    "Put the unit in the rework bin; if every unit fails like this, call a technician to check "
+                    "the target's endpoint and policy."
+                ),
             )
         announced = str(hello.get("certificate_id", ""))
         if announced.lower() != expected.lower():
             raise UnitFault(
-                "Unit announced another certificate",
-                f"{thing_name} connected with certificate {announced[:12] or '(none)'}…, not the one the "
-                f"station registered ({expected[:12]}…).",
-                "Put the unit in the rework bin.",
+                _("Unit announced another certificate"),
+                _(
+                    "{thing_name} connected with certificate {announced}…, not the one the "
+                    "station registered ({expected}…)."
+                ).format(thing_name=thing_name, announced=announced[:12] or "(none)", expected=expected[:12]),
+                _("Put the unit in the rework bin."),
             )
         run.attempt.journal(stage=Stage.VERIFIED)
 
@@ -804,9 +826,9 @@ class Pipeline:
                 result,
                 refusal
                 or StationFault(
-                    "Ledger unavailable",
-                    "The station could not write this unit's record, so the unit was not passed.",
-                    "Call a technician to check the ledger; then scan the unit again.",
+                    _("Ledger unavailable"),
+                    _("The station could not write this unit's record, so the unit was not passed."),
+                    _("Call a technician to check the ledger; then scan the unit again."),
                 ),
             )
             finished = self._finished_event(run, keep=False)
@@ -850,18 +872,21 @@ class Pipeline:
     def _set_outcome(result: UnitResult, error: StationError | None) -> None:
         result.outcome = outcome_of(error)
         if error is None:
-            result.title = "Provisioned"
-            result.message = f"{result.thing_name} is registered in {result.target} and verified."
+            result.title = _("Provisioned")
+            result.message = _("{thing_name} is registered in {target} and verified.").format(
+                thing_name=result.thing_name, target=result.target
+            )
             left = [c for c in result.replaced if c not in result.replaced_revoked]
             if result.replaced_revoked:
                 gone = ", ".join(f"{c[:12]}…" for c in result.replaced_revoked)
-                result.message += f" It replaces certificate {gone}, revoked."
-            if left:
-                result.message += (
-                    f" The old certificate {', '.join(f'{c[:12]}…' for c in left)} could not be revoked yet; "
-                    "the station retries (reconcile)."
+                result.message += _(" It replaces certificate {certificates}, revoked.").format(
+                    certificates=gone
                 )
-            result.next_action = "Put the unit in the good bin."
+            if left:
+                result.message += _(
+                    " The old certificate {certificates} could not be revoked yet; the station retries (reconcile)."
+                ).format(certificates=", ".join(f"{c[:12]}…" for c in left))
+            result.next_action = _("Put the unit in the good bin.")
             result.error_kind = ""
         else:
             result.title = error.title
@@ -962,33 +987,37 @@ def _plan_key_source(request: UnitRequest, caps: CapabilitiesLike) -> str:
     wanted = request.key_source
     if wanted not in KEY_SOURCES:
         raise StationFault(
-            "Bad key source",
-            f"The product asks for key source {wanted!r}; the station knows {', '.join(KEY_SOURCES)}.",
-            "Call a technician to fix the station configuration.",
+            _("Bad key source"),
+            _("The product asks for key source {wanted!r}; the station knows {KEY_SOURCES}.").format(
+                wanted=wanted, KEY_SOURCES=", ".join(KEY_SOURCES)
+            ),
+            _("Call a technician to fix the station configuration."),
         )
     if wanted == "auto":
         wanted = "device" if caps.device_keygen and request.issuer is not None else "station"
     if wanted == "device":
         if not caps.device_keygen:
             raise StationFault(
-                "Device cannot make keys",
-                "The product asks for device-made keys but this device family cannot generate a key.",
-                "Call a technician to fix the product's key source.",
+                _("Device cannot make keys"),
+                _("The product asks for device-made keys but this device family cannot generate a key."),
+                _("Call a technician to fix the product's key source."),
             )
         if request.issuer is None:
             raise StationFault(
-                "No issuer for device keys",
-                f"Target {request.target.name} has no issuer to sign the device's certificate request.",
-                "Call a technician to configure an issuer for this target.",
+                _("No issuer for device keys"),
+                _("Target {name} has no issuer to sign the device's certificate request.").format(
+                    name=request.target.name
+                ),
+                _("Call a technician to configure an issuer for this target."),
             )
         return "device"
     if not caps.writes_key:
         if caps.reads_certificate:
             return "read"
         raise StationFault(
-            "Device cannot take a key",
-            "The product asks for station-made keys but this device family cannot store one.",
-            "Call a technician to fix the product's key source.",
+            _("Device cannot take a key"),
+            _("The product asks for station-made keys but this device family cannot store one."),
+            _("Call a technician to fix the product's key source."),
         )
     return "station"
 
@@ -1005,10 +1034,14 @@ def _plan_verify(key_source: str, caps: CapabilitiesLike, *, can_observe: bool =
 
 def _cannot_verify() -> StationFault:
     return StationFault(
-        "Cannot verify",
-        "This device keeps its own key and cannot check its own connection, so the station cannot prove it.",
-        "Call a technician: this product needs a family with device-side verify or one the station can "
-        "observe.",
+        _("Cannot verify"),
+        _(
+            "This device keeps its own key and cannot check its own connection, so the station cannot prove it."
+        ),
+        _(
+            "Call a technician: this product needs a family with device-side verify or one the station can "
+            "observe."
+        ),
     )
 
 
@@ -1018,7 +1051,7 @@ def _note_thing(registration: Registration, thing_name: str, created: bool) -> N
     registration.thing_created = created
 
 
-_KEPT_TEXT = (
+_KEPT_TEXT = N_(  # translated where the undo is reported (station.attempt)
     "The certificate was registered before this attempt and was kept; what this attempt added to it in AWS "
     "was undone."
 )
@@ -1045,11 +1078,20 @@ def cleanup_pending_fault(error: StationError, result: UnitResult) -> StationFau
         c.detail for c in result.compensations if c.action in ("rollback", "revoke") and not c.ok and c.detail
     )
     return StationFault(
-        "Cleanup pending",
-        f"{error.title}: {error.message} — cleanup pending: what this attempt registered in {result.target} "
-        f"is still there ({left or 'the undo did not finish'}); the station will remove it when AWS answers.",
-        "Set the unit aside (do not ship it). The station removes the certificate by itself; if "
-        '"cleanup pending" stays on the screen, call a technician (or run `station reconcile`).',
+        _("Cleanup pending"),
+        _(
+            "{title}: {message} — cleanup pending: what this attempt registered in {target} "
+            "is still there ({finish}); the station will remove it when AWS answers."
+        ).format(
+            title=error.title,
+            message=error.message,
+            target=result.target,
+            finish=left or _("the undo did not finish"),
+        ),
+        _(
+            "Set the unit aside (do not ship it). The station removes the certificate by itself; if "
+            '"cleanup pending" stays on the screen, call a technician (or run `station reconcile`).'
+        ),
     )
 
 
@@ -1109,7 +1151,7 @@ def record_fields(result: UnitResult) -> Mapping[str, Any]:
 # Reconcile: resolve what a stopped station left in its journal.
 # ---------------------------------------------------------------------------------------------------------
 
-RECONCILE_MESSAGE = "station stopped mid-provisioning; rolled back by reconcile"
+RECONCILE_MESSAGE = N_("station stopped mid-provisioning; rolled back by reconcile")  # _() where used
 
 
 class ReconcileLedger(LedgerLike, Protocol):
@@ -1227,7 +1269,7 @@ def _retire_one(
         station_id=attempt.station_id,
         registry=target.registry_key,
         outcome=Outcome.DONE,
-        title="Old certificate revoked",
+        title=_("Old certificate revoked"),
         message=item.detail,
         thing_name=entry.thing_name,
         certificate_id=item.certificate_id,
@@ -1283,7 +1325,7 @@ def _reconcile_one(
     thing = entry.thing_name if entry.thing_created else None
     # revoke detaches, deactivates and deletes in AWS's order, and says whether the certificate was there.
     if item.certificate_id and registry.revoke(item.certificate_id, delete_thing=thing):
-        item.action, item.detail = "rolled_back", RECONCILE_MESSAGE
+        item.action, item.detail = "rolled_back", _(RECONCILE_MESSAGE)
     else:
         item.action, item.detail = "nothing_registered", "the certificate is not registered in the target"
     has_record = attempt_id is not None and any(r.attempt_id == attempt_id for r in records)
@@ -1297,9 +1339,9 @@ def _reconcile_one(
             station_id=station_id,
             registry=target.registry_key,
             outcome=Outcome.ERROR,
-            title="Rolled back by reconcile",
-            message=RECONCILE_MESSAGE,
-            next_action="Scan the unit again to provision it.",
+            title=_("Rolled back by reconcile"),
+            message=_(RECONCILE_MESSAGE),
+            next_action=_("Scan the unit again to provision it."),
             error_kind="StationFault",
             thing_name=entry.thing_name,
             certificate_id=item.certificate_id,

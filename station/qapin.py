@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from station.errors import InputError
+from station.i18n import N_, _, ngettext
 from station.model import Event
 
 PIN_RE = re.compile(r"[0-9]{4,12}")
@@ -46,7 +47,7 @@ MAX_BACKOFF_S = 30.0
 PIN_SERIAL = "qa-pin"
 _now = time.time  # the guard's default clock (tests replace it here, not in the time module)  # the ledger "serial" the PIN's events are filed under (`station show qa-pin`)
 
-_FIX_HASH = (
+_FIX_HASH = N_(
     'Make a new one with `station pin-hash` and put the line it prints (qa_pin_hash = "…") in station.toml.'
 )
 
@@ -64,22 +65,26 @@ def parse_pin_hash(text: str) -> PinHash:
     """The parts of a `scrypt$N$r$p$salt$hash` string; `InputError` saying what is wrong otherwise."""
     match = _HASH_RE.fullmatch(text) if isinstance(text, str) else None
     if match is None:
-        raise InputError("QA PIN hash not readable", "expected scrypt$N$r$p$salt$hash.", _FIX_HASH)
+        raise InputError(_("QA PIN hash not readable"), _("expected scrypt$N$r$p$salt$hash."), _(_FIX_HASH))
     n, r, p = (int(match.group(i)) for i in (1, 2, 3))
     if n < 2 or n & (n - 1) or n > _MAX_N or not 1 <= r <= _MAX_R or not 1 <= p <= _MAX_P:
         raise InputError(
-            "QA PIN hash not usable",
-            f"its scrypt cost (N={n}, r={r}, p={p}) is outside what the station computes "
-            f"(N a power of two up to {_MAX_N}, r up to {_MAX_R}, p up to {_MAX_P}).",
-            _FIX_HASH,
+            _("QA PIN hash not usable"),
+            _(
+                "its scrypt cost (N={n}, r={r}, p={p}) is outside what the station computes "
+                "(N a power of two up to {MAX_N}, r up to {MAX_R}, p up to {MAX_P})."
+            ).format(n=n, r=r, p=p, MAX_N=_MAX_N, MAX_R=_MAX_R, MAX_P=_MAX_P),
+            _(_FIX_HASH),
         )
     try:
         salt = base64.b64decode(match.group(4), validate=True)
         digest = base64.b64decode(match.group(5), validate=True)
     except (binascii.Error, ValueError):
-        raise InputError("QA PIN hash not readable", "its salt or hash is not base64.", _FIX_HASH) from None
+        raise InputError(
+            _("QA PIN hash not readable"), _("its salt or hash is not base64."), _(_FIX_HASH)
+        ) from None
     if len(salt) < 16 or len(digest) < 32:
-        raise InputError("QA PIN hash not usable", "its salt or hash is too short.", _FIX_HASH)
+        raise InputError(_("QA PIN hash not usable"), _("its salt or hash is too short."), _(_FIX_HASH))
     return PinHash(n, r, p, salt, digest)
 
 
@@ -90,7 +95,7 @@ def _scrypt(pin: str, n: int, r: int, p: int, salt: bytes, length: int) -> bytes
 def check_pin_format(pin: str) -> str:
     """The PIN if it is 4-12 digits; `InputError` otherwise (never echoing it)."""
     if not isinstance(pin, str) or not PIN_RE.fullmatch(pin):
-        raise InputError("Not a QA PIN", "A QA PIN is 4 to 12 digits.", "Type the PIN again.")
+        raise InputError(_("Not a QA PIN"), _("A QA PIN is 4 to 12 digits."), _("Type the PIN again."))
     return pin
 
 
@@ -188,24 +193,31 @@ class PinGuard:
             raise self._refusal(wait, True)
         left = self.tries_left()
         raise InputError(
-            "Wrong PIN",
-            f"That is not the QA PIN; {left} more wrong PIN{'s' if left != 1 else ''} lock it for "
-            f"{LOCK_S / 60:.0f} minutes.",
-            f"Type the PIN again (after {wait:.0f} s)." if wait >= 1 else "Type the PIN again.",
+            _("Wrong PIN"),
+            ngettext(
+                "That is not the QA PIN; {left} more wrong PIN locks it for {minutes:.0f} minutes.",
+                "That is not the QA PIN; {left} more wrong PINs lock it for {minutes:.0f} minutes.",
+                left,
+            ).format(left=left, minutes=LOCK_S / 60),
+            _("Type the PIN again (after {wait:.0f} s).").format(wait=wait)
+            if wait >= 1
+            else _("Type the PIN again."),
         )
 
     def _refusal(self, wait: float, locked: bool) -> InputError:
         if locked:
             until = time.strftime("%H:%M", time.localtime(self._clock() + wait))
             return InputError(
-                "QA PIN locked",
-                f"Too many wrong QA PINs; the PIN is locked until {until} (recorded in the ledger).",
-                "Wait until then, or ask the QA lead; the lock cannot be lifted from here.",
+                _("QA PIN locked"),
+                _("Too many wrong QA PINs; the PIN is locked until {until} (recorded in the ledger).").format(
+                    until=until
+                ),
+                _("Wait until then, or ask the QA lead; the lock cannot be lifted from here."),
             )
         return InputError(
-            "Too soon",
-            f"After a wrong PIN the next try waits; {max(1, round(wait))} s to go.",
-            "Wait a moment and type the PIN again.",
+            _("Too soon"),
+            _("After a wrong PIN the next try waits; {wait} s to go.").format(wait=max(1, round(wait))),
+            _("Wait a moment and type the PIN again."),
         )
 
     def _record(self, step: str, title: str, message: str) -> None:

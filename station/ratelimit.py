@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from station.errors import StationFault
+from station.i18n import _
 
 # AWS IoT's default per-account, per-region quotas (TPS) for the calls the station makes. The first block is
 # from AWS's quota table (AWS IoT Core's service quotas page); the second block is not documented there and
@@ -159,12 +160,16 @@ def check_quotas(quotas: Mapping[str, float]) -> None:
 
 def throttled_fault(registry: str, api: str, waited_s: float) -> StationFault:
     """What the operator sees when throttling outlasts the bound: a station problem, not a bad unit."""
-    where = f" for {registry}" if registry else ""
+    where = _(" for {registry}").format(registry=registry) if registry else ""
     return StationFault(
-        "AWS is throttling",
-        f"AWS is throttling {api}{where}: still refused after waiting {waited_s:.0f} s.",
-        "Call a technician: fewer slots or stations on this account and region, or a quota increase "
-        "in Service Quotas, is needed. The unit itself is fine; scan it again later.",
+        _("AWS is throttling"),
+        _("AWS is throttling {api}{where}: still refused after waiting {waited_s:.0f} s.").format(
+            api=api, where=where, waited_s=waited_s
+        ),
+        _(
+            "Call a technician: fewer slots or stations on this account and region, or a quota increase "
+            "in Service Quotas, is needed. The unit itself is fine; scan it again later."
+        ),
     )
 
 

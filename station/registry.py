@@ -51,6 +51,7 @@ from station.aws import (
     session_for,
 )
 from station.errors import CertificateRejected, StationError, StationFault, UnitFault
+from station.i18n import N_, _
 from station.identity import certificate_id as local_certificate_id
 from station.identity import check_aws_acceptance
 from station.model import Identity, Registration, Target
@@ -76,7 +77,7 @@ T = TypeVar("T")
 ORIGINS = ("unit", "station", "file")
 
 _TECHNICIAN = "Call a technician; the unit itself is fine, scan it again once this is fixed."
-_RECONCILE = (
+_RECONCILE = N_(
     "Run `station reconcile` to remove what is left (or call a technician); do not reuse this unit's "
     "certificate until it is cleaned up."
 )
@@ -244,10 +245,12 @@ class Registry:
             raise _rejected(error, origin) from None
         if identity.certificate_id and identity.certificate_id != cert_id:
             raise StationFault(
-                "Certificate id mismatch",
-                f"The identity says certificate id {identity.certificate_id[:12]}… but its certificate's "
-                f"SHA-256 is {cert_id[:12]}….",
-                "Call a technician: the station built an inconsistent identity.",
+                _("Certificate id mismatch"),
+                _(
+                    "The identity says certificate id {certificate_id}… but its certificate's "
+                    "SHA-256 is {cert_id}…."
+                ).format(certificate_id=identity.certificate_id[:12], cert_id=cert_id[:12]),
+                _("Call a technician: the station built an inconsistent identity."),
             )
         try:
             answer = self._call(
@@ -260,9 +263,11 @@ class Registry:
             if error_code(error) == CERT_INVALID:
                 raise _rejected(
                     CertificateRejected(
-                        "Certificate not accepted by AWS IoT",
-                        f"AWS IoT in {self.where} refused the certificate ({CERT_INVALID}).",
-                        "Issue a new certificate for this unit (RSA ≥ 2048 or EC P-256/P-384, SHA-256+).",
+                        _("Certificate not accepted by AWS IoT"),
+                        _("AWS IoT in {where} refused the certificate ({code}).").format(
+                            where=self.where, code=CERT_INVALID
+                        ),
+                        _("Issue a new certificate for this unit (RSA ≥ 2048 or EC P-256/P-384, SHA-256+)."),
                     ),
                     origin,
                 ) from None
@@ -270,10 +275,12 @@ class Registry:
         if str(answer.get("certificateId")) != cert_id:
             # A registry naming the certificate differently breaks idempotency and revoke-by-id.
             raise StationFault(
-                "Registry disagrees on the certificate id",
-                f"AWS IoT in {self.where} named the certificate {answer.get('certificateId')!s:.12}…, "
-                f"not its SHA-256 {cert_id[:12]}….",
-                "Call a technician: this endpoint does not behave like AWS IoT.",
+                _("Registry disagrees on the certificate id"),
+                _(
+                    "AWS IoT in {where} named the certificate {certificateId!s:.12}…, "
+                    "not its SHA-256 {cert_id}…."
+                ).format(where=self.where, certificateId=answer.get("certificateId"), cert_id=cert_id[:12]),
+                _("Call a technician: this endpoint does not behave like AWS IoT."),
             )
         return self._registration(cert_id, str(answer["certificateArn"]), created=True)
 
@@ -300,14 +307,18 @@ class Registry:
             return registration
         if status == "REVOKED":
             raise UnitFault(
-                "Certificate revoked",
-                f"This certificate is revoked in {self.where}; AWS IoT will not accept it again.",
-                "Give the unit a new certificate (a new identity) and provision it again.",
+                _("Certificate revoked"),
+                _("This certificate is revoked in {where}; AWS IoT will not accept it again.").format(
+                    where=self.where
+                ),
+                _("Give the unit a new certificate (a new identity) and provision it again."),
             )
         raise StationFault(
-            "Certificate in an unexpected state",
-            f"This certificate is registered in {self.where} with status {status or 'unknown'}.",
-            "Call a technician: resolve the certificate's state in the AWS IoT console, then retry.",
+            _("Certificate in an unexpected state"),
+            _("This certificate is registered in {where} with status {unknown}.").format(
+                where=self.where, unknown=status or "unknown"
+            ),
+            _("Call a technician: resolve the certificate's state in the AWS IoT console, then retry."),
         )
 
     # ------------------------------------------------------------------------------------------ things
@@ -333,9 +344,11 @@ class Registry:
                     created = False  # another slot made it between our describe and create
                 else:
                     raise StationFault(
-                        "Thing type missing",
-                        f"The thing type {self.target.thing_type!r} does not exist in {self.where}.",
-                        "Call a technician: create the thing type or fix the target in station.toml.",
+                        _("Thing type missing"),
+                        _("The thing type {thing_type!r} does not exist in {where}.").format(
+                            thing_type=self.target.thing_type, where=self.where
+                        ),
+                        _("Call a technician: create the thing type or fix the target in station.toml."),
                     ) from error
         if self.target.thing_group:
             try:
@@ -351,9 +364,11 @@ class Registry:
                 if isinstance(error, StationError):
                     raise
                 raise StationFault(
-                    "Thing group missing",
-                    f"The thing group {self.target.thing_group!r} does not exist in {self.where}.",
-                    "Call a technician: create the thing group or fix the target in station.toml.",
+                    _("Thing group missing"),
+                    _("The thing group {thing_group!r} does not exist in {where}.").format(
+                        thing_group=self.target.thing_group, where=self.where
+                    ),
+                    _("Call a technician: create the thing group or fix the target in station.toml."),
                 ) from error
         return created
 
@@ -375,9 +390,11 @@ class Registry:
                 pass
             if not self.target.policy_document:
                 raise StationFault(
-                    "Device policy missing",
-                    f"The policy {name!r} does not exist in {self.where}.",
-                    "Call a technician: create the policy in AWS IoT or give the target a policy document.",
+                    _("Device policy missing"),
+                    _("The policy {name!r} does not exist in {where}.").format(name=name, where=self.where),
+                    _(
+                        "Call a technician: create the policy in AWS IoT or give the target a policy document."
+                    ),
                 )
             document = self.policy_document()
             reason = is_over_broad(document)
@@ -506,9 +523,11 @@ class Registry:
         left.remove(f"thing {observer.name!r}", lambda: self._delete_thing(observer.name))
         left.remove(f"policy {observer.name!r}", lambda: self._delete_policy(observer.name))
         left.raise_if_any(
-            "Observer not removed",
-            f"Could not remove the station's observer in {self.where}",
-            f"Delete what is left (named {observer.name}) in the AWS IoT console, or call a technician.",
+            _("Observer not removed"),
+            _("Could not remove the station's observer in {where}").format(where=self.where),
+            _("Delete what is left (named {name}) in the AWS IoT console, or call a technician.").format(
+                name=observer.name
+            ),
         )
 
     def _delete_policy(self, name: str) -> None:
@@ -517,9 +536,11 @@ class Registry:
             "delete_policy",
             (DELETE_CONFLICT,),
             lambda code: StationFault(
-                "Policy still attached",
-                f"AWS IoT in {self.where} would not delete policy {name!r} ({code}).",
-                _RECONCILE,
+                _("Policy still attached"),
+                _("AWS IoT in {where} would not delete policy {name!r} ({code}).").format(
+                    where=self.where, name=name, code=code
+                ),
+                _(_RECONCILE),
             ),
             policyName=name,
         )
@@ -574,7 +595,11 @@ class Registry:
         if registration.thing_created and registration.thing_name:
             made = registration.thing_name
             left.remove(f"thing {made!r}", lambda: self._delete_thing(made))
-        left.raise_if_any("Rollback incomplete", f"Could not undo everything in {self.where}", _RECONCILE)
+        left.raise_if_any(
+            _("Rollback incomplete"),
+            _("Could not undo everything in {where}").format(where=self.where),
+            _(_RECONCILE),
+        )
 
     def revoke(self, certificate_id: str, *, delete_thing: str | None = None) -> bool:
         """Remove the certificate from this registry (AWS's order); delete `delete_thing` if named.
@@ -588,9 +613,9 @@ class Registry:
         if delete_thing:
             left.remove(f"thing {delete_thing!r}", lambda: self._delete_thing(delete_thing))
         left.raise_if_any(
-            "Revoke incomplete",
-            f"Could not revoke everything in {self.where}",
-            "Retry `station revoke`; if it keeps failing, run `station reconcile` or call a technician.",
+            _("Revoke incomplete"),
+            _("Could not revoke everything in {where}").format(where=self.where),
+            _("Retry `station revoke`; if it keeps failing, run `station reconcile` or call a technician."),
         )
         return bool(existed)
 
@@ -628,10 +653,17 @@ class Registry:
             "delete_certificate",
             (DELETE_CONFLICT, CERT_STATE),
             lambda code: StationFault(
-                "Certificate still attached" if code == DELETE_CONFLICT else "Certificate still active",
-                f"AWS IoT in {self.where} would not delete certificate {certificate_id[:12]}… "
-                f"({code}) within {self.delete_wait_s:.0f} s.",
-                _RECONCILE,
+                _("Certificate still attached") if code == DELETE_CONFLICT else _("Certificate still active"),
+                _(
+                    "AWS IoT in {where} would not delete certificate {certificate_id}… "
+                    "({code}) within {delete_wait_s:.0f} s."
+                ).format(
+                    where=self.where,
+                    certificate_id=certificate_id[:12],
+                    code=code,
+                    delete_wait_s=self.delete_wait_s,
+                ),
+                _(_RECONCILE),
             ),
             certificateId=certificate_id,
         )
@@ -662,9 +694,11 @@ class Registry:
             "delete_thing",
             (INVALID_REQUEST,),
             lambda code: StationFault(
-                "Thing still in use",
-                f"AWS IoT in {self.where} would not delete thing {name!r} ({code}).",
-                _RECONCILE,
+                _("Thing still in use"),
+                _("AWS IoT in {where} would not delete thing {name!r} ({code}).").format(
+                    where=self.where, name=name, code=code
+                ),
+                _(_RECONCILE),
             ),
             thingName=name,
         )
@@ -829,7 +863,10 @@ class _Leftovers:
     def raise_if_any(self, title: str, failed: str, next_action: str) -> None:
         if self.left:
             detail = f" ({self.first_error.message})" if self.first_error else ""
-            raise StationFault(title, f"{failed}: {', '.join(self.left)} remain{detail}.", next_action)
+            remain = _("{failed}: {left} remain{detail}.").format(
+                failed=failed, left=", ".join(self.left), detail=detail
+            )
+            raise StationFault(title, remain, next_action)
 
 
 def _rejected(error: StationError, origin: str) -> StationError:
@@ -842,15 +879,19 @@ def _rejected(error: StationError, origin: str) -> StationError:
         return StationFault(
             error.title,
             error.message,
-            "Call a technician: the station's key type or certificate settings for this target are wrong.",
+            _("Call a technician: the station's key type or certificate settings for this target are wrong."),
         )
     return UnitFault(error.title, error.message, error.next_action)
 
 
 def _over_broad(name: str, where: str, reason: str) -> StationFault:
     return StationFault(
-        "Device policy too broad",
-        f"The policy {name!r} in {where} is too broad: {reason}.",
-        "Call a technician: use a least-privilege policy (thing policy variables), or mark the target as "
-        "lab if this is a test account.",
+        _("Device policy too broad"),
+        _("The policy {name!r} in {where} is too broad: {reason}.").format(
+            name=name, where=where, reason=reason
+        ),
+        _(
+            "Call a technician: use a least-privilege policy (thing policy variables), or mark the target as "
+            "lab if this is a test account."
+        ),
     )

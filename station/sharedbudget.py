@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from station.errors import InputError, StationFault
+from station.i18n import _
 from station.ratelimit import (
     DEFAULT_MAX_WAIT_S,
     DEFAULT_QUOTAS,
@@ -111,9 +112,9 @@ class DynamoBudgetStore:
         table = parts.netloc or parts.path.lstrip("/")
         if parts.scheme != "dynamodb" or not table or not query.get("region"):
             raise InputError(
-                "Budget store",
-                f"{url!r} is not a budget store address.",
-                'Use [budget] store = "dynamodb://TABLE?region=REGION" in station.toml.',
+                _("Budget store"),
+                _("{url!r} is not a budget store address.").format(url=url),
+                _('Use [budget] store = "dynamodb://TABLE?region=REGION" in station.toml.'),
             )
         import boto3
         from botocore.config import Config
@@ -176,9 +177,11 @@ class DynamoBudgetStore:
             # Another station leased in between: read again after a short, random pause.
             time.sleep(random.uniform(0, 0.005 * (attempt + 1)))
         raise BudgetStoreUnavailable(
-            "Rate budget contended",
-            f"The shared rate budget item {key} stayed contended for {self._tries} tries.",
-            "The line continues on its local share; call a technician if this repeats.",
+            _("Rate budget contended"),
+            _("The shared rate budget item {key} stayed contended for {tries} tries.").format(
+                key=key, tries=self._tries
+            ),
+            _("The line continues on its local share; call a technician if this repeats."),
         )
 
     def give_back(self, key: str, lease: Lease, first_unused: float) -> bool:

@@ -37,6 +37,7 @@ from awscrt.exceptions import AwsCrtError
 from awsiot import mqtt_connection_builder
 
 from station.errors import StationError, StationFault, UnitFault
+from station.i18n import N_, _
 from station.identity import check_identity
 from station.model import Identity
 from station.plain import plain_dict
@@ -135,9 +136,11 @@ def verify(
     """
     if identity.private_key is None:
         raise StationFault(
-            "No key to verify with",
-            f"The station does not hold the private key of {thing_name}, so it cannot connect as the unit.",
-            "Call a technician: this product needs device-side verify.",
+            _("No key to verify with"),
+            _(
+                "The station does not hold the private key of {thing_name}, so it cannot connect as the unit."
+            ).format(thing_name=thing_name),
+            _("Call a technician: this product needs device-side verify."),
         )
     try:
         check_identity(identity)
@@ -154,9 +157,11 @@ def verify(
         attempts += 1
         if not _pacer.reserve(thing_name, deadline):
             raise StationFault(
-                "Verify timed out",
-                f"No CONNECT slot for {thing_name} within {timeout_s:.0f} s (AWS allows one per second).",
-                "Scan the unit again in a few seconds.",
+                _("Verify timed out"),
+                _(
+                    "No CONNECT slot for {thing_name} within {timeout_s:.0f} s (AWS allows one per second)."
+                ).format(thing_name=thing_name, timeout_s=timeout_s),
+                _("Scan the unit again in a few seconds."),
             )
         try:
             return _attempt(
@@ -221,9 +226,9 @@ def _attempt(
     except AwsCrtError as error:
         # No chaining: the exception came from handling key bytes.
         raise StationFault(
-            "Cannot set up TLS",
-            f"awscrt could not load the unit's certificate and key ({error.name}).",
-            "Call a technician: the identity's format is not usable for TLS.",
+            _("Cannot set up TLS"),
+            _("awscrt could not load the unit's certificate and key ({name}).").format(name=error.name),
+            _("Call a technician: the identity's format is not usable for TLS."),
         ) from None
     connected = False
     try:
@@ -254,23 +259,25 @@ def _attempt(
                     echoed.set_result(None)
 
         t1 = time.monotonic()
-        subscribe_future, _ = connection.subscribe(topic, mqtt.QoS.AT_LEAST_ONCE, on_message)
+        subscribe_future, _packet_id = connection.subscribe(topic, mqtt.QoS.AT_LEAST_ONCE, on_message)
         try:
             _wait(subscribe_future, phase, deadline)
         except mqtt.SubscribeError:
             raise UnitFault(
-                "Verify failed: subscribe refused",
-                f"{registry} refused {thing_name}'s subscription to {topic}: the policy does not allow it.",
-                _POLICY_NEXT,
+                _("Verify failed: subscribe refused"),
+                _(
+                    "{registry} refused {thing_name}'s subscription to {topic}: the policy does not allow it."
+                ).format(registry=registry, thing_name=thing_name, topic=topic),
+                _(_POLICY_NEXT),
             ) from None
         except _Interrupted as hung:
-            raise _policy_hangup(registry, thing_name, topic, "subscribing to", hung.name) from None
+            raise _policy_hangup(registry, thing_name, topic, _("subscribing to"), hung.name) from None
         except _Deadline:
             raise _echo_timeout(
-                registry, thing_name, topic, "the subscription was not acknowledged"
+                registry, thing_name, topic, _("the subscription was not acknowledged")
             ) from None
         except AwsCrtError as error:
-            raise _op_failed(registry, thing_name, topic, "subscribe", error) from None
+            raise _op_failed(registry, thing_name, topic, N_("subscribe"), error) from None
         subscribe_ms = (time.monotonic() - t1) * 1000.0
 
         t2 = time.monotonic()
@@ -282,15 +289,20 @@ def _attempt(
                 _wait(future, phase, deadline)
             _wait(echoed, phase, deadline)
         except _Interrupted as hung:
-            raise _policy_hangup(registry, thing_name, topic, "publishing to", hung.name) from None
+            raise _policy_hangup(registry, thing_name, topic, _("publishing to"), hung.name) from None
         except _Deadline:
             with lock:
                 missing = len(pending)
             raise _echo_timeout(
-                registry, thing_name, topic, f"{missing} of {messages} messages did not come back"
+                registry,
+                thing_name,
+                topic,
+                _("{missing} of {messages} messages did not come back").format(
+                    missing=missing, messages=messages
+                ),
             ) from None
         except AwsCrtError as error:
-            raise _op_failed(registry, thing_name, topic, "publish", error) from None
+            raise _op_failed(registry, thing_name, topic, N_("publish"), error) from None
         echo_ms = (time.monotonic() - t2) * 1000.0
         return VerifyResult(
             thing_name=thing_name,
@@ -360,9 +372,11 @@ def _connect(connection: Any, thing_name: str, host: str, port: int, deadline: f
         future.result(timeout=remaining)
     except concurrent.futures.TimeoutError:
         raise StationFault(
-            "Verify timed out",
-            f"No MQTT connection to {host}:{port} within the deadline.",
-            "Check the network, the target's endpoint and port, and the CA file; then scan the unit again.",
+            _("Verify timed out"),
+            _("No MQTT connection to {host}:{port} within the deadline.").format(host=host, port=port),
+            _(
+                "Check the network, the target's endpoint and port, and the CA file; then scan the unit again."
+            ),
         ) from None
     except AwsCrtError as error:
         if error.name == HANGUP:
@@ -389,11 +403,11 @@ def _disconnect(connection: Any, connected: bool) -> None:
 # Operator words
 # ---------------------------------------------------------------------------------------------------------
 
-_POLICY_NEXT = (
+_POLICY_NEXT = N_(
     "Set the unit aside for rework; if every unit fails like this, call a technician to check the target's "
     "policy (it must allow things/<thing>/* for the thing)."
 )
-_NOT_ACCEPTED_NEXT = (
+_NOT_ACCEPTED_NEXT = N_(
     "Set the unit aside for rework; if every unit fails like this, call a technician to check the target "
     "(registration, certificate status, policy)."
 )
@@ -401,10 +415,12 @@ _NOT_ACCEPTED_NEXT = (
 
 def _not_accepted(registry: str, thing_name: str) -> UnitFault:
     return UnitFault(
-        "Certificate not accepted",
-        f"certificate not accepted by {registry}: not registered, inactive, or no policy allowing connect "
-        f"for {thing_name}.",
-        _NOT_ACCEPTED_NEXT,
+        _("Certificate not accepted"),
+        _(
+            "certificate not accepted by {registry}: not registered, inactive, or no policy allowing connect "
+            "for {thing_name}."
+        ).format(registry=registry, thing_name=thing_name),
+        _(_NOT_ACCEPTED_NEXT),
     )
 
 
@@ -413,15 +429,15 @@ def _connect_fault(error: AwsCrtError, host: str, port: int) -> StationFault:
     endpoint = f"{host}:{port}"
     if name.startswith("AWS_IO_DNS_"):
         return StationFault(
-            "Endpoint not found",
-            f"The endpoint host {host} does not resolve ({name}).",
-            "Check the target's endpoint in station.toml and the station's DNS/network.",
+            _("Endpoint not found"),
+            _("The endpoint host {host} does not resolve ({name}).").format(host=host, name=name),
+            _("Check the target's endpoint in station.toml and the station's DNS/network."),
         )
     if name.startswith("AWS_IO_TLS_") or name.startswith("AWS_ERROR_PKCS") or "_TLS_" in name:
         return StationFault(
-            "TLS with the endpoint failed",
-            f"The TLS handshake with {endpoint} failed ({name}).",
-            "Check the target's CA file, that the endpoint host name is right, and the station's clock.",
+            _("TLS with the endpoint failed"),
+            _("The TLS handshake with {endpoint} failed ({name}).").format(endpoint=endpoint, name=name),
+            _("Check the target's CA file, that the endpoint host name is right, and the station's clock."),
         )
     if name in (
         "AWS_IO_SOCKET_CONNECTION_REFUSED",
@@ -433,14 +449,16 @@ def _connect_fault(error: AwsCrtError, host: str, port: int) -> StationFault:
         "AWS_ERROR_MQTT_TIMEOUT",
     ):
         return StationFault(
-            "Endpoint unreachable",
-            f"The station could not hold a connection to {endpoint} ({name}).",
-            "Check the network and firewall (port 8883 outbound) and the target's endpoint and port.",
+            _("Endpoint unreachable"),
+            _("The station could not hold a connection to {endpoint} ({name}).").format(
+                endpoint=endpoint, name=name
+            ),
+            _("Check the network and firewall (port 8883 outbound) and the target's endpoint and port."),
         )
     return StationFault(
-        "Verify connection failed",
-        f"Connecting to {endpoint} failed ({name or error.code}).",
-        "Check the network, the target's endpoint and CA file; call a technician if it persists.",
+        _("Verify connection failed"),
+        _("Connecting to {endpoint} failed ({code}).").format(endpoint=endpoint, code=name or error.code),
+        _("Check the network, the target's endpoint and CA file; call a technician if it persists."),
     )
 
 
@@ -453,40 +471,48 @@ def _connack_fault(
         mqtt.ConnectReturnCode.IDENTIFIER_REJECTED,
     ):
         return UnitFault(
-            "Certificate not accepted",
-            f"certificate not accepted by {registry}: the connection for {thing_name} was refused "
-            f"({code.name}).",
-            _NOT_ACCEPTED_NEXT,
+            _("Certificate not accepted"),
+            _(
+                "certificate not accepted by {registry}: the connection for {thing_name} was refused "
+                "({name})."
+            ).format(registry=registry, thing_name=thing_name, name=code.name),
+            _(_NOT_ACCEPTED_NEXT),
         )
     return StationFault(
-        "MQTT service refused the connection",
-        f"{host}:{port} refused the MQTT connection ({code.name}).",
-        "Check that the target's endpoint is an AWS IoT data endpoint; call a technician if it persists.",
+        _("MQTT service refused the connection"),
+        _("{host}:{port} refused the MQTT connection ({name}).").format(host=host, port=port, name=code.name),
+        _("Check that the target's endpoint is an AWS IoT data endpoint; call a technician if it persists."),
     )
 
 
 def _policy_hangup(registry: str, thing_name: str, topic: str, action: str, name: str) -> UnitFault:
     return UnitFault(
-        "Verify failed: disconnected",
-        f"{registry} hung up on {thing_name} when {action} {topic} ({name}): the policy forbids it.",
-        _POLICY_NEXT,
+        _("Verify failed: disconnected"),
+        _("{registry} hung up on {thing_name} when {action} {topic} ({name}): the policy forbids it.").format(
+            registry=registry, thing_name=thing_name, action=action, topic=topic, name=name
+        ),
+        _(_POLICY_NEXT),
     )
 
 
 def _echo_timeout(registry: str, thing_name: str, topic: str, what: str) -> UnitFault:
     return UnitFault(
-        "Verify failed: no echo",
-        f"Verify on {topic} at {registry} did not complete in time: {what}. The policy may forbid "
-        f"{thing_name} to publish or receive there.",
-        _POLICY_NEXT,
+        _("Verify failed: no echo"),
+        _(
+            "Verify on {topic} at {registry} did not complete in time: {what}. The policy may forbid "
+            "{thing_name} to publish or receive there."
+        ).format(topic=topic, registry=registry, what=what, thing_name=thing_name),
+        _(_POLICY_NEXT),
     )
 
 
 def _op_failed(registry: str, thing_name: str, topic: str, op: str, error: AwsCrtError) -> StationError:
     if error.name == "AWS_ERROR_MQTT_TIMEOUT":
-        return _echo_timeout(registry, thing_name, topic, f"the {op} was not acknowledged")
+        return _echo_timeout(registry, thing_name, topic, _("the {op} was not acknowledged").format(op=_(op)))
     return StationFault(
-        "Verify failed",
-        f"The {op} on {topic} at {registry} failed ({error.name}).",
-        "Check the network and scan the unit again; call a technician if it persists.",
+        _("Verify failed"),
+        _("The {op} on {topic} at {registry} failed ({name}).").format(
+            op=_(op), topic=topic, registry=registry, name=error.name
+        ),
+        _("Check the network and scan the unit again; call a technician if it persists."),
     )

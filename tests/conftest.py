@@ -3,8 +3,28 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+
+import pytest
+
+from station import i18n
 
 FUZZ_LONG_ENV = "STATION_FUZZ_LONG"
+
+# The suite asserts English text: a developer's Japanese (or other) locale must not change what `station`
+# prints, in this process or in the commands the tests start. Tests of other languages ask for them.
+if i18n.language_from_environment() not in ("", i18n.DEFAULT_LANGUAGE):
+    for _name in ("LC_ALL", "LC_MESSAGES"):
+        os.environ.pop(_name, None)
+    os.environ["LANG"] = "C.UTF-8"
+
+
+@pytest.fixture(autouse=True)
+def english() -> Iterator[None]:
+    """Every test starts in English, and a test that switches language cannot leak it into the next one."""
+    i18n.set_language("en")
+    yield
+    i18n.set_language("en")
 
 
 def pytest_addoption(parser) -> None:  # type: ignore[no-untyped-def]

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from station.cli import EXIT_INTEGRITY, EXIT_OK, EXIT_USAGE
+from station.i18n import _
 from station.ledger import add_location_arguments, ledger_location, open_ledger
 
 EXAMPLES = """examples:
@@ -155,7 +156,7 @@ def run_verify(args: argparse.Namespace) -> int:
         where = f" in station {result.station}'s chain" if result.station else ""
         print(f"Ledger TAMPERED: first bad row is {result.first_bad_row}{where}: {result.reason}.")
         print(f"{result.checked} row(s) checked before it.")
-        print("Next: keep a copy of the file as evidence and call the person responsible for the ledger.")
+        print(_("Next: keep a copy of the file as evidence and call the person responsible for the ledger."))
     return EXIT_OK if result.ok else EXIT_INTEGRITY
 
 

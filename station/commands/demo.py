@@ -31,7 +31,9 @@ import tempfile
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from station.cli import add_language_argument
 from station.errors import StationFault
+from station.i18n import _
 
 if TYPE_CHECKING:
     from station.lab.demo import DemoLine  # the lab loads only when a demo starts
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
 EXAMPLES = """examples:
   station demo
   station demo --families prov1,esp32
+  station demo --lang ja
   station demo --headless --slots 4 --units 40
   station demo --headless --families all --slots 4 --units 8
   station demo --headless --units 20 --fault-every 5 --fault disconnect --json
@@ -135,6 +138,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="WHERE",
         help="print a label for every PASS: tcp://HOST:9100 (a Zebra), lp://QUEUE (CUPS) or a file path",
     )
+    add_language_argument(p)
     p.set_defaults(func=run)
 
 
@@ -148,11 +152,15 @@ def run(args: argparse.Namespace) -> int:
         args.families = ["prov1"] if args.headless else list(FAMILIES)
     if args.baud <= 0:
         raise InputError(
-            "Bad baud rate", f"{args.baud} is not a baud rate.", "Give a positive number, e.g. 115200."
+            _("Bad baud rate"),
+            _("{baud} is not a baud rate.").format(baud=args.baud),
+            _("Give a positive number, e.g. 115200."),
         )
     if args.headless and args.units < 1:
         raise InputError(
-            "Bad unit count", f"Feed at least one unit, not {args.units}.", "Use --units 1 or more."
+            _("Bad unit count"),
+            _("Feed at least one unit, not {units}.").format(units=args.units),
+            _("Use --units 1 or more."),
         )
     if args.state_dir is None:
         args.state_dir = tempfile.mkdtemp(prefix="station-demo-")
@@ -313,9 +321,9 @@ def run_interactive(args: argparse.Namespace) -> int:
         from station.tui import EventRelay, run_app
     except ImportError:
         raise StationFault(
-            "No operator screen",
-            "The interactive demo needs the station's screen (station.tui), which is not installed here.",
-            "Run `station demo --headless` instead.",
+            _("No operator screen"),
+            _("The interactive demo needs the station's screen (station.tui), which is not installed here."),
+            _("Run `station demo --headless` instead."),
         ) from None
     from station.desk import QaServices
 

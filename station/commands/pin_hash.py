@@ -14,6 +14,7 @@ import getpass
 import sys
 
 from station.cli import EXIT_OK
+from station.i18n import _
 
 EXAMPLES = """examples:
   station pin-hash
@@ -47,9 +48,11 @@ def run(args: argparse.Namespace) -> int:
     elif is_interactive():
         pin = getpass.getpass("New QA PIN (4-12 digits): ")
         if getpass.getpass("Again: ") != pin:
-            raise InputError("PINs differ", "The two PINs typed are not the same.", "Run it again.")
+            raise InputError(_("PINs differ"), _("The two PINs typed are not the same."), _("Run it again."))
     else:
-        raise InputError("No PIN given", "There is no terminal to ask on.", "Give the PIN with --pin-stdin.")
+        raise InputError(
+            _("No PIN given"), _("There is no terminal to ask on."), _("Give the PIN with --pin-stdin.")
+        )
     check_pin_format(pin)
     print(f'qa_pin_hash = "{hash_pin(pin)}"')
     print("Put this line in station.toml's [station] table (instead of any qa_pin).", file=sys.stderr)

@@ -18,6 +18,7 @@ import os
 import sys
 from typing import Any
 
+from station.i18n import _
 from station.model import Event, Outcome
 from station.pipeline import STEPS
 
@@ -66,7 +67,7 @@ def exit_code(outcome: Outcome) -> int:
 def print_result(summary: dict[str, Any]) -> None:
     print(f"{summary['outcome']}  {summary['serial']}  {summary['title']}")
     print(f"  {summary['message']}")
-    print(f"  Next: {summary['next_action']}")
+    print(_("  Next: {next_action}").format(next_action=summary["next_action"]))
     if summary.get("thing_name"):
         print(f"  thing {summary['thing_name']}  target {summary['target']}")
     if summary.get("certificate_id"):

@@ -23,6 +23,7 @@ from typing import Any
 
 from station.cli import EXIT_NOT_FOUND, EXIT_OK
 from station.errors import InputError, StationError
+from station.i18n import _
 
 CONFIG_ENV = "STATION_CONFIG"
 
@@ -75,7 +76,12 @@ def print_error(args: argparse.Namespace, error: StationError, *, kind: str | No
             data["kind"] = kind
         print(json.dumps({"error": data}))
     else:
-        print(f"{error.title}: {error.message}\nNext: {error.next_action}", file=sys.stderr)
+        print(
+            _("{title}: {message}\nNext: {next_action}").format(
+                title=error.title, message=error.message, next_action=error.next_action
+            ),
+            file=sys.stderr,
+        )
 
 
 def not_found(args: argparse.Namespace, error: StationError) -> int:
@@ -99,9 +105,11 @@ def confirm(question: str, *, yes: bool, flag: str = "--yes") -> bool:
         return True
     if not is_interactive():
         raise InputError(
-            "Confirmation needed",
-            "This command changes AWS and asks for confirmation, but no one can answer here (no terminal).",
-            f"Add {flag} to run it without asking.",
+            _("Confirmation needed"),
+            _(
+                "This command changes AWS and asks for confirmation, but no one can answer here (no terminal)."
+            ),
+            _("Add {flag} to run it without asking.").format(flag=flag),
         )
     try:
         answer = input(f"{question} [y/N] ")
@@ -118,9 +126,11 @@ def _stdin_line(what: str) -> bytes:
     line = sys.stdin.buffer.readline(MAX_STDIN_LINE + 1)
     if len(line.rstrip(b"\r\n")) > MAX_STDIN_LINE:
         raise InputError(
-            f"{what.capitalize()} too long",
-            f"The first line of standard input is longer than {MAX_STDIN_LINE} bytes; it is not a {what}.",
-            f"Pipe only the {what} into the command.",
+            _("{what} too long").format(what=what.capitalize()),
+            _(
+                "The first line of standard input is longer than {MAX_STDIN_LINE} bytes; it is not a {what}."
+            ).format(MAX_STDIN_LINE=MAX_STDIN_LINE, what=what),
+            _("Pipe only the {what} into the command.").format(what=what),
         )
     return line.rstrip(b"\r\n")
 
@@ -161,9 +171,13 @@ def require_pin(args: argparse.Namespace, config: Any, ledger: Any, *, action: s
         pin = getpass.getpass("QA PIN: ")
     else:
         raise InputError(
-            "QA PIN needed",
-            f"This station has a QA PIN, and `station {action}` needs it; --yes only skips the question.",
-            "Give the PIN with --pin-stdin (from the QA lead or a secrets store), or run it on a terminal.",
+            _("QA PIN needed"),
+            _(
+                "This station has a QA PIN, and `station {action}` needs it; --yes only skips the question."
+            ).format(action=action),
+            _(
+                "Give the PIN with --pin-stdin (from the QA lead or a secrets store), or run it on a terminal."
+            ),
         )
     operator = getattr(args, "operator", None) or getattr(config, "operator", None) or ""
     PinGuard(stored, ledger=ledger, where=f"station {action}", operator=operator).check(pin.strip())
@@ -220,9 +234,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.cert is None and args.p12 is None:
         raise InputError(
-            "No certificate given",
-            "Registering needs the unit's certificate.",
-            "Give --cert FILE (PEM, DER or PKCS#12), or --p12 FILE holding certificate and key.",
+            _("No certificate given"),
+            _("Registering needs the unit's certificate."),
+            _("Give --cert FILE (PEM, DER or PKCS#12), or --p12 FILE holding certificate and key."),
         )
     password = _read_password() if args.password_stdin else None
     config = load_config(args.config)

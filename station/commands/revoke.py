@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         if not done.ok:
             problem = done.error or {}
             print(f"✘ {item.target}: {problem.get('title', 'failed')}: {problem.get('message', '')}")
-            print(f"  Next: {problem.get('next_action', '')}")
+            print(_("  Next: {next_action}").format(next_action=problem.get("next_action", "")))
             continue
         state = "revoked" if done.existed else "was not registered (already revoked)"
         line = f"✔ {item.target}: certificate {item.certificate_id[:12]}… {state}"
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         elif item.thing_name:
             line += f"; thing {item.thing_name} kept ({item.keep_reason or 'not made by the station'})"
         print(line)
-    print(f"Recorded in the ledger by {result.operator}.")
+    print(_("Recorded in the ledger by {operator}.").format(operator=result.operator))
     return EXIT_OK if result.ok else EXIT_ERROR
 
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from station.cli import EXIT_ERROR, EXIT_OK
+from station.cli import EXIT_ERROR, EXIT_OK, add_language_argument, apply_language
+from station.i18n import _
 
 EXAMPLES = """examples:
   station run --config station.toml
   station run --config station.toml --operator "night-shift"
+  station run --config station.toml --lang ja
 
 keys: type or scan a serial + Enter (2:SERIAL sends it to slot 2), F2 log, F3 QA desk (PIN), Ctrl+Q quit
 """
@@ -30,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", required=True, metavar="FILE", help="the station's station.toml")
     p.add_argument("--operator", help="who is at the station (default: the config's operator)")
+    add_language_argument(p)
     p.set_defaults(func=run)
 
 
@@ -42,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from station.tui import EventRelay, run_app
 
     config = load_config(args.config)
+    apply_language(args, config.language)
     relay = EventRelay()
     with open_ledger(config.ledger_path, station_id=config.station_id) as ledger:
         context = StationContext(config, ledger=ledger, operator=args.operator)
@@ -52,20 +56,28 @@ def run(args: argparse.Namespace) -> int:
         finally:
             busy = [s.serial for s in line.slots() if s.state == "busy"]
             if busy:
-                print(f"Finishing the units in progress ({', '.join(busy)})…", file=sys.stderr)
+                print(
+                    _("Finishing the units in progress ({serials})…").format(serials=", ".join(busy)),
+                    file=sys.stderr,
+                )
             line.stop()
             # The station's own identities (observers for verify-by-observing) end with the station.
             for problem in context.close():
-                print(f"Could not remove an observer identity: {problem}", file=sys.stderr)
+                print(
+                    _("Could not remove an observer identity: {problem}").format(problem=problem),
+                    file=sys.stderr,
+                )
     return EXIT_OK if code == 0 else screen_ended(code)
 
 
 def screen_ended(code: int) -> int:
     """The operator screen ended on an error: say so and exit ERROR, so a supervisor restarts the station."""
     print(
-        f"The operator screen stopped after an unexpected error (code {code}); the units in progress were "
-        "finished and the line stopped.\nNext: start the station again; if it happens again, call a "
-        "technician with the station log.",
+        _(
+            "The operator screen stopped after an unexpected error (code {code}); the units in progress were "
+            "finished and the line stopped.\nNext: start the station again; if it happens again, call a "
+            "technician with the station log."
+        ).format(code=code),
         file=sys.stderr,
     )
     return EXIT_ERROR

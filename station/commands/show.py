@@ -13,6 +13,7 @@ from typing import Any
 
 from station.cli import EXIT_NOT_FOUND, EXIT_OK
 from station.commands.units import unit_dict, when
+from station.i18n import _
 from station.ledger import add_location_arguments, ledger_location, open_ledger
 from station.units import UnitState
 
@@ -60,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"error": {"kind": "NotFound", "title": "Unknown unit", "query": query}}))
         else:
-            print(f"Unknown unit: the ledger has nothing for {query!r}.")
-            print("Next: check the serial, or search by thing name or certificate id.")
+            print(_("Unknown unit: the ledger has nothing for {query!r}.").format(query=query))
+            print(_("Next: check the serial, or search by thing name or certificate id."))
         return EXIT_NOT_FOUND
     if args.json:
         print(
@@ -107,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             print(
                 f"Unfinished attempt {entry.attempt_id or '?'} (journal {entry.id}): stage {entry.stage or '?'}"
             )
-            print("  Next: run `station reconcile` to roll it back or complete it.")
+            print(_("  Next: run `station reconcile` to roll it back or complete it."))
         print()
     if events:
         print("Events:")

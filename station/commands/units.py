@@ -16,6 +16,7 @@ from typing import Any
 
 from station.cli import EXIT_OK
 from station.errors import InputError
+from station.i18n import _
 from station.ledger import add_location_arguments, ledger_location, open_ledger
 from station.ledger.base import MAX_PAGE
 from station.model import Outcome
@@ -93,7 +94,9 @@ def unit_dict(unit: UnitState) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     if not 1 <= args.limit <= MAX_PAGE:
         raise InputError(
-            "Bad --limit", f"--limit must be between 1 and {MAX_PAGE}.", "Use a smaller page and --after."
+            _("Bad --limit"),
+            _("--limit must be between 1 and {MAX_PAGE}.").format(MAX_PAGE=MAX_PAGE),
+            _("Use a smaller page and --after."),
         )
     with open_ledger(ledger_location(args.ledger, args.config), create=False) as ledger:
         page = ledger.unit_page(

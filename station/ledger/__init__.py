@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from station.errors import InputError
+from station.i18n import _
 from station.ledger.base import (
     AttemptRecord,
     AuditResult,
@@ -96,9 +97,9 @@ def ledger_location(ledger: str | None = None, config: str | None = None) -> str
     if Path("station.toml").is_file() and _config_loader() is not None:
         return _from_config("station.toml")
     raise InputError(
-        "No ledger given",
-        "This command needs to know which ledger to read.",
-        f"Pass --ledger PATH or --config station.toml, or set {ENV_VAR}.",
+        _("No ledger given"),
+        _("This command needs to know which ledger to read."),
+        _("Pass --ledger PATH or --config station.toml, or set {ENV_VAR}.").format(ENV_VAR=ENV_VAR),
     )
 
 
@@ -114,9 +115,9 @@ def _from_config(path: str) -> str:
     load_config = _config_loader()
     if load_config is None:
         raise InputError(
-            "Config not supported yet",
-            "This station cannot read station.toml yet.",
-            f"Pass --ledger PATH or set {ENV_VAR}.",
+            _("Config not supported yet"),
+            _("This station cannot read station.toml yet."),
+            _("Pass --ledger PATH or set {ENV_VAR}.").format(ENV_VAR=ENV_VAR),
         )
     config = load_config(path)
     for name in ("ledger", "ledger_path"):
@@ -124,7 +125,7 @@ def _from_config(path: str) -> str:
         if value:
             return os.fspath(value)
     raise InputError(
-        "No ledger in config",
-        f"{path} does not say where the ledger is.",
-        "Add the ledger setting to station.toml, or pass --ledger PATH.",
+        _("No ledger in config"),
+        _("{path} does not say where the ledger is.").format(path=path),
+        _("Add the ledger setting to station.toml, or pass --ledger PATH."),
     )

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Self, TextIO, Unpack
 
 from station.errors import InputError, StationFault, UnitFault
+from station.i18n import _
 from station.journal import JournalEntry, JournalFields, journal_fields
 from station.model import Event, Outcome
 from station.units import LiveIdentity, UnitState, iso_utc
@@ -91,10 +92,17 @@ class UnitAlreadyLive(UnitFault):
         self.slot = slot
         day = datetime.fromtimestamp(float(identity.since or 0.0), UTC).strftime("%Y-%m-%d")
         super().__init__(
-            "Already provisioned",
-            f"{serial} was provisioned on {day} at {station_id}/{slot} as "
-            f"{identity.thing_name or identity.certificate_id[:12]}; send it to QA.",
-            "Put the unit in the QA tray: QA re-verifies, revokes or re-provisions it.",
+            _("Already provisioned"),
+            _(
+                "{serial} was provisioned on {day} at {station_id}/{slot} as {certificate_id}; send it to QA."
+            ).format(
+                serial=serial,
+                day=day,
+                station_id=station_id,
+                slot=slot,
+                certificate_id=identity.thing_name or identity.certificate_id[:12],
+            ),
+            _("Put the unit in the QA tray: QA re-verifies, revokes or re-provisions it."),
         )
 
 
@@ -109,9 +117,11 @@ class UnitClaimed(UnitFault):
         self.since = since
         at = datetime.fromtimestamp(float(since or 0.0), UTC).strftime("%H:%M:%S")
         super().__init__(
-            "Being provisioned elsewhere",
-            f"{serial} is being provisioned at {station_id}/{slot} (since {at} UTC).",
-            "Put the unit aside and scan it again once that station has finished; then QA decides.",
+            _("Being provisioned elsewhere"),
+            _("{serial} is being provisioned at {station_id}/{slot} (since {at} UTC).").format(
+                serial=serial, station_id=station_id, slot=slot, at=at
+            ),
+            _("Put the unit aside and scan it again once that station has finished; then QA decides."),
         )
 
 
@@ -644,7 +654,7 @@ def audit_chain(
                 f"the record does not match the hash in event {entry[0]} (edited)",
             )
         checked += 1
-    for attempt_id, (seq, _) in sorted(record_hashes.items(), key=lambda item: item[1][0]):
+    for attempt_id, (seq, _hash) in sorted(record_hashes.items(), key=lambda item: item[1][0]):
         if attempt_id not in seen:
             return bad("records", attempt_id, f"the record chained by event {seq} is missing (deleted)")
     return AuditResult(True, checked, None, "", last_seq, prev_hash)
@@ -1163,7 +1173,9 @@ def parse_cursor(cursor: str) -> tuple[float, int]:
         return float(at), int(seq)
     except ValueError:
         raise InputError(
-            "Bad cursor", f"{cursor!r} is not a cursor this ledger gave out.", "Start again without --after."
+            _("Bad cursor"),
+            _("{cursor!r} is not a cursor this ledger gave out.").format(cursor=cursor),
+            _("Start again without --after."),
         ) from None
 
 

@@ -40,6 +40,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from station.i18n import _
 from station.journal import COLUMNS as JOURNAL_FIELDS
 from station.journal import Stage
 from station.ledger.anchor import Anchor, AnchorError, Checkpoint, anchor_verdict
@@ -187,9 +188,9 @@ _JOURNAL_SELECT = (
 def _unavailable(path: str, exc: BaseException) -> LedgerUnavailable:
     # sqlite's messages name the problem (locked, disk full, not a database) and never the values written.
     return LedgerUnavailable(
-        "Ledger unavailable",
-        f"The ledger at {path} cannot be used: {exc}.",
-        "Check the disk and that no other program holds the ledger file; then try again.",
+        _("Ledger unavailable"),
+        _("The ledger at {path} cannot be used: {exc}.").format(path=path, exc=exc),
+        _("Check the disk and that no other program holds the ledger file; then try again."),
     )
 
 
@@ -213,9 +214,9 @@ class SqliteLedger(Ledger):
             if not target.exists():
                 if not create:
                     raise LedgerMissing(
-                        "No ledger",
-                        f"There is no ledger at {self.path}.",
-                        "Check --ledger, STATION_LEDGER or the ledger setting in station.toml.",
+                        _("No ledger"),
+                        _("There is no ledger at {path}.").format(path=self.path),
+                        _("Check --ledger, STATION_LEDGER or the ledger setting in station.toml."),
                     )
                 target.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
@@ -271,26 +272,31 @@ class SqliteLedger(Ledger):
         if "schema_version" not in tables:
             if tables - {"sqlite_sequence"}:
                 raise LedgerUnavailable(
-                    "Not a ledger",
-                    f"{self.path} is an SQLite file but not a station ledger.",
-                    "Point --ledger (or the ledger setting) at the station's ledger file.",
+                    _("Not a ledger"),
+                    _("{path} is an SQLite file but not a station ledger.").format(path=self.path),
+                    _("Point --ledger (or the ledger setting) at the station's ledger file."),
                 )
             return False
         version = int(conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0)
         if version > SCHEMA_VERSION:
             raise LedgerUnavailable(
-                "Ledger from a newer station",
-                f"The ledger at {self.path} has schema version {version}; this station knows "
-                f"{SCHEMA_VERSION}.",
-                "Update the station software before using this ledger.",
+                _("Ledger from a newer station"),
+                _(
+                    "The ledger at {path} has schema version {version}; this station knows {SCHEMA_VERSION}."
+                ).format(path=self.path, version=version, SCHEMA_VERSION=SCHEMA_VERSION),
+                _("Update the station software before using this ledger."),
             )
         if version < SCHEMA_VERSION:
             raise LedgerUnavailable(
-                "Ledger from an older station",
-                f"The ledger at {self.path} has schema version {version}; this station needs "
-                f"{SCHEMA_VERSION} (a unit state table, actions on records, the journal in the chain).",
-                "Keep the old file as it is (it is evidence) and start a new ledger file for this station; "
-                "export the old one with the station version that wrote it.",
+                _("Ledger from an older station"),
+                _(
+                    "The ledger at {path} has schema version {version}; this station needs "
+                    "{SCHEMA_VERSION} (a unit state table, actions on records, the journal in the chain)."
+                ).format(path=self.path, version=version, SCHEMA_VERSION=SCHEMA_VERSION),
+                _(
+                    "Keep the old file as it is (it is evidence) and start a new ledger file for this station; "
+                    "export the old one with the station version that wrote it."
+                ),
             )
         return True
 
@@ -925,9 +931,9 @@ def _statements(script: str) -> Iterator[str]:
 
 def _damaged(what: str) -> LedgerUnavailable:
     return LedgerUnavailable(
-        "Ledger damaged",
-        f"{what} in the ledger cannot be read.",
-        "Run `station audit verify` and call the person responsible for the ledger.",
+        _("Ledger damaged"),
+        _("{what} in the ledger cannot be read.").format(what=what),
+        _("Run `station audit verify` and call the person responsible for the ledger."),
     )
 
 

@@ -20,6 +20,7 @@ from station.attempt import Attempt, EventSink
 from station.config import Product, StationConfig
 from station.context import registry_factory
 from station.errors import InputError, StationError
+from station.i18n import _
 from station.identity import check_aws_acceptance, load_identity_file
 from station.ledger import AttemptRecord, Ledger
 from station.model import Event, Identity, Outcome, Target
@@ -80,15 +81,15 @@ def load_certificate(
     """
     if cert is None and p12 is None:
         raise InputError(
-            "No certificate given",
-            "Registering needs the unit's certificate.",
-            "Give the certificate file with --cert (PEM, DER or PKCS#12), or a PKCS#12 file with --p12.",
+            _("No certificate given"),
+            _("Registering needs the unit's certificate."),
+            _("Give the certificate file with --cert (PEM, DER or PKCS#12), or a PKCS#12 file with --p12."),
         )
     if key is not None and p12 is not None:
         raise InputError(
-            "Two keys given",
-            "The private key was given twice: as a key file and inside a PKCS#12 file.",
-            "Give the key either with --key or inside --p12, not both.",
+            _("Two keys given"),
+            _("The private key was given twice: as a key file and inside a PKCS#12 file."),
+            _("Give the key either with --key or inside --p12, not both."),
         )
     if cert is None:
         assert p12 is not None
@@ -105,9 +106,11 @@ def find_target(config: StationConfig, name: str) -> Target:
     if target is None:
         known = ", ".join(config.targets) or "none"
         raise NotFound(
-            "Unknown target",
-            f"There is no target {name!r} in {config.path}; known: {known}.",
-            "Use one of the known target names (`station preflight` lists them).",
+            _("Unknown target"),
+            _("There is no target {name!r} in {path}; known: {known}.").format(
+                name=name, path=config.path, known=known
+            ),
+            _("Use one of the known target names (`station preflight` lists them)."),
         )
     return target
 
@@ -162,10 +165,11 @@ def unit_names(
         if product_name or "{product}" not in target.thing_name_template:
             raise
         raise InputError(
-            "Cannot name the thing",
-            f"Target {target.name!r} names things {target.thing_name_template!r}, and no product is known "
-            "for this unit.",
-            "Give the product (--product) or the thing name (--thing).",
+            _("Cannot name the thing"),
+            _(
+                "Target {name!r} names things {thing_name_template!r}, and no product is known for this unit."
+            ).format(name=target.name, thing_name_template=target.thing_name_template),
+            _("Give the product (--product) or the thing name (--thing)."),
         ) from error
     return serial, product_name, name
 
@@ -184,20 +188,22 @@ def unit_records(ledger: Ledger, query: str) -> tuple[str, list[AttemptRecord]]:
     """(serial, its records in write order) for a serial, thing name, attempt id or certificate id."""
     q = query.strip() if isinstance(query, str) else ""
     if not q:
-        raise InputError("No unit given", "The unit's serial is empty.", "Give the unit's serial.")
+        raise InputError(_("No unit given"), _("The unit's serial is empty."), _("Give the unit's serial."))
     records = ledger.find(q)
     if not records:
         raise NotFound(
-            "Unknown unit",
-            f"The ledger has no record of {q!r}.",
-            "Check the serial; `station show` searches by serial, thing name or certificate id.",
+            _("Unknown unit"),
+            _("The ledger has no record of {q!r}.").format(q=q),
+            _("Check the serial; `station show` searches by serial, thing name or certificate id."),
         )
     serials = list(dict.fromkeys(r.serial for r in records))
     if len(serials) > 1:
         raise InputError(
-            "More than one unit",
-            f"{q!r} matches the records of {len(serials)} units ({', '.join(serials[:5])}).",
-            "Give the unit's serial.",
+            _("More than one unit"),
+            _("{q!r} matches the records of {count} units ({serials}).").format(
+                q=q, count=len(serials), serials=", ".join(serials[:5])
+            ),
+            _("Give the unit's serial."),
         )
     serial = serials[0]
     if serial != q:
@@ -230,10 +236,12 @@ def live_records(serial: str, records: Iterable[AttemptRecord]) -> list[AttemptR
     passed = [r for r in records if made_live(r)]
     if not passed:
         raise NotFound(
-            "No registered certificate",
-            f"The ledger has no PASS record with a certificate for {serial}: it was never registered by "
-            "this station.",
-            "Check the serial; a unit that only failed has nothing registered to act on.",
+            _("No registered certificate"),
+            _(
+                "The ledger has no PASS record with a certificate for {serial}: it was never registered by "
+                "this station."
+            ).format(serial=serial),
+            _("Check the serial; a unit that only failed has nothing registered to act on."),
         )
     return passed
 

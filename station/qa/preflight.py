@@ -15,6 +15,7 @@ from station.attempt import Attempt, EventSink
 from station.config import StationConfig
 from station.context import registry_factory
 from station.errors import StationError
+from station.i18n import _, ngettext
 from station.ledger import Ledger
 from station.model import Target
 from station.plain import plain, plain_dict
@@ -140,8 +141,12 @@ def preflight(
         event = note(
             attempt,
             ok=not failed,
-            title="Preflight passed" if not failed else "Preflight failed",
-            message="; ".join(failed) if failed else f"{len(reports)} target(s) checked.",
+            title=_("Preflight passed") if not failed else _("Preflight failed"),
+            message="; ".join(failed)
+            if failed
+            else ngettext("{count} target checked.", "{count} targets checked.", len(reports)).format(
+                count=len(reports)
+            ),
             targets={r.target: r.ok for r in reports},
         )
         try:

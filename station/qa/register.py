@@ -22,6 +22,7 @@ from station.attempt import outcome_of
 from station.config import StationConfig
 from station.context import server_ca
 from station.errors import InputError, StationError
+from station.i18n import _
 from station.identity import certificate_id as local_certificate_id
 from station.identity import check_aws_acceptance
 from station.journal import Stage
@@ -144,9 +145,9 @@ def register_files(
     unit_names(config, dest, serial, product=product, thing=thing)  # refused here: before the ledger
     if verify and identity.private_key is None:
         raise InputError(
-            "No key to verify with",
-            "Verify connects as the unit, which needs the unit's private key; none was given.",
-            "Give the key with --key or --p12, or leave out --verify.",
+            _("No key to verify with"),
+            _("Verify connects as the unit, which needs the unit's private key; none was given."),
+            _("Give the key with --key or --p12, or leave out --verify."),
         )
     source = ", ".join(os.path.basename(os.fspath(f)) for f in (cert, key, p12) if f)
     opened = ledger if isinstance(ledger, Ledger) else None
@@ -204,9 +205,9 @@ def register_certificate(
     if verify:
         if key is None:
             raise InputError(
-                "No key to verify with",
-                "Verify connects as the unit, which needs the unit's private key; none was given.",
-                "Give the key with --key or --p12, or leave out --verify.",
+                _("No key to verify with"),
+                _("Verify connects as the unit, which needs the unit's private key; none was given."),
+                _("Give the key with --key or --p12, or leave out --verify."),
             )
         ca_bytes = server_ca(dest)
     registry = registries(config, registry_for)(dest)
@@ -266,8 +267,8 @@ def register_certificate(
         else:
             assert reg is not None
             message = registered_text(dest, thing_name, reg)
-            title = "Registered" if outcome == Outcome.PASS else "Registered (not verified)"
-            next_action = "" if verify else "Verify the unit's connection (re-verify) when it is at hand."
+            title = _("Registered") if outcome == Outcome.PASS else _("Registered (not verified)")
+            next_action = "" if verify else _("Verify the unit's connection (re-verify) when it is at hand.")
             note(
                 attempt,
                 ok=True,

@@ -16,6 +16,7 @@ from typing import Any
 from station.config import StationConfig
 from station.context import StationContext
 from station.errors import InputError
+from station.i18n import _
 from station.ledger import Ledger
 from station.pipeline import UnitResult
 from station.plain import plain_dict
@@ -41,26 +42,32 @@ def plan_reprovision(config: StationConfig, ledger: Ledger, query: str, *, slot:
     serial, records = unit_records(ledger, query)
     if slot not in config.slots:
         raise InputError(
-            "No such slot",
-            f"There is no slot {slot!r}; the slots are {', '.join(config.slots) or 'none'}.",
-            "Put the unit on one of the station's slots and choose that one.",
+            _("No such slot"),
+            _("There is no slot {slot!r}; the slots are {slots}.").format(
+                slot=slot, slots=", ".join(config.slots) or "none"
+            ),
+            _("Put the unit on one of the station's slots and choose that one."),
         )
     latest = records[-1]
     product = latest.product if latest.product in config.products else (config.slots[slot].product or "")
     if product not in config.products:
         raise InputError(
-            "Which product?",
-            f"The records of {serial} name no product this station knows, and slot {slot} has none.",
-            "Choose a slot configured for the unit's product.",
+            _("Which product?"),
+            _("The records of {serial} name no product this station knows, and slot {slot} has none.").format(
+                serial=serial, slot=slot
+            ),
+            _("Choose a slot configured for the unit's product."),
         )
     target = config.products[product].target
     state = unit_state(ledger, serial)
     replaces = tuple(i.certificate_id for i in (state.live if state else ()) if i.target == target)
     if not replaces:
         raise NotFound(
-            "Nothing to replace",
-            f"{serial} has no live identity in {target}: provision it on the line (scan it).",
-            "Scan the unit on the line instead.",
+            _("Nothing to replace"),
+            _("{serial} has no live identity in {target}: provision it on the line (scan it).").format(
+                serial=serial, target=target
+            ),
+            _("Scan the unit on the line instead."),
         )
     return ReprovisionPlan(serial, slot, product, target, replaces)
 

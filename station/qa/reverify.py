@@ -27,6 +27,7 @@ from station.attempt import EventSink, outcome_of
 from station.config import StationConfig
 from station.context import StationContext, server_ca
 from station.errors import InputError, StationError, StationFault, UnitFault
+from station.i18n import _
 from station.identity import certificate_id as local_certificate_id
 from station.ledger import AttemptRecord, Ledger
 from station.model import Identity, Target
@@ -97,12 +98,18 @@ def reverify_record(
     if certificate_id:
         passed = [r for r in passed if r.certificate_id.startswith(certificate_id.strip().lower())]
     if not passed:
-        where = f" in {target}" if target else ""
-        which = f" with certificate {certificate_id[:12]}…" if certificate_id else ""
+        where = _(" in {target}").format(target=target) if target else ""
+        which = (
+            _(" with certificate {certificate}…").format(certificate=certificate_id[:12])
+            if certificate_id
+            else ""
+        )
         raise NotFound(
-            "Nothing to re-verify",
-            f"The ledger holds no PASS record of {serial}{where}{which}: it was never registered there.",
-            "Pick a PASS record of the unit (`station show` lists them).",
+            _("Nothing to re-verify"),
+            _(
+                "The ledger holds no PASS record of {serial}{where}{which}: it was never registered there."
+            ).format(serial=serial, where=where, which=which),
+            _("Pick a PASS record of the unit (`station show` lists them)."),
         )
     return passed[-1]
 
@@ -125,9 +132,11 @@ def _reverify_product(config: StationConfig, record: AttemptRecord, slot_product
     if len(config.products) == 1:
         return next(iter(config.products))
     raise InputError(
-        "Which product?",
-        f"The record of {record.serial} names no product this station knows, and the slot has none.",
-        "Choose a slot configured for the unit's product (its flasher family).",
+        _("Which product?"),
+        _("The record of {serial} names no product this station knows, and the slot has none.").format(
+            serial=record.serial
+        ),
+        _("Choose a slot configured for the unit's product (its flasher family)."),
     )
 
 
@@ -168,11 +177,15 @@ def reverify_unit(
     if slot is None or slot == "":
         if identity is None or identity.private_key is None:
             raise InputError(
-                "Re-verify needs the unit or its key",
-                f"The station dropped the key of {record.serial} after provisioning it (it never keeps a "
-                "unit's key), so it cannot connect as the unit by itself.",
-                f"Put {record.serial} in a jig and re-verify on that slot, or give the unit's key file "
-                "(e.g. its .p12) to re-verify from the station.",
+                _("Re-verify needs the unit or its key"),
+                _(
+                    "The station dropped the key of {serial} after provisioning it (it never keeps a "
+                    "unit's key), so it cannot connect as the unit by itself."
+                ).format(serial=record.serial),
+                _(
+                    "Put {serial} in a jig and re-verify on that slot, or give the unit's key file "
+                    "(e.g. its .p12) to re-verify from the station."
+                ).format(serial=record.serial),
             )
         return _host_reverify(
             config,
@@ -240,17 +253,23 @@ def _check_registered(attempt: Any, registry: Any, record: AttemptRecord, dest: 
     described = attempt.step("registry", lambda: registry.describe(record.certificate_id))
     if described is None:
         raise UnitFault(
-            "Not registered",
-            f"{serial}'s certificate {record.certificate_id[:12]}… is not registered in "
-            f"{dest.name} any more (revoked or never there).",
-            f"Provision {serial} again on the line, or register its certificate, as QA decides.",
+            _("Not registered"),
+            _(
+                "{serial}'s certificate {certificate_id}… is not registered in "
+                "{name} any more (revoked or never there)."
+            ).format(serial=serial, certificate_id=record.certificate_id[:12], name=dest.name),
+            _("Provision {serial} again on the line, or register its certificate, as QA decides.").format(
+                serial=serial
+            ),
         )
     status = str(described.get("status", "ACTIVE"))
     if status != "ACTIVE":
         raise UnitFault(
-            "Certificate not active",
-            f"{serial}'s certificate {record.certificate_id[:12]}… is {status} in {dest.name}.",
-            f"Provision {serial} again on the line, or transfer it, as QA decides.",
+            _("Certificate not active"),
+            _("{serial}'s certificate {certificate_id}… is {status} in {name}.").format(
+                serial=serial, certificate_id=record.certificate_id[:12], status=status, name=dest.name
+            ),
+            _("Provision {serial} again on the line, or transfer it, as QA decides.").format(serial=serial),
         )
 
 
@@ -270,9 +289,11 @@ def _host_reverify(
     serial = record.serial
     if local_certificate_id(identity.certificate_pem) != record.certificate_id:
         raise InputError(
-            "Not this unit's certificate",
-            f"The certificate given is not {serial}'s recorded certificate {record.certificate_id[:12]}….",
-            "Give the unit's own certificate and key.",
+            _("Not this unit's certificate"),
+            _("The certificate given is not {serial}'s recorded certificate {certificate_id}….").format(
+                serial=serial, certificate_id=record.certificate_id[:12]
+            ),
+            _("Give the unit's own certificate and key."),
         )
     if registry_for is not None:
         registry = registry_for(dest)
@@ -283,7 +304,9 @@ def _host_reverify(
     ca_bytes = server_ca(dest)
     attempt = qa_attempt(config, ledger, Action.REVERIFY, serial=serial, operator=operator, on_event=on_event)
     where = f"{dest.name} ({record.account_id or dest.registry_key[0]}/{dest.region})"
-    message = f"{serial} connected to {where} as {record.thing_name} with its identity, from the station."
+    message = _("{serial} connected to {where} as {thing_name} with its identity, from the station.").format(
+        serial=serial, where=where, thing_name=record.thing_name
+    )
     data = {
         "target": dest.name,
         "certificate_id": record.certificate_id,
@@ -314,7 +337,7 @@ def _host_reverify(
 
     def conclude(error: StationError | None) -> dict[str, Any]:
         if error is None:
-            note(attempt, ok=True, title="Re-verified", message=message, **data)
+            note(attempt, ok=True, title=_("Re-verified"), message=message, **data)
         else:
             note(
                 attempt,
@@ -331,9 +354,11 @@ def _host_reverify(
         body,
         conclude=conclude,
         not_recorded=lambda detail: StationFault(
-            "Re-verified but not recorded",
-            f"{message[:-1]}, but the ledger could not record it ({detail}).",
-            "Call a technician to check the ledger, then re-verify again.",
+            _("Re-verified but not recorded"),
+            _("{message}, but the ledger could not record it ({detail}).").format(
+                message=message[:-1], detail=detail
+            ),
+            _("Call a technician to check the ledger, then re-verify again."),
         ),
     )
     return ReverifyResult(
@@ -371,9 +396,11 @@ def _slot_reverify(
     slot_cfg = config.slots.get(slot) if isinstance(slot, str) else None
     if slot_cfg is None:
         raise InputError(
-            "No such slot",
-            f"There is no slot {slot!r}; the slots are {', '.join(config.slots) or 'none'}.",
-            "Put the unit on one of the station's slots and choose that one.",
+            _("No such slot"),
+            _("There is no slot {slot!r}; the slots are {slots}.").format(
+                slot=slot, slots=", ".join(config.slots) or "none"
+            ),
+            _("Put the unit on one of the station's slots and choose that one."),
         )
     wiring: ReverifyWiring = context or StationContext(
         config,
@@ -410,7 +437,9 @@ def _slot_reverify(
     }
     seen: dict[str, Any] = {}  # what the unit said: device_id, firmware, family
     where = f"{dest.name} ({record.account_id or dest.registry_key[0]}/{dest.region})"
-    message = f"{serial} connected to {where} as {record.thing_name} with its own identity, from slot {slot}."
+    message = _(
+        "{serial} connected to {where} as {thing_name} with its own identity, from slot {slot}."
+    ).format(serial=serial, where=where, thing_name=record.thing_name, slot=slot)
 
     def failed_note(error: StationError) -> None:
         note(
@@ -435,13 +464,17 @@ def _slot_reverify(
                 if not flasher.capabilities.device_verify:
                     family = seen["family"] or "this"
                     raise InputError(
-                        "Re-verify needs the device's own check",
+                        _("Re-verify needs the device's own check"),
                         # Not "private key": the ledger refuses any text with that marker in it.
-                        f"{serial} is a {family} unit, which cannot prove its own connection, and the station "
-                        "never keeps a unit's key (it drops it after provisioning), so it cannot connect as the unit "
-                        "either.",
-                        f"Give the unit's key file to re-verify from the station, or run the unit's own "
-                        f"connectivity check; to have the station prove it, provision {serial} again.",
+                        _(
+                            "{serial} is a {family} unit, which cannot prove its own connection, and the station "
+                            "never keeps a unit's key (it drops it after provisioning), so it cannot connect as the unit "
+                            "either."
+                        ).format(serial=serial, family=family),
+                        _(
+                            "Give the unit's key file to re-verify from the station, or run the unit's own "
+                            "connectivity check; to have the station prove it, provision {serial} again."
+                        ).format(serial=serial),
                     )
                 info = attempt.step("identify", flasher.identify)
                 seen["device_id"] = info.device_id or None
@@ -449,10 +482,14 @@ def _slot_reverify(
                 expected = _expected_device_id(config, record)
                 if expected and seen["device_id"] and not _same_device(expected, str(seen["device_id"])):
                     raise UnitFault(
-                        "Wrong unit in the jig",
-                        f"The record of {serial} is for device {expected}; slot {slot} holds device "
-                        f"{seen['device_id']}.",
-                        f"Put {serial} on slot {slot} and re-verify again.",
+                        _("Wrong unit in the jig"),
+                        _(
+                            "The record of {serial} is for device {expected}; slot {slot} holds device "
+                            "{device_id}."
+                        ).format(serial=serial, expected=expected, slot=slot, device_id=seen["device_id"]),
+                        _("Put {serial} on slot {slot} and re-verify again.").format(
+                            serial=serial, slot=slot
+                        ),
                     )
             except BaseException as exc:
                 from station.attempt import classify
@@ -475,7 +512,7 @@ def _slot_reverify(
                     note(
                         attempt,
                         ok=True,
-                        title="Re-verified",
+                        title=_("Re-verified"),
                         message=message,
                         device_id=seen.get("device_id"),
                         **data,
@@ -489,9 +526,11 @@ def _slot_reverify(
                 body,
                 conclude=conclude,
                 not_recorded=lambda detail: StationFault(
-                    "Re-verified but not recorded",
-                    f"{message[:-1]}, but the ledger could not record it ({detail}).",
-                    "Call a technician to check the ledger, then re-verify again.",
+                    _("Re-verified but not recorded"),
+                    _("{message}, but the ledger could not record it ({detail}).").format(
+                        message=message[:-1], detail=detail
+                    ),
+                    _("Call a technician to check the ledger, then re-verify again."),
                 ),
             )
         finally:

@@ -17,6 +17,7 @@ from typing import Any
 from station.attempt import Attempt, outcome_of
 from station.config import StationConfig
 from station.errors import StationError, StationFault
+from station.i18n import _
 from station.ledger import AttemptRecord, Ledger
 from station.plain import plain, plain_dict
 from station.qa.common import (
@@ -165,9 +166,11 @@ def plan_revoke(
         chosen = {k: v for k, v in chosen.items() if k[1].startswith(certificate_id.lower())}
         if not chosen:
             raise NotFound(
-                "Unknown certificate",
-                f"{serial} has no registered certificate {certificate_id!r} in the ledger.",
-                "Check the certificate id with `station show`.",
+                _("Unknown certificate"),
+                _("{serial} has no registered certificate {certificate_id!r} in the ledger.").format(
+                    serial=serial, certificate_id=certificate_id
+                ),
+                _("Check the certificate id with `station show`."),
             )
     return RevokePlan(serial, revoke_items(passed, chosen))
 
@@ -206,22 +209,29 @@ def revoke_item(
         )
         raise
     where = f"{item.target} ({registry.where})"
+    certificate = f"{item.certificate_id[:12]}…"
     if existed:
-        message = f"Certificate {item.certificate_id[:12]}… of {attempt.serial} is revoked in {where}"
+        message = _("Certificate {certificate} of {serial} is revoked in {where}").format(
+            certificate=certificate, serial=attempt.serial, where=where
+        )
     else:
-        message = f"Certificate {item.certificate_id[:12]}… was not registered in {where} (already revoked)"
+        message = _("Certificate {certificate} was not registered in {where} (already revoked)").format(
+            certificate=certificate, where=where
+        )
     if item.delete_thing:
         # Registry.revoke treats a thing already gone as deleted; say which case it can be.
         message += (
-            f"; thing {item.delete_thing} deleted" if existed else f"; thing {item.delete_thing} removed"
-        )
+            _("; thing {thing_name} deleted") if existed else _("; thing {thing_name} removed")
+        ).format(thing_name=item.delete_thing)
     elif item.thing_name and item.keep_reason:
-        message += f"; thing {item.thing_name} kept ({item.keep_reason})"
+        message += _("; thing {thing_name} kept ({reason})").format(
+            thing_name=item.thing_name, reason=item.keep_reason
+        )
     note(
         attempt,
         ok=True,
-        title="Certificate revoked" if existed else "Already revoked",
-        message=message + ".",
+        title=_("Certificate revoked") if existed else _("Already revoked"),
+        message=message + _("."),
         existed=existed,
         thing_deleted=item.delete_thing,
         action=Action.REVOKE,
@@ -254,7 +264,7 @@ def _revoke_one(
         outcome = outcome_of(error, proved=False)
         existed = bool(state.get("existed"))
         if error is None:
-            title = "Certificate revoked" if existed else "Already revoked"
+            title = _("Certificate revoked") if existed else _("Already revoked")
             message = attempt.events[-1].message if attempt.events else title
         else:
             title, message = error.title, error.message
@@ -284,10 +294,12 @@ def _revoke_one(
             body,
             conclude=conclude,
             not_recorded=lambda detail: StationFault(
-                "Revoked but not recorded",
-                f"{attempt.events[-1].message if attempt.events else 'The revoke was done in AWS'} But the "
-                f"ledger could not record it ({detail}).",
-                "Call a technician to check the ledger, and note the revoke by hand.",
+                _("Revoked but not recorded"),
+                _("{done} But the ledger could not record it ({detail}).").format(
+                    done=attempt.events[-1].message if attempt.events else _("The revoke was done in AWS."),
+                    detail=detail,
+                ),
+                _("Call a technician to check the ledger, and note the revoke by hand."),
             ),
         )
     except StationError as error:

@@ -111,22 +111,26 @@ def plan_transfer(
         source_name = find_target(config, source).name
         passed = [r for r in passed if r.target == source_name]
     if not passed:
-        where = f" in {source}" if source else ""
+        where = _(" in {target}").format(target=source) if source else ""
         raise NotFound(
-            "No certificate to transfer",
-            f"The ledger holds no PASS record of {serial}{where} with its certificate.",
-            "Check the serial and the source target with `station show`.",
+            _("No certificate to transfer"),
+            _("The ledger holds no PASS record of {serial}{where} with its certificate.").format(
+                serial=serial, where=where
+            ),
+            _("Check the serial and the source target with `station show`."),
         )
     record = passed[-1]
     src = find_target(config, record.target)
     if src.registry_key == dest.registry_key:
         raise InputError(
-            "Same registry",
-            f"Target {dest.name!r} is the same account and region as {src.name!r}, where {serial} is "
-            "registered already.",
-            "Choose a destination target in another account or region.",
+            _("Same registry"),
+            _(
+                "Target {name!r} is the same account and region as {name2!r}, where {serial} is "
+                "registered already."
+            ).format(name=dest.name, name2=src.name, serial=serial),
+            _("Choose a destination target in another account or region."),
         )
-    _, product, thing_name = unit_names(
+    _target, product, thing_name = unit_names(
         config,
         dest,
         serial,
@@ -244,7 +248,7 @@ def transfer_unit(
             thing_name=plan.thing_name,
             stage=Stage.REGISTERING,
         )
-        reg, _ = attempt.step(
+        reg, _created = attempt.step(
             "register",
             lambda: register_in_target(attempt, registry, identity, plan.thing_name, origin=plan.origin),
         )
@@ -252,9 +256,15 @@ def transfer_unit(
         note(
             attempt,
             ok=True,
-            title="Transferred",
-            message=f"{plan.serial} now works in {dest.name} as {plan.thing_name}: "
-            + f"Certificate {identity.certificate_id[:12]}… registered.",
+            title=_("Transferred"),
+            message=_(
+                "{serial} now works in {target} as {thing_name}: Certificate {certificate}… registered."
+            ).format(
+                serial=plan.serial,
+                target=dest.name,
+                thing_name=plan.thing_name,
+                certificate=identity.certificate_id[:12],
+            ),
             **data,
         )
         if plan.revoke_source:
@@ -294,10 +304,13 @@ def transfer_unit(
             title, message, next_action = error.title, error.message, error.next_action
         else:
             assert reg is not None
-            title = "Transferred"
+            title = _("Transferred")
             where = f"{dest.name} ({(reg.account_id or dest.registry_key[0])}/{dest.region})"
-            message = f"{plan.serial} now works in {where} as {plan.thing_name}"
-            message += f"; revoked in {src.name}." if source_revoked else f"; still registered in {src.name}."
+            message = (
+                _("{serial} now works in {where} as {thing_name}; revoked in {source}.")
+                if source_revoked
+                else _("{serial} now works in {where} as {thing_name}; still registered in {source}.")
+            ).format(serial=plan.serial, where=where, thing_name=plan.thing_name, source=src.name)
             next_action = ""
         fields = registration_fields(dest, reg, error, title=title, message=message, next_action=next_action)
         fields["extra"].update(
@@ -334,10 +347,12 @@ def transfer_unit(
     if failed:
         message = (failed[0].error or {}).get("message", "")
         raise StationFault(
-            "Transfer half done",
-            f"{plan.serial}'s certificate now works in {dest.name}, but revoking it in {src.name} "
-            f"failed: {message}",
-            f"Run `station revoke {plan.serial} --target {src.name}` again; if it keeps failing, "
-            "call a technician.",
+            _("Transfer half done"),
+            _(
+                "{serial}'s certificate now works in {name}, but revoking it in {name2} failed: {message}"
+            ).format(serial=plan.serial, name=dest.name, name2=src.name, message=message),
+            _(
+                "Run `station revoke {serial} --target {name}` again; if it keeps failing, call a technician."
+            ).format(serial=plan.serial, name=src.name),
         )
     return TransferResult(plan, result, done)

@@ -26,10 +26,11 @@ from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.notifications import SeverityLevel
 
-from station.i18n import _
+from station.i18n import N_, _
 from station.model import Event
 from station.qapin import PinGuard
 from station.tui.api import LineAPI, QaServicesAPI, StationInfo, station_info
+from station.tui.bindings import translate_bindings
 from station.tui.operator.help import HelpSource
 from station.tui.operator.screen import OperatorScreen
 from station.tui.operator.shift import SHIFT_SERIAL, SHIFT_STEP
@@ -47,7 +48,7 @@ class StationApp(App[None]):
     TITLE = "station"
     # No command palette: every action has its own key, and an operator should not browse app commands.
     ENABLE_COMMAND_PALETTE = False
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("ctrl+q", "quit", "Quit", priority=True)]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("ctrl+q", "quit", N_("Quit"), priority=True)]
 
     def __init__(
         self,
@@ -61,6 +62,7 @@ class StationApp(App[None]):
         help_content: HelpSource | None = None,
     ) -> None:
         super().__init__()
+        translate_bindings(self)
         self.line = line
         self.info = info
         self.relay = relay

@@ -19,7 +19,7 @@ from station.model import Event, Outcome
 from station.pipeline import STEPS
 
 # The prefix that sends a scan to one slot: "2:SN123" (slot number, 1-based) or "slot-2:SN123" (slot name).
-SCAN_HINT = N_("2:SERIAL sends it to slot 2")
+SCAN_HINT = N_("2:SERIAL sends it to slot 2")  # translated where shown
 _PREFIX_RE = re.compile(r"^\s*([A-Za-z0-9._-]+)\s*:\s*(.*)$", re.DOTALL)
 _SLOT_NUMBER_RE = re.compile(r"[0-9]{1,4}")
 # A scan is a label's serial (at most 128 characters, station.naming) and perhaps a slot prefix. Longer is a
@@ -59,10 +59,11 @@ def parse_scan(text: str, slot_names: Sequence[str]) -> tuple[str | None, str]:
     """
     if len(text) > MAX_SCAN_CHARS:
         raise InputError(
-            "Scan too long",
-            f"The scan is {len(text):,} characters; a label's serial (with a slot prefix) is at most "
-            f"{MAX_SCAN_CHARS}.",
-            "Clear the scan field (Esc) and scan the unit's serial label again.",
+            _("Scan too long"),
+            _(
+                "The scan is {length:,} characters; a label's serial (with a slot prefix) is at most {limit}."
+            ).format(length=len(text), limit=MAX_SCAN_CHARS),
+            _("Clear the scan field (Esc) and scan the unit's serial label again."),
         )
     match = _PREFIX_RE.match(text)
     if match is None:
@@ -76,9 +77,13 @@ def parse_scan(text: str, slot_names: Sequence[str]) -> tuple[str | None, str]:
             return slot_names[index - 1], serial
         shown = prefix if len(prefix) <= 8 else f"{prefix[:8]}…"
         raise InputError(
-            "No such slot",
-            f"There is no slot {shown}; this station has slots 1 to {len(slot_names)}.",
-            f"Scan again with a slot number from 1 to {len(slot_names)}, or without a prefix.",
+            _("No such slot"),
+            _("There is no slot {slot}; this station has slots 1 to {count}.").format(
+                slot=shown, count=len(slot_names)
+            ),
+            _("Scan again with a slot number from 1 to {count}, or without a prefix.").format(
+                count=len(slot_names)
+            ),
         )
     return None, text.strip()
 

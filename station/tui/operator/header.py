@@ -14,33 +14,46 @@ from textual.containers import Vertical
 from textual.content import Content
 from textual.widgets import Static
 
+from station.i18n import _
 from station.tui.api import StationInfo
 
 
 def target_line(info: StationInfo) -> Content:
     """The target stripe's text: mode word first, then each target as name → account · region."""
     if not info.targets:
-        return Content("⚠ NO TARGET  this station has no target configured")
-    mode = "▲ PRODUCTION" if info.production else "◆ LAB"
-    parts = [f"{t.name} → account {t.account} · {t.region}" for t in info.targets]
-    tail = "  (local lab, not AWS)" if info.lab else ""
-    return Content.assemble((mode, "bold"), "  target ", ", ".join(parts), tail)
+        return Content(_("⚠ NO TARGET  this station has no target configured"))
+    mode = _("▲ PRODUCTION") if info.production else _("◆ LAB")
+    parts = [
+        _("{target} → account {account} · {region}").format(target=t.name, account=t.account, region=t.region)
+        for t in info.targets
+    ]
+    tail = _("  (local lab, not AWS)") if info.lab else ""
+    return Content.assemble((mode, "bold"), _("  target "), ", ".join(parts), tail)
 
 
 def station_line(info: StationInfo) -> Content:
-    products = ", ".join(info.products) or "none"
+    products = ", ".join(info.products) or _("none")
     return Content.assemble(
-        ("Station ", "dim"),
+        (_("Station "), "dim"),
         (info.station_id, "bold"),
-        ("  ·  Operator ", "dim"),
+        (_("  ·  Operator "), "dim"),
         (info.operator, "bold"),
-        ("  ·  Product ", "dim"),
+        (_("  ·  Product "), "dim"),
         (products, "bold"),
     )
 
 
 class StationHeader(Vertical):
     """Two lines: the station line and the target stripe (class -lab or -production)."""
+
+    # One line each: what does not fit ends in "…" rather than stopping mid-word (Japanese takes two
+    # columns a character, so a narrow screen runs out sooner in some languages than in others).
+    DEFAULT_CSS = """
+    StationHeader > Static {
+        text-wrap: nowrap;
+        text-overflow: ellipsis;
+    }
+    """
 
     def __init__(self, info: StationInfo, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]

@@ -40,6 +40,7 @@ from station.errors import InputError, StationError
 from station.i18n import N_, _
 from station.model import Event, Outcome
 from station.tui.api import LineAPI, SlotLike, StationInfo
+from station.tui.bindings import translate_bindings
 from station.tui.messages import (
     CompensationRan,
     LineEventMessage,
@@ -117,6 +118,7 @@ class OperatorScreen(Screen[None]):
         on_shift_change: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         super().__init__(id="operator")
+        translate_bindings(self)
         self.line = line
         self.relay = relay
         self.info = info

@@ -155,7 +155,9 @@ class SlotCard(Vertical):
             )
         else:
             reason, action = card.message, card.next_action  # the screen's own notes (screen_problem)
-        next_line = Content.assemble(("→ ", "bold"), action) if action else Content("")
+        # The arrow is translated: without a space after it, a Japanese sentence (no spaces to wrap at) would
+        # start on the arrow's line instead of leaving the arrow alone on one.
+        next_line = Content.assemble((_("→ "), "bold"), action) if action else Content("")
         self.query_one("#card-next", Static).update(self._fit(next_line, self._rows_for_next()))
         self.query_one("#card-reason", Static).update(Content(reason))
         self.remove_class(*_ALL_CLASSES)

@@ -31,7 +31,9 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Label, Static
 
 from station.errors import StationError
+from station.i18n import N_, _
 from station.tui.api import ActionResult, Prepared, QaServicesAPI, StationInfo
+from station.tui.bindings import translate_bindings
 from station.tui.qa.dialogs import (
     ConfirmScreen,
     ExportChoice,
@@ -46,8 +48,18 @@ from station.tui.qa.dialogs import (
 )
 from station.tui.state import OUTCOME_LABEL
 
-RECORD_COLUMNS = ("When", "Serial", "Outcome", "Thing", "Certificate", "Target", "Slot", "Operator")
-TRAIL_COLUMNS = ("#", "When", "Event", "Step", "Result", "Message")
+# Column headers, translated where the tables are made (N_: these are read before the language is chosen).
+RECORD_COLUMNS = (
+    N_("When"),
+    N_("Serial"),
+    N_("Outcome"),
+    N_("Thing"),
+    N_("Certificate"),
+    N_("Target"),
+    N_("Slot"),
+    N_("Operator"),
+)
+TRAIL_COLUMNS = ("#", N_("When"), N_("Event"), N_("Step"), N_("Result"), N_("Message"))
 
 
 class RecordsFound(Message):
@@ -144,18 +156,19 @@ def _outcome_label(outcome: str) -> str:
 class QaDeskScreen(Screen[None]):
     AUTO_FOCUS = "#qa-search"
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "close", "Back"),
-        Binding("f3", "reprovision", "Re-provision"),
-        Binding("f4", "audit", "Audit"),
-        Binding("f5", "reverify", "Re-verify"),
-        Binding("f6", "revoke", "Revoke"),
-        Binding("f7", "transfer", "Transfer"),
-        Binding("f8", "import_certificate", "Import"),
-        Binding("f9", "export", "Export"),
+        Binding("escape", "close", N_("Back")),
+        Binding("f3", "reprovision", N_("Re-provision")),
+        Binding("f4", "audit", N_("Audit")),
+        Binding("f5", "reverify", N_("Re-verify")),
+        Binding("f6", "revoke", N_("Revoke")),
+        Binding("f7", "transfer", N_("Transfer")),
+        Binding("f8", "import_certificate", N_("Import")),
+        Binding("f9", "export", N_("Export")),
     ]
 
     def __init__(self, services: QaServicesAPI, info: StationInfo) -> None:
         super().__init__(id="qa-desk")
+        translate_bindings(self)
         self.services = services
         self.info = info
         self.records: dict[str, Any] = {}  # attempt id → record, for the row under the cursor
@@ -166,28 +179,30 @@ class QaDeskScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Static(
-            f"QA DESK  ·  station {self.info.station_id}  ·  actions are recorded as {self.services.operator}",
+            _("QA DESK  ·  station {station}  ·  actions are recorded as {operator}").format(
+                station=self.info.station_id, operator=self.services.operator
+            ),
             id="qa-title",
         )
         search = Input(
             id="qa-search",
             max_length=256,
-            placeholder="serial, thing name or certificate id — Enter to search",
+            placeholder=_("serial, thing name or certificate id — Enter to search"),
         )
-        search.border_title = "Find a unit"
+        search.border_title = _("Find a unit")
         yield search
         records: DataTable[str] = DataTable(id="qa-records", cursor_type="row", zebra_stripes=True)
-        records.border_title = "Records (Tab here, ↑↓ to pick one)"
+        records.border_title = _("Records (Tab here, ↑↓ to pick one)")
         yield records
         yield Label("", id="qa-detail")
         trail: DataTable[str] = DataTable(id="qa-trail", cursor_type="row")
-        trail.border_title = "Audit trail"
+        trail.border_title = _("Audit trail")
         yield trail
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#qa-records", DataTable).add_columns(*RECORD_COLUMNS)
-        self.query_one("#qa-trail", DataTable).add_columns(*TRAIL_COLUMNS)
+        self.query_one("#qa-records", DataTable).add_columns(*(_(c) for c in RECORD_COLUMNS))
+        self.query_one("#qa-trail", DataTable).add_columns(*(_(c) for c in TRAIL_COLUMNS))
 
     # ------------------------------------------------------------------------------------------ search
     @on(Input.Submitted, "#qa-search")

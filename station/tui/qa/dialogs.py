@@ -20,9 +20,16 @@ from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, Select
 
+from station.i18n import N_, _
+from station.tui.bindings import translate_bindings
+
 
 class _Dialog(ModalScreen[object]):
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", N_("Cancel"))]
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        translate_bindings(self)
 
     def action_cancel(self) -> None:
         self.dismiss(None)
@@ -37,12 +44,13 @@ class ConfirmScreen(ModalScreen[bool]):
 
     AUTO_FOCUS = "#cancel"
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "cancel", "Cancel"),
-        Binding("left,right", "switch", "Switch", show=False),
+        Binding("escape", "cancel", N_("Cancel")),
+        Binding("left,right", "switch", N_("Switch"), show=False),
     ]
 
     def __init__(self, title: str, body: str, confirm_label: str) -> None:
         super().__init__(id="confirm-screen")
+        translate_bindings(self)
         self._title = title
         self._body = body
         self._confirm_label = confirm_label
@@ -53,7 +61,7 @@ class ConfirmScreen(ModalScreen[bool]):
             yield Label(Content(self._body), id="confirm-body")
             with Horizontal(classes="buttons"):
                 yield Button(self._confirm_label, id="confirm", variant="error")
-                yield Button("Cancel", id="cancel", variant="primary")
+                yield Button(_("Cancel"), id="cancel", variant="primary")
 
     @on(Button.Pressed, "#confirm")
     def _yes(self) -> None:
@@ -91,8 +99,8 @@ class TransferScreen(_Dialog):
             yield Select([(t, t) for t in self._targets], id="destination", prompt="destination target")
             yield Checkbox(Content(f"Revoke it in {self._source} afterwards"), value=True, id="revoke-source")
             with Horizontal(classes="buttons"):
-                yield Button("Transfer", id="ok", variant="warning")
-                yield Button("Cancel", id="cancel")
+                yield Button(_("Transfer"), id="ok", variant="warning")
+                yield Button(_("Cancel"), id="cancel")
 
     @on(Button.Pressed, "#ok")
     def _ok(self) -> None:
@@ -186,8 +194,8 @@ class ImportScreen(_Dialog):
                 placeholder="the unit's serial",
             )
             with Horizontal(classes="buttons"):
-                yield Button("Register", id="ok", variant="warning")
-                yield Button("Cancel", id="cancel")
+                yield Button(_("Register"), id="ok", variant="warning")
+                yield Button(_("Cancel"), id="cancel")
 
     @on(Input.Submitted, "#import-serial")
     @on(Button.Pressed, "#ok")
@@ -229,8 +237,8 @@ class ExportScreen(_Dialog):
             )
             yield Input(id="export-path", max_length=4096, placeholder="file to write, e.g. records.csv")
             with Horizontal(classes="buttons"):
-                yield Button("Export", id="ok", variant="primary")
-                yield Button("Cancel", id="cancel")
+                yield Button(_("Export"), id="ok", variant="primary")
+                yield Button(_("Cancel"), id="cancel")
 
     @on(Input.Submitted, "#export-path")
     @on(Button.Pressed, "#ok")
@@ -287,8 +295,8 @@ class ReverifyScreen(_Dialog):
                 placeholder="password of the .p12 (optional)",
             )
             with Horizontal(classes="buttons"):
-                yield Button("Re-verify", id="ok", variant="primary")
-                yield Button("Cancel", id="cancel")
+                yield Button(_("Re-verify"), id="ok", variant="primary")
+                yield Button(_("Cancel"), id="cancel")
 
     @on(Button.Pressed, "#ok")
     def _ok(self) -> None:
@@ -329,8 +337,8 @@ class ReprovisionScreen(_Dialog):
                 value=self._preselect if self._preselect is not None else Select.NULL,
             )
             with Horizontal(classes="buttons"):
-                yield Button("Plan", id="ok", variant="warning")
-                yield Button("Cancel", id="cancel")
+                yield Button(_("Plan"), id="ok", variant="warning")
+                yield Button(_("Cancel"), id="cancel")
 
     @on(Button.Pressed, "#ok")
     def _ok(self) -> None:

@@ -21,8 +21,10 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label
 
 from station.errors import InputError
+from station.i18n import N_, _
+from station.tui.bindings import translate_bindings
 
-LOCKED_TITLE = "QA PIN locked"
+LOCKED_TITLE = N_("QA PIN locked")  # station.qapin's title for a locked PIN (translated there)
 
 
 class PinChecker(Protocol):
@@ -33,16 +35,17 @@ class PinScreen(ModalScreen[bool]):
     """Asks for the QA PIN; dismisses with True for the right one, False on Escape or when the PIN locks."""
 
     AUTO_FOCUS = "#pin"
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Back")]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", N_("Back"))]
 
     def __init__(self, guard: PinChecker) -> None:
         super().__init__(id="pin-screen")
+        translate_bindings(self)
         self._guard = guard
 
     def compose(self) -> ComposeResult:
         with Vertical(id="pin-dialog", classes="dialog"):
-            yield Label("QA desk", classes="dialog-title")
-            yield Label("Enter the QA PIN and press Enter (Esc: back).")
+            yield Label(_("QA desk"), classes="dialog-title")
+            yield Label(_("Enter the QA PIN and press Enter (Esc: back)."))
             yield Input(id="pin", password=True, restrict=r"[0-9]*", max_length=12, placeholder="PIN")
 
     @on(Input.Submitted, "#pin")
@@ -71,7 +74,7 @@ class PinScreen(ModalScreen[bool]):
 
     def _refused(self, error: InputError) -> None:
         self.app.notify(f"{error.message} {error.next_action}", title=error.title, severity="error")
-        if error.title == LOCKED_TITLE:
+        if error.title in (LOCKED_TITLE, _(LOCKED_TITLE)):
             self.dismiss(False)
             return
         field = self.query_one("#pin", Input)

@@ -1,0 +1,212 @@
+"""The operator screen and the QA desk in English and Japanese: snapshots of both, and the real line's FAIL card.
+
+A language is chosen before the app is built, as `station run --lang ja` does; the autouse fixture in
+tests/conftest.py puts English back afterwards. Update the golden files after a deliberate change with
+`uv run pytest tests/tui/test_i18n_screens.py --snapshot-update` and look at them (in ja: nothing cut
+without an ellipsis at 80×24; Japanese characters take two columns).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tui_fakes
+from qa_fixtures import PIN, FakeRegistry, make_config, make_ledger
+from test_real_line import Cloud, Device, Info
+from test_snapshots import operator_app, outcome_of, settle
+from textual.pilot import Pilot
+from textual.widgets import DataTable, Footer, Static
+from tui_fakes import type_scan, wait_until
+
+from station.context import StationContext
+from station.i18n import _, set_language
+from station.ledger import open_ledger
+from station.line import Line
+from station.model import Outcome, Target
+from station.tui.app import build_app
+from station.tui.qa import desk as desk_module
+from station.tui.qa.desk import QaDeskScreen
+from station.tui.relay import EventRelay
+
+LANGUAGES = ("en", "ja")
+
+
+@pytest.fixture(params=LANGUAGES)
+def language(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    code = request.param
+    assert set_language(code) == code
+    # The scripted line's FAIL, in the words the pipeline uses for a wrong unit (so ja has them translated).
+    monkeypatch.setattr(
+        tui_fakes,
+        "FAIL",
+        (
+            "FAIL",
+            _("Wrong unit in the jig"),
+            _("wrong unit in the jig: scanned {scanned}, device says {device_id}.").format(
+                scanned="{serial}", device_id="SN00000099"
+            ),
+            _("Put the right unit in the jig and scan again."),
+        ),
+    )
+    yield code
+
+
+def test_snapshot_operator_fail(snap_compare: Any, language: str) -> None:
+    """80×24, one FAIL and one PASS: the card's reason and next action in the chosen language."""
+    app, _line = operator_app()
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await pilot.pause()
+        await type_scan(pilot, "1:SN00000002")
+        await type_scan(pilot, "2:SN00000001")
+        await wait_until(
+            pilot,
+            lambda: [outcome_of(app, "s1"), outcome_of(app, "s2")] == [Outcome.FAIL, Outcome.PASS],
+            what="FAIL on s1, PASS on s2",
+        )
+        await settle(pilot)
+        card = app.operator.cards["s1"]
+        assert card.serial == "SN00000002" and card.next_action == _(
+            "Put the right unit in the jig and scan again."
+        )
+        # The footer's keys: Textual read the bindings before the language was chosen; the screen translated its own.
+        shown = {b.binding.description for b in app.screen.active_bindings.values() if b.binding.show}
+        assert {_("Log"), _("QA desk"), _("Quit")} <= shown
+
+    assert snap_compare(app, run_before=run_before, terminal_size=(80, 24))
+
+
+def test_snapshot_qa_desk(
+    snap_compare: Any, language: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(desk_module, "_when", lambda at: "YYYY-MM-DD hh:mm:ss" if at else "")
+    config = make_config(tmp_path)
+    ledger = make_ledger(tmp_path)
+    relay = EventRelay()
+    line = tui_fakes.ScriptedLine({"s1": "/dev/ttyUSB0", "s2": "/dev/ttyUSB1"}, on_event=relay)
+    app = build_app(
+        config,
+        line,
+        ledger,
+        relay=relay,
+        registry_factory=lambda t: FakeRegistry(t, []),
+        poll_interval=None,
+    )
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await pilot.pause()
+        await pilot.press("f3")
+        await type_scan(pilot, PIN)
+        await wait_until(pilot, lambda: isinstance(app.screen, QaDeskScreen), what="the QA desk")
+        await type_scan(pilot, "SN00000001")
+        table = app.screen.query_one("#qa-records", DataTable)
+        await wait_until(pilot, lambda: table.row_count == 1, what="the unit's record")
+        await settle(pilot)
+        headers = [str(column.label) for column in table.columns.values()]
+        assert headers[:3] == [_("When"), _("Serial"), _("Outcome")]
+        assert app.screen.query_one(Footer) is not None
+
+    try:
+        assert snap_compare(app, run_before=run_before, terminal_size=(100, 30))
+    finally:
+        ledger.close()
+
+
+async def test_a_fail_card_in_japanese_names_the_unit_and_says_what_to_do(tmp_path: Path) -> None:
+    """The real line and pipeline, in Japanese: a unit whose device id is not the scanned serial FAILs, and its
+    card shows that serial with the Japanese next action (the pipeline's own words, not the test's)."""
+    set_language("ja")
+    serial = "SN00000007"
+    config = make_config(tmp_path)
+    config = replace(
+        config, products={"widget": replace(config.products["widget"], options={"check_device_id": True})}
+    )
+
+    class OtherUnit(Device):
+        def identify(self) -> Info:
+            return Info(device_id="SN00000099")
+
+    clouds: dict[str, Cloud] = {}
+
+    def registry_factory(target: Target) -> Cloud:
+        return clouds.setdefault(target.name, Cloud(target))
+
+    relay = EventRelay()
+    with open_ledger(tmp_path / "ledger.sqlite") as ledger:
+        context = StationContext(
+            config,
+            ledger=ledger,
+            flasher_factory=lambda port, **_kw: OtherUnit(port),
+            registry_factory=registry_factory,
+            verifier=lambda *a, **k: None,
+        )
+        line = Line.from_context(context, on_event=relay)
+        try:
+            app = build_app(
+                config, line, ledger, relay=relay, registry_factory=registry_factory, poll_interval=0.1
+            )
+            async with app.run_test(size=(80, 24)) as pilot:
+                await type_scan(pilot, f"1:{serial}")
+                card = app.operator.cards["s1"]
+                await wait_until(pilot, lambda: card.outcome == Outcome.FAIL, timeout=15, what="the FAIL")
+                await pilot.pause()
+                widget = app.query_one("#card-1")
+                shown = " ".join(str(s.render()) for s in widget.query(Static))
+                assert "正しいユニットを治具に入れて、もう一度スキャンしてください。" in shown
+                assert serial in shown
+                assert (
+                    card.message == f"治具のユニットが違います: スキャンは {serial}、デバイスは SN00000099。"
+                )
+            assert line.wait_idle(10)
+        finally:
+            line.stop(timeout=10)
+        (record,) = [r for r in ledger.records() if r.serial == serial]
+        assert record.outcome == "FAIL"  # a stored value: never translated
+
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
+
+
+@pytest.mark.parametrize(
+    ("config_language", "argv", "environ_lang", "seen"),
+    [
+        ("ja", [], "en_US.UTF-8", "ja"),  # [station] language beats the locale
+        ("ja", ["--lang", "en"], "en_US.UTF-8", "en"),  # --lang on `station run` beats the config
+        (None, [], "ja_JP.UTF-8", "ja"),  # no config language: the locale
+    ],
+)
+def test_station_run_chooses_the_language_before_the_screen_opens(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    config_language: str | None,
+    argv: list[str],
+    environ_lang: str,
+    seen: str,
+) -> None:
+    from station import i18n
+    from station.cli import EXIT_OK, main
+
+    text = (FIXTURES / "configs" / "lab-station.toml").read_text()
+    text = text.replace(
+        'ca_file = "../certs/factory-ca.pem"', f'ca_file = "{FIXTURES / "certs" / "factory-ca.pem"}"'
+    )
+    if config_language:
+        text = text.replace("[station]\n", f'[station]\nlanguage = "{config_language}"\n', 1)
+    config = tmp_path / "station.toml"
+    config.write_text(text)
+    for name in ("LC_ALL", "LC_MESSAGES"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LANG", environ_lang)
+    chosen: list[str] = []
+
+    def fake_run_app(*args: Any, **kwargs: Any) -> int:
+        chosen.append(i18n.language())
+        return 0
+
+    monkeypatch.setattr("station.tui.run_app", fake_run_app)
+    assert main(["run", "--config", str(config), *argv]) == EXIT_OK
+    assert chosen == [seen]
