@@ -16,12 +16,13 @@ from typing import Any
 import pytest
 import tui_fakes
 from qa_fixtures import PIN, FakeRegistry, make_config, make_ledger
-from test_real_line import Cloud, Device, Info
+from test_real_line import Cloud, Device
 from test_snapshots import operator_app, outcome_of, settle
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Footer, Static
 from tui_fakes import type_scan, wait_until
 
+from flashers.base import DeviceInfo
 from station.context import StationContext
 from station.i18n import _, set_language
 from station.ledger import open_ledger
@@ -127,8 +128,8 @@ async def test_a_fail_card_in_japanese_names_the_unit_and_says_what_to_do(tmp_pa
     )
 
     class OtherUnit(Device):
-        def identify(self) -> Info:
-            return Info(device_id="SN00000099")
+        def identify(self) -> DeviceInfo:
+            return DeviceInfo("SN00000099", "sim-1.0")
 
     clouds: dict[str, Cloud] = {}
 
