@@ -15,7 +15,9 @@ stays in the environment variable the config names), or write anything.
 Layout (every table is keyed by name; see fixtures/configs/station.toml):
 
     [station]            id, ledger, operator?, qa_pin_hash? (or a plain qa_pin: lab and demo),
-                         cleanup_interval_s?, cleanup_max_interval_s?, [station.labels]
+                         cleanup_interval_s?, cleanup_max_interval_s?, sign_in?, [station.labels]
+    [people.NAME]        badge?, qa_pin_hash? (who may work here; a listed person signs in by name or badge,
+                         and a QA PIN of their own names them on every QA action)
     [targets.NAME]       region, policy_name, policy_document | policy_file, profile? role_arn? …
     [targets.NAME.issuer] certificate_file, key_file, passphrase_env?
     [products.NAME]      serial_pattern, flasher, target, on_reprovision ("refuse" | "replace"),
@@ -148,6 +150,10 @@ class StationConfig:
     labels: LabelSettings | None = None
     # The QA PIN as a salted scrypt hash (station.qapin); production stations keep only this.
     qa_pin_hash: str | None = field(default=None, repr=False)
+    # Who may work at the station ([people.NAME]); the operator screen asks who is there when this lists
+    # anyone or `sign_in` is set (station.people).
+    sign_in: bool = False
+    people: dict[str, Person] = field(default_factory=dict)
 
     def target(self, name: str) -> Target:
         try:
@@ -401,6 +407,7 @@ def _station_section(c: _Checker, data: Mapping[str, Any]) -> dict[str, Any]:
             "labels",
             "cleanup_interval_s",
             "cleanup_max_interval_s",
+            "sign_in",
         ),
     )
     station_id = c.get(
@@ -472,6 +479,7 @@ def _station_section(c: _Checker, data: Mapping[str, Any]) -> dict[str, Any]:
         "qa_pin_hash": qa_pin_hash,
         "cleanup_interval_s": float(interval),
         "cleanup_max_interval_s": float(longest),
+        "sign_in": bool(c.get(table, (*keypath, "sign_in"), bool, default=False, what="true or false")),
     }
 
 
@@ -963,6 +971,62 @@ def _labels_section(c: _Checker, data: Mapping[str, Any]) -> LabelSettings | Non
 
 
 @dataclass(frozen=True)
+class Person:
+    """`[people.NAME]`: someone who works at the station. `badge` is what their badge scans as; a
+    `qa_pin_hash` (from `station pin-hash --person NAME`, never a plain PIN) lets them open the QA desk, and
+    names them on what they do there."""
+
+    name: str
+    badge: str | None = None
+    qa_pin_hash: str | None = field(default=None, repr=False)
+
+
+_PERSON_RE = re.compile(r"[^\x00-\x1f\x7f]{1,64}")
+
+
+def _people_section(c: _Checker, data: Mapping[str, Any]) -> dict[str, Person]:
+    people: dict[str, Person] = {}
+    badges: dict[str, str] = {}
+    for name, table in _named_tables(c, data, "people", required=False).items():
+        keypath = ("people", name)
+        c.unknown_keys(table, keypath, ("badge", "qa_pin_hash", "qa_pin"))
+        if not _PERSON_RE.fullmatch(name) or not name.strip():
+            c.problem(keypath, "expected a person's name of 1-64 printable characters.")
+            continue
+        if "qa_pin" in table:
+            # A person's PIN is kept only as a salted hash, even in the lab.
+            c.problem(
+                (*keypath, "qa_pin"),
+                f"a person's PIN is kept only as a hash: put the line `station pin-hash --person {name}` "
+                "prints here (qa_pin_hash = ...).",
+            )
+        badge = c.get(
+            table,
+            (*keypath, "badge"),
+            str,
+            check=lambda v: None if v.strip() else "expected what the badge scans as, got an empty string.",
+            what="what the person's badge scans as",
+        )
+        pin_hash = c.get(
+            table,
+            (*keypath, "qa_pin_hash"),
+            str,
+            check=_pin_hash_check,
+            what="the line `station pin-hash` prints",
+        )
+        if badge is not None:
+            badge = badge.strip()
+            if badge in badges:
+                c.problem(
+                    (*keypath, "badge"), f"is also the badge of {badges[badge]!r}; one badge per person."
+                )
+                continue
+            badges[badge] = name
+        people[name] = Person(name=name, badge=badge, qa_pin_hash=pin_hash)
+    return people
+
+
+@dataclass(frozen=True)
 class BudgetSettings:
     """`[budget]`: where the AWS rate budget shared by several stations lives (none: this station alone)."""
 
@@ -1004,10 +1068,11 @@ def _budget_section(c: _Checker, data: Mapping[str, Any]) -> BudgetSettings | No
 def validate_config(data: Mapping[str, Any], *, path: Path, text: str = "") -> StationConfig:
     """Validate already-parsed TOML data (`text` is the source, used only to find line numbers)."""
     c = _Checker(path, text)
-    c.unknown_keys(data, (), ("station", "targets", "products", "slots", "budget"))
+    c.unknown_keys(data, (), ("station", "targets", "products", "slots", "budget", "people"))
     station = _station_section(c, data)
     budget = _budget_section(c, data)
     labels = _labels_section(c, data)
+    people = _people_section(c, data)
 
     targets: dict[str, Target] = {}
     for name, table in _named_tables(c, data, "targets", required=True).items():
@@ -1067,6 +1132,8 @@ def validate_config(data: Mapping[str, Any], *, path: Path, text: str = "") -> S
         budget=budget,
         labels=labels,
         qa_pin_hash=station["qa_pin_hash"],
+        sign_in=station["sign_in"],
+        people=people,
         targets=targets,
         products=products,
         slots=slots,

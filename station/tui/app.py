@@ -7,6 +7,10 @@ Wiring (what `station run` and `station demo` do):
     run_app(config, line, ledger, relay=relay)      # returns when the operator quits
     line.stop()
 
+Who is working: when station.toml lists people or sets `sign_in`, the app asks at start (and on Ctrl+O;
+`station.tui.signin`) and names that person on the line's next records and the QA desk's actions; a QA
+person's own PIN names them instead, for what they do at the desk.
+
 The app never runs a unit itself: the line does, on its own threads; the relay turns the line's events into
 messages for the operator screen. The QA desk calls `station.tui.services.QaServices`.
 
@@ -24,6 +28,8 @@ from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.notifications import SeverityLevel
 
+from station.i18n import N_, _
+from station.people import qa_pins, sign_in_required, who_signs_in
 from station.qapin import PinGuard
 from station.tui.api import LineAPI, StationInfo, station_info
 from station.tui.operator.screen import OperatorScreen
@@ -31,6 +37,7 @@ from station.tui.qa.desk import QaDeskScreen
 from station.tui.qa.pin import PinScreen
 from station.tui.relay import EventRelay
 from station.tui.services import QaServices
+from station.tui.signin import SignInScreen
 
 QUIT_CONFIRM_S = 4.0  # a second quit key within this many seconds quits even with units in progress
 
@@ -42,7 +49,10 @@ class StationApp(App[None]):
     TITLE = "station"
     # No command palette: every action has its own key, and an operator should not browse app commands.
     ENABLE_COMMAND_PALETTE = False
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("ctrl+q", "quit", "Quit", priority=True)]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("ctrl+q", "quit", "Quit", priority=True),
+        Binding("ctrl+o", "sign_in", N_("Sign in"), show=False),
+    ]
 
     def __init__(
         self,
@@ -54,8 +64,15 @@ class StationApp(App[None]):
         clock: Callable[[], float] = time.time,
         poll_interval: float | None = 1.0,
         welcome: str | None = None,
+        sign_in: Callable[[str], str] | None = None,
+        pins: dict[str, str] | None = None,
     ) -> None:
+        """`sign_in` (a badge or name → the person) asks who is working when the app starts; `pins` are the
+        QA desk's stored PINs by whom they name (`station.people.qa_pins`; default: `info.qa_pin`)."""
         super().__init__()
+        self.person = info.operator  # who the line's records and the desk's actions name
+        self._sign_in = sign_in
+        self._pins = pins if pins is not None else ({"": info.qa_pin} if info.qa_pin else {})
         self.welcome = welcome  # shown once when the screen opens (the demo says what to type)
         self.line = line
         self.info = info
@@ -88,6 +105,26 @@ class StationApp(App[None]):
     def on_mount(self) -> None:
         if self.welcome:
             self.notify(self.welcome, title="Welcome", timeout=20)
+        if self._sign_in is not None:
+            self.push_screen(SignInScreen(self._sign_in), self._signed_in)
+
+    def action_sign_in(self) -> None:
+        """Someone else at the bench: ask who (Esc keeps the person signed in)."""
+        self.push_screen(
+            SignInScreen(self._sign_in or who_signs_in_any, current=self.person), self._signed_in
+        )
+
+    def _signed_in(self, name: str | None) -> None:
+        if not name:
+            return
+        self.person = name
+        set_operator = getattr(self.line, "set_operator", None)
+        if callable(set_operator):
+            set_operator(name)  # the next record names them
+        if self.qa is not None:
+            self.qa.act_as(name)
+        self.sub_title = name
+        self.notify(_("{name} is signed in.").format(name=name), title=_("Signed in"), timeout=4)
 
     def on_unmount(self) -> None:
         if self.relay is not None:
@@ -115,8 +152,8 @@ class StationApp(App[None]):
                 "This station has no QA desk (no ledger was given).", title="QA desk", severity="warning"
             )
             return
-        pin = self.info.qa_pin
-        if not pin:
+        pins = self._pins
+        if not pins:
             self.notify(
                 "No QA PIN is configured, so the QA desk stays closed.",
                 title="QA desk closed",
@@ -127,13 +164,22 @@ class StationApp(App[None]):
         if self._pin_guard is None:
             # One guard for the app's life; its count of wrong PINs lives in the ledger anyway.
             ledger = getattr(qa, "ledger", None)
-            self._pin_guard = PinGuard(pin, ledger=ledger, where="QA desk", operator=self.info.operator)
+            self._pin_guard = PinGuard(pins, ledger=ledger, where="QA desk", operator=self.person)
+        self._pin_guard.operator = self.person
+        prompt = PinScreen(self._pin_guard)
 
         def opened(ok: bool | None) -> None:
             if ok:
+                # A person's own PIN names them; the shared PIN names whoever is signed in.
+                qa.act_as(prompt.who or self.person)
                 self.push_screen(QaDeskScreen(qa, self.info))
 
-        self.push_screen(PinScreen(self._pin_guard), opened)
+        self.push_screen(prompt, opened)
+
+
+def who_signs_in_any(text: str) -> str:
+    """Sign-in where the config lists nobody: any plain name."""
+    return who_signs_in(None, text)
 
 
 def build_app(
@@ -153,6 +199,12 @@ def build_app(
     """The app over `line` for a `StationConfig`; the QA desk works when a ledger is given."""
     info = station_info(config, operator=operator)
     qa = None
+    sign_in = None
+    if sign_in_required(config):
+
+        def sign_in(text: str) -> str:
+            return who_signs_in(config, text)
+
     if ledger is not None:
         qa = QaServices(
             config,
@@ -164,7 +216,15 @@ def build_app(
             put_in_jig=put_in_jig,
         )
     return StationApp(
-        line=line, info=info, relay=relay, qa=qa, clock=clock, poll_interval=poll_interval, welcome=welcome
+        line=line,
+        info=info,
+        relay=relay,
+        qa=qa,
+        clock=clock,
+        poll_interval=poll_interval,
+        welcome=welcome,
+        sign_in=sign_in,
+        pins=qa_pins(config),
     )
 
 
