@@ -27,6 +27,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import re
+import string
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -220,9 +222,9 @@ class QaServices:
         return UnitList(self._rows(page.units), page.next_cursor)
 
     def search(self, query: str, filters: UnitFilter | None = None) -> list[UnitRow]:
-        """Units whose serial (any case), thing name or certificate id (or its first 8+ hex characters, any
-        case) is `query`, newest first, narrowed by `filters`. A thing name matches as typed, all lower case
-        or all upper case (the ledger's thing-name index is exact)."""
+        """Units whose serial, thing name or certificate id (or its first 8+ hex characters) is `query`, in
+        any case, newest first, narrowed by `filters`. The ledger's thing-name index is exact, so a thing name
+        in another case is read back to its serial through the targets' thing-name templates."""
         query = query.strip()
         if not query:
             raise InputError(
@@ -234,10 +236,28 @@ class QaServices:
         for variant in dict.fromkeys((query, query.lower(), query.upper())):
             for unit in self.ledger.find_units(variant):
                 found.setdefault(unit.serial, unit)
+        thing = query.casefold()
+        for serial in self._serials_named(query):
+            for unit in self.ledger.find_units(serial):
+                live = {i.thing_name.casefold() for i in unit.live}
+                records = {r.thing_name.casefold() for r in self.ledger.find(unit.serial)}
+                if thing in live | records:
+                    found.setdefault(unit.serial, unit)
         rows = self._rows(list(found.values()))
         rows.sort(key=lambda row: _row_time(row), reverse=True)
         wanted = filters or UnitFilter()
         return [row for row in rows if wanted.matches(row.unit, row.record)]
+
+    def _serials_named(self, query: str) -> list[str]:
+        """The serials a thing name could have been made from, by each target's thing-name template
+        (`{product}-{serial}` → "WIDGET-SN0001" gives "SN0001"), matched in any case."""
+        serials: list[str] = []
+        for target in (getattr(self.config, "targets", {}) or {}).values():
+            pattern = _template_regex(getattr(target, "thing_name_template", "") or "")
+            match = pattern.fullmatch(query) if pattern is not None else None
+            if match is not None and match.group("serial"):
+                serials.append(match.group("serial"))
+        return list(dict.fromkeys(serials))
 
     def unit_records(self, serial: str) -> list[Any]:
         """Every attempt record of one unit (exact serial), newest first."""
@@ -736,6 +756,23 @@ class QaServices:
             cls = UnitFault if str(result.outcome) == "FAIL" else StationFault
             raise cls(result.title, result.message, result.next_action)
         return ActionResult("Re-provisioned", result.message)
+
+
+def _template_regex(template: str) -> re.Pattern[str] | None:
+    """A thing-name template as a case-insensitive regex capturing `serial` (None without a serial field)."""
+    parts: list[str] = []
+    seen = False
+    try:
+        for literal, name, _spec, _conv in string.Formatter().parse(template):
+            parts.append(re.escape(literal))
+            if name == "serial" and not seen:
+                parts.append("(?P<serial>.+?)")
+                seen = True
+            elif name is not None:
+                parts.append(".+?")
+    except ValueError:
+        return None
+    return re.compile("".join(parts), re.IGNORECASE) if seen else None
 
 
 def _row_time(row: UnitRow) -> float:

@@ -213,9 +213,8 @@ def column_widths(width: int) -> dict[str, int | None]:
     if width >= WIDE:
         return dict.fromkeys(RECORD_COLUMNS, None)
     fixed = {"When": 11, "Serial": 10, "Outcome": 7, "Certificate": 5, "Target": 7, "Slot": 4, "Operator": 8}
-    # The table's border (2), a cell's padding (2 per column) and the vertical scrollbar (1 of its 2 is
-    # spare room already).
-    left = width - 2 - 2 * len(RECORD_COLUMNS) - 1 - sum(fixed.values())
+    # The table's border (2), a cell's padding (2 per column) and the vertical scrollbar (2).
+    left = width - 2 - 2 * len(RECORD_COLUMNS) - 2 - sum(fixed.values())
     return {**fixed, "Thing": max(6, left)}
 
 
@@ -317,6 +316,7 @@ class QaDeskScreen(Screen[None]):
     def _search(self, event: Input.Submitted) -> None:
         query = event.value.strip()
         self.last_query = query
+        event.input.select_all()  # the next scan or typing replaces the query instead of adding to it
         if not query:
             self.load_recent()
             return
