@@ -20,6 +20,7 @@ UI thread.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -27,11 +28,13 @@ from typing import Any, ClassVar
 from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.notifications import SeverityLevel
+from textual.widgets import Static
 
 from station.i18n import N_, _
 from station.people import qa_pins, sign_in_required, who_signs_in
 from station.qapin import PinGuard
 from station.tui.api import LineAPI, StationInfo, station_info
+from station.tui.operator.header import station_line
 from station.tui.operator.screen import OperatorScreen
 from station.tui.qa.desk import QaDeskScreen
 from station.tui.qa.pin import PinScreen
@@ -124,6 +127,10 @@ class StationApp(App[None]):
         if self.qa is not None:
             self.qa.act_as(name)
         self.sub_title = name
+        # The header's "Operator" names them too (the header draws a StationInfo).
+        self.info = dataclasses.replace(self.info, operator=name)
+        for shown in self.operator.query("#station-line").results(Static):
+            shown.update(station_line(self.info))
         self.notify(_("{name} is signed in.").format(name=name), title=_("Signed in"), timeout=4)
 
     def on_unmount(self) -> None:

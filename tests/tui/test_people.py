@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from qa_fixtures import CERT_ID, PIN, FakeCloud, FakeRegistry, make_config, make_ledger
 from test_real_line import Cloud, Device, verifier
-from textual.widgets import Button, Label
+from textual.widgets import Button, Label, Static
 from tui_fakes import ScriptedLine, type_scan, wait_until
 
 from station.config import Person, load_config
@@ -84,6 +84,7 @@ async def test_sign_in_by_badge_names_the_operator_on_the_next_record(tmp_path: 
                 await type_scan(pilot, ALICE_BADGE)
                 await wait_until(pilot, lambda: isinstance(app.screen, OperatorScreen), what="the line")
                 assert app.person == "alice"
+                assert "Operator alice" in str(app.query_one("#station-line", Static).render())
                 await type_scan(pilot, "1:SN00000001")
                 await wait_until(
                     pilot, lambda: bool(ledger.find("SN00000001")), timeout=15, what="the record"
