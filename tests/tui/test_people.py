@@ -231,3 +231,21 @@ def test_people_in_station_toml_and_station_pin_hash_for_a_person(tmp_path: Path
     text = refused.value.message
     assert "[people.carol] qa_pin" in text and "kept only as a hash" in text
     assert "[people.erin] badge: is also the badge of 'dave'" in text
+
+
+def test_station_revoke_names_the_person_whose_pin_was_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`station revoke`/`transfer` at a production station: a person's own PIN makes them the one who acts."""
+    import argparse
+    import io
+
+    from station.commands.register import require_pin
+
+    production = load_config(Path(__file__).resolve().parents[2] / "fixtures" / "configs" / "station.toml")
+    config = dataclasses.replace(production, people=people())
+    with open_ledger(tmp_path / "ledger.sqlite") as ledger:
+        for pin, who in ((BOB_PIN, "bob"), ("0042", None)):  # bob's own PIN; the station's shared one
+            monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(f"{pin}\n".encode())))
+            args = argparse.Namespace(pin_stdin=True, operator=None)
+            assert require_pin(args, config, ledger, action="revoke") == who
