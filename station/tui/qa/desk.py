@@ -84,8 +84,10 @@ class ListLoaded(Message):
         *,
         next_cursor: str | None = None,
         append: bool = False,
+        generation: int = 0,
     ) -> None:
         super().__init__()
+        self.generation = generation  # which request it answers (QaDeskScreen drops stale ones)
         self.mode = mode
         self.query = query
         self.records = records
@@ -248,6 +250,7 @@ class QaDeskScreen(Screen[None]):
         self.mode = "recent"  # recent | search | unit
         self.next_cursor: str | None = None
         self._loading_more = False
+        self._generation = 0  # the list request whose answer is wanted
         self._trail_serial: str | None = None
         self._widths: dict[str, int | None] = dict.fromkeys(RECORD_COLUMNS, None)
 
@@ -342,36 +345,58 @@ class QaDeskScreen(Screen[None]):
             )
         )
 
-    @work(thread=True, group="qa-search", exclusive=True, exit_on_error=False)
     def load_recent(self, after: str | None = None) -> None:
+        """The recent list (its first page, or the page after `after`), read in a worker."""
+        if after is None:
+            self._generation += 1  # a new list: pages and answers of the one before are dropped
+        self._recent_worker(after, self.filters, self._generation)
+
+    def search_in_thread(self, query: str) -> None:
+        """The units `query` finds (or one unit's records), read in a worker."""
+        self._generation += 1
+        self._search_worker(query, self.filters, self._generation)
+
+    @work(thread=True, group="qa-search", exclusive=True, exit_on_error=False)
+    def _recent_worker(self, after: str | None, filters: UnitFilter, generation: int) -> None:
         try:
-            page = self.services.recent(self.filters, after=after)
+            page = self.services.recent(filters, after=after)
         except Exception as error:
             self._failed("search", error)
             return
         records = [row.record for row in page.rows if row.record is not None]
         states = {row.unit.serial: row.unit for row in page.rows}
         self.post_message(
-            ListLoaded("recent", "", records, states, next_cursor=page.next_cursor, append=after is not None)
+            ListLoaded(
+                "recent",
+                "",
+                records,
+                states,
+                next_cursor=page.next_cursor,
+                append=after is not None,
+                generation=generation,
+            )
         )
 
     @work(thread=True, group="qa-search", exclusive=True, exit_on_error=False)
-    def search_in_thread(self, query: str) -> None:
+    def _search_worker(self, query: str, filters: UnitFilter, generation: int) -> None:
         try:
-            rows = self.services.search(query, self.filters)
+            rows = self.services.search(query, filters)
             if len(rows) == 1:
                 serial = rows[0].unit.serial
                 records = self.services.unit_records(serial)
-                message = ListLoaded("unit", serial, records, {serial: rows[0].unit})
+                message = ListLoaded("unit", serial, records, {serial: rows[0].unit}, generation=generation)
             else:
                 records = [row.record for row in rows if row.record is not None]
-                message = ListLoaded("search", query, records, {row.unit.serial: row.unit for row in rows})
+                states = {row.unit.serial: row.unit for row in rows}
+                message = ListLoaded("search", query, records, states, generation=generation)
         except Exception as error:
             self._failed("search", error)
             return
         self.post_message(message)
 
     def on_list_loaded(self, message: ListLoaded) -> None:
+        if message.generation != self._generation:
+            return  # the answer to a list asked for before the one now wanted
         self._loading_more = False
         table = self.query_one("#qa-records", DataTable)
         if not message.append:
