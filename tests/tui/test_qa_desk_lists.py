@@ -225,6 +225,17 @@ async def test_search_finds_a_unit_in_any_case_and_an_empty_search_lists_again(d
     await shows(desk, ["SN00000014"], "the unit of that thing")
     await search(desk, "")
     await shows(desk, ["SN00000014", "SN00000013", "SN00000012", "SN00000011"], "the recent list again")
+    # Enter on a unit opens its records; Esc goes back to the list, and from there to the line.
+    table = desk.screen.query_one("#qa-records", DataTable)
+    table.focus()
+    await desk.pilot.press("down", "enter")
+    await shows(desk, ["SN00000013"], "the unit's records")
+    assert desk.screen.query_one("#qa-search", Input).value == "SN00000013"
+    await desk.pilot.press("escape")
+    await shows(desk, ["SN00000014", "SN00000013", "SN00000012", "SN00000011"], "the list after Esc")
+    assert isinstance(desk.app.screen, QaDeskScreen)
+    await desk.pilot.press("escape")
+    await wait_until(desk.pilot, lambda: not isinstance(desk.app.screen, QaDeskScreen), what="the line")
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,8 @@ It opens with the most recent units (newest first, one page at a time through th
 `unit_page`; moving past the last row loads the next page). The search finds units by serial (any case),
 thing name or certificate id (or its first 8+ hex characters); an empty search shows the recent list again.
 Filters (F2) narrow both by state, outcome, target, station and date, as `station units` does. A search that
-finds one unit shows all its records (newest first); Enter on a unit in a list opens its records. The trail
+finds one unit shows all its records (newest first); Enter on a unit in a list opens its records; Esc goes
+back to the recent list, and from there to the line. The trail
 below shows the highlighted unit's events from the ledger's hash-chained log, QA actions included.
 
 Actions work on the record under the cursor: re-verify (F5), revoke (F6), transfer (F7), re-provision (F3: a
@@ -266,7 +267,7 @@ class QaDeskScreen(Screen[None]):
         search = Input(
             id="qa-search",
             max_length=256,
-            placeholder=_("serial, thing name or certificate id — Enter to search, empty: recent units"),
+            placeholder=_("serial, thing name or certificate id; empty: recent units"),
         )
         search.border_title = _("Find a unit")
         yield search
@@ -582,6 +583,12 @@ class QaDeskScreen(Screen[None]):
 
     # ------------------------------------------------------------------------------------------ actions
     def action_close(self) -> None:
+        """Esc: from a search or a unit's records back to the recent list; from there back to the line."""
+        if self.last_query:
+            self.last_query = ""
+            self.query_one("#qa-search", Input).value = ""
+            self.load_recent()
+            return
         self.dismiss(None)
 
     def action_audit(self) -> None:
