@@ -126,6 +126,8 @@ class StationApp(App[None]):
             set_operator(name)  # the next record names them
         if self.qa is not None:
             self.qa.act_as(name)
+            qa = self.qa
+            self.run_worker(lambda: qa.record_sign_in(name), thread=True, exit_on_error=False)
         self.sub_title = name
         # The header's "Operator" names them too (the header draws a StationInfo).
         self.info = dataclasses.replace(self.info, operator=name)

@@ -65,6 +65,7 @@ class Prepared:
 
 
 PAGE_SIZE = 50  # units per page of the desk's list
+SIGN_IN_SERIAL = "sign-in"  # the ledger "serial" sign-in notes are filed under
 
 
 @dataclass(frozen=True)
@@ -630,6 +631,22 @@ class QaServices:
             self.operator = person
             if self._context is not None:
                 self._context.operator = person
+
+    def record_sign_in(self, person: str) -> None:
+        """A `note` in the ledger that `person` signed in at this station (filed under `SIGN_IN_SERIAL`, so
+        `station show sign-in` lists who worked when)."""
+        self.ledger.append_event(
+            Event(
+                "note",
+                SIGN_IN_SERIAL,
+                step="operator:sign_in",
+                outcome="ok",
+                title="Signed in",
+                message=f"{person} signed in at {self.station_id}.",
+                data={"operator": person, "station_id": self.station_id},
+                at=time.time(),
+            )
+        )
 
     # ------------------------------------------------------------------------------------------ labels
     def _label(self, record: Any) -> Any:

@@ -30,6 +30,7 @@ from station.tui.qa.desk import QaDeskScreen
 from station.tui.qa.dialogs import ConfirmScreen
 from station.tui.qa.pin import PinScreen
 from station.tui.relay import EventRelay
+from station.tui.services import SIGN_IN_SERIAL
 from station.tui.signin import SignInScreen
 
 ALICE_BADGE = "B-000417"
@@ -94,6 +95,8 @@ async def test_sign_in_by_badge_names_the_operator_on_the_next_record(tmp_path: 
             line.stop(timeout=10)
         (record,) = ledger.find("SN00000001")
         assert (record.outcome, record.operator) == ("PASS", "alice")  # not the config's "day-shift"
+        (signed,) = [e.event for e in ledger.events(SIGN_IN_SERIAL)]
+        assert (signed.step, signed.data["operator"]) == ("operator:sign_in", "alice")
 
 
 async def test_a_qa_persons_own_pin_names_them_on_the_revoke(tmp_path: Path) -> None:
