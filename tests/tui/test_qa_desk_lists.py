@@ -452,6 +452,7 @@ async def test_at_80_columns_the_desk_keeps_slot_and_operator_and_the_quit_key(u
     assert sum(c.get_render_width(table) for c in table.columns.values()) <= 80 - 2 - 2
     row = [str(cell) for cell in table.get_row_at(0)]
     assert row[1] == "SN00000002" and row[-2:] == ["s1", "day-shi…"]  # cut with an ellipsis
+    assert row[3] == "widget-SN00…"  # the thing name, cut
     keys = [str(k.render()) for k in desk.app.screen.query("FooterKey")]
     assert any("Quit" in k for k in keys[:1])
 
@@ -459,4 +460,6 @@ async def test_at_80_columns_the_desk_keeps_slot_and_operator_and_the_quit_key(u
 def test_the_desks_table_fits_80_columns() -> None:
     widths = desk_module.column_widths(80)
     assert all(w is not None for w in widths.values())
+    assert list(widths) == ["When", "Serial", "Outcome", "Thing", "Target", "Slot", "Operator"]
     assert sum(w or 0 for w in widths.values()) + 2 * len(widths) + 2 + 2 <= 80
+    assert len(desk_module.column_widths(120)) == 8  # wide: the certificate column too

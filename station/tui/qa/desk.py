@@ -16,7 +16,8 @@ and the detail also show what the unit is now (its state, from the ledger): a re
 with that plan; the choices before it (destination, slot) only plan. `station.tui.services.QaServices` carries
 them out through `station.qa`, which records every action with the person as the CLI does.
 
-The table keeps its columns at 80 columns (narrower, cut with an ellipsis), never drops them.
+At 80 columns the table keeps When, Serial, Outcome, Thing, Target, Slot and Operator (narrower, cut with an
+ellipsis); the certificate id moves to the detail line below it.
 
 All ledger and cloud calls, plans included, run in thread workers; results come back as messages. It must
 not call boto3, serial, awscrt or cryptography, nor the core on the UI thread.
@@ -211,14 +212,16 @@ def _outcome_label(outcome: str) -> str:
 
 
 def column_widths(width: int) -> dict[str, int | None]:
-    """Each column's width for a table `width` cells wide: natural from `WIDE`, else narrower columns so
-    that all eight (Slot and Operator included) fit; the thing name takes what is left."""
+    """The columns shown in a table `width` cells wide, each with its width (None: natural). From `WIDE` all
+    eight at their natural width; narrower, the certificate column goes (the detail line below names it) and
+    the others narrow, cut with an ellipsis, so Slot and Operator stay; the thing name takes what is left."""
     if width >= WIDE:
         return dict.fromkeys(RECORD_COLUMNS, None)
-    fixed = {"When": 11, "Serial": 10, "Outcome": 7, "Certificate": 5, "Target": 7, "Slot": 4, "Operator": 8}
+    fixed = {"When": 11, "Serial": 10, "Outcome": 7, "Target": 8, "Slot": 6, "Operator": 8}
     # The table's border (2), a cell's padding (2 per column) and the vertical scrollbar (2).
-    left = width - 2 - 2 * len(RECORD_COLUMNS) - 2 - sum(fixed.values())
-    return {**fixed, "Thing": max(6, left)}
+    left = width - 2 - 2 * (len(fixed) + 1) - 2 - sum(fixed.values())
+    shown = {**fixed, "Thing": max(6, left)}
+    return {name: shown[name] for name in RECORD_COLUMNS if name in shown}
 
 
 class QaDeskScreen(Screen[None]):
@@ -253,7 +256,7 @@ class QaDeskScreen(Screen[None]):
         self._loading_more = False
         self._generation = 0  # the list request whose answer is wanted
         self._trail_serial: str | None = None
-        self._widths: dict[str, int | None] = dict.fromkeys(RECORD_COLUMNS, None)
+        self._widths: dict[str, int | None] = dict.fromkeys(RECORD_COLUMNS, None)  # the columns shown
 
     def compose(self) -> ComposeResult:
         yield Static(
@@ -289,10 +292,8 @@ class QaDeskScreen(Screen[None]):
     def _columns(self) -> None:
         table = self.query_one("#qa-records", DataTable)
         table.clear(columns=True)
-        narrow = self._widths["When"] is not None
-        for name in RECORD_COLUMNS:
-            header = _("Cert") if narrow and name == "Certificate" else _(name)
-            table.add_column(header, key=name, width=self._widths[name])
+        for name, width in self._widths.items():
+            table.add_column(_(name), key=name, width=width)
 
     def on_resize(self, event: events.Resize) -> None:
         widths = column_widths(event.size.width)
@@ -433,7 +434,7 @@ class QaDeskScreen(Screen[None]):
     def _add_rows(self, records: list[Any]) -> None:
         table = self.query_one("#qa-records", DataTable)
         w = self._widths
-        narrow = w["When"] is not None
+        narrow = w.get("When") is not None
         for record in records:
             if record.attempt_id in self.records and record.attempt_id in table.rows:
                 continue
@@ -445,17 +446,17 @@ class QaDeskScreen(Screen[None]):
             if now:
                 outcome += f" {now.split()[0]}" if narrow else f" · {now}"
             cert = record.certificate_id
-            cells = (
-                _fit(when, w["When"]),
-                _fit(record.serial, w["Serial"]),
-                _fit(outcome, w["Outcome"]),
-                _fit(record.thing_name, w["Thing"]),
-                _fit(cert, w["Certificate"]) if narrow else _cell(f"{cert[:12]}…" if cert else ""),
-                _fit(record.target, w["Target"]),
-                _fit(record.slot, w["Slot"]),
-                _fit(record.operator, w["Operator"]),
-            )
-            table.add_row(*cells, key=record.attempt_id)
+            cells = {
+                "When": when,
+                "Serial": record.serial,
+                "Outcome": outcome,
+                "Thing": record.thing_name,
+                "Certificate": f"{cert[:12]}…" if cert else "",
+                "Target": record.target,
+                "Slot": record.slot,
+                "Operator": record.operator,
+            }
+            table.add_row(*(_fit(cells[name], width) for name, width in w.items()), key=record.attempt_id)
 
     @on(DataTable.RowHighlighted, "#qa-records")
     def _highlighted(self, event: DataTable.RowHighlighted) -> None:
