@@ -314,7 +314,10 @@ class QaDeskScreen(Screen[None]):
         if self.filters.active:
             title += " · " + _("filter: {summary}").format(summary=filter_summary(self.filters))
         table.border_title = title
-        table.border_subtitle = _("Tab here, ↑↓ pick, Enter open") if self.mode != "unit" else ""
+        subtitle = _("Tab here, ↑↓ pick, Enter open") if self.mode != "unit" else ""
+        if self.mode == "recent" and self.next_cursor:
+            subtitle += " · " + _("↓ past the last: more")
+        table.border_subtitle = subtitle
 
     # ------------------------------------------------------------------------------------------ lists
     @on(Input.Submitted, "#qa-search")
