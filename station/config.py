@@ -29,7 +29,9 @@ Layout (every table is keyed by name; see fixtures/configs/station.toml):
 
     [station]            id, ledger, operator?, qa_pin_hash? (or a plain qa_pin: lab and demo),
                          cleanup_interval_s?, cleanup_max_interval_s?, language?, card_reset_s?, bell?,
-                         [station.labels]
+                         sign_in?, [station.labels]
+    [people.NAME]        badge?, qa_pin_hash? (who may work here; a listed person signs in by name or badge,
+                         and a QA PIN of their own names them on every QA action)
     [targets.NAME]       region, policy_name, policy_document | policy_file, profile? role_arn? …
     [targets.NAME.issuer] certificate_file, key_file, passphrase_env?
     [products.NAME]      serial_pattern, flasher, target, on_reprovision ("refuse" | "replace"),
@@ -342,6 +344,8 @@ class StationSettings:
         _check(lambda v: None if 0 <= v <= 86400 else f"expected 0 (never) to 86400 seconds, got {v}."),
     ] = 30.0
     bell: Annotated[Bool, Field(description="true or false")] = True
+    # Ask who is working when the screen opens (also implied by a [people] list; station.people).
+    sign_in: Annotated[Bool, Field(description="true or false")] = False
 
 
 class _Schema(BaseModel):
@@ -449,6 +453,23 @@ class _SlotTable(_Schema):
     product: Text | None = None
 
 
+class _PersonTable(_Schema):
+    badge: Annotated[
+        Text | None,
+        Field(description="what the person's badge scans as"),
+        _check(
+            lambda v: (
+                None if v is None or v.strip() else "expected what the badge scans as, got an empty string."
+            )
+        ),
+    ] = None
+    qa_pin_hash: Annotated[
+        Text | None,
+        Field(description="the line `station pin-hash --person NAME` prints"),
+        _accepted_by(parse_pin_hash, lambda error: f"{error.message} {error.next_action}"),
+    ] = None
+
+
 class _File(_Schema):
     """The whole file's shape: which tables there are. Each table is then validated on its own."""
 
@@ -461,6 +482,7 @@ class _File(_Schema):
     products: dict[str, Table] = Field(default_factory=dict)
     slots: dict[str, Table] = Field(default_factory=dict)
     budget: Table | None = None
+    people: dict[str, Table] = Field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -499,6 +521,17 @@ class Slot:
     product: str | None = None
 
 
+@dataclass(frozen=True)
+class Person:
+    """`[people.NAME]`: someone who works at the station. `badge` is what their badge scans as; a
+    `qa_pin_hash` (from `station pin-hash --person NAME`, never a plain PIN) lets them open the QA desk, and
+    names them on what they do there."""
+
+    name: str
+    badge: str | None = None
+    qa_pin_hash: str | None = field(default=None, repr=False)
+
+
 @dataclass(frozen=True, kw_only=True)
 class StationConfig(StationSettings):
     """A loaded, validated station.toml: the `[station]` settings (inherited) and every other table.
@@ -511,6 +544,9 @@ class StationConfig(StationSettings):
     products: dict[str, Product] = field(default_factory=dict)
     slots: dict[str, Slot] = field(default_factory=dict)
     budget: BudgetSettings | None = None
+    # Who may work at the station ([people.NAME]); the operator screen asks who is there when this lists
+    # anyone or `sign_in` is set (station.people).
+    people: dict[str, Person] = field(default_factory=dict)
 
     def target(self, name: str) -> Target:
         try:
@@ -857,11 +893,44 @@ def _slot(p: _Problems, name: str, table: dict[str, Any]) -> Slot | None:
     return Slot(name=name, **slot.model_dump()) if slot is not None and named else None
 
 
+_PERSON_RE = re.compile(r"[^\x00-\x1f\x7f]{1,64}")
+
+
+def _people(p: _Problems, data: Mapping[str, Any]) -> dict[str, Person]:
+    people: dict[str, Person] = {}
+    badges: dict[str, str] = {}
+    for name, table in _named(data, "people").items():
+        kp = ("people", name)
+        if not _PERSON_RE.fullmatch(name) or not name.strip():
+            p.add(kp, "expected a person's name of 1-64 printable characters.")
+            continue
+        if "qa_pin" in table:
+            # A person's PIN is kept only as a salted hash, even in the lab.
+            p.add(
+                (*kp, "qa_pin"),
+                f"a person's PIN is kept only as a hash: put the line `station pin-hash --person {name}` "
+                "prints here (qa_pin_hash = ...).",
+            )
+            table = {key: value for key, value in table.items() if key != "qa_pin"}
+        person = p.validate(_PersonTable, table, kp)
+        if person is None:
+            continue
+        badge = person.badge.strip() if person.badge is not None else None
+        if badge is not None:
+            if badge in badges:
+                p.add((*kp, "badge"), f"is also the badge of {badges[badge]!r}; one badge per person.")
+                continue
+            badges[badge] = name
+        people[name] = Person(name=name, badge=badge, qa_pin_hash=person.qa_pin_hash)
+    return people
+
+
 def validate_config(data: Mapping[str, Any], *, path: Path, text: str = "") -> StationConfig:
     """Validate already-parsed TOML data (`text` is the source, used only to find line numbers)."""
     p = _Problems(path, text)
     p.validate(_File, data, ())
     station = _station(p, data)
+    people = _people(p, data)
     budget = (
         p.validate(BudgetSettings, data["budget"], ("budget",))
         if isinstance(data.get("budget"), dict)
@@ -918,7 +987,7 @@ def validate_config(data: Mapping[str, Any], *, path: Path, text: str = "") -> S
     assert station is not None  # no problems: [station] validated
     settings = {one.name: getattr(station, one.name) for one in dataclasses.fields(StationSettings)}
     return StationConfig(
-        **settings, path=path, targets=targets, products=products, slots=slots, budget=budget
+        **settings, path=path, targets=targets, products=products, slots=slots, budget=budget, people=people
     )
 
 

@@ -8,6 +8,12 @@ failed one. Search, audit trail, ledger check and export are the ledger's own AP
 What this module adds is only what a desk needs: the record under the cursor turned into the library's
 query, a plan turned into the sentence a person confirms, a result turned into a title and one sentence.
 
+The desk's lists: `recent` pages units newest first through the ledger's indexed `unit_page` (filters by
+state, outcome, target, station and time, the same as `station units`); `search` finds units by serial (any
+case), thing name or certificate id (prefix) through `find_units`. Both give each unit with its latest record
+(the row an action works on). Labels: `label_preview` draws the unit's label for the terminal and `reprint`
+sends it to the configured printer, recorded as a `qa:reprint` note with the person.
+
 Re-verify reserves the slot on the line (`Line.reserve`) so no unit starts there meanwhile; a line without
 reservations (a test stand-in) is only asked whether the slot is idle.
 
@@ -22,7 +28,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
+import string
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +39,8 @@ from typing import TYPE_CHECKING, Any
 
 from station.errors import InputError, StationError, StationFault, UnitFault
 from station.i18n import N_, _
-from station.model import Target
+from station.model import Event, Target
+from station.units import UnitFilter
 
 if TYPE_CHECKING:
     from station.qa import RevokeDone, RevokePlan, TransferPlan
@@ -54,6 +64,26 @@ class Prepared:
     body: str
     confirm_label: str
     plan: Any  # the library's plan (RevokePlan, TransferPlan), handed back unchanged once confirmed
+
+
+PAGE_SIZE = 50  # units per page of the desk's list
+SIGN_IN_SERIAL = "sign-in"  # the ledger "serial" sign-in notes are filed under
+
+
+@dataclass(frozen=True)
+class UnitRow:
+    """A unit in the desk's list: its current state and its latest attempt record (None if unreadable)."""
+
+    unit: Any  # station.units.UnitState
+    record: Any  # station.ledger.AttemptRecord | None
+
+
+@dataclass(frozen=True)
+class UnitList:
+    """One page of the desk's list, newest first; `next_cursor` continues it (None: no more)."""
+
+    rows: list[UnitRow]
+    next_cursor: str | None = None
 
 
 def _short(certificate_id: str) -> str:
@@ -121,6 +151,19 @@ class QaServices:
     def product_names(self) -> list[str]:
         return list(getattr(self.config, "products", {}) or {})
 
+    def target_places(self) -> dict[str, tuple[str, str]]:
+        """Each target's name → (account, region), for the desk's target filter."""
+        places = {}
+        for name, target in (getattr(self.config, "targets", {}) or {}).items():
+            account = getattr(target, "account_id", None) or getattr(target, "profile", None) or "?"
+            places[name] = (str(account), str(getattr(target, "region", "")))
+        return places
+
+    def printer(self) -> str | None:
+        """Where reprinted labels go (`[station.labels] printer`), or None when the station prints none."""
+        settings = getattr(self.config, "labels", None)
+        return settings.printer if settings is not None else None
+
     def slot_names(self) -> list[str]:
         return list(getattr(self.config, "slots", {}) or {})
 
@@ -136,6 +179,64 @@ class QaServices:
         records = list(self.ledger.find(query))
         records.sort(key=lambda r: getattr(r, "finished_at", 0.0) or 0.0, reverse=True)
         return records
+
+    def recent(
+        self, filters: UnitFilter | None = None, *, after: str | None = None, limit: int = PAGE_SIZE
+    ) -> UnitList:
+        """Units newest first (one page, through the ledger's indexed `unit_page`), each with its latest
+        record; `after` is the previous page's `next_cursor`."""
+        page = self.ledger.unit_page(**(filters or UnitFilter()).query(), after=after, limit=limit)
+        return UnitList(self._rows(page.units), page.next_cursor)
+
+    def search(self, query: str, filters: UnitFilter | None = None) -> list[UnitRow]:
+        """Units whose serial, thing name or certificate id (or its first 8+ hex characters) is `query`, in
+        any case, newest first, narrowed by `filters`. The ledger's thing-name index is exact, so a thing name
+        in another case is read back to its serial through the targets' thing-name templates."""
+        query = query.strip()
+        if not query:
+            raise InputError(
+                _("Nothing to search"),
+                _("The search field is empty."),
+                _("Type a serial, thing name or certificate id."),
+            )
+        found: dict[str, Any] = {}
+        for variant in dict.fromkeys((query, query.lower(), query.upper())):
+            for unit in self.ledger.find_units(variant):
+                found.setdefault(unit.serial, unit)
+        thing = query.casefold()
+        for serial in self._serials_named(query):
+            for unit in self.ledger.find_units(serial):
+                live = {i.thing_name.casefold() for i in unit.live}
+                records = {r.thing_name.casefold() for r in self.ledger.find(unit.serial)}
+                if thing in live | records:
+                    found.setdefault(unit.serial, unit)
+        rows = self._rows(list(found.values()))
+        rows.sort(key=lambda row: _row_time(row), reverse=True)
+        wanted = filters or UnitFilter()
+        return [row for row in rows if wanted.matches(row.unit, row.record)]
+
+    def _serials_named(self, query: str) -> list[str]:
+        """The serials a thing name could have been made from, by each target's thing-name template
+        (`{product}-{serial}` → "WIDGET-SN0001" gives "SN0001"), matched in any case."""
+        serials: list[str] = []
+        for target in (getattr(self.config, "targets", {}) or {}).values():
+            pattern = _template_regex(getattr(target, "thing_name_template", "") or "")
+            match = pattern.fullmatch(query) if pattern is not None else None
+            if match is not None and match.group("serial"):
+                serials.append(match.group("serial"))
+        return list(dict.fromkeys(serials))
+
+    def unit_records(self, serial: str) -> list[Any]:
+        """Every attempt record of one unit (exact serial), newest first."""
+        records = [r for r in self.ledger.find(serial) if r.serial == serial]
+        records.sort(key=lambda r: r.finished_at or r.started_at, reverse=True)
+        return records
+
+    def _rows(self, units: Sequence[Any]) -> list[UnitRow]:
+        # One read for the page's records. `_latest_records` is the ledger's own page read (both backends
+        # have it; `Ledger.units` uses it the same way): one round trip, not one per unit.
+        latest = self.ledger._latest_records([u.last_attempt_id for u in units if u.last_attempt_id])
+        return [UnitRow(u, latest.get(u.last_attempt_id)) for u in units]
 
     def events(self, serials: Sequence[str]) -> list[Any]:
         """The audit trail (ledger events) of these serials, in chain order."""
@@ -524,6 +625,112 @@ class QaServices:
 
         return unit_state(self.ledger, serial)
 
+    # ------------------------------------------------------------------------------------------ people
+    def act_as(self, person: str) -> None:
+        """Record every action from now on as `person` (the one whose QA PIN opened the desk)."""
+        with self._lock:
+            self.operator = person
+            if self._context is not None:
+                self._context.operator = person
+
+    def record_sign_in(self, person: str) -> None:
+        """A `note` in the ledger that `person` signed in at this station (filed under `SIGN_IN_SERIAL`, so
+        `station show sign-in` lists who worked when)."""
+        self.ledger.append_event(
+            Event(
+                "note",
+                SIGN_IN_SERIAL,
+                step="operator:sign_in",
+                outcome="ok",
+                title="Signed in",
+                message=f"{person} signed in at {self.station_id}.",
+                data={"operator": person, "station_id": self.station_id},
+                at=time.time(),
+            )
+        )
+
+    # ------------------------------------------------------------------------------------------ labels
+    def _label(self, record: Any) -> Any:
+        from station.labels import label_for
+
+        if not getattr(record, "certificate_id", "") or not getattr(record, "thing_name", ""):
+            raise InputError(
+                _("No label"),
+                _("The record of {serial} has no certificate or thing, so it has no label.").format(
+                    serial=record.serial
+                ),
+                _("Pick a record of a provisioned unit."),
+            )
+        return label_for(
+            thing_name=record.thing_name,
+            serial=record.serial,
+            certificate_id=record.certificate_id,
+            at=record.finished_at or record.started_at or time.time(),
+            station_id=record.station_id or self.station_id,
+        )
+
+    def label_preview(self, record: Any) -> str:
+        """The record's label as the printer prints it, drawn for a terminal (text lines and the QR code)."""
+        from station.labels import DEFAULT_PAYLOAD, preview_text
+
+        settings = getattr(self.config, "labels", None)
+        template = settings.qr_payload if settings is not None else DEFAULT_PAYLOAD
+        return preview_text(self._label(record), template)
+
+    def reprint(self, record: Any) -> ActionResult:
+        """Print the record's label again on the configured printer, recorded as a `qa:reprint` note with
+        the person (also when it fails)."""
+        from station.labels import LabelPrinter
+
+        settings = getattr(self.config, "labels", None)
+        if settings is None:
+            raise InputError(
+                _("No label printer"),
+                _("This station has no label printer configured."),
+                _('Add [station.labels] printer = "tcp://HOST:9100" to station.toml.'),
+            )
+        label = self._label(record)
+        printer = LabelPrinter(
+            settings.printer,
+            qr_payload=settings.qr_payload,
+            timeout_s=settings.timeout_s,
+            station_id=self.station_id,
+        )
+        error: StationError | None = None
+        try:
+            self._guard("reprint", lambda: printer.print_now(label))
+        except StationError as failed:
+            error = failed
+        self.ledger.append_event(
+            Event(
+                "note",
+                record.serial,
+                step="qa:reprint",
+                outcome="failed" if error else "ok",
+                title=error.title if error else "Label reprinted",
+                message=error.message
+                if error
+                else f"Label of {record.thing_name} sent to {settings.printer}.",
+                data={
+                    "operator": self.operator,
+                    "action": "reprint",
+                    "station_id": self.station_id,
+                    "certificate_id": record.certificate_id,
+                    "thing_name": record.thing_name,
+                    "printer": settings.printer,
+                },
+                at=time.time(),
+            )
+        )
+        if error is not None:
+            raise error
+        return ActionResult(
+            _("Label reprinted"),
+            _("The label of {serial} ({thing}) went to {printer}.").format(
+                serial=record.serial, thing=record.thing_name, printer=settings.printer
+            ),
+        )
+
     # ------------------------------------------------------------------------------------------ re-provision
     def prepare_reprovision(self, record: Any, slot: str) -> Prepared:
         """What re-provisioning the unit on `slot` means (from its state), to be confirmed."""
@@ -567,6 +774,30 @@ class QaServices:
             cls = UnitFault if str(result.outcome) == "FAIL" else StationFault
             raise cls(result.title, result.message, result.next_action)
         return ActionResult(_("Re-provisioned"), result.message)
+
+
+def _template_regex(template: str) -> re.Pattern[str] | None:
+    """A thing-name template as a case-insensitive regex capturing `serial` (None without a serial field)."""
+    parts: list[str] = []
+    seen = False
+    try:
+        for literal, name, _spec, _conv in string.Formatter().parse(template):
+            parts.append(re.escape(literal))
+            if name == "serial" and not seen:
+                parts.append("(?P<serial>.+?)")
+                seen = True
+            elif name is not None:
+                parts.append(".+?")
+    except ValueError:
+        return None
+    return re.compile("".join(parts), re.IGNORECASE) if seen else None
+
+
+def _row_time(row: UnitRow) -> float:
+    record = row.record
+    if record is not None:
+        return float(record.finished_at or record.started_at or 0.0)
+    return float(row.unit.state_changed_at or 0.0)
 
 
 def _revoked_text(serial: str, done: RevokeDone) -> str:

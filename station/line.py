@@ -205,6 +205,11 @@ class Line:
         if self._cleaner is not None:
             self._cleaner.start()
 
+    def set_operator(self, name: str) -> None:
+        """Name `name` as the operator on every record from now on (a sign-in at the station)."""
+        if hasattr(self._ctx, "operator"):
+            self._ctx.operator = name
+
     @classmethod
     def from_context(cls, context: LineContext, *, on_event: Callable[[Event], None] | None = None) -> Line:
         """A line over a ready context (tests, or a caller that built its own wiring)."""

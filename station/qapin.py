@@ -5,7 +5,8 @@ What it does:
   base64 salt and hash); `station pin-hash` prints one. `parse_pin_hash` checks such a string, including
   that its scrypt cost is one the station will compute (a config must not be able to stall a station).
 - `PinGuard` checks a typed PIN against the stored form (a hash, or a plain `qa_pin`, which the lab and the
-  demo still write) in constant time, and enforces the back-off: one wrong PIN (a typo) costs nothing, after
+  demo still write) in constant time — or against several, one per person (`[people.NAME] qa_pin_hash`),
+  answering whose PIN it was — and enforces the back-off: one wrong PIN (a typo) costs nothing, after
   k ≥ 2 wrong PINs the next try waits min(2^(k-2), 30) s; `MAX_FAILURES` wrong PINs within `LOCK_S` lock
   the PIN for `LOCK_S`. Every wrong PIN
   and every lock is a `note` event in the ledger (step `qa:pin_failed` / `qa:pin_locked`, serial
@@ -25,7 +26,7 @@ import hmac
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,19 +128,21 @@ def stored_pin(config: Any) -> str | None:
 class PinGuard:
     """Checks PINs for one place (`where`: "QA desk", "station revoke", …) with back-off and lock-out.
 
-    `ledger` (optional) keeps the count across processes; without one the count lives in this object.
+    `stored` is one PIN's stored form, or stored forms by whose they are (person's name; "" for the station's
+    shared PIN). `ledger` (optional) keeps the count across processes; without one the count lives in this
+    object. The count is the station's, not a person's: wrong PINs lock every PIN alike.
     """
 
     def __init__(
         self,
-        stored: str,
+        stored: str | Mapping[str, str],
         *,
         ledger: Any = None,
         where: str = "QA desk",
         operator: str = "",
         clock: Callable[[], float] | None = None,
     ) -> None:
-        self._stored = stored
+        self._stored = {"": stored} if isinstance(stored, str) else dict(stored)
         self._ledger = ledger
         self.where = where
         self.operator = operator
@@ -175,13 +178,16 @@ class PinGuard:
         return max(0, MAX_FAILURES - len(self._recent_failures(self._clock())))
 
     # -- checking ----------------------------------------------------------------------------------------
-    def check(self, pin: str) -> None:
-        """Return if `pin` is right and a try is allowed now; `InputError` (what happened, what to do) if not."""
+    def check(self, pin: str) -> str:
+        """Whose PIN `pin` is (a person's name, or "" for the shared PIN) if it is right and a try is allowed
+        now; `InputError` (what happened, what to do) if not."""
         wait, locked = self.wait_s()
         if wait > 0:
             raise self._refusal(wait, locked)
-        if pin_matches(pin, self._stored):
-            return
+        # Every stored form is tried (no early return), so the time taken does not say whose PIN matched.
+        matched = [who for who, form in self._stored.items() if pin_matches(pin, form)]
+        if matched:
+            return matched[0]
         self._record("qa:pin_failed", "Wrong QA PIN", f"A wrong QA PIN was typed at the {self.where}.")
         wait, locked = self.wait_s()
         if locked:

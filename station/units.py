@@ -310,3 +310,40 @@ def replay(records: Iterable[RecordLike]) -> dict[str, UnitState]:
     for record in records:
         states[record.serial] = apply(states.get(record.serial), record)
     return states
+
+
+@dataclass(frozen=True)
+class UnitFilter:
+    """What the desk's list is narrowed to (None: any), as `station units` takes it: `target` is the target
+    of the unit's live identity (or of its last attempt), `station` the station of its last attempt, and
+    `since`/`until` (epoch seconds, inclusive/exclusive) bound its last attempt's time."""
+
+    state: str | None = None
+    outcome: str | None = None
+    target: str | None = None
+    station: str | None = None
+    since: float | None = None
+    until: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return any(v is not None for v in dataclasses.astuple(self))
+
+    def query(self) -> dict[str, Any]:
+        """The keyword arguments of `Ledger.unit_page`."""
+        return dataclasses.asdict(self)
+
+    def matches(self, unit: Any, record: Any) -> bool:
+        """Does a unit found by search pass the filter (the same rules as `unit_page`)?"""
+        primary = unit.primary
+        target = primary.target if primary is not None else getattr(record, "target", "")
+        at = (getattr(record, "finished_at", 0.0) or getattr(record, "started_at", 0.0)) if record else 0.0
+        station = getattr(record, "station_id", "") if record is not None else unit.station_id
+        return (
+            (self.state is None or unit.state == self.state)
+            and (self.outcome is None or unit.last_outcome == self.outcome)
+            and (self.target is None or target == self.target)
+            and (self.station is None or station == self.station)
+            and (self.since is None or at >= self.since)
+            and (self.until is None or at < self.until)
+        )

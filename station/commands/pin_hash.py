@@ -2,8 +2,10 @@
 
     station pin-hash                      (asks twice, not echoed)
     echo "$NEW_PIN" | station pin-hash --pin-stdin
+    station pin-hash --person alice       (a QA person's own PIN: names them on what they do)
 
-Prints `qa_pin_hash = "scrypt$…"` for the [station] table. Reads nothing else and writes no file: the person
+Prints `qa_pin_hash = "scrypt$…"` for the [station] table, or with --person the [people.NAME] table holding
+it. Reads nothing else and writes no file: the person
 puts the line in station.toml (replacing any plain qa_pin). A thin layer over `station.qapin.hash_pin`.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import sys
 
 from station.cli import EXIT_OK
@@ -19,6 +22,7 @@ from station.i18n import _
 EXAMPLES = """examples:
   station pin-hash
   echo "$NEW_PIN" | station pin-hash --pin-stdin >> station.toml.new
+  station pin-hash --person alice >> station.toml
 
 exit codes:
   0  printed the line
@@ -35,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--pin-stdin", action="store_true", help="read the PIN from the first line of stdin")
+    p.add_argument(
+        "--person", metavar="NAME", help="print a [people.NAME] table: this person's own QA PIN (names them)"
+    )
     p.set_defaults(func=run)
 
 
@@ -54,6 +61,11 @@ def run(args: argparse.Namespace) -> int:
             _("No PIN given"), _("There is no terminal to ask on."), _("Give the PIN with --pin-stdin.")
         )
     check_pin_format(pin)
+    if args.person:
+        print(f"[people.{json.dumps(args.person)}]")
+        print(f'qa_pin_hash = "{hash_pin(pin)}"')
+        print('Put these lines in station.toml (a badge = "…" line may join them).', file=sys.stderr)
+        return EXIT_OK
     print(f'qa_pin_hash = "{hash_pin(pin)}"')
     print("Put this line in station.toml's [station] table (instead of any qa_pin).", file=sys.stderr)
     return EXIT_OK

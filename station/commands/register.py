@@ -151,20 +151,22 @@ def add_pin_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def require_pin(args: argparse.Namespace, config: Any, ledger: Any, *, action: str) -> None:
+def require_pin(args: argparse.Namespace, config: Any, ledger: Any, *, action: str) -> str | None:
     """When a production station has a QA PIN, the person must give it: `InputError` (exit 2) unless right.
+    Returns whose PIN it was when it was a person's own (`[people.NAME] qa_pin_hash`): that person acts.
 
     A station whose every target is a lab (`lab = true`: the lab, the demo, training) needs no PIN here.
 
     From stdin with --pin-stdin, else asked on the terminal (not echoed); --yes never replaces it. Wrong
     PINs count in the ledger with the QA desk's, with the same back-off and lock (`station.qapin`).
     """
-    from station.qapin import PinGuard, stored_pin
+    from station.people import qa_pins
+    from station.qapin import PinGuard
 
-    stored = stored_pin(config)
+    stored = qa_pins(config)  # the shared PIN and each person's own
     targets = getattr(config, "targets", {}) or {}
     if not stored or (targets and all(getattr(t, "lab", False) for t in targets.values())):
-        return  # no PIN, or a lab/demo station (every target lab = true): --yes is enough there
+        return None  # no PIN, or a lab/demo station (every target lab = true): --yes is enough there
     if getattr(args, "pin_stdin", False):
         pin = _stdin_line("PIN").decode("utf-8", "replace")
     elif is_interactive():
@@ -180,7 +182,8 @@ def require_pin(args: argparse.Namespace, config: Any, ledger: Any, *, action: s
             ),
         )
     operator = getattr(args, "operator", None) or getattr(config, "operator", None) or ""
-    PinGuard(stored, ledger=ledger, where=f"station {action}", operator=operator).check(pin.strip())
+    who = PinGuard(stored, ledger=ledger, where=f"station {action}", operator=operator).check(pin.strip())
+    return who or None
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     with open_ledger(ledger_location(args, config), create=False, station_id=config.station_id) as ledger:
-        require_pin(args, config, ledger, action="revoke")
+        person = require_pin(args, config, ledger, action="revoke")  # a person's own PIN names them
         try:
             plan = qa.plan_revoke(config, ledger, args.serial, target=args.target)
         except qa.NotFound as error:
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
             print(_("Nothing revoked."), file=out)
             return EXIT_FAIL
         result = qa.revoke_unit(
-            config, ledger, plan.serial, operator=qa.operator_name(config, args.operator), plan=plan
+            config, ledger, plan.serial, operator=qa.operator_name(config, person or args.operator), plan=plan
         )
     if args.json:
         print(json.dumps(result.as_dict()))

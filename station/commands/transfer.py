@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     with open_ledger(ledger_location(args, config), create=False, station_id=config.station_id) as ledger:
-        require_pin(args, config, ledger, action="transfer")
+        person = require_pin(args, config, ledger, action="transfer")  # a person's own PIN names them
         try:
             plan = qa.plan_transfer(
                 config,
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
             ledger,
             plan.serial,
             to=plan.destination,
-            operator=qa.operator_name(config, args.operator),
+            operator=qa.operator_name(config, person or args.operator),
             plan=plan,
         )
     if args.json:

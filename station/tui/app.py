@@ -8,6 +8,10 @@ Wiring (what `station run` and `station demo` do):
     run_app(config, line, qa=qa, relay=relay)       # returns when the operator quits
     line.stop()
 
+Who is working: when station.toml lists people or sets `sign_in`, the app asks at start (and on Ctrl+O;
+`station.tui.signin`) and names that person on the line's next records and the QA desk's actions; a QA
+person's own PIN names them instead, for what they do at the desk.
+
 The app never runs a unit itself: the line does, on its own threads; the relay turns the line's events into
 messages for the operator screen. The QA desk calls the services it is handed, through the Protocol
 `station.tui.api.QaServicesAPI`; without them (no ledger) the desk stays closed.
@@ -18,6 +22,7 @@ checks, indirect imports included), nor call the core on the UI thread.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -25,18 +30,22 @@ from typing import Any, ClassVar
 from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.notifications import SeverityLevel
+from textual.widgets import Static
 
 from station.i18n import N_, _
 from station.model import Event
+from station.people import qa_pins, sign_in_required, who_signs_in
 from station.qapin import PinGuard
 from station.tui.api import LineAPI, QaServicesAPI, StationInfo, station_info
 from station.tui.bindings import translate_bindings
+from station.tui.operator.header import station_line
 from station.tui.operator.help import HelpSource
 from station.tui.operator.screen import OperatorScreen
 from station.tui.operator.shift import SHIFT_SERIAL, SHIFT_STEP
 from station.tui.qa.desk import QaDeskScreen
 from station.tui.qa.pin import PinScreen
 from station.tui.relay import EventRelay
+from station.tui.signin import SignInScreen
 
 QUIT_CONFIRM_S = 4.0  # a second quit key within this many seconds quits even with units in progress
 
@@ -48,7 +57,10 @@ class StationApp(App[None]):
     TITLE = "station"
     # No command palette: every action has its own key, and an operator should not browse app commands.
     ENABLE_COMMAND_PALETTE = False
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("ctrl+q", "quit", N_("Quit"), priority=True)]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("ctrl+q", "quit", N_("Quit"), priority=True),
+        Binding("ctrl+o", "sign_in", N_("Sign in"), show=False),
+    ]
 
     def __init__(
         self,
@@ -60,9 +72,16 @@ class StationApp(App[None]):
         clock: Callable[[], float] = time.time,
         poll_interval: float | None = 1.0,
         help_content: HelpSource | None = None,
+        sign_in: Callable[[str], str] | None = None,
+        pins: dict[str, str] | None = None,
     ) -> None:
+        """`sign_in` (a badge or name → the person) asks who is working when the app starts; `pins` are the
+        QA desk's stored PINs by whom they name (`station.people.qa_pins`; default: `info.qa_pin`)."""
         super().__init__()
         translate_bindings(self)
+        self.person = info.operator  # who the line's records and the desk's actions name
+        self._sign_in = sign_in
+        self._pins = pins if pins is not None else ({"": info.qa_pin} if info.qa_pin else {})
         self.line = line
         self.info = info
         self.relay = relay
@@ -103,8 +122,8 @@ class StationApp(App[None]):
         ledger = getattr(self.qa, "ledger", None)
         if ledger is None:
             return
-        if self.info.operator:
-            data = {**data, "operator": self.info.operator}
+        if self.person:
+            data = {**data, "operator": self.person}
         ledger.append_event(
             Event(
                 "note",
@@ -124,6 +143,34 @@ class StationApp(App[None]):
             self.operator.say(text, level)  # type: ignore[arg-type]
         else:
             self.notify(text, severity=severity)
+
+    def on_mount(self) -> None:
+        if self._sign_in is not None:
+            self.push_screen(SignInScreen(self._sign_in), self._signed_in)
+
+    def action_sign_in(self) -> None:
+        """Someone else at the bench: ask who (Esc keeps the person signed in)."""
+        self.push_screen(
+            SignInScreen(self._sign_in or who_signs_in_any, current=self.person), self._signed_in
+        )
+
+    def _signed_in(self, name: str | None) -> None:
+        if not name:
+            return
+        self.person = name
+        set_operator = getattr(self.line, "set_operator", None)
+        if callable(set_operator):
+            set_operator(name)  # the next record names them
+        if self.qa is not None:
+            self.qa.act_as(name)
+            qa = self.qa
+            self.run_worker(lambda: qa.record_sign_in(name), thread=True, exit_on_error=False)
+        self.sub_title = name
+        # The header's "Operator" names them too (the header draws a StationInfo).
+        self.info = dataclasses.replace(self.info, operator=name)
+        for shown in self.operator.query("#station-line").results(Static):
+            shown.update(station_line(self.info))
+        self.tell(_("{name} is signed in.").format(name=name))
 
     def on_unmount(self) -> None:
         if self.relay is not None:
@@ -147,20 +194,30 @@ class StationApp(App[None]):
         if self.qa is None:
             self.tell(_("This station has no QA desk (no ledger was given)."), "warning")
             return
-        pin = self.info.qa_pin
-        if not pin:
+        pins = self._pins
+        if not pins:
             self.tell(_("No QA PIN is configured, so the QA desk stays closed."), "warning")
             return
         qa = self.qa
         if self._pin_guard is None:
             # One guard for the app's life; its count of wrong PINs lives in the ledger anyway.
-            self._pin_guard = PinGuard(pin, ledger=qa.ledger, where="QA desk", operator=self.info.operator)
+            ledger = getattr(qa, "ledger", None)
+            self._pin_guard = PinGuard(pins, ledger=ledger, where="QA desk", operator=self.person)
+        self._pin_guard.operator = self.person
+        prompt = PinScreen(self._pin_guard)
 
         def opened(ok: bool | None) -> None:
             if ok:
+                # A person's own PIN names them; the shared PIN names whoever is signed in.
+                qa.act_as(prompt.who or self.person)
                 self.push_screen(QaDeskScreen(qa, self.info))
 
-        self.push_screen(PinScreen(self._pin_guard), opened)
+        self.push_screen(prompt, opened)
+
+
+def who_signs_in_any(text: str) -> str:
+    """Sign-in where the config lists nobody: any plain name."""
+    return who_signs_in(None, text)
 
 
 def build_app(
@@ -176,6 +233,12 @@ def build_app(
 ) -> StationApp:
     """The app over `line` for a `StationConfig`; the QA desk works when its services (`qa`) are given."""
     info = station_info(config, operator=operator)
+    sign_in = None
+    if sign_in_required(config):
+
+        def sign_in(text: str) -> str:
+            return who_signs_in(config, text)
+
     return StationApp(
         line=line,
         info=info,
@@ -184,6 +247,8 @@ def build_app(
         clock=clock,
         poll_interval=poll_interval,
         help_content=help_content,
+        sign_in=sign_in,
+        pins=qa_pins(config),
     )
 
 

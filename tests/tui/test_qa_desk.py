@@ -229,8 +229,13 @@ async def test_export_writes_the_records_to_a_file(desk: Desk, tmp_path: Path) -
     await open_desk(desk)
     await desk.pilot.press("f9")
     await wait_until(desk.pilot, lambda: isinstance(desk.app.screen, ExportScreen), what="export dialog")
+    # The file name is filled in and Export has the focus: Enter exports (Tab-Tab-Enter no longer cancels).
+    dialog = desk.app.screen
+    assert desk.app.focused is dialog.query_one("#ok", Button)
+    assert dialog.query_one("#export-path", Input).value.startswith("records-")
     out = tmp_path / "records.csv"
-    await type_scan(desk.pilot, str(out))
+    dialog.query_one("#export-path", Input).value = str(out)
+    await desk.pilot.press("enter")
     await wait_until(desk.pilot, lambda: any("Records exported" in t for t in desk.toasts()), what="exported")
     rows = list(csv.DictReader(out.open(encoding="utf-8")))
     assert [(r["serial"], r["outcome"], r["certificate_id"]) for r in rows] == [
@@ -299,9 +304,13 @@ async def test_transfer_dialog_confirms_the_plan_then_moves_the_unit(desk: Desk)
         )
         dialog = desk.app.screen
         assert "Transfer SN00000002 from lab-eu" in str(dialog.query_one(".dialog-title", Label).render())
-        assert dialog.query_one("#revoke-source", Checkbox).value is True  # moving is the default
-        await choose(desk, "#destination", "lab-us")
-        await press_button(desk, "#ok")
+        # Keeping the source is the default, as in `station transfer` (without --revoke-source).
+        assert dialog.query_one("#revoke-source", Checkbox).value is False
+        # The only other target is chosen already, and the focus is on the (planning) primary button.
+        assert dialog.query_one("#destination", Select).value == "lab-us"
+        assert desk.app.focused is dialog.query_one("#ok", Button)
+        dialog.query_one("#revoke-source", Checkbox).value = True  # this test moves the unit
+        await desk.pilot.press("enter")
         await wait_until(desk.pilot, lambda: isinstance(desk.app.screen, ConfirmScreen), what="the plan")
 
     # The plan, from the ledger alone: where it goes, as which thing, and that the source loses it.

@@ -1,15 +1,23 @@
-"""The QA desk: look a unit up, read its records and audit trail, and act on it.
+"""The QA desk: find a unit, read its records and audit trail, and act on it.
 
-Search by serial, thing name or certificate id (or its first 8+ hex characters). The records table shows
-every attempt (newest first); the trail below shows the unit's events from the ledger's hash-chained log,
-QA actions included. Actions work on the record under the cursor: re-verify (F5), revoke (F6), transfer
-(F7), re-provision (F3: a new identity on a slot, then the old one revoked); register an imported certificate
-(F8), export records (F9) and check the ledger (F4) need no record. The outcome column and the detail also
-show what the unit is now (its state, from the ledger): a revoked unit's PASS reads "✔ PASS · ⊘ revoked …".
-Revoke and transfer are planned from the ledger first and ask for confirmation with that plan (what will be
-deleted, where the certificate goes, which thing is kept); `station.desk.QaServices` (the desk
-sees only `station.tui.api.QaServicesAPI`) carries them out through `station.qa`, which records every action
-with the operator as the CLI does.
+It opens with the most recent units (newest first, one page at a time through the ledger's indexed
+`unit_page`; moving past the last row loads the next page). The search finds units by serial (any case),
+thing name or certificate id (or its first 8+ hex characters); an empty search shows the recent list again.
+Filters (F2) narrow both by state, outcome, target, station and date, as `station units` does. A search that
+finds one unit shows all its records (newest first); Enter on a unit in a list opens its records; Esc goes
+back to the recent list, and from there to the line. The trail
+below shows the highlighted unit's events from the ledger's hash-chained log, QA actions included.
+
+Actions work on the record under the cursor: re-verify (F5), revoke (F6), transfer (F7), re-provision (F3: a
+new identity on a slot, then the old one revoked), the unit's label (Ctrl+L: preview, reprint); register an
+imported certificate (F8), export records (F9) and check the ledger (F4) need no record. The outcome column
+and the detail also show what the unit is now (its state, from the ledger): a revoked unit's PASS reads
+"✔ PASS · ⊘ revoked …". Revoke, transfer and re-provision are planned from the ledger first and asked once,
+with that plan; the choices before it (destination, slot) only plan. `station.desk.QaServices` (the desk
+sees only `station.tui.api.QaServicesAPI`) carries them out through `station.qa`, which records every action with the person as the CLI does.
+
+At 80 columns the table keeps When, Serial, Outcome, Thing, Target, Slot and Operator (narrower, cut with an
+ellipsis); the certificate id moves to the detail line below it.
 
 All ledger and cloud calls, plans included, run in thread workers; results come back as messages. It must
 not call boto3, serial, awscrt or cryptography, nor the core on the UI thread.
@@ -22,7 +30,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from rich.text import Text
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.content import Content
@@ -38,15 +46,19 @@ from station.tui.qa.dialogs import (
     ConfirmScreen,
     ExportChoice,
     ExportScreen,
+    FilterScreen,
     ImportChoice,
     ImportScreen,
+    LabelScreen,
     ReprovisionScreen,
     ReverifyChoice,
     ReverifyScreen,
     TransferChoice,
     TransferScreen,
+    filter_summary,
 )
 from station.tui.state import OUTCOME_LABEL
+from station.units import UnitFilter
 
 # Column headers, translated where the tables are made (N_: these are read before the language is chosen).
 RECORD_COLUMNS = (
@@ -59,20 +71,42 @@ RECORD_COLUMNS = (
     N_("Slot"),
     N_("Operator"),
 )
-TRAIL_COLUMNS = ("#", N_("When"), N_("Event"), N_("Step"), N_("Result"), N_("Message"))
+TRAIL_COLUMNS = (N_("#"), N_("When"), N_("Event"), N_("Step"), N_("Result"), N_("Message"))
+WIDE = 120  # from this width the table shows full times and ids
 
 
-class RecordsFound(Message):
-    """A search finished: the records (newest first) and their serials' audit trail."""
+class ListLoaded(Message):
+    """Rows for the records table, newest first: each unit's latest record (`mode` "recent" or "search"),
+    or every record of one unit ("unit"). `append` adds a further page of the recent list."""
 
     def __init__(
-        self, query: str, records: list[Any], trail: list[Any], states: dict[str, Any] | None = None
+        self,
+        mode: str,
+        query: str,
+        records: list[Any],
+        states: dict[str, Any],
+        *,
+        next_cursor: str | None = None,
+        append: bool = False,
+        generation: int = 0,
     ) -> None:
         super().__init__()
+        self.generation = generation  # which request it answers (QaDeskScreen drops stale ones)
+        self.mode = mode
         self.query = query
         self.records = records
+        self.states = states  # serial → the unit's current state (station.units.UnitState) or None
+        self.next_cursor = next_cursor
+        self.append = append
+
+
+class TrailLoaded(Message):
+    """The audit trail of one unit (ledger events in chain order)."""
+
+    def __init__(self, serial: str, trail: list[Any]) -> None:
+        super().__init__()
+        self.serial = serial
         self.trail = trail
-        self.states = states or {}  # serial → the unit's current state (station.units.UnitState) or None
 
 
 class QaActionDone(Message):
@@ -90,6 +124,13 @@ class PlanReady(Message):
         self.action = action
         self.prepared = prepared
         self.then = then
+
+
+class LabelReady(Message):
+    def __init__(self, record: Any, preview: str) -> None:
+        super().__init__()
+        self.record = record
+        self.preview = preview
 
 
 class QaActionFailed(Message):
@@ -112,9 +153,28 @@ def _cell(value: object) -> Text:
     return Text("" if value is None else str(value))
 
 
+def _fit(value: object, width: int | None) -> Text:
+    """A cell cut to `width` with an ellipsis (None: as it is)."""
+    text = "" if value is None else str(value)
+    if width is not None and len(text) > width:
+        text = text[: max(0, width - 1)] + "…"
+    return Text(text)
+
+
 def _label(action: str) -> str:
     """An action's name as a person reads it in a notification."""
-    return {"reverify": "Re-verify", "reprovision": "Re-provision"}.get(action, action.capitalize())
+    names = {
+        "reverify": N_("Re-verify"),
+        "reprovision": N_("Re-provision"),
+        "revoke": N_("Revoke"),
+        "transfer": N_("Transfer"),
+        "import": N_("Import"),
+        "export": N_("Export"),
+        "audit": N_("Audit"),
+        "reprint": N_("Reprint"),
+        "label": N_("Label"),
+    }
+    return _(names.get(action, action.capitalize()))
 
 
 STATE_MARK = {
@@ -153,10 +213,26 @@ def _outcome_label(outcome: str) -> str:
     return outcome
 
 
+def column_widths(width: int) -> dict[str, int | None]:
+    """The columns shown in a table `width` cells wide, each with its width (None: natural). From `WIDE` all
+    eight at their natural width; narrower, the certificate column goes (the detail line below names it) and
+    the others narrow, cut with an ellipsis, so Slot and Operator stay; the thing name takes what is left."""
+    if width >= WIDE:
+        return dict.fromkeys(RECORD_COLUMNS, None)
+    fixed = {"When": 11, "Serial": 10, "Outcome": 7, "Target": 8, "Slot": 6, "Operator": 8}
+    # The table's border (2), a cell's padding (2 per column) and the vertical scrollbar (2).
+    left = width - 2 - 2 * (len(fixed) + 1) - 2 - sum(fixed.values())
+    shown = {**fixed, "Thing": max(6, left)}
+    return {name: shown[name] for name in RECORD_COLUMNS if name in shown}
+
+
 class QaDeskScreen(Screen[None]):
     AUTO_FOCUS = "#qa-search"
     BINDINGS: ClassVar[list[BindingType]] = [
+        # First, so the footer shows it even at 80 columns (the app's own Ctrl+Q does the quitting).
+        Binding("ctrl+q", "app.quit", N_("Quit")),
         Binding("escape", "close", N_("Back")),
+        Binding("f2", "filter", N_("Filter")),
         Binding("f3", "reprovision", N_("Re-provision")),
         Binding("f4", "audit", N_("Audit")),
         Binding("f5", "reverify", N_("Re-verify")),
@@ -164,6 +240,7 @@ class QaDeskScreen(Screen[None]):
         Binding("f7", "transfer", N_("Transfer")),
         Binding("f8", "import_certificate", N_("Import")),
         Binding("f9", "export", N_("Export")),
+        Binding("ctrl+l", "label", N_("Label")),
     ]
 
     def __init__(self, services: QaServicesAPI, info: StationInfo) -> None:
@@ -171,23 +248,32 @@ class QaDeskScreen(Screen[None]):
         translate_bindings(self)
         self.services = services
         self.info = info
-        self.records: dict[str, Any] = {}  # attempt id → record, for the row under the cursor
+        self.records: dict[str, Any] = {}  # row key (attempt id) → record, for the row under the cursor
         self.states: dict[str, Any] = {}  # serial → the unit's current state
         self._import_again: ImportChoice | None = None  # what was typed, for the dialog after a failure
         self.last_query = ""
         self.busy_action: str | None = None
+        self.filters = UnitFilter()
+        self.mode = "recent"  # recent | search | unit
+        self.next_cursor: str | None = None
+        self._loading_more = False
+        self._generation = 0  # the list request whose answer is wanted
+        self._trail_serial: str | None = None
+        self._widths: dict[str, int | None] = dict.fromkeys(RECORD_COLUMNS, None)  # the columns shown
 
     def compose(self) -> ComposeResult:
         yield Static(
-            _("QA DESK  ·  station {station}  ·  actions are recorded as {operator}").format(
-                station=self.info.station_id, operator=self.services.operator
+            Content(
+                _("QA DESK  ·  station {station}  ·  actions are recorded as {person}").format(
+                    station=self.info.station_id, person=self.services.operator
+                )
             ),
             id="qa-title",
         )
         search = Input(
             id="qa-search",
             max_length=256,
-            placeholder=_("serial, thing name or certificate id — Enter to search"),
+            placeholder=_("serial, thing name or certificate id; empty: recent units"),
         )
         search.border_title = _("Find a unit")
         yield search
@@ -201,77 +287,243 @@ class QaDeskScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#qa-records", DataTable).add_columns(*(_(c) for c in RECORD_COLUMNS))
+        self._widths = column_widths(self.size.width or self.app.size.width)
+        self._columns()
         self.query_one("#qa-trail", DataTable).add_columns(*(_(c) for c in TRAIL_COLUMNS))
+        self._title()
+        self.load_recent()
 
-    # ------------------------------------------------------------------------------------------ search
+    def _columns(self) -> None:
+        table = self.query_one("#qa-records", DataTable)
+        table.clear(columns=True)
+        for name, width in self._widths.items():
+            table.add_column(_(name), key=name, width=width)
+
+    def on_resize(self, event: events.Resize) -> None:
+        widths = column_widths(event.size.width)
+        if widths != self._widths:
+            self._widths = widths
+            rows = list(self.records.values())
+            self._columns()
+            self._add_rows(rows)
+
+    def _title(self) -> None:
+        table = self.query_one("#qa-records", DataTable)
+        if self.mode == "recent":
+            title = _("Recent units, newest first")
+        elif self.mode == "search":
+            title = _("Units found for {query}").format(query=repr(self.last_query))
+        else:
+            title = _("Records of {serial}").format(serial=self.last_query)
+        if self.filters.active:
+            title += " · " + _("filter: {summary}").format(summary=filter_summary(self.filters))
+        table.border_title = title
+        subtitle = _("Tab here, ↑↓ pick, Enter open") if self.mode != "unit" else ""
+        if self.mode == "recent" and self.next_cursor:
+            subtitle += " · " + _("↓ past the last: more")
+        table.border_subtitle = subtitle
+
+    # ------------------------------------------------------------------------------------------ lists
     @on(Input.Submitted, "#qa-search")
     def _search(self, event: Input.Submitted) -> None:
         query = event.value.strip()
-        if not query:
-            return
         self.last_query = query
+        event.input.select_all()  # the next scan or typing replaces the query instead of adding to it
+        if not query:
+            self.load_recent()
+            return
         self.search_in_thread(query)
 
-    @work(thread=True, group="qa-search", exclusive=True, exit_on_error=False)
-    def search_in_thread(self, query: str) -> None:
-        try:
-            records = self.services.find(query)
-            trail = self.services.events([r.serial for r in records] or [query])
-            states = {
-                serial: self.services.unit(serial) for serial in dict.fromkeys(r.serial for r in records)
-            }
-        except StationError as error:
-            self.post_message(QaActionFailed("search", error.title, error.message, error.next_action))
-            return
-        except Exception as error:
-            self.post_message(
-                QaActionFailed(
-                    "search",
-                    "Search failed",
-                    f"The ledger could not be read ({type(error).__name__}).",
-                    "Try again; if it fails again, call a technician.",
-                )
-            )
-            return
-        self.post_message(RecordsFound(query, records, trail, states))
+    def refresh_list(self) -> None:
+        """The list again as it was asked for (after an action, or new filters)."""
+        if self.last_query:
+            self.search_in_thread(self.last_query)
+        else:
+            self.load_recent()
 
-    def on_records_found(self, message: RecordsFound) -> None:
-        table = self.query_one("#qa-records", DataTable)
-        table.clear()
-        self.records = {}
-        self.states = message.states
-        for record in message.records:
-            self.records[record.attempt_id] = record
-            now = state_text(record, message.states.get(record.serial))
-            cells = (
-                _when(record.finished_at or record.started_at),
-                record.serial,
-                _outcome_label(record.outcome) + (f" · {now}" if now else ""),
-                record.thing_name,
-                (record.certificate_id[:12] + "…") if record.certificate_id else "",
-                record.target,
-                record.slot,
-                record.operator,
+    def _failed(self, action: str, error: Exception) -> None:
+        if isinstance(error, StationError):
+            self.post_message(QaActionFailed(action, error.title, error.message, error.next_action))
+            return
+        self.post_message(
+            QaActionFailed(
+                action,
+                _("Search failed"),
+                _("The ledger could not be read ({error}).").format(error=type(error).__name__),
+                _("Try again; if it fails again, call a technician."),
             )
-            table.add_row(*map(_cell, cells), key=record.attempt_id)
+        )
+
+    def load_recent(self, after: str | None = None) -> None:
+        """The recent list (its first page, or the page after `after`), read in a worker."""
+        if after is None:
+            self._generation += 1  # a new list: pages and answers of the one before are dropped
+        self._recent_worker(after, self.filters, self._generation)
+
+    def search_in_thread(self, query: str) -> None:
+        """The units `query` finds (or one unit's records), read in a worker."""
+        self._generation += 1
+        self._search_worker(query, self.filters, self._generation)
+
+    @work(thread=True, group="qa-search", exclusive=True, exit_on_error=False)
+    def _recent_worker(self, after: str | None, filters: UnitFilter, generation: int) -> None:
+        try:
+            page = self.services.recent(filters, after=after)
+        except Exception as error:
+            self._failed("search", error)
+            return
+        records = [row.record for row in page.rows if row.record is not None]
+        states = {row.unit.serial: row.unit for row in page.rows}
+        self.post_message(
+            ListLoaded(
+                "recent",
+                "",
+                records,
+                states,
+                next_cursor=page.next_cursor,
+                append=after is not None,
+                generation=generation,
+            )
+        )
+
+    @work(thread=True, group="qa-search", exclusive=True, exit_on_error=False)
+    def _search_worker(self, query: str, filters: UnitFilter, generation: int) -> None:
+        try:
+            rows = self.services.search(query, filters)
+            if len(rows) == 1:
+                serial = rows[0].unit.serial
+                records = self.services.unit_records(serial)
+                message = ListLoaded("unit", serial, records, {serial: rows[0].unit}, generation=generation)
+            else:
+                records = [row.record for row in rows if row.record is not None]
+                states = {row.unit.serial: row.unit for row in rows}
+                message = ListLoaded("search", query, records, states, generation=generation)
+        except Exception as error:
+            self._failed("search", error)
+            return
+        self.post_message(message)
+
+    def on_list_loaded(self, message: ListLoaded) -> None:
+        if message.generation != self._generation:
+            return  # the answer to a list asked for before the one now wanted
+        self._loading_more = False
+        table = self.query_one("#qa-records", DataTable)
+        if not message.append:
+            table.clear()
+            self.records = {}
+            self.states = {}
+        self.mode = message.mode
+        if message.mode == "unit":
+            self.last_query = message.query  # the unit's own serial (it was found in any case)
+        self.states.update(message.states)
+        self.next_cursor = message.next_cursor
+        self._add_rows(message.records)
+        self._title()
+        if not message.records and not message.append:
+            if message.mode == "recent":
+                text = (
+                    _("No unit matches the filter.")
+                    if self.filters.active
+                    else _("The ledger has no units yet.")
+                )
+                self.notify(text, title=_("No units"), severity="information")
+            else:
+                text = _("The ledger has no unit for {query}.").format(query=repr(message.query))
+                if self.filters.active:
+                    text += " " + _("(with the filter: {summary})").format(
+                        summary=filter_summary(self.filters)
+                    )
+                self.notify(text, title=_("Not found"), severity="warning")
+            self._show_trail(None, [])
+        self._show_detail()
+        self._trail_for_selected()
+
+    def _add_rows(self, records: list[Any]) -> None:
+        table = self.query_one("#qa-records", DataTable)
+        w = self._widths
+        narrow = w.get("When") is not None
+        for record in records:
+            if record.attempt_id in self.records and record.attempt_id in table.rows:
+                continue
+            self.records[record.attempt_id] = record
+            now = state_text(record, self.states.get(record.serial))
+            at = record.finished_at or record.started_at
+            when = _when(at)[5:16] if narrow else _when(at)  # narrow: "12-05 14:03"
+            outcome = _outcome_label(record.outcome)
+            if now:
+                outcome += f" {now.split()[0]}" if narrow else f" · {now}"
+            cert = record.certificate_id
+            cells = {
+                "When": when,
+                "Serial": record.serial,
+                "Outcome": outcome,
+                "Thing": record.thing_name,
+                "Certificate": f"{cert[:12]}…" if cert else "",
+                "Target": record.target,
+                "Slot": record.slot,
+                "Operator": record.operator,
+            }
+            table.add_row(*(_fit(cells[name], width) for name, width in w.items()), key=record.attempt_id)
+
+    @on(DataTable.RowHighlighted, "#qa-records")
+    def _highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._show_detail()
+        self._trail_for_selected()
+        table = event.data_table
+        if (
+            self.mode == "recent"
+            and self.next_cursor
+            and not self._loading_more
+            and event.cursor_row >= table.row_count - 1
+        ):
+            self._loading_more = True
+            self.load_recent(self.next_cursor)
+
+    @on(DataTable.RowSelected, "#qa-records")
+    def _open(self, event: DataTable.RowSelected) -> None:
+        """Enter on a unit in a list: its records (all of them) and its trail."""
+        record = self.selected()
+        if record is None or self.mode == "unit":
+            return
+        self.last_query = record.serial
+        self.query_one("#qa-search", Input).value = record.serial
+        self.search_in_thread(record.serial)
+
+    def _trail_for_selected(self) -> None:
+        record = self.selected()
+        serial = record.serial if record is not None else None
+        if serial is None or serial == self._trail_serial:
+            return
+        self._trail_serial = serial
+        self.trail_in_thread(serial)
+
+    @work(thread=True, group="qa-trail", exclusive=True, exit_on_error=False)
+    def trail_in_thread(self, serial: str) -> None:
+        try:
+            trail = self.services.events([serial])
+        except Exception as error:
+            self._failed("search", error)
+            return
+        self.post_message(TrailLoaded(serial, trail))
+
+    def on_trail_loaded(self, message: TrailLoaded) -> None:
+        record = self.selected()
+        if record is not None and record.serial == message.serial:
+            self._show_trail(message.serial, message.trail)
+
+    def _show_trail(self, serial: str | None, items: list[Any]) -> None:
+        self._trail_serial = serial
         trail = self.query_one("#qa-trail", DataTable)
         trail.clear()
-        for item in message.trail:
+        trail.border_title = (
+            _("Audit trail of {serial}").format(serial=serial) if serial else _("Audit trail")
+        )
+        for item in items:
             event = item.event
             text = f"{event.title}: {event.message}".strip(": ") if event.title else event.message
             trail.add_row(
                 *map(_cell, (item.seq, _when(event.at), event.kind, event.step, event.outcome, text))
             )
-        if not message.records:
-            self.notify(
-                f"The ledger has no record for {message.query!r}.", title="Not found", severity="warning"
-            )
-        self._show_detail()
-
-    @on(DataTable.RowHighlighted, "#qa-records")
-    def _highlighted(self) -> None:
-        self._show_detail()
 
     def _show_detail(self) -> None:
         record = self.selected()
@@ -279,19 +531,28 @@ class QaDeskScreen(Screen[None]):
         if record is None:
             label.update(Content(""))
             return
-        cert = record.certificate_id or "no certificate"
+        cert = record.certificate_id or _("no certificate")
         state = self.states.get(record.serial)
         now = state_text(record, state)
         unit = ""
         if state is not None:
-            unit = f"\nunit now: {STATE_MARK.get(state.state, '·')} {state.label()}"
+            unit = "\n" + _("unit now: {state}").format(
+                state=f"{STATE_MARK.get(state.state, '·')} {state.label()}"
+            )
             if state.note:
                 unit += f" ({state.note})"
         label.update(
             Content(
                 f"{_outcome_label(record.outcome)}{f' · {now}' if now else ''}  {record.serial}  "
                 f"{record.title}: {record.message}\n"
-                f"certificate {cert}  ·  thing {record.thing_name or '-'}  ·  target {record.target}{unit}"
+                # The certificate id last: at 80 columns it is the part cut (with an ellipsis).
+                + _("thing {thing}  ·  target {target}  ·  station {station}  ·  certificate {cert}").format(
+                    cert=cert,
+                    thing=record.thing_name or "-",
+                    target=record.target,
+                    station=record.station_id or "-",
+                )
+                + unit
             )
         )
 
@@ -309,12 +570,33 @@ class QaDeskScreen(Screen[None]):
         record = self.selected()
         if record is None:
             self.notify(
-                "Search for a unit and pick one of its records first.", title="No record", severity="warning"
+                _("Search for a unit and pick one of its records first."),
+                title=_("No record"),
+                severity="warning",
             )
         return record
 
+    def action_filter(self) -> None:
+        def chosen(choice: object) -> None:
+            if isinstance(choice, UnitFilter):
+                self.filters = choice
+                self._title()
+                self.refresh_list()
+
+        targets = [
+            (name, f"{name} ({account}/{region})")
+            for name, (account, region) in self.services.target_places().items()
+        ]
+        self.app.push_screen(FilterScreen(self.filters, targets), chosen)
+
     # ------------------------------------------------------------------------------------------ actions
     def action_close(self) -> None:
+        """Esc: from a search or a unit's records back to the recent list; from there back to the line."""
+        if self.last_query:
+            self.last_query = ""
+            self.query_one("#qa-search", Input).value = ""
+            self.load_recent()
+            return
         self.dismiss(None)
 
     def action_audit(self) -> None:
@@ -326,8 +608,8 @@ class QaDeskScreen(Screen[None]):
             return
         if not record.certificate_id:
             self.notify(
-                f"The record of {record.serial} has no certificate.",
-                title="Nothing to revoke",
+                _("The record of {serial} has no certificate.").format(serial=record.serial),
+                title=_("Nothing to revoke"),
                 severity="warning",
             )
             return
@@ -385,6 +667,8 @@ class QaDeskScreen(Screen[None]):
         def chosen(choice: object) -> None:
             if isinstance(choice, ExportChoice):
                 self._start("export", lambda: self.services.export(choice.fmt, choice.path))
+            else:  # said, so a Cancel pressed by mistake is not taken for an export
+                self.notify(_("Nothing was exported."), title=_("Export cancelled"), timeout=3)
 
         self.app.push_screen(ExportScreen(id="export-screen"), chosen)
 
@@ -429,7 +713,11 @@ class QaDeskScreen(Screen[None]):
     def _claim(self, action: str) -> bool:
         """One action at a time: False (and a word to the person) while another is planned or running."""
         if self.busy_action is not None:
-            self.notify(f"Wait for {self.busy_action} to finish.", title="Busy", severity="warning")
+            self.notify(
+                _("Wait for {action} to finish.").format(action=_label(self.busy_action)),
+                title=_("Busy"),
+                severity="warning",
+            )
             return False
         self.busy_action = action
         return True
@@ -439,7 +727,7 @@ class QaDeskScreen(Screen[None]):
             self._run(action, call)
 
     def _run(self, action: str, call: Callable[[], ActionResult]) -> None:
-        self.notify(f"{_label(action)} in progress…", title="QA desk", timeout=3)
+        self.notify(_("{action} in progress…").format(action=_label(action)), title=_("QA desk"), timeout=3)
         self.act_in_thread(action, call)
 
     def _plan(
@@ -455,7 +743,11 @@ class QaDeskScreen(Screen[None]):
                     self._run(action, lambda: act(prepared))
                 else:
                     self.busy_action = None
-                    self.notify("Nothing was changed.", title=f"{_label(action)} cancelled", timeout=3)
+                    self.notify(
+                        _("Nothing was changed."),
+                        title=_("{action} cancelled").format(action=_label(action)),
+                        timeout=3,
+                    )
 
             self.app.push_screen(
                 ConfirmScreen(prepared.title, prepared.body, prepared.confirm_label), confirmed
@@ -476,9 +768,9 @@ class QaDeskScreen(Screen[None]):
             self.post_message(
                 QaActionFailed(
                     action,
-                    f"{_label(action)} failed",
-                    f"Unexpected {type(error).__name__} while planning.",
-                    "Call a technician; the details are in the station log.",
+                    _("{action} failed").format(action=_label(action)),
+                    _("Unexpected {error} while planning.").format(error=type(error).__name__),
+                    _("Call a technician; the details are in the station log."),
                 )
             )
             return
@@ -498,9 +790,9 @@ class QaDeskScreen(Screen[None]):
             self.post_message(
                 QaActionFailed(
                     action,
-                    f"{_label(action)} failed",
-                    f"Unexpected {type(error).__name__}.",
-                    "Call a technician; the details are in the station log.",
+                    _("{action} failed").format(action=_label(action)),
+                    _("Unexpected {error}.").format(error=type(error).__name__),
+                    _("Call a technician; the details are in the station log."),
                 )
             )
             return
@@ -511,11 +803,12 @@ class QaDeskScreen(Screen[None]):
         if message.action == "import":
             self._import_again = None
         self.notify(message.result.message, title=message.result.title)
-        if self.last_query:
-            self.search_in_thread(self.last_query)  # show the action in the audit trail
+        self._trail_serial = None  # the action is in the unit's trail now
+        self.refresh_list()
 
     def on_qa_action_failed(self, message: QaActionFailed) -> None:
-        if message.action != "search":
+        self._loading_more = False
+        if message.action == self.busy_action:
             self.busy_action = None
         self.notify(
             f"{message.message} {message.next_action}", title=message.title, severity="error", timeout=10
@@ -524,5 +817,41 @@ class QaDeskScreen(Screen[None]):
             # What was typed is kept: the dialog opens again with it, to fix what the message names.
             again, self._import_again = self._import_again, None
             self.call_after_refresh(self.action_import_certificate, again)
-        if message.action != "search" and self.last_query:
-            self.search_in_thread(self.last_query)
+        if message.action not in ("search", "label"):
+            self._trail_serial = None
+            self.refresh_list()
+
+    # ------------------------------------------------------------------------------------------ labels
+    def action_label(self) -> None:
+        """The unit's label drawn in the terminal; Reprint there sends it to the printer (recorded)."""
+        record = self._need_record()
+        if record is not None:
+            self.label_in_thread(record)
+
+    @work(thread=True, group="qa-label", exclusive=True, exit_on_error=False)
+    def label_in_thread(self, record: Any) -> None:
+        try:
+            preview = self.services.label_preview(record)
+        except StationError as error:
+            self.post_message(QaActionFailed("label", error.title, error.message, error.next_action))
+            return
+        except Exception as error:
+            self.post_message(
+                QaActionFailed(
+                    "label",
+                    _("No label"),
+                    _("The label could not be drawn ({error}).").format(error=type(error).__name__),
+                    _("Call a technician; the details are in the station log."),
+                )
+            )
+            return
+        self.post_message(LabelReady(record, preview))
+
+    def on_label_ready(self, message: LabelReady) -> None:
+        record = message.record
+
+        def chosen(reprint: object) -> None:
+            if reprint is True:
+                self._start("reprint", lambda: self.services.reprint(record))
+
+        self.app.push_screen(LabelScreen(record.serial, message.preview, self.services.printer()), chosen)

@@ -1,27 +1,36 @@
-"""The QA desk's dialogs: confirm, transfer, import a certificate, export, re-verify, re-provision.
+"""The QA desk's dialogs: confirm, transfer, import a certificate, export, re-verify, re-provision, the
+list's filter and a unit's label.
 
 Each is a modal that only collects what the person chose and dismisses with it (or None on Esc/Cancel);
-the desk does the work in a thread worker. Confirmation dialogs start with the focus on Cancel, so an
-Enter pressed by habit does nothing destructive.
+the desk does the work in a thread worker. A dialog opens with the focus on its primary button when what it
+needs has a default (export's file, the unit's own slot, the only other target); otherwise on the first
+field to fill. The one confirmation of a destructive action (ConfirmScreen) opens on Cancel, its primary
+button, so an Enter pressed by habit does nothing destructive. Choosing a destination or a slot only plans:
+the action itself is asked once, with its plan.
 
 They must not call the core.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import ClassVar
 
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.content import Content
 from textual.screen import ModalScreen
-from textual.widgets import Button, Checkbox, Input, Label, Select
+from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
 from station.i18n import N_, _
+from station.model import Outcome
 from station.tui.bindings import translate_bindings
+from station.units import UnitFilter, UnitStateName
 
 
 class _Dialog(ModalScreen[object]):
@@ -85,7 +94,9 @@ class TransferChoice:
 
 
 class TransferScreen(_Dialog):
-    AUTO_FOCUS = "#destination"
+    """Where to transfer the unit, and whether to revoke it at the source afterwards (off, as in `station
+    transfer`, which keeps the source unless --revoke-source). Its button only plans: the transfer is asked
+    once, with the plan."""
 
     def __init__(self, serial: str, source: str, targets: list[str]) -> None:
         super().__init__(id="transfer-screen")
@@ -94,19 +105,37 @@ class TransferScreen(_Dialog):
         self._targets = [t for t in targets if t != source]
 
     def compose(self) -> ComposeResult:
+        only = self._targets[0] if len(self._targets) == 1 else Select.NULL
         with Vertical(classes="dialog"):
-            yield Label(Content(f"Transfer {self._serial} from {self._source}"), classes="dialog-title")
-            yield Select([(t, t) for t in self._targets], id="destination", prompt="destination target")
-            yield Checkbox(Content(f"Revoke it in {self._source} afterwards"), value=True, id="revoke-source")
+            yield Label(
+                Content(
+                    _("Transfer {serial} from {source}").format(serial=self._serial, source=self._source)
+                ),
+                classes="dialog-title",
+            )
+            yield Select(
+                [(t, t) for t in self._targets], id="destination", prompt=_("destination target"), value=only
+            )
+            yield Checkbox(
+                Content(_("Revoke it in {source} afterwards").format(source=self._source)),
+                value=False,
+                id="revoke-source",
+            )
             with Horizontal(classes="buttons"):
-                yield Button(_("Transfer"), id="ok", variant="warning")
+                yield Button(_("Plan…"), id="ok", variant="primary")
                 yield Button(_("Cancel"), id="cancel")
+
+    def on_mount(self) -> None:
+        chosen = isinstance(self.query_one("#destination", Select).value, str)
+        self.query_one("#ok" if chosen else "#destination").focus()
 
     @on(Button.Pressed, "#ok")
     def _ok(self) -> None:
         destination = self.query_one("#destination", Select).value
         if not isinstance(destination, str):
-            self.app.notify("Choose the destination target.", title="No destination", severity="warning")
+            self.app.notify(
+                _("Choose the destination target."), title=_("No destination"), severity="warning"
+            )
             return
         self.dismiss(TransferChoice(destination, self.query_one("#revoke-source", Checkbox).value))
 
@@ -226,19 +255,39 @@ class ExportChoice:
     path: str
 
 
+def default_export_path(fmt: str, now: float | None = None) -> str:
+    """A file name in the current folder that names the moment: records-20261205-1430.csv."""
+    stamp = time.strftime("%Y%m%d-%H%M", time.localtime(time.time() if now is None else now))
+    return f"records-{stamp}.{fmt}"
+
+
 class ExportScreen(_Dialog):
-    AUTO_FOCUS = "#export-path"
+    """Export every record; the file name is filled in (and follows the format), the focus is on Export."""
+
+    AUTO_FOCUS = "#ok"
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label("Export every record", classes="dialog-title")
+            yield Label(_("Export every record"), classes="dialog-title")
             yield Select(
                 [("CSV", "csv"), ("JSON", "json")], id="export-format", value="csv", allow_blank=False
             )
-            yield Input(id="export-path", max_length=4096, placeholder="file to write, e.g. records.csv")
+            yield Input(
+                default_export_path("csv"),
+                id="export-path",
+                max_length=4096,
+                placeholder=_("file to write, e.g. records.csv"),
+            )
             with Horizontal(classes="buttons"):
                 yield Button(_("Export"), id="ok", variant="primary")
                 yield Button(_("Cancel"), id="cancel")
+
+    @on(Select.Changed, "#export-format")
+    def _format(self, event: Select.Changed) -> None:
+        field = self.query_one("#export-path", Input)
+        path = Path(field.value)
+        if isinstance(event.value, str) and path.suffix.lower() in (".csv", ".json"):
+            field.value = str(path.with_suffix(f".{event.value}"))
 
     @on(Input.Submitted, "#export-path")
     @on(Button.Pressed, "#ok")
@@ -256,8 +305,6 @@ class ReverifyChoice:
 
 class ReverifyScreen(_Dialog):
     """Re-verify on a slot (the unit's own slot preselected), or from the station with the unit's key file."""
-
-    AUTO_FOCUS = "#reverify-slot"
 
     def __init__(self, serial: str, slots: list[str], preselect: str | None = None) -> None:
         super().__init__(id="reverify-screen")
@@ -298,6 +345,9 @@ class ReverifyScreen(_Dialog):
                 yield Button(_("Re-verify"), id="ok", variant="primary")
                 yield Button(_("Cancel"), id="cancel")
 
+    def on_mount(self) -> None:
+        self.query_one("#reverify-slot" if self._preselect is None else "#ok").focus()
+
     @on(Button.Pressed, "#ok")
     def _ok(self) -> None:
         slot = self.query_one("#reverify-slot", Select).value
@@ -317,8 +367,6 @@ class ReverifyScreen(_Dialog):
 class ReprovisionScreen(_Dialog):
     """Which slot the unit is in for a re-provision (then the plan is confirmed)."""
 
-    AUTO_FOCUS = "#reprovision-slot"
-
     def __init__(self, serial: str, slots: list[str], preselect: str | None = None) -> None:
         super().__init__(id="reprovision-screen")
         self._serial = serial
@@ -337,8 +385,11 @@ class ReprovisionScreen(_Dialog):
                 value=self._preselect if self._preselect is not None else Select.NULL,
             )
             with Horizontal(classes="buttons"):
-                yield Button(_("Plan"), id="ok", variant="warning")
+                yield Button(_("Plan…"), id="ok", variant="primary")
                 yield Button(_("Cancel"), id="cancel")
+
+    def on_mount(self) -> None:
+        self.query_one("#reprovision-slot" if self._preselect is None else "#ok").focus()
 
     @on(Button.Pressed, "#ok")
     def _ok(self) -> None:
@@ -347,3 +398,169 @@ class ReprovisionScreen(_Dialog):
             self.app.notify("Choose the slot the unit is in.", title="No slot", severity="warning")
             return
         self.dismiss(slot)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The list's filter
+
+
+def parse_day(text: str, *, end: bool = False) -> float | None:
+    """A date (2026-12-05) or date and time (2026-12-05 14:00) in the desk's local time, as epoch seconds;
+    None for an empty field; ValueError otherwise. With `end`, a bare date means the end of that day (the
+    desk's "until 2026-12-05" includes the 5th)."""
+    text = text.strip()
+    if not text:
+        return None
+    moment = datetime.fromisoformat(text.replace("T", " "))
+    if end and len(text) <= 10:
+        moment += timedelta(days=1)
+    return moment.timestamp()
+
+
+def _day(epoch: float | None, *, end: bool = False) -> str:
+    if epoch is None:
+        return ""
+    moment = datetime.fromtimestamp(epoch)
+    if end and (moment.hour, moment.minute, moment.second) == (0, 0, 0):
+        return (moment - timedelta(days=1)).strftime("%Y-%m-%d")
+    return moment.strftime("%Y-%m-%d" if (moment.hour, moment.minute) == (0, 0) else "%Y-%m-%d %H:%M")
+
+
+def filter_summary(filters: UnitFilter) -> str:
+    """The active filter in a few words: "state revoked, station line1-s2, from 2026-12-01"."""
+    parts = []
+    if filters.state is not None:
+        parts.append(_("state {state}").format(state=filters.state))
+    if filters.outcome is not None:
+        parts.append(_("outcome {outcome}").format(outcome=filters.outcome))
+    if filters.target is not None:
+        parts.append(_("target {target}").format(target=filters.target))
+    if filters.station is not None:
+        parts.append(_("station {station}").format(station=filters.station))
+    if filters.since is not None:
+        parts.append(_("from {day}").format(day=_day(filters.since)))
+    if filters.until is not None:
+        parts.append(_("until {day}").format(day=_day(filters.until, end=True)))
+    return ", ".join(parts)
+
+
+class FilterScreen(_Dialog):
+    """Narrow the desk's list (and its searches) by state, outcome, target, station and dates, as
+    `station units --state --outcome --target --station --since --until` do. Apply has the focus."""
+
+    AUTO_FOCUS = "#ok"
+
+    def __init__(self, current: UnitFilter, targets: list[tuple[str, str]]) -> None:
+        super().__init__(id="filter-screen")
+        self._current = current
+        self._targets = targets  # (name, "name (account/region)")
+
+    def compose(self) -> ComposeResult:
+        now = self._current
+        names = [name for name, _shown in self._targets]
+        with Vertical(classes="dialog"):
+            yield Label(_("Show only units…"), classes="dialog-title")
+            yield Select(
+                [(s.value, s.value) for s in UnitStateName],
+                id="filter-state",
+                prompt=_("any state"),
+                value=now.state or Select.NULL,
+            )
+            yield Select(
+                [(o.value, o.value) for o in Outcome],
+                id="filter-outcome",
+                prompt=_("any outcome"),
+                value=now.outcome or Select.NULL,
+            )
+            yield Select(
+                [(shown, name) for name, shown in self._targets],
+                id="filter-target",
+                prompt=_("any target"),
+                value=now.target if now.target in names else Select.NULL,
+            )
+            yield Input(
+                now.station or "",
+                id="filter-station",
+                max_length=64,
+                placeholder=_("station id (any station when empty)"),
+            )
+            with Horizontal(classes="dates"):
+                yield Input(
+                    _day(now.since), id="filter-since", max_length=16, placeholder=_("from YYYY-MM-DD")
+                )
+                yield Input(
+                    _day(now.until, end=True),
+                    id="filter-until",
+                    max_length=16,
+                    placeholder=_("until YYYY-MM-DD"),
+                )
+            with Horizontal(classes="buttons"):
+                yield Button(_("Apply"), id="ok", variant="primary")
+                yield Button(_("Clear"), id="clear")
+                yield Button(_("Cancel"), id="cancel")
+
+    @on(Button.Pressed, "#clear")
+    def _clear(self) -> None:
+        self.dismiss(UnitFilter())
+
+    @on(Input.Submitted)
+    @on(Button.Pressed, "#ok")
+    def _ok(self) -> None:
+        def chosen(selector: str) -> str | None:
+            value = self.query_one(selector, Select).value
+            return value if isinstance(value, str) else None
+
+        try:
+            since = parse_day(self.query_one("#filter-since", Input).value)
+            until = parse_day(self.query_one("#filter-until", Input).value, end=True)
+        except ValueError:
+            self.app.notify(
+                _("Type dates as 2026-12-05 or 2026-12-05 14:00."), title=_("Not a date"), severity="warning"
+            )
+            return
+        station = self.query_one("#filter-station", Input).value.strip()
+        self.dismiss(
+            UnitFilter(
+                state=chosen("#filter-state"),
+                outcome=chosen("#filter-outcome"),
+                target=chosen("#filter-target"),
+                station=station or None,
+                since=since,
+                until=until,
+            )
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A unit's label
+
+
+class LabelScreen(_Dialog):
+    """The unit's label as the printer prints it (text and QR code); Reprint (the focus) sends it again to
+    the station's printer; without a printer it only shows the label."""
+
+    def __init__(self, serial: str, preview: str, printer: str | None) -> None:
+        super().__init__(id="label-screen")
+        self._serial = serial
+        self._preview = preview
+        self._printer = printer
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog", id="label-dialog"):
+            yield Label(Content(_("Label of {serial}").format(serial=self._serial)), classes="dialog-title")
+            with VerticalScroll(id="label-scroll"):
+                yield Static(Content(self._preview), id="label-preview")
+            if self._printer:
+                yield Label(Content(_("Printer: {printer}").format(printer=self._printer)))
+            else:
+                yield Label(_("No label printer is configured ([station.labels] in station.toml)."))
+            with Horizontal(classes="buttons"):
+                yield Button(_("Reprint"), id="ok", variant="primary", disabled=not self._printer)
+                yield Button(_("Close"), id="cancel")
+
+    def on_mount(self) -> None:
+        self.query_one("#ok" if self._printer else "#cancel").focus()
+
+    @on(Button.Pressed, "#ok")
+    def _ok(self) -> None:
+        self.dismiss(True)

@@ -6,6 +6,8 @@ and each lock recorded in the ledger — so closing the prompt and pressing F3 a
 The check runs on a worker thread (scrypt and the ledger are not for the UI thread). A wrong PIN is refused
 on the spot (a notification, the field cleared, focus kept); a locked PIN closes the prompt.
 
+With a PIN per person, `who` is then whose PIN it was ("" for the station's shared PIN).
+
 It must not log or show the PIN, and must not open the desk itself: it only answers True or False.
 """
 
@@ -28,7 +30,7 @@ LOCKED_TITLE = N_("QA PIN locked")  # station.qapin's title for a locked PIN (tr
 
 
 class PinChecker(Protocol):
-    def check(self, pin: str) -> None: ...
+    def check(self, pin: str) -> str: ...
 
 
 class PinScreen(ModalScreen[bool]):
@@ -41,6 +43,7 @@ class PinScreen(ModalScreen[bool]):
         super().__init__(id="pin-screen")
         translate_bindings(self)
         self._guard = guard
+        self.who = ""  # whose PIN opened the desk (a person's name; "" for the shared PIN)
 
     def compose(self) -> ComposeResult:
         with Vertical(id="pin-dialog", classes="dialog"):
@@ -58,7 +61,7 @@ class PinScreen(ModalScreen[bool]):
     @work(thread=True, group="pin", exclusive=True, exit_on_error=False)
     def check_in_thread(self, given: str) -> None:
         try:
-            self._guard.check(given)
+            who = self._guard.check(given)
         except InputError as error:
             self.app.call_from_thread(self._refused, error)
             return
@@ -70,7 +73,11 @@ class PinScreen(ModalScreen[bool]):
             )
             self.app.call_from_thread(self._refused, unchecked)
             return
-        self.app.call_from_thread(self.dismiss, True)
+        self.app.call_from_thread(self._opened, who)
+
+    def _opened(self, who: str) -> None:
+        self.who = who
+        self.dismiss(True)
 
     def _refused(self, error: InputError) -> None:
         self.app.notify(f"{error.message} {error.next_action}", title=error.title, severity="error")
