@@ -198,6 +198,11 @@ class DynamoLedger(Ledger):
         self._lock = threading.RLock()
         self._appends_since_anchor = 0
         self._claims: set[tuple[str, str]] = set()  # (serial, attempt id) this handle claimed
+        # What this handle last wrote or read of its station's head and of its open journal entries: used as
+        # the expected old value of the next conditional write instead of reading it first (the condition
+        # refuses a stale one; then the handle reads and tries again). Guarded by `_lock`.
+        self._known_head: tuple[int, str] | None = None
+        self._known_journal: dict[int, dict[str, Any]] = {}
         errors = self._errors()
         try:
             self._ensure_table(create)
@@ -319,9 +324,9 @@ class DynamoLedger(Ledger):
         item = self._client.get_item(TableName=self.table, Key=self._head_key, ConsistentRead=True).get(
             "Item"
         )
-        if item is None:
-            return 0, GENESIS_HASH
-        return int(item["seq"]["N"]), item["hash"]["S"]
+        head = (0, GENESIS_HASH) if item is None else (int(item["seq"]["N"]), item["hash"]["S"])
+        self._known_head = head
+        return head
 
     def _append(
         self,
@@ -341,7 +346,9 @@ class DynamoLedger(Ledger):
                 build = extra_items
                 if prepare is not None:
                     bodies, build = prepare()
-                old_seq, prev = self._head()
+                # The head this handle last wrote, if any: the transaction's condition on it refuses a stale
+                # one (another handle of this station appended), and the retry reads it.
+                old_seq, prev = self._known_head or self._head()
                 seq = old_seq
                 event_puts = []
                 for body in bodies:
@@ -391,6 +398,7 @@ class DynamoLedger(Ledger):
                 try:
                     self._transact(items, len(extra) if checked is None else checked)
                 except (_Conflict, ValueError) as refused:
+                    self._known_journal.clear()  # which condition refused is not said: read everything again
                     # An answer lost under load makes botocore send the transaction again; if the first try
                     # committed, the retry is refused by its own conditions. The head then holds exactly the
                     # hash this transaction computed (it covers the bodies): that write is ours, and done.
@@ -398,6 +406,10 @@ class DynamoLedger(Ledger):
                         if isinstance(refused, _Conflict):
                             continue
                         raise
+                except BaseException:
+                    self._known_head = None  # the write may or may not have happened: read the head next time
+                    raise
+                self._known_head = (seq, prev)
                 self._wrote = True  # close() signs a checkpoint of what this handle wrote
                 self._appends_since_anchor = 0 if not old_seq else self._appends_since_anchor + 1
                 if self._appends_since_anchor >= ANCHOR_EVERY:
@@ -1184,7 +1196,9 @@ class DynamoLedger(Ledger):
             entry = JournalEntry(id=journal_id, **columns, opened_at=now, updated_at=now, extra=extra)
             body = encode_journal_event(entry, "open")[1]
             put = {"TableName": self.table, "Item": item, "ConditionExpression": "attribute_not_exists(pk)"}
-            self._append(body, lambda seq: [put], checked=1)
+            with self._lock:
+                self._append(body, lambda seq: [put], checked=1)
+                self._known_journal[journal_id] = item
             return journal_id
 
         return self._call(work)
@@ -1192,12 +1206,12 @@ class DynamoLedger(Ledger):
     def journal_update(self, journal_id: int, **fields: Any) -> None:
         columns, extra = journal_columns(fields)
         key = _key(self._journal_pk, seq_key(int(journal_id)))
-        client = self._client
+        written: list[dict[str, Any]] = []
 
         def prepare() -> tuple[list[str], Callable[[int], list[dict[str, Any]]]]:
-            # Read-modify-write of `extra`, guarded by its old value so two updaters cannot lose each other's
-            # keys; a lost guard is a conflict, and the next try reads again.
-            item = client.get_item(TableName=self.table, Key=key, ConsistentRead=True).get("Item")
+            # Read-modify-write of the entry, guarded by its old `updated_at` and `extra` so two updaters
+            # cannot lose each other's changes; a lost guard is a conflict, and the next try reads again.
+            item = self._journal_item(journal_id, key)
             if item is None or "closed_at" in item:
                 raise KeyError(f"no open journal entry {journal_id}")
             old_extra = item["extra"]["S"]
@@ -1209,7 +1223,12 @@ class DynamoLedger(Ledger):
             names.update({"#pk": "pk", "#closed": "closed_at", "#upd": "updated_at", "#extra": "extra"})
             values: dict[str, Any] = {f":c{i}": _attr(v) for i, v in enumerate(columns.values())}
             values.update(
-                {":now": {"N": repr(now)}, ":extra": {"S": canonical_json(merged)}, ":old": {"S": old_extra}}
+                {
+                    ":now": {"N": repr(now)},
+                    ":extra": {"S": canonical_json(merged)},
+                    ":old": {"S": old_extra},
+                    ":old_upd": item["updated_at"],
+                }
             )
             sets = [f"#c{i} = :c{i}" for i in range(len(columns))] + ["#upd = :now", "#extra = :extra"]
             update = {
@@ -1217,22 +1236,45 @@ class DynamoLedger(Ledger):
                     "TableName": self.table,
                     "Key": key,
                     "UpdateExpression": "SET " + ", ".join(sets),
-                    "ConditionExpression": "attribute_exists(#pk) AND attribute_not_exists(#closed) AND #extra = :old",
+                    "ConditionExpression": "attribute_exists(#pk) AND attribute_not_exists(#closed) "
+                    "AND #extra = :old AND #upd = :old_upd",
                     "ExpressionAttributeNames": names,
                     "ExpressionAttributeValues": values,
                 }
             }
+            written[:] = [
+                {
+                    **item,
+                    **{name: _attr(value) for name, value in columns.items()},
+                    "updated_at": values[":now"],
+                    "extra": values[":extra"],
+                }
+            ]
             return [encode_journal_event(entry, "update")[1]], lambda seq: [update]
 
-        self._call(lambda: self._append([], prepare=prepare, checked=0))
+        def work() -> None:
+            with self._lock:
+                self._append([], prepare=prepare, checked=0)
+                self._known_journal[int(journal_id)] = written[0]
+
+        self._call(work)
+
+    def _journal_item(self, journal_id: int, key: dict[str, Any]) -> dict[str, Any] | None:
+        """The journal entry's item as this handle last wrote it, else as DynamoDB holds it now."""
+        known = self._known_journal.get(int(journal_id))
+        if known is not None:
+            return known
+        item: dict[str, Any] | None = self._client.get_item(
+            TableName=self.table, Key=key, ConsistentRead=True
+        ).get("Item")
+        return item
 
     def journal_close(self, journal_id: int, outcome: str | None = None) -> None:
         key = _key(self._journal_pk, seq_key(int(journal_id)))
-        client = self._client
         closed: list[bool] = []
 
         def prepare() -> tuple[list[str], Callable[[int], list[dict[str, Any]]]]:
-            item = client.get_item(TableName=self.table, Key=key, ConsistentRead=True).get("Item")
+            item = self._journal_item(journal_id, key)
             if item is None:
                 raise KeyError(f"no journal entry {journal_id}")
             if "closed_at" in item:
@@ -1250,7 +1292,9 @@ class DynamoLedger(Ledger):
                     "TableName": self.table,
                     "Key": key,
                     "UpdateExpression": "SET #closed = :now, #upd = :now, #out = :outcome",
-                    "ConditionExpression": "attribute_exists(#pk) AND attribute_not_exists(#closed)",
+                    # The entry as read (or last written here): a stale copy is refused and read again.
+                    "ConditionExpression": "attribute_exists(#pk) AND attribute_not_exists(#closed) "
+                    "AND #upd = :old_upd",
                     "ExpressionAttributeNames": {
                         "#pk": "pk",
                         "#closed": "closed_at",
@@ -1260,13 +1304,21 @@ class DynamoLedger(Ledger):
                     "ExpressionAttributeValues": {
                         ":now": {"N": repr(now)},
                         ":outcome": {"NULL": True} if outcome is None else {"S": str(outcome)},
+                        ":old_upd": item["updated_at"],
                     },
                 }
             }
             return [encode_journal_event(entry, "close")[1]], lambda seq: [update]
 
+        def work() -> None:
+            with self._lock:
+                try:
+                    self._append([], prepare=prepare, checked=0)
+                finally:
+                    self._known_journal.pop(int(journal_id), None)  # closed (or unknown): never cached again
+
         with contextlib.suppress(_AlreadyClosed):  # closing twice is harmless
-            self._call(lambda: self._append([], prepare=prepare, checked=0))
+            self._call(work)
 
     def journal_pending(self) -> list[JournalEntry]:
         def work() -> list[JournalEntry]:
