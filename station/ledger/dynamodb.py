@@ -49,8 +49,9 @@ anchor had its entry deleted), each seal against its record (a seal newer than t
 record, so a busy factory gives no false alarm), records no chain seals (whole factory only), the units those
 records touch against a replay of all their records from every station in seal order, and the station's
 journal. The signed anchor log (`anchor.py`, both environment variables set) checkpoints this station's chain.
-Unlike the SQLite audit it holds the records in memory (fine for a factory's table, not for millions of rows)
-and keeps no unit-table digest, so `since_checkpoint` re-checks everything. The factory anchor lives in the
+A chain is streamed a page at a time (`CHAIN_PAGE` events) through the verifier, never held whole; unlike the
+SQLite audit it holds the records and the journal in memory (fine for a factory's table, not for millions of
+rows) and keeps no unit-table digest, so `since_checkpoint` re-checks everything. The factory anchor lives in the
 same table: it catches a rewrite of one station's chain by someone who does not also rewrite the anchor; the
 signed checkpoints outside the table are what stops someone who does.
 
@@ -62,6 +63,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import re
@@ -140,6 +142,8 @@ DYNAMO_SCHEMA_VERSION = 3
 DEFAULT_STATION = "default"  # the chain of a ledger opened without a station id
 STATION_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 MAX_APPEND_TRIES = 50
+# The audit reads a chain this many events a Query page (DynamoDB also stops a page at 1 MB).
+CHAIN_PAGE = 500
 AUDIT_TRIES = 5
 # The factory anchor gets a station's head with its first append (in that transaction), then after every
 # ANCHOR_EVERY appends, at `checkpoint()` and at `close()` of a handle that wrote.
@@ -176,6 +180,8 @@ class _AlreadyClosed(Exception):
 class DynamoLedger(Ledger):
     """The ledger in one DynamoDB table."""
 
+    chain_page = CHAIN_PAGE  # events per Query page when the audit streams a chain
+
     def __init__(
         self,
         table: str,
@@ -197,7 +203,6 @@ class DynamoLedger(Ledger):
         self.anchor = anchor if anchor is not None else Anchor.for_location(f"dynamodb://{table}")
         self._lock = threading.RLock()
         self._appends_since_anchor = 0
-        self._claims: set[tuple[str, str]] = set()  # (serial, attempt id) this handle claimed
         # What this handle last wrote or read of its station's head and of its open journal entries: used as
         # the expected old value of the next conditional write instead of reading it first (the condition
         # refuses a stale one; then the handle reads and tries again). Guarded by `_lock`.
@@ -583,8 +588,9 @@ class DynamoLedger(Ledger):
             self._call(lambda: self._append([], checked=1, prepare=prepare))
         except ValueError as exc:
             raise ValueError(f"attempt {rec.attempt_id} is already recorded") from exc
-        if (rec.serial, rec.attempt_id) in self._claims:
-            self.release_unit(rec.serial, rec.attempt_id)  # recorded: the unit's item says the rest
+        # Recorded: the unit's item says the rest. Also when another handle claimed it (reconcile recording a
+        # killed station's attempt): the delete is conditional on this attempt id, so it frees that claim only.
+        self.release_unit(rec.serial, rec.attempt_id)
         self._wrote_record()
         return digest
 
@@ -669,28 +675,43 @@ class DynamoLedger(Ledger):
 
         return self._call(work)
 
-    def _station_snapshot(
-        self, station_id: str
-    ) -> tuple[tuple[int, str] | None, list[ChainRow], list[JournalEntry]]:
-        """One station's head, chain rows and journal, read until the head did not move meanwhile."""
-        head_key = _key(station_pk(HEAD, station_id), "-")
-        for _ in range(AUDIT_TRIES):
-            head_item = self._client.get_item(TableName=self.table, Key=head_key, ConsistentRead=True).get(
-                "Item"
+    def _read_head(self, station_id: str) -> tuple[int, str] | None:
+        item = self._client.get_item(
+            TableName=self.table, Key=_key(station_pk(HEAD, station_id), "-"), ConsistentRead=True
+        ).get("Item")
+        return None if item is None else (_int(item.get("seq")), _str(item.get("hash")))
+
+    def _chain_rows(self, station_id: str, head_seq: int) -> Iterator[ChainRow]:
+        """One station's chain up to `head_seq`, one Query page at a time (never the whole chain in memory);
+        events appended after the head was read are not part of this audit."""
+        for item in self._query(
+            station_pk(CHAIN, station_id),
+            key_condition="pk = :pk AND sk BETWEEN :lo AND :hi",
+            values={":lo": {"S": seq_key(0)}, ":hi": {"S": seq_key(max(head_seq, 0))}},
+            Limit=self.chain_page,
+        ):
+            yield ChainRow(
+                _int(item.get("seq")), _str(item.get("prev_hash")), _str(item.get("hash")), _body(item)
             )
-            rows = [
-                ChainRow(
-                    _int(item.get("seq")), _str(item.get("prev_hash")), _str(item.get("hash")), _body(item)
-                )
-                for item in self._chain_items(station_id=station_id)
-            ]
-            journal = [_journal_entry(item) for item in self._query(station_pk(JOURNAL, station_id))]
-            again = self._client.get_item(TableName=self.table, Key=head_key, ConsistentRead=True).get("Item")
-            if head_item == again:
-                head = (
-                    None if head_item is None else (_int(head_item.get("seq")), _str(head_item.get("hash")))
-                )
-                return head, rows, journal
+
+    def _station_verdict(
+        self, station_id: str, check: Callable[..., tuple[AuditResult, dict[str, int]]]
+    ) -> tuple[AuditResult, dict[str, int]]:
+        """`check(head=, rows=, journal=)` on one station: its head, its chain streamed up to that head, and its
+        journal (read after the chain); again while the head moved meanwhile (a journal entry read then may be
+        newer than the chain that was checked)."""
+        for _ in range(AUDIT_TRIES):
+            head = self._read_head(station_id)
+            rows = self._chain_rows(station_id, head[0] if head else 0)
+            verdict = check(
+                head=head,
+                rows=rows,
+                journal=lambda: [
+                    _journal_entry(item) for item in self._query(station_pk(JOURNAL, station_id))
+                ],
+            )
+            if self._read_head(station_id) == head:
+                return verdict
         raise LedgerUnavailable(
             "Ledger busy",
             f"Station {station_id}'s chain kept changing while it was being checked.",
@@ -725,7 +746,6 @@ class DynamoLedger(Ledger):
         checked = journal_checked = 0
         sealed_n: dict[str, int] = {}  # attempt id → its place in the unit's history, as its seal says
         for station_id in stations:
-            head, rows, journal = self._station_snapshot(station_id)
             records = by_station.setdefault(station_id, {})
 
             def lookup(
@@ -743,16 +763,17 @@ class DynamoLedger(Ledger):
                 return found
 
             own = station_id == self.station_id
-            result, station_sealed = self._verdict(
-                rows,
-                head,
-                records,
-                lookup,
-                journal,
-                checkpoint if own else None,
-                factory.get(station_id),
-                factory_item is not None,
-                progress,
+            result, station_sealed = self._station_verdict(
+                station_id,
+                functools.partial(
+                    self._verdict,
+                    records=records,
+                    lookup=lookup,
+                    checkpoint=checkpoint if own else None,
+                    anchored=factory.get(station_id),
+                    has_factory=factory_item is not None,
+                    progress=progress,
+                ),
             )
             result = dataclasses.replace(result, station=station_id)
             if not result.ok:
@@ -832,11 +853,11 @@ class DynamoLedger(Ledger):
 
     def _verdict(
         self,
-        rows: list[ChainRow],
+        rows: Iterable[ChainRow],
         head: tuple[int, str] | None,
         records: dict[str, tuple[int, RecordRow]],
         lookup: Callable[[str], tuple[int, RecordRow] | None],
-        journal: list[JournalEntry],
+        journal: Callable[[], list[JournalEntry]],
         checkpoint: Any,
         anchored: tuple[int, str] | None,
         has_factory: bool,
@@ -846,12 +867,13 @@ class DynamoLedger(Ledger):
         unit places its seals fix."""
         verifier = ChainVerifier(lookup, watch_seq=checkpoint.seq if checkpoint else 0)
         chained_journal: dict[int, dict[str, Any]] = {}
-        hashes: dict[int, str] = {}
+        anchored_hash: str | None = None  # the hash at the factory anchor's seq (the chain is not kept)
         sealed: dict[str, int] = {}
         for row in rows:
             if not verifier.feed(row):
                 break
-            hashes[row.seq] = row.hash
+            if anchored is not None and row.seq == anchored[0]:
+                anchored_hash = row.hash
             kind = row.fields.get("kind") if row.fields is not None else None
             data = (row.fields or {}).get("data") or {}
             if kind == JOURNAL_EVENT:
@@ -887,14 +909,14 @@ class DynamoLedger(Ledger):
                 f"the chain ends at event {result.head_seq} but the factory anchor lists event {anchored[0]} "
                 "(truncated)"
             )
-        elif hashes.get(anchored[0]) != anchored[1]:
+        elif anchored_hash != anchored[1]:
             factory_why = f"event {anchored[0]} differs from the factory anchor's hash (re-chained)"
         if factory_why:
             at = anchored[0] if anchored else 1
             return dataclasses.replace(
                 result, ok=False, first_bad_row=RowRef("factory", at), reason=factory_why
             ), sealed
-        by_id = {e.id: e for e in journal}
+        by_id = {e.id: e for e in journal()}
         for journal_id in sorted(set(by_id) | set(chained_journal)):
             why = journal_mismatch(by_id.get(journal_id), chained_journal.get(journal_id))
             if why:
@@ -1143,7 +1165,6 @@ class DynamoLedger(Ledger):
                     elif "TransactionConflict" not in reasons:
                         raise self._unavailable(exc) from exc
                     continue
-                self._claims.add((serial, attempt_id))
                 return
             raise LedgerUnavailable(
                 "Ledger busy",
@@ -1155,7 +1176,6 @@ class DynamoLedger(Ledger):
 
     def release_unit(self, serial: str, attempt_id: str) -> None:
         client = self._client
-        self._claims.discard((serial, attempt_id))
 
         def work() -> None:
             with contextlib.suppress(client.exceptions.ConditionalCheckFailedException):

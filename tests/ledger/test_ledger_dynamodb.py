@@ -577,3 +577,28 @@ def test_a_re_provision_claims_the_unit_it_replaces(aws: Any, table: str) -> Non
     )  # the replace policy names what it replaces
     with pytest.raises(UnitClaimed):
         one.claim_unit("SN0090", "r2", replacing=[made.certificate_id])
+
+
+def test_the_audit_streams_a_chain_longer_than_one_page(aws: Any, table: str) -> None:
+    """A chain of 24 events read 5 a page: every page is a Query of its own, the chain verifies, and an event
+    edited on a late page is found by its seq."""
+    ledger = DynamoLedger(table, client=aws, station_id=ST1)
+    ledger.chain_page = 5
+    for i in range(12):
+        ledger.record_attempt(make_record(f"SN-PAGE{i}", station_id=ST1), events=[note(f"SN-PAGE{i}")])
+    pages: list[int] = []
+
+    def count(params: dict[str, Any], **_: Any) -> None:
+        if params.get("KeyConditionExpression", "").endswith("BETWEEN :lo AND :hi"):
+            pages.append(params["Limit"])
+
+    aws.meta.events.register("provide-client-params.dynamodb.Query", count)
+    try:
+        result = ledger.audit()
+        assert result.ok and result.head_seq == 24 and result.checked == 24 + 12  # events and records
+        assert len(pages) >= 5 and set(pages) == {5}  # 24 events, 5 a page: never the chain in one answer
+        DynamoTamperer(aws, table, ST1).edit_event(22, message="nothing to see")
+        late = ledger.audit()
+        assert not late.ok and (late.first_bad_row.table, late.first_bad_row.key) == ("events", 22)
+    finally:
+        aws.meta.events.unregister("provide-client-params.dynamodb.Query", count)
