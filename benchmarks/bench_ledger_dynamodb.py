@@ -14,7 +14,9 @@ writes a unit's ledger traffic as the pipeline does: claim the serial, open the 
 
 Against the lab's DynamoDB: by default a `station lab`-style DynamoDB server in its own process
 (`station.lab.dynamodb`); `--in-process` serves it from a control plane in this process (as before);
-`--endpoint URL` uses one already running. It prints figures; it asserts nothing.
+`--endpoint URL` uses one already running. With its own process it also prints that process's CPU time per unit
+(load-independent; STATION_LAB_MOTO_PLAIN=1 serves moto as it is, to compare). It prints figures; it asserts
+nothing.
 """
 
 from __future__ import annotations
@@ -146,6 +148,7 @@ def main() -> int:
     errors: list[BaseException] = []
     DynamoLedger.from_url(url).close()  # the table, made once
     before = dict(meter.requests)
+    cpu_before = server.cpu_seconds() if hasattr(server, "cpu_seconds") else 0.0
 
     def station(name: str) -> None:
         try:
@@ -179,6 +182,7 @@ def main() -> int:
         thread.join()
     elapsed = time.perf_counter() - started
     units = args.stations * args.units
+    server_cpu = (server.cpu_seconds() - cpu_before) if hasattr(server, "cpu_seconds") else 0.0
     finds = []
     reader = DynamoLedger.from_url(url, create=False)
     for n in range(min(50, units)):
@@ -193,6 +197,8 @@ def main() -> int:
         server.stop()
     requests = collections.Counter({k: v - before.get(k, 0) for k, v in meter.requests.items()})
     print(f"DynamoDB ledger at {endpoint}: {args.stations} stations × {args.units} units, {elapsed:.1f} s")
+    if server_cpu:
+        print(f"  lab DynamoDB process CPU per unit: {server_cpu / units * 1000:.1f} ms")
     print(f"  errors: {len(errors)} {[type(e).__name__ + ': ' + str(e)[:80] for e in errors[:3]]}")
     print(f"  units/h (ledger traffic only): {units / elapsed * 3600:,.0f}")
     print(

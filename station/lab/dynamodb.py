@@ -29,20 +29,51 @@ import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 # The child's program (not `-m`: the package imports this module before runpy would run it).
 _CHILD = "import sys; from station.lab.dynamodb import main; sys.exit(main(sys.argv[1:]))"
-REQUEST_LOCK = threading.Lock()  # one DynamoDB request at a time (moto's DynamoDB is not thread-safe)
+# One DynamoDB request at a time (moto's DynamoDB is not thread-safe); re-entrant: the Query patch takes it too,
+# for moto used in-process (mock_aws) in a process where a control plane installed the patches.
+REQUEST_LOCK = threading.RLock()
 _installed = False
+# Set (to anything) to serve moto's DynamoDB as it is, to measure what `install()` changes (benchmarks only).
+PLAIN_ENV = "STATION_LAB_MOTO_PLAIN"
 
 
 def install() -> None:
-    """Replace moto's `transact_write_items` with one whose rollback copies only the touched items (once)."""
+    """Make moto's DynamoDB cost what a request touches (once per process): transactions that back up only
+    their items, table Queries that read only their partition, and moto's per-request directory listing
+    (which service is this?) done once. Answers are unchanged."""
     global _installed
-    if _installed:
+    if _installed or os.environ.get(PLAIN_ENV):
         return
+    import moto.backends
     from moto.dynamodb.models import DynamoDBBackend
+    from moto.dynamodb.models.table import Table
+
+    # moto lists its package directory (and stats every entry) on every request to route it; it never changes.
+    modules = tuple(moto.backends.list_of_moto_modules())
+    moto.backends.list_of_moto_modules = lambda: iter(modules)  # type: ignore[assignment]
+
+    query = Table.query
+
+    def partition_query(self: Any, hash_key: Any, *args: Any, **kwargs: Any) -> Any:
+        # moto sorts the whole table to answer a Query on the table's own key, then keeps one partition: give
+        # it that partition only (same items, same order).
+        index_name = args[6] if len(args) > 6 else kwargs.get("index_name")
+        if index_name or hash_key is None or not self.range_key_attr:
+            return query(self, hash_key, *args, **kwargs)
+        with REQUEST_LOCK:
+            partition = list(self.items[hash_key].values()) if hash_key in self.items else []
+            self.all_items = lambda: partition
+            try:
+                return query(self, hash_key, *args, **kwargs)
+            finally:
+                del self.all_items
+
+    Table.query = partition_query  # type: ignore[method-assign]
 
     original = DynamoDBBackend.transact_write_items
 
@@ -202,6 +233,17 @@ class DynamoServer:
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the DynamoDB process has used so far (Linux /proc; 0.0 elsewhere)."""
+        if self._process is None:
+            return 0.0
+        try:
+            stat = Path(f"/proc/{self._process.pid}/stat").read_text()
+            fields = stat.rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         process, self._process = self._process, None
