@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from station.cli import EXIT_OK
+from station.i18n import _
 from station.ledger import add_location_arguments, ledger_location, open_ledger
 
 EXAMPLES = """examples:
@@ -28,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--format", required=True, type=str.lower, choices=("csv", "json"), help="output format")
     p.add_argument("--out", metavar="FILE", help="write to FILE instead of standard output")
+    p.add_argument("--station", metavar="ID", help=_("only the records made at this station"))
     add_location_arguments(p)
     p.set_defaults(func=run)
 
@@ -35,8 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     with open_ledger(ledger_location(args.ledger, args.config), create=False) as ledger:
         if args.out:
-            count = ledger.export(args.format, args.out)
+            count = ledger.export(args.format, args.out, station=args.station)
             print(f"Exported {count} attempt record(s) to {args.out}.", file=sys.stderr)
         else:
-            ledger.export(args.format, sys.stdout)
+            ledger.export(args.format, sys.stdout, station=args.station)
     return EXIT_OK

@@ -602,3 +602,37 @@ def test_the_audit_streams_a_chain_longer_than_one_page(aws: Any, table: str) ->
         assert not late.ok and (late.first_bad_row.table, late.first_bad_row.key) == ("events", 22)
     finally:
         aws.meta.events.unregister("provide-client-params.dynamodb.Query", count)
+
+
+def test_show_and_export_across_stations_and_for_one(aws: Any, capsys: Any) -> None:
+    """On the shared ledger `station show SN` finds a unit worked on at two stations with each station's events
+    and unfinished attempts; `--station` narrows it to one; `station export --station` exports one station's."""
+    from station.cli import EXIT_OK, main
+
+    url = f"dynamodb://cli-show-{uuid.uuid4().hex[:8]}?region={REGION}"
+    with open_ledger(url, station_id=ST1) as one:
+        one.record_attempt(
+            make_record("SN-BOTH", outcome="FAIL", station_id=ST1, attempt_id="a-st1"),
+            events=[note("SN-BOTH", message="at st1")],
+        )
+        one.record_attempt(make_record("SN-ONLY1", station_id=ST1, attempt_id="a-only"))
+    with open_ledger(url, station_id=ST2) as two:
+        two.record_attempt(
+            make_record("SN-BOTH", station_id=ST2, attempt_id="a-st2"),
+            events=[note("SN-BOTH", message="at st2")],
+        )
+        two.journal_open(attempt_id="a-st2-again", serial="SN-BOTH", slot="s2", state="registering")
+    assert main(["show", "SN-BOTH", "--ledger", url, "--json"]) == EXIT_OK
+    both = json.loads(capsys.readouterr().out)
+    assert [r["attempt_id"] for r in both["records"]] == ["a-st1", "a-st2"]
+    messages = [e["message"] for e in both["events"] if e["kind"] == "step_finished"]
+    assert sorted(messages) == ["at st1", "at st2"]  # each station's chain, not the `default` one
+    assert [j["attempt_id"] for j in both["pending_journal"]] == ["a-st2-again"]
+    assert main(["show", "SN-BOTH", "--ledger", url, "--station", ST1, "--json"]) == EXIT_OK
+    mine = json.loads(capsys.readouterr().out)
+    assert [r["attempt_id"] for r in mine["records"]] == ["a-st1"]
+    assert [e["message"] for e in mine["events"] if e["kind"] == "step_finished"] == ["at st1"]
+    assert mine["pending_journal"] == []
+    assert main(["export", "--format", "json", "--ledger", url, "--station", ST1]) == EXIT_OK
+    exported = json.loads(capsys.readouterr().out)
+    assert sorted(r["attempt_id"] for r in exported) == ["a-only", "a-st1"]
