@@ -144,6 +144,7 @@ def run_factory(
     active_before = active_certificates(described)
     processes = {}
     configs = {}
+    ledger_url = described["dynamodb"]["ledger_url"].replace("station-ledger", f"ledger-{stations}")
     for n in range(stations):
         name = f"factory-st{n + 1}"
         cmd = [
@@ -167,10 +168,7 @@ def run_factory(
         if args.no_shared_budget:
             cmd += ["--budget-store", "none"]
         if args.ledger == "dynamodb":
-            cmd += [
-                "--ledger",
-                described["dynamodb"]["ledger_url"].replace("station-ledger", f"ledger-{stations}"),
-            ]
+            cmd += ["--ledger", ledger_url]
         processes[name] = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
         )
@@ -183,23 +181,34 @@ def run_factory(
         process.wait(30)
         # Its reconcile, with its own station.toml (its station id), while the other stations keep going.
         t0 = time.perf_counter()
+        control = described["control_plane"]
+        keys = {  # as an operator would run it: with credentials for the shared ledger
+            "AWS_ACCESS_KEY_ID": str(control["aws_access_key_id"]),
+            "AWS_SECRET_ACCESS_KEY": str(control["aws_secret_access_key"]),
+        }
         done = subprocess.run(
             [STATION, "reconcile", "--config", str(configs[victim]), "--json"],
             capture_output=True,
             text=True,
-            env=env,
+            env={**env, **keys},
             timeout=600,
         )
         try:
             entries = json.loads(done.stdout)["entries"]
         except (ValueError, KeyError):
             entries = []
+        pending_after = -1
+        if args.ledger == "dynamodb":
+            os.environ.update(keys)
+            with open_ledger(ledger_url, create=False, station_id=victim) as own:
+                pending_after = len(own.journal_pending())
         killed = {
             "station": victim,
+            "pending_after_reconcile": pending_after,
             "reconcile_exit": done.returncode,
             "reconcile_s": time.perf_counter() - t0,
             "entries": [(e.get("serial"), e.get("action")) for e in entries],
-            "err": done.stderr[-500:],
+            "err": (done.stderr[-300:] + done.stdout[-300:]) if done.returncode else "",
         }
     documents: dict[str, Any] = {}
     failed_stations = []
