@@ -29,10 +29,11 @@ range `r_seq`, microseconds of the write); units by lower-cased serial (`u_fold`
 (`u_all`) or per state (`u_state`), both with range `u_order` (last attempt time, then seq). GSIs are
 eventually consistent: a record is findable a moment after it is written.
 
-Appends are optimistic on the station's own head: read it (strongly consistent), then one TransactWriteItems
-that puts the new events only if their seqs are free and moves the head only if it still holds the seq that
-was read. Only handles of the same station can lose that race (they re-read and retry); within one process a
-lock keeps the slots from racing. A station's first append also enters it in the factory anchor (same
+Appends are optimistic on the station's own head: the head this handle last wrote (else read, strongly
+consistent), then one TransactWriteItems that puts the new events only if their seqs are free and moves the
+head only if it still holds that seq. Only handles of the same station can lose that race (they read the head
+and retry); within one process a lock keeps the slots from racing. A journal update or close likewise uses the
+entry as this handle last wrote it, guarded by its `updated_at`: no read before a write on a running line. A station's first append also enters it in the factory anchor (same
 transaction, so no chain exists that the anchor does not list); later the anchor is moved forward outside any
 transaction every `ANCHOR_EVERY` appends, at `checkpoint()` and at `close()` — stations never wait for each
 other. A record write puts the record (only if its attempt id is new), its events, its seal (which also fixes
