@@ -13,6 +13,7 @@ processes started together, each with S slots of simulated PROV/1 units and its 
 - units not PASS and throttling answers the lab gave (goal 0 failures by throttling);
 - DynamoDB writes per unit for the budget (leases: the version counter of each budget item);
 - p50 / p99 of the `record` step (the ledger write of a unit) and of a `find` on each station's ledger;
+- the station processes' CPU time per unit (user + system, of the processes waited for);
 - with `--ledger dynamodb`: the lab's DynamoDB requests per unit (budget and ledger, counted by the lab), the
   registry's ACTIVE certificates against the shared ledger's live units (boto3), `audit verify` of each station
   and of the whole factory (`--all-stations`, which includes the factory anchor).
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -144,6 +146,7 @@ def run_factory(
     active_before = active_certificates(described)
     processes = {}
     configs = {}
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     ledger_url = described["dynamodb"]["ledger_url"].replace("station-ledger", f"ledger-{stations}")
     for n in range(stations):
         name = f"factory-st{n + 1}"
@@ -221,6 +224,10 @@ def run_factory(
         except ValueError:
             failed_stations.append((name, process.returncode, err[-500:]))
     requests = dynamodb_requests(described)  # before the bench's own reads below
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    station_cpu = (children.ru_utime + children.ru_stime) - (
+        children_before.ru_utime + children_before.ru_stime
+    )
     units = [u for doc in documents.values() for u in doc["units"]]
     starts, ends, finds = [], [], []
     unit_reads: list[float] = []
@@ -287,6 +294,7 @@ def run_factory(
         "record_p99_ms": record_ms[int(0.99 * (len(record_ms) - 1))] if record_ms else 0.0,
         "find_p99_ms": sorted(finds)[int(0.99 * (len(finds) - 1))] if finds else 0.0,
         "unit_p99_ms": percentile(unit_reads, 0.99),
+        "station_cpu_ms_per_unit": station_cpu / max(1, len(units)) * 1000,
         "dynamodb_requests_per_unit": sum(requests_used.values()) / max(1, records_written),
         "dynamodb_requests_by_op": {
             k: round(v / max(1, records_written), 2) for k, v in requests_used.items() if v
@@ -357,7 +365,8 @@ def main() -> int:
             print(f"    audit {which}: {'intact' if ok else 'FAILED'}, {chains} chain(s), {seconds:.1f} s")
         print(
             f"    registry ACTIVE (new) {r['active_new']} vs ledger live {r['live_units_certificates']}: "
-            f"{'equal' if r['active_equals_live'] else 'DIFFERENT'}; unit() p99 {r['unit_p99_ms']:.1f} ms"
+            f"{'equal' if r['active_equals_live'] else 'DIFFERENT'}; unit() p99 {r['unit_p99_ms']:.1f} ms; "
+            f"station processes' CPU {r['station_cpu_ms_per_unit']:.0f} ms/unit"
         )
         print(
             f"    lab DynamoDB requests per record: {r['dynamodb_requests_per_unit']:.1f} "
