@@ -606,7 +606,8 @@ def test_the_audit_streams_a_chain_longer_than_one_page(aws: Any, table: str) ->
 
 def test_show_and_export_across_stations_and_for_one(aws: Any, capsys: Any) -> None:
     """On the shared ledger `station show SN` finds a unit worked on at two stations with each station's events
-    and unfinished attempts; `--station` narrows it to one; `station export --station` exports one station's."""
+    and unfinished attempts; `--station` narrows it to one; `station export --station` exports one station's
+    records and `station units --station` lists the units last worked on there."""
     from station.cli import EXIT_OK, main
 
     url = f"dynamodb://cli-show-{uuid.uuid4().hex[:8]}?region={REGION}"
@@ -636,3 +637,8 @@ def test_show_and_export_across_stations_and_for_one(aws: Any, capsys: Any) -> N
     assert main(["export", "--format", "json", "--ledger", url, "--station", ST1]) == EXIT_OK
     exported = json.loads(capsys.readouterr().out)
     assert sorted(r["attempt_id"] for r in exported) == ["a-only", "a-st1"]
+    # `station units --station`: the units whose last attempt was at that station (SN-BOTH's was at ST2).
+    assert main(["units", "--ledger", url, "--station", ST1, "--json"]) == EXIT_OK
+    assert [u["serial"] for u in json.loads(capsys.readouterr().out)] == ["SN-ONLY1"]
+    assert main(["units", "--ledger", url, "--station", ST2, "--json"]) == EXIT_OK
+    assert [u["serial"] for u in json.loads(capsys.readouterr().out)] == ["SN-BOTH"]
