@@ -32,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", type=str.lower, choices=("csv", "json"), help="output format (csv or json)")
     p.add_argument("--json", action="store_true", help="the same as --format json")
     p.add_argument("--out", metavar="FILE", help="write to FILE instead of standard output")
+    p.add_argument("--station", metavar="ID", help=_("only the records made at this station"))
     add_location_arguments(p)
     p.set_defaults(func=run)
 
@@ -40,10 +41,10 @@ def run(args: argparse.Namespace) -> int:
     fmt = export_format(args)
     with open_ledger(ledger_location(args.ledger, args.config), create=False) as ledger:
         if args.out:
-            count = ledger.export(fmt, args.out)
+            count = ledger.export(fmt, args.out, station=args.station)
             print(f"Exported {count} attempt record(s) to {args.out}.", file=sys.stderr)
         else:
-            ledger.export(fmt, sys.stdout)
+            ledger.export(fmt, sys.stdout, station=args.station)
     return EXIT_OK
 
 

@@ -88,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         regions=regions,
         throttling=not args.no_throttling,
         control_port=args.control_port,
+        dynamodb_process=True,  # many station processes' ledger and budget traffic: its own process, own GIL
     )
     units: list[Any] = []
     try:
@@ -110,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
             else:
                 print(f"Lab ready in {lab.start_seconds:.2f} s.", flush=True)
                 print(f"  control plane: {lab.control.endpoint_url}", flush=True)
+                print(f"  DynamoDB:      {lab.dynamodb_url}", flush=True)
                 for r in lab.registries:
                     print(f"  {r.target.name}: account {r.account_id}, localhost:{r.data_port}", flush=True)
                 print(f"  lab.json:      {lab.lab_json_path}", flush=True)

@@ -34,15 +34,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("query", metavar="SN", help="serial, thing name, attempt id or certificate id (prefix)")
     add_location_arguments(p)
+    p.add_argument(
+        "--station",
+        metavar="ID",
+        help=_("only what this station did (its records, its events, its unfinished attempts)"),
+    )
     p.add_argument("--json", action="store_true", help="print the unit as JSON")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     query = args.query.strip()
-    with open_ledger(ledger_location(args.ledger, args.config), create=False) as ledger:
+    location = ledger_location(args.ledger, args.config)
+    with open_ledger(location, create=False, station_id=args.station) as ledger:
         units = ledger.find_units(query)
         records = ledger.find(query)
+        if args.station:
+            records = [r for r in records if r.station_id == args.station]
         serials = sorted({r.serial for r in records} | {u.serial for u in units} or {query})
         if units and {u.serial for u in units} - {r.serial for r in records}:
             # found by a serial in another case: show that unit's records too
@@ -50,13 +58,28 @@ def run(args: argparse.Namespace) -> int:
                 {r.attempt_id: r for s in serials for r in ledger.find(s)}.values(),
                 key=lambda r: r.finished_at,
             )
-        events = [e for serial in serials for e in ledger.events(serial)]
-        events.sort(key=lambda e: e.seq)
-        pending = [
-            j
-            for j in ledger.journal_pending()
-            if j.serial in serials or (query and query in (j.thing_name, j.certificate_id, j.attempt_id))
-        ]
+        # A shared (DynamoDB) ledger keeps events and journals per station: read those of the stations that
+        # worked on the unit (or the one asked for); a ledger file is one station's.
+        stations = [args.station] if args.station else sorted({r.station_id for r in records if r.station_id})
+        handles = (
+            [open_ledger(location, create=False, station_id=s) for s in stations]
+            if location.startswith("dynamodb://") and not args.station and stations
+            else [ledger]
+        )
+        try:
+            events = [e for h in handles for serial in serials for e in h.events(serial)]
+            pending = [
+                j
+                for h in handles
+                for j in h.journal_pending()
+                if j.serial in serials or (query and query in (j.thing_name, j.certificate_id, j.attempt_id))
+            ]
+        finally:
+            for h in handles:
+                if h is not ledger:
+                    h.close()
+        # One chain: its order. Several stations' chains: interleaved by time (their seqs are not comparable).
+        events.sort(key=(lambda e: e.seq) if len(handles) == 1 else (lambda e: (e.event.at or 0, e.seq)))
     if not records and not events and not pending:
         if args.json:
             print(json.dumps({"error": {"kind": "NotFound", "title": "Unknown unit", "query": query}}))

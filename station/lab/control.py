@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from station.errors import StationFault
 from station.lab import _awsca, _certrules, _wire
+from station.lab import dynamodb as _dynamodb
 from station.plain import plain_dict
 
 if TYPE_CHECKING:
@@ -366,6 +367,8 @@ class _LabApp:
                     "Missing Authentication Token",
                 ),
             )
+        if not environ.get(_LOST):
+            self.plane.count(info)
         delay, fault = (0.0, None) if environ.get(_LOST) else self.plane.faults.decide(info)
         if delay:
             time.sleep(delay)
@@ -380,6 +383,11 @@ class _LabApp:
         if answer is not None:
             return _send(start_response, answer)
         try:
+            if info.service == "dynamodb":
+                # moto's DynamoDB is not thread-safe (a refused transaction reinstates whole tables): one at a
+                # time, the answer produced inside the lock.
+                with _dynamodb.REQUEST_LOCK:
+                    return list(self._forward(environ, start_response))
             forwarded = self._forward(environ, start_response)
             if info.service == "iot" and info.operation == "DeleteCertificate":
                 self.forget_force_deleted(info, environ)
@@ -816,6 +824,8 @@ class ControlPlane:
         self.throttle = Throttle(quotas, enabled=throttling)
         self._server: Any = None
         self._thread: threading.Thread | None = None
+        self._requests: dict[str, int] = {}  # "service:Operation" → requests answered (status()["requests"])
+        self._requests_lock = threading.Lock()
         self.start_seconds: float | None = None  # how long start() took (import excluded if already imported)
 
     # -- lifecycle
@@ -828,6 +838,7 @@ class ControlPlane:
 
         # Before the first IoT request: certificate id = SHA-256 of the DER, as AWS (process-wide moto setting).
         moto.core.config.default_user_config.setdefault("iot", {})["use_valid_cert"] = True
+        _dynamodb.install()  # transactions that cost what they touch, not the whole table
         server_class, handler_class = _make_server_classes()
         backend, fresh = _shared_backend()
         sock = _bind(self.host, self.requested_port)
@@ -919,7 +930,18 @@ class ControlPlane:
             },
             "faults": self.faults.list(),
             "faults_fired": dict(self.faults.fired),
+            "requests": self.requests(),
         }
+
+    def count(self, info: _wire.RequestInfo) -> None:
+        """Count one request by service and operation (what a benchmark reads as requests per unit)."""
+        name = f"{info.service}:{info.operation or '-'}"
+        with self._requests_lock:
+            self._requests[name] = self._requests.get(name, 0) + 1
+
+    def requests(self) -> dict[str, int]:
+        with self._requests_lock:
+            return dict(self._requests)
 
     # -- who is asking
 

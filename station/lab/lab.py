@@ -32,6 +32,7 @@ from station.lab.control import (
     ControlPlane,
 )
 from station.lab.dataplane import DataPlane
+from station.lab.dynamodb import DynamoServer
 from station.model import Target
 from station.qapin import hash_pin
 
@@ -108,7 +109,11 @@ class Lab:
         throttling: bool = True,
         control_port: int = 0,
         data_ports: dict[tuple[str, str], int] | None = None,
+        dynamodb_process: bool = False,
     ) -> None:
+        """`dynamodb_process`: serve DynamoDB (the shared ledger and budget) from a process of its own
+        (`station.lab.dynamodb.DynamoServer`, what `station lab` does for many station processes) instead of
+        the control plane's."""
         if not regions:
             raise InputError("No region", "The lab needs at least one region.", "Give --regions R1[,R2…].")
         self.state_dir = Path(state_dir).expanduser().resolve()
@@ -123,6 +128,7 @@ class Lab:
         endpoints = {(a, r): (data_ports or {}).get((a, r), 0) for a in self.accounts for r in self.regions}
         self._endpoints = endpoints
         self.data: DataPlane | None = None
+        self.dynamodb: DynamoServer | None = DynamoServer() if dynamodb_process else None
         self.registries: list[LabRegistry] = []
         self.start_seconds: float | None = None
 
@@ -143,6 +149,8 @@ class Lab:
             ) from None
         self.control.start()
         try:
+            if self.dynamodb is not None:
+                self.dynamodb.start()
             self.data = DataPlane(self._endpoints, self.state_dir)
             self.data.start()
             self.registries = [
@@ -159,6 +167,8 @@ class Lab:
         if self.data is not None:
             self.data.stop()
             self.data = None
+        if self.dynamodb is not None:
+            self.dynamodb.stop()
         self.control.stop()
 
     def __enter__(self) -> Lab:
@@ -257,15 +267,20 @@ class Lab:
             },
             "ca_file": str(self.ca_file),
             "accounts": accounts,
-            # The same moto server answers DynamoDB: a shared ledger and a shared rate budget for several
-            # station processes on one lab (same keys as the control plane).
+            # DynamoDB (the control plane's, or a process of its own): a shared ledger and a shared rate budget
+            # for several station processes on one lab (same keys as the control plane).
             "dynamodb": {
-                "endpoint_url": self.control.endpoint_url,
+                "endpoint_url": self.dynamodb_url,
                 "region": self.regions[0],
-                "ledger_url": f"dynamodb://station-ledger?region={self.regions[0]}&endpoint_url={self.control.endpoint_url}",
-                "budget_url": f"dynamodb://station-budget?region={self.regions[0]}&endpoint_url={self.control.endpoint_url}",
+                "ledger_url": f"dynamodb://station-ledger?region={self.regions[0]}&endpoint_url={self.dynamodb_url}",
+                "budget_url": f"dynamodb://station-budget?region={self.regions[0]}&endpoint_url={self.dynamodb_url}",
             },
         }
+
+    @property
+    def dynamodb_url(self) -> str:
+        """Where the lab answers DynamoDB."""
+        return self.dynamodb.endpoint_url if self.dynamodb is not None else self.control.endpoint_url
 
     def station_toml(
         self,
@@ -392,6 +407,7 @@ class JoinedLab(Lab):
         self.accounts = tuple(str(a["account_id"]) for a in accounts)
         self.regions = tuple(accounts[0]["regions"])
         self.data = None
+        self.dynamodb = None
         self.start_seconds = 0.0
         self._ca_file = ca_file
         from station.policy import LEAST_PRIVILEGE_POLICY_JSON

@@ -1130,15 +1130,19 @@ class Ledger(ABC):
         self.close()
 
     # -- shared -------------------------------------------------------------------------------------------
-    def export(self, fmt: str, out: TextIO | str | Path) -> int:
+    def export(self, fmt: str, out: TextIO | str | Path, *, station: str | None = None) -> int:
         """Write every record (with its unit's state) as CSV or JSON to a stream or a file path; returns how
-        many. Streams: never holds more than one record."""
+        many. `station`: only the records made at that station (a shared ledger holds every station's).
+        Streams: never holds more than one record."""
         if fmt not in ("csv", "json"):
             raise ValueError(f"unknown export format {fmt!r} (csv or json)")
+        rows = self._export_rows()
+        if station is not None:
+            rows = ((record, unit) for record, unit in rows if record.station_id == station)
         if isinstance(out, str | Path):
             with open(out, "w", encoding="utf-8", newline="") as stream:
-                return write_export(self._export_rows(), fmt, stream)
-        return write_export(self._export_rows(), fmt, out)
+                return write_export(rows, fmt, stream)
+        return write_export(rows, fmt, out)
 
 
 def matches_query(record: AttemptRecord, query: str) -> bool:

@@ -29,10 +29,11 @@ range `r_seq`, microseconds of the write); units by lower-cased serial (`u_fold`
 (`u_all`) or per state (`u_state`), both with range `u_order` (last attempt time, then seq). GSIs are
 eventually consistent: a record is findable a moment after it is written.
 
-Appends are optimistic on the station's own head: read it (strongly consistent), then one TransactWriteItems
-that puts the new events only if their seqs are free and moves the head only if it still holds the seq that
-was read. Only handles of the same station can lose that race (they re-read and retry); within one process a
-lock keeps the slots from racing. A station's first append also enters it in the factory anchor (same
+Appends are optimistic on the station's own head: the head this handle last wrote (else read, strongly
+consistent), then one TransactWriteItems that puts the new events only if their seqs are free and moves the
+head only if it still holds that seq. Only handles of the same station can lose that race (they read the head
+and retry); within one process a lock keeps the slots from racing. A journal update or close likewise uses the
+entry as this handle last wrote it, guarded by its `updated_at`: no read before a write on a running line. A station's first append also enters it in the factory anchor (same
 transaction, so no chain exists that the anchor does not list); later the anchor is moved forward outside any
 transaction every `ANCHOR_EVERY` appends, at `checkpoint()` and at `close()` — stations never wait for each
 other. A record write puts the record (only if its attempt id is new), its events, its seal (which also fixes
@@ -49,8 +50,9 @@ anchor had its entry deleted), each seal against its record (a seal newer than t
 record, so a busy factory gives no false alarm), records no chain seals (whole factory only), the units those
 records touch against a replay of all their records from every station in seal order, and the station's
 journal. The signed anchor log (`anchor.py`, both environment variables set) checkpoints this station's chain.
-Unlike the SQLite audit it holds the records in memory (fine for a factory's table, not for millions of rows)
-and keeps no unit-table digest, so `since_checkpoint` re-checks everything. The factory anchor lives in the
+A chain is streamed a page at a time (`CHAIN_PAGE` events) through the verifier, never held whole; unlike the
+SQLite audit it holds the records and the journal in memory (fine for a factory's table, not for millions of
+rows) and keeps no unit-table digest, so `since_checkpoint` re-checks everything. The factory anchor lives in the
 same table: it catches a rewrite of one station's chain by someone who does not also rewrite the anchor; the
 signed checkpoints outside the table are what stops someone who does.
 
@@ -62,6 +64,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import re
@@ -140,6 +143,8 @@ DYNAMO_SCHEMA_VERSION = 3
 DEFAULT_STATION = "default"  # the chain of a ledger opened without a station id
 STATION_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 MAX_APPEND_TRIES = 50
+# The audit reads a chain this many events a Query page (DynamoDB also stops a page at 1 MB).
+CHAIN_PAGE = 500
 AUDIT_TRIES = 5
 # The factory anchor gets a station's head with its first append (in that transaction), then after every
 # ANCHOR_EVERY appends, at `checkpoint()` and at `close()` of a handle that wrote.
@@ -176,6 +181,8 @@ class _AlreadyClosed(Exception):
 class DynamoLedger(Ledger):
     """The ledger in one DynamoDB table."""
 
+    chain_page = CHAIN_PAGE  # events per Query page when the audit streams a chain
+
     def __init__(
         self,
         table: str,
@@ -197,7 +204,11 @@ class DynamoLedger(Ledger):
         self.anchor = anchor if anchor is not None else Anchor.for_location(f"dynamodb://{table}")
         self._lock = threading.RLock()
         self._appends_since_anchor = 0
-        self._claims: set[tuple[str, str]] = set()  # (serial, attempt id) this handle claimed
+        # What this handle last wrote or read of its station's head and of its open journal entries: used as
+        # the expected old value of the next conditional write instead of reading it first (the condition
+        # refuses a stale one; then the handle reads and tries again). Guarded by `_lock`.
+        self._known_head: tuple[int, str] | None = None
+        self._known_journal: dict[int, dict[str, Any]] = {}
         errors = self._errors()
         try:
             self._ensure_table(create)
@@ -319,9 +330,9 @@ class DynamoLedger(Ledger):
         item = self._client.get_item(TableName=self.table, Key=self._head_key, ConsistentRead=True).get(
             "Item"
         )
-        if item is None:
-            return 0, GENESIS_HASH
-        return int(item["seq"]["N"]), item["hash"]["S"]
+        head = (0, GENESIS_HASH) if item is None else (int(item["seq"]["N"]), item["hash"]["S"])
+        self._known_head = head
+        return head
 
     def _append(
         self,
@@ -341,7 +352,9 @@ class DynamoLedger(Ledger):
                 build = extra_items
                 if prepare is not None:
                     bodies, build = prepare()
-                old_seq, prev = self._head()
+                # The head this handle last wrote, if any: the transaction's condition on it refuses a stale
+                # one (another handle of this station appended), and the retry reads it.
+                old_seq, prev = self._known_head or self._head()
                 seq = old_seq
                 event_puts = []
                 for body in bodies:
@@ -391,6 +404,7 @@ class DynamoLedger(Ledger):
                 try:
                     self._transact(items, len(extra) if checked is None else checked)
                 except (_Conflict, ValueError) as refused:
+                    self._known_journal.clear()  # which condition refused is not said: read everything again
                     # An answer lost under load makes botocore send the transaction again; if the first try
                     # committed, the retry is refused by its own conditions. The head then holds exactly the
                     # hash this transaction computed (it covers the bodies): that write is ours, and done.
@@ -398,6 +412,10 @@ class DynamoLedger(Ledger):
                         if isinstance(refused, _Conflict):
                             continue
                         raise
+                except BaseException:
+                    self._known_head = None  # the write may or may not have happened: read the head next time
+                    raise
+                self._known_head = (seq, prev)
                 self._wrote = True  # close() signs a checkpoint of what this handle wrote
                 self._appends_since_anchor = 0 if not old_seq else self._appends_since_anchor + 1
                 if self._appends_since_anchor >= ANCHOR_EVERY:
@@ -571,8 +589,9 @@ class DynamoLedger(Ledger):
             self._call(lambda: self._append([], checked=1, prepare=prepare))
         except ValueError as exc:
             raise ValueError(f"attempt {rec.attempt_id} is already recorded") from exc
-        if (rec.serial, rec.attempt_id) in self._claims:
-            self.release_unit(rec.serial, rec.attempt_id)  # recorded: the unit's item says the rest
+        # Recorded: the unit's item says the rest. Also when another handle claimed it (reconcile recording a
+        # killed station's attempt): the delete is conditional on this attempt id, so it frees that claim only.
+        self.release_unit(rec.serial, rec.attempt_id)
         self._wrote_record()
         return digest
 
@@ -657,28 +676,43 @@ class DynamoLedger(Ledger):
 
         return self._call(work)
 
-    def _station_snapshot(
-        self, station_id: str
-    ) -> tuple[tuple[int, str] | None, list[ChainRow], list[JournalEntry]]:
-        """One station's head, chain rows and journal, read until the head did not move meanwhile."""
-        head_key = _key(station_pk(HEAD, station_id), "-")
-        for _ in range(AUDIT_TRIES):
-            head_item = self._client.get_item(TableName=self.table, Key=head_key, ConsistentRead=True).get(
-                "Item"
+    def _read_head(self, station_id: str) -> tuple[int, str] | None:
+        item = self._client.get_item(
+            TableName=self.table, Key=_key(station_pk(HEAD, station_id), "-"), ConsistentRead=True
+        ).get("Item")
+        return None if item is None else (_int(item.get("seq")), _str(item.get("hash")))
+
+    def _chain_rows(self, station_id: str, head_seq: int) -> Iterator[ChainRow]:
+        """One station's chain up to `head_seq`, one Query page at a time (never the whole chain in memory);
+        events appended after the head was read are not part of this audit."""
+        for item in self._query(
+            station_pk(CHAIN, station_id),
+            key_condition="pk = :pk AND sk BETWEEN :lo AND :hi",
+            values={":lo": {"S": seq_key(0)}, ":hi": {"S": seq_key(max(head_seq, 0))}},
+            Limit=self.chain_page,
+        ):
+            yield ChainRow(
+                _int(item.get("seq")), _str(item.get("prev_hash")), _str(item.get("hash")), _body(item)
             )
-            rows = [
-                ChainRow(
-                    _int(item.get("seq")), _str(item.get("prev_hash")), _str(item.get("hash")), _body(item)
-                )
-                for item in self._chain_items(station_id=station_id)
-            ]
-            journal = [_journal_entry(item) for item in self._query(station_pk(JOURNAL, station_id))]
-            again = self._client.get_item(TableName=self.table, Key=head_key, ConsistentRead=True).get("Item")
-            if head_item == again:
-                head = (
-                    None if head_item is None else (_int(head_item.get("seq")), _str(head_item.get("hash")))
-                )
-                return head, rows, journal
+
+    def _station_verdict(
+        self, station_id: str, check: Callable[..., tuple[AuditResult, dict[str, int]]]
+    ) -> tuple[AuditResult, dict[str, int]]:
+        """`check(head=, rows=, journal=)` on one station: its head, its chain streamed up to that head, and its
+        journal (read after the chain); again while the head moved meanwhile (a journal entry read then may be
+        newer than the chain that was checked)."""
+        for _ in range(AUDIT_TRIES):
+            head = self._read_head(station_id)
+            rows = self._chain_rows(station_id, head[0] if head else 0)
+            verdict = check(
+                head=head,
+                rows=rows,
+                journal=lambda: [
+                    _journal_entry(item) for item in self._query(station_pk(JOURNAL, station_id))
+                ],
+            )
+            if self._read_head(station_id) == head:
+                return verdict
         raise LedgerUnavailable(
             "Ledger busy",
             f"Station {station_id}'s chain kept changing while it was being checked.",
@@ -713,7 +747,6 @@ class DynamoLedger(Ledger):
         checked = journal_checked = 0
         sealed_n: dict[str, int] = {}  # attempt id → its place in the unit's history, as its seal says
         for station_id in stations:
-            head, rows, journal = self._station_snapshot(station_id)
             records = by_station.setdefault(station_id, {})
 
             def lookup(
@@ -731,16 +764,17 @@ class DynamoLedger(Ledger):
                 return found
 
             own = station_id == self.station_id
-            result, station_sealed = self._verdict(
-                rows,
-                head,
-                records,
-                lookup,
-                journal,
-                checkpoint if own else None,
-                factory.get(station_id),
-                factory_item is not None,
-                progress,
+            result, station_sealed = self._station_verdict(
+                station_id,
+                functools.partial(
+                    self._verdict,
+                    records=records,
+                    lookup=lookup,
+                    checkpoint=checkpoint if own else None,
+                    anchored=factory.get(station_id),
+                    has_factory=factory_item is not None,
+                    progress=progress,
+                ),
             )
             result = dataclasses.replace(result, station=station_id)
             if not result.ok:
@@ -820,11 +854,11 @@ class DynamoLedger(Ledger):
 
     def _verdict(
         self,
-        rows: list[ChainRow],
+        rows: Iterable[ChainRow],
         head: tuple[int, str] | None,
         records: dict[str, tuple[int, RecordRow]],
         lookup: Callable[[str], tuple[int, RecordRow] | None],
-        journal: list[JournalEntry],
+        journal: Callable[[], list[JournalEntry]],
         checkpoint: Any,
         anchored: tuple[int, str] | None,
         has_factory: bool,
@@ -834,12 +868,13 @@ class DynamoLedger(Ledger):
         unit places its seals fix."""
         verifier = ChainVerifier(lookup, watch_seq=checkpoint.seq if checkpoint else 0)
         chained_journal: dict[int, dict[str, Any]] = {}
-        hashes: dict[int, str] = {}
+        anchored_hash: str | None = None  # the hash at the factory anchor's seq (the chain is not kept)
         sealed: dict[str, int] = {}
         for row in rows:
             if not verifier.feed(row):
                 break
-            hashes[row.seq] = row.hash
+            if anchored is not None and row.seq == anchored[0]:
+                anchored_hash = row.hash
             kind = row.fields.get("kind") if row.fields is not None else None
             data = (row.fields or {}).get("data") or {}
             if kind == JOURNAL_EVENT:
@@ -875,14 +910,14 @@ class DynamoLedger(Ledger):
                 f"the chain ends at event {result.head_seq} but the factory anchor lists event {anchored[0]} "
                 "(truncated)"
             )
-        elif hashes.get(anchored[0]) != anchored[1]:
+        elif anchored_hash != anchored[1]:
             factory_why = f"event {anchored[0]} differs from the factory anchor's hash (re-chained)"
         if factory_why:
             at = anchored[0] if anchored else 1
             return dataclasses.replace(
                 result, ok=False, first_bad_row=RowRef("factory", at), reason=factory_why
             ), sealed
-        by_id = {e.id: e for e in journal}
+        by_id = {e.id: e for e in journal()}
         for journal_id in sorted(set(by_id) | set(chained_journal)):
             why = journal_mismatch(by_id.get(journal_id), chained_journal.get(journal_id))
             if why:
@@ -1131,7 +1166,6 @@ class DynamoLedger(Ledger):
                     elif "TransactionConflict" not in reasons:
                         raise self._unavailable(exc) from exc
                     continue
-                self._claims.add((serial, attempt_id))
                 return
             raise LedgerUnavailable(
                 "Ledger busy",
@@ -1143,7 +1177,6 @@ class DynamoLedger(Ledger):
 
     def release_unit(self, serial: str, attempt_id: str) -> None:
         client = self._client
-        self._claims.discard((serial, attempt_id))
 
         def work() -> None:
             with contextlib.suppress(client.exceptions.ConditionalCheckFailedException):
@@ -1184,7 +1217,9 @@ class DynamoLedger(Ledger):
             entry = JournalEntry(id=journal_id, **columns, **extra, opened_at=now, updated_at=now)
             body = encode_journal_event(entry, "open")[1]
             put = {"TableName": self.table, "Item": item, "ConditionExpression": "attribute_not_exists(pk)"}
-            self._append(body, lambda seq: [put], checked=1)
+            with self._lock:
+                self._append(body, lambda seq: [put], checked=1)
+                self._known_journal[journal_id] = item
             return journal_id
 
         return self._call(work)
@@ -1192,12 +1227,12 @@ class DynamoLedger(Ledger):
     def journal_update(self, journal_id: int, **fields: Any) -> None:
         columns, extra = journal_columns(fields)
         key = _key(self._journal_pk, seq_key(int(journal_id)))
-        client = self._client
+        written: list[dict[str, Any]] = []
 
         def prepare() -> tuple[list[str], Callable[[int], list[dict[str, Any]]]]:
-            # Read-modify-write of `extra`, guarded by its old value so two updaters cannot lose each other's
-            # keys; a lost guard is a conflict, and the next try reads again.
-            item = client.get_item(TableName=self.table, Key=key, ConsistentRead=True).get("Item")
+            # Read-modify-write of the entry, guarded by its old `updated_at` and `extra` so two updaters
+            # cannot lose each other's changes; a lost guard is a conflict, and the next try reads again.
+            item = self._journal_item(journal_id, key)
             if item is None or "closed_at" in item:
                 raise KeyError(f"no open journal entry {journal_id}")
             old_extra = item["extra"]["S"]
@@ -1209,7 +1244,12 @@ class DynamoLedger(Ledger):
             names.update({"#pk": "pk", "#closed": "closed_at", "#upd": "updated_at", "#extra": "extra"})
             values: dict[str, Any] = {f":c{i}": _attr(v) for i, v in enumerate(columns.values())}
             values.update(
-                {":now": {"N": repr(now)}, ":extra": {"S": canonical_json(merged)}, ":old": {"S": old_extra}}
+                {
+                    ":now": {"N": repr(now)},
+                    ":extra": {"S": canonical_json(merged)},
+                    ":old": {"S": old_extra},
+                    ":old_upd": item["updated_at"],
+                }
             )
             sets = [f"#c{i} = :c{i}" for i in range(len(columns))] + ["#upd = :now", "#extra = :extra"]
             update = {
@@ -1217,22 +1257,45 @@ class DynamoLedger(Ledger):
                     "TableName": self.table,
                     "Key": key,
                     "UpdateExpression": "SET " + ", ".join(sets),
-                    "ConditionExpression": "attribute_exists(#pk) AND attribute_not_exists(#closed) AND #extra = :old",
+                    "ConditionExpression": "attribute_exists(#pk) AND attribute_not_exists(#closed) "
+                    "AND #extra = :old AND #upd = :old_upd",
                     "ExpressionAttributeNames": names,
                     "ExpressionAttributeValues": values,
                 }
             }
+            written[:] = [
+                {
+                    **item,
+                    **{name: _attr(value) for name, value in columns.items()},
+                    "updated_at": values[":now"],
+                    "extra": values[":extra"],
+                }
+            ]
             return [encode_journal_event(entry, "update")[1]], lambda seq: [update]
 
-        self._call(lambda: self._append([], prepare=prepare, checked=0))
+        def work() -> None:
+            with self._lock:
+                self._append([], prepare=prepare, checked=0)
+                self._known_journal[int(journal_id)] = written[0]
+
+        self._call(work)
+
+    def _journal_item(self, journal_id: int, key: dict[str, Any]) -> dict[str, Any] | None:
+        """The journal entry's item as this handle last wrote it, else as DynamoDB holds it now."""
+        known = self._known_journal.get(int(journal_id))
+        if known is not None:
+            return known
+        item: dict[str, Any] | None = self._client.get_item(
+            TableName=self.table, Key=key, ConsistentRead=True
+        ).get("Item")
+        return item
 
     def journal_close(self, journal_id: int, outcome: str | None = None) -> None:
         key = _key(self._journal_pk, seq_key(int(journal_id)))
-        client = self._client
         closed: list[bool] = []
 
         def prepare() -> tuple[list[str], Callable[[int], list[dict[str, Any]]]]:
-            item = client.get_item(TableName=self.table, Key=key, ConsistentRead=True).get("Item")
+            item = self._journal_item(journal_id, key)
             if item is None:
                 raise KeyError(f"no journal entry {journal_id}")
             if "closed_at" in item:
@@ -1250,7 +1313,9 @@ class DynamoLedger(Ledger):
                     "TableName": self.table,
                     "Key": key,
                     "UpdateExpression": "SET #closed = :now, #upd = :now, #out = :outcome",
-                    "ConditionExpression": "attribute_exists(#pk) AND attribute_not_exists(#closed)",
+                    # The entry as read (or last written here): a stale copy is refused and read again.
+                    "ConditionExpression": "attribute_exists(#pk) AND attribute_not_exists(#closed) "
+                    "AND #upd = :old_upd",
                     "ExpressionAttributeNames": {
                         "#pk": "pk",
                         "#closed": "closed_at",
@@ -1260,13 +1325,21 @@ class DynamoLedger(Ledger):
                     "ExpressionAttributeValues": {
                         ":now": {"N": repr(now)},
                         ":outcome": {"NULL": True} if outcome is None else {"S": str(outcome)},
+                        ":old_upd": item["updated_at"],
                     },
                 }
             }
             return [encode_journal_event(entry, "close")[1]], lambda seq: [update]
 
+        def work() -> None:
+            with self._lock:
+                try:
+                    self._append([], prepare=prepare, checked=0)
+                finally:
+                    self._known_journal.pop(int(journal_id), None)  # closed (or unknown): never cached again
+
         with contextlib.suppress(_AlreadyClosed):  # closing twice is harmless
-            self._call(lambda: self._append([], prepare=prepare, checked=0))
+            self._call(work)
 
     def journal_pending(self) -> list[JournalEntry]:
         def work() -> list[JournalEntry]:

@@ -136,21 +136,11 @@ class TestDynamoContract(LedgerContract):
 
 def test_a_writer_with_a_stale_head_retries_instead_of_forking(aws: Any, table: str) -> None:
     first = DynamoLedger(table, client=aws)
-    second = DynamoLedger(table, client=aws)  # another station on the same table
-    first.append_event(note(i=0))
-    real_head = first._head
-    raced: list[int] = []
-
-    def stale_head() -> tuple[int, str]:
-        head = real_head()
-        if not raced:  # between our read and our write, the other station appends
-            raced.append(second.append_event(note("OTHER", 1)))
-        return head
-
-    first._head = stale_head  # type: ignore[method-assign]
-    assert first.append_event(note(i=2)) == 3  # lost the race for seq 2, took seq 3
+    second = DynamoLedger(table, client=aws)  # another handle of the same station (another process)
+    first.append_event(note(i=0))  # `first` now knows the head: seq 1, and does not read it again
+    assert second.append_event(note("OTHER", 1)) == 2  # the head moves under it
+    assert first.append_event(note(i=2)) == 3  # its write at seq 2 is refused; it reads the head, takes seq 3
     first.record_attempt(make_record())
-    assert raced == [2]
     result = second.audit()
     assert result.ok and result.head_seq == 4
     assert [e.event.serial for e in second.events()] == ["SN0001", "OTHER", "SN0001", "SN0001"]
@@ -587,3 +577,68 @@ def test_a_re_provision_claims_the_unit_it_replaces(aws: Any, table: str) -> Non
     )  # the replace policy names what it replaces
     with pytest.raises(UnitClaimed):
         one.claim_unit("SN0090", "r2", replacing=[made.certificate_id])
+
+
+def test_the_audit_streams_a_chain_longer_than_one_page(aws: Any, table: str) -> None:
+    """A chain of 24 events read 5 a page: every page is a Query of its own, the chain verifies, and an event
+    edited on a late page is found by its seq."""
+    ledger = DynamoLedger(table, client=aws, station_id=ST1)
+    ledger.chain_page = 5
+    for i in range(12):
+        ledger.record_attempt(make_record(f"SN-PAGE{i}", station_id=ST1), events=[note(f"SN-PAGE{i}")])
+    pages: list[int] = []
+
+    def count(params: dict[str, Any], **_: Any) -> None:
+        if params.get("KeyConditionExpression", "").endswith("BETWEEN :lo AND :hi"):
+            pages.append(params["Limit"])
+
+    aws.meta.events.register("provide-client-params.dynamodb.Query", count)
+    try:
+        result = ledger.audit()
+        assert result.ok and result.head_seq == 24 and result.checked == 24 + 12  # events and records
+        assert len(pages) >= 5 and set(pages) == {5}  # 24 events, 5 a page: never the chain in one answer
+        DynamoTamperer(aws, table, ST1).edit_event(22, message="nothing to see")
+        late = ledger.audit()
+        assert not late.ok and (late.first_bad_row.table, late.first_bad_row.key) == ("events", 22)
+    finally:
+        aws.meta.events.unregister("provide-client-params.dynamodb.Query", count)
+
+
+def test_show_and_export_across_stations_and_for_one(aws: Any, capsys: Any) -> None:
+    """On the shared ledger `station show SN` finds a unit worked on at two stations with each station's events
+    and unfinished attempts; `--station` narrows it to one; `station export --station` exports one station's
+    records and `station units --station` lists the units last worked on there."""
+    from station.cli import EXIT_OK, main
+
+    url = f"dynamodb://cli-show-{uuid.uuid4().hex[:8]}?region={REGION}"
+    with open_ledger(url, station_id=ST1) as one:
+        one.record_attempt(
+            make_record("SN-BOTH", outcome="FAIL", station_id=ST1, attempt_id="a-st1"),
+            events=[note("SN-BOTH", message="at st1")],
+        )
+        one.record_attempt(make_record("SN-ONLY1", station_id=ST1, attempt_id="a-only"))
+    with open_ledger(url, station_id=ST2) as two:
+        two.record_attempt(
+            make_record("SN-BOTH", station_id=ST2, attempt_id="a-st2"),
+            events=[note("SN-BOTH", message="at st2")],
+        )
+        two.journal_open(attempt_id="a-st2-again", serial="SN-BOTH", slot="s2", state="registering")
+    assert main(["show", "SN-BOTH", "--ledger", url, "--json"]) == EXIT_OK
+    both = json.loads(capsys.readouterr().out)
+    assert [r["attempt_id"] for r in both["records"]] == ["a-st1", "a-st2"]
+    messages = [e["message"] for e in both["events"] if e["kind"] == "step_finished"]
+    assert sorted(messages) == ["at st1", "at st2"]  # each station's chain, not the `default` one
+    assert [j["attempt_id"] for j in both["pending_journal"]] == ["a-st2-again"]
+    assert main(["show", "SN-BOTH", "--ledger", url, "--station", ST1, "--json"]) == EXIT_OK
+    mine = json.loads(capsys.readouterr().out)
+    assert [r["attempt_id"] for r in mine["records"]] == ["a-st1"]
+    assert [e["message"] for e in mine["events"] if e["kind"] == "step_finished"] == ["at st1"]
+    assert mine["pending_journal"] == []
+    assert main(["export", "--format", "json", "--ledger", url, "--station", ST1]) == EXIT_OK
+    exported = json.loads(capsys.readouterr().out)
+    assert sorted(r["attempt_id"] for r in exported) == ["a-only", "a-st1"]
+    # `station units --station`: the units whose last attempt was at that station (SN-BOTH's was at ST2).
+    assert main(["units", "--ledger", url, "--station", ST1, "--json"]) == EXIT_OK
+    assert [u["serial"] for u in json.loads(capsys.readouterr().out)] == ["SN-ONLY1"]
+    assert main(["units", "--ledger", url, "--station", ST2, "--json"]) == EXIT_OK
+    assert [u["serial"] for u in json.loads(capsys.readouterr().out)] == ["SN-BOTH"]
