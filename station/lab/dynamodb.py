@@ -55,7 +55,7 @@ def install() -> None:
 
     # moto lists its package directory (and stats every entry) on every request to route it; it never changes.
     modules = tuple(moto.backends.list_of_moto_modules())
-    moto.backends.list_of_moto_modules = lambda: iter(modules)  # type: ignore[assignment]
+    moto.backends.list_of_moto_modules = lambda: iter(modules)
 
     query = Table.query
 
