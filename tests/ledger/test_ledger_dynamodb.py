@@ -622,7 +622,7 @@ def test_show_and_export_across_stations_and_for_one(aws: Any, capsys: Any) -> N
             make_record("SN-BOTH", station_id=ST2, attempt_id="a-st2"),
             events=[note("SN-BOTH", message="at st2")],
         )
-        two.journal_open(attempt_id="a-st2-again", serial="SN-BOTH", slot="s2", state="registering")
+        two.journal_open(attempt_id="a-st2-again", serial="SN-BOTH", slot="s2", stage="registering")
     assert main(["show", "SN-BOTH", "--ledger", url, "--json"]) == EXIT_OK
     both = json.loads(capsys.readouterr().out)
     assert [r["attempt_id"] for r in both["records"]] == ["a-st1", "a-st2"]
