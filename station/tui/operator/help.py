@@ -90,8 +90,9 @@ def help_text(content: HelpContent, keys: Sequence[tuple[str, str]]) -> Content:
     parts.append(
         "\n"
         + _(
-            "Scan the serial label of the unit in a jig and press Enter: it goes to the next free slot that "
-            "takes it. Put the slot number first (2:SERIAL) to choose the slot."
+            "Scan the serial label of the unit in a jig and press Enter: it goes to the jig that holds that "
+            "unit (or, where the label is not the unit's own id, to the next free slot that takes it). Put the "
+            "slot number first (2:SERIAL) to choose the slot."
         )
     )
     for sentence in content.scan:
