@@ -2,8 +2,8 @@
 
 Flow: the scan field always has focus (it is the only focusable widget here), so a keyboard-wedge scanner
 can type a serial and Enter at any moment; CR, LF and several scans in one read each count as one scan.
-`2:SN…` sends a unit to slot 2; a plain serial goes to the jig holding that unit (the line decides). Scans are handed to the line in
-order, in thread workers; the line answers at once (queued on a slot, or an `InputError` shown as one
+`2:SN…` sends a unit to slot 2; a plain serial goes to the jig holding that unit (the line decides). Scans
+are handed to the line in order, in thread workers; the line answers at once (queued on a slot, or an `InputError` shown as one
 sentence in the message line under the scan field, the details in the log). Progress arrives as the line's
 events, turned into messages by the relay and folded into the cards here, on the UI thread.
 
