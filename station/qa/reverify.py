@@ -30,7 +30,7 @@ from station.errors import InputError, StationError, StationFault, UnitFault
 from station.identity import certificate_id as local_certificate_id
 from station.ledger import AttemptRecord, Ledger
 from station.model import Identity, Target
-from station.pipeline import FlasherLike, UnitRequest
+from station.pipeline import FlasherLike, RegistryLike, UnitRequest
 from station.plain import plain_dict
 from station.qa.common import (
     QA_STEP_PREFIX,
@@ -61,7 +61,7 @@ class ReverifyWiring(Protocol):
     """What re-verify needs from the wiring (`station.context.StationContext` provides it)."""
 
     def open_flasher(self, slot: str, port: str, request: UnitRequest) -> FlasherLike: ...
-    def registry(self, target: Target) -> Any: ...
+    def registry(self, target: Target) -> RegistryLike: ...
 
 
 @dataclass(frozen=True)
@@ -235,7 +235,7 @@ def _record_fields(
     }
 
 
-def _check_registered(attempt: Any, registry: Any, record: AttemptRecord, dest: Target) -> None:
+def _check_registered(attempt: Any, registry: RegistryLike, record: AttemptRecord, dest: Target) -> None:
     serial = record.serial
     described = attempt.step("registry", lambda: registry.describe(record.certificate_id))
     if described is None:
@@ -274,6 +274,7 @@ def _host_reverify(
             f"The certificate given is not {serial}'s recorded certificate {record.certificate_id[:12]}….",
             "Give the unit's own certificate and key.",
         )
+    registry: RegistryLike
     if registry_for is not None:
         registry = registry_for(dest)
     elif context is not None:
@@ -308,7 +309,7 @@ def _host_reverify(
                 host=host,
                 port=port,
                 ca_bytes=ca_bytes,
-                where=getattr(registry, "where", None),
+                where=registry.where,
             ),
         )
 
@@ -392,7 +393,7 @@ def _slot_reverify(
         product=_reverify_product(config, record, slot_cfg.product),
         station_id=config.station_id,
     )
-    registry = registry_for(dest) if registry_for is not None else wiring.registry(dest)
+    registry: RegistryLike = registry_for(dest) if registry_for is not None else wiring.registry(dest)
     reservation = (
         line.reserve(slot, serial=serial, purpose=f"{QA_STEP_PREFIX}reverify")
         if line is not None
