@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from station.attempt import EventSink, outcome_of
@@ -313,9 +313,49 @@ def _host_reverify(
             ),
         )
 
+    return _verify_and_record(
+        attempt,
+        body,
+        record,
+        dest,
+        message=message,
+        note_data=data,
+        seen={},
+        mode="host",
+        result=ReverifyResult(
+            attempt_id=attempt.attempt_id,
+            serial=serial,
+            slot="",
+            target=dest.name,
+            thing_name=record.thing_name,
+            certificate_id=record.certificate_id,
+            device_id=record.device_id,
+            family=record.family,
+            operator=operator,
+            reverified_attempt_id=record.attempt_id,
+            message=message,
+        ),
+    )
+
+
+def _verify_and_record(
+    attempt: Any,
+    body: Callable[[], None],
+    record: AttemptRecord,
+    dest: Target,
+    *,
+    message: str,
+    note_data: dict[str, Any],
+    seen: dict[str, Any],
+    mode: str,
+    result: ReverifyResult,
+) -> ReverifyResult:
+    """Run a re-verify's `body` (host or device verify) as the recorded attempt, with its note and record;
+    `result` is returned with the attempt's timings once it is recorded."""
+
     def conclude(error: StationError | None) -> dict[str, Any]:
         if error is None:
-            note(attempt, ok=True, title="Re-verified", message=message, **data)
+            note(attempt, ok=True, title="Re-verified", message=message, **note_data)
         else:
             note(
                 attempt,
@@ -323,9 +363,9 @@ def _host_reverify(
                 title=error.title,
                 message=error.message,
                 next_action=error.next_action,
-                **data,
+                **note_data,
             )
-        return _record_fields(record, dest, error, message, {}, "host")
+        return _record_fields(record, dest, error, message, seen, mode)
 
     run_qa(
         attempt,
@@ -337,20 +377,7 @@ def _host_reverify(
             "Call a technician to check the ledger, then re-verify again.",
         ),
     )
-    return ReverifyResult(
-        attempt_id=attempt.attempt_id,
-        serial=serial,
-        slot="",
-        target=dest.name,
-        thing_name=record.thing_name,
-        certificate_id=record.certificate_id,
-        device_id=record.device_id,
-        family=record.family,
-        operator=operator,
-        reverified_attempt_id=record.attempt_id,
-        timings_ms=dict(attempt.timings_ms),
-        message=message,
-    )
+    return replace(result, timings_ms=dict(attempt.timings_ms))
 
 
 def _slot_reverify(
@@ -471,28 +498,27 @@ def _slot_reverify(
                 host, mqtt_port = registry.data_endpoint()
                 attempt.step("verify", lambda: unit.device_verify(host, mqtt_port, record.thing_name))
 
-            def conclude(error: StationError | None) -> dict[str, Any]:
-                if error is None:
-                    note(
-                        attempt,
-                        ok=True,
-                        title="Re-verified",
-                        message=message,
-                        device_id=seen.get("device_id"),
-                        **data,
-                    )
-                else:
-                    failed_note(error)
-                return _record_fields(record, dest, error, message, seen, "device")
-
-            run_qa(
+            return _verify_and_record(
                 attempt,
                 body,
-                conclude=conclude,
-                not_recorded=lambda detail: StationFault(
-                    "Re-verified but not recorded",
-                    f"{message[:-1]}, but the ledger could not record it ({detail}).",
-                    "Call a technician to check the ledger, then re-verify again.",
+                record,
+                dest,
+                message=message,
+                note_data={**data, "device_id": seen.get("device_id")},
+                seen=seen,
+                mode="device",
+                result=ReverifyResult(
+                    attempt_id=attempt.attempt_id,
+                    serial=serial,
+                    slot=slot,
+                    target=dest.name,
+                    thing_name=record.thing_name,
+                    certificate_id=record.certificate_id,
+                    device_id=seen.get("device_id"),
+                    family=str(seen.get("family") or ""),
+                    operator=operator,
+                    reverified_attempt_id=record.attempt_id,
+                    message=message,
                 ),
             )
         finally:
@@ -503,20 +529,6 @@ def _slot_reverify(
                     log.warning(
                         "closing slot %s after the re-verify of %s failed", slot, serial, exc_info=True
                     )
-    return ReverifyResult(
-        attempt_id=attempt.attempt_id,
-        serial=serial,
-        slot=slot,
-        target=dest.name,
-        thing_name=record.thing_name,
-        certificate_id=record.certificate_id,
-        device_id=seen.get("device_id"),
-        family=str(seen.get("family") or ""),
-        operator=operator,
-        reverified_attempt_id=record.attempt_id,
-        timings_ms=dict(attempt.timings_ms),
-        message=message,
-    )
 
 
 def _flasher_family(flasher: FlasherLike) -> str:
