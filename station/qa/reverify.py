@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from station.attempt import EventSink, outcome_of
@@ -322,19 +322,10 @@ def _host_reverify(
         note_data=data,
         seen={},
         mode="host",
-        result=ReverifyResult(
-            attempt_id=attempt.attempt_id,
-            serial=serial,
-            slot="",
-            target=dest.name,
-            thing_name=record.thing_name,
-            certificate_id=record.certificate_id,
-            device_id=record.device_id,
-            family=record.family,
-            operator=operator,
-            reverified_attempt_id=record.attempt_id,
-            message=message,
-        ),
+        slot="",
+        device_id=record.device_id,
+        family=record.family,
+        operator=operator,
     )
 
 
@@ -348,10 +339,13 @@ def _verify_and_record(
     note_data: dict[str, Any],
     seen: dict[str, Any],
     mode: str,
-    result: ReverifyResult,
+    slot: str,
+    device_id: str | None,
+    family: str,
+    operator: str,
 ) -> ReverifyResult:
     """Run a re-verify's `body` (host or device verify) as the recorded attempt, with its note and record;
-    `result` is returned with the attempt's timings once it is recorded."""
+    the result once it is recorded."""
 
     def conclude(error: StationError | None) -> dict[str, Any]:
         if error is None:
@@ -377,7 +371,20 @@ def _verify_and_record(
             "Call a technician to check the ledger, then re-verify again.",
         ),
     )
-    return replace(result, timings_ms=dict(attempt.timings_ms))
+    return ReverifyResult(
+        attempt_id=attempt.attempt_id,
+        serial=record.serial,
+        slot=slot,
+        target=dest.name,
+        thing_name=record.thing_name,
+        certificate_id=record.certificate_id,
+        device_id=device_id,
+        family=family,
+        operator=operator,
+        reverified_attempt_id=record.attempt_id,
+        timings_ms=dict(attempt.timings_ms),
+        message=message,
+    )
 
 
 def _slot_reverify(
@@ -507,19 +514,10 @@ def _slot_reverify(
                 note_data={**data, "device_id": seen.get("device_id")},
                 seen=seen,
                 mode="device",
-                result=ReverifyResult(
-                    attempt_id=attempt.attempt_id,
-                    serial=serial,
-                    slot=slot,
-                    target=dest.name,
-                    thing_name=record.thing_name,
-                    certificate_id=record.certificate_id,
-                    device_id=seen.get("device_id"),
-                    family=str(seen.get("family") or ""),
-                    operator=operator,
-                    reverified_attempt_id=record.attempt_id,
-                    message=message,
-                ),
+                slot=slot,
+                device_id=seen.get("device_id"),
+                family=str(seen.get("family") or ""),
+                operator=operator,
             )
         finally:
             if flasher is not None:
