@@ -962,24 +962,16 @@ class ExpressLinkFlasher(LineFlasher[Timing]):
         for attempt in range(max(1, attempts)):
             # A retry sends the same idempotent command again: a late reply to the first try answers it as
             # well, so no resync in between (the extra reply in flight leaves `_stale` set for the next one).
-            if attempt:
-                self.stats.retries += 1
-            self._io.discard_input()
-            before_in = self._io.bytes_in
-            self._io.write(wire)
-            self.stats.frames += 1
-            self.stats.bytes_out += len(wire)
-            deadline = time.monotonic() + timeout + wire_time(len(wire) + 256, self.baudrate)
-            try:
-                reply = self._read_reply(text, deadline)
-                if multiline and reply.ok:
-                    reply = self._read_more(reply)
-            except _Timeout as timeout_exc:
-                junk += timeout_exc.junk
-                self._stale = True
-                continue
-            finally:
-                self.stats.bytes_in += self._io.bytes_in - before_in
+            with self._sent(wire, retry=attempt > 0):
+                deadline = time.monotonic() + timeout + wire_time(len(wire) + 256, self.baudrate)
+                try:
+                    reply = self._read_reply(text, deadline)
+                    if multiline and reply.ok:
+                        reply = self._read_more(reply)
+                except _Timeout as timeout_exc:
+                    junk += timeout_exc.junk
+                    self._stale = True
+                    continue
             self._contact = True
             if reply.ok or reply.code not in (ERR_PARSE, ERR_COMMAND_NOT_FOUND) or attempt + 1 >= attempts:
                 return reply, junk

@@ -634,19 +634,10 @@ class Nrf91Flasher(LineFlasher[Timing]):
             attempts = 1
         silent = garbage = errors = 0
         for attempt in range(attempts):
-            if attempt:
-                self.stats.retries += 1
-            self._io.discard_input()
-            before_in = self._io.bytes_in
-            self._io.write(data)
-            self.stats.frames += 1
-            self.stats.bytes_out += len(data)
-            sent = time.monotonic()
-            deadline = sent + self._timeout(len(data) + reply_bytes, allowance)
-            try:
+            with self._sent(data, retry=attempt > 0):
+                sent = time.monotonic()
+                deadline = sent + self._timeout(len(data) + reply_bytes, allowance)
                 outcome, lines, code = self._await_final(deadline)
-            finally:
-                self.stats.bytes_in += self._io.bytes_in - before_in
             if outcome in ("ok", "cme"):
                 self._contact = True
                 if attempt:

@@ -559,18 +559,10 @@ class Prov1Flasher(LineFlasher[Timing]):
                 if self._budget <= 0:
                     break
                 self._budget -= 1
-                self.stats.retries += 1
-            self._io.discard_input()
-            before_in = self._io.bytes_in
-            self._io.write(frame)
-            self.stats.frames += 1
-            self.stats.bytes_out += len(frame)
-            sent = time.monotonic()
-            deadline = sent + self._timeout(len(frame), allowance)
-            try:
+            with self._sent(frame, retry=attempt > 0):
+                sent = time.monotonic()
+                deadline = sent + self._timeout(len(frame), allowance)
                 outcome, reply = self._await(seq, verb, deadline)
-            finally:
-                self.stats.bytes_in += self._io.bytes_in - before_in
             if outcome == "ok":
                 self._contact = True
                 if attempt == 0:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import time
+from collections.abc import Iterator
 from typing import Final, Generic, Protocol, TypeVar
 
 import serial
@@ -247,3 +248,19 @@ class LineFlasher(Flasher, Generic[T]):
         self.stats = WireStats()
         self._info: DeviceInfo | None = None
         self._contact = False  # the unit has answered at least once in this session
+
+    @contextlib.contextmanager
+    def _sent(self, frame: bytes, *, retry: bool) -> Iterator[None]:
+        """Send one frame (after dropping what the port held), counted in `stats` (a retry when `retry`);
+        the bytes read until the block ends count as its reply's."""
+        if retry:
+            self.stats.retries += 1
+        self._io.discard_input()
+        before_in = self._io.bytes_in
+        self._io.write(frame)
+        self.stats.frames += 1
+        self.stats.bytes_out += len(frame)
+        try:
+            yield
+        finally:
+            self.stats.bytes_in += self._io.bytes_in - before_in

@@ -87,6 +87,12 @@ UNAVAILABLE_CODES = frozenset(
 )
 
 # The codes the registry's operations handle themselves (passed through `AwsIot.call` as ClientError).
+# The connection's defaults (the registry passes its own options through with the same ones).
+DEFAULT_MAX_ATTEMPTS = 5  # botocore's adaptive retries per call
+DEFAULT_THROTTLE_WAIT_S = 60.0
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+DEFAULT_READ_TIMEOUT_S = 20.0
+
 NOT_FOUND = "ResourceNotFoundException"
 EXISTS = "ResourceAlreadyExistsException"
 DELETE_CONFLICT = "DeleteConflictException"
@@ -304,10 +310,10 @@ class AwsIot:
         *,
         budget: Budget,
         station_id: str = "station",
-        max_attempts: int = 5,
-        throttle_wait_s: float = 60.0,
-        connect_timeout_s: float = 5.0,
-        read_timeout_s: float = 20.0,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        throttle_wait_s: float = DEFAULT_THROTTLE_WAIT_S,
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+        read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
         session: boto3.Session | None = None,
     ) -> None:
         self.target = target

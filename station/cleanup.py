@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Collection
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from station.journal import JournalEntry, Stage
 from station.model import Event
@@ -44,6 +44,35 @@ log = logging.getLogger(__name__)
 DEFAULT_INTERVAL_S = 10.0
 DEFAULT_MAX_INTERVAL_S = 30.0
 DEFAULT_MAX_ATTEMPTS = 120  # rounds per entry: ≥ an hour at the longest back-off
+
+
+class CleanupTimes(Protocol):
+    """The cleaner's pace from the station's configuration (`station.config.StationConfig`)."""
+
+    @property
+    def cleanup_interval_s(self) -> float: ...
+    @property
+    def cleanup_max_interval_s(self) -> float: ...
+
+
+@runtime_checkable
+class CleanerContext(Protocol):
+    """What a line's wiring offers for its cleaner (`station.context.StationContext`); test wiring without
+    it gets no cleaner."""
+
+    @property
+    def ledger(self) -> Any: ...
+    @property
+    def station_id(self) -> str: ...
+    @property
+    def config(self) -> CleanupTimes: ...
+    def reconcile(
+        self,
+        *,
+        include: Callable[[JournalEntry], bool] | None = None,
+        on_event: Callable[[Event], None] | None = None,
+    ) -> list[ReconcileItem]: ...
+
 
 RunReconcile = Callable[[Callable[[JournalEntry], bool], Callable[[Event], None] | None], list[ReconcileItem]]
 
@@ -193,21 +222,18 @@ class Cleaner:
 
 
 def cleaner_for(
-    context: Any,
+    context: object,
     *,
     in_flight: Callable[[], Collection[str]],
     on_event: Callable[[Event], None] | None,
 ) -> Cleaner | None:
-    """The cleaner of a line built over `context` (a `station.context.StationContext`), or None when the
-    context cannot reconcile (test wiring without a ledger or a station id)."""
-    reconcile = getattr(context, "reconcile", None)
-    ledger = getattr(context, "ledger", None)
-    station_id = str(getattr(context, "station_id", "") or "")
-    if not callable(reconcile) or ledger is None or not station_id:
+    """The cleaner of a line built over `context` (a `CleanerContext`), or None when the context cannot
+    reconcile (test wiring that is not one, or has no ledger or station id)."""
+    if not isinstance(context, CleanerContext) or context.ledger is None or not context.station_id:
         return None
-    config = getattr(context, "config", None)
-    interval = float(getattr(config, "cleanup_interval_s", DEFAULT_INTERVAL_S))
-    longest = float(getattr(config, "cleanup_max_interval_s", max(DEFAULT_MAX_INTERVAL_S, interval)))
+    ledger, station_id, reconcile = context.ledger, context.station_id, context.reconcile
+    interval = float(context.config.cleanup_interval_s)
+    longest = float(context.config.cleanup_max_interval_s)
 
     def run(
         include: Callable[[JournalEntry], bool], emit: Callable[[Event], None] | None

@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from station import identity as identity_mod
 from station import naming
@@ -65,6 +65,20 @@ PIPELINE_OPTIONS = ("key_source", "check_device_id", "hello_timeout_s")
 DEFAULT_HELLO_TIMEOUT_S = 60.0
 
 FlasherFactory = Callable[..., FlasherLike]  # (port, *, family, baud, options) -> FlasherLike
+
+
+class StationObserverLike(ObserverLike, Protocol):
+    """What the station keeps of an observer beyond the pipeline's `ObserverLike` (`station.observe.Observer`
+    provides it): what may be recorded about it, when to renew it and how to remove it."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def certificate_id(self) -> str: ...
+    @property
+    def active_watches(self) -> int: ...
+    def expires_soon(self) -> bool: ...
+    def release(self) -> None: ...
 
 
 def default_flasher_factory(port: str, *, family: str, baud: int, options: dict[str, Any]) -> FlasherLike:
@@ -153,7 +167,7 @@ def default_verifier(
 
 def default_observer_factory(
     target: Target, *, registry: RegistryLike, station_id: str, ca_bytes: bytes | None
-) -> ObserverLike:
+) -> StationObserverLike:
     """The real observer: registered in `target` by its registry and connected (awscrt loaded on first use)."""
     from station.observe import Observer
 
@@ -192,7 +206,7 @@ class StationContext:
         verifier: Verifier | None = None,
         station_id: str | None = None,
         operator: str | None = None,
-        observer_factory: Callable[[Target], ObserverLike] | None = None,
+        observer_factory: Callable[[Target], StationObserverLike] | None = None,
     ) -> None:
         self.config = config
         self.ledger = ledger
@@ -232,8 +246,10 @@ class StationContext:
             )
         )
         self._observer_lock = threading.Lock()  # one observer is made at a time (first use per target)
-        self._observers: dict[str, ObserverLike] = {}
-        self._retired: list[ObserverLike] = []  # replaced before expiry, released once no watch is open
+        self._observers: dict[str, StationObserverLike] = {}
+        self._retired: list[
+            StationObserverLike
+        ] = []  # replaced before expiry, released once no watch is open
         self._holds = 0
         self.pipeline = Pipeline(
             ledger=ledger,
@@ -303,12 +319,10 @@ class StationContext:
             self._retired = []
         return [problem for observer in observers if (problem := self._release(observer))]
 
-    def _release(self, observer: ObserverLike) -> str:
+    def _release(self, observer: StationObserverLike) -> str:
         info = _observer_data(observer)
         try:
-            release = getattr(observer, "release", None)
-            if callable(release):
-                release()
+            observer.release()
         except Exception as error:
             message = error.message if isinstance(error, StationError) else type(error).__name__
             log.error("could not remove the observer %s: %s", info.get("name"), message)
@@ -327,14 +341,13 @@ class StationContext:
                 self._registries[target.name] = registry
             return registry
 
-    def observer(self, target: Target) -> ObserverLike:
+    def observer(self, target: Target) -> StationObserverLike:
         """The station's observer in `target` (made and connected on first use; renewed before it expires)."""
         with self._observer_lock:
             self._sweep_retired()
             observer = self._observers.get(target.name)
             if observer is not None:
-                expires_soon = getattr(observer, "expires_soon", None)
-                if not (callable(expires_soon) and expires_soon()):
+                if not observer.expires_soon():
                     return observer
                 del self._observers[target.name]
                 self._retired.append(observer)
@@ -358,9 +371,9 @@ class StationContext:
 
     def _sweep_retired(self) -> None:
         """Release replaced observers that no unit is watching with any more (under `_observer_lock`)."""
-        keep: list[ObserverLike] = []
+        keep: list[StationObserverLike] = []
         for observer in self._retired:
-            if int(getattr(observer, "active_watches", 0)) > 0:
+            if observer.active_watches > 0:
                 keep.append(observer)
             else:
                 self._release(observer)
@@ -528,10 +541,6 @@ class StationContext:
         )
 
 
-def _observer_data(observer: Any) -> dict[str, Any]:
+def _observer_data(observer: StationObserverLike) -> dict[str, Any]:
     """What may be recorded about an observer: name, certificate id, registry (never its key)."""
-    return {
-        "name": str(getattr(observer, "name", "") or ""),
-        "certificate_id": str(getattr(observer, "certificate_id", "") or ""),
-        "where": str(getattr(observer, "where", "") or ""),
-    }
+    return {"name": observer.name, "certificate_id": observer.certificate_id, "where": observer.where}

@@ -1116,7 +1116,7 @@ def record_fields(result: UnitResult) -> Mapping[str, Any]:
         "slot": result.slot,
         "product": result.product,
         "target": result.target,
-        "account": result.registry[0],
+        "account_id": result.registry[0],
         "region": result.registry[1],
         "station_id": result.station_id,
         "outcome": str(result.outcome),

@@ -41,6 +41,10 @@ from botocore.exceptions import ClientError
 from station.aws import (
     CERT_INVALID,
     CERT_STATE,
+    DEFAULT_CONNECT_TIMEOUT_S,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_READ_TIMEOUT_S,
+    DEFAULT_THROTTLE_WAIT_S,
     DELETE_CONFLICT,
     EXISTS,
     INVALID_REQUEST,
@@ -171,11 +175,11 @@ class Registry:
         *,
         station_id: str = "station",
         budget: Budget | None = None,
-        max_attempts: int = 5,
-        throttle_wait_s: float = 60.0,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        throttle_wait_s: float = DEFAULT_THROTTLE_WAIT_S,
         delete_wait_s: float = 15.0,
-        connect_timeout_s: float = 5.0,
-        read_timeout_s: float = 20.0,
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+        read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
         session: boto3.Session | None = None,
     ) -> None:
         self.target = target

@@ -1,6 +1,7 @@
 """One contract for every registry the pipeline can be given (fsspec-style): the in-memory `FakeRegistry` the
-fast pipeline tests use, and the real `Registry` on the lab's control plane. Each implementation supplies only
-fixtures; the tests are shared, so the fake cannot drift from what the real registry does.
+fast pipeline tests use, the QA desk tests' fake (`tests/tui/qa_fixtures`), and the real `Registry` on the
+lab's control plane. Each implementation supplies only fixtures; the tests are shared, so a fake cannot drift
+from what the real registry does.
 
 What is checked is what the pipeline relies on: registering is idempotent and says whether this call created
 the certificate; a thing is made once; rollback undoes only what the registration says was made; revoke
@@ -12,18 +13,24 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from station.identity import new_identity
+from station.model import Identity
 from station.registry import Registration
 
 sys.path.insert(0, str(Path(__file__).parent / "pipeline"))
+sys.path.insert(0, str(Path(__file__).parent / "tui"))
 from pipeline_fakes import FakeRegistry, Log
+from qa_fixtures import ACCOUNTS, FakeCloud, lab_target
+from qa_fixtures import FakeRegistry as DeskRegistry
 
 sys.path.remove(str(Path(__file__).parent / "pipeline"))
+sys.path.remove(str(Path(__file__).parent / "tui"))
 
 Lookup = Callable[[str], str | None]  # certificate id → status in the registry itself, or None
 
@@ -126,6 +133,32 @@ class TestFakeRegistry(RegistryContract):
     @pytest.fixture
     def things(self, registry: Any) -> Callable[[], set[str]]:
         return lambda: set(registry.things)
+
+
+class KeylessDeskRegistry(DeskRegistry):
+    """The desk's fake refuses a key (the QA desk never holds one); the contract's identities carry theirs,
+    so they are handed over as the desk would: certificate only."""
+
+    def register(self, identity: Identity, *, origin: str = "unit") -> Registration:
+        return super().register(replace(identity, private_key=None), origin=origin)
+
+
+class TestDeskRegistry(RegistryContract):
+    """The QA desk tests' registry (`tests/tui/qa_fixtures.FakeRegistry`) over its `FakeCloud`."""
+
+    @pytest.fixture
+    def registry(self) -> Any:
+        return KeylessDeskRegistry(
+            lab_target("lab-eu", "eu-west-1", ACCOUNTS["lab-eu"]), [], cloud=FakeCloud()
+        )
+
+    @pytest.fixture
+    def lookup(self, registry: Any) -> Lookup:
+        return lambda cid: registry.cloud.status("lab-eu", cid)
+
+    @pytest.fixture
+    def things(self, registry: Any) -> Callable[[], set[str]]:
+        return lambda: set(registry.cloud.things.get("lab-eu", set()))
 
 
 @pytest.fixture(scope="module")

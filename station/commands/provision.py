@@ -14,24 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
+from station.commands._options import add_config_argument
 from station.i18n import _
 from station.model import Event, Outcome
 from station.pipeline import STEPS
-
-CONFIG_ENV = "STATION_CONFIG"
-
-
-def add_config_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        default=os.environ.get(CONFIG_ENV, "station.toml"),
-        help=f"the station configuration (default: ${CONFIG_ENV} or ./station.toml)",
-    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from station.commands.provision import add_config_argument
+from station.commands._options import add_config_argument
 
 
 def register(sub: argparse._SubParsersAction) -> None:

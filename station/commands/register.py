@@ -8,7 +8,8 @@ policy + thing attached, optionally verified over MQTT with the key (rolled back
 attempt is recorded in the ledger with the operator. Registering the same certificate again is harmless.
 
 A thin layer over `station.qa.register_certificate`. This module also holds the few CLI helpers the other
-QA commands (revoke, transfer, preflight) share: config/ledger/operator options, confirmation, errors.
+QA commands (revoke, transfer, preflight) share: config/ledger/operator options, the ledger with the QA PIN
+checked, the plan and its confirmation, errors.
 A password comes from stdin only (never an argument, so it stays out of the process list and shell history).
 """
 
@@ -19,13 +20,14 @@ import getpass
 import json
 import os
 import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from station.cli import EXIT_NOT_FOUND, EXIT_OK
+from station.commands._options import add_config_argument
 from station.errors import InputError, StationError
 from station.i18n import _
-
-CONFIG_ENV = "STATION_CONFIG"
 
 EXAMPLES = """examples:
   station register --cert unit.cer --p12 unit.p12 --serial SA00001234 --target prod-eu --verify
@@ -48,12 +50,7 @@ exit codes:
 
 def add_station_arguments(parser: argparse.ArgumentParser, *, operator: bool = True) -> None:
     """--config, --ledger, --operator and --json, as every QA command takes them."""
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        default=os.environ.get(CONFIG_ENV, "station.toml"),
-        help=f"the station configuration (default: ${CONFIG_ENV} or ./station.toml)",
-    )
+    add_config_argument(parser)
     parser.add_argument("--ledger", metavar="PATH", help="the ledger (default: the one station.toml names)")
     if operator:
         parser.add_argument(
@@ -116,6 +113,34 @@ def confirm(question: str, *, yes: bool, flag: str = "--yes") -> bool:
     except EOFError:
         return False
     return answer.strip().lower() in ("y", "yes")
+
+
+@contextmanager
+def qa_ledger(args: argparse.Namespace, *, action: str) -> Iterator[tuple[Any, Any, str | None]]:
+    """(config, ledger, person) for a QA command that acts on recorded units: the config of --config, its
+    ledger (or --ledger) opened for this station, and the QA PIN checked (`require_pin`) before anything else;
+    `person` is whose own PIN it was (None: the station's shared PIN)."""
+    from station.config import load_config
+    from station.ledger import open_ledger
+
+    config = load_config(args.config)
+    with open_ledger(ledger_location(args, config), create=False, station_id=config.station_id) as ledger:
+        person = require_pin(args, config, ledger, action=action)
+        yield config, ledger, person
+
+
+def confirm_plan(args: argparse.Namespace, plan: Sequence[str], question: str, *, refused: str) -> bool:
+    """Show what a QA command is about to do (`plan`, one line each) and ask (`confirm`); False after
+    printing `refused` when the person says no. With --json everything goes to stderr (stdout is the
+    result's), and --yes --json shows nothing."""
+    out = sys.stderr if args.json else sys.stdout
+    if not args.yes or not args.json:
+        for line in plan:
+            print(line, file=out)
+    if confirm(question, yes=args.yes):
+        return True
+    print(refused, file=out)
+    return False
 
 
 MAX_STDIN_LINE = 4096  # a password or PIN; a longer line is not one (and must not fill the memory)

@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from station.cli import EXIT_ERROR, EXIT_FAIL, EXIT_OK
 from station.commands.register import (
     add_pin_argument,
     add_station_arguments,
-    confirm,
-    ledger_location,
+    confirm_plan,
     not_found,
-    require_pin,
+    qa_ledger,
 )
 from station.i18n import _
 
@@ -65,27 +63,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from station import qa
-    from station.config import load_config
-    from station.ledger import open_ledger
 
-    config = load_config(args.config)
-    with open_ledger(ledger_location(args, config), create=False, station_id=config.station_id) as ledger:
-        person = require_pin(args, config, ledger, action="revoke")  # a person's own PIN names them
+    with qa_ledger(args, action="revoke") as (config, ledger, person):  # a person's own PIN names them
         try:
             plan = qa.plan_revoke(config, ledger, args.serial, target=args.target)
         except qa.NotFound as error:
             return not_found(args, error)
-        out = sys.stderr if args.json else sys.stdout
-        if not args.yes or not args.json:
-            print(f"Revoke {plan.serial}:", file=out)
-            for item in plan.items:
-                print(
-                    f"  {item.target:<24} certificate {item.certificate_id[:12]}…  {_thing(item)}", file=out
-                )
-        if not confirm(
-            f"The unit will no longer connect to {', '.join(plan.targets)}. Revoke?", yes=args.yes
-        ):
-            print(_("Nothing revoked."), file=out)
+        lines = [f"Revoke {plan.serial}:"] + [
+            f"  {item.target:<24} certificate {item.certificate_id[:12]}…  {_thing(item)}"
+            for item in plan.items
+        ]
+        question = f"The unit will no longer connect to {', '.join(plan.targets)}. Revoke?"
+        if not confirm_plan(args, lines, question, refused=_("Nothing revoked.")):
             return EXIT_FAIL
         result = qa.revoke_unit(
             config, ledger, plan.serial, operator=qa.operator_name(config, person or args.operator), plan=plan

@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from station.cli import EXIT_FAIL, EXIT_OK
 from station.commands.register import (
     add_pin_argument,
     add_station_arguments,
-    confirm,
-    ledger_location,
+    confirm_plan,
     not_found,
-    require_pin,
+    qa_ledger,
 )
 from station.errors import StationError
 from station.i18n import _
@@ -82,12 +80,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from station import qa
-    from station.config import load_config
-    from station.ledger import open_ledger
 
-    config = load_config(args.config)
-    with open_ledger(ledger_location(args, config), create=False, station_id=config.station_id) as ledger:
-        person = require_pin(args, config, ledger, action="transfer")  # a person's own PIN names them
+    with qa_ledger(args, action="transfer") as (config, ledger, person):  # a person's own PIN names them
         try:
             plan = qa.plan_transfer(
                 config,
@@ -102,17 +96,14 @@ def run(args: argparse.Namespace) -> int:
             return not_found(args, error)
         except qa.AlreadyDone as there:
             return already_done(args, there)
-        out = sys.stderr if args.json else sys.stdout
-        if not args.yes or not args.json:
-            print(
-                f"Transfer {plan.serial}: certificate {plan.certificate_id[:12]}… from {plan.source_target} "
-                f"to {plan.destination} as thing {plan.thing_name}",
-                file=out,
-            )
-            if plan.revoke_source:
-                print(f"  then revoke it in {plan.source_target}", file=out)
-        if not confirm(f"Register the unit's certificate in {plan.destination}?", yes=args.yes):
-            print(_("Nothing transferred."), file=out)
+        lines = [
+            f"Transfer {plan.serial}: certificate {plan.certificate_id[:12]}… from {plan.source_target} "
+            f"to {plan.destination} as thing {plan.thing_name}"
+        ]
+        if plan.revoke_source:
+            lines.append(f"  then revoke it in {plan.source_target}")
+        question = f"Register the unit's certificate in {plan.destination}?"
+        if not confirm_plan(args, lines, question, refused=_("Nothing transferred.")):
             return EXIT_FAIL
         result = qa.transfer_unit(
             config,

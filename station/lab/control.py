@@ -494,12 +494,11 @@ class _LabApp:
                     info.protocol, 400, "InvalidRequestException", "The request body must be a JSON object."
                 )
         if operation in _CERT_REGISTER_OPERATIONS:
-            try:
-                _certrules.check_certificate_pem(document.get("certificatePem"))
-            except _certrules.Rejected as rejected:
-                return _wire.error_response(
-                    info.protocol, 400, "CertificateValidationException", str(rejected)
-                )
+            pem = document.get("certificatePem")
+            if refused := _refused(
+                info, "CertificateValidationException", _certrules.check_certificate_pem, pem
+            ):
+                return refused
             if not document.get("status"):
                 # AWS registers a certificate sent without `status` as INACTIVE (moto stores no status at all,
                 # and describe_certificate then shows none). `setAsActive=true` on RegisterCertificate still wins.
@@ -519,10 +518,9 @@ class _LabApp:
         elif operation == "CreateThing":
             return self._create_thing_again(info, environ, document, account_id, region)
         elif operation == "CreateCertificateFromCsr":
-            try:
-                _certrules.check_csr_pem(document.get("certificateSigningRequest"))
-            except _certrules.Rejected as rejected:
-                return _wire.error_response(info.protocol, 400, "InvalidRequestException", str(rejected))
+            csr = document.get("certificateSigningRequest")
+            if refused := _refused(info, "InvalidRequestException", _certrules.check_csr_pem, csr):
+                return refused
             return self._certificate_from_csr(info, document["certificateSigningRequest"], account_id, region)
         elif operation == "DescribeEndpoint":
             endpoint_type = (info.query.get("endpointType") or ["iot:Data"])[0]
@@ -712,6 +710,15 @@ def _lose_answer(
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)  # FIN without an answer
     raise ConnectionAbortedError("lab fault: answer lost after processing")
+
+
+def _refused(info: _wire.RequestInfo, code: str, rule: Callable[[Any], object], value: Any) -> _Answer | None:
+    """AWS's 400 `code` when one of its rules (`_certrules`) refuses `value`, with the rule's reason; else None."""
+    try:
+        rule(value)
+    except _certrules.Rejected as rejected:
+        return _wire.error_response(info.protocol, 400, code, str(rejected))
+    return None
 
 
 def _admin_error(status: int, message: str) -> _Answer:

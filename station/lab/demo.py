@@ -346,10 +346,7 @@ class Jigs:
     def insert_unit(self, slot: str, *, fault: str | None = None) -> DemoUnit:
         """Unplug the unit in `slot`'s jig and put a fresh simulated unit of the slot's family in (new device
         id, new store, new pty); returns it. Call it while the station is not working on the slot's unit."""
-        if slot not in self.slots:
-            raise InputError(
-                "No such slot", f"There is no slot {slot!r}.", f"Use one of {', '.join(self.slots)}."
-            )
+        self._check_slot(slot)
         family = self.families[slot]
         _check_fault(fault, family)
         self.jigs_dir.mkdir(parents=True, exist_ok=True)
@@ -357,17 +354,7 @@ class Jigs:
         with self._lock:
             serial = self._new_serial(FAMILIES[family].serial_prefix)
             unit = self._make_unit(slot, family, serial, fault)
-            if unit.pty is not None:
-                # Re-point the jig atomically: whoever opens it finds either the old unit or the new one.
-                link = Path(self.port(slot))
-                tmp = link.with_name(f".{slot}.{secrets.token_hex(4)}")
-                os.symlink(unit.pty.port, tmp)
-                os.replace(tmp, link)
-            old = self.devices.get(slot)
-            self.devices[slot] = unit
-            self.units.append(unit)
-            if old is not None:
-                self._retired.append(old)
+            old = self._plug(slot, unit)
         if old is not None:
             # Unplugged: its pty (or in-process port) goes away; its store stays (the unit's record).
             old.unplug()
@@ -377,10 +364,7 @@ class Jigs:
         """QA puts the unit whose device id (or printed serial) is `unit_id` — one this demo made, whose store
         kept its identity — back into `slot`'s jig for a re-verify there: the jig then holds the recorded
         unit, not a fresh one. Call it while the station is not working on the slot."""
-        if slot not in self.slots:
-            raise InputError(
-                "No such slot", f"There is no slot {slot!r}.", f"Use one of {', '.join(self.slots)}."
-            )
+        self._check_slot(slot)
         with self._lock:
             wanted = _plain_id(unit_id)
             current = self.devices.get(slot)
@@ -413,17 +397,32 @@ class Jigs:
             again = self._make_unit(slot, unit.family, serial, None, device_id=unit.device_id)
             again.used = True
             assert again.pty is not None
-            link = Path(self.port(slot))
-            tmp = link.with_name(f".{slot}.{secrets.token_hex(4)}")
-            os.symlink(again.pty.port, tmp)
-            os.replace(tmp, link)
-            self.devices[slot] = again
-            self.units.append(again)
-            if current is not None:
-                self._retired.append(current)
+            self._plug(slot, again)
         if current is not None:
             current.unplug()
         return again
+
+    def _check_slot(self, slot: str) -> None:
+        if slot not in self.slots:
+            raise InputError(
+                "No such slot", f"There is no slot {slot!r}.", f"Use one of {', '.join(self.slots)}."
+            )
+
+    def _plug(self, slot: str, unit: DemoUnit) -> DemoUnit | None:
+        """Put `unit` in `slot`'s jig (under `_lock`); returns the unit it took out, which the caller unplugs
+        once the lock is released."""
+        if unit.pty is not None:
+            # Re-point the jig atomically: whoever opens it finds either the old unit or the new one.
+            link = Path(self.port(slot))
+            tmp = link.with_name(f".{slot}.{secrets.token_hex(4)}")
+            os.symlink(unit.pty.port, tmp)
+            os.replace(tmp, link)
+        old = self.devices.get(slot)
+        self.devices[slot] = unit
+        self.units.append(unit)
+        if old is not None:
+            self._retired.append(old)
+        return old
 
     def _make_unit(
         self, slot: str, family: str, serial: str, fault: str | None, *, device_id: str | None = None

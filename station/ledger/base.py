@@ -333,8 +333,9 @@ def encode_record_seal(record: AttemptRecord, digest: str) -> tuple[dict[str, An
 # Records
 # ---------------------------------------------------------------------------------------------------------
 
-# Names other modules use for the same field (the pipeline's `record_fields` says "account").
-_RECORD_ALIASES = {"account": "account_id", "target_name": "target", "timings": "timings_ms"}
+# Second names earlier versions accepted for a record field: refused, so that a field has one name.
+# (Stored records never used them: their columns are the fields' own names, see `RECORD_FIELDS`.)
+_OLD_RECORD_NAMES = {"account": "account_id", "target_name": "target", "timings": "timings_ms"}
 
 
 @dataclass(frozen=True)
@@ -395,16 +396,20 @@ class AttemptRecord:
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, Any]) -> AttemptRecord:
-        """Build from a plain mapping (e.g. `station.pipeline.record_fields`); unknown keys go to `extra`."""
+        """Build from a plain mapping (e.g. `station.pipeline.record_fields`); unknown keys go to `extra`.
+
+        A field's old second name (`account`, `target_name`, `timings`) is a `TypeError`, not an extra key.
+        """
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs: dict[str, Any] = {}
         extra: dict[str, Any] = dict(fields.get("extra") or {})
         for key, value in fields.items():
             if key == "extra":
                 continue
-            name = _RECORD_ALIASES.get(key, key)
-            if name in known:
-                kwargs[name] = value
+            if key in _OLD_RECORD_NAMES:
+                raise TypeError(f"attempt record: {key!r} (the field is {_OLD_RECORD_NAMES[key]!r})")
+            if key in known:
+                kwargs[key] = value
             else:
                 extra[key] = value
         kwargs["extra"] = extra

@@ -785,26 +785,23 @@ class _Audit:
         if not serial:
             why = self._check_digest(start_seq)
             serial = "*" if why else ""
-        if serial:
+
+        def broken(row: RowRef, why: str, *, units: int, journal: int = 0) -> AuditResult:
             return dataclasses.replace(
                 result,
                 ok=False,
-                first_bad_row=RowRef("units", serial),
+                first_bad_row=row,
                 reason=why,
-                units_checked=units_checked,
+                units_checked=units,
+                journal_checked=journal,
                 anchor_note=note,
             )
+
+        if serial:
+            return broken(RowRef("units", serial), why, units=units_checked)
         journal_checked, journal_id, why = self._check_journal()
         if why:
-            return dataclasses.replace(
-                result,
-                ok=False,
-                first_bad_row=RowRef("journal", journal_id),
-                reason=why,
-                units_checked=units_checked,
-                journal_checked=journal_checked,
-                anchor_note=note,
-            )
+            return broken(RowRef("journal", journal_id), why, units=units_checked, journal=journal_checked)
         self._tick(total + self.units_total, total + self.units_total)
         return dataclasses.replace(
             result, units_checked=units_checked, journal_checked=journal_checked, anchor_note=note

@@ -31,7 +31,7 @@ from station.i18n import _
 from station.identity import certificate_id as local_certificate_id
 from station.ledger import AttemptRecord, Ledger
 from station.model import Identity, Target
-from station.pipeline import FlasherLike, UnitRequest
+from station.pipeline import FlasherLike, RegistryLike, UnitRequest
 from station.plain import plain_dict
 from station.qa.common import (
     QA_STEP_PREFIX,
@@ -62,7 +62,7 @@ class ReverifyWiring(Protocol):
     """What re-verify needs from the wiring (`station.context.StationContext` provides it)."""
 
     def open_flasher(self, slot: str, port: str, request: UnitRequest) -> FlasherLike: ...
-    def registry(self, target: Target) -> Any: ...
+    def registry(self, target: Target) -> RegistryLike: ...
 
 
 @dataclass(frozen=True)
@@ -248,7 +248,7 @@ def _record_fields(
     }
 
 
-def _check_registered(attempt: Any, registry: Any, record: AttemptRecord, dest: Target) -> None:
+def _check_registered(attempt: Any, registry: RegistryLike, record: AttemptRecord, dest: Target) -> None:
     serial = record.serial
     described = attempt.step("registry", lambda: registry.describe(record.certificate_id))
     if described is None:
@@ -295,6 +295,7 @@ def _host_reverify(
             ),
             _("Give the unit's own certificate and key."),
         )
+    registry: RegistryLike
     if registry_for is not None:
         registry = registry_for(dest)
     elif context is not None:
@@ -331,13 +332,47 @@ def _host_reverify(
                 host=host,
                 port=port,
                 ca_bytes=ca_bytes,
-                where=getattr(registry, "where", None),
+                where=registry.where,
             ),
         )
 
+    return _verify_and_record(
+        attempt,
+        body,
+        record,
+        dest,
+        message=message,
+        note_data=data,
+        seen={},
+        mode="host",
+        slot="",
+        device_id=record.device_id,
+        family=record.family,
+        operator=operator,
+    )
+
+
+def _verify_and_record(
+    attempt: Any,
+    body: Callable[[], None],
+    record: AttemptRecord,
+    dest: Target,
+    *,
+    message: str,
+    note_data: dict[str, Any],
+    seen: dict[str, Any],
+    mode: str,
+    slot: str,
+    device_id: str | None,
+    family: str,
+    operator: str,
+) -> ReverifyResult:
+    """Run a re-verify's `body` (host or device verify) as the recorded attempt, with its note and record;
+    the result once it is recorded."""
+
     def conclude(error: StationError | None) -> dict[str, Any]:
         if error is None:
-            note(attempt, ok=True, title=_("Re-verified"), message=message, **data)
+            note(attempt, ok=True, title=_("Re-verified"), message=message, **note_data)
         else:
             note(
                 attempt,
@@ -345,9 +380,9 @@ def _host_reverify(
                 title=error.title,
                 message=error.message,
                 next_action=error.next_action,
-                **data,
+                **note_data,
             )
-        return _record_fields(record, dest, error, message, {}, "host")
+        return _record_fields(record, dest, error, message, seen, mode)
 
     run_qa(
         attempt,
@@ -363,13 +398,13 @@ def _host_reverify(
     )
     return ReverifyResult(
         attempt_id=attempt.attempt_id,
-        serial=serial,
-        slot="",
+        serial=record.serial,
+        slot=slot,
         target=dest.name,
         thing_name=record.thing_name,
         certificate_id=record.certificate_id,
-        device_id=record.device_id,
-        family=record.family,
+        device_id=device_id,
+        family=family,
         operator=operator,
         reverified_attempt_id=record.attempt_id,
         timings_ms=dict(attempt.timings_ms),
@@ -419,7 +454,7 @@ def _slot_reverify(
         product=_reverify_product(config, record, slot_cfg.product),
         station_id=config.station_id,
     )
-    registry = registry_for(dest) if registry_for is not None else wiring.registry(dest)
+    registry: RegistryLike = registry_for(dest) if registry_for is not None else wiring.registry(dest)
     reservation = (
         line.reserve(slot, serial=serial, purpose=f"{QA_STEP_PREFIX}reverify")
         if line is not None
@@ -507,31 +542,19 @@ def _slot_reverify(
                 host, mqtt_port = registry.data_endpoint()
                 attempt.step("verify", lambda: unit.device_verify(host, mqtt_port, record.thing_name))
 
-            def conclude(error: StationError | None) -> dict[str, Any]:
-                if error is None:
-                    note(
-                        attempt,
-                        ok=True,
-                        title=_("Re-verified"),
-                        message=message,
-                        device_id=seen.get("device_id"),
-                        **data,
-                    )
-                else:
-                    failed_note(error)
-                return _record_fields(record, dest, error, message, seen, "device")
-
-            run_qa(
+            return _verify_and_record(
                 attempt,
                 body,
-                conclude=conclude,
-                not_recorded=lambda detail: StationFault(
-                    _("Re-verified but not recorded"),
-                    _("{message}, but the ledger could not record it ({detail}).").format(
-                        message=message[:-1], detail=detail
-                    ),
-                    _("Call a technician to check the ledger, then re-verify again."),
-                ),
+                record,
+                dest,
+                message=message,
+                note_data={**data, "device_id": seen.get("device_id")},
+                seen=seen,
+                mode="device",
+                slot=slot,
+                device_id=seen.get("device_id"),
+                family=str(seen.get("family") or ""),
+                operator=operator,
             )
         finally:
             if flasher is not None:
@@ -541,20 +564,6 @@ def _slot_reverify(
                     log.warning(
                         "closing slot %s after the re-verify of %s failed", slot, serial, exc_info=True
                     )
-    return ReverifyResult(
-        attempt_id=attempt.attempt_id,
-        serial=serial,
-        slot=slot,
-        target=dest.name,
-        thing_name=record.thing_name,
-        certificate_id=record.certificate_id,
-        device_id=seen.get("device_id"),
-        family=str(seen.get("family") or ""),
-        operator=operator,
-        reverified_attempt_id=record.attempt_id,
-        timings_ms=dict(attempt.timings_ms),
-        message=message,
-    )
 
 
 def _flasher_family(flasher: FlasherLike) -> str:

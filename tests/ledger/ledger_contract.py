@@ -169,15 +169,21 @@ class LedgerContract:
         assert ledger.find("SN0001")[0].canonical_hash() == digest
 
     def test_record_from_pipeline_fields(self, ledger: Ledger) -> None:
-        # The pipeline hands over plain fields ("account", extra keys it may add later).
+        # The pipeline hands over plain fields (each under its one name, plus extra keys it may add later).
         fields = make_record().to_dict()
-        fields["account"] = fields.pop("account_id")
         fields["verify_attempts"] = 2
         ledger.record_attempt(fields)
         (stored,) = ledger.find("SN0001")
         assert stored.account_id == "123456789012"
         assert stored.extra == {"verify_attempts": 2}
         assert ledger.audit().ok
+
+    def test_a_record_field_has_one_name(self, ledger: Ledger) -> None:
+        fields = make_record().to_dict()
+        fields["account"] = fields.pop("account_id")
+        with pytest.raises(TypeError, match="'account' \\(the field is 'account_id'\\)"):
+            ledger.record_attempt(fields)
+        assert ledger.find("SN0001") == [] and ledger.audit().ok
 
     def test_an_attempt_is_recorded_once(self, ledger: Ledger) -> None:
         record = make_record()

@@ -4,7 +4,8 @@ for the QA desk tests.
 `FakeRegistry` answers what `station.qa` calls on `station.registry.Registry` (register, create_thing,
 attach, rollback, revoke, describe, data_endpoint, where) over a `FakeCloud` that the test can read: which
 certificates each target holds and in which state, which things exist and who is attached to them. It
-remembers every call in `calls` as (operation, target, arguments). `Jig` is a unit back on a slot for
+remembers every call in `calls` as (operation, target, arguments). It is checked against the real registry by
+`tests/test_registry_contract.py` (`TestDeskRegistry`). `Jig` is a unit back on a slot for
 re-verify: it says its id and, where its family can, proves its own connection (optionally held at a gate).
 """
 
@@ -193,7 +194,7 @@ class FakeRegistry:
         self._certs[identity.certificate_id] = "ACTIVE"
         return Registration(
             certificate_id=identity.certificate_id,
-            certificate_arn=f"arn:aws:iot:{self.target.region}:{self.account_id}:cert/{identity.certificate_id}",
+            certificate_arn=self._arn(identity.certificate_id),
             created=before is None,
             target=self.target.name,
             account_id=self.account_id,
@@ -218,10 +219,22 @@ class FakeRegistry:
         principals.add(registration.certificate_id)
 
     def rollback(self, registration: Registration) -> None:
+        """Undo exactly what `registration` says was made (as `Registry.rollback`): a certificate it did not
+        create keeps its status and its other attachments."""
         self._call("rollback", registration.certificate_id)
-        self._forget(
-            registration.certificate_id, registration.thing_name if registration.thing_created else None
-        )
+        cert_id, thing = registration.certificate_id, registration.thing_name
+        if registration.created:
+            self._forget(cert_id, None)
+        else:
+            if registration.policy_attached:
+                self.cloud.policies.get(self.target.name, set()).discard(cert_id)
+            if registration.thing_attached and thing:
+                self.cloud.principals.get(self.target.name, {}).get(thing, set()).discard(cert_id)
+            if registration.activated and cert_id in self._certs:
+                self._certs[cert_id] = "INACTIVE"
+        if registration.thing_created and thing:
+            self.cloud.things.get(self.target.name, set()).discard(thing)
+            self.cloud.principals.get(self.target.name, {}).pop(thing, None)
 
     def revoke(self, certificate_id: str, *, delete_thing: str | None = None) -> bool:
         self._call("revoke", certificate_id, delete_thing)
@@ -241,7 +254,18 @@ class FakeRegistry:
     def describe(self, certificate_id: str) -> dict[str, Any] | None:
         self._call("describe", certificate_id)
         status = self._certs.get(certificate_id)
-        return None if status is None else {"certificateId": certificate_id, "status": status}
+        if status is None:
+            return None
+        return {
+            "certificateId": certificate_id,
+            "certificateArn": self._arn(certificate_id),
+            "status": status,
+            "account_id": self.account_id,
+            "region": self.target.region,
+        }
+
+    def _arn(self, certificate_id: str) -> str:
+        return f"arn:aws:iot:{self.target.region}:{self.account_id}:cert/{certificate_id}"
 
     def data_endpoint(self) -> tuple[str, int]:
         return ("127.0.0.1", 8883)
