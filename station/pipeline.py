@@ -888,12 +888,13 @@ def register_in_target(
 ) -> tuple[Registration, bool]:
     """The cloud half of the step order: register the certificate, make the thing, attach policy and thing.
 
-    The journal is updated once, after the thing is made (with what register answered: see below), and the
-    undo (roll back only what this call made) is registered with the attempt as soon as there is something to undo. The pipeline runs it on its helper
-    thread; QA register and transfer run it too, so this order lives here only. Ownership follows the
-    identity's origin (`key_source` "station"/"device": this attempt generated it, so it owns it whatever
-    the registry answered). `made` gets "registration" and "thing_created" as they happen (also when a
-    later step raises). Returns the registration and whether this call made the thing.
+    The journal is updated once, after the thing is made (with what register answered: see below), and
+    the undo (roll back only what this call made) is registered with the attempt as soon as there is
+    something to undo. The pipeline runs it on its helper thread; QA register and transfer run it too, so
+    this order lives here only. Ownership follows the identity's origin (`key_source` "station"/"device":
+    this attempt generated it, so it owns it whatever the registry answered). `made` gets "registration"
+    and "thing_created" as they happen (also when a later step raises). Returns the registration and
+    whether this call made the thing.
     """
     made = {} if made is None else made
     registration = registry.register(identity, origin=origin)
