@@ -28,6 +28,8 @@ import base64
 import hashlib
 import os
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -473,8 +475,34 @@ def _load_cert_der(data: bytes) -> x509.Certificate | None:
         return None
 
 
+# Parsed certificates by the SHA-256 of the bytes they came from: a unit's certificate is parsed and checked
+# once, not by each of the id, the AWS acceptance check, register and verify (≈ 0.15 ms each). The key is
+# a digest, so the cache never holds the input (which may be a bundle with a private key in it); the values
+# are public certificates. Only successful parses of inputs up to AWS's PEM limit are kept.
+_PARSED_MAX = 64
+_parsed: OrderedDict[bytes, tuple[x509.Certificate, ...]] = OrderedDict()
+_parsed_lock = threading.Lock()
+
+
 def _parse_certificates(data: bytes, what: str) -> list[x509.Certificate]:
     """Every certificate in PEM text, or the one DER certificate; `InputError` when there is none."""
+    if len(data) > MAX_PEM_CHARS:
+        return _parse_certificates_now(data, what)
+    digest = hashlib.sha256(data).digest()
+    with _parsed_lock:
+        certs = _parsed.get(digest)
+        if certs is not None:
+            _parsed.move_to_end(digest)
+            return list(certs)
+    parsed = _parse_certificates_now(data, what)  # raises for bad input: nothing is cached then
+    with _parsed_lock:
+        _parsed[digest] = tuple(parsed)
+        while len(_parsed) > _PARSED_MAX:
+            _parsed.popitem(last=False)
+    return parsed
+
+
+def _parse_certificates_now(data: bytes, what: str) -> list[x509.Certificate]:
     if _looks_like_pem(data):
         blocks = _pem_blocks(data)
         certs = []

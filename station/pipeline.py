@@ -13,8 +13,9 @@ Rules it keeps:
   and verified first and the old certificate revoked afterwards (kept in the journal when AWS refuses).
 - Writing to the device and registering in the target run at the same time (the cloud side on a helper
   thread), so a unit takes max(serial, cloud) + verify, not their sum.
-- The journal entry is opened before the first AWS side effect and updated after each AWS step, so a station
-  killed at any moment leaves enough behind for `reconcile` to resolve it.
+- The journal entry is opened before the first AWS side effect and updated after each AWS step whose outcome
+  recovery cannot learn from AWS (whether this attempt made the thing), so a station killed at any moment
+  leaves enough behind for `reconcile` to resolve it.
 - Any failure after registration rolls back in AWS (only what this attempt created) and wipes the device's
   staged credentials; every compensation becomes an event and a line in the attempt record.
 - The outcome follows the exception's family: `UnitFault` → FAIL, any other `StationError` → ERROR, anything
@@ -912,12 +913,13 @@ def register_in_target(
 ) -> tuple[Registration, bool]:
     """The cloud half of the step order: register the certificate, make the thing, attach policy and thing.
 
-    The journal is updated after each AWS step and the undo (roll back only what this call made) is
-    registered with the attempt as soon as there is something to undo. The pipeline runs it on its helper
-    thread; QA register and transfer run it too, so this order lives here only. Ownership follows the
-    identity's origin (`key_source` "station"/"device": this attempt generated it, so it owns it whatever
-    the registry answered). `made` gets "registration" and "thing_created" as they happen (also when a
-    later step raises). Returns the registration and whether this call made the thing.
+    The journal is updated once, after the thing is made (with what register answered: see below), and
+    the undo (roll back only what this call made) is registered with the attempt as soon as there is
+    something to undo. The pipeline runs it on its helper thread; QA register and transfer run it too, so
+    this order lives here only. Ownership follows the identity's origin (`key_source` "station"/"device":
+    this attempt generated it, so it owns it whatever the registry answered). `made` gets "registration"
+    and "thing_created" as they happen (also when a later step raises). Returns the registration and
+    whether this call made the thing.
     """
     made = {} if made is None else made
     registration = registry.register(identity, origin=origin)
@@ -932,13 +934,12 @@ def register_in_target(
         certificate_id=identity.certificate_id,
         thing_name=thing_name,
     )
+    # What register answered goes to the journal with the next write, not a write of its own: reconcile
+    # and the cleaner need only the certificate id (journaled at open, before register) to revoke the
+    # certificate, and revoke decides by what AWS holds, not by the stage or `certificate_created`. A
+    # station killed before that write leaves stage "registering", which reconcile resolves the same way.
     arn = registration.certificate_arn
-    attempt.journal(
-        stage=Stage.REGISTERED,
-        certificate_created=created,
-        certificate_arn=arn,
-        registry_answer="" if answered_created else "already registered",
-    )
+    answer = "" if answered_created else "already registered"
     try:
         thing_created = bool(registry.create_thing(thing_name))
     except BaseException as exc:
@@ -947,13 +948,36 @@ def register_in_target(
         if isinstance(exc, StationError) and exc.thing_maybe_created == thing_name:
             made["thing_created"] = True
             _note_thing(registration, thing_name, True)
-            attempt.journal(stage=Stage.THING, thing_created=True, thing_answer="lost")
+            attempt.journal(
+                stage=Stage.THING,
+                thing_created=True,
+                thing_answer="lost",
+                certificate_created=created,
+                certificate_arn=arn,
+                registry_answer=answer,
+            )
+        else:
+            attempt.journal(
+                stage=Stage.REGISTERED,
+                certificate_created=created,
+                certificate_arn=arn,
+                registry_answer=answer,
+            )
         raise
     made["thing_created"] = thing_created
     _note_thing(registration, thing_name, thing_created)
-    attempt.journal(stage=Stage.THING, thing_created=thing_created)
+    # `thing_created` is the one fact recovery needs that AWS cannot tell (whether this attempt made the
+    # thing, so that a revoke may delete it): durable now, before the next AWS call. Attaching needs no
+    # write of its own: revoke detaches whatever is attached, so the stage after attach is the next one
+    # the caller writes (verified), and a station killed while attaching or verifying leaves stage "thing".
+    attempt.journal(
+        stage=Stage.THING,
+        thing_created=thing_created,
+        certificate_created=created,
+        certificate_arn=arn,
+        registry_answer=answer,
+    )
     registry.attach(registration, thing_name)
-    attempt.journal(stage=Stage.ATTACHED)
     return registration, thing_created
 
 

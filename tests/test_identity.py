@@ -117,6 +117,33 @@ def test_certificate_id_of_garbage_is_an_input_error() -> None:
         identity.certificate_id(b"\x00\x01garbage")
 
 
+def test_a_certificate_is_parsed_once_and_the_cache_keeps_no_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    ident = identity.new_identity("cache-thing", key_type="ec-p256", days=30)
+    loads: list[bytes] = []
+    real = x509.load_pem_x509_certificate
+    monkeypatch.setattr(x509, "load_pem_x509_certificate", lambda data: loads.append(data) or real(data))
+    combined = ident.certificate_pem.encode() + ident.private_key.reveal()  # a bundle with its key in it
+
+    identity.check_identity(ident)  # acceptance check + key match: parsed once, then from the cache
+    identity.check_identity(ident)
+    assert identity.certificate_id(ident.certificate_pem) == ident.certificate_id
+    assert len(loads) == 1
+    assert identity.certificate_id(combined) == ident.certificate_id
+    assert len(loads) == 2  # other bytes, parsed on their own
+    # The cache is keyed by digests and holds certificates only: no input, and never the key's bytes.
+    assert all(len(k) == 32 for k in identity._parsed)
+    key_der = serialization.load_pem_private_key(ident.private_key.reveal(), None).private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    held = b"".join(c.public_bytes(serialization.Encoding.DER) for v in identity._parsed.values() for c in v)
+    assert key_der not in held and ident.private_key.reveal() not in pickle.dumps(list(identity._parsed))
+    # A damaged certificate is refused every time (a failure is not cached).
+    damaged = ident.certificate_pem.replace(ident.certificate_pem.splitlines()[3], "A" * 64)
+    for _ in range(2):
+        with pytest.raises(StationError):
+            identity.certificate_id(damaged)
+
+
 # ---- import ----------------------------------------------------------------------------------------------
 
 

@@ -248,7 +248,8 @@ def test_killed_between_register_and_verify_then_reconcile(tmp_path: Path, plane
     config = load_config(config_path)
     with open_ledger(config.ledger_path) as ledger:
         (entry,) = ledger.journal_pending()
-        assert entry.serial == serial and entry.stage == "attached"
+        # Killed in verify: the last write is the one after the thing was made (attach has none).
+        assert entry.serial == serial and entry.stage == "thing" and entry.thing_created is True
         assert ledger.find(serial) == []
     cert_id = entry.certificate_id
     assert registry_truth(plane)["certificates"].get(cert_id) == "ACTIVE"  # the orphan a kill leaves

@@ -87,12 +87,54 @@ def test_killed_inside_register_before_the_journal_was_updated() -> None:
     rig.registry.create_thing = dying_create_thing  # type: ignore[method-assign]
     rig.pipeline.run(rig.request(), rig.flasher)
     assert snap.ledger is not None and snap.registry is not None
-    assert snap.ledger.open_journals()[0].stage == "registered"
+    # register's answer is not journaled on its own: the entry still says what it said before register,
+    # and its certificate id (journaled at open) is all reconcile needs to revoke the certificate.
+    (entry,) = snap.ledger.open_journals()
+    assert entry.stage == "registering" and entry.certificate_created is None
+    assert entry.certificate_id in snap.registry.certificates
 
     items = run_reconcile(snap.ledger, snap.registry)
     assert [i.action for i in items] == ["rolled_back"]
     assert snap.registry.certificates == {}
     assert len(snap.ledger.records) == 1 and snap.ledger.open_journals() == []
+
+
+def test_killed_while_attaching_the_journal_already_owns_the_thing() -> None:
+    """The thing this attempt made is journaled before attach: a station killed there loses neither the
+    certificate nor the thing (AWS cannot tell reconcile who made a thing; only the journal can)."""
+    snap = Snapshot()
+    rig = make_rig(log=Log())
+    snap.rig = rig
+    original = rig.registry.attach
+
+    def dying_attach(registration: Any, thing_name: str) -> None:
+        original(registration, thing_name)
+        snap()  # attached in AWS, the station dies before anything else is written
+
+    rig.registry.attach = dying_attach  # type: ignore[method-assign]
+    rig.pipeline.run(rig.request(), rig.flasher)
+    assert snap.ledger is not None and snap.registry is not None
+    (entry,) = snap.ledger.open_journals()
+    assert (entry.stage, entry.thing_created, entry.certificate_created) == ("thing", True, True)
+    assert entry.certificate_arn and entry.thing_name in snap.registry.things
+
+    items = run_reconcile(snap.ledger, snap.registry)
+    assert [i.action for i in items] == ["rolled_back"]
+    assert snap.registry.certificates == {} and snap.registry.things == set()
+    assert len(snap.ledger.records) == 1 and snap.ledger.open_journals() == []
+
+
+def test_create_thing_refused_still_journals_what_register_answered() -> None:
+    log = Log()
+    registry = FakeRegistry(log, faults={"create_thing": StationFault("AWS refused", "no", "")})
+    rig = make_rig(log=log, registry=registry)
+    result = rig.pipeline.run(rig.request(), rig.flasher)
+
+    assert result.outcome == Outcome.ERROR
+    entry = rig.ledger.journal[1]
+    assert rig.ledger.stages[1][:2] == ["registering", "registered"]
+    assert entry.certificate_created is True and entry.certificate_id == result.certificate_id
+    assert entry.thing_created is False and rig.registry.certificates == {}
 
 
 def test_killed_after_the_pass_record_keeps_the_unit() -> None:
