@@ -70,12 +70,15 @@ def iot_client(url: str, region: str = REGION, account: str | None = None) -> An
     )
 
 
+# Every page: the lab is shared by the whole test session, so the registry may hold more than one page.
 def certificate_ids(iot: Any) -> set[str]:
-    return {c["certificateId"] for c in iot.list_certificates()["certificates"]}
+    pages = iot.get_paginator("list_certificates").paginate()
+    return {c["certificateId"] for page in pages for c in page["certificates"]}
 
 
 def thing_names(iot: Any) -> set[str]:
-    return {t["thingName"] for t in iot.list_things()["things"]}
+    pages = iot.get_paginator("list_things").paginate()
+    return {t["thingName"] for page in pages for t in page["things"]}
 
 
 def closed_port() -> int:
