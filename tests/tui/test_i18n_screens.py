@@ -211,3 +211,21 @@ def test_station_run_chooses_the_language_before_the_screen_opens(
     monkeypatch.setattr("station.tui.run_app", fake_run_app)
     assert main(["run", "--config", str(config), *argv]) == EXIT_OK
     assert chosen == [seen]
+
+
+def test_the_operator_words_match_a_title_made_in_japanese() -> None:
+    """The core translates an error's title when it makes it: the card's shorter words and the message line's
+    one sentence for a bad scan must still be found for the Japanese title."""
+    from station.tui.operator import wording
+
+    assert set_language("ja") == "ja"
+    title = _("Device disconnected")  # as the pipeline makes it in ja
+    assert title != "Device disconnected"
+    assert wording.why(Outcome.FAIL, title) == _("The unit dropped off the line")
+    assert wording.do_next(Outcome.FAIL, _("Try again."), title) == _(
+        "Reseat the unit, scan again; if it fails again: rework bin."
+    )
+    refused = wording.refusal("XQ-17", _("Invalid serial"), _("Scan the unit's label."))
+    assert refused.startswith("XQ-17 ") and refused == _(
+        "{scan} is not a serial this station takes: check the label and scan again."
+    ).format(scan="XQ-17")
