@@ -112,9 +112,22 @@ def _cell(value: object) -> Text:
     return Text("" if value is None else str(value))
 
 
+# An action's name as a person reads it (the keys are the action's id, never shown).
+_ACTION_LABEL = {
+    "search": N_("Search"),
+    "audit": N_("Audit"),
+    "revoke": N_("Revoke"),
+    "transfer": N_("Transfer"),
+    "import": N_("Import"),
+    "export": N_("Export"),
+    "reverify": N_("Re-verify"),
+    "reprovision": N_("Re-provision"),
+}
+
+
 def _label(action: str) -> str:
     """An action's name as a person reads it in a notification."""
-    return {"reverify": "Re-verify", "reprovision": "Re-provision"}.get(action, action.capitalize())
+    return _(_ACTION_LABEL[action]) if action in _ACTION_LABEL else action.capitalize()
 
 
 STATE_MARK = {
@@ -142,7 +155,7 @@ def state_text(record: Any, state: Any) -> str:
             or record.outcome not in ("PASS", "DONE")
         ):
             return ""
-        return f"↻ replaced {state.changed_at_iso[:10]}"
+        return _("↻ replaced {date}").format(date=state.changed_at_iso[:10])
     return f"{mark} {state.label()}"
 
 
@@ -228,9 +241,9 @@ class QaDeskScreen(Screen[None]):
             self.post_message(
                 QaActionFailed(
                     "search",
-                    "Search failed",
-                    f"The ledger could not be read ({type(error).__name__}).",
-                    "Try again; if it fails again, call a technician.",
+                    _("Search failed"),
+                    _("The ledger could not be read ({error_type}).").format(error_type=type(error).__name__),
+                    _("Try again; if it fails again, call a technician."),
                 )
             )
             return
@@ -265,7 +278,9 @@ class QaDeskScreen(Screen[None]):
             )
         if not message.records:
             self.notify(
-                f"The ledger has no record for {message.query!r}.", title="Not found", severity="warning"
+                _("The ledger has no record for {query!r}.").format(query=message.query),
+                title=_("Not found"),
+                severity="warning",
             )
         self._show_detail()
 
@@ -279,19 +294,24 @@ class QaDeskScreen(Screen[None]):
         if record is None:
             label.update(Content(""))
             return
-        cert = record.certificate_id or "no certificate"
+        cert = record.certificate_id or _("no certificate")
         state = self.states.get(record.serial)
         now = state_text(record, state)
         unit = ""
         if state is not None:
-            unit = f"\nunit now: {STATE_MARK.get(state.state, '·')} {state.label()}"
+            unit = "\n" + _("unit now: {state}").format(
+                state=f"{STATE_MARK.get(state.state, '·')} {state.label()}"
+            )
             if state.note:
                 unit += f" ({state.note})"
         label.update(
             Content(
                 f"{_outcome_label(record.outcome)}{f' · {now}' if now else ''}  {record.serial}  "
                 f"{record.title}: {record.message}\n"
-                f"certificate {cert}  ·  thing {record.thing_name or '-'}  ·  target {record.target}{unit}"
+                + _("certificate {certificate}  ·  thing {thing}  ·  target {target}").format(
+                    certificate=cert, thing=record.thing_name or "-", target=record.target
+                )
+                + unit
             )
         )
 
@@ -309,7 +329,9 @@ class QaDeskScreen(Screen[None]):
         record = self.selected()
         if record is None:
             self.notify(
-                "Search for a unit and pick one of its records first.", title="No record", severity="warning"
+                _("Search for a unit and pick one of its records first."),
+                title=_("No record"),
+                severity="warning",
             )
         return record
 
@@ -326,8 +348,8 @@ class QaDeskScreen(Screen[None]):
             return
         if not record.certificate_id:
             self.notify(
-                f"The record of {record.serial} has no certificate.",
-                title="Nothing to revoke",
+                _("The record of {serial} has no certificate.").format(serial=record.serial),
+                title=_("Nothing to revoke"),
                 severity="warning",
             )
             return
@@ -429,7 +451,11 @@ class QaDeskScreen(Screen[None]):
     def _claim(self, action: str) -> bool:
         """One action at a time: False (and a word to the person) while another is planned or running."""
         if self.busy_action is not None:
-            self.notify(f"Wait for {self.busy_action} to finish.", title="Busy", severity="warning")
+            self.notify(
+                _("Wait for {action} to finish.").format(action=_label(self.busy_action)),
+                title=_("Busy"),
+                severity="warning",
+            )
             return False
         self.busy_action = action
         return True
@@ -439,7 +465,7 @@ class QaDeskScreen(Screen[None]):
             self._run(action, call)
 
     def _run(self, action: str, call: Callable[[], ActionResult]) -> None:
-        self.notify(f"{_label(action)} in progress…", title="QA desk", timeout=3)
+        self.notify(_("{action} in progress…").format(action=_label(action)), title=_("QA desk"), timeout=3)
         self.act_in_thread(action, call)
 
     def _plan(
@@ -455,7 +481,11 @@ class QaDeskScreen(Screen[None]):
                     self._run(action, lambda: act(prepared))
                 else:
                     self.busy_action = None
-                    self.notify("Nothing was changed.", title=f"{_label(action)} cancelled", timeout=3)
+                    self.notify(
+                        _("Nothing was changed."),
+                        title=_("{action} cancelled").format(action=_label(action)),
+                        timeout=3,
+                    )
 
             self.app.push_screen(
                 ConfirmScreen(prepared.title, prepared.body, prepared.confirm_label), confirmed
@@ -476,9 +506,9 @@ class QaDeskScreen(Screen[None]):
             self.post_message(
                 QaActionFailed(
                     action,
-                    f"{_label(action)} failed",
-                    f"Unexpected {type(error).__name__} while planning.",
-                    "Call a technician; the details are in the station log.",
+                    _("{action} failed").format(action=_label(action)),
+                    _("Unexpected {error_type} while planning.").format(error_type=type(error).__name__),
+                    _("Call a technician; the details are in the station log."),
                 )
             )
             return
@@ -498,9 +528,9 @@ class QaDeskScreen(Screen[None]):
             self.post_message(
                 QaActionFailed(
                     action,
-                    f"{_label(action)} failed",
-                    f"Unexpected {type(error).__name__}.",
-                    "Call a technician; the details are in the station log.",
+                    _("{action} failed").format(action=_label(action)),
+                    _("Unexpected {error_type}.").format(error_type=type(error).__name__),
+                    _("Call a technician; the details are in the station log."),
                 )
             )
             return
