@@ -24,6 +24,7 @@ from tui_fakes import type_scan, wait_until
 
 from flashers.base import DeviceInfo
 from station.context import StationContext
+from station.desk import QaServices
 from station.i18n import _, set_language
 from station.ledger import open_ledger
 from station.line import Line
@@ -40,7 +41,19 @@ LANGUAGES = ("en", "ja")
 def language(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     code = request.param
     assert set_language(code) == code
-    # The scripted line's FAIL, in the words the pipeline uses for a wrong unit (so ja has them translated).
+    # The scripted line's PASS and FAIL, in the words the pipeline uses (so ja has them translated).
+    monkeypatch.setattr(
+        tui_fakes,
+        "PASS",
+        (
+            "PASS",
+            _("Provisioned"),
+            _("{thing_name} is registered in {target} and verified.").format(
+                thing_name="widget-{serial}", target="lab-eu"
+            ),
+            _("Put the unit in the good bin."),
+        ),
+    )
     monkeypatch.setattr(
         tui_fakes,
         "FAIL",
@@ -92,9 +105,8 @@ def test_snapshot_qa_desk(
     app = build_app(
         config,
         line,
-        ledger,
+        qa=QaServices(config, ledger, line=line, registry_factory=lambda t: FakeRegistry(t, [])),
         relay=relay,
-        registry_factory=lambda t: FakeRegistry(t, []),
         poll_interval=None,
     )
 
@@ -148,7 +160,11 @@ async def test_a_fail_card_in_japanese_names_the_unit_and_says_what_to_do(tmp_pa
         line = Line.from_context(context, on_event=relay)
         try:
             app = build_app(
-                config, line, ledger, relay=relay, registry_factory=registry_factory, poll_interval=0.1
+                config,
+                line,
+                qa=QaServices(config, ledger, line=line, registry_factory=registry_factory),
+                relay=relay,
+                poll_interval=0.1,
             )
             async with app.run_test(size=(80, 24)) as pilot:
                 await type_scan(pilot, f"1:{serial}")
