@@ -245,3 +245,33 @@ def test_the_operator_words_match_a_title_made_in_japanese() -> None:
     assert refused.startswith("XQ-17 ") and refused == _(
         "{scan} is not a serial this station takes: check the label and scan again."
     ).format(scan="XQ-17")
+
+
+async def test_the_help_panel_is_japanese_at_80x24() -> None:
+    """F1 in ja: the headings, the demo unit's fault and the keys in Japanese; the unit's serial and the PIN as
+    they are."""
+    from station.tui.operator.help import HelpContent, HelpScreen, JigUnit
+
+    set_language("ja")
+    app, _line = operator_app()
+    app.operator.help_content = HelpContent(
+        units=(JigUnit("s2", "PROV/1", "SIM00000042", _("the unit drops off the line part-way through")),),
+        qa_pin="4321",
+    )
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        await pilot.press("f1")
+        await wait_until(pilot, lambda: isinstance(app.screen, HelpScreen), what="the help panel")
+        body = str(app.screen.query_one("#help-body", Static).render())
+        for shown in (
+            "今治具に入っているユニット",
+            "SIM00000042",
+            "故障: ユニットが途中でラインから外れる",
+            "このデモの QA PIN は 4321 です。",
+            "スキャンするもの",
+            "PASS: 良品箱へ。FAIL: リワーク箱へ。ERROR: 技術者を呼んでください。",
+            "スキャンの終わり (スキャナーが自動で送ります)",
+        ):
+            assert shown in body
+        assert "What to scan" not in body
+        assert str(app.screen.query_one("#help-dialog").border_title) == "ヘルプ  ·  F1 または Esc で閉じる"
