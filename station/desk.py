@@ -87,7 +87,7 @@ class UnitList:
 
 
 def _short(certificate_id: str) -> str:
-    return f"{certificate_id[:12]}…" if certificate_id else "(none)"
+    return f"{certificate_id[:12]}…" if certificate_id else _("(none)")
 
 
 class _IdleCheck:
@@ -104,7 +104,11 @@ class _IdleCheck:
         if state is not None and state.state != "idle":
             raise InputError(
                 _("Slot busy"),
-                f"Slot {slot} is {state.state}" + (f" with {state.serial}." if state.serial else "."),
+                (
+                    _("Slot {slot} is {state} with {serial}.")
+                    if state.serial
+                    else _("Slot {slot} is {state}.")
+                ).format(slot=slot, state=state.state, serial=state.serial),
                 _("Wait for it, or put the unit on a free slot."),
             )
         return contextlib.nullcontext()
@@ -379,16 +383,20 @@ class QaServices:
         )
         parts = []
         for item in plan.items:
-            text = f"Certificate {_short(item.certificate_id)} will be detached, deactivated and deleted in {item.target}"
+            text = _(
+                "Certificate {certificate} will be detached, deactivated and deleted in {target}"
+            ).format(certificate=_short(item.certificate_id), target=item.target)
             if item.delete_thing:
-                text += f", and thing {item.delete_thing} deleted (the station made it)"
+                text += _(", and thing {thing} deleted (the station made it)").format(thing=item.delete_thing)
             elif item.thing_name:
-                text += f"; thing {item.thing_name} is kept ({item.keep_reason or 'not made by the station'})"
-            parts.append(text + ".")
-        body = " ".join(parts) + (
-            f" The unit will no longer connect to {', '.join(plan.targets)}. Recorded as {self.operator}."
-        )
-        return Prepared(f"Revoke {plan.serial}?", body, "Revoke", plan)
+                text += _("; thing {thing} is kept ({reason})").format(
+                    thing=item.thing_name, reason=item.keep_reason or _("not made by the station")
+                )
+            parts.append(text + _("."))
+        body = " ".join(parts) + _(
+            " The unit will no longer connect to {targets}. Recorded as {operator}."
+        ).format(targets=", ".join(plan.targets), operator=self.operator)
+        return Prepared(_("Revoke {serial}?").format(serial=plan.serial), body, _("Revoke"), plan)
 
     def revoke(self, record: Any, *, plan: RevokePlan | None = None) -> ActionResult:
         """Revoke the record's certificate in its target through `station.qa.revoke_unit` (the plan, once
@@ -443,16 +451,25 @@ class QaServices:
         )
         dest = self.config.target(plan.destination)
         account, region = dest.registry_key
-        body = (
-            f"Certificate {_short(plan.certificate_id)} will be registered in {plan.destination} "
-            f"({account}/{region}) as thing {plan.thing_name}, with the target's policy"
+        body = _(
+            "Certificate {certificate} will be registered in {destination} ({account}/{region}) as thing "
+            "{thing}, with the target's policy"
+        ).format(
+            certificate=_short(plan.certificate_id),
+            destination=plan.destination,
+            account=account,
+            region=region,
+            thing=plan.thing_name,
         )
         if plan.revoke_source:
-            body += f"; then it is revoked in {plan.source_target}."
+            body += _("; then it is revoked in {source}.").format(source=plan.source_target)
         else:
-            body += f"; it stays registered in {plan.source_target}."
-        body += f" Recorded as {self.operator}."
-        return Prepared(f"Transfer {plan.serial} to {plan.destination}?", body, "Transfer", plan)
+            body += _("; it stays registered in {source}.").format(source=plan.source_target)
+        body += _(" Recorded as {operator}.").format(operator=self.operator)
+        title = _("Transfer {serial} to {destination}?").format(
+            serial=plan.serial, destination=plan.destination
+        )
+        return Prepared(title, body, _("Transfer"), plan)
 
     def transfer(
         self, record: Any, destination: str, *, revoke_source: bool, plan: TransferPlan | None = None
@@ -741,12 +758,12 @@ class QaServices:
             lambda: qa.plan_reprovision(self.config, self.ledger, record.serial, slot=slot),
         )
         old = ", ".join(_short(c) for c in plan.replaces)
-        body = (
-            f"A new identity will be made for {plan.serial} on {slot}, registered in {plan.target} and verified; "
-            f"only then is its certificate {old} detached, deactivated and deleted. Put the unit in {slot}'s "
-            f"jig first. Recorded as {self.operator}."
-        )
-        return Prepared(f"Re-provision {plan.serial}?", body, "Re-provision", plan)
+        body = _(
+            "A new identity will be made for {serial} on {slot}, registered in {target} and verified; only "
+            "then is its certificate {old} detached, deactivated and deleted. Put the unit in {slot}'s jig "
+            "first. Recorded as {operator}."
+        ).format(serial=plan.serial, slot=slot, target=plan.target, old=old, operator=self.operator)
+        return Prepared(_("Re-provision {serial}?").format(serial=plan.serial), body, _("Re-provision"), plan)
 
     def reprovision(self, record: Any, slot: str, *, plan: Any = None) -> ActionResult:
         """The line's replace path for the unit on `slot` (`station.qa.reprovision_unit`)."""
@@ -820,12 +837,12 @@ def _revoked_text(serial: str, done: RevokeDone) -> str:
 def _revoke_failure(first: RevokeDone, done_ok: list[RevokeDone]) -> StationError:
     """The first failed item as the error the desk shows (its own family), naming what did succeed."""
     problem = first.error or {}
-    message = problem.get("message", "") or f"Revoking in {first.item.target} failed."
+    message = problem.get("message", "") or _("Revoking in {target} failed.").format(target=first.item.target)
     if done_ok:
-        message += " Done meanwhile: " + ", ".join(d.item.target for d in done_ok) + "."
+        message += _(" Done meanwhile: {targets}.").format(targets=", ".join(d.item.target for d in done_ok))
     cls = UnitFault if problem.get("kind") == "UnitFault" else StationFault
     return cls(
-        problem.get("title", "") or "Revoke failed",
+        problem.get("title", "") or _("Revoke failed"),
         message,
-        problem.get("next_action", "") or "Try again; if it fails again, call a technician.",
+        problem.get("next_action", "") or _("Try again; if it fails again, call a technician."),
     )

@@ -358,7 +358,12 @@ def demo_help(demo: Any, every: int) -> Callable[[], Any]:
 
     def content() -> HelpContent:
         units = tuple(
-            JigUnit(slot=unit.slot, family=unit.family, serial=unit.serial, fault=unit.fault_text)
+            JigUnit(
+                slot=unit.slot,
+                family=unit.family,
+                serial=unit.serial,
+                fault=_(unit.fault_text) if unit.fault_text else "",
+            )
             for unit in demo.jig_units()  # the demo's own list: the faulty ones are the ones that FAIL
         )
         return HelpContent(
@@ -369,18 +374,14 @@ def demo_help(demo: Any, every: int) -> Callable[[], Any]:
                 ),
             ),
             units=units,
-            faults=_(
-                "Every {nth}unit put in a jig is a faulty demo unit: watch it FAIL and roll back."
-            ).format(nth=_nth(every)),
+            faults=(
+                _("Every unit put in a jig is a faulty demo unit: watch it FAIL and roll back.")
+                if every == 1
+                else _(
+                    "One unit in {every} put in a jig is a faulty demo unit: watch it FAIL and roll back."
+                ).format(every=every)
+            ),
             qa_pin=LAB_QA_PIN,
         )
 
     return content
-
-
-def _nth(n: int) -> str:
-    """'3rd ', '11th ' … and '' for 1 ("every unit")."""
-    if n == 1:
-        return ""
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n}{suffix} "

@@ -84,6 +84,7 @@ from flashers.simulators.pty import PtyDevice
 from station.config import StationConfig, load_config
 from station.context import StationContext
 from station.errors import InputError, StationFault
+from station.i18n import N_
 from station.lab import Lab
 from station.lab.lab import DEFAULT_REGIONS, JoinedLab, LabProduct
 from station.line import IDLE, Line
@@ -93,11 +94,12 @@ from station.pipeline import UnitResult
 log = logging.getLogger(__name__)
 
 # The demo faults: (what the newcomer is told, the outcome the station must give). Each is a bad *unit*, so
-# the right answer is FAIL, with whatever was registered in AWS rolled back.
+# the right answer is FAIL, with whatever was registered in AWS rolled back. The words are for the help panel
+# (translated where shown).
 DEMO_FAULTS: dict[str, tuple[str, Outcome]] = {
-    "disconnect": ("the unit drops off the line part-way through", Outcome.FAIL),
-    "bad-store": ("the unit's store corrupts what it keeps (its hash differs)", Outcome.FAIL),
-    "wrong-unit": ("the unit in the jig is not the one that was scanned", Outcome.FAIL),
+    "disconnect": (N_("the unit drops off the line part-way through"), Outcome.FAIL),
+    "bad-store": (N_("the unit's store corrupts what it keeps (its hash differs)"), Outcome.FAIL),
+    "wrong-unit": (N_("the unit in the jig is not the one that was scanned"), Outcome.FAIL),
 }
 MIXED = "mixed"  # cycle through every demo fault in turn
 PLANNED = "planned"  # DemoLine.insert_unit: let the fault plan decide

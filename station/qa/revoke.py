@@ -124,12 +124,14 @@ def revoke_items(
             made = [made_thing(r) for r in users]
             others = {r.certificate_id for r in users} - {c for t, c in chosen if t == target}
             if others:
-                reason = f"still used by certificate {sorted(others)[0][:12]}… in the ledger"
+                reason = _("still used by certificate {certificate}… in the ledger").format(
+                    certificate=sorted(others)[0][:12]
+                )
             elif True not in made:
                 reason = (
-                    "the station did not make it"
+                    _("the station did not make it")
                     if False in made
-                    else "the ledger does not say the station made it"
+                    else _("the ledger does not say the station made it")
                 )
             elif last_for_thing.get((target, thing)) == key:
                 delete = thing

@@ -24,6 +24,7 @@ from tui_fakes import type_scan, wait_until
 
 from flashers.base import DeviceInfo
 from station.context import StationContext
+from station.desk import QaServices
 from station.i18n import _, set_language
 from station.ledger import open_ledger
 from station.line import Line
@@ -40,7 +41,19 @@ LANGUAGES = ("en", "ja")
 def language(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     code = request.param
     assert set_language(code) == code
-    # The scripted line's FAIL, in the words the pipeline uses for a wrong unit (so ja has them translated).
+    # The scripted line's PASS and FAIL, in the words the pipeline uses (so ja has them translated).
+    monkeypatch.setattr(
+        tui_fakes,
+        "PASS",
+        (
+            "PASS",
+            _("Provisioned"),
+            _("{thing_name} is registered in {target} and verified.").format(
+                thing_name="widget-{serial}", target="lab-eu"
+            ),
+            _("Put the unit in the good bin."),
+        ),
+    )
     monkeypatch.setattr(
         tui_fakes,
         "FAIL",
@@ -92,9 +105,8 @@ def test_snapshot_qa_desk(
     app = build_app(
         config,
         line,
-        ledger,
+        qa=QaServices(config, ledger, line=line, registry_factory=lambda t: FakeRegistry(t, [])),
         relay=relay,
-        registry_factory=lambda t: FakeRegistry(t, []),
         poll_interval=None,
     )
 
@@ -148,7 +160,11 @@ async def test_a_fail_card_in_japanese_names_the_unit_and_says_what_to_do(tmp_pa
         line = Line.from_context(context, on_event=relay)
         try:
             app = build_app(
-                config, line, ledger, relay=relay, registry_factory=registry_factory, poll_interval=0.1
+                config,
+                line,
+                qa=QaServices(config, ledger, line=line, registry_factory=registry_factory),
+                relay=relay,
+                poll_interval=0.1,
             )
             async with app.run_test(size=(80, 24)) as pilot:
                 await type_scan(pilot, f"1:{serial}")
@@ -211,3 +227,51 @@ def test_station_run_chooses_the_language_before_the_screen_opens(
     monkeypatch.setattr("station.tui.run_app", fake_run_app)
     assert main(["run", "--config", str(config), *argv]) == EXIT_OK
     assert chosen == [seen]
+
+
+def test_the_operator_words_match_a_title_made_in_japanese() -> None:
+    """The core translates an error's title when it makes it: the card's shorter words and the message line's
+    one sentence for a bad scan must still be found for the Japanese title."""
+    from station.tui.operator import wording
+
+    assert set_language("ja") == "ja"
+    title = _("Device disconnected")  # as the pipeline makes it in ja
+    assert title != "Device disconnected"
+    assert wording.why(Outcome.FAIL, title) == _("The unit dropped off the line")
+    assert wording.do_next(Outcome.FAIL, _("Try again."), title) == _(
+        "Reseat the unit, scan again; if it fails again: rework bin."
+    )
+    refused = wording.refusal("XQ-17", _("Invalid serial"), _("Scan the unit's label."))
+    assert refused.startswith("XQ-17 ") and refused == _(
+        "{scan} is not a serial this station takes: check the label and scan again."
+    ).format(scan="XQ-17")
+
+
+async def test_the_help_panel_is_japanese_at_80x24() -> None:
+    """F1 in ja: the headings, the demo unit's fault and the keys in Japanese; the unit's serial and the PIN as
+    they are."""
+    from station.tui.operator.help import HelpContent, HelpScreen, JigUnit
+
+    set_language("ja")
+    app, _line = operator_app()
+    app.operator.help_content = HelpContent(
+        units=(JigUnit("s2", "PROV/1", "SIM00000042", _("the unit drops off the line part-way through")),),
+        qa_pin="4321",
+    )
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        await pilot.press("f1")
+        await wait_until(pilot, lambda: isinstance(app.screen, HelpScreen), what="the help panel")
+        body = str(app.screen.query_one("#help-body", Static).render())
+        for shown in (
+            "今治具に入っているユニット",
+            "SIM00000042",
+            "故障: ユニットが途中でラインから外れる",
+            "このデモの QA PIN は 4321 です。",
+            "スキャンするもの",
+            "PASS: 良品箱へ。FAIL: リワーク箱へ。ERROR: 技術者を呼んでください。",
+            "スキャンの終わり (スキャナーが自動で送ります)",
+        ):
+            assert shown in body
+        assert "What to scan" not in body
+        assert str(app.screen.query_one("#help-dialog").border_title) == "ヘルプ  ·  F1 または Esc で閉じる"

@@ -20,7 +20,7 @@ def counters_text(
     # What failed attempts left in AWS until the line's cleaner has removed it (shown only while it is there,
     # before the yield and the rate, so a narrow screen cuts those rather than the warning).
     pending = (
-        (("   ⚠ cleanup pending: ", "bold $warning"), (str(cleanup_pending), "bold"))
+        (("   ⚠ " + _("cleanup pending:") + " ", "bold $warning"), (str(cleanup_pending), "bold"))
         if cleanup_pending
         else ()
     )
@@ -33,9 +33,9 @@ def counters_text(
         ("   ⚠ ERROR ", "bold $warning"),
         (str(counters.errored), "bold"),
         *pending,
-        "   first-pass yield ",
+        "   " + _("first-pass yield") + " ",
         ("–" if fpy is None else f"{fpy * 100:.0f}%", "bold"),
-        "   units/h ",
+        "   " + _("units/h") + " ",
         ("–" if uph is None else f"{uph:.0f}", "bold"),
     )
 

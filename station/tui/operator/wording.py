@@ -32,6 +32,15 @@ _OPERATOR_DO: dict[str, str] = {
 }
 
 
+def _operator_words(table: dict[str, str], title: str) -> str | None:
+    """The operator's words for the core's `title`, which arrives in the station's language (the core
+    translates a title when it makes it), so the English key is matched in its translation too."""
+    for key, words in table.items():
+        if title in (key, _(key)):
+            return _(words)
+    return None
+
+
 def do_next(outcome: Outcome, next_action: str, title: str = "") -> str:
     """The one next action for the operator.
 
@@ -42,8 +51,9 @@ def do_next(outcome: Outcome, next_action: str, title: str = "") -> str:
     """
     if outcome == Outcome.ERROR:
         return _("Call a technician.")
-    if title in _OPERATOR_DO:
-        return _(_OPERATOR_DO[title])
+    words = _operator_words(_OPERATOR_DO, title)
+    if words is not None:
+        return words
     if next_action:
         return next_action
     if outcome == Outcome.PASS:
@@ -57,7 +67,8 @@ def why(outcome: Outcome, title: str) -> str:
     """A few words why: the core's title (or the operator's words for it), none on a PASS (the big word)."""
     if outcome == Outcome.PASS:
         return ""
-    return _(_OPERATOR_WHY[title]) if title in _OPERATOR_WHY else title
+    words = _operator_words(_OPERATOR_WHY, title)
+    return title if words is None else words
 
 
 def shown_scan(text: str) -> str:
@@ -75,7 +86,7 @@ _NOT_A_SERIAL = frozenset(
 def refusal(text: str, title: str, next_action: str) -> str:
     """The message line's sentence for a refused scan (details, such as the patterns tried, go to the log)."""
     scan = shown_scan(text)
-    if title in _NOT_A_SERIAL:
+    if any(title in (key, _(key)) for key in _NOT_A_SERIAL):
         return _("{scan} is not a serial this station takes: check the label and scan again.").format(
             scan=scan or "''"
         )

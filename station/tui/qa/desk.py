@@ -161,20 +161,24 @@ def _fit(value: object, width: int | None) -> Text:
     return Text(text)
 
 
+# An action's name as a person reads it (the keys are the action's id, never shown).
+_ACTION_LABEL = {
+    "search": N_("Search"),
+    "audit": N_("Audit"),
+    "revoke": N_("Revoke"),
+    "transfer": N_("Transfer"),
+    "import": N_("Import"),
+    "export": N_("Export"),
+    "reverify": N_("Re-verify"),
+    "reprovision": N_("Re-provision"),
+    "reprint": N_("Reprint"),
+    "label": N_("Label"),
+}
+
+
 def _label(action: str) -> str:
     """An action's name as a person reads it in a notification."""
-    names = {
-        "reverify": N_("Re-verify"),
-        "reprovision": N_("Re-provision"),
-        "revoke": N_("Revoke"),
-        "transfer": N_("Transfer"),
-        "import": N_("Import"),
-        "export": N_("Export"),
-        "audit": N_("Audit"),
-        "reprint": N_("Reprint"),
-        "label": N_("Label"),
-    }
-    return _(names.get(action, action.capitalize()))
+    return _(_ACTION_LABEL[action]) if action in _ACTION_LABEL else action.capitalize()
 
 
 STATE_MARK = {
@@ -202,7 +206,7 @@ def state_text(record: Any, state: Any) -> str:
             or record.outcome not in ("PASS", "DONE")
         ):
             return ""
-        return f"↻ replaced {state.changed_at_iso[:10]}"
+        return _("↻ replaced {date}").format(date=state.changed_at_iso[:10])
     return f"{mark} {state.label()}"
 
 
@@ -769,7 +773,7 @@ class QaDeskScreen(Screen[None]):
                 QaActionFailed(
                     action,
                     _("{action} failed").format(action=_label(action)),
-                    _("Unexpected {error} while planning.").format(error=type(error).__name__),
+                    _("Unexpected {error_type} while planning.").format(error_type=type(error).__name__),
                     _("Call a technician; the details are in the station log."),
                 )
             )
@@ -791,7 +795,7 @@ class QaDeskScreen(Screen[None]):
                 QaActionFailed(
                     action,
                     _("{action} failed").format(action=_label(action)),
-                    _("Unexpected {error}.").format(error=type(error).__name__),
+                    _("Unexpected {error_type}.").format(error_type=type(error).__name__),
                     _("Call a technician; the details are in the station log."),
                 )
             )

@@ -178,41 +178,43 @@ class ImportScreen(_Dialog):
         if first is not None and first.product in self._products:
             product = first.product
         with Vertical(classes="dialog"):
-            yield Label("Register an imported certificate (PEM, DER or PKCS#12)", classes="dialog-title")
+            yield Label(_("Register an imported certificate (PEM, DER or PKCS#12)"), classes="dialog-title")
             yield Input(
                 first.path if first else "",
                 id="import-path",
                 max_length=4096,
-                placeholder="certificate: .pem / .der / .cer / .p12",
+                placeholder=_("certificate: .pem / .der / .cer / .p12"),
             )
             yield Input(
                 (first.key_path or "") if first else "",
                 id="import-key",
                 max_length=4096,
-                placeholder="key: .key or the keychain's .p12 (optional; needed to verify)",
+                placeholder=_("key: .key or the keychain's .p12 (optional; needed to verify)"),
             )
             # The password is not kept when the dialog opens again.
             yield Input(
                 id="import-password",
                 password=True,
                 max_length=1024,
-                placeholder="password (PKCS#12 only; optional)",
+                placeholder=_("password (PKCS#12 only; optional)"),
             )
             yield Select(
                 [(p, p) for p in self._products],
                 id="import-product",
-                prompt="product (optional)",
+                prompt=_("product (optional)"),
                 value=product,
             )
             yield Input(
                 (first.thing or "") if first else "",
                 id="import-thing",
                 max_length=128,
-                placeholder="thing name (optional)",
+                placeholder=_("thing name (optional)"),
             )
-            yield Select([(t, t) for t in self._targets], id="import-target", prompt="target", value=target)
+            yield Select(
+                [(t, t) for t in self._targets], id="import-target", prompt=_("target"), value=target
+            )
             yield Checkbox(
-                "Verify: connect as the unit with its key",
+                _("Verify: connect as the unit with its key"),
                 value=first.verify if first else False,
                 id="import-verify",
             )
@@ -220,7 +222,7 @@ class ImportScreen(_Dialog):
                 first.serial if first else "",
                 id="import-serial",
                 max_length=128,
-                placeholder="the unit's serial",
+                placeholder=_("the unit's serial"),
             )
             with Horizontal(classes="buttons"):
                 yield Button(_("Register"), id="ok", variant="warning")
@@ -231,7 +233,7 @@ class ImportScreen(_Dialog):
     def _ok(self) -> None:
         target = self.query_one("#import-target", Select).value
         if not isinstance(target, str):
-            self.app.notify("Choose the target to register in.", title="No target", severity="warning")
+            self.app.notify(_("Choose the target to register in."), title=_("No target"), severity="warning")
             return
         product = self.query_one("#import-product", Select).value
         password = self.query_one("#import-password", Input).value
@@ -315,31 +317,37 @@ class ReverifyScreen(_Dialog):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Label(
-                Content(f"Re-verify {self._serial}: put the unit in a jig, or give its key file"),
+                Content(
+                    _("Re-verify {serial}: put the unit in a jig, or give its key file").format(
+                        serial=self._serial
+                    )
+                ),
                 classes="dialog-title",
             )
             yield Label(
-                "On a slot the station holds it (the line starts no unit on it), checks the unit's id against "
-                "its record, then lets the unit connect with its own identity. Without a slot the station "
-                "connects as the unit with the key file — it keeps no unit's key itself.",
+                _(
+                    "On a slot the station holds it (the line starts no unit on it), checks the unit's id "
+                    "against its record, then lets the unit connect with its own identity. Without a slot the "
+                    "station connects as the unit with the key file — it keeps no unit's key itself."
+                ),
                 id="reverify-help",
             )
             yield Select(
                 [(s, s) for s in self._slots],
                 id="reverify-slot",
-                prompt="slot",
+                prompt=_("slot"),
                 value=self._preselect if self._preselect is not None else Select.NULL,
             )
             yield Input(
                 id="reverify-key",
                 max_length=4096,
-                placeholder="or: the unit's .p12 (certificate + key), without a slot",
+                placeholder=_("or: the unit's .p12 (certificate + key), without a slot"),
             )
             yield Input(
                 id="reverify-password",
                 password=True,
                 max_length=1024,
-                placeholder="password of the .p12 (optional)",
+                placeholder=_("password of the .p12 (optional)"),
             )
             with Horizontal(classes="buttons"):
                 yield Button(_("Re-verify"), id="ok", variant="primary")
@@ -354,7 +362,9 @@ class ReverifyScreen(_Dialog):
         key = self.query_one("#reverify-key", Input).value.strip()
         if not isinstance(slot, str) and not key:
             self.app.notify(
-                "Choose the slot the unit is on, or give its key file.", title="No slot", severity="warning"
+                _("Choose the slot the unit is on, or give its key file."),
+                title=_("No slot"),
+                severity="warning",
             )
             return
         if isinstance(slot, str):
@@ -376,12 +386,13 @@ class ReprovisionScreen(_Dialog):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Label(
-                Content(f"Re-provision {self._serial}: put the unit in a jig"), classes="dialog-title"
+                Content(_("Re-provision {serial}: put the unit in a jig").format(serial=self._serial)),
+                classes="dialog-title",
             )
             yield Select(
                 [(s, s) for s in self._slots],
                 id="reprovision-slot",
-                prompt="slot",
+                prompt=_("slot"),
                 value=self._preselect if self._preselect is not None else Select.NULL,
             )
             with Horizontal(classes="buttons"):
@@ -395,7 +406,7 @@ class ReprovisionScreen(_Dialog):
     def _ok(self) -> None:
         slot = self.query_one("#reprovision-slot", Select).value
         if not isinstance(slot, str):
-            self.app.notify("Choose the slot the unit is in.", title="No slot", severity="warning")
+            self.app.notify(_("Choose the slot the unit is in."), title=_("No slot"), severity="warning")
             return
         self.dismiss(slot)
 

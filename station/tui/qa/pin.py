@@ -67,9 +67,9 @@ class PinScreen(ModalScreen[bool]):
             return
         except Exception:  # the ledger could not be read or written: fail closed, and say so
             unchecked = InputError(
-                "PIN not checked",
-                "The station could not check the PIN (its ledger is not available).",
-                "Try again; if it keeps failing, call a technician.",
+                _("PIN not checked"),
+                _("The station could not check the PIN (its ledger is not available)."),
+                _("Try again; if it keeps failing, call a technician."),
             )
             self.app.call_from_thread(self._refused, unchecked)
             return
