@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import tui_fakes
 from qa_fixtures import PIN, FakeRegistry, make_config, make_ledger
+from rich.cells import cell_len
 from test_real_line import Cloud, Device
 from test_snapshots import operator_app, outcome_of, settle
 from textual.pilot import Pilot
@@ -275,3 +276,19 @@ async def test_the_help_panel_is_japanese_at_80x24() -> None:
             assert shown in body
         assert "What to scan" not in body
         assert str(app.screen.query_one("#help-dialog").border_title) == "ヘルプ  ·  F1 または Esc で閉じる"
+
+
+@pytest.mark.parametrize("width", [80, 100])
+def test_the_desks_narrow_columns_show_their_whole_header(language: str, width: int) -> None:
+    """Textual cuts a column header without an ellipsis: in ja ターゲット (10 cells) and スロット (8) would
+    lose their last character in the 8- and 6-cell columns made for English."""
+    widths = desk_module.column_widths(width)
+    for name, cells in widths.items():
+        assert cells is not None and cells >= cell_len(_(name)), (language, name, cells)
+    assert sum(w or 0 for w in widths.values()) + 2 * len(widths) + 2 + 2 <= width
+
+
+def test_a_japanese_name_is_cut_by_cells_with_an_ellipsis() -> None:
+    cut = desk_module._fit("山田太郎さん", 8).plain
+    assert cut.endswith("…") and cut.startswith("山田太") and cell_len(cut) <= 8
+    assert desk_module._fit("day-shift", 8).plain == "day-shi…"

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from rich.cells import cell_len
 from rich.text import Text
 from textual import events, on, work
 from textual.app import ComposeResult
@@ -154,11 +155,12 @@ def _cell(value: object) -> Text:
 
 
 def _fit(value: object, width: int | None) -> Text:
-    """A cell cut to `width` with an ellipsis (None: as it is)."""
-    text = "" if value is None else str(value)
-    if width is not None and len(text) > width:
-        text = text[: max(0, width - 1)] + "…"
-    return Text(text)
+    """A cell cut to `width` terminal cells with an ellipsis (None: as it is); a Japanese name takes two
+    cells a character, so the cut counts cells, not characters."""
+    text = Text("" if value is None else str(value))
+    if width is not None:
+        text.truncate(width, overflow="ellipsis")
+    return text
 
 
 # An action's name as a person reads it (the keys are the action's id, never shown).
@@ -224,6 +226,9 @@ def column_widths(width: int) -> dict[str, int | None]:
     if width >= WIDE:
         return dict.fromkeys(RECORD_COLUMNS, None)
     fixed = {"When": 11, "Serial": 10, "Outcome": 7, "Target": 8, "Slot": 6, "Operator": 8}
+    # A column is never narrower than its header in the station's language (ターゲット is 10 cells wide):
+    # Textual cuts a header without an ellipsis.
+    fixed = {name: max(cells, cell_len(_(name))) for name, cells in fixed.items()}
     # The table's border (2), a cell's padding (2 per column) and the vertical scrollbar (2).
     left = width - 2 - 2 * (len(fixed) + 1) - 2 - sum(fixed.values())
     shown = {**fixed, "Thing": max(6, left)}
