@@ -41,6 +41,7 @@ class LineAPI(Protocol):
 
     def scan(self, serial: str, slot: str | None = None) -> str: ...
     def slots(self) -> Sequence[SlotLike]: ...
+    def set_operator(self, name: str) -> None: ...  # whom the next records name (after a sign-in)
 
 
 class ActionResult(Protocol):

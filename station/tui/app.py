@@ -96,7 +96,7 @@ class StationApp(App[None]):
             clock=clock,
             poll_interval=poll_interval,
             help_content=help_content,  # F1 (the demo names its units and PIN there)
-            on_shift_change=self._record_shift if getattr(qa, "ledger", None) is not None else None,
+            on_shift_change=self._record_shift if qa is not None and qa.ledger is not None else None,
         )
         self._quit_armed_at: float | None = None
         self._pin_guard: PinGuard | None = None
@@ -119,7 +119,7 @@ class StationApp(App[None]):
 
     def _record_shift(self, data: dict[str, Any]) -> None:
         """The shift change into the ledger's event log (called off the UI thread by the operator screen)."""
-        ledger = getattr(self.qa, "ledger", None)
+        ledger = self.qa.ledger if self.qa is not None else None
         if ledger is None:
             return
         if self.person:
@@ -158,9 +158,7 @@ class StationApp(App[None]):
         if not name:
             return
         self.person = name
-        set_operator = getattr(self.line, "set_operator", None)
-        if callable(set_operator):
-            set_operator(name)  # the next record names them
+        self.line.set_operator(name)  # the next record names them
         if self.qa is not None:
             self.qa.act_as(name)
             qa = self.qa
@@ -201,7 +199,7 @@ class StationApp(App[None]):
         qa = self.qa
         if self._pin_guard is None:
             # One guard for the app's life; its count of wrong PINs lives in the ledger anyway.
-            ledger = getattr(qa, "ledger", None)
+            ledger = qa.ledger if qa is not None else None
             self._pin_guard = PinGuard(pins, ledger=ledger, where="QA desk", operator=self.person)
         self._pin_guard.operator = self.person
         prompt = PinScreen(self._pin_guard)

@@ -116,7 +116,7 @@ async def test_a_qa_persons_own_pin_names_them_on_the_revoke(tmp_path: Path) -> 
             await wait_until(pilot, lambda: isinstance(app.screen, SignInScreen), what="the sign-in")
             await type_scan(pilot, "ALICE")  # a listed name, in any case
             await wait_until(pilot, lambda: isinstance(app.screen, OperatorScreen), what="the line")
-            assert app.person == "alice"
+            assert app.person == "alice" and line.operator == "alice"  # the line names her next
 
             await pilot.press("f3")
             await wait_until(pilot, lambda: isinstance(app.screen, PinScreen), what="the PIN prompt")

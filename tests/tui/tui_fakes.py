@@ -88,9 +88,13 @@ class ScriptedLine:
         self.timings = timings
         self.clock = clock
         self.scanned: list[tuple[str, str]] = []
+        self.operator: str | None = None  # who signed in last (the real line names them on its records)
         self._threads: list[threading.Thread] = []
 
     # -- the LineAPI ----------------------------------------------------------------------------------
+    def set_operator(self, name: str) -> None:
+        self.operator = name
+
     def scan(self, serial: str, slot: str | None = None) -> str:
         serial = serial.strip()
         if not SERIAL_RE.fullmatch(serial):
