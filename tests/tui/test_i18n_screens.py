@@ -17,19 +17,16 @@ import pytest
 import tui_fakes
 from qa_fixtures import PIN, FakeRegistry, make_config, make_ledger
 from rich.cells import cell_len
-from test_real_line import Cloud, Device
+from test_real_line import Device, real_line_app
 from test_snapshots import operator_app, outcome_of, settle
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Footer, Static
 from tui_fakes import type_scan, wait_until
 
 from flashers.base import DeviceInfo
-from station.context import StationContext
 from station.desk import QaServices
 from station.i18n import _, set_language
-from station.ledger import open_ledger
-from station.line import Line
-from station.model import Outcome, Target
+from station.model import Outcome
 from station.tui.app import build_app
 from station.tui.qa import desk as desk_module
 from station.tui.qa.desk import QaDeskScreen
@@ -144,44 +141,19 @@ async def test_a_fail_card_in_japanese_names_the_unit_and_says_what_to_do(tmp_pa
         def identify(self) -> DeviceInfo:
             return DeviceInfo("SN00000099", "sim-1.0")
 
-    clouds: dict[str, Cloud] = {}
-
-    def registry_factory(target: Target) -> Cloud:
-        return clouds.setdefault(target.name, Cloud(target))
-
-    relay = EventRelay()
-    with open_ledger(tmp_path / "ledger.sqlite") as ledger:
-        context = StationContext(
-            config,
-            ledger=ledger,
-            flasher_factory=lambda port, **_kw: OtherUnit(port),
-            registry_factory=registry_factory,
-            verifier=lambda *a, **k: None,
-        )
-        line = Line.from_context(context, on_event=relay)
-        try:
-            app = build_app(
-                config,
-                line,
-                qa=QaServices(config, ledger, line=line, registry_factory=registry_factory),
-                relay=relay,
-                poll_interval=0.1,
-            )
-            async with app.run_test(size=(80, 24)) as pilot:
-                await type_scan(pilot, f"1:{serial}")
-                card = app.operator.cards["s1"]
-                await wait_until(pilot, lambda: card.outcome == Outcome.FAIL, timeout=15, what="the FAIL")
-                await pilot.pause()
-                widget = app.query_one("#card-1")
-                shown = " ".join(str(s.render()) for s in widget.query(Static))
-                assert "正しいユニットを治具に入れて、もう一度スキャンしてください。" in shown
-                assert serial in shown
-                assert (
-                    card.message == f"治具のユニットが違います: スキャンは {serial}、デバイスは SN00000099。"
-                )
-            assert line.wait_idle(10)
-        finally:
-            line.stop(timeout=10)
+    with real_line_app(config, tmp_path, device=OtherUnit, verify=lambda *a, **k: None) as real:
+        app, line, ledger = real.app, real.line, real.ledger
+        async with app.run_test(size=(80, 24)) as pilot:
+            await type_scan(pilot, f"1:{serial}")
+            card = app.operator.cards["s1"]
+            await wait_until(pilot, lambda: card.outcome == Outcome.FAIL, timeout=15, what="the FAIL")
+            await pilot.pause()
+            widget = app.query_one("#card-1")
+            shown = " ".join(str(s.render()) for s in widget.query(Static))
+            assert "正しいユニットを治具に入れて、もう一度スキャンしてください。" in shown
+            assert serial in shown
+            assert card.message == f"治具のユニットが違います: スキャンは {serial}、デバイスは SN00000099。"
+        assert line.wait_idle(10)
         (record,) = [r for r in ledger.records() if r.serial == serial]
         assert record.outcome == "FAIL"  # a stored value: never translated
 

@@ -12,17 +12,14 @@ from typing import Any
 
 import pytest
 from qa_fixtures import CERT_ID, PIN, FakeCloud, FakeRegistry, make_config, make_ledger
-from test_real_line import Cloud, Device, verifier
+from test_real_line import real_line_app
 from textual.widgets import Button, Label, Static
 from tui_fakes import ScriptedLine, type_scan, wait_until
 
 from station.config import Person, load_config
-from station.context import StationContext
 from station.desk import SIGN_IN_SERIAL, QaServices
 from station.errors import ConfigError, InputError
 from station.ledger import open_ledger
-from station.line import Line
-from station.model import Target
 from station.people import qa_pins, sign_in_required, who_signs_in
 from station.qapin import PinGuard, hash_pin, pin_matches
 from station.tui.app import build_app
@@ -53,45 +50,25 @@ async def test_sign_in_by_badge_names_the_operator_on_the_next_record(tmp_path: 
             "widget": dataclasses.replace(config.products["widget"], options={"check_device_id": False})
         },
     )
-    clouds: dict[str, Cloud] = {}
-
-    def registry_factory(target: Target) -> Cloud:
-        return clouds.setdefault(target.name, Cloud(target))
-
-    relay = EventRelay()
-    with open_ledger(tmp_path / "ledger.sqlite") as ledger:
-        context = StationContext(
-            config,
-            ledger=ledger,
-            flasher_factory=lambda port, **_: Device(port),
-            registry_factory=registry_factory,
-            verifier=verifier,
-        )
-        line = Line.from_context(context, on_event=relay)
-        try:
-            qa = QaServices(config, ledger, line=line, registry_factory=registry_factory)
-            app = build_app(config, line, qa=qa, relay=relay, poll_interval=0.1)
-            async with app.run_test(size=(80, 24)) as pilot:
-                await wait_until(pilot, lambda: isinstance(app.screen, SignInScreen), what="the sign-in")
-                await pilot.press("escape")  # nobody signed in yet: it stays
-                assert isinstance(app.screen, SignInScreen)
-                await type_scan(pilot, "B-999999")  # a badge nobody has
-                problem = app.screen.query_one("#sign-in-problem", Label)
-                await wait_until(
-                    pilot, lambda: "Not on this station's list" in str(problem.render()), what="refused"
-                )
-                assert isinstance(app.screen, SignInScreen)
-                await type_scan(pilot, ALICE_BADGE)
-                await wait_until(pilot, lambda: isinstance(app.screen, OperatorScreen), what="the line")
-                assert app.person == "alice"
-                assert "Operator alice" in str(app.query_one("#station-line", Static).render())
-                await type_scan(pilot, "1:SN00000001")
-                await wait_until(
-                    pilot, lambda: bool(ledger.find("SN00000001")), timeout=15, what="the record"
-                )
-            assert line.wait_idle(10)
-        finally:
-            line.stop(timeout=10)
+    with real_line_app(config, tmp_path) as real:
+        app, line, ledger = real.app, real.line, real.ledger
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_until(pilot, lambda: isinstance(app.screen, SignInScreen), what="the sign-in")
+            await pilot.press("escape")  # nobody signed in yet: it stays
+            assert isinstance(app.screen, SignInScreen)
+            await type_scan(pilot, "B-999999")  # a badge nobody has
+            problem = app.screen.query_one("#sign-in-problem", Label)
+            await wait_until(
+                pilot, lambda: "Not on this station's list" in str(problem.render()), what="refused"
+            )
+            assert isinstance(app.screen, SignInScreen)
+            await type_scan(pilot, ALICE_BADGE)
+            await wait_until(pilot, lambda: isinstance(app.screen, OperatorScreen), what="the line")
+            assert app.person == "alice"
+            assert "Operator alice" in str(app.query_one("#station-line", Static).render())
+            await type_scan(pilot, "1:SN00000001")
+            await wait_until(pilot, lambda: bool(ledger.find("SN00000001")), timeout=15, what="the record")
+        assert line.wait_idle(10)
         (record,) = ledger.find("SN00000001")
         assert (record.outcome, record.operator) == ("PASS", "alice")  # not the config's "day-shift"
         (signed,) = [e.event for e in ledger.events(SIGN_IN_SERIAL)]

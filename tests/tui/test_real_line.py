@@ -5,6 +5,8 @@ in-test stand-ins (the lab-backed end-to-end runs live with the demo)."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -18,9 +20,10 @@ from station.context import StationContext
 from station.desk import QaServices
 from station.errors import UnitFault
 from station.ledger import open_ledger
+from station.ledger.base import Ledger
 from station.line import Line
 from station.model import Identity, Outcome, Registration, Target
-from station.tui.app import build_app
+from station.tui.app import StationApp, build_app
 from station.tui.relay import EventRelay
 
 BAD_UNIT = "SN00000066"  # its certificate "is not accepted" at verify
@@ -121,11 +124,24 @@ def verifier(identity: Identity, *, thing_name: str, **_: Any) -> None:
         )
 
 
-async def test_operator_screen_over_the_real_line(tmp_path: Path) -> None:
-    config = make_config(tmp_path)
-    config = replace(
-        config, products={"widget": replace(config.products["widget"], options={"check_device_id": False})}
-    )
+@dataclass
+class RealLine:
+    app: StationApp
+    line: Line
+    ledger: Ledger
+    clouds: dict[str, Cloud]  # target name → its stand-in cloud
+
+
+@contextmanager
+def real_line_app(
+    config: Any,
+    tmp_path: Path,
+    *,
+    device: Callable[[str], Any] = Device,
+    verify: Callable[..., None] = verifier,
+) -> Iterator[RealLine]:
+    """The app over the real line and pipeline (a SQLite ledger in `tmp_path`, the desk's services built as
+    the commands build them), with `device` in every jig and stand-in clouds; the line stops on the way out."""
     clouds: dict[str, Cloud] = {}
 
     def registry_factory(target: Target) -> Cloud:
@@ -136,44 +152,54 @@ async def test_operator_screen_over_the_real_line(tmp_path: Path) -> None:
         context = StationContext(
             config,
             ledger=ledger,
-            flasher_factory=lambda port, **_: Device(port),
+            flasher_factory=lambda port, **_: device(port),
             registry_factory=registry_factory,
-            verifier=verifier,
+            verifier=verify,
         )
         line = Line.from_context(context, on_event=relay)
         try:
             qa = QaServices(config, ledger, line=line, registry_factory=registry_factory)
             app = build_app(config, line, qa=qa, relay=relay, poll_interval=0.1)
-            async with app.run_test(size=(80, 24)) as pilot:
-                # A fast unit frees its slot at once, so pin each unit to its own slot.
-                await type_scan(pilot, "1:SN00000001")
-                await type_scan(pilot, f"2:{BAD_UNIT}")
-                cards = app.operator.cards
-                await wait_until(
-                    pilot,
-                    lambda: (
-                        {c.serial: c.outcome for c in cards.values()}
-                        == {"SN00000001": Outcome.PASS, BAD_UNIT: Outcome.FAIL}
-                    ),
-                    timeout=15,
-                    what="one PASS and one FAIL",
-                )
-                bad = next(c for c in cards.values() if c.serial == BAD_UNIT)
-                assert bad.next_action == "Put the unit in the rework bin."
-                assert [a for a, ok in bad.compensations if ok][:1] == ["rollback"]
-                good = next(c for c in cards.values() if c.serial == "SN00000001")
-                assert good.title == "Provisioned" and all(v.ms is not None for v in good.steps.values())
-                assert "✔ PASS 1" in str(app.query_one("#counters", Static).render())
-                # A scan the product's pattern refuses never reaches a slot.
-                await type_scan(pilot, "SN123")
-                await pilot.pause(0.2)
-                assert {c.serial for c in cards.values() if c.serial} == {"SN00000001", BAD_UNIT}
-            assert line.wait_idle(10)
+            yield RealLine(app, line, ledger, clouds)
         finally:
             line.stop(timeout=10)
+
+
+async def test_operator_screen_over_the_real_line(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    config = replace(
+        config, products={"widget": replace(config.products["widget"], options={"check_device_id": False})}
+    )
+    with real_line_app(config, tmp_path) as real:
+        app, line, ledger = real.app, real.line, real.ledger
+        async with app.run_test(size=(80, 24)) as pilot:
+            # A fast unit frees its slot at once, so pin each unit to its own slot.
+            await type_scan(pilot, "1:SN00000001")
+            await type_scan(pilot, f"2:{BAD_UNIT}")
+            cards = app.operator.cards
+            await wait_until(
+                pilot,
+                lambda: (
+                    {c.serial: c.outcome for c in cards.values()}
+                    == {"SN00000001": Outcome.PASS, BAD_UNIT: Outcome.FAIL}
+                ),
+                timeout=15,
+                what="one PASS and one FAIL",
+            )
+            bad = next(c for c in cards.values() if c.serial == BAD_UNIT)
+            assert bad.next_action == "Put the unit in the rework bin."
+            assert [a for a, ok in bad.compensations if ok][:1] == ["rollback"]
+            good = next(c for c in cards.values() if c.serial == "SN00000001")
+            assert good.title == "Provisioned" and all(v.ms is not None for v in good.steps.values())
+            assert "✔ PASS 1" in str(app.query_one("#counters", Static).render())
+            # A scan the product's pattern refuses never reaches a slot.
+            await type_scan(pilot, "SN123")
+            await pilot.pause(0.2)
+            assert {c.serial for c in cards.values() if c.serial} == {"SN00000001", BAD_UNIT}
+        assert line.wait_idle(10)
         records = {r.serial: r for r in ledger.records()}
         assert records["SN00000001"].outcome == "PASS" and records[BAD_UNIT].outcome == "FAIL"
         assert records["SN00000001"].operator == "day-shift"
-        cloud = clouds["lab-eu"]
+        cloud = real.clouds["lab-eu"]
         assert set(cloud.certificates) == {records["SN00000001"].certificate_id}
         assert cloud.rolled_back == [records[BAD_UNIT].certificate_id]
